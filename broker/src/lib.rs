@@ -1,0 +1,5 @@
+//! The serving broker: Pulsar binary protocol on port 6650, topics on managed ledgers, cursors,
+//! dispatchers, the entry cache, bundle ownership, offload and the admin REST API.
+//!
+//! Not built yet: `magnetar standalone` and `magnetar broker` say so and exit non-zero.
+//! See `docs/ARCHITECTURE.md`.
