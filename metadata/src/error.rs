@@ -25,7 +25,10 @@ pub enum MetadataError {
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
     #[error("value of {size_bytes} bytes exceeds the limit of {size_bytes_max} bytes")]
-    ValueTooLarge { size_bytes: usize, size_bytes_max: usize },
+    ValueTooLarge {
+        size_bytes: usize,
+        size_bytes_max: usize,
+    },
     /// A record could not be decoded: the stored bytes are not what the reader expects.
     #[error("corrupt record at {key}: {reason}")]
     Corrupt { key: String, reason: String },

@@ -55,7 +55,6 @@ pub(crate) struct Keyspace {
     history_bytes: usize,
     /// Every change with a revision above this is in `history`.
     history_floor: Version,
-    next_session: i64,
     revision_tx: watch::Sender<Version>,
 }
 
@@ -70,7 +69,7 @@ pub(crate) fn lock(ks: &SharedKeyspace) -> MutexGuard<'_, Keyspace> {
 
 impl Keyspace {
     /// A key space holding `keys` as of `revision` (from disk, or empty), with no history before.
-    pub fn new(keys: BTreeMap<String, Entry>, revision: Version, next_session: i64) -> Self {
+    pub fn new(keys: BTreeMap<String, Entry>, revision: Version) -> Self {
         let (revision_tx, _) = watch::channel(revision);
         Keyspace {
             keys,
@@ -79,7 +78,6 @@ impl Keyspace {
             history: VecDeque::new(),
             history_bytes: 0,
             history_floor: revision,
-            next_session,
             revision_tx,
         }
     }
@@ -98,7 +96,10 @@ impl Keyspace {
     pub fn list(&self, prefix: &str) -> Listing {
         let entries = self
             .keys
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, e)| {
                 (
@@ -116,23 +117,9 @@ impl Keyspace {
         }
     }
 
-    /// Keys owned by sessions, for backends that must find them after a restart.
-    pub fn ephemeral_keys(&self) -> Vec<(String, SessionId)> {
-        self.keys
-            .iter()
-            .filter_map(|(k, e)| e.session.map(|s| (k.clone(), s)))
-            .collect()
-    }
-
-    pub fn allocate_session(&mut self) -> SessionId {
-        self.next_session += 1;
-        let id = SessionId(self.next_session);
+    /// Makes `id` a live session that ephemeral puts may name.
+    pub fn register_session(&mut self, id: SessionId) {
         self.sessions.insert(id, SessionKeys::default());
-        id
-    }
-
-    pub fn next_session(&self) -> i64 {
-        self.next_session
     }
 
     pub fn session_alive(&self, id: SessionId) -> bool {
@@ -163,15 +150,19 @@ impl Keyspace {
                 Some(entry) => self.keys.insert(change.key.clone(), entry.clone()),
                 None => self.keys.remove(&change.key),
             };
-            if let Some(session) = previous.and_then(|p| p.session) {
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.keys.remove(&change.key);
-                }
+            if let Some(s) = previous
+                .and_then(|p| p.session)
+                .and_then(|id| self.sessions.get_mut(&id))
+            {
+                s.keys.remove(&change.key);
             }
-            if let Some(session) = change.entry.as_ref().and_then(|e| e.session) {
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.keys.insert(change.key.clone());
-                }
+            if let Some(s) = change
+                .entry
+                .as_ref()
+                .and_then(|e| e.session)
+                .and_then(|id| self.sessions.get_mut(&id))
+            {
+                s.keys.insert(change.key.clone());
             }
             let kind = match change.entry {
                 Some(e) => {
@@ -187,7 +178,9 @@ impl Keyspace {
             });
         }
         while self.history.len() > HISTORY_EVENTS_MAX || self.history_bytes > HISTORY_BYTES_MAX {
-            let Some(old) = self.history.pop_front() else { break };
+            let Some(old) = self.history.pop_front() else {
+                break;
+            };
             if let EventKind::Put(v) = &old.kind {
                 self.history_bytes -= v.len();
             }
@@ -346,10 +339,8 @@ impl Batch {
         expected: Expected,
         session: Option<SessionId>,
     ) -> Result<PutOutcome> {
-        if let Some(id) = session {
-            if !ks.session_alive(id) {
-                return Err(MetadataError::SessionLost(id));
-            }
+        if let Some(id) = session.filter(|id| !ks.session_alive(*id)) {
+            return Err(MetadataError::SessionLost(id));
         }
         let current = self.current(ks, key);
         if !holds(expected, current) {
@@ -376,14 +367,6 @@ impl Batch {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.changes.is_empty()
-    }
-
-    pub fn changes(&self) -> &[Change] {
-        &self.changes
-    }
-
     pub fn into_changes(self) -> Vec<Change> {
         self.changes
     }
@@ -404,7 +387,7 @@ mod tests {
 
     #[test]
     fn batch_sees_its_own_staged_changes() {
-        let ks = Keyspace::new(BTreeMap::new(), Version::ZERO, 0);
+        let ks = Keyspace::new(BTreeMap::new(), Version::ZERO);
         let mut batch = Batch::new(ks.revision());
         let first = batch.put(&ks, "/a", Bytes::from_static(b"1"), Expected::Absent, None);
         assert_eq!(first.ok(), Some(PutOutcome::Written(Version(1))));
@@ -421,7 +404,7 @@ mod tests {
 
     #[test]
     fn history_is_trimmed_and_old_watches_are_refused() {
-        let mut ks = Keyspace::new(BTreeMap::new(), Version::ZERO, 0);
+        let mut ks = Keyspace::new(BTreeMap::new(), Version::ZERO);
         for _ in 0..(HISTORY_EVENTS_MAX + 10) {
             let _ = put(&mut ks, "/k", b"v", Expected::Any);
         }
@@ -437,8 +420,9 @@ mod tests {
 
     #[test]
     fn session_keys_follow_overwrites() {
-        let mut ks = Keyspace::new(BTreeMap::new(), Version::ZERO, 0);
-        let s = ks.allocate_session();
+        let mut ks = Keyspace::new(BTreeMap::new(), Version::ZERO);
+        let s = SessionId(1);
+        ks.register_session(s);
         let mut batch = Batch::new(ks.revision());
         let _ = batch.put(&ks, "/e", Bytes::from_static(b"x"), Expected::Any, Some(s));
         ks.commit(batch.into_changes());

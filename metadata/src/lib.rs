@@ -18,8 +18,8 @@
 mod embedded;
 mod error;
 mod etcd;
-mod ids;
 mod idalloc;
+mod ids;
 mod keyspace;
 mod lease;
 mod memory;
@@ -30,11 +30,11 @@ mod store;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use error::{MetadataError, Result};
 pub use etcd::{EtcdOptions, EtcdStore};
+pub use idalloc::IdAllocator;
 pub use ids::{EntryId, LedgerId, SessionId};
-// pub use idalloc::IdAllocator;
-//pub use lease::{LeaseRecord, OwnershipLease};
+pub use lease::{Acquired, LeaseRecord, OwnershipLease};
 pub use memory::MemoryStore;
-//pub use record::{RecordStore, Update};
+pub use record::{RecordStore, Update};
 pub use session::{Session, SessionBackend};
 pub use store::{
     DeleteOutcome, EventKind, Expected, KEY_SIZE_MAX_BYTES, Listing, MetadataStore, PutOutcome,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +26,7 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct Shared {
     ks: SharedKeyspace,
+    next_session: AtomicI64,
     sessions: std::sync::Mutex<BTreeMap<SessionId, CancellationToken>>,
     shutdown: CancellationToken,
 }
@@ -42,8 +44,8 @@ impl MemoryStore {
                 ks: Arc::new(std::sync::Mutex::new(Keyspace::new(
                     BTreeMap::new(),
                     Version::ZERO,
-                    0,
                 ))),
+                next_session: AtomicI64::new(0),
                 sessions: std::sync::Mutex::new(BTreeMap::new()),
                 shutdown: CancellationToken::new(),
             }),
@@ -152,7 +154,8 @@ impl MetadataStore for MemoryStore {
 
     async fn create_session(&self, ttl: Duration) -> Result<Session> {
         let ttl = ttl.max(SESSION_TTL_MIN);
-        let id = lock(&self.shared.ks).allocate_session();
+        let id = SessionId(self.shared.next_session.fetch_add(1, Ordering::Relaxed) + 1);
+        lock(&self.shared.ks).register_session(id);
         let lost = CancellationToken::new();
         self.shared
             .sessions

@@ -25,7 +25,17 @@ pub const VALUE_SIZE_MAX_BYTES: usize = 1024 * 1024;
 /// A store-wide revision; a key's version is the revision of its last change. Always > 0 for an
 /// existing key; `Version::ZERO` stands for "before any change" when starting a watch.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 pub struct Version(pub u64);
 
@@ -62,7 +72,9 @@ pub struct Versioned {
 pub enum PutOutcome {
     Written(Version),
     /// The expectation did not hold; `current` is the key's version now (`None`: absent).
-    Conflict { current: Option<Version> },
+    Conflict {
+        current: Option<Version>,
+    },
 }
 
 impl PutOutcome {
@@ -81,7 +93,9 @@ pub enum DeleteOutcome {
     /// The key did not exist (only with [`Expected::Any`] or [`Expected::Absent`]).
     NotFound,
     /// The key exists at another version than expected, or is absent when a version was expected.
-    Conflict { current: Option<Version> },
+    Conflict {
+        current: Option<Version>,
+    },
 }
 
 /// A consistent snapshot of the keys under a prefix, sorted by key, taken at `revision`.
