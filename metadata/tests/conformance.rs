@@ -552,12 +552,12 @@ async fn values_of_1_mib(b: Backend) -> Result<()> {
     }
     for (i, want) in values.iter().enumerate() {
         let got = store.get(&format!("/big/{i}")).await?.context("missing")?;
-        ensure!(&got.value == want, "1 MiB value {i} read back differently");
+        ensure!(got.value == *want, "1 MiB value {i} read back differently");
     }
     let listing = store.list("/big/").await?;
     ensure!(listing.entries.len() == values.len());
     for ((_, got), want) in listing.entries.iter().zip(&values) {
-        ensure!(&got.value == want, "listed 1 MiB value differs");
+        ensure!(got.value == *want, "listed 1 MiB value differs");
     }
     let events = collect_events(&mut stream, values.len()).await?;
     for (e, want) in events.iter().zip(&values) {

@@ -1,6 +1,11 @@
-//! Wire contracts of Magnetar: the `.proto` files of the Pulsar binary protocol subset the broker
-//! speaks and of the bookie RPC, the code generated from them, and the frame codec types.
+//! Wire contracts of Magnetar: the `.proto` files and the code generated from them. No logic.
 //!
-//! This crate holds no logic. Its protocol definitions arrive with the bookie tier (bookie RPC) and
-//! the broker (Pulsar protocol); until then it is empty on purpose, so that the dependency order
-//! `proto ← metadata ← bookie ← broker ← magnetar` is fixed from the start.
+//! - [`bookie`] — the bookie RPC (`proto/bookie.proto`): pipelined adds, reads, LAC long-poll,
+//!   fencing, deletion, info.
+//! - The Pulsar binary protocol subset arrives with the broker.
+
+/// Bookie RPC, generated from `proto/bookie.proto`.
+#[allow(clippy::all, missing_debug_implementations)]
+pub mod bookie {
+    tonic::include_proto!("magnetar.bookie.v1");
+}
