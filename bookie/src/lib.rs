@@ -1,4 +1,18 @@
-//! The bookie tier: the bookie server (journal with group commit, entry storage, fencing) and the
-//! ledger client brokers use to stripe ledgers across ensembles with quorum writes.
+//! The bookie tier: the bookie server and the ledger client brokers use.
 //!
-//! Not built yet: `magnetar bookie` says so and exits non-zero. See `docs/ARCHITECTURE.md`.
+//! - [`api`] — [`BookieClient`](api::BookieClient), the one interface to a bookie whatever the
+//!   transport, with the entry type, its CRC32C, and the numbered error codes.
+//! - [`server`] — the bookie's storage: journal with group commit and fsync before ack, entry
+//!   logs with a per-ledger index, fencing, garbage collection, disk limits. Its [`server::Bookie`]
+//!   implements `BookieClient` directly: that is the in-process transport.
+//! - [`rpc`] — the gRPC transport: a tonic server for any `BookieClient`, and a client that is one.
+//! - [`node`] — a running `magnetar bookie`: storage + gRPC server + registration in the metadata
+//!   store.
+//! - [`client`] — the ledger client: create ledgers over ensembles with (E, Qw, Qa), pipelined
+//!   appends, ensemble change, close, reads with speculative retries, recovery with fencing.
+
+pub mod api;
+pub mod client;
+pub mod node;
+pub mod rpc;
+pub mod server;

@@ -1,0 +1,1 @@
+//! Ledger client (being written).
