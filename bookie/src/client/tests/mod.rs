@@ -1,0 +1,561 @@
+//! Unit tests of the ledger client against in-memory fake bookies and the memory metadata store.
+
+mod fake;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use magnetar_metadata::{EntryId, LedgerId};
+
+use self::fake::{Cluster, Mode, register};
+use super::metadata::write_set;
+use super::*;
+use crate::api::{BookieState, Entry};
+
+fn payload(i: u64) -> Bytes {
+    Bytes::from(format!("entry-{i:04}"))
+}
+
+/// Appends `n` entries pipelined (all queued before any is awaited) and checks their ids.
+async fn append_n(w: &LedgerWriter, from: u64, n: u64) {
+    let mut handles = Vec::new();
+    for i in from..from + n {
+        handles.push(w.append(payload(i)).await.unwrap());
+    }
+    for (i, h) in (from..).zip(handles) {
+        assert_eq!(h.await.unwrap(), EntryId(i));
+    }
+}
+
+async fn check_all(reader: &LedgerReader, n: u64) {
+    let entries = reader.read_range(0, n - 1).await.unwrap();
+    assert_eq!(entries.len() as u64, n);
+    for (i, e) in (0..).zip(&entries) {
+        assert_eq!(e.entry, EntryId(i));
+        assert_eq!(e.payload, payload(i));
+        assert!(e.is_intact());
+    }
+}
+
+fn total_len(n: u64) -> u64 {
+    (0..n).map(|i| payload(i).len() as u64).sum()
+}
+
+#[tokio::test]
+async fn create_append_close_read_striped() {
+    let cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 30).await;
+    assert_eq!(w.last_add_confirmed(), 29);
+    let meta = w.close().await.unwrap();
+    assert_eq!(meta.state, LedgerState::Closed);
+    assert_eq!(meta.last_entry_id, 29);
+    assert_eq!(meta.length_bytes, total_len(30));
+    assert!(matches!(
+        w.append(payload(99)).await.unwrap().await,
+        Err(LedgerError::LedgerClosed(_))
+    ));
+
+    // Each entry is on exactly its write set.
+    let ensemble = &meta.ensembles[0].bookies;
+    for e in 0..30u64 {
+        let holders: Vec<usize> = (0..3)
+            .filter(|&p| cluster.bookie(&ensemble[p]).has(w.id(), e))
+            .collect();
+        let mut expected = write_set(e, 3, 2);
+        expected.sort();
+        assert_eq!(holders, expected, "entry {e}");
+    }
+
+    let stored = client.ledger_metadata(w.id()).await.unwrap();
+    assert_eq!(stored, meta);
+    let r = client.open_ledger(w.id()).await.unwrap();
+    assert_eq!(r.last_add_confirmed(), 29);
+    check_all(&r, 30).await;
+    assert_eq!(r.read(7).await.unwrap().payload, payload(7));
+    assert!(matches!(
+        r.read(30).await,
+        Err(LedgerError::EntryOutOfRange {
+            entry: 30,
+            last_readable: 29,
+            ..
+        })
+    ));
+}
+
+#[tokio::test]
+async fn single_bookie_ledger() {
+    let cluster = Cluster::new(1).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(1, 1, 1))
+        .await
+        .unwrap();
+    append_n(&w, 0, 10).await;
+    let meta = w.close().await.unwrap();
+    assert_eq!(meta.last_entry_id, 9);
+    let r = client.open_ledger(w.id()).await.unwrap();
+    check_all(&r, 10).await;
+}
+
+#[tokio::test]
+async fn empty_ledger_closes_with_no_entries() {
+    let cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(2, 2, 1))
+        .await
+        .unwrap();
+    let meta = w.close().await.unwrap();
+    assert_eq!((meta.last_entry_id, meta.length_bytes), (-1, 0));
+    let r = client.open_ledger(w.id()).await.unwrap();
+    assert!(r.read_range(0, 0).await.is_err());
+}
+
+#[tokio::test]
+async fn invalid_quorums_are_refused() {
+    let cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let err = client
+        .create_ledger(LedgerConfig::new(2, 3, 2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::InvalidConfig(_)), "{err}");
+}
+
+#[tokio::test]
+async fn completions_come_in_entry_order_under_pipelining() {
+    let cluster = Cluster::new(3).await;
+    for b in &cluster.bookies {
+        b.add_jitter_ms(5);
+    }
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let h = w.append(payload(i)).await.unwrap();
+        let order = order.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = h.await.unwrap();
+            // The LAC at completion covers the entry: record what completed, in completion order.
+            order.lock().unwrap().push(id.0);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(w.last_add_confirmed(), 199);
+    // Handles resolve in entry order: each completion is sent only after every earlier one.
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order.len(), 200);
+    w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn backpressure_bounds_pending_adds() {
+    let cluster = Cluster::new(1).await;
+    cluster.bookies[0].set_mode(Mode::Hang);
+    let client = LedgerClient::new(
+        cluster.store.clone(),
+        cluster.connector.clone(),
+        LedgerClientOptions {
+            max_pending_adds: 4,
+            add_timeout_ms: 60_000,
+            ..Cluster::options()
+        },
+    );
+    let w = client
+        .create_ledger(LedgerConfig::new(1, 1, 1))
+        .await
+        .unwrap();
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        handles.push(w.append(payload(i)).await.unwrap());
+    }
+    let fifth = tokio::time::timeout(Duration::from_millis(100), w.append(payload(4))).await;
+    assert!(fifth.is_err(), "a fifth append must wait for room");
+}
+
+#[tokio::test]
+async fn bookie_failure_mid_stream_changes_the_ensemble() {
+    let cluster = Cluster::new(4).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 10).await;
+    let first = client.ledger_metadata(w.id()).await.unwrap().ensembles[0]
+        .bookies
+        .clone();
+    let victim = first[1].clone();
+    cluster.bookie(&victim).set_mode(Mode::Down);
+    append_n(&w, 10, 20).await;
+
+    let meta = client.ledger_metadata(w.id()).await.unwrap();
+    assert_eq!(meta.ensembles.len(), 2, "{meta:?}");
+    let second = &meta.ensembles[1];
+    assert_eq!(second.first_entry, 10);
+    assert!(!second.bookies.contains(&victim));
+    assert_eq!(second.bookies[0], first[0]);
+    assert_eq!(second.bookies[2], first[2]);
+
+    let meta = w.close().await.unwrap();
+    assert_eq!(meta.last_entry_id, 29);
+    let r = client.open_ledger(w.id()).await.unwrap();
+    check_all(&r, 30).await;
+}
+
+#[tokio::test]
+async fn hanging_bookie_is_replaced_after_the_add_timeout() {
+    let cluster = Cluster::new(4).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 3, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 3).await;
+    let victim = client.ledger_metadata(w.id()).await.unwrap().ensembles[0].bookies[0].clone();
+    cluster.bookie(&victim).set_mode(Mode::Hang);
+    // Qa=2 of Qw=3: entries still complete; the hung bookie is replaced after the timeout.
+    append_n(&w, 3, 5).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    append_n(&w, 8, 2).await;
+    let meta = w.close().await.unwrap();
+    assert!(!meta.last_ensemble().bookies.contains(&victim), "{meta:?}");
+    let r = client.open_ledger(w.id()).await.unwrap();
+    check_all(&r, 10).await;
+}
+
+#[tokio::test]
+async fn read_only_bookie_is_replaced() {
+    let cluster = Cluster::new(4).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 4).await;
+    let victim = client.ledger_metadata(w.id()).await.unwrap().ensembles[0].bookies[2].clone();
+    cluster.bookie(&victim).set_mode(Mode::ReadOnly);
+    register(&cluster.store, &victim, BookieState::ReadOnly, None).await;
+    append_n(&w, 4, 6).await;
+    let meta = w.close().await.unwrap();
+    assert!(!meta.last_ensemble().bookies.contains(&victim));
+    check_all(&client.open_ledger(w.id()).await.unwrap(), 10).await;
+}
+
+#[tokio::test]
+async fn not_enough_bookies_is_a_clear_error() {
+    let cluster = Cluster::new(2).await;
+    let client = cluster.client();
+    let err = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::NotEnoughBookies {
+                needed: 3,
+                available: 2
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "not enough writable bookies: need 3, 2 available"
+    );
+
+    // No spare for an ensemble change: pending and later appends fail with the same error.
+    let cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 3, 3))
+        .await
+        .unwrap();
+    append_n(&w, 0, 2).await;
+    cluster.bookies[0].set_mode(Mode::Down);
+    let err = w.append(payload(2)).await.unwrap().await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::NotEnoughBookies { .. }),
+        "{err:?}"
+    );
+    let err = w.append(payload(3)).await.unwrap().await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::NotEnoughBookies { .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn recovery_fences_a_live_writer_and_keeps_every_acked_entry() {
+    let cluster = Cluster::new(3).await;
+    let writer_client = cluster.client();
+    let w = writer_client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 25).await;
+
+    let recovering = cluster.client();
+    let r = recovering.open_ledger_with_recovery(w.id()).await.unwrap();
+    assert!(r.is_closed());
+    let meta = r.metadata();
+    assert_eq!(meta.state, LedgerState::Closed);
+    assert_eq!(meta.last_entry_id, 24);
+    assert_eq!(meta.length_bytes, total_len(25));
+    check_all(&r, 25).await;
+
+    let err = w.append(payload(25)).await.unwrap().await.unwrap_err();
+    assert!(matches!(err, LedgerError::Fenced(_)), "{err:?}");
+    let err = w.append(payload(26)).await.unwrap().await.unwrap_err();
+    assert!(matches!(err, LedgerError::Fenced(_)), "{err:?}");
+    assert!(w.close().await.is_err());
+    // Recovering again is a plain open.
+    let again = recovering.open_ledger_with_recovery(w.id()).await.unwrap();
+    assert_eq!(again.metadata(), meta);
+}
+
+#[tokio::test]
+async fn recovery_rereplicates_a_tail_entry_found_on_one_replica() {
+    let cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 5).await;
+    let id = w.id();
+    drop(w);
+    let meta = client.ledger_metadata(id).await.unwrap();
+    // The writer sent entry 5 to one replica of its write set and died.
+    let ws = meta.write_set_bookies(5);
+    let tail = Entry::new(id, EntryId(5), 4, Bytes::from_static(b"unacked tail"));
+    cluster.bookie(&ws[1]).insert(tail.clone());
+    assert!(!cluster.bookie(&ws[0]).has(id, 5));
+
+    let r = cluster
+        .client()
+        .open_ledger_with_recovery(id)
+        .await
+        .unwrap();
+    let meta = r.metadata();
+    assert_eq!(meta.last_entry_id, 5);
+    assert_eq!(meta.length_bytes, total_len(5) + tail.payload.len() as u64);
+    for b in &ws {
+        assert!(
+            cluster.bookie(b).has(id, 5),
+            "{b} lacks the recovered entry"
+        );
+    }
+    assert_eq!(r.read(5).await.unwrap(), tail);
+    for b in &cluster.bookies {
+        assert!(b.is_fenced(id));
+    }
+}
+
+#[tokio::test]
+async fn recovery_with_a_bookie_down_changes_the_ensemble() {
+    let cluster = Cluster::new(4).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 6).await;
+    let id = w.id();
+    drop(w);
+    let meta = client.ledger_metadata(id).await.unwrap();
+    let ws = meta.write_set_bookies(6);
+    cluster
+        .bookie(&ws[0])
+        .insert(Entry::new(id, EntryId(6), 5, payload(6)));
+    let down = ws[1].clone();
+    cluster.bookie(&down).set_mode(Mode::Down);
+
+    let r = cluster
+        .client()
+        .open_ledger_with_recovery(id)
+        .await
+        .unwrap();
+    let meta = r.metadata();
+    assert_eq!(meta.last_entry_id, 6);
+    assert!(!meta.last_ensemble().bookies.contains(&down));
+    assert_eq!(meta.last_ensemble().first_entry, 6);
+    for b in meta.write_set_bookies(6) {
+        assert!(cluster.bookie(&b).has(id, 6));
+    }
+    check_all(&r, 7).await;
+}
+
+#[tokio::test]
+async fn recovery_fails_clearly_when_too_few_bookies_fence() {
+    let cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 3).await;
+    cluster.bookies[0].set_mode(Mode::Down);
+    cluster.bookies[1].set_mode(Mode::Down);
+    let err = cluster
+        .client()
+        .open_ledger_with_recovery(w.id())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LedgerError::NotEnoughReplicas { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("no ack quorum"), "{err}");
+}
+
+#[tokio::test]
+async fn corrupt_replica_is_read_from_another() {
+    for (e, qw) in [(3, 2), (2, 2)] {
+        let cluster = Cluster::new(3).await;
+        let client = cluster.client();
+        let w = client
+            .create_ledger(LedgerConfig::new(e, qw, 2))
+            .await
+            .unwrap();
+        append_n(&w, 0, 6).await;
+        let meta = w.close().await.unwrap();
+        for entry in 0..6 {
+            let first = meta.write_set_bookies(entry)[0].clone();
+            cluster.bookie(&first).corrupt(w.id(), entry);
+        }
+        let r = client.open_ledger(w.id()).await.unwrap();
+        check_all(&r, 6).await;
+        assert_eq!(r.read(3).await.unwrap().payload, payload(3));
+    }
+}
+
+#[tokio::test]
+async fn speculative_read_when_the_first_replica_hangs() {
+    let cluster = Cluster::new(3).await;
+    let client = LedgerClient::new(
+        cluster.store.clone(),
+        cluster.connector.clone(),
+        LedgerClientOptions {
+            read_timeout_ms: 30_000,
+            ..Cluster::options()
+        },
+    );
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 3, 3))
+        .await
+        .unwrap();
+    append_n(&w, 0, 3).await;
+    let meta = w.close().await.unwrap();
+    let r = client.open_ledger(w.id()).await.unwrap();
+    let first = meta.write_set_bookies(1)[0].clone();
+    cluster.bookie(&first).hang_reads(true);
+    let start = Instant::now();
+    assert_eq!(r.read(1).await.unwrap().payload, payload(1));
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn placement_spreads_over_zones() {
+    let cluster = Cluster::with_zones(6, &["z1", "z2", "z3"]).await;
+    let client = cluster.client();
+    for _ in 0..10 {
+        let w = client
+            .create_ledger(LedgerConfig::new(3, 2, 2))
+            .await
+            .unwrap();
+        let meta = client.ledger_metadata(w.id()).await.unwrap();
+        // Bookie i sits in zone i % 3; its port encodes i.
+        let mut zones: Vec<u16> = meta.ensembles[0]
+            .bookies
+            .iter()
+            .map(|b| (b.0.rsplit(':').next().unwrap().parse::<u16>().unwrap() - 3181) % 3)
+            .collect();
+        zones.sort();
+        assert_eq!(zones, vec![0, 1, 2]);
+    }
+}
+
+#[tokio::test]
+async fn delete_ledger_removes_it_everywhere_despite_a_down_bookie() {
+    let cluster = Cluster::new(4).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 6).await;
+    let meta = w.close().await.unwrap();
+    let bookies = meta.ensembles[0].bookies.clone();
+    cluster.bookie(&bookies[0]).set_mode(Mode::Down);
+    client.delete_ledger(w.id()).await.unwrap();
+    assert!(matches!(
+        client.open_ledger(w.id()).await,
+        Err(LedgerError::NoSuchLedger(_))
+    ));
+    for b in &bookies[1..] {
+        assert_eq!(cluster.bookie(b).entry_count(w.id()), 0);
+    }
+    assert!(matches!(
+        client.delete_ledger(LedgerId(999)).await,
+        Err(LedgerError::NoSuchLedger(_))
+    ));
+}
+
+#[tokio::test]
+async fn tailing_reader_follows_the_lac() {
+    let cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 3, 2))
+        .await
+        .unwrap();
+    // One at a time, so each entry carries the previous one as LAC (pipelined entries carry
+    // an older LAC).
+    for i in 0..3 {
+        assert_eq!(w.append_wait(payload(i)).await.unwrap(), EntryId(i));
+    }
+    let r = client.open_ledger(w.id()).await.unwrap();
+    // Entries carry the LAC of the entry before them: entry 2 says 1.
+    assert_eq!(r.last_add_confirmed(), 1);
+    assert!(matches!(
+        r.read(2).await,
+        Err(LedgerError::EntryOutOfRange { .. })
+    ));
+    assert_eq!(r.read(1).await.unwrap().payload, payload(1));
+
+    let poll = tokio::spawn(async move {
+        let lac = r
+            .read_lac_long_poll(1, Duration::from_secs(5))
+            .await
+            .unwrap();
+        (lac, r)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    w.append_wait(payload(3)).await.unwrap();
+    let (lac, r) = poll.await.unwrap();
+    assert!(lac >= 2, "{lac}");
+    assert_eq!(r.read(2).await.unwrap().payload, payload(2));
+    w.close().await.unwrap();
+    // Once closed, the reader sees the last entry.
+    r.read_lac_long_poll(lac, Duration::from_millis(100))
+        .await
+        .unwrap();
+}
