@@ -1,17 +1,62 @@
-//! The bookie's storage (SKELETON: signatures fixed, bodies being written).
+//! The bookie's storage: [`Bookie`] implements [`BookieClient`] over local files.
+//!
+//! Layout under `data_dir`: `journal/` (write-ahead journal, `journal.rs`, written by the group
+//! commit thread in `writer.rs`) and `ledgers/` (entry logs, `entrylog.rs`, and the persistent
+//! index `index.redb`, `index.rs`). In memory: `ledgers.rs`. Compaction: `gc.rs`. Disk limits and
+//! the read-only state: `disk.rs`. This file owns the options, opening (with journal replay),
+//! the request paths, the periodic tasks and shutdown.
+//!
+//! Life of an add: validated on the caller's task (CRC, size, state, fence) → bounded queue →
+//! journal thread: batch, one pwrite, fdatasync → appended to the current entry log and indexed
+//! (readable from here) → caller answered. Every `checkpoint_interval_ms` the entry logs are
+//! fdatasynced, the index committed with the journal position, and older journal files deleted.
+//! On open, the index is loaded and journal records after the checkpoint are re-applied
+//! (idempotently), so every acknowledged add survives a crash.
 
+mod disk;
+mod entrylog;
+mod gc;
+mod index;
+mod journal;
+mod ledgers;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use magnetar_metadata::{EntryId, LedgerId};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{
     BookieClient, BookieError, BookieId, BookieInfo, BookieResult, BookieState, Entry, FenceResult,
     ReadResult,
 };
+use disk::DiskStatus;
+use entrylog::Appender;
+use index::Index;
+use journal::{JournalFile, JournalPos, Record};
+use ledgers::{LedgerState, LogMeta, Store};
+use writer::Op;
+
+/// Long polls on LACs waiting at once at most; beyond, `read_lac` answers at once.
+const LAC_POLLS_MAX: usize = 10_000;
+/// A long poll never waits longer than this, whatever the caller asked.
+const LAC_POLL_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// `read_range` limits when the caller passes 0 ("no limit"), so one request cannot pull a whole
+/// ledger into memory.
+const READ_RANGE_ENTRIES_MAX: u32 = 100_000;
+const READ_RANGE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Replay applies journal records to the entry log this many at a time.
+const REPLAY_CHUNK_RECORDS: usize = 4096;
 
 /// How a bookie stores entries. Every field has a default (see `Default`).
 #[derive(Clone, Debug)]
@@ -67,35 +112,465 @@ impl BookieOptions {
     }
 }
 
+/// What the request paths, the journal thread and the periodic tasks share.
+pub(crate) struct Shared {
+    opts: BookieOptions,
+    journal_dir: PathBuf,
+    ledgers_dir: PathBuf,
+    store: RwLock<Store>,
+    appender: Mutex<Appender>,
+    /// `None` once shut down: closing the database releases its lock, so the directory can be
+    /// opened again in the same process.
+    index: Mutex<Option<Index>>,
+    /// The last checkpointed journal position; the lock also serializes checkpoints.
+    checkpoint_pos: Mutex<JournalPos>,
+    disk: Mutex<DiskStatus>,
+    state: watch::Sender<BookieState>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("data_dir", &self.opts.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+// A panic while holding one of these locks cannot leave the data half-updated in a way that a
+// later user could not cope with (every update is a few map operations), so poisoning is
+// ignored rather than turned into a panic cascade.
+impl Shared {
+    fn read_store(&self) -> RwLockReadGuard<'_, Store> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+    fn write_store(&self) -> RwLockWriteGuard<'_, Store> {
+        self.store.write().unwrap_or_else(|e| e.into_inner())
+    }
+    fn lock_appender(&self) -> MutexGuard<'_, Appender> {
+        self.appender.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn lock_checkpoint(&self) -> MutexGuard<'_, JournalPos> {
+        self.checkpoint_pos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+    fn lock_index(&self) -> MutexGuard<'_, Option<Index>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn lock_disk(&self) -> MutexGuard<'_, DiskStatus> {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A write failed: read-only until a disk check finds the disk healthy again.
+    fn io_failed(&self, why: &str) {
+        let mut disk = self.lock_disk();
+        if !disk.io_failed {
+            tracing::error!(error = why, "disk I/O failure: bookie turns read-only");
+        }
+        disk.io_failed = true;
+        drop(disk);
+        self.publish_state();
+    }
+
+    fn publish_state(&self) {
+        let state = self.lock_disk().state();
+        self.state.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+}
+
 /// A bookie's storage; implements [`BookieClient`] (the in-process transport).
-#[derive(Debug)]
 pub struct Bookie {
     id: BookieId,
-    state: watch::Sender<BookieState>,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Op>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Stops the periodic tasks and long polls (shutdown, or the bookie dropped).
+    cancel: CancellationToken,
+    closing: AtomicBool,
+    /// Held through shutdown; true once it finished.
+    shutdown_done: tokio::sync::Mutex<bool>,
+    lac_polls: Arc<Semaphore>,
+}
+
+impl fmt::Debug for Bookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bookie")
+            .field("id", &self.id)
+            .field("data_dir", &self.shared.opts.data_dir)
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Bookie {
+    fn drop(&mut self) {
+        // Without shutdown (e.g. a crash test): the tasks stop; the journal thread drains what
+        // is queued and exits when the channel closes with `tx`.
+        self.cancel.cancel();
+    }
+}
+
+fn internal(e: impl fmt::Display) -> BookieError {
+    BookieError::Internal(e.to_string())
+}
+
+/// Builds the state from the files: loads the index, replays the journal after the checkpoint
+/// into the entry log, checkpoints, and starts a new journal file. Blocking.
+fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile), String> {
+    let journal_dir = opts.data_dir.join("journal");
+    let ledgers_dir = opts.data_dir.join("ledgers");
+    for dir in [&journal_dir, &ledgers_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    journal::sync_dir(&opts.data_dir).map_err(|e| format!("fsync of data dir: {e}"))?;
+    let index = Index::open(&ledgers_dir.join("index.redb"))?;
+    let loaded = index.load()?;
+
+    let mut store = Store::default();
+    let mut max_log: Option<u32> = None;
+    let listing = std::fs::read_dir(&ledgers_dir).map_err(|e| format!("listing ledgers: {e}"))?;
+    for item in listing {
+        let item = item.map_err(|e| format!("listing ledgers: {e}"))?;
+        let Some(id) = item.file_name().to_str().and_then(entrylog::parse_log_name) else {
+            continue;
+        };
+        let path = item.path();
+        let file = std::fs::File::open(&path)
+            .map_err(|e| format!("opening entry log {}: {e}", path.display()))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("entry log size: {e}"))?
+            .len();
+        max_log = Some(max_log.map_or(id, |m| m.max(id)));
+        let meta = LogMeta {
+            file: Arc::new(file),
+            path,
+            total_bytes: len,
+            live_bytes: 0,
+            unsynced: false,
+        };
+        store.logs.insert(id, meta);
+    }
+    for (ledger, (persisted, entries)) in loaded.ledgers {
+        for (entry, loc) in &entries {
+            match store.logs.get_mut(&loc.log) {
+                Some(meta) => meta.live_bytes += loc.record_bytes(),
+                None => {
+                    tracing::error!(%ledger, entry, log = loc.log, "index points at a missing entry log")
+                }
+            }
+        }
+        let mut state = LedgerState::new(persisted.fenced, persisted.lac, persisted.last_entry);
+        state.entries = entries;
+        store.ledgers.insert(ledger, state);
+    }
+    store.applied = loaded.checkpoint;
+    // Always a fresh current log: the previous one may end in a torn, unindexed tail.
+    let app = Appender::create(&ledgers_dir, max_log.map_or(0, |m| m.wrapping_add(1)))
+        .map_err(|e| format!("creating entry log: {e}"))?;
+    store.logs.insert(
+        app.id,
+        LogMeta {
+            file: app.file.clone(),
+            path: app.path.clone(),
+            total_bytes: 0,
+            live_bytes: 0,
+            unsynced: true,
+        },
+    );
+    let (state, _) = watch::channel(BookieState::ReadWrite);
+    let shared = Arc::new(Shared {
+        journal_dir: journal_dir.clone(),
+        ledgers_dir,
+        store: RwLock::new(store),
+        appender: Mutex::new(app),
+        index: Mutex::new(Some(index)),
+        checkpoint_pos: Mutex::new(loaded.checkpoint),
+        disk: Mutex::new(DiskStatus::default()),
+        state,
+        opts,
+    });
+
+    let cp = loaded.checkpoint;
+    let mut max_generation = cp.generation;
+    let mut replayed = 0usize;
+    let mut ebuf = Vec::new();
+    for (generation, path) in journal::list(&journal_dir).map_err(|e| format!("journal: {e}"))? {
+        max_generation = max_generation.max(generation);
+        if generation < cp.generation {
+            // Left over from a trim cut short; already checkpointed.
+            continue;
+        }
+        let data = Bytes::from(
+            std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?,
+        );
+        let start = if generation == cp.generation {
+            cp.offset as usize
+        } else {
+            0
+        };
+        let records = journal::parse(&data, generation, start.min(data.len()));
+        for chunk in records.chunks(REPLAY_CHUNK_RECORDS) {
+            let batch: Vec<Record> = chunk.iter().map(|(r, _)| r.clone()).collect();
+            let offset = chunk.last().map_or(0, |(_, end)| *end);
+            let pos = JournalPos { generation, offset };
+            writer::apply(&shared, &batch, pos, &mut ebuf)
+                .map_err(|e| format!("replay into entry log: {e}"))?;
+        }
+        replayed += records.len();
+    }
+    let jf = JournalFile::create(
+        &journal_dir,
+        max_generation.wrapping_add(1),
+        shared.opts.journal_file_size_bytes,
+    )
+    .map_err(|e| format!("creating journal file: {e}"))?;
+    shared.write_store().applied = jf.pos();
+    // Makes the replayed records durable outside the journal, then trims it.
+    index::checkpoint(&shared)?;
+    tracing::info!(
+        replayed,
+        generation = jf.generation,
+        "bookie storage recovered"
+    );
+    Ok((shared, jf))
+}
+
+/// A periodic piece of blocking storage work.
+type Chore = fn(&Shared);
+
+/// Runs `work` on a blocking thread every `every` until cancelled.
+fn spawn_periodic(shared: Arc<Shared>, cancel: CancellationToken, every: Duration, work: Chore) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let s = shared.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || work(&s)).await {
+                tracing::error!(error = %e, "periodic storage task failed");
+            }
+        }
+    });
+}
+
+fn periodic_checkpoint(shared: &Shared) {
+    if let Err(e) = index::checkpoint(shared) {
+        shared.io_failed(&e);
+    }
+}
+
+fn periodic_gc(shared: &Shared) {
+    if let Err(e) = gc::gc_pass(shared) {
+        tracing::error!(error = %e, "garbage collection failed");
+    }
 }
 
 impl Bookie {
     /// Opens (creating or replaying) the storage under `options.data_dir`.
     pub async fn open(options: BookieOptions) -> BookieResult<Arc<Bookie>> {
-        let (state, _) = watch::channel(BookieState::ReadWrite);
-        let _ = Arc::new(Bookie {
-            id: options.id,
-            state,
-        });
-        Err(BookieError::Internal("bookie storage not built yet".into()))
+        if options.journal_queue_capacity == 0 || options.journal_file_size_bytes == 0 {
+            return Err(BookieError::BadRequest(
+                "journal queue capacity and file size must be positive".into(),
+            ));
+        }
+        let id = options.id.clone();
+        let (shared, jf) = tokio::task::spawn_blocking(move || recover(options))
+            .await
+            .map_err(internal)?
+            .map_err(BookieError::Internal)?;
+        let (tx, rx) = mpsc::channel(shared.opts.journal_queue_capacity);
+        let for_writer = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("bookie-journal".into())
+            .spawn(move || writer::run(for_writer, rx, jf))
+            .map_err(internal)?;
+        let s = shared.clone();
+        tokio::task::spawn_blocking(move || disk::check(&s))
+            .await
+            .map_err(internal)?;
+
+        let cancel = CancellationToken::new();
+        let ms = Duration::from_millis;
+        let o = &shared.opts;
+        let periodic: [(u64, Chore); 3] = [
+            (o.checkpoint_interval_ms, periodic_checkpoint),
+            (o.gc_interval_ms, periodic_gc),
+            (o.disk_check_interval_ms, disk::check),
+        ];
+        for (every, work) in periodic {
+            spawn_periodic(shared.clone(), cancel.clone(), ms(every), work);
+        }
+        Ok(Arc::new(Bookie {
+            id,
+            shared,
+            tx,
+            writer: Mutex::new(Some(writer)),
+            cancel,
+            closing: AtomicBool::new(false),
+            shutdown_done: tokio::sync::Mutex::new(false),
+            lac_polls: Arc::new(Semaphore::new(LAC_POLLS_MAX)),
+        }))
     }
 
     pub fn state(&self) -> BookieState {
-        *self.state.borrow()
+        *self.shared.state.borrow()
     }
 
     /// Changes of read-write / read-only state, for the registration.
     pub fn state_changes(&self) -> watch::Receiver<BookieState> {
-        self.state.subscribe()
+        self.shared.state.subscribe()
     }
 
     /// Stops accepting requests, finishes what is queued, checkpoints, and closes files.
-    pub async fn shutdown(&self) {}
+    /// Idempotent; later requests get `ShuttingDown`.
+    pub async fn shutdown(&self) {
+        let mut done = self.shutdown_done.lock().await;
+        if *done {
+            return;
+        }
+        self.closing.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+        let (stop, stopped) = oneshot::channel();
+        if self.tx.send(Op::Stop { done: stop }).await.is_ok() {
+            let _ = stopped.await;
+        }
+        let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle
+            && tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .is_err()
+        {
+            tracing::error!("journal thread did not end cleanly");
+        }
+        let shared = self.shared.clone();
+        let closed = move || {
+            let result = index::checkpoint(&shared);
+            shared.lock_index().take();
+            result
+        };
+        match tokio::task::spawn_blocking(closed).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "final checkpoint failed"),
+            Err(e) => tracing::error!(error = %e, "final checkpoint task failed"),
+        }
+        tracing::info!(id = %self.id, "bookie storage shut down");
+        *done = true;
+    }
+
+    /// Runs a checkpoint now: entry logs synced, index persisted, journal trimmed.
+    pub async fn checkpoint_now(&self) -> BookieResult<()> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || index::checkpoint(&shared))
+            .await
+            .map_err(internal)?
+            .map_err(BookieError::Internal)
+    }
+
+    /// Runs a garbage collection pass now (tests; operators).
+    pub async fn gc_now(&self) {
+        let shared = self.shared.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || periodic_gc(&shared)).await {
+            tracing::error!(error = %e, "garbage collection task failed");
+        }
+    }
+
+    /// Measures the disk now and updates the state.
+    pub async fn check_disk_now(&self) {
+        let shared = self.shared.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || disk::check(&shared)).await {
+            tracing::error!(error = %e, "disk check task failed");
+        }
+    }
+
+    /// The entry log file holding an entry and the byte offset of its payload in it (for
+    /// fault-injection tests).
+    pub fn locate(&self, ledger: LedgerId, entry: EntryId) -> Option<(PathBuf, u64)> {
+        let store = self.shared.read_store();
+        let loc = *store.ledgers.get(&ledger)?.entries.get(&entry.0)?;
+        let meta = store.logs.get(&loc.log)?;
+        Some((meta.path.clone(), loc.offset + entrylog::HEADER_BYTES))
+    }
+
+    fn check_open(&self) -> BookieResult<()> {
+        if self.closing.load(Ordering::Relaxed) {
+            Err(BookieError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues an op for the journal thread and waits for its answer.
+    async fn submit<T>(
+        &self,
+        op: impl FnOnce(oneshot::Sender<BookieResult<T>>) -> Op,
+    ) -> BookieResult<T> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(op(done))
+            .await
+            .map_err(|_| BookieError::ShuttingDown)?;
+        answer.await.map_err(|_| BookieError::ShuttingDown)?
+    }
+
+    /// Looks up consecutive entries and reads them on a blocking thread.
+    async fn read_entries(
+        &self,
+        ledger: LedgerId,
+        first: EntryId,
+        last: EntryId,
+        entries_max: u32,
+        bytes_max: u64,
+    ) -> BookieResult<(Vec<Entry>, i64)> {
+        let (wanted, lac) = {
+            let store = self.shared.read_store();
+            let state = store
+                .ledgers
+                .get(&ledger)
+                .ok_or(BookieError::NoSuchLedger(ledger))?;
+            let mut wanted = Vec::new();
+            let mut bytes = 0u64;
+            for (id, loc) in state.entries.range(first.0..=last.0) {
+                let next = bytes + u64::from(loc.len);
+                if wanted.len() as u64 != id - first.0
+                    || wanted.len() >= entries_max as usize
+                    || (!wanted.is_empty() && next > bytes_max)
+                {
+                    break;
+                }
+                bytes = next;
+                let meta = store.logs.get(&loc.log).ok_or_else(|| {
+                    tracing::error!(%ledger, entry = id, log = loc.log, "entry log missing");
+                    BookieError::Internal(format!("entry log {:08x} missing", loc.log))
+                })?;
+                wanted.push((EntryId(*id), *loc, meta.file.clone()));
+            }
+            (wanted, state.lac)
+        };
+        if wanted.is_empty() {
+            return Err(BookieError::NoSuchEntry {
+                ledger,
+                entry: first,
+            });
+        }
+        let entries = tokio::task::spawn_blocking(move || {
+            wanted
+                .into_iter()
+                .map(|(entry, loc, file)| entrylog::read_entry(&file, loc, ledger, entry))
+                .collect::<BookieResult<Vec<Entry>>>()
+        })
+        .await
+        .map_err(internal)??;
+        Ok((entries, lac))
+    }
 }
 
 #[async_trait]
@@ -103,32 +578,159 @@ impl BookieClient for Bookie {
     fn id(&self) -> &BookieId {
         &self.id
     }
-    async fn add(&self, _entry: Entry, _recovery: bool) -> BookieResult<()> {
-        Err(BookieError::Internal("not built".into()))
+
+    async fn add(&self, entry: Entry, recovery: bool) -> BookieResult<()> {
+        self.check_open()?;
+        let (ledger, id) = (entry.ledger, entry.entry);
+        // Also keeps record lengths well inside the u32 fields of the file formats.
+        let size_max = self
+            .shared
+            .opts
+            .entry_size_bytes_max
+            .min(u32::MAX as usize / 2);
+        if entry.payload.len() > size_max {
+            return Err(BookieError::TooLarge(format!(
+                "entry {ledger}:{id} has {} bytes, over {size_max}",
+                entry.payload.len()
+            )));
+        }
+        if !entry.is_intact() {
+            tracing::warn!(%ledger, entry = %id, "add refused: CRC32C mismatch");
+            return Err(BookieError::BadRequest(format!(
+                "entry {ledger}:{id} fails its CRC32C"
+            )));
+        }
+        if self.state() == BookieState::ReadOnly {
+            return Err(BookieError::ReadOnly);
+        }
+        {
+            let store = self.shared.read_store();
+            if let Some(state) = store.ledgers.get(&ledger) {
+                if state.fenced && !recovery {
+                    return Err(BookieError::Fenced(ledger));
+                }
+                if state.entries.contains_key(&id.0) {
+                    // Already durable: a retried add is idempotent.
+                    return Ok(());
+                }
+            }
+        }
+        self.submit(|done| Op::Add {
+            entry,
+            recovery,
+            done,
+        })
+        .await
     }
-    async fn read(&self, _l: LedgerId, _e: EntryId, _fence: bool) -> BookieResult<ReadResult> {
-        Err(BookieError::Internal("not built".into()))
+
+    async fn read(
+        &self,
+        ledger: LedgerId,
+        entry: EntryId,
+        fence: bool,
+    ) -> BookieResult<ReadResult> {
+        self.check_open()?;
+        if fence {
+            self.fence(ledger).await?;
+        }
+        let (mut entries, lac) = self.read_entries(ledger, entry, entry, 1, u64::MAX).await?;
+        let entry = entries
+            .pop()
+            .ok_or(BookieError::NoSuchEntry { ledger, entry })?;
+        Ok(ReadResult { entry, lac })
     }
+
     async fn read_range(
         &self,
-        _l: LedgerId,
-        _f: EntryId,
-        _t: EntryId,
-        _n: u32,
-        _b: u64,
+        ledger: LedgerId,
+        first: EntryId,
+        last: EntryId,
+        max_entries: u32,
+        max_bytes: u64,
     ) -> BookieResult<Vec<Entry>> {
-        Err(BookieError::Internal("not built".into()))
+        self.check_open()?;
+        if first > last {
+            return Err(BookieError::BadRequest(format!(
+                "range {first}..={last} of ledger {ledger} is empty"
+            )));
+        }
+        let entries_max = match max_entries {
+            0 => READ_RANGE_ENTRIES_MAX,
+            n => n.min(READ_RANGE_ENTRIES_MAX),
+        };
+        let bytes_max = match max_bytes {
+            0 => READ_RANGE_BYTES_MAX,
+            n => n.min(READ_RANGE_BYTES_MAX),
+        };
+        let (entries, _) = self
+            .read_entries(ledger, first, last, entries_max, bytes_max)
+            .await?;
+        Ok(entries)
     }
-    async fn read_lac(&self, _l: LedgerId, _p: i64, _t: Duration) -> BookieResult<i64> {
-        Err(BookieError::Internal("not built".into()))
+
+    async fn read_lac(
+        &self,
+        ledger: LedgerId,
+        previous: i64,
+        timeout: Duration,
+    ) -> BookieResult<i64> {
+        self.check_open()?;
+        let mut rx = {
+            let store = self.shared.read_store();
+            let state = store
+                .ledgers
+                .get(&ledger)
+                .ok_or(BookieError::NoSuchLedger(ledger))?;
+            state.lac_tx.subscribe()
+        };
+        let current = *rx.borrow_and_update();
+        if current > previous || timeout.is_zero() {
+            return Ok(current);
+        }
+        let Ok(_permit) = self.lac_polls.clone().try_acquire_owned() else {
+            return Ok(current);
+        };
+        let wait = timeout.min(LAC_POLL_TIMEOUT_MAX);
+        let woke = tokio::select! {
+            woke = tokio::time::timeout(wait, rx.wait_for(|lac| *lac > previous)) => {
+                woke.map(|r| r.map(|lac| *lac))
+            }
+            _ = self.cancel.cancelled() => return Err(BookieError::ShuttingDown),
+        };
+        match woke {
+            Ok(Ok(lac)) => Ok(lac),
+            // The sender is gone: the ledger was deleted meanwhile.
+            Ok(Err(_)) => Err(BookieError::NoSuchLedger(ledger)),
+            Err(_) => Ok(*rx.borrow()),
+        }
     }
-    async fn fence(&self, _l: LedgerId) -> BookieResult<FenceResult> {
-        Err(BookieError::Internal("not built".into()))
+
+    async fn fence(&self, ledger: LedgerId) -> BookieResult<FenceResult> {
+        self.check_open()?;
+        {
+            let store = self.shared.read_store();
+            if let Some(state) = store.ledgers.get(&ledger).filter(|s| s.fenced) {
+                // Already durably fenced; nothing to journal.
+                return Ok(state.fence_result());
+            }
+        }
+        self.submit(|done| Op::Fence { ledger, done }).await
     }
-    async fn delete_ledger(&self, _l: LedgerId) -> BookieResult<()> {
-        Err(BookieError::Internal("not built".into()))
+
+    async fn delete_ledger(&self, ledger: LedgerId) -> BookieResult<()> {
+        self.check_open()?;
+        self.submit(|done| Op::Delete { ledger, done }).await
     }
+
     async fn info(&self) -> BookieResult<BookieInfo> {
-        Err(BookieError::Internal("not built".into()))
+        self.check_open()?;
+        let disk = *self.shared.lock_disk();
+        Ok(BookieInfo {
+            id: self.id.clone(),
+            state: disk.state(),
+            free_bytes: disk.free_bytes,
+            used_bytes: disk.used_bytes,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
     }
 }

@@ -1,0 +1,257 @@
+//! The journal (`data_dir/journal/{generation:010}.txn`): its record format, its files, and
+//! replay. The group-commit writer thread that fills it lives in `writer.rs`.
+//!
+//! Files are preallocated with `fallocate` to `journal_file_size_bytes` (writing into allocated
+//! blocks is far cheaper than extending a file, DESIGN §3) and a new one (the next generation)
+//! is started when a batch would not fit. A file is deleted once a checkpoint has recorded a
+//! position in a later generation: everything in it is then in the entry logs and the index.
+//!
+//! Record format (little-endian), 16-byte header then body:
+//!
+//! ```text
+//! 0  u32 body length in bytes
+//! 4  u32 CRC32C over bytes 0..4, 8..16 and the body's fixed part (see below)
+//! 8  u32 generation of the file the record was written to
+//! 12 u8  type: 1 Add, 2 Fence, 3 Delete;  13..16 reserved, 0
+//! 16 body — Add:    u64 ledger, u64 entry, i64 LAC, u32 entry CRC32C, u32 flags (1: recovery),
+//!                   then the payload (fixed part: the first 32 bytes)
+//!           Fence:  u64 ledger          Delete: u64 ledger   (fixed part: all 8 bytes)
+//! ```
+//!
+//! The record CRC does not cover an Add's payload because the entry's own CRC32C already does
+//! (ledger, entry, LAC, payload): replay checks both, so a torn payload is caught without hashing
+//! every payload twice on the write path. Replay of a file stops at the first record that is
+//! short, zero (preallocated space), from another generation, or fails a CRC: a torn tail.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use magnetar_metadata::{EntryId, LedgerId};
+
+use crate::api::Entry;
+
+pub(crate) const HEADER_BYTES: usize = 16;
+const ADD_FIXED_BYTES: usize = 32;
+const LEDGER_OP_BYTES: usize = 8;
+const TYPE_ADD: u8 = 1;
+const TYPE_FENCE: u8 = 2;
+const TYPE_DELETE: u8 = 3;
+const FLAG_RECOVERY: u32 = 1;
+
+/// A point in the journal: generation and byte offset within that file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct JournalPos {
+    pub generation: u32,
+    pub offset: u64,
+}
+
+/// A journaled operation, as replay finds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    Add(Entry),
+    Fence(LedgerId),
+    Delete(LedgerId),
+}
+
+pub(crate) fn add_record_bytes(payload_len: usize) -> usize {
+    HEADER_BYTES + ADD_FIXED_BYTES + payload_len
+}
+
+pub(crate) const LEDGER_OP_RECORD_BYTES: usize = HEADER_BYTES + LEDGER_OP_BYTES;
+
+fn record_crc(fixed: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&fixed[0..4]), &fixed[8..])
+}
+
+fn put_header(buf: &mut Vec<u8>, body_len: usize, generation: u32, kind: u8) {
+    // Body lengths fit in u32: entries are capped far below 4 GiB before they get here.
+    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    buf.extend_from_slice(&generation.to_le_bytes());
+    buf.extend_from_slice(&[kind, 0, 0, 0]);
+}
+
+fn seal(buf: &mut [u8], start: usize, fixed_len: usize) {
+    let crc = record_crc(&buf[start..start + HEADER_BYTES + fixed_len]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends an Add record to `buf` (one copy of the payload into the batch buffer).
+pub(crate) fn encode_add(buf: &mut Vec<u8>, generation: u32, e: &Entry, recovery: bool) {
+    let start = buf.len();
+    buf.reserve(add_record_bytes(e.payload.len()));
+    put_header(buf, ADD_FIXED_BYTES + e.payload.len(), generation, TYPE_ADD);
+    buf.extend_from_slice(&e.ledger.0.to_le_bytes());
+    buf.extend_from_slice(&e.entry.0.to_le_bytes());
+    buf.extend_from_slice(&e.lac.to_le_bytes());
+    buf.extend_from_slice(&e.crc32c.to_le_bytes());
+    let flags = if recovery { FLAG_RECOVERY } else { 0 };
+    buf.extend_from_slice(&flags.to_le_bytes());
+    seal(buf, start, ADD_FIXED_BYTES);
+    buf.extend_from_slice(&e.payload);
+}
+
+/// Appends a Fence or Delete record.
+pub(crate) fn encode_ledger_op(buf: &mut Vec<u8>, generation: u32, ledger: LedgerId, fence: bool) {
+    let start = buf.len();
+    let kind = if fence { TYPE_FENCE } else { TYPE_DELETE };
+    put_header(buf, LEDGER_OP_BYTES, generation, kind);
+    buf.extend_from_slice(&ledger.0.to_le_bytes());
+    seal(buf, start, LEDGER_OP_BYTES);
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Parses the valid records of one journal file's contents from `start`; returns them with
+/// the offset just past each, stopping at the torn tail.
+pub(crate) fn parse(data: &Bytes, generation: u32, start: usize) -> Vec<(Record, u64)> {
+    let mut out = Vec::new();
+    let mut off = start;
+    while off + HEADER_BYTES <= data.len() {
+        let body_len = le_u32(data, off) as usize;
+        let kind = data[off + 12];
+        let fixed = match kind {
+            TYPE_ADD => ADD_FIXED_BYTES,
+            TYPE_FENCE | TYPE_DELETE => LEDGER_OP_BYTES,
+            _ => break,
+        };
+        let end = off + HEADER_BYTES + body_len;
+        if le_u32(data, off + 8) != generation || body_len < fixed || end > data.len() {
+            break;
+        }
+        if le_u32(data, off + 4) != record_crc(&data[off..off + HEADER_BYTES + fixed]) {
+            break;
+        }
+        let b = off + HEADER_BYTES;
+        let ledger = LedgerId(le_u64(data, b));
+        let record = match kind {
+            TYPE_ADD => {
+                let e = Entry {
+                    ledger,
+                    entry: EntryId(le_u64(data, b + 8)),
+                    lac: le_u64(data, b + 16) as i64,
+                    crc32c: le_u32(data, b + 24),
+                    payload: data.slice(b + ADD_FIXED_BYTES..end),
+                };
+                if !e.is_intact() {
+                    break;
+                }
+                Record::Add(e)
+            }
+            TYPE_FENCE => Record::Fence(ledger),
+            _ => Record::Delete(ledger),
+        };
+        out.push((record, end as u64));
+        off = end;
+    }
+    out
+}
+
+pub(crate) fn journal_path(dir: &Path, generation: u32) -> PathBuf {
+    dir.join(format!("{generation:010}.txn"))
+}
+
+/// The journal files in `dir`, by generation.
+pub(crate) fn list(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
+    let mut out = Vec::new();
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        let name = item.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".txn")) else {
+            continue;
+        };
+        if let Ok(generation) = stem.parse::<u32>() {
+            out.push((generation, item.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// fsyncs a directory so files created or removed in it survive a crash.
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The file the writer appends to.
+#[derive(Debug)]
+pub(crate) struct JournalFile {
+    pub generation: u32,
+    pub file: File,
+    /// Next write position.
+    pub offset: u64,
+    /// Preallocated size: a batch that would cross it goes to a new file.
+    pub size: u64,
+}
+
+impl JournalFile {
+    pub fn create(dir: &Path, generation: u32, size: u64) -> io::Result<JournalFile> {
+        let path = journal_path(dir, generation);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        if let Err(e) = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size) {
+            // Not fatal: the file grows as written, only slower (e.g. a filesystem without it).
+            tracing::warn!(path = %path.display(), error = %e, "journal preallocation failed");
+        }
+        // The new name must be durable before acknowledged records depend on it.
+        sync_dir(dir)?;
+        Ok(JournalFile {
+            generation,
+            file,
+            offset: 0,
+            size,
+        })
+    }
+
+    pub fn pos(&self) -> JournalPos {
+        JournalPos {
+            generation: self.generation,
+            offset: self.offset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_stops_at_torn_tail_and_foreign_generation() {
+        let e1 = Entry::new(LedgerId(1), EntryId(0), -1, Bytes::from_static(b"one"));
+        let e2 = Entry::new(LedgerId(1), EntryId(1), 0, Bytes::from_static(b"two"));
+        let mut buf = Vec::new();
+        encode_add(&mut buf, 5, &e1, false);
+        encode_ledger_op(&mut buf, 5, LedgerId(1), true);
+        let good = buf.len();
+        encode_add(&mut buf, 5, &e2, true);
+        buf.extend_from_slice(&[0; 64]);
+        let all = parse(&Bytes::from(buf.clone()), 5, 0);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0].0, Record::Add(e1));
+        assert_eq!(all[1], (Record::Fence(LedgerId(1)), good as u64));
+        // Another generation's records (a reused file) are not replayed.
+        assert!(parse(&Bytes::from(buf.clone()), 6, 0).is_empty());
+        // A torn payload fails the entry CRC: replay stops before it.
+        let mut torn = buf.clone();
+        torn[good + add_record_bytes(3) - 1] ^= 0xff;
+        assert_eq!(parse(&Bytes::from(torn), 5, 0).len(), 2);
+        // A cut-off record is ignored.
+        buf.truncate(good + 20);
+        assert_eq!(parse(&Bytes::from(buf), 5, 0).len(), 2);
+    }
+}

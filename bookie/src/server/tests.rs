@@ -1,0 +1,604 @@
+//! Tests of the bookie storage on real files in temporary directories, with real fsync.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use magnetar_metadata::{EntryId, LedgerId};
+
+use super::*;
+use crate::api::{BookieClient, BookieError, BookieState, Entry, FenceResult};
+
+type TestResult = anyhow::Result<()>;
+
+fn options(dir: &Path) -> BookieOptions {
+    let mut o = BookieOptions::new(BookieId("127.0.0.1:3181".into()), dir);
+    o.journal_file_size_bytes = 1024 * 1024;
+    o.entry_log_size_bytes_max = 4 * 1024 * 1024;
+    // Tests drive checkpoints and GC themselves unless they say otherwise.
+    o.checkpoint_interval_ms = 3_600_000;
+    o.gc_interval_ms = 3_600_000;
+    o.disk_check_interval_ms = 3_600_000;
+    o
+}
+
+fn entry(ledger: u64, entry: u64, lac: i64, len: usize) -> Entry {
+    let payload: Vec<u8> = (0..len)
+        .map(|i| (i as u64 + entry * 7 + ledger) as u8)
+        .collect();
+    Entry::new(LedgerId(ledger), EntryId(entry), lac, Bytes::from(payload))
+}
+
+async fn add_all(b: &Bookie, ledger: u64, range: std::ops::Range<u64>, len: usize) -> TestResult {
+    for e in range {
+        b.add(entry(ledger, e, e as i64 - 1, len), false).await?;
+    }
+    Ok(())
+}
+
+async fn assert_readable(
+    b: &Bookie,
+    ledger: u64,
+    range: std::ops::Range<u64>,
+    len: usize,
+) -> TestResult {
+    for e in range {
+        let got = b.read(LedgerId(ledger), EntryId(e), false).await?;
+        assert_eq!(
+            got.entry,
+            entry(ledger, e, e as i64 - 1, len),
+            "{ledger}:{e}"
+        );
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for item in std::fs::read_dir(from)? {
+        let item = item?;
+        let target = to.join(item.file_name());
+        if item.file_type()?.is_dir() {
+            copy_dir(&item.path(), &target)?;
+        } else {
+            std::fs::copy(item.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+fn count_files(dir: &Path, suffix: &str) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|i| i.ok())
+                .filter(|i| i.file_name().to_string_lossy().ends_with(suffix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn add_read_round_trip_and_errors() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    add_all(&b, 1, 0..10, 100).await?;
+    assert_readable(&b, 1, 0..10, 100).await?;
+    let r = b.read(LedgerId(1), EntryId(9), false).await?;
+    assert_eq!(r.lac, 8);
+    assert_eq!(
+        b.read(LedgerId(2), EntryId(0), false).await,
+        Err(BookieError::NoSuchLedger(LedgerId(2)))
+    );
+    assert_eq!(
+        b.read(LedgerId(1), EntryId(10), false).await,
+        Err(BookieError::NoSuchEntry {
+            ledger: LedgerId(1),
+            entry: EntryId(10)
+        })
+    );
+    // Out of order and duplicate adds are fine.
+    b.add(entry(3, 5, -1, 10), false).await?;
+    b.add(entry(3, 0, -1, 10), false).await?;
+    b.add(entry(3, 0, -1, 10), false).await?;
+    assert_eq!(
+        b.read_range(LedgerId(3), EntryId(0), EntryId(9), 0, 0)
+            .await?
+            .len(),
+        1
+    );
+    let info = b.info().await?;
+    assert_eq!(info.state, BookieState::ReadWrite);
+    assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    assert!(info.used_bytes > 0 && info.free_bytes > 0);
+    b.shutdown().await;
+    assert_eq!(
+        b.add(entry(1, 10, 9, 1), false).await,
+        Err(BookieError::ShuttingDown)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_adds_are_refused_and_the_bookie_keeps_working() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path());
+    o.entry_size_bytes_max = 1000;
+    let b = Bookie::open(o).await?;
+    assert!(matches!(
+        b.add(entry(1, 0, -1, 1001), false).await,
+        Err(BookieError::TooLarge(_))
+    ));
+    let mut bad = entry(1, 0, -1, 10);
+    bad.crc32c ^= 1;
+    assert!(matches!(
+        b.add(bad, false).await,
+        Err(BookieError::BadRequest(_))
+    ));
+    add_all(&b, 1, 0..3, 1000).await?;
+    assert_readable(&b, 1, 0..3, 1000).await?;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn read_range_limits() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    add_all(&b, 1, 0..10, 100).await?;
+    add_all(&b, 1, 11..15, 100).await?;
+    let l = LedgerId(1);
+    let r = b.read_range(l, EntryId(0), EntryId(14), 5, 0).await?;
+    assert_eq!(
+        r.iter().map(|e| e.entry.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert_eq!(
+        b.read_range(l, EntryId(0), EntryId(14), 0, 250)
+            .await?
+            .len(),
+        2
+    );
+    // At least one entry even if it alone is over max_bytes.
+    assert_eq!(
+        b.read_range(l, EntryId(3), EntryId(14), 0, 10).await?.len(),
+        1
+    );
+    // Stops at the first missing entry.
+    let r = b.read_range(l, EntryId(5), EntryId(14), 0, 0).await?;
+    assert_eq!(r.last().map(|e| e.entry.0), Some(9));
+    assert_eq!(
+        b.read_range(l, EntryId(11), EntryId(12), 0, 0).await?.len(),
+        2
+    );
+    assert!(matches!(
+        b.read_range(l, EntryId(10), EntryId(14), 0, 0).await,
+        Err(BookieError::NoSuchEntry { .. })
+    ));
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_concurrent_adds_are_all_durable() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    const TASKS: u64 = 8;
+    const PER_TASK: u64 = 1_250;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let results: Vec<_> = futures::stream::iter(0..PER_TASK)
+                .map(|e| {
+                    let b = b.clone();
+                    async move { b.add(entry(t, e, e as i64 - 1, 100), false).await }
+                })
+                .buffer_unordered(256)
+                .collect()
+                .await;
+            results.into_iter().collect::<Result<Vec<()>, _>>()
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = start.elapsed();
+    let adds = TASKS * PER_TASK;
+    println!(
+        "{adds} adds of 100 B in {elapsed:?}: {:.0} adds/s",
+        adds as f64 / elapsed.as_secs_f64()
+    );
+    for t in 0..TASKS {
+        assert_readable(&b, t, 0..PER_TASK, 100).await?;
+    }
+    // Durable: a bookie on a copy of the files (no shutdown, no checkpoint) has them all.
+    let copy = tempfile::tempdir()?;
+    copy_dir(dir.path(), copy.path())?;
+    let c = Bookie::open(options(copy.path())).await?;
+    for t in 0..TASKS {
+        assert_readable(&c, t, 0..PER_TASK, 100).await?;
+    }
+    c.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn reopen_after_clean_shutdown() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    add_all(&b, 1, 0..50, 300).await?;
+    add_all(&b, 2, 0..5, 10).await?;
+    b.fence(LedgerId(2)).await?;
+    b.shutdown().await;
+    drop(b);
+    let b = Bookie::open(options(dir.path())).await?;
+    assert_readable(&b, 1, 0..50, 300).await?;
+    assert_readable(&b, 2, 0..5, 10).await?;
+    assert_eq!(b.read_lac(LedgerId(1), -1, Duration::ZERO).await?, 48);
+    assert_eq!(
+        b.add(entry(2, 5, 4, 10), false).await,
+        Err(BookieError::Fenced(LedgerId(2)))
+    );
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn crash_replays_the_journal() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    add_all(&b, 1, 0..20, 200).await?;
+    b.checkpoint_now().await?;
+    // After the checkpoint: only in the journal (and unsynced entry log).
+    add_all(&b, 1, 20..40, 200).await?;
+    add_all(&b, 2, 0..10, 50).await?;
+    b.fence(LedgerId(2)).await?;
+    b.delete_ledger(LedgerId(3)).await?;
+    // The files as a crash would leave them: no shutdown, no final checkpoint.
+    let copy = tempfile::tempdir()?;
+    copy_dir(dir.path(), copy.path())?;
+    drop(b);
+
+    let c = Bookie::open(options(copy.path())).await?;
+    assert_readable(&c, 1, 0..40, 200).await?;
+    assert_readable(&c, 2, 0..10, 50).await?;
+    assert_eq!(
+        c.add(entry(2, 10, 9, 10), false).await,
+        Err(BookieError::Fenced(LedgerId(2)))
+    );
+    // And once more, after that recovery itself "crashes".
+    c.add(entry(1, 40, 39, 200), false).await?;
+    let again = tempfile::tempdir()?;
+    copy_dir(copy.path(), again.path())?;
+    drop(c);
+    let d = Bookie::open(options(again.path())).await?;
+    assert_readable(&d, 1, 0..41, 200).await?;
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn torn_journal_tail_is_ignored() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    add_all(&b, 1, 0..10, 100).await?;
+    let copy = tempfile::tempdir()?;
+    copy_dir(dir.path(), copy.path())?;
+    b.shutdown().await;
+
+    // Half a record after the last complete one, as a crash mid-write leaves it.
+    let journal_dir = copy.path().join("journal");
+    let files = journal::list(&journal_dir)?;
+    let (generation, path) = files.last().cloned().ok_or(anyhow::anyhow!("no journal"))?;
+    let data = Bytes::from(std::fs::read(&path)?);
+    let end = journal::parse(&data, generation, 0)
+        .last()
+        .map_or(0, |(_, end)| *end);
+    assert!(end > 0);
+    let mut torn = Vec::new();
+    journal::encode_add(&mut torn, generation, &entry(1, 10, 9, 100), false);
+    let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+    file.write_all_at(&torn[..torn.len() / 2], end)?;
+    drop(file);
+
+    let c = Bookie::open(options(copy.path())).await?;
+    assert_readable(&c, 1, 0..10, 100).await?;
+    assert!(matches!(
+        c.read(LedgerId(1), EntryId(10), false).await,
+        Err(BookieError::NoSuchEntry { .. })
+    ));
+    c.add(entry(1, 10, 9, 100), false).await?;
+    c.shutdown().await;
+    drop(c);
+    let d = Bookie::open(options(copy.path())).await?;
+    assert_readable(&d, 1, 0..11, 100).await?;
+    d.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn fencing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    let l = LedgerId(1);
+    add_all(&b, 1, 0..3, 10).await?;
+    assert_eq!(
+        b.fence(l).await?,
+        FenceResult {
+            lac: 1,
+            last_entry: 2
+        }
+    );
+    assert_eq!(
+        b.add(entry(1, 3, 2, 10), false).await,
+        Err(BookieError::Fenced(l))
+    );
+    b.add(entry(1, 3, 2, 10), true).await?;
+    assert_eq!(
+        b.fence(l).await?,
+        FenceResult {
+            lac: 2,
+            last_entry: 3
+        }
+    );
+    // A fence on an unknown ledger keeps the old writer out from the start.
+    assert_eq!(
+        b.fence(LedgerId(9)).await?,
+        FenceResult {
+            lac: -1,
+            last_entry: -1
+        }
+    );
+    assert_eq!(
+        b.add(entry(9, 0, -1, 10), false).await,
+        Err(BookieError::Fenced(LedgerId(9)))
+    );
+    // A recovery read fences.
+    add_all(&b, 2, 0..2, 10).await?;
+    let r = b.read(LedgerId(2), EntryId(1), true).await?;
+    assert_eq!(r.entry.entry, EntryId(1));
+    assert_eq!(
+        b.add(entry(2, 2, 1, 10), false).await,
+        Err(BookieError::Fenced(LedgerId(2)))
+    );
+    // Concurrent adds and a fence: every add either succeeded before or is refused.
+    let adds: Vec<_> = (0..200)
+        .map(|e| {
+            let b = b.clone();
+            tokio::spawn(async move { b.add(entry(5, e, -1, 10), false).await })
+        })
+        .collect();
+    let fenced = b.fence(LedgerId(5)).await?;
+    let mut ok = 0i64;
+    for a in adds {
+        match a.await? {
+            Ok(()) => ok += 1,
+            Err(BookieError::Fenced(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let after = b.fence(LedgerId(5)).await?;
+    assert_eq!(fenced, after, "no add got in after the fence");
+    assert!(ok <= 200);
+    b.shutdown().await;
+    drop(b);
+    let b = Bookie::open(options(dir.path())).await?;
+    assert_eq!(
+        b.add(entry(1, 4, 3, 10), false).await,
+        Err(BookieError::Fenced(l))
+    );
+    assert_eq!(
+        b.fence(l).await?,
+        FenceResult {
+            lac: 2,
+            last_entry: 3
+        }
+    );
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lac_long_poll() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    let l = LedgerId(1);
+    assert_eq!(
+        b.read_lac(l, -1, Duration::ZERO).await,
+        Err(BookieError::NoSuchLedger(l))
+    );
+    add_all(&b, 1, 0..2, 10).await?;
+    assert_eq!(b.read_lac(l, -1, Duration::from_secs(5)).await?, 0);
+    let poll = {
+        let b = b.clone();
+        tokio::spawn(async move { b.read_lac(l, 0, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!poll.is_finished());
+    let woke_after = Instant::now();
+    b.add(entry(1, 2, 1, 10), false).await?;
+    assert_eq!(poll.await??, 1);
+    assert!(woke_after.elapsed() < Duration::from_secs(2));
+    let started = Instant::now();
+    assert_eq!(b.read_lac(l, 5, Duration::from_millis(100)).await?, 1);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn flipped_byte_in_entry_log_is_corrupt() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    add_all(&b, 1, 0..5, 100).await?;
+    b.checkpoint_now().await?;
+    let (path, offset) = b
+        .locate(LedgerId(1), EntryId(2))
+        .ok_or(anyhow::anyhow!("entry not located"))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset + 10)?;
+    byte[0] ^= 0x20;
+    file.write_all_at(&byte, offset + 10)?;
+    let corrupt = BookieError::Corrupt {
+        ledger: LedgerId(1),
+        entry: EntryId(2),
+    };
+    assert_eq!(
+        b.read(LedgerId(1), EntryId(2), false).await,
+        Err(corrupt.clone())
+    );
+    assert_eq!(
+        b.read_range(LedgerId(1), EntryId(0), EntryId(4), 0, 0)
+            .await,
+        Err(corrupt)
+    );
+    assert_readable(&b, 1, 3..5, 100).await?;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_and_gc_reclaim_entry_logs() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path());
+    o.entry_log_size_bytes_max = 64 * 1024;
+    let b = Bookie::open(o.clone()).await?;
+    // Ledger 1 fills several logs; ledger 2 has a few entries in the first of them.
+    for e in 0..200u64 {
+        b.add(entry(1, e, e as i64 - 1, 1024), false).await?;
+        if e % 50 == 0 {
+            b.add(entry(2, e / 50, -1, 100), false).await?;
+        }
+    }
+    let (first_log, _) = b
+        .locate(LedgerId(2), EntryId(0))
+        .ok_or(anyhow::anyhow!("entry not located"))?;
+    let ledgers_dir = dir.path().join("ledgers");
+    let logs_before = count_files(&ledgers_dir, ".log");
+    assert!(logs_before >= 3, "{logs_before} logs");
+    b.delete_ledger(LedgerId(1)).await?;
+    assert_eq!(
+        b.read(LedgerId(1), EntryId(0), false).await,
+        Err(BookieError::NoSuchLedger(LedgerId(1)))
+    );
+    b.gc_now().await;
+    assert!(!first_log.exists(), "the mostly dead log is reclaimed");
+    assert!(count_files(&ledgers_dir, ".log") < logs_before);
+    for e in 0..4 {
+        let r = b.read(LedgerId(2), EntryId(e), false).await?;
+        assert_eq!(r.entry, entry(2, e, -1, 100));
+    }
+    b.shutdown().await;
+    drop(b);
+    let b = Bookie::open(o).await?;
+    for e in 0..4 {
+        assert_eq!(
+            b.read(LedgerId(2), EntryId(e), false).await?.entry,
+            entry(2, e, -1, 100)
+        );
+    }
+    assert!(matches!(
+        b.read(LedgerId(1), EntryId(0), false).await,
+        Err(BookieError::NoSuchLedger(_))
+    ));
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn read_only_past_the_storage_limit() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path());
+    o.journal_file_size_bytes = 256 * 1024;
+    o.entry_log_size_bytes_max = 256 * 1024;
+    o.storage_size_bytes_max = Some(2 * 1024 * 1024);
+    let b = Bookie::open(o).await?;
+    let mut changes = b.state_changes();
+    assert_eq!(b.state(), BookieState::ReadWrite);
+    add_all(&b, 1, 0..300, 8 * 1024).await?;
+    b.check_disk_now().await;
+    assert_eq!(b.state(), BookieState::ReadOnly);
+    tokio::time::timeout(Duration::from_secs(1), changes.changed()).await??;
+    assert_eq!(*changes.borrow_and_update(), BookieState::ReadOnly);
+    assert_eq!(b.info().await?.state, BookieState::ReadOnly);
+    assert_eq!(
+        b.add(entry(2, 0, -1, 10), false).await,
+        Err(BookieError::ReadOnly)
+    );
+    assert_eq!(
+        b.add(entry(2, 0, -1, 10), true).await,
+        Err(BookieError::ReadOnly)
+    );
+    assert_readable(&b, 1, 0..300, 8 * 1024).await?;
+    // Space comes back: delete, compact, trim; below the low-water mark it is writable again.
+    b.delete_ledger(LedgerId(1)).await?;
+    b.gc_now().await;
+    b.checkpoint_now().await?;
+    b.check_disk_now().await;
+    assert_eq!(b.state(), BookieState::ReadWrite);
+    tokio::time::timeout(Duration::from_secs(1), changes.changed()).await??;
+    b.add(entry(2, 0, -1, 10), false).await?;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn journal_rotates_and_is_trimmed_after_checkpoint() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path());
+    o.journal_file_size_bytes = 64 * 1024;
+    let b = Bookie::open(o.clone()).await?;
+    add_all(&b, 1, 0..300, 1024).await?;
+    let journal_dir = dir.path().join("journal");
+    let before = count_files(&journal_dir, ".txn");
+    assert!(before >= 4, "{before} journal files");
+    // Preallocated to the configured size.
+    let first = journal::list(&journal_dir)?;
+    let len = std::fs::metadata(&first[0].1)?.len();
+    assert!(len >= 64 * 1024, "journal file of {len} bytes");
+    b.checkpoint_now().await?;
+    assert_eq!(count_files(&journal_dir, ".txn"), 1);
+    add_all(&b, 1, 300..310, 1024).await?;
+    let copy = tempfile::tempdir()?;
+    copy_dir(dir.path(), copy.path())?;
+    b.shutdown().await;
+    // Shut down (even before it is dropped), the directory can be opened again.
+    let reopened = Bookie::open(o.clone()).await?;
+    assert_readable(&reopened, 1, 0..310, 1024).await?;
+    reopened.shutdown().await;
+    // And the copy taken without a shutdown replays to the same.
+    let mut oc = o;
+    oc.data_dir = copy.path().to_owned();
+    let c = Bookie::open(oc).await?;
+    assert_readable(&c, 1, 0..310, 1024).await?;
+    c.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn periodic_tasks_checkpoint_on_their_own() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path());
+    o.journal_file_size_bytes = 64 * 1024;
+    o.checkpoint_interval_ms = 50;
+    o.disk_check_interval_ms = 50;
+    let b: Arc<Bookie> = Bookie::open(o).await?;
+    add_all(&b, 1, 0..200, 1024).await?;
+    let journal_dir = dir.path().join("journal");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while count_files(&journal_dir, ".txn") > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count_files(&journal_dir, ".txn"), 1);
+    b.shutdown().await;
+    Ok(())
+}
