@@ -1,0 +1,485 @@
+//! Configuration of the `magnetar` binary.
+//!
+//! Layers, each overriding the one before:
+//!
+//! 1. the defaults of [`Config::default`];
+//! 2. a TOML file (`--config FILE`, or the `MAGNETAR_CONFIG` environment variable);
+//! 3. `RUST_LOG`, for `log.level` only;
+//! 4. environment variables `MAGNETAR_<SECTION>__<KEY>` (the double underscore separates the
+//!    section from the key, e.g. `MAGNETAR_METADATA__BACKEND=etcd`); variables starting with
+//!    `MAGNETAR_` without a double underscore are not configuration and are ignored;
+//! 5. command-line flags.
+//!
+//! Unknown keys are an error naming the key and where it came from, in the file as in the
+//! environment. Every key and its default is documented in `docs/CONFIGURATION.md`; a unit test
+//! below keeps the two in step.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Prefix of the environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "MAGNETAR_";
+/// Separator between section and key in an environment variable name.
+pub const ENV_SEPARATOR: &str = "__";
+/// Environment variable naming the configuration file when `--config` is not given.
+pub const CONFIG_FILE_ENV: &str = "MAGNETAR_CONFIG";
+/// File name of the embedded metadata store inside the data directory.
+pub const EMBEDDED_FILE_NAME: &str = "metadata.redb";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[metadata]`: which metadata store, and how to reach it.
+    pub metadata: MetadataConfig,
+    /// `[standalone]`: `magnetar standalone`.
+    pub standalone: StandaloneConfig,
+    /// `[log]`: diagnostics on stderr.
+    pub log: LogConfig,
+}
+
+/// Which metadata-store backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataBackend {
+    /// Durable file store (redb) in the process: standalone.
+    #[default]
+    Embedded,
+    /// An etcd cluster: brokers and bookies in a cluster.
+    Etcd,
+    /// In memory, lost at exit: tests only.
+    Memory,
+}
+
+/// `[metadata]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetadataConfig {
+    /// Backend of the metadata store.
+    pub backend: MetadataBackend,
+    /// etcd client endpoints (etcd backend). A list, or in an environment variable also a
+    /// comma-separated string.
+    #[serde(deserialize_with = "string_or_list")]
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix under which all of Magnetar's keys live in etcd, so clusters can share one etcd.
+    pub etcd_root: String,
+    /// Time to live of a metadata session (a lease): ephemeral keys such as ownership and bookie
+    /// registrations vanish this long after their holder stops renewing.
+    pub session_ttl_ms: u64,
+    /// File of the embedded backend. Unset means `<standalone.data_dir>/metadata.redb`; a relative
+    /// path is taken relative to `standalone.data_dir`.
+    /// (No `skip_serializing_if`: the docs test walks the serialized keys and must see this one;
+    /// TOML leaves unset options out on its own.)
+    pub embedded_path: Option<PathBuf>,
+}
+
+impl Default for MetadataConfig {
+    fn default() -> Self {
+        MetadataConfig {
+            backend: MetadataBackend::default(),
+            etcd_endpoints: vec!["http://127.0.0.1:2379".to_owned()],
+            etcd_root: "/magnetar".to_owned(),
+            session_ttl_ms: 10_000,
+            embedded_path: None,
+        }
+    }
+}
+
+/// `[standalone]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StandaloneConfig {
+    /// Directory for all standalone state.
+    pub data_dir: PathBuf,
+    /// Address the broker and admin listeners bind to.
+    pub bind_address: String,
+    /// Pulsar binary protocol port.
+    pub broker_port: u16,
+    /// Admin REST API and `/metrics` port.
+    pub admin_port: u16,
+}
+
+impl Default for StandaloneConfig {
+    fn default() -> Self {
+        StandaloneConfig {
+            data_dir: PathBuf::from("./data"),
+            bind_address: "127.0.0.1".to_owned(),
+            broker_port: 6650,
+            admin_port: 8080,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or directives such
+    /// as `info,magnetar_metadata=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default)]
+pub struct FlagOverrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Wraps a provider so that errors name a key the way the operator wrote it: `metadata.backend`
+/// for the file (figment would say `default.metadata.backend`), the variable name
+/// `MAGNETAR_METADATA__BACKEND` for the environment (figment would say `METADATA.BACKEND`).
+struct KeyNames<P> {
+    inner: P,
+    style: KeyStyle,
+}
+
+#[derive(Clone, Copy)]
+enum KeyStyle {
+    Dotted,
+    Env,
+    RustLog,
+}
+
+impl<P: Provider> KeyNames<P> {
+    fn dotted(inner: P) -> Self {
+        KeyNames {
+            inner,
+            style: KeyStyle::Dotted,
+        }
+    }
+    fn env(inner: P) -> Self {
+        KeyNames {
+            inner,
+            style: KeyStyle::Env,
+        }
+    }
+    fn rust_log(inner: P) -> Self {
+        KeyNames {
+            inner,
+            style: KeyStyle::RustLog,
+        }
+    }
+}
+
+impl<P: Provider> Provider for KeyNames<P> {
+    fn metadata(&self) -> Metadata {
+        let style = self.style;
+        self.inner
+            .metadata()
+            .interpolater(move |_: &Profile, keys: &[&str]| match style {
+                KeyStyle::Dotted => keys.join("."),
+                KeyStyle::Env => {
+                    format!(
+                        "{ENV_PREFIX}{}",
+                        keys.join(ENV_SEPARATOR).to_ascii_uppercase()
+                    )
+                }
+                KeyStyle::RustLog => "RUST_LOG".to_owned(),
+            })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
+
+    fn profile(&self) -> Option<Profile> {
+        self.inner.profile()
+    }
+}
+
+/// Accepts `["a", "b"]` or `"a,b"` (environment variables are easier to write the second way).
+fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StringOrList {
+        String(String),
+        List(Vec<String>),
+    }
+    Ok(match StringOrList::deserialize(deserializer)? {
+        StringOrList::List(list) => list,
+        StringOrList::String(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
+}
+
+impl Config {
+    /// The layered figment: defaults < `file` < `RUST_LOG` < `MAGNETAR_*__*` < `flags`.
+    ///
+    /// A `file` that is given must exist: a typo in `--config` is an error, not silently the
+    /// defaults.
+    pub fn figment(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Figment> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            std::fs::File::open(file)
+                .with_context(|| format!("cannot read configuration file {}", file.display()))?;
+            figment = figment.merge(KeyNames::dotted(Toml::file_exact(file)));
+        }
+        figment = figment
+            .merge(KeyNames::rust_log(
+                Env::raw().only(&["RUST_LOG"]).map(|_| "log.level".into()),
+            ))
+            .merge(KeyNames::env(
+                Env::prefixed(ENV_PREFIX)
+                    .filter(|key| key.as_str().contains(ENV_SEPARATOR))
+                    .split(ENV_SEPARATOR),
+            ));
+        if let Some(data_dir) = &flags.data_dir {
+            figment = figment.merge(Serialized::default("standalone.data_dir", data_dir));
+        }
+        Ok(figment)
+    }
+
+    /// Loads, merges and validates the configuration; `embedded_path` comes back resolved.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config> {
+        let figment = Config::figment(file, flags)?;
+        let config: Config = figment.extract().map_err(|err| {
+            // figment chains several errors; show every one of them, one per line.
+            let all: Vec<String> = err.into_iter().map(|e| e.to_string()).collect();
+            anyhow::anyhow!("invalid configuration: {}", all.join("\n"))
+        })?;
+        config.validate()?;
+        Ok(config.resolved())
+    }
+
+    /// Fills in what is derived from other keys: `metadata.embedded_path`.
+    pub fn resolved(mut self) -> Config {
+        self.metadata.embedded_path = Some(self.embedded_path());
+        self
+    }
+
+    /// Path of the embedded metadata file, resolved against `standalone.data_dir`.
+    pub fn embedded_path(&self) -> PathBuf {
+        match &self.metadata.embedded_path {
+            Some(path) => self.standalone.data_dir.join(path),
+            None => self.standalone.data_dir.join(EMBEDDED_FILE_NAME),
+        }
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let m = &self.metadata;
+        if m.backend == MetadataBackend::Etcd && m.etcd_endpoints.is_empty() {
+            bail!(
+                "invalid configuration: metadata.etcd_endpoints is empty but the backend is etcd"
+            );
+        }
+        if !m.etcd_root.starts_with('/') {
+            bail!(
+                "invalid configuration: metadata.etcd_root must start with '/', got {:?}",
+                m.etcd_root
+            );
+        }
+        if m.session_ttl_ms == 0 {
+            bail!("invalid configuration: metadata.session_ttl_ms must be at least 1");
+        }
+        if m.embedded_path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            bail!(
+                "invalid configuration: metadata.embedded_path is empty (leave it unset instead)"
+            );
+        }
+        let s = &self.standalone;
+        if s.data_dir.as_os_str().is_empty() {
+            bail!("invalid configuration: standalone.data_dir is empty");
+        }
+        if s.bind_address.parse::<IpAddr>().is_err() {
+            bail!(
+                "invalid configuration: standalone.bind_address must be an IP address, got {:?}",
+                s.bind_address
+            );
+        }
+        if s.broker_port != 0 && s.broker_port == s.admin_port {
+            bail!(
+                "invalid configuration: standalone.broker_port and standalone.admin_port are both {}",
+                s.broker_port
+            );
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            anyhow::anyhow!(
+                "invalid configuration: log.level {:?} is not a tracing filter: {e}",
+                self.log.level
+            )
+        })?;
+        Ok(())
+    }
+
+    /// The configuration as TOML, as `--print-config` shows it.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("cannot render the configuration as TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::value::Value;
+
+    const DOCS: &str = include_str!("../docs/CONFIGURATION.md");
+
+    /// `section.key` paths of every leaf of `dict`, with the value (None for an unset option).
+    fn leaves(prefix: &str, dict: &Dict, out: &mut Vec<(String, Option<toml::Value>)>) {
+        for (key, value) in dict {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                Value::Dict(_, inner) => leaves(&path, inner, out),
+                Value::Empty(..) => out.push((path, None)),
+                other => {
+                    let toml = toml::Value::try_from(other).unwrap();
+                    out.push((path, Some(toml)));
+                }
+            }
+        }
+    }
+
+    fn default_keys() -> Vec<(String, Option<toml::Value>)> {
+        // figment's serializer keeps `None` options (TOML's drops them), so no key is missed.
+        let data = Figment::from(Serialized::defaults(Config::default()))
+            .data()
+            .unwrap();
+        let dict = data.get(&figment::Profile::Default).unwrap();
+        let mut out = Vec::new();
+        leaves("", dict, &mut out);
+        out
+    }
+
+    fn env_name(path: &str) -> String {
+        format!(
+            "{ENV_PREFIX}{}",
+            path.replace('.', ENV_SEPARATOR).to_uppercase()
+        )
+    }
+
+    #[test]
+    fn every_key_is_documented_with_its_default_and_env_var() {
+        let keys = default_keys();
+        assert!(keys.len() >= 10, "walked too few keys: {keys:?}");
+        for (path, default) in keys {
+            let marker = format!("| `{path}` |");
+            let row = DOCS
+                .lines()
+                .find(|line| line.starts_with(&marker))
+                .unwrap_or_else(|| {
+                    panic!("docs/CONFIGURATION.md has no table row starting with {marker}")
+                });
+            let env = env_name(&path);
+            assert!(
+                row.contains(&format!("`{env}`")),
+                "row of {path} lacks `{env}`: {row}"
+            );
+            if let Some(default) = default {
+                let shown = format!("`{default}`");
+                assert!(
+                    row.contains(&shown),
+                    "row of {path} lacks its default {shown}: {row}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_documented_key_exists() {
+        let keys: Vec<String> = default_keys().into_iter().map(|(k, _)| k).collect();
+        for line in DOCS.lines().filter(|l| l.starts_with("| `")) {
+            let path = line.trim_start_matches("| `").split('`').next().unwrap();
+            assert!(
+                keys.iter().any(|k| k == path),
+                "docs document unknown key {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid_and_resolve_the_embedded_path() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(
+            config.resolved().metadata.embedded_path,
+            Some(PathBuf::from("./data/metadata.redb"))
+        );
+    }
+
+    #[test]
+    fn relative_embedded_path_is_under_data_dir_and_absolute_stays() {
+        let mut config = Config::default();
+        config.standalone.data_dir = "/var/lib/magnetar".into();
+        config.metadata.embedded_path = Some("meta/store.redb".into());
+        assert_eq!(
+            config.embedded_path(),
+            PathBuf::from("/var/lib/magnetar/meta/store.redb")
+        );
+        config.metadata.embedded_path = Some("/elsewhere/m.redb".into());
+        assert_eq!(config.embedded_path(), PathBuf::from("/elsewhere/m.redb"));
+    }
+
+    #[test]
+    fn printed_config_parses_back_to_the_same_config() {
+        let config = Config::default().resolved();
+        let text = config.to_toml().unwrap();
+        let parsed: Config = toml::from_str(&text).unwrap();
+        assert_eq!(parsed, config);
+    }
+
+    #[test]
+    fn unset_options_are_left_out_of_toml() {
+        let text = Config::default().to_toml().unwrap();
+        assert!(!text.contains("embedded_path"), "{text}");
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn endpoints_accept_a_comma_separated_string() {
+        let config: Config =
+            toml::from_str("[metadata]\netcd_endpoints = \"http://a:2379, http://b:2379\"\n")
+                .unwrap();
+        assert_eq!(
+            config.metadata.etcd_endpoints,
+            ["http://a:2379", "http://b:2379"]
+        );
+    }
+
+    #[test]
+    fn validation_rejects_bad_values() {
+        let bad = |f: fn(&mut Config)| {
+            let mut c = Config::default();
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(|c| c.standalone.bind_address = "localhost:1".into()).contains("bind_address"));
+        assert!(bad(|c| c.metadata.session_ttl_ms = 0).contains("session_ttl_ms"));
+        assert!(bad(|c| c.metadata.etcd_root = "magnetar".into()).contains("etcd_root"));
+        assert!(bad(|c| c.standalone.admin_port = 6650).contains("admin_port"));
+        assert!(bad(|c| c.log.level = "info,=[".into()).contains("log.level"));
+        assert!(
+            bad(|c| {
+                c.metadata.backend = MetadataBackend::Etcd;
+                c.metadata.etcd_endpoints.clear();
+            })
+            .contains("etcd_endpoints")
+        );
+    }
+}

@@ -1,0 +1,406 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // helpers of a test binary: a panic is the failure report
+
+//! The `magnetar` binary as an operator meets it: help, exit codes, and configuration layering
+//! (defaults < file < environment < flags) observed through `--print-config`.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const SUBCOMMANDS: [&str; 7] = [
+    "standalone",
+    "broker",
+    "bookie",
+    "admin",
+    "produce",
+    "consume",
+    "perf",
+];
+
+/// The built binary with an empty environment (no stray `MAGNETAR_*` or `RUST_LOG` from the
+/// caller), run in `dir`.
+fn magnetar(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_magnetar"));
+    cmd.env_clear().current_dir(dir);
+    cmd
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    (
+        status.code().expect("magnetar was killed by a signal"),
+        String::from_utf8(stdout).unwrap(),
+        String::from_utf8(stderr).unwrap(),
+    )
+}
+
+/// Runs and parses `--print-config` output, which must succeed.
+fn printed_config(cmd: &mut Command) -> toml::Table {
+    let (code, out, err) = run(cmd);
+    assert_eq!(code, 0, "--print-config failed: {err}");
+    out.parse::<toml::Table>()
+        .unwrap_or_else(|e| panic!("not TOML ({e}):\n{out}"))
+}
+
+fn get<'a>(table: &'a toml::Table, path: &str) -> &'a toml::Value {
+    let (section, key) = path.split_once('.').unwrap();
+    &table[section][key]
+}
+
+fn get_str<'a>(table: &'a toml::Table, path: &str) -> &'a str {
+    get(table, path).as_str().unwrap()
+}
+
+fn get_int(table: &toml::Table, path: &str) -> i64 {
+    get(table, path).as_integer().unwrap()
+}
+
+#[test]
+fn help_lists_every_subcommand_and_the_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, _) = run(magnetar(dir.path()).arg("--help"));
+    assert_eq!(code, 0);
+    for sub in SUBCOMMANDS {
+        assert!(
+            out.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{sub} "))),
+            "--help does not list {sub}:\n{out}"
+        );
+    }
+    assert!(out.contains("3 subcommand not built yet"), "{out}");
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, _) = run(magnetar(dir.path()).arg("--version"));
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("magnetar {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn unbuilt_subcommands_say_so_and_exit_3() {
+    let dir = tempfile::tempdir().unwrap();
+    for sub in SUBCOMMANDS {
+        let (code, out, err) = run(magnetar(dir.path()).arg(sub));
+        assert_eq!(code, 3, "{sub}: {err}");
+        assert!(
+            err.contains(&format!("magnetar {sub}: not built yet")),
+            "{sub}: {err}"
+        );
+        assert!(out.is_empty(), "{sub} wrote to stdout: {out}");
+    }
+    // Unbuilt client commands take any arguments and still give the same answer.
+    let (code, _, err) = run(magnetar(dir.path()).args(["produce", "my-topic", "-m", "hi"]));
+    assert_eq!(code, 3, "{err}");
+    // Standalone's flags are final.
+    let (code, _, err) = run(magnetar(dir.path()).args(["standalone", "--data-dir", "d"]));
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        !dir.path().join("d").exists(),
+        "an unbuilt standalone created its data dir"
+    );
+}
+
+#[test]
+fn no_subcommand_and_unknown_flags_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(&mut magnetar(dir.path()));
+    assert_eq!(code, 2);
+    assert!(err.contains("Usage:"), "{err}");
+    let (code, _, _) = run(magnetar(dir.path()).args(["standalone", "--no-such-flag"]));
+    assert_eq!(code, 2);
+    let (code, _, _) = run(magnetar(dir.path()).arg("zookeeper"));
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn defaults_are_printed_with_the_embedded_path_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = printed_config(magnetar(dir.path()).arg("--print-config"));
+    assert_eq!(get_str(&config, "metadata.backend"), "embedded");
+    assert_eq!(
+        get(&config, "metadata.etcd_endpoints")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(get_str(&config, "metadata.etcd_root"), "/magnetar");
+    assert_eq!(get_int(&config, "metadata.session_ttl_ms"), 10_000);
+    assert_eq!(
+        get_str(&config, "metadata.embedded_path"),
+        "./data/metadata.redb"
+    );
+    assert_eq!(get_str(&config, "standalone.data_dir"), "./data");
+    assert_eq!(get_str(&config, "standalone.bind_address"), "127.0.0.1");
+    assert_eq!(get_int(&config, "standalone.broker_port"), 6650);
+    assert_eq!(get_int(&config, "standalone.admin_port"), 8080);
+    assert_eq!(get_str(&config, "log.level"), "info");
+}
+
+#[test]
+fn file_then_env_then_flag_each_override_the_layer_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("magnetar.toml");
+    std::fs::write(
+        &file,
+        r#"
+[metadata]
+backend = "etcd"
+etcd_endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+session_ttl_ms = 5000
+
+[standalone]
+data_dir = "/from/file"
+broker_port = 7000
+
+[log]
+level = "debug"
+"#,
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+
+    // File only.
+    let config = printed_config(magnetar(dir.path()).args([
+        "standalone",
+        "--config",
+        file_arg,
+        "--print-config",
+    ]));
+    assert_eq!(get_str(&config, "metadata.backend"), "etcd");
+    assert_eq!(get_int(&config, "metadata.session_ttl_ms"), 5000);
+    assert_eq!(get_str(&config, "standalone.data_dir"), "/from/file");
+    assert_eq!(
+        get_str(&config, "metadata.embedded_path"),
+        "/from/file/metadata.redb"
+    );
+    assert_eq!(get_int(&config, "standalone.broker_port"), 7000);
+    assert_eq!(
+        get_int(&config, "standalone.admin_port"),
+        8080,
+        "untouched keys keep defaults"
+    );
+    assert_eq!(get_str(&config, "log.level"), "debug");
+
+    // File < environment.
+    let config = printed_config(
+        magnetar(dir.path())
+            .args(["standalone", "--config", file_arg, "--print-config"])
+            .env("MAGNETAR_STANDALONE__DATA_DIR", "/from/env")
+            .env("MAGNETAR_METADATA__SESSION_TTL_MS", "7000")
+            .env(
+                "MAGNETAR_METADATA__ETCD_ENDPOINTS",
+                "http://e1:2379,http://e2:2379,http://e3:2379",
+            )
+            .env("MAGNETAR_LOG__LEVEL", "warn,magnetar_metadata=trace"),
+    );
+    assert_eq!(get_str(&config, "metadata.backend"), "etcd");
+    assert_eq!(get_int(&config, "metadata.session_ttl_ms"), 7000);
+    assert_eq!(
+        get(&config, "metadata.etcd_endpoints")
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(get_str(&config, "standalone.data_dir"), "/from/env");
+    assert_eq!(get_int(&config, "standalone.broker_port"), 7000);
+    assert_eq!(
+        get_str(&config, "log.level"),
+        "warn,magnetar_metadata=trace"
+    );
+
+    // File < environment < flag.
+    let config = printed_config(
+        magnetar(dir.path())
+            .args([
+                "standalone",
+                "--config",
+                file_arg,
+                "--data-dir",
+                "/from/flag",
+                "--print-config",
+            ])
+            .env("MAGNETAR_STANDALONE__DATA_DIR", "/from/env")
+            .env("MAGNETAR_METADATA__SESSION_TTL_MS", "7000"),
+    );
+    assert_eq!(get_str(&config, "standalone.data_dir"), "/from/flag");
+    assert_eq!(
+        get_str(&config, "metadata.embedded_path"),
+        "/from/flag/metadata.redb"
+    );
+    assert_eq!(get_int(&config, "metadata.session_ttl_ms"), 7000);
+    assert_eq!(get_str(&config, "metadata.backend"), "etcd");
+}
+
+#[test]
+fn config_file_can_come_from_magnetar_config_and_the_flag_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.toml");
+    let b = dir.path().join("b.toml");
+    std::fs::write(&a, "[standalone]\nbroker_port = 1111\n").unwrap();
+    std::fs::write(&b, "[standalone]\nbroker_port = 2222\n").unwrap();
+
+    let config = printed_config(
+        magnetar(dir.path())
+            .arg("--print-config")
+            .env("MAGNETAR_CONFIG", &a),
+    );
+    assert_eq!(get_int(&config, "standalone.broker_port"), 1111);
+
+    let config = printed_config(
+        magnetar(dir.path())
+            .args(["broker", "--print-config", "--config"])
+            .arg(&b)
+            .env("MAGNETAR_CONFIG", &a),
+    );
+    assert_eq!(get_int(&config, "standalone.broker_port"), 2222);
+}
+
+#[test]
+fn rust_log_overrides_the_file_and_magnetar_log_level_overrides_rust_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.toml");
+    std::fs::write(&file, "[log]\nlevel = \"error\"\n").unwrap();
+    let config = printed_config(
+        magnetar(dir.path())
+            .arg("--print-config")
+            .env("MAGNETAR_CONFIG", &file)
+            .env("RUST_LOG", "debug"),
+    );
+    assert_eq!(get_str(&config, "log.level"), "debug");
+    let config = printed_config(
+        magnetar(dir.path())
+            .arg("--print-config")
+            .env("RUST_LOG", "debug")
+            .env("MAGNETAR_LOG__LEVEL", "trace"),
+    );
+    assert_eq!(get_str(&config, "log.level"), "trace");
+}
+
+#[test]
+fn printed_config_is_a_valid_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, first, err) = run(magnetar(dir.path())
+        .args(["standalone", "--data-dir", "/srv/m", "--print-config"])
+        .env("MAGNETAR_METADATA__BACKEND", "memory"));
+    assert_eq!(code, 0, "{err}");
+    let file = dir.path().join("printed.toml");
+    std::fs::write(&file, &first).unwrap();
+    let (code, second, err) = run(magnetar(dir.path())
+        .arg("--print-config")
+        .env("MAGNETAR_CONFIG", &file));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(first, second);
+}
+
+#[test]
+fn unknown_key_in_the_file_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[metadata]\nbackend = \"etcd\"\nsesion_ttl_ms = 5000\n",
+    )
+    .unwrap();
+    let file_arg = file.to_str().unwrap();
+    // Through MAGNETAR_CONFIG without a subcommand, and through a subcommand's --config (the
+    // configuration is checked before a subcommand says it is not built yet).
+    for (args, env) in [
+        (vec!["--print-config"], file_arg),
+        (vec!["standalone", "--config", file_arg], ""),
+    ] {
+        let (code, out, err) = run(magnetar(dir.path()).args(&args).env("MAGNETAR_CONFIG", env));
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(out.is_empty(), "{out}");
+        assert!(
+            err.contains("sesion_ttl_ms"),
+            "error does not name the key: {err}"
+        );
+        assert!(
+            err.contains("bad.toml"),
+            "error does not name the file: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+
+    std::fs::write(&file, "[zookeeper]\nservers = 3\n").unwrap();
+    let (code, _, err) = run(magnetar(dir.path())
+        .arg("--print-config")
+        .env("MAGNETAR_CONFIG", &file));
+    assert_eq!(code, 1);
+    assert!(err.contains("zookeeper"), "{err}");
+}
+
+#[test]
+fn unknown_key_in_the_environment_is_an_error_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = run(magnetar(dir.path())
+        .arg("--print-config")
+        .env("MAGNETAR_METADATA__BAKEND", "etcd"));
+    assert_eq!(code, 1);
+    assert!(err.contains("MAGNETAR_METADATA__BAKEND"), "{err}");
+    // Variables without the section separator are not configuration.
+    let (code, _, err) = run(magnetar(dir.path())
+        .arg("--print-config")
+        .env("MAGNETAR_SOMETHING_ELSE", "x"));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn bad_values_are_clear_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    let cases: [(&str, &str); 6] = [
+        ("[metadata]\nbackend = \"zookeeper\"\n", "zookeeper"),
+        ("[standalone]\nbroker_port = 70000\n", "broker_port"),
+        (
+            "[metadata]\nsession_ttl_ms = \"ten seconds\"\n",
+            "session_ttl_ms",
+        ),
+        (
+            "[standalone]\nbind_address = \"localhost:80\"\n",
+            "bind_address",
+        ),
+        (
+            "[metadata]\nbackend = \"etcd\"\netcd_endpoints = []\n",
+            "etcd_endpoints",
+        ),
+        ("[metadata\n", "TOML parse error"),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&file, text).unwrap();
+        let (code, _, err) = run(magnetar(dir.path())
+            .args(["standalone", "--print-config", "--config"])
+            .arg(&file));
+        assert_eq!(code, 1, "{text}: {err}");
+        assert!(
+            err.contains(expected),
+            "{text}: expected {expected:?} in: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+
+    let (code, _, err) = run(magnetar(dir.path())
+        .arg("--print-config")
+        .env("MAGNETAR_STANDALONE__ADMIN_PORT", "-1"));
+    assert_eq!(code, 1);
+    assert!(err.contains("MAGNETAR_STANDALONE__ADMIN_PORT"), "{err}");
+}
+
+#[test]
+fn a_missing_config_file_is_an_error_not_the_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) =
+        run(magnetar(dir.path()).args(["bookie", "--config", "nowhere.toml", "--print-config"]));
+    assert_eq!(code, 1);
+    assert!(err.contains("nowhere.toml"), "{err}");
+}
