@@ -12,6 +12,10 @@
 //! would turn "corrupt" into "missing" for that entry, and the reader's retry on another replica
 //! works better with the former.
 
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::Arc;
+
 use magnetar_metadata::{EntryId, LedgerId};
 
 use super::Shared;
@@ -26,42 +30,43 @@ const CHUNK_BYTES: usize = 1024 * 1024;
 pub(crate) fn gc_pass(shared: &Shared) -> Result<usize, String> {
     let current = shared.lock_appender().id;
     let ratio = shared.opts.gc_live_ratio_min;
-    let candidates: Vec<u32> = shared
-        .read_store()
-        .logs
-        .iter()
-        .filter(|(id, m)| {
-            **id != current && (m.live_bytes as f64) < ratio * (m.total_bytes.max(1) as f64)
-        })
-        .map(|(id, _)| *id)
-        .collect();
+    // One scan of the index finds the live entries of every candidate. Entries never move
+    // *into* a non-current log, so the lists stay complete; ones deleted meanwhile are skipped
+    // by `relocate`.
+    let mut candidates: HashMap<u32, (Arc<File>, Vec<Live>)> = HashMap::new();
+    {
+        let store = shared.read_store();
+        for (id, m) in &store.logs {
+            if *id != current && (m.live_bytes as f64) < ratio * (m.total_bytes.max(1) as f64) {
+                candidates.insert(*id, (m.file.clone(), Vec::new()));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        for (ledger, state) in &store.ledgers {
+            for (entry, loc) in &state.entries {
+                if let Some((_, live)) = candidates.get_mut(&loc.log) {
+                    live.push((*ledger, EntryId(*entry), *loc));
+                }
+            }
+        }
+    }
+    let mut candidates: Vec<_> = candidates.into_iter().collect();
+    candidates.sort_by_key(|(id, _)| *id);
     let mut reclaimed = 0;
-    for id in candidates {
-        if compact(shared, id)? {
+    for (id, (file, live)) in candidates {
+        if compact(shared, id, &file, live)? {
             reclaimed += 1;
         }
     }
     Ok(reclaimed)
 }
 
-fn compact(shared: &Shared, id: u32) -> Result<bool, String> {
-    let (file, live) = {
-        let store = shared.read_store();
-        let Some(meta) = store.logs.get(&id) else {
-            return Ok(false);
-        };
-        let mut live: Vec<(LedgerId, EntryId, Loc)> = Vec::new();
-        for (ledger, state) in &store.ledgers {
-            for (entry, loc) in &state.entries {
-                if loc.log == id {
-                    live.push((*ledger, EntryId(*entry), *loc));
-                }
-            }
-        }
-        (meta.file.clone(), live)
-    };
+type Live = (LedgerId, EntryId, Loc);
+
+fn compact(shared: &Shared, id: u32, file: &File, mut live: Vec<Live>) -> Result<bool, String> {
     // In file order: sequential reads.
-    let mut live = live;
     live.sort_by_key(|(_, _, loc)| loc.offset);
     tracing::info!(log = id, live_entries = live.len(), "compacting entry log");
 
@@ -74,7 +79,7 @@ fn compact(shared: &Shared, id: u32) -> Result<bool, String> {
         let mut i = start;
         while i < live.len() && (buf.is_empty() || buf.len() < CHUNK_BYTES) {
             let (ledger, entry, loc) = live[i];
-            let raw = entrylog::read_raw(&file, loc)
+            let raw = entrylog::read_raw(file, loc)
                 .map_err(|e| format!("compaction read of log {id:08x}: {e}"))?;
             if entrylog::decode(raw.clone().freeze(), loc, ledger, entry).is_none() {
                 tracing::error!(%ledger, %entry, log = id, "corrupt entry; log not compacted");

@@ -216,7 +216,7 @@ fn trim_journal(shared: &Shared, pos: JournalPos) {
         if generation >= pos.generation {
             break;
         }
-        match std::fs::remove_file(&path) {
+        match journal::retire(&shared.journal_dir, generation, &path) {
             Ok(()) => removed = true,
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "trimming journal"),
         }

@@ -196,9 +196,54 @@ pub(crate) struct JournalFile {
     pub size: u64,
 }
 
+/// Trimmed journal files kept for reuse at most: overwriting written blocks of a file that is
+/// already in place is much cheaper than filling a fresh one (DESIGN §3), and a couple cover
+/// the rotations between two checkpoints.
+pub(crate) const SPARES_MAX: usize = 2;
+
+fn spare_path(dir: &Path, generation: u32) -> PathBuf {
+    dir.join(format!("{generation:010}.spare"))
+}
+
+fn list_spares(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for item in fs::read_dir(dir)? {
+        let item = item?;
+        if item.file_name().to_string_lossy().ends_with(".spare") {
+            out.push(item.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Retires a wholly checkpointed journal file: kept as a spare if there are few, else deleted.
+/// Its old records stay in it, harmlessly: they carry its old generation, which replay of the
+/// file under a new generation rejects.
+pub(crate) fn retire(dir: &Path, generation: u32, path: &Path) -> io::Result<()> {
+    if list_spares(dir)?.len() < SPARES_MAX {
+        fs::rename(path, spare_path(dir, generation))
+    } else {
+        fs::remove_file(path)
+    }
+}
+
 impl JournalFile {
+    /// The file for `generation`: a renamed spare if there is one, else a new preallocated one.
     pub fn create(dir: &Path, generation: u32, size: u64) -> io::Result<JournalFile> {
         let path = journal_path(dir, generation);
+        if let Some(spare) = list_spares(dir)?.into_iter().next() {
+            fs::rename(&spare, &path)?;
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let len = file.metadata()?.len();
+            sync_dir(dir)?;
+            return Ok(JournalFile {
+                generation,
+                file,
+                offset: 0,
+                size: size.max(len),
+            });
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)

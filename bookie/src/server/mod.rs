@@ -126,6 +126,9 @@ pub(crate) struct Shared {
     checkpoint_pos: Mutex<JournalPos>,
     disk: Mutex<DiskStatus>,
     state: watch::Sender<BookieState>,
+    /// Makes journal writes fail as if the disk were full (tests of the error path).
+    #[cfg(test)]
+    inject_write_failure: AtomicBool,
 }
 
 impl fmt::Debug for Shared {
@@ -293,6 +296,8 @@ fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile), String> {
         disk: Mutex::new(DiskStatus::default()),
         state,
         opts,
+        #[cfg(test)]
+        inject_write_failure: AtomicBool::new(false),
     });
 
     let cp = loaded.checkpoint;

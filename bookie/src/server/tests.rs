@@ -520,7 +520,9 @@ async fn read_only_past_the_storage_limit() -> TestResult {
     let mut o = options(dir.path());
     o.journal_file_size_bytes = 256 * 1024;
     o.entry_log_size_bytes_max = 256 * 1024;
-    o.storage_size_bytes_max = Some(2 * 1024 * 1024);
+    // What stays after deleting everything: index.redb (~1 MiB), the journal file and its spares
+    // (3 × 256 KiB), the current entry log: under 90% of this.
+    o.storage_size_bytes_max = Some(3 * 1024 * 1024);
     let b = Bookie::open(o).await?;
     let mut changes = b.state_changes();
     assert_eq!(b.state(), BookieState::ReadWrite);
@@ -567,19 +569,24 @@ async fn journal_rotates_and_is_trimmed_after_checkpoint() -> TestResult {
     assert!(len >= 64 * 1024, "journal file of {len} bytes");
     b.checkpoint_now().await?;
     assert_eq!(count_files(&journal_dir, ".txn"), 1);
-    add_all(&b, 1, 300..310, 1024).await?;
+    // Trimmed files are kept as spares, a bounded number of them.
+    assert_eq!(count_files(&journal_dir, ".spare"), journal::SPARES_MAX);
+    // Rotating again reuses them: their stale records (older generation) are not replayed.
+    add_all(&b, 1, 300..450, 1024).await?;
+    assert_eq!(count_files(&journal_dir, ".spare"), 0);
+    assert!(count_files(&journal_dir, ".txn") >= 3);
     let copy = tempfile::tempdir()?;
     copy_dir(dir.path(), copy.path())?;
     b.shutdown().await;
     // Shut down (even before it is dropped), the directory can be opened again.
     let reopened = Bookie::open(o.clone()).await?;
-    assert_readable(&reopened, 1, 0..310, 1024).await?;
+    assert_readable(&reopened, 1, 0..450, 1024).await?;
     reopened.shutdown().await;
     // And the copy taken without a shutdown replays to the same.
     let mut oc = o;
     oc.data_dir = copy.path().to_owned();
     let c = Bookie::open(oc).await?;
-    assert_readable(&c, 1, 0..310, 1024).await?;
+    assert_readable(&c, 1, 0..450, 1024).await?;
     c.shutdown().await;
     Ok(())
 }
@@ -600,5 +607,39 @@ async fn periodic_tasks_checkpoint_on_their_own() -> TestResult {
     }
     assert_eq!(count_files(&journal_dir, ".txn"), 1);
     b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn write_failure_turns_read_only_without_harm() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    let mut changes = b.state_changes();
+    add_all(&b, 1, 0..10, 100).await?;
+    b.shared.inject_write_failure.store(true, Ordering::Relaxed);
+    assert!(matches!(
+        b.add(entry(1, 10, 9, 100), false).await,
+        Err(BookieError::Internal(_))
+    ));
+    assert_eq!(b.state(), BookieState::ReadOnly);
+    tokio::time::timeout(Duration::from_secs(1), changes.changed()).await??;
+    assert_eq!(
+        b.add(entry(1, 10, 9, 100), false).await,
+        Err(BookieError::ReadOnly)
+    );
+    assert_readable(&b, 1, 0..10, 100).await?;
+    // The disk is fine again: the next check clears the state; writes go to a fresh file.
+    b.shared
+        .inject_write_failure
+        .store(false, Ordering::Relaxed);
+    b.check_disk_now().await;
+    assert_eq!(b.state(), BookieState::ReadWrite);
+    add_all(&b, 1, 10..20, 100).await?;
+    let copy = tempfile::tempdir()?;
+    copy_dir(dir.path(), copy.path())?;
+    b.shutdown().await;
+    let c = Bookie::open(options(copy.path())).await?;
+    assert_readable(&c, 1, 0..20, 100).await?;
+    c.shutdown().await;
     Ok(())
 }

@@ -256,7 +256,8 @@ fn write_journal(
     // A batch larger than a whole file goes into a fresh one, which simply grows past its
     // preallocation, rather than being split across files.
     if *rotate_next || (jf.offset > 0 && jf.offset + total > jf.size) {
-        *jf = JournalFile::create(&shared.journal_dir, jf.generation + 1, jf.size)?;
+        let size = shared.opts.journal_file_size_bytes;
+        *jf = JournalFile::create(&shared.journal_dir, jf.generation + 1, size)?;
         *rotate_next = false;
     }
     jbuf.clear();
@@ -268,6 +269,13 @@ fn write_journal(
         }
     }
     use std::os::unix::fs::FileExt;
+    #[cfg(test)]
+    if shared
+        .inject_write_failure
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+    }
     jf.file.write_all_at(jbuf, jf.offset)?;
     rustix::fs::fdatasync(&jf.file)?;
     jf.offset += jbuf.len() as u64;
