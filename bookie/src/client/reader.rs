@@ -18,7 +18,10 @@ use tracing::{Instrument, debug, debug_span};
 use super::Shared;
 use super::error::{LedgerError, LedgerResult};
 use super::metadata::LedgerMetadata;
-use crate::api::{BookieError, BookieId, Entry, ReadResult};
+use crate::api::{BookieError, BookieId, Entry, NO_ENTRY, ReadResult};
+
+/// Longest pause of a long poll that every bookie answered at once without progress.
+const IDLE_POLL_PAUSE: Duration = Duration::from_millis(200);
 
 /// Reads one ledger. Cheap to share behind an `Arc`; all methods take `&self`.
 #[derive(Debug)]
@@ -107,21 +110,35 @@ impl LedgerReader {
                 async move { Shared::call(limit, client.read_lac(id, previous, wait)).await }
             })
             .collect();
+        let started = tokio::time::Instant::now();
         let mut answered = 0;
+        let mut best = known;
         while let Some(result) = calls.next().await {
-            if let Ok(lac) = result {
-                answered += 1;
-                self.lac.fetch_max(lac, Ordering::AcqRel);
-                if lac > previous {
-                    break;
-                }
+            let lac = match result {
+                Ok(lac) => lac,
+                // The bookie has nothing of the ledger yet: its LAC is "none".
+                Err(BookieError::NoSuchLedger(_)) => NO_ENTRY,
+                Err(_) => continue,
+            };
+            answered += 1;
+            best = best.max(lac);
+            self.lac.fetch_max(lac, Ordering::AcqRel);
+            if lac > previous {
+                break;
             }
         }
-        if answered == 0 {
-            // The ensemble may have changed or the ledger been closed: look again.
-            self.refresh().await?;
-            if !self.is_closed() && !bookies.is_empty() {
+        if best <= previous {
+            // No progress: the ensemble may have changed or the ledger been closed (its last
+            // entry is never covered by a LAC carried on an entry), so look at the metadata.
+            if answered == 0 {
                 debug!(ledger = %self.id, "no bookie answered a LAC read");
+            }
+            self.refresh().await?;
+            let rest = wait.saturating_sub(started.elapsed());
+            if !rest.is_zero() && self.last_add_confirmed() <= previous {
+                // Every bookie answered at once (none knows the ledger yet): do not let a
+                // tailing reader spin.
+                tokio::time::sleep(rest.min(IDLE_POLL_PAUSE)).await;
             }
         }
         Ok(self.last_add_confirmed())
@@ -159,10 +176,25 @@ impl LedgerReader {
     /// One entry, verified.
     pub async fn read(&self, entry: u64) -> LedgerResult<Entry> {
         self.check_readable(entry).await?;
-        let meta = self.metadata();
-        read_entry(&self.shared, self.id, &meta, entry)
-            .instrument(debug_span!("read", ledger = %self.id, entry))
-            .await
+        async {
+            let meta = self.metadata();
+            match read_entry(&self.shared, self.id, &meta, entry).await {
+                Err(e) if !meta.is_closed() && self.metadata_moved(&meta).await? => {
+                    debug!(error = %e, "retrying with fresh metadata");
+                    read_entry(&self.shared, self.id, &self.metadata(), entry).await
+                }
+                other => other,
+            }
+        }
+        .instrument(debug_span!("read", ledger = %self.id, entry))
+        .await
+    }
+
+    /// After a failed read of an open ledger: re-reads the metadata and says whether the
+    /// ensembles changed since `seen` (the writer replaced a bookie).
+    async fn metadata_moved(&self, seen: &LedgerMetadata) -> LedgerResult<bool> {
+        self.refresh().await?;
+        Ok(self.metadata().ensembles != seen.ensembles)
     }
 
     /// Entries `first..=last`, verified, in order.
@@ -171,10 +203,18 @@ impl LedgerReader {
             return Ok(Vec::new());
         }
         self.check_readable(last).await?;
-        let meta = self.metadata();
-        read_entries(&self.shared, self.id, &meta, first, last)
-            .instrument(debug_span!("read_range", ledger = %self.id, first, last))
-            .await
+        async {
+            let meta = self.metadata();
+            match read_entries(&self.shared, self.id, &meta, first, last).await {
+                Err(e) if !meta.is_closed() && self.metadata_moved(&meta).await? => {
+                    debug!(error = %e, "retrying with fresh metadata");
+                    read_entries(&self.shared, self.id, &self.metadata(), first, last).await
+                }
+                other => other,
+            }
+        }
+        .instrument(debug_span!("read_range", ledger = %self.id, first, last))
+        .await
     }
 }
 

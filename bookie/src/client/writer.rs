@@ -353,11 +353,12 @@ impl Actor {
             };
             self.lac = p.entry.entry.0 as i64;
             self.length += p.entry.payload.len() as u64;
+            // Published before the handle resolves: a completed entry is always within the LAC.
+            self.shared_lac.store(self.lac, Ordering::Release);
             if let Some(done) = p.done.take() {
                 let _ = done.send(Ok(p.entry.entry));
             }
         }
-        self.shared_lac.store(self.lac, Ordering::Release);
     }
 
     /// Fails every pending entry and every later append with `error`.

@@ -35,6 +35,7 @@ struct State {
     fenced: HashSet<u64>,
     mode: Mode,
     hang_reads: bool,
+    add_delay_ms: u64,
     add_jitter_ms: u64,
 }
 
@@ -64,6 +65,10 @@ impl FakeBookie {
 
     pub fn hang_reads(&self, hang: bool) {
         self.state().hang_reads = hang;
+    }
+
+    pub fn add_delay_ms(&self, ms: u64) {
+        self.state().add_delay_ms = ms;
     }
 
     pub fn add_jitter_ms(&self, ms: u64) {
@@ -134,9 +139,17 @@ impl BookieClient for FakeBookie {
 
     async fn add(&self, entry: Entry, recovery: bool) -> BookieResult<()> {
         self.gate(false).await?;
-        let jitter = self.state().add_jitter_ms;
-        if jitter > 0 {
-            let ms = rand::rng().random_range(0..jitter);
+        let (jitter, delay) = {
+            let st = self.state();
+            (st.add_jitter_ms, st.add_delay_ms)
+        };
+        let ms = delay
+            + if jitter > 0 {
+                rand::rng().random_range(0..jitter)
+            } else {
+                0
+            };
+        if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
         {

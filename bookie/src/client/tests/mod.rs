@@ -2,7 +2,7 @@
 
 mod fake;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,7 +11,7 @@ use magnetar_metadata::{EntryId, LedgerId};
 use self::fake::{Cluster, Mode, register};
 use super::metadata::write_set;
 use super::*;
-use crate::api::{BookieState, Entry};
+use crate::api::{BookieClient, BookieState, Entry};
 
 fn payload(i: u64) -> Bytes {
     Bytes::from(format!("entry-{i:04}"))
@@ -135,29 +135,54 @@ async fn completions_come_in_entry_order_under_pipelining() {
         b.add_jitter_ms(5);
     }
     let client = cluster.client();
-    let w = client
-        .create_ledger(LedgerConfig::new(3, 2, 2))
-        .await
-        .unwrap();
-    let order = Arc::new(Mutex::new(Vec::new()));
+    let w = Arc::new(
+        client
+            .create_ledger(LedgerConfig::new(3, 2, 2))
+            .await
+            .unwrap(),
+    );
     let mut tasks = Vec::new();
     for i in 0..200u64 {
         let h = w.append(payload(i)).await.unwrap();
-        let order = order.clone();
+        let w = w.clone();
         tasks.push(tokio::spawn(async move {
             let id = h.await.unwrap();
-            // The LAC at completion covers the entry: record what completed, in completion order.
-            order.lock().unwrap().push(id.0);
+            assert_eq!(id, EntryId(i));
+            // Every earlier entry completed before this one: the LAC already covers it.
+            assert!(w.last_add_confirmed() >= i as i64);
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
     assert_eq!(w.last_add_confirmed(), 199);
-    // Handles resolve in entry order: each completion is sent only after every earlier one.
-    let order = order.lock().unwrap().clone();
-    assert_eq!(order.len(), 200);
     w.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_later_entry_waits_for_an_earlier_slow_one() {
+    let cluster = Cluster::new(2).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(2, 1, 1))
+        .await
+        .unwrap();
+    let meta = client.ledger_metadata(w.id()).await.unwrap();
+    // Entry 0 goes to position 0 only, entry 1 to position 1 only.
+    cluster
+        .bookie(&meta.ensembles[0].bookies[0])
+        .add_delay_ms(300);
+    let h0 = w.append(payload(0)).await.unwrap();
+    let mut h1 = w.append(payload(1)).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut h1)
+            .await
+            .is_err(),
+        "entry 1 was acked by its bookie but must wait for entry 0"
+    );
+    assert_eq!(w.last_add_confirmed(), -1);
+    assert_eq!(h0.await.unwrap(), EntryId(0));
+    assert_eq!(h1.await.unwrap(), EntryId(1));
 }
 
 #[tokio::test]
@@ -558,4 +583,78 @@ async fn tailing_reader_follows_the_lac() {
     r.read_lac_long_poll(lac, Duration::from_millis(100))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn tailing_reader_follows_an_ensemble_change() {
+    let cluster = Cluster::new(2).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(1, 1, 1))
+        .await
+        .unwrap();
+    for i in 0..2 {
+        w.append_wait(payload(i)).await.unwrap();
+    }
+    let r = client.open_ledger(w.id()).await.unwrap();
+    assert_eq!(r.last_add_confirmed(), 0);
+    let first = r.metadata().ensembles[0].bookies[0].clone();
+    cluster.bookie(&first).set_mode(Mode::Down);
+    for i in 2..4 {
+        w.append_wait(payload(i)).await.unwrap();
+    }
+    // The reader's bookie is gone; it finds the new ensemble in the metadata.
+    let mut lac = 0;
+    for _ in 0..3 {
+        lac = r
+            .read_lac_long_poll(lac, Duration::from_millis(500))
+            .await
+            .unwrap();
+    }
+    // Entry 3 carries LAC 2.
+    assert_eq!(lac, 2);
+    assert_eq!(r.metadata().ensembles.len(), 2);
+    assert_eq!(r.read(2).await.unwrap().payload, payload(2));
+}
+
+#[tokio::test]
+async fn registry_follows_registrations() {
+    use magnetar_metadata::{Expected, MetadataStore};
+    let cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    client
+        .create_ledger(LedgerConfig::new(3, 3, 3))
+        .await
+        .unwrap();
+    let gone = cluster.bookies[2].id().clone();
+    let _ = cluster
+        .store
+        .delete(&crate::api::registration_key(&gone), Expected::Any)
+        .await
+        .unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        match client.create_ledger(LedgerConfig::new(3, 3, 3)).await {
+            Err(LedgerError::NotEnoughBookies { available: 2, .. }) => {
+                refused = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    assert!(refused, "the deregistered bookie is still used");
+    register(&cluster.store, &gone, BookieState::ReadWrite, None).await;
+    let mut created = false;
+    for _ in 0..100 {
+        if client
+            .create_ledger(LedgerConfig::new(3, 3, 3))
+            .await
+            .is_ok()
+        {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(created, "the re-registered bookie is not used");
 }
