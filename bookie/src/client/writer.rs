@@ -97,6 +97,7 @@ impl LedgerWriter {
             broken: None,
             closing: Vec::new(),
             closed: None,
+            close_requested: false,
             shared_lac: Arc::clone(&lac),
         };
         tokio::spawn(
@@ -203,6 +204,8 @@ struct Actor {
     /// Close requests waiting for the pending entries.
     closing: Vec<oneshot::Sender<LedgerResult<LedgerMetadata>>>,
     closed: Option<LedgerMetadata>,
+    /// Set by the first `close`: later appends are refused even if sealing fails.
+    close_requested: bool,
     shared_lac: Arc<AtomicI64>,
 }
 
@@ -245,7 +248,7 @@ impl Actor {
                     let _ = done.send(Err(e.clone()));
                     return;
                 }
-                if self.closed.is_some() || !self.closing.is_empty() {
+                if self.close_requested {
                     let _ = done.send(Err(LedgerError::LedgerClosed(self.id)));
                     return;
                 }
@@ -266,6 +269,7 @@ impl Actor {
                 });
             }
             Command::Close { done } => {
+                self.close_requested = true;
                 if let Some(meta) = &self.closed {
                     let _ = done.send(Ok(meta.clone()));
                 } else {

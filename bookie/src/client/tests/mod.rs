@@ -658,3 +658,46 @@ async fn registry_follows_registrations() {
     }
     assert!(created, "the re-registered bookie is not used");
 }
+
+#[tokio::test]
+async fn recovery_during_a_stalled_write_keeps_every_acked_entry() {
+    let cluster = Cluster::new(4).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 5).await;
+    let meta = client.ledger_metadata(w.id()).await.unwrap();
+    let stalled = meta.ensembles[0].bookies[1].clone();
+    cluster.bookie(&stalled).set_mode(Mode::Hang);
+    let mut handles = Vec::new();
+    for i in 5..12 {
+        handles.push(w.append(payload(i)).await.unwrap());
+    }
+    let r = cluster
+        .client()
+        .open_ledger_with_recovery(w.id())
+        .await
+        .unwrap();
+    let last = r.metadata().last_entry_id;
+    assert!(last >= 4, "{last}");
+    let mut acked = 5;
+    for h in handles {
+        match h.await {
+            Ok(id) => {
+                assert!(
+                    id.0 as i64 <= last,
+                    "acked entry {id} lost by recovery ({last})"
+                );
+                acked += 1;
+            }
+            Err(e) => assert!(matches!(e, LedgerError::Fenced(_)), "{e:?}"),
+        }
+    }
+    // Recovery may keep unacknowledged entries found on a replica, never fewer than acked.
+    assert!(last + 1 >= acked);
+    check_all(&r, (last + 1) as u64).await;
+    let err = w.append(payload(99)).await.unwrap().await.unwrap_err();
+    assert!(matches!(err, LedgerError::Fenced(_)), "{err:?}");
+}
