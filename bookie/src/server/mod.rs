@@ -26,7 +26,7 @@ mod tests;
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ const LAC_POLL_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 /// ledger into memory.
 const READ_RANGE_ENTRIES_MAX: u32 = 100_000;
 const READ_RANGE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Reads running on blocking threads at once at most; further reads wait (asynchronously) for a
+/// slot, so a burst of reads cannot grow tokio's blocking pool without bound.
+const READS_IN_FLIGHT_MAX: usize = 64;
 /// Replay applies journal records to the entry log this many at a time.
 const REPLAY_CHUNK_RECORDS: usize = 4096;
 
@@ -112,6 +115,22 @@ impl BookieOptions {
     }
 }
 
+/// Totals of the journal's group commits since open: `records / syncs` is the group-commit
+/// efficiency (records per fdatasync), `bytes` over time the journal's bandwidth.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub syncs: u64,
+    pub records: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct JournalCounters {
+    syncs: AtomicU64,
+    records: AtomicU64,
+    bytes: AtomicU64,
+}
+
 /// What the request paths, the journal thread and the periodic tasks share.
 pub(crate) struct Shared {
     opts: BookieOptions,
@@ -126,6 +145,7 @@ pub(crate) struct Shared {
     checkpoint_pos: Mutex<JournalPos>,
     disk: Mutex<DiskStatus>,
     state: watch::Sender<BookieState>,
+    stats: JournalCounters,
     /// Makes journal writes fail as if the disk were full (tests of the error path).
     #[cfg(test)]
     inject_write_failure: AtomicBool,
@@ -197,6 +217,7 @@ pub struct Bookie {
     /// Held through shutdown; true once it finished.
     shutdown_done: tokio::sync::Mutex<bool>,
     lac_polls: Arc<Semaphore>,
+    reads: Semaphore,
 }
 
 impl fmt::Debug for Bookie {
@@ -296,6 +317,7 @@ fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile), String> {
         disk: Mutex::new(DiskStatus::default()),
         state,
         opts,
+        stats: JournalCounters::default(),
         #[cfg(test)]
         inject_write_failure: AtomicBool::new(false),
     });
@@ -423,6 +445,7 @@ impl Bookie {
             closing: AtomicBool::new(false),
             shutdown_done: tokio::sync::Mutex::new(false),
             lac_polls: Arc::new(Semaphore::new(LAC_POLLS_MAX)),
+            reads: Semaphore::new(READS_IN_FLIGHT_MAX),
         }))
     }
 
@@ -496,6 +519,16 @@ impl Bookie {
         }
     }
 
+    /// Group-commit totals since open (for benchmarks and metrics).
+    pub fn journal_stats(&self) -> JournalStats {
+        let c = &self.shared.stats;
+        JournalStats {
+            syncs: c.syncs.load(Ordering::Relaxed),
+            records: c.records.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+        }
+    }
+
     /// The entry log file holding an entry and the byte offset of its payload in it (for
     /// fault-injection tests).
     pub fn locate(&self, ledger: LedgerId, entry: EntryId) -> Option<(PathBuf, u64)> {
@@ -566,6 +599,11 @@ impl Bookie {
                 entry: first,
             });
         }
+        let _slot = self
+            .reads
+            .acquire()
+            .await
+            .map_err(|_| BookieError::ShuttingDown)?;
         let entries = tokio::task::spawn_blocking(move || {
             wanted
                 .into_iter()

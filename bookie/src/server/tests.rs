@@ -643,3 +643,44 @@ async fn write_failure_turns_read_only_without_harm() -> TestResult {
     c.shutdown().await;
     Ok(())
 }
+
+/// `cargo test --release -p magnetar-bookie --lib server::tests::add_throughput -- --ignored
+/// --nocapture`: adds/s of 100 B and 1 KiB entries with many in flight, and records per fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run in release"]
+async fn add_throughput() -> TestResult {
+    for (len, total) in [(100usize, 400_000u64), (1024, 200_000)] {
+        let dir = tempfile::tempdir()?;
+        let mut o = options(dir.path());
+        o.journal_file_size_bytes = 64 * 1024 * 1024;
+        o.checkpoint_interval_ms = 1_000;
+        let b = Bookie::open(o).await?;
+        let payload = Bytes::from(vec![7u8; len]);
+        const IN_FLIGHT: usize = 4096;
+        let start = Instant::now();
+        let results: Vec<_> = futures::stream::iter(0..total)
+            .map(|e| {
+                let b = b.clone();
+                let e = Entry::new(LedgerId(e % 16), EntryId(e / 16), -1, payload.clone());
+                tokio::spawn(async move { b.add(e, false).await })
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        let elapsed = start.elapsed();
+        for r in results {
+            r??;
+        }
+        let s = b.journal_stats();
+        println!(
+            "{len} B: {total} adds in {elapsed:.2?} = {:.0} adds/s, {:.0} MB/s journal, \
+             {} fdatasyncs ({:.0} records each)",
+            total as f64 / elapsed.as_secs_f64(),
+            s.bytes as f64 / elapsed.as_secs_f64() / 1e6,
+            s.syncs,
+            s.records as f64 / s.syncs.max(1) as f64
+        );
+        b.shutdown().await;
+    }
+    Ok(())
+}

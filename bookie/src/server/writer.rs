@@ -13,6 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use magnetar_metadata::LedgerId;
 use tokio::sync::{mpsc, oneshot};
@@ -270,15 +271,18 @@ fn write_journal(
     }
     use std::os::unix::fs::FileExt;
     #[cfg(test)]
-    if shared
-        .inject_write_failure
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
+    if shared.inject_write_failure.load(Ordering::Relaxed) {
         return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
     }
     jf.file.write_all_at(jbuf, jf.offset)?;
     rustix::fs::fdatasync(&jf.file)?;
     jf.offset += jbuf.len() as u64;
+    let stats = &shared.stats;
+    stats.syncs.fetch_add(1, Ordering::Relaxed);
+    stats
+        .records
+        .fetch_add(records.len() as u64, Ordering::Relaxed);
+    stats.bytes.fetch_add(jbuf.len() as u64, Ordering::Relaxed);
     Ok(())
 }
 
