@@ -12,7 +12,7 @@
 //!
 //! Checkpoint order, which is what makes trimming the journal safe: take the changes and the
 //! applied journal position under the store lock → fdatasync the entry logs written since the
-//! last checkpoint (and their directory) → commit the index with the position → delete the
+//! last checkpoint (and their directory) → commit the index with the position → retire the
 //! journal files wholly before that position.
 
 use std::collections::{BTreeMap, HashMap};
@@ -202,7 +202,7 @@ pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
     Ok(())
 }
 
-/// Deletes journal files wholly before `pos` (their records are all checkpointed).
+/// Retires journal files wholly before `pos` (their records are all checkpointed).
 fn trim_journal(shared: &Shared, pos: JournalPos) {
     let files = match journal::list(&shared.journal_dir) {
         Ok(files) => files,

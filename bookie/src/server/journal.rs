@@ -3,8 +3,10 @@
 //!
 //! Files are preallocated with `fallocate` to `journal_file_size_bytes` (writing into allocated
 //! blocks is far cheaper than extending a file, DESIGN §3) and a new one (the next generation)
-//! is started when a batch would not fit. A file is deleted once a checkpoint has recorded a
-//! position in a later generation: everything in it is then in the entry logs and the index.
+//! is started when a batch would not fit. A file is retired once a checkpoint has recorded a
+//! position in a later generation (everything in it is then in the entry logs and the index):
+//! up to `SPARES_MAX` retired files are kept as `{generation}.spare` and renamed into the next
+//! generation instead of allocating a new file; the rest are deleted.
 //!
 //! Record format (little-endian), 16-byte header then body:
 //!

@@ -12,6 +12,10 @@
 //! fdatasynced, the index committed with the journal position, and older journal files deleted.
 //! On open, the index is loaded and journal records after the checkpoint are re-applied
 //! (idempotently), so every acknowledged add survives a crash.
+//!
+//! Public additions beyond the `BookieClient` surface, for tests and operators:
+//! [`Bookie::checkpoint_now`], [`Bookie::gc_now`], [`Bookie::check_disk_now`],
+//! [`Bookie::locate`] (fault injection), [`Bookie::journal_stats`] (group-commit efficiency).
 
 mod disk;
 mod entrylog;
@@ -748,6 +752,7 @@ impl BookieClient for Bookie {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip(self), fields(bookie = %self.id), err)]
     async fn fence(&self, ledger: LedgerId) -> BookieResult<FenceResult> {
         self.check_open()?;
         {
@@ -760,6 +765,7 @@ impl BookieClient for Bookie {
         self.submit(|done| Op::Fence { ledger, done }).await
     }
 
+    #[tracing::instrument(level = "debug", skip(self), fields(bookie = %self.id), err)]
     async fn delete_ledger(&self, ledger: LedgerId) -> BookieResult<()> {
         self.check_open()?;
         self.submit(|done| Op::Delete { ledger, done }).await
