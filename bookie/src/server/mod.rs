@@ -3,13 +3,13 @@
 //! Layout under `data_dir`: `journal/` (write-ahead journal, `journal.rs`, written by the group
 //! commit thread in `writer.rs`) and `ledgers/` (entry logs, `entrylog.rs`, and the persistent
 //! index `index.redb`, `index.rs`). In memory: `ledgers.rs`. Compaction: `gc.rs`. Disk limits and
-//! the read-only state: `disk.rs`. This file owns the options, opening (with journal replay),
-//! the request paths, the periodic tasks and shutdown.
+//! the read-only state: `disk.rs`. Opening with journal replay: `recovery.rs`. This file owns
+//! the options, the shared state, the request paths, the periodic tasks and shutdown.
 //!
 //! Life of an add: validated on the caller's task (CRC, size, state, fence) → bounded queue →
 //! journal thread: batch, one pwrite, fdatasync → appended to the current entry log and indexed
 //! (readable from here) → caller answered. Every `checkpoint_interval_ms` the entry logs are
-//! fdatasynced, the index committed with the journal position, and older journal files deleted.
+//! fdatasynced, the index committed with the journal position, and older journal files retired.
 //! On open, the index is loaded and journal records after the checkpoint are re-applied
 //! (idempotently), so every acknowledged add survives a crash.
 //!
@@ -23,6 +23,7 @@ mod gc;
 mod index;
 mod journal;
 mod ledgers;
+mod recovery;
 mod writer;
 
 #[cfg(test)]
@@ -35,7 +36,6 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use magnetar_metadata::{EntryId, LedgerId};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -47,8 +47,8 @@ use crate::api::{
 use disk::DiskStatus;
 use entrylog::Appender;
 use index::Index;
-use journal::{JournalFile, JournalPos, Record};
-use ledgers::{LedgerState, LogMeta, Store};
+use journal::JournalPos;
+use ledgers::Store;
 use writer::Op;
 
 /// Long polls on LACs waiting at once at most; beyond, `read_lac` answers at once.
@@ -62,8 +62,6 @@ const READ_RANGE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// Reads running on blocking threads at once at most; further reads wait (asynchronously) for a
 /// slot, so a burst of reads cannot grow tokio's blocking pool without bound.
 const READS_IN_FLIGHT_MAX: usize = 64;
-/// Replay applies journal records to the entry log this many at a time.
-const REPLAY_CHUNK_RECORDS: usize = 4096;
 
 /// How a bookie stores entries. Every field has a default (see `Default`).
 #[derive(Clone, Debug)]
@@ -246,131 +244,6 @@ fn internal(e: impl fmt::Display) -> BookieError {
     BookieError::Internal(e.to_string())
 }
 
-/// Builds the state from the files: loads the index, replays the journal after the checkpoint
-/// into the entry log, checkpoints, and starts a new journal file. Blocking.
-fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile), String> {
-    let journal_dir = opts.data_dir.join("journal");
-    let ledgers_dir = opts.data_dir.join("ledgers");
-    for dir in [&journal_dir, &ledgers_dir] {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
-    journal::sync_dir(&opts.data_dir).map_err(|e| format!("fsync of data dir: {e}"))?;
-    let index = Index::open(&ledgers_dir.join("index.redb"))?;
-    let loaded = index.load()?;
-
-    let mut store = Store::default();
-    let mut max_log: Option<u32> = None;
-    let listing = std::fs::read_dir(&ledgers_dir).map_err(|e| format!("listing ledgers: {e}"))?;
-    for item in listing {
-        let item = item.map_err(|e| format!("listing ledgers: {e}"))?;
-        let Some(id) = item.file_name().to_str().and_then(entrylog::parse_log_name) else {
-            continue;
-        };
-        let path = item.path();
-        let file = std::fs::File::open(&path)
-            .map_err(|e| format!("opening entry log {}: {e}", path.display()))?;
-        let len = file
-            .metadata()
-            .map_err(|e| format!("entry log size: {e}"))?
-            .len();
-        max_log = Some(max_log.map_or(id, |m| m.max(id)));
-        let meta = LogMeta {
-            file: Arc::new(file),
-            path,
-            total_bytes: len,
-            live_bytes: 0,
-            unsynced: false,
-        };
-        store.logs.insert(id, meta);
-    }
-    for (ledger, (persisted, entries)) in loaded.ledgers {
-        for (entry, loc) in &entries {
-            match store.logs.get_mut(&loc.log) {
-                Some(meta) => meta.live_bytes += loc.record_bytes(),
-                None => {
-                    tracing::error!(%ledger, entry, log = loc.log, "index points at a missing entry log")
-                }
-            }
-        }
-        let mut state = LedgerState::new(persisted.fenced, persisted.lac, persisted.last_entry);
-        state.entries = entries;
-        store.ledgers.insert(ledger, state);
-    }
-    store.applied = loaded.checkpoint;
-    // Always a fresh current log: the previous one may end in a torn, unindexed tail.
-    let app = Appender::create(&ledgers_dir, max_log.map_or(0, |m| m.wrapping_add(1)))
-        .map_err(|e| format!("creating entry log: {e}"))?;
-    store.logs.insert(
-        app.id,
-        LogMeta {
-            file: app.file.clone(),
-            path: app.path.clone(),
-            total_bytes: 0,
-            live_bytes: 0,
-            unsynced: true,
-        },
-    );
-    let (state, _) = watch::channel(BookieState::ReadWrite);
-    let shared = Arc::new(Shared {
-        journal_dir: journal_dir.clone(),
-        ledgers_dir,
-        store: RwLock::new(store),
-        appender: Mutex::new(app),
-        index: Mutex::new(Some(index)),
-        checkpoint_pos: Mutex::new(loaded.checkpoint),
-        disk: Mutex::new(DiskStatus::default()),
-        state,
-        opts,
-        stats: JournalCounters::default(),
-        #[cfg(test)]
-        inject_write_failure: AtomicBool::new(false),
-    });
-
-    let cp = loaded.checkpoint;
-    let mut max_generation = cp.generation;
-    let mut replayed = 0usize;
-    let mut ebuf = Vec::new();
-    for (generation, path) in journal::list(&journal_dir).map_err(|e| format!("journal: {e}"))? {
-        max_generation = max_generation.max(generation);
-        if generation < cp.generation {
-            // Left over from a trim cut short; already checkpointed.
-            continue;
-        }
-        let data = Bytes::from(
-            std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?,
-        );
-        let start = if generation == cp.generation {
-            cp.offset as usize
-        } else {
-            0
-        };
-        let records = journal::parse(&data, generation, start.min(data.len()));
-        for chunk in records.chunks(REPLAY_CHUNK_RECORDS) {
-            let batch: Vec<Record> = chunk.iter().map(|(r, _)| r.clone()).collect();
-            let offset = chunk.last().map_or(0, |(_, end)| *end);
-            let pos = JournalPos { generation, offset };
-            writer::apply(&shared, &batch, pos, &mut ebuf)
-                .map_err(|e| format!("replay into entry log: {e}"))?;
-        }
-        replayed += records.len();
-    }
-    let jf = JournalFile::create(
-        &journal_dir,
-        max_generation.wrapping_add(1),
-        shared.opts.journal_file_size_bytes,
-    )
-    .map_err(|e| format!("creating journal file: {e}"))?;
-    shared.write_store().applied = jf.pos();
-    // Makes the replayed records durable outside the journal, then trims it.
-    index::checkpoint(&shared)?;
-    tracing::info!(
-        replayed,
-        generation = jf.generation,
-        "bookie storage recovered"
-    );
-    Ok((shared, jf))
-}
-
 /// A periodic piece of blocking storage work.
 type Chore = fn(&Shared);
 
@@ -414,7 +287,7 @@ impl Bookie {
             ));
         }
         let id = options.id.clone();
-        let (shared, jf) = tokio::task::spawn_blocking(move || recover(options))
+        let (shared, jf) = tokio::task::spawn_blocking(move || recovery::recover(options))
             .await
             .map_err(internal)?
             .map_err(BookieError::Internal)?;
