@@ -698,3 +698,34 @@ async fn a_node_with_a_taken_port_fails_to_start_with_a_clear_error() {
     assert!(err.to_string().contains("cannot listen"), "{err}");
     assert!(store.list("/bookies/").await.unwrap().entries.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_answers_adds_in_flight_and_does_not_wait_for_connected_clients() {
+    let fake = Fake::new(BookieId("fake:1".into()));
+    let listener = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let id = BookieId(listener.local_addr().unwrap().to_string());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(serve(listener, fake.clone(), stop.clone()));
+    let client = Arc::new(client(id));
+    client.add(entry(1, 0, "x"), false).await.unwrap();
+    // An add in flight when shutdown starts is still answered.
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move { client.add(entry(1, 1, "y"), false).await })
+    };
+    while fake.adds_seen.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let started = Instant::now();
+    stop.cancel();
+    assert_eq!(in_flight.await.unwrap(), Ok(()));
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("the server waited for its idle clients")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The client holds on, and sees the bookie gone.
+    let gone = client.add(entry(1, 2, "z"), false).await;
+    assert!(matches!(gone, Err(BookieError::Unavailable(_))), "{gone:?}");
+}

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use magnetar_metadata::{EntryId, LedgerId};
 use magnetar_proto::bookie as pb;
 use pb::bookie_client::BookieClient as RpcClient;
@@ -286,10 +287,14 @@ impl GrpcBookieClient {
         *current = Some(stream.clone());
         drop(current);
         let id = self.id.clone();
+        // When the answers end, the requests end too, so the bookie's side of the stream closes.
+        let answers_done = tokio_util::sync::CancellationToken::new();
+        let requests = ReceiverStream::new(rx).take_until(answers_done.clone().cancelled_owned());
         // The reader holds only the waiters: when the client and its adds are gone, the request
         // stream ends, the bookie ends its answers, and this task ends.
         tokio::spawn(async move {
-            let why = match rpc.add(ReceiverStream::new(rx)).await {
+            let _done = answers_done.drop_guard();
+            let why = match rpc.add(requests).await {
                 Err(status) => status_text(&status),
                 Ok(response) => {
                     let mut answers = response.into_inner();
