@@ -46,7 +46,7 @@ pub enum Command {
     /// Run a stateless serving broker: Pulsar protocol on 6650, admin REST and /metrics on 8080.
     Broker(ServerArgs),
     /// Run a bookie: journal and entry storage for ledgers, served over gRPC.
-    Bookie(ServerArgs),
+    Bookie(BookieArgs),
     /// Manage tenants, namespaces, topics and subscriptions through the admin REST API.
     Admin(PendingArgs),
     /// Publish messages to a topic from the command line.
@@ -69,7 +69,36 @@ pub struct StandaloneArgs {
     pub config: ConfigArg,
 }
 
-/// Flags shared by the server roles (`broker`, `bookie`).
+/// Flags of `magnetar bookie`. It prints `magnetar bookie: serving HOST:PORT` on stdout once it
+/// serves, and runs until SIGINT or SIGTERM.
+#[derive(Debug, Args)]
+pub struct BookieArgs {
+    /// Directory for the bookie's journal and entry storage [config: bookie.data_dir].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// gRPC port; 0 picks a free one [config: bookie.port].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+
+    /// IP address to listen on [config: bookie.bind_address].
+    #[arg(long, value_name = "IP")]
+    pub bind_address: Option<String>,
+
+    /// Address clients reach this bookie at, HOST or HOST:PORT; also its identity
+    /// [config: bookie.advertised_address].
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub advertised_address: Option<String>,
+
+    /// Zone label, so ledgers spread their replicas over zones [config: bookie.zone].
+    #[arg(long, value_name = "ZONE")]
+    pub zone: Option<String>,
+
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+/// Flags of the server roles not built yet (`broker`).
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     #[command(flatten)]
@@ -112,7 +141,7 @@ impl Command {
             Command::Standalone(_) | Command::Broker(_) => {
                 "the broker arrives with a later release"
             }
-            Command::Bookie(_) => "the bookie arrives with a later release",
+            Command::Bookie(_) => "nothing: the bookie is built",
             Command::Admin(_) => "the admin API arrives with the broker in a later release",
             Command::Produce(_) | Command::Consume(_) => {
                 "the client commands arrive with the broker in a later release"
@@ -125,7 +154,8 @@ impl Command {
     pub fn config_file(&self) -> Option<&PathBuf> {
         match self {
             Command::Standalone(a) => a.config.file.as_ref(),
-            Command::Broker(a) | Command::Bookie(a) => a.config.file.as_ref(),
+            Command::Broker(a) => a.config.file.as_ref(),
+            Command::Bookie(a) => a.config.file.as_ref(),
             Command::Admin(_) | Command::Produce(_) | Command::Consume(_) | Command::Perf(_) => {
                 None
             }

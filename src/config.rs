@@ -14,13 +14,15 @@
 //! environment. Every key and its default is documented in `docs/CONFIGURATION.md`; a unit test
 //! below keeps the two in step.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
+use magnetar_bookie::api::BookieId;
+use magnetar_bookie::server::BookieOptions;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Prefix of the environment variables that override configuration keys.
@@ -33,13 +35,16 @@ pub const CONFIG_FILE_ENV: &str = "MAGNETAR_CONFIG";
 pub const EMBEDDED_FILE_NAME: &str = "metadata.redb";
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+// Not `Eq`: the bookie's ratios are floats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `[metadata]`: which metadata store, and how to reach it.
     pub metadata: MetadataConfig,
     /// `[standalone]`: `magnetar standalone`.
     pub standalone: StandaloneConfig,
+    /// `[bookie]`: `magnetar bookie`.
+    pub bookie: BookieConfig,
     /// `[log]`: diagnostics on stderr.
     pub log: LogConfig,
 }
@@ -116,6 +121,158 @@ impl Default for StandaloneConfig {
     }
 }
 
+/// `[bookie]`: a bookie process. The storage knobs mirror
+/// [`BookieOptions`](magnetar_bookie::server::BookieOptions) and take its defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BookieConfig {
+    /// Holds the bookie's journal and entry storage.
+    pub data_dir: PathBuf,
+    /// IP address the gRPC server binds to.
+    pub bind_address: String,
+    /// gRPC port; 0 picks a free one.
+    pub port: u16,
+    /// Address clients reach the bookie at, `host` or `host:port`; unset: `bind_address:port`.
+    /// It is also the bookie's identity in ledger metadata.
+    pub advertised_address: Option<String>,
+    /// Zone label; placement spreads a ledger's replicas over zones.
+    pub zone: Option<String>,
+    pub journal_file_size_bytes: u64,
+    pub entry_log_size_bytes_max: u64,
+    pub checkpoint_interval_ms: u64,
+    pub gc_interval_ms: u64,
+    pub gc_live_ratio_min: f64,
+    pub disk_check_interval_ms: u64,
+    pub disk_usage_threshold: f64,
+    pub disk_usage_lwm: f64,
+    pub storage_size_bytes_max: Option<u64>,
+    pub entry_size_bytes_max: u64,
+}
+
+impl Default for BookieConfig {
+    fn default() -> Self {
+        let o = BookieOptions::new(BookieId(String::new()), "");
+        BookieConfig {
+            data_dir: PathBuf::from("./data/bookie"),
+            bind_address: "127.0.0.1".to_owned(),
+            port: 3181,
+            advertised_address: None,
+            zone: None,
+            journal_file_size_bytes: o.journal_file_size_bytes,
+            entry_log_size_bytes_max: o.entry_log_size_bytes_max,
+            checkpoint_interval_ms: o.checkpoint_interval_ms,
+            gc_interval_ms: o.gc_interval_ms,
+            gc_live_ratio_min: o.gc_live_ratio_min,
+            disk_check_interval_ms: o.disk_check_interval_ms,
+            disk_usage_threshold: o.disk_usage_threshold,
+            disk_usage_lwm: o.disk_usage_lwm,
+            storage_size_bytes_max: o.storage_size_bytes_max,
+            entry_size_bytes_max: o.entry_size_bytes_max as u64,
+        }
+    }
+}
+
+impl BookieConfig {
+    /// The address the gRPC server binds to.
+    pub fn bind(&self) -> anyhow::Result<SocketAddr> {
+        let ip: IpAddr = self.bind_address.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid configuration: bookie.bind_address must be an IP address, got {:?}",
+                self.bind_address
+            )
+        })?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+
+    /// The advertised `host:port`, the bookie's id (port 0 stands for the port bound).
+    pub fn advertised(&self) -> anyhow::Result<BookieId> {
+        let bind = self.bind()?;
+        let Some(addr) = &self.advertised_address else {
+            return Ok(BookieId(bind.to_string()));
+        };
+        if addr.parse::<SocketAddr>().is_ok() {
+            return Ok(BookieId(addr.clone()));
+        }
+        if let Ok(ip) = addr.parse::<IpAddr>() {
+            return Ok(BookieId(SocketAddr::new(ip, self.port).to_string()));
+        }
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                Ok(BookieId(addr.clone()))
+            }
+            _ if !addr.is_empty() && !addr.contains([':', '/', ' ']) => {
+                Ok(BookieId(format!("{addr}:{}", self.port)))
+            }
+            _ => bail!(
+                "invalid configuration: bookie.advertised_address must be a host or host:port, got {addr:?}"
+            ),
+        }
+    }
+
+    /// The storage options.
+    pub fn options(&self, id: BookieId) -> BookieOptions {
+        let mut o = BookieOptions::new(id, &self.data_dir);
+        o.journal_file_size_bytes = self.journal_file_size_bytes;
+        o.entry_log_size_bytes_max = self.entry_log_size_bytes_max;
+        o.checkpoint_interval_ms = self.checkpoint_interval_ms;
+        o.gc_interval_ms = self.gc_interval_ms;
+        o.gc_live_ratio_min = self.gc_live_ratio_min;
+        o.disk_check_interval_ms = self.disk_check_interval_ms;
+        o.disk_usage_threshold = self.disk_usage_threshold;
+        o.disk_usage_lwm = self.disk_usage_lwm;
+        o.storage_size_bytes_max = self.storage_size_bytes_max;
+        o.entry_size_bytes_max = usize::try_from(self.entry_size_bytes_max).unwrap_or(usize::MAX);
+        o
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.data_dir.as_os_str().is_empty() {
+            bail!("invalid configuration: bookie.data_dir is empty");
+        }
+        let bind = self.bind()?;
+        if bind.ip().is_unspecified() && self.advertised_address.is_none() {
+            bail!(
+                "invalid configuration: bookie.bind_address {} listens everywhere; set \
+                 bookie.advertised_address to the address clients reach this bookie at",
+                self.bind_address
+            );
+        }
+        self.advertised()?;
+        if self.zone.as_deref().is_some_and(str::is_empty) {
+            bail!("invalid configuration: bookie.zone is empty (leave it unset instead)");
+        }
+        for (key, value) in [
+            ("journal_file_size_bytes", self.journal_file_size_bytes),
+            ("entry_log_size_bytes_max", self.entry_log_size_bytes_max),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            ("gc_interval_ms", self.gc_interval_ms),
+            ("disk_check_interval_ms", self.disk_check_interval_ms),
+            ("entry_size_bytes_max", self.entry_size_bytes_max),
+        ] {
+            if value == 0 {
+                bail!("invalid configuration: bookie.{key} must be at least 1");
+            }
+        }
+        for (key, value) in [
+            ("gc_live_ratio_min", self.gc_live_ratio_min),
+            ("disk_usage_threshold", self.disk_usage_threshold),
+            ("disk_usage_lwm", self.disk_usage_lwm),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                bail!("invalid configuration: bookie.{key} must be between 0 and 1, got {value}");
+            }
+        }
+        if self.disk_usage_lwm > self.disk_usage_threshold {
+            bail!(
+                "invalid configuration: bookie.disk_usage_lwm ({}) is above bookie.disk_usage_threshold ({})",
+                self.disk_usage_lwm,
+                self.disk_usage_threshold
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -136,8 +293,20 @@ impl Default for LogConfig {
 /// Values given on the command line; `None` leaves the lower layers' value.
 #[derive(Debug, Clone, Default)]
 pub struct FlagOverrides {
-    /// `--data-dir`.
+    /// `standalone --data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// `bookie --data-dir`, `--bind-address`, `--port`, `--advertised-address`, `--zone`.
+    pub bookie: BookieFlags,
+}
+
+/// The flags of `magnetar bookie`, each setting the `bookie.` key of its name.
+#[derive(Debug, Clone, Default)]
+pub struct BookieFlags {
+    pub data_dir: Option<PathBuf>,
+    pub bind_address: Option<String>,
+    pub port: Option<u16>,
+    pub advertised_address: Option<String>,
+    pub zone: Option<String>,
 }
 
 /// Wraps a provider so that errors name a key the way the operator wrote it: `metadata.backend`
@@ -245,6 +414,22 @@ impl Config {
         if let Some(data_dir) = &flags.data_dir {
             figment = figment.merge(Serialized::default("standalone.data_dir", data_dir));
         }
+        let b = &flags.bookie;
+        if let Some(v) = &b.data_dir {
+            figment = figment.merge(Serialized::default("bookie.data_dir", v));
+        }
+        if let Some(v) = &b.bind_address {
+            figment = figment.merge(Serialized::default("bookie.bind_address", v));
+        }
+        if let Some(v) = b.port {
+            figment = figment.merge(Serialized::default("bookie.port", v));
+        }
+        if let Some(v) = &b.advertised_address {
+            figment = figment.merge(Serialized::default("bookie.advertised_address", v));
+        }
+        if let Some(v) = &b.zone {
+            figment = figment.merge(Serialized::default("bookie.zone", v));
+        }
         Ok(figment)
     }
 
@@ -315,6 +500,7 @@ impl Config {
                 s.broker_port
             );
         }
+        self.bookie.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!(
                 "invalid configuration: log.level {:?} is not a tracing filter: {e}",
@@ -452,6 +638,40 @@ mod tests {
     }
 
     #[test]
+    fn bookie_defaults_are_the_storage_defaults_and_the_id_is_advertised() {
+        let b = BookieConfig::default();
+        let o = BookieOptions::new(BookieId("x:1".into()), "d");
+        let from_config = b.options(BookieId("x:1".into()));
+        assert_eq!(
+            format!("{:?}", from_config),
+            format!(
+                "{:?}",
+                BookieOptions {
+                    data_dir: "./data/bookie".into(),
+                    ..o
+                }
+            )
+        );
+        assert_eq!(b.advertised().unwrap().0, "127.0.0.1:3181");
+        let with = |a: &str| BookieConfig {
+            advertised_address: Some(a.into()),
+            ..BookieConfig::default()
+        };
+        assert_eq!(
+            with("bk-1.example").advertised().unwrap().0,
+            "bk-1.example:3181"
+        );
+        assert_eq!(
+            with("bk-1.example:4000").advertised().unwrap().0,
+            "bk-1.example:4000"
+        );
+        assert_eq!(with("10.1.2.3").advertised().unwrap().0, "10.1.2.3:3181");
+        assert_eq!(with("::1").advertised().unwrap().0, "[::1]:3181");
+        assert_eq!(with("[::1]:5").advertised().unwrap().0, "[::1]:5");
+        assert!(with("").advertised().is_err());
+    }
+
+    #[test]
     fn endpoints_accept_a_comma_separated_string() {
         let config: Config =
             toml::from_str("[metadata]\netcd_endpoints = \"http://a:2379, http://b:2379\"\n")
@@ -474,6 +694,15 @@ mod tests {
         assert!(bad(|c| c.metadata.etcd_root = "magnetar".into()).contains("etcd_root"));
         assert!(bad(|c| c.standalone.admin_port = 6650).contains("admin_port"));
         assert!(bad(|c| c.log.level = "info,=[".into()).contains("log.level"));
+        assert!(bad(|c| c.bookie.bind_address = "0.0.0.0".into()).contains("advertised_address"));
+        assert!(bad(|c| c.bookie.bind_address = "bookie-1".into()).contains("bookie.bind_address"));
+        assert!(bad(|c| c.bookie.disk_usage_lwm = 0.99).contains("disk_usage_lwm"));
+        assert!(bad(|c| c.bookie.gc_live_ratio_min = 1.5).contains("gc_live_ratio_min"));
+        assert!(bad(|c| c.bookie.entry_size_bytes_max = 0).contains("entry_size_bytes_max"));
+        assert!(
+            bad(|c| c.bookie.advertised_address = Some("a b".into()))
+                .contains("advertised_address")
+        );
         assert!(
             bad(|c| {
                 c.metadata.backend = MetadataBackend::Etcd;

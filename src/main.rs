@@ -3,6 +3,7 @@
 //! `magnetar standalone | broker | bookie | admin | produce | consume | perf`; see `--help`.
 //! Exit codes are those of [`cli`]: 0 success, 1 failure, 2 usage error, 3 not built yet.
 
+mod bookie;
 mod cli;
 mod config;
 
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, EXIT_FAILURE, EXIT_NOT_BUILT, EXIT_OK, EXIT_USAGE};
-use crate::config::{CONFIG_FILE_ENV, Config, FlagOverrides};
+use crate::config::{BookieFlags, CONFIG_FILE_ENV, Config, FlagOverrides};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -35,6 +36,17 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let flags = match &cli.command {
         Some(Command::Standalone(args)) => FlagOverrides {
             data_dir: args.data_dir.clone(),
+            ..FlagOverrides::default()
+        },
+        Some(Command::Bookie(args)) => FlagOverrides {
+            bookie: BookieFlags {
+                data_dir: args.data_dir.clone(),
+                bind_address: args.bind_address.clone(),
+                port: args.port,
+                advertised_address: args.advertised_address.clone(),
+                zone: args.zone.clone(),
+            },
+            ..FlagOverrides::default()
         },
         _ => FlagOverrides::default(),
     };
@@ -51,6 +63,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 
     init_tracing(&config)?;
     tracing::debug!(command = command.name(), config_file = ?file, "configuration loaded");
+
+    if let Command::Bookie(_) = command {
+        return bookie::run(&config);
+    }
 
     eprintln!(
         "magnetar {}: not built yet — {}; see README (exit code {EXIT_NOT_BUILT})",
