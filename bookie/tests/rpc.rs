@@ -729,3 +729,26 @@ async fn graceful_shutdown_answers_adds_in_flight_and_does_not_wait_for_connecte
     let gone = client.add(entry(1, 2, "z"), false).await;
     assert!(matches!(gone, Err(BookieError::Unavailable(_))), "{gone:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn largest_entries_travel_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.entry_size_bytes_max = BookieOptions::new(BookieId("x:1".into()), "d").entry_size_bytes_max;
+    let (server, _bookie) = real_server(o.clone()).await;
+    let client = client(server.id());
+    let payload = Bytes::from(vec![0xa5u8; o.entry_size_bytes_max]);
+    for i in 0..3 {
+        let e = Entry::new(LedgerId(1), EntryId(i), i as i64 - 1, payload.clone());
+        client.add(e, false).await.unwrap();
+    }
+    let read = client.read(LedgerId(1), EntryId(2), false).await.unwrap();
+    assert_eq!(read.entry.payload.len(), o.entry_size_bytes_max);
+    assert!(read.entry.is_intact());
+    // A range of them is cut to fit one message, but never empty.
+    let range = client
+        .read_range(LedgerId(1), EntryId(0), EntryId(2), 0, 0)
+        .await
+        .unwrap();
+    assert!(!range.is_empty() && range.len() < 3, "{}", range.len());
+}

@@ -26,7 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::server::{LAC_POLL_TIMEOUT_MAX, parse_state};
+use super::server::{
+    CONNECTION_WINDOW_BYTES, LAC_POLL_TIMEOUT_MAX, STREAM_WINDOW_BYTES, parse_state,
+};
 use crate::api::{
     BookieClient, BookieError, BookieId, BookieInfo, BookieResult, Entry, FenceResult, ReadResult,
 };
@@ -237,6 +239,8 @@ impl GrpcBookieClient {
             .map(|e| {
                 e.connect_timeout(options.connect_timeout)
                     .tcp_nodelay(true)
+                    .initial_stream_window_size(STREAM_WINDOW_BYTES)
+                    .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
                     .http2_keep_alive_interval(options.keepalive_interval)
                     .keep_alive_timeout(options.keepalive_timeout)
                     .keep_alive_while_idle(true)

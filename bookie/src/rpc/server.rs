@@ -36,6 +36,11 @@ pub const ADDS_IN_FLIGHT_MAX: usize = 10_000;
 /// A LAC long poll waits at most this long, whatever the caller asked.
 pub const LAC_POLL_TIMEOUT_MAX: Duration = Duration::from_secs(30);
 
+/// HTTP/2 flow-control windows. The default 64 KiB would cap one add stream at one window per
+/// round trip and make a 5 MiB entry take some eighty of them.
+pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 /// How the server behaves; [`Default`] suits a bookie with default options.
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
@@ -98,6 +103,8 @@ pub async fn serve_with(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .http2_keepalive_interval(Some(options.keepalive_interval))
         .http2_keepalive_timeout(Some(options.keepalive_timeout))
         .add_service(service(bookie, shutdown.clone(), options))
