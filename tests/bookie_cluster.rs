@@ -1,0 +1,539 @@
+//! The bookie tier proved with real processes: `magnetar bookie` processes on 127.0.0.1 sharing a
+//! real etcd, driven by the ledger client over gRPC, and killed with SIGKILL.
+//!
+//! Each test starts its own etcd and bookies, so tests run in parallel without sharing state.
+
+#[path = "../metadata/tests/support/etcd.rs"]
+#[allow(dead_code)]
+mod etcd_support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use bytes::Bytes;
+use magnetar_bookie::api::{
+    BookieClient, BookieError, BookieId, BookieRegistration, BookieState, registration_key,
+};
+use magnetar_bookie::client::{
+    AddHandle, LedgerClient, LedgerClientOptions, LedgerConfig, LedgerError, LedgerWriter,
+};
+use magnetar_bookie::rpc::{ClientOptions, GrpcBookieClient, GrpcConnector};
+use magnetar_bookie::server::{Bookie, BookieOptions};
+use magnetar_metadata::{EntryId, EtcdOptions, EtcdStore, LedgerId, MetadataStore};
+
+/// A `magnetar bookie` process with its data directory and port, restartable in place.
+struct BookieProcess {
+    child: Option<Child>,
+    data_dir: PathBuf,
+    port: u16,
+    id: BookieId,
+    env: Vec<(String, String)>,
+}
+
+impl Drop for BookieProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl BookieProcess {
+    fn spawn(&mut self) -> Result<()> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_magnetar"))
+            .args([
+                "bookie",
+                "--bind-address",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("MAGNETAR_LOG__LEVEL", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawning magnetar bookie")?;
+        let stdout = child.stdout.take().context("bookie stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        self.child = Some(child);
+        let line = rx.recv_timeout(Duration::from_secs(20)).map_err(|_| {
+            anyhow!(
+                "bookie on port {} did not report serving in 20 s",
+                self.port
+            )
+        })?;
+        let addr = line
+            .strip_prefix("magnetar bookie: serving ")
+            .and_then(|rest| rest.split_whitespace().next())
+            .with_context(|| format!("unexpected first line from the bookie: {line:?}"))?;
+        self.id = addr.parse().map_err(|e: String| anyhow!(e))?;
+        self.port = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .context("no port in serving line")?;
+        Ok(())
+    }
+
+    /// SIGKILL: no shutdown, no checkpoint, no deregistration.
+    fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("bookie not running")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    fn terminate(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("bookie not running")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        ensure!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                ensure!(
+                    status.success(),
+                    "bookie exited with {status} after SIGTERM"
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("bookie did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+struct Cluster {
+    etcd: etcd_support::EtcdServer,
+    root: String,
+    dir: tempfile::TempDir,
+    bookies: Vec<BookieProcess>,
+    store: Arc<dyn MetadataStore>,
+}
+
+impl Cluster {
+    async fn start(bookies: usize) -> Result<Cluster> {
+        let etcd = etcd_support::EtcdServer::start()?;
+        let root = "/bookie-cluster".to_owned();
+        let store: Arc<dyn MetadataStore> = Arc::new(
+            EtcdStore::connect(EtcdOptions {
+                endpoints: vec![etcd.endpoint()],
+                root: root.clone(),
+                ..EtcdOptions::default()
+            })
+            .await?,
+        );
+        let mut cluster = Cluster {
+            etcd,
+            root,
+            dir: tempfile::tempdir()?,
+            bookies: Vec::new(),
+            store,
+        };
+        for _ in 0..bookies {
+            cluster.add_bookie(&[])?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one more bookie process with extra `MAGNETAR_*` settings.
+    fn add_bookie(&mut self, extra_env: &[(&str, &str)]) -> Result<usize> {
+        let index = self.bookies.len();
+        let mut env = vec![
+            ("MAGNETAR_METADATA__BACKEND".to_owned(), "etcd".to_owned()),
+            (
+                "MAGNETAR_METADATA__ETCD_ENDPOINTS".to_owned(),
+                self.etcd.endpoint(),
+            ),
+            ("MAGNETAR_METADATA__ETCD_ROOT".to_owned(), self.root.clone()),
+            (
+                "MAGNETAR_METADATA__SESSION_TTL_MS".to_owned(),
+                "3000".to_owned(),
+            ),
+        ];
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let mut bookie = BookieProcess {
+            child: None,
+            data_dir: self.dir.path().join(format!("bookie-{index}")),
+            port: 0,
+            id: BookieId(String::new()),
+            env,
+        };
+        bookie.spawn()?;
+        self.bookies.push(bookie);
+        Ok(index)
+    }
+
+    fn index_of(&self, id: &BookieId) -> Result<usize> {
+        self.bookies
+            .iter()
+            .position(|b| &b.id == id)
+            .with_context(|| format!("{id} is not one of this cluster's bookies"))
+    }
+
+    /// A ledger client as a broker would have: its own metadata connection, gRPC to bookies.
+    async fn client(&self) -> Result<LedgerClient> {
+        let store: Arc<dyn MetadataStore> = Arc::new(
+            EtcdStore::connect(EtcdOptions {
+                endpoints: vec![self.etcd.endpoint()],
+                root: self.root.clone(),
+                ..EtcdOptions::default()
+            })
+            .await?,
+        );
+        let connector = Arc::new(GrpcConnector::new(ClientOptions {
+            request_timeout: Duration::from_secs(5),
+            ..ClientOptions::default()
+        }));
+        Ok(LedgerClient::new(
+            store,
+            connector,
+            LedgerClientOptions::default(),
+        ))
+    }
+
+    async fn registration(&self, id: &BookieId) -> Result<Option<BookieRegistration>> {
+        Ok(match self.store.get(&registration_key(id)).await? {
+            Some(v) => Some(serde_json::from_slice(&v.value)?),
+            None => None,
+        })
+    }
+}
+
+/// Creating a ledger right after bookies start can race the client's first view of the
+/// registrations; retry for a few seconds on too few bookies.
+async fn create(client: &LedgerClient, e: u32, qw: u32, qa: u32) -> Result<LedgerWriter> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.create_ledger(LedgerConfig::new(e, qw, qa)).await {
+            Ok(w) => return Ok(w),
+            Err(LedgerError::NotEnoughBookies { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
+fn payload(i: u64, size: usize) -> Bytes {
+    let mut v = format!("entry-{i:06}-").into_bytes();
+    v.resize(size.max(v.len()), (i % 251) as u8);
+    Bytes::from(v)
+}
+
+/// Appends `range` pipelined; returns each entry's completion in order.
+async fn append_all(
+    writer: &LedgerWriter,
+    range: std::ops::Range<u64>,
+    size: usize,
+) -> Result<Vec<AddHandle>> {
+    let mut handles = Vec::new();
+    for i in range {
+        handles.push(writer.append(payload(i, size)).await?);
+    }
+    Ok(handles)
+}
+
+async fn expect_acked(handles: Vec<AddHandle>, first: u64) -> Result<()> {
+    for (n, h) in handles.into_iter().enumerate() {
+        let id = h
+            .await
+            .with_context(|| format!("append {} failed", first + n as u64))?;
+        ensure!(
+            id == EntryId(first + n as u64),
+            "entry ids follow append order"
+        );
+    }
+    Ok(())
+}
+
+async fn read_back(client: &LedgerClient, ledger: LedgerId, count: u64, size: usize) -> Result<()> {
+    let reader = client.open_ledger(ledger).await?;
+    ensure!(
+        reader.last_add_confirmed() >= count as i64 - 1,
+        "ledger {ledger} ends at {} but {count} entries were acknowledged",
+        reader.last_add_confirmed()
+    );
+    let entries = reader.read_range(0, count - 1).await?;
+    ensure!(
+        entries.len() as u64 == count,
+        "read {} of {count} entries",
+        entries.len()
+    );
+    for (i, e) in entries.iter().enumerate() {
+        ensure!(e.is_intact(), "entry {i} fails its CRC");
+        ensure!(
+            e.payload == payload(i as u64, size),
+            "entry {i} has the wrong payload"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_keeps_going_when_a_bookie_is_killed() -> Result<()> {
+    let mut cluster = Cluster::start(5).await?;
+    let client = cluster.client().await?;
+    let writer = create(&client, 3, 2, 2).await?;
+    let ledger = writer.id();
+    let first = append_all(&writer, 0..500, 1024).await?;
+    expect_acked(first, 0).await?;
+
+    // Kill one bookie of the ensemble while appends are in flight.
+    let ensemble = client
+        .ledger_metadata(ledger)
+        .await?
+        .last_ensemble()
+        .bookies
+        .clone();
+    let victim = cluster.index_of(&ensemble[0])?;
+    let in_flight = append_all(&writer, 500..1000, 1024).await?;
+    cluster.bookies[victim].kill9()?;
+    let after = append_all(&writer, 1000..2000, 1024).await?;
+    expect_acked(in_flight, 500).await?;
+    expect_acked(after, 1000).await?;
+    writer.close().await?;
+
+    let meta = client.ledger_metadata(ledger).await?;
+    ensure!(
+        meta.ensembles.len() >= 2,
+        "the bookie's failure is recorded as an ensemble change"
+    );
+    ensure!(
+        !meta.last_ensemble().bookies.contains(&ensemble[0]),
+        "the killed bookie was replaced"
+    );
+    ensure!(meta.last_entry_id == 1999);
+    read_back(&client, ledger, 2000, 1024).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_entries_survive_kill_and_restart_of_a_bookie() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let client = cluster.client().await?;
+    // Qa = E: every bookie acknowledged every entry before the writer saw it complete.
+    let writer = create(&client, 3, 3, 3).await?;
+    let ledger = writer.id();
+    let handles = append_all(&writer, 0..1000, 512).await?;
+    expect_acked(handles, 0).await?;
+    cluster.bookies[0].kill9()?;
+    cluster.bookies[0].spawn()?;
+
+    let bookie = GrpcBookieClient::new(cluster.bookies[0].id.clone(), ClientOptions::default());
+    let entries = bookie
+        .read_range(ledger, EntryId(0), EntryId(999), 1000, 64 << 20)
+        .await?;
+    let mut seen = entries.len() as u64;
+    for e in &entries {
+        ensure!(
+            e.is_intact() && e.payload == payload(e.entry.0, 512),
+            "entry {} intact",
+            e.entry
+        );
+    }
+    // read_range may stop early at its byte limit; read the rest one by one.
+    while seen < 1000 {
+        let r = bookie.read(ledger, EntryId(seen), false).await?;
+        ensure!(
+            r.entry.payload == payload(seen, 512),
+            "entry {seen} intact after restart"
+        );
+        seen += 1;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_fences_a_live_writer() -> Result<()> {
+    let cluster = Cluster::start(3).await?;
+    let old_owner = cluster.client().await?;
+    let writer = create(&old_owner, 3, 2, 2).await?;
+    let ledger = writer.id();
+    expect_acked(append_all(&writer, 0..300, 256).await?, 0).await?;
+
+    // A new owner recovers the ledger while the old writer is still alive.
+    let new_owner = cluster.client().await?;
+    let reader = new_owner.open_ledger_with_recovery(ledger).await?;
+    ensure!(reader.is_closed(), "recovery closes the ledger");
+    ensure!(
+        reader.last_add_confirmed() >= 299,
+        "every acknowledged entry is inside the recovered ledger (last {})",
+        reader.last_add_confirmed()
+    );
+    let last = reader.last_add_confirmed() as u64;
+    let entries = reader.read_range(0, last).await?;
+    for (i, e) in entries.iter().enumerate().take(300) {
+        ensure!(
+            e.payload == payload(i as u64, 256),
+            "acknowledged entry {i} readable after recovery"
+        );
+    }
+
+    // The old writer's next add fails: it is fenced.
+    let outcome = match writer.append(payload(300, 256)).await {
+        Ok(handle) => handle.await,
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Err(LedgerError::Fenced(_)) => {}
+        other => bail!("the old writer must be fenced, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_entry_is_detected_and_read_from_another_replica() -> Result<()> {
+    let mut cluster = Cluster::start(3).await?;
+    let client = cluster.client().await?;
+    let writer = create(&client, 3, 3, 3).await?;
+    let ledger = writer.id();
+    expect_acked(append_all(&writer, 0..50, 300).await?, 0).await?;
+    writer.close().await?;
+    let target = EntryId(10);
+
+    // Flip a byte of entry 10 in the entry logs of two of the three bookies.
+    for b in 0..2 {
+        cluster.bookies[b].terminate()?;
+        flip_payload_byte(
+            &cluster.bookies[b].data_dir,
+            &cluster.bookies[b].id,
+            ledger,
+            target,
+        )
+        .await?;
+        cluster.bookies[b].spawn()?;
+    }
+    for b in 0..2 {
+        let direct = GrpcBookieClient::new(cluster.bookies[b].id.clone(), ClientOptions::default());
+        match direct.read(ledger, target, false).await {
+            Err(BookieError::Corrupt { .. }) => {}
+            other => bail!("bookie {b} must detect the flipped byte, got {other:?}"),
+        }
+    }
+    // The ledger client gets the entry intact from the third replica.
+    let reader = client.open_ledger(ledger).await?;
+    let entry = reader.read(target.0).await?;
+    ensure!(
+        entry.is_intact() && entry.payload == payload(10, 300),
+        "entry 10 served intact"
+    );
+    read_back(&client, ledger, 50, 300).await
+}
+
+/// Opens a stopped bookie's storage in this process to find where the entry's payload lies, then
+/// flips one byte there.
+async fn flip_payload_byte(
+    data_dir: &Path,
+    id: &BookieId,
+    ledger: LedgerId,
+    entry: EntryId,
+) -> Result<()> {
+    let bookie = Bookie::open(BookieOptions::new(id.clone(), data_dir))
+        .await
+        .map_err(|e| anyhow!("opening the stopped bookie's storage: {e}"))?;
+    let located = bookie.locate(ledger, entry);
+    bookie.shutdown().await;
+    drop(bookie);
+    let (path, offset) = located.context("entry not found in the entry logs")?;
+    let mut bytes = std::fs::read(&path)?;
+    let at = usize::try_from(offset)?;
+    ensure!(
+        at < bytes.len(),
+        "payload offset past the end of {}",
+        path.display()
+    );
+    bytes[at] ^= 0xff;
+    std::fs::write(&path, bytes)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_bookie_turns_read_only_and_adds_move_to_others() -> Result<()> {
+    let mut cluster = Cluster::start(2).await?;
+    // A third bookie with a small storage cap, checked often.
+    let small = cluster.add_bookie(&[
+        ("MAGNETAR_BOOKIE__STORAGE_SIZE_BYTES_MAX", "16777216"),
+        ("MAGNETAR_BOOKIE__JOURNAL_FILE_SIZE_BYTES", "1048576"),
+        ("MAGNETAR_BOOKIE__DISK_CHECK_INTERVAL_MS", "100"),
+        ("MAGNETAR_BOOKIE__CHECKPOINT_INTERVAL_MS", "200"),
+    ])?;
+    let small_id = cluster.bookies[small].id.clone();
+    let client = cluster.client().await?;
+    // With exactly three bookies registered, the ensemble must include the small one.
+    let writer = create(&client, 3, 2, 2).await?;
+    let ledger = writer.id();
+    ensure!(
+        client
+            .ledger_metadata(ledger)
+            .await?
+            .last_ensemble()
+            .bookies
+            .contains(&small_id)
+    );
+    cluster.add_bookie(&[])?;
+
+    const SIZE: usize = 64 * 1024;
+    let mut written = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let handles = append_all(&writer, written..written + 16, SIZE).await?;
+        expect_acked(handles, written).await?;
+        written += 16;
+        let state = cluster.registration(&small_id).await?.map(|r| r.state);
+        if state == Some(BookieState::ReadOnly) {
+            break;
+        }
+        ensure!(
+            written < 2000 && Instant::now() < deadline,
+            "the small bookie never turned read-only"
+        );
+    }
+    // Adds keep succeeding: they go to the other bookies.
+    expect_acked(
+        append_all(&writer, written..written + 64, SIZE).await?,
+        written,
+    )
+    .await?;
+    written += 64;
+    writer.close().await?;
+    let meta = client.ledger_metadata(ledger).await?;
+    ensure!(
+        !meta.last_ensemble().bookies.contains(&small_id),
+        "the read-only bookie left the ensemble: {:?}",
+        meta.ensembles
+    );
+    // It refuses adds itself, and still serves what it stores.
+    let direct = GrpcBookieClient::new(small_id.clone(), ClientOptions::default());
+    let probe = magnetar_bookie::api::Entry::new(
+        LedgerId(u64::MAX - 1),
+        EntryId(0),
+        -1,
+        Bytes::from_static(b"x"),
+    );
+    match direct.add(probe, false).await {
+        Err(BookieError::ReadOnly) => {}
+        other => bail!("a read-only bookie must refuse adds, got {other:?}"),
+    }
+    read_back(&client, ledger, written, SIZE).await
+}
