@@ -3,3 +3,7 @@
 //!
 //! Not built yet: `magnetar standalone` and `magnetar broker` say so and exit non-zero.
 //! See `docs/ARCHITECTURE.md`.
+
+pub mod bundle;
+pub mod ownership;
+pub mod topic_name;

@@ -138,8 +138,9 @@ impl OwnershipLease {
         self.lost.is_cancelled()
     }
 
-    /// Gives the lease up: deletes the key if it is still ours.
-    pub async fn release(self) -> Result<()> {
+    /// Gives the lease up: deletes the key if it is still ours (by version, so a key someone
+    /// else took over in the meantime is left alone).
+    pub async fn release(&self) -> Result<()> {
         self.lost.cancel();
         match self
             .store

@@ -1,0 +1,244 @@
+//! Bundle ownership: a broker serves a topic only while it holds the lease of the topic's
+//! namespace bundle in the metadata store — even when it is the only broker, so more brokers can
+//! slot in later (DESIGN decision 5).
+//!
+//! A lease is an ephemeral key `/namespace/{tenant}/{ns}/{range}` under the broker's metadata
+//! session, holding the owner's id and a fresh epoch ([`OwnershipLease`]). The lease alone does
+//! not make the owner safe — a new owner also fences the topic's last ledger on the bookies (the
+//! managed ledger's recovery on load) — but it is how lookups find the owner, and losing it
+//! (session expiry, someone deleting the key) tells the owner to stop serving the bundle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use magnetar_metadata::{
+    Acquired, LeaseRecord, MetadataError, MetadataStore, OwnershipLease, Session,
+};
+use tokio::sync::broadcast;
+use tracing::{info, warn};
+
+use crate::bundle::Bundle;
+
+/// Where bundle leases live.
+pub const OWNERSHIP_PREFIX: &str = "/namespace/";
+/// Capacity of the channel announcing lost bundles; a lagging listener re-checks `is_owned`.
+const LOST_CHANNEL_CAPACITY: usize = 256;
+
+pub fn bundle_key(bundle: &Bundle) -> String {
+    format!("{OWNERSHIP_PREFIX}{}", bundle)
+}
+
+/// Who owns a bundle, as far as this broker can tell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// This broker, with the lease's epoch.
+    This { epoch: u64 },
+    /// Another broker: its id as written in the lease.
+    Other(LeaseRecord),
+}
+
+/// The bundles this broker owns, and the way to take more.
+#[derive(Debug)]
+pub struct OwnershipCache {
+    store: Arc<dyn MetadataStore>,
+    session: Session,
+    broker_id: String,
+    owned: Mutex<HashMap<Bundle, Arc<OwnershipLease>>>,
+    lost_tx: broadcast::Sender<Bundle>,
+}
+
+impl OwnershipCache {
+    /// `broker_id` is what other brokers and lookups see as the owner (its advertised address).
+    pub fn new(store: Arc<dyn MetadataStore>, session: Session, broker_id: String) -> Arc<Self> {
+        let (lost_tx, _) = broadcast::channel(LOST_CHANNEL_CAPACITY);
+        Arc::new(OwnershipCache {
+            store,
+            session,
+            broker_id,
+            owned: Mutex::new(HashMap::new()),
+            lost_tx,
+        })
+    }
+
+    pub fn broker_id(&self) -> &str {
+        &self.broker_id
+    }
+
+    fn owned(&self) -> std::sync::MutexGuard<'_, HashMap<Bundle, Arc<OwnershipLease>>> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bundles whose ownership this broker lost, as they are lost.
+    pub fn lost_bundles(&self) -> broadcast::Receiver<Bundle> {
+        self.lost_tx.subscribe()
+    }
+
+    /// True while this broker holds the bundle's lease.
+    pub fn is_owned(&self, bundle: &Bundle) -> bool {
+        self.owned().get(bundle).is_some_and(|l| !l.is_lost())
+    }
+
+    /// The owner of `bundle`, taking the lease if nobody holds it.
+    pub async fn acquire(self: &Arc<Self>, bundle: &Bundle) -> Result<Owner, MetadataError> {
+        if let Some(lease) = self.owned().get(bundle).filter(|l| !l.is_lost()) {
+            return Ok(Owner::This {
+                epoch: lease.epoch(),
+            });
+        }
+        let key = bundle_key(bundle);
+        match OwnershipLease::acquire(
+            Arc::clone(&self.store),
+            &key,
+            &self.broker_id,
+            &self.session,
+        )
+        .await?
+        {
+            Acquired::Held(lease) => {
+                let lease = Arc::new(lease);
+                let epoch = lease.epoch();
+                self.owned().insert(bundle.clone(), Arc::clone(&lease));
+                info!(%bundle, epoch, "bundle owned");
+                self.watch_loss(bundle.clone(), lease);
+                Ok(Owner::This { epoch })
+            }
+            Acquired::Busy(Some(holder)) if holder.owner == self.broker_id => {
+                // Our own key from an earlier session that has not expired yet: not ours to use.
+                Ok(Owner::Other(holder))
+            }
+            Acquired::Busy(Some(holder)) => Ok(Owner::Other(holder)),
+            Acquired::Busy(None) => Err(MetadataError::Unavailable(format!(
+                "bundle {bundle} changed hands during the lookup; retry"
+            ))),
+        }
+    }
+
+    /// The current owner without taking the lease.
+    pub async fn lookup(&self, bundle: &Bundle) -> Result<Option<Owner>, MetadataError> {
+        if let Some(lease) = self.owned().get(bundle).filter(|l| !l.is_lost()) {
+            return Ok(Some(Owner::This {
+                epoch: lease.epoch(),
+            }));
+        }
+        let key = bundle_key(bundle);
+        Ok(match self.store.get(&key).await? {
+            None => None,
+            Some(v) => match serde_json::from_slice::<LeaseRecord>(&v.value) {
+                Ok(record) => Some(Owner::Other(record)),
+                Err(e) => {
+                    return Err(MetadataError::Corrupt {
+                        key,
+                        reason: e.to_string(),
+                    });
+                }
+            },
+        })
+    }
+
+    /// Gives a bundle up (graceful unload): the lease key is deleted so another broker can take it.
+    pub async fn release(&self, bundle: &Bundle) -> Result<(), MetadataError> {
+        let lease = self.owned().remove(bundle);
+        if let Some(lease) = lease {
+            info!(%bundle, "bundle released");
+            lease.release().await?;
+        }
+        Ok(())
+    }
+
+    fn watch_loss(self: &Arc<Self>, bundle: Bundle, lease: Arc<OwnershipLease>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            lease.lost().await;
+            let Some(this) = this.upgrade() else { return };
+            let removed = {
+                let mut owned = this.owned();
+                match owned.get(&bundle) {
+                    Some(current) if Arc::ptr_eq(current, &lease) => {
+                        owned.remove(&bundle).is_some()
+                    }
+                    _ => false,
+                }
+            };
+            if removed {
+                warn!(%bundle, "bundle ownership lost; its topics must stop serving");
+                let _ = this.lost_tx.send(bundle);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use magnetar_metadata::MemoryStore;
+
+    use super::*;
+    use crate::bundle::NamespaceBundles;
+
+    fn bundle() -> Bundle {
+        let ns = "public/default".parse().unwrap();
+        NamespaceBundles::even(ns, 4).bundles().next().unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_owner_per_bundle_and_loss_is_announced() {
+        let store = MemoryStore::new();
+        let shared: Arc<dyn MetadataStore> = Arc::new(store.clone());
+        let s1 = shared.create_session(Duration::from_secs(5)).await.unwrap();
+        let s2 = shared.create_session(Duration::from_secs(5)).await.unwrap();
+        let b1 = OwnershipCache::new(Arc::clone(&shared), s1.clone(), "broker-1:6650".into());
+        let b2 = OwnershipCache::new(Arc::clone(&shared), s2, "broker-2:6650".into());
+        let bundle = bundle();
+
+        let Owner::This { epoch } = b1.acquire(&bundle).await.unwrap() else {
+            panic!("a free bundle is taken")
+        };
+        assert!(b1.is_owned(&bundle));
+        match b2.acquire(&bundle).await.unwrap() {
+            Owner::Other(r) => assert_eq!((r.owner.as_str(), r.epoch), ("broker-1:6650", epoch)),
+            other => panic!("second broker must see the owner, got {other:?}"),
+        }
+        assert_eq!(
+            b2.lookup(&bundle).await.unwrap(),
+            Some(Owner::Other(LeaseRecord {
+                owner: "broker-1:6650".into(),
+                epoch
+            }))
+        );
+
+        // Broker 1's session expires: it is told, and broker 2 can take over with a newer epoch.
+        let mut lost = b1.lost_bundles();
+        store.expire_session(s1.id());
+        let gone = tokio::time::timeout(Duration::from_secs(5), lost.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(gone, bundle);
+        assert!(!b1.is_owned(&bundle));
+        let Owner::This { epoch: epoch2 } = b2.acquire(&bundle).await.unwrap() else {
+            panic!("the bundle is free after the owner's session ended")
+        };
+        assert!(epoch2 > epoch);
+    }
+
+    #[tokio::test]
+    async fn release_hands_the_bundle_over() {
+        let shared: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
+        let s1 = shared.create_session(Duration::from_secs(5)).await.unwrap();
+        let s2 = shared.create_session(Duration::from_secs(5)).await.unwrap();
+        let b1 = OwnershipCache::new(Arc::clone(&shared), s1, "b1".into());
+        let b2 = OwnershipCache::new(Arc::clone(&shared), s2, "b2".into());
+        let bundle = bundle();
+        assert!(matches!(
+            b1.acquire(&bundle).await.unwrap(),
+            Owner::This { .. }
+        ));
+        b1.release(&bundle).await.unwrap();
+        assert!(!b1.is_owned(&bundle));
+        assert!(matches!(
+            b2.acquire(&bundle).await.unwrap(),
+            Owner::This { .. }
+        ));
+    }
+}
