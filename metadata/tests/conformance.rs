@@ -72,7 +72,21 @@ impl BackendSpec {
         Ok(match self {
             BackendSpec::Memory => Arc::new(MemoryStore::new()),
             BackendSpec::Embedded(path) => {
-                Arc::new(EmbeddedStore::open(EmbeddedOptions::new(path.clone())).await?)
+                // The file is locked to one process; the previous holder (a killed child, or
+                // the parent's own store whose writer thread is still winding down) may need a
+                // moment to let go of it.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match EmbeddedStore::open(EmbeddedOptions::new(path.clone())).await {
+                        Ok(store) => break Arc::new(store),
+                        Err(MetadataError::Storage(msg))
+                            if msg.contains("already open") && Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
             BackendSpec::Etcd { endpoint, root } => Arc::new(
                 EtcdStore::connect(EtcdOptions {
