@@ -6,4 +6,5 @@
 
 pub mod bundle;
 pub mod ownership;
+pub mod policies;
 pub mod topic_name;
