@@ -3,6 +3,11 @@
 //!
 //! Not built yet: `magnetar standalone` and `magnetar broker` say so and exit non-zero.
 //! See `docs/ARCHITECTURE.md`.
+//!
+//! - [`managed_ledger`] — a topic's log on the bookie tier: ledgers with rollover, recovery
+//!   and retention, cursors with persisted acks, and the shared entry cache.
+
+pub mod managed_ledger;
 
 pub mod bundle;
 pub mod ownership;

@@ -1,0 +1,466 @@
+//! [`ManagedCursor`]: a subscription's (durable) or a reader's (non-durable) place in a managed
+//! ledger.
+//!
+//! State: `first_unacked` — every position below it is acknowledged (Pulsar's mark-delete
+//! position is the entry just before it) — plus the individually acknowledged ranges above it
+//! ([`RangeSet`]), and the read position (where the next `read_entries` starts; not persisted:
+//! after a restart reading resumes at the first unacknowledged entry, so nothing unacked is lost
+//! and acked entries above the floor are skipped).
+//!
+//! Persistence of durable cursors (record at `/managed-ledgers/{name}/cursors/{cursor}`, see
+//! [`super::record`]): acks only mark the state dirty and wake the cursor's flusher task, which
+//! waits `cursor_flush_interval_ms` (default 100 ms) to coalesce further acks, then writes one
+//! snapshot with CAS. One task per cursor means at most one write in flight. [`ManagedCursor::flush`]
+//! writes at once (close uses it). A CAS conflict means another broker owns the cursor now: the
+//! flusher stops writing and `flush` reports [`ManagedLedgerError::Fenced`].
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use magnetar_metadata::{EntryId, Expected, MetadataStore, PutOutcome, RecordStore, Version};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::Position;
+use super::error::{ManagedLedgerError, MlResult};
+use super::ledger::InternalCursorStats;
+use super::ranges::RangeSet;
+use super::read::Shared;
+use super::record::{CursorRecord, cursor_record_key, now_ms};
+
+/// Where a new cursor starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// At the first entry still stored.
+    Earliest,
+    /// After the last confirmed entry: only entries appended from now on.
+    Latest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CursorStats {
+    /// The last position of the acknowledged prefix (None: nothing acknowledged below the floor).
+    pub mark_delete_position: Option<Position>,
+    pub read_position: Position,
+    /// Entries not yet acknowledged.
+    pub backlog: u64,
+    pub acked_ranges: usize,
+    pub durable: bool,
+}
+
+#[derive(Debug)]
+struct CursorState {
+    first_unacked: Position,
+    acked: RangeSet,
+    read_position: Position,
+    properties: BTreeMap<String, String>,
+    dirty: bool,
+}
+
+#[derive(Debug)]
+struct Core {
+    name: String,
+    shared: Arc<Shared>,
+    state: Mutex<CursorState>,
+    notify: Notify,
+}
+
+impl Core {
+    fn state(&self) -> MutexGuard<'_, CursorState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+type FlushRequest = oneshot::Sender<MlResult<()>>;
+
+#[derive(Debug)]
+pub struct ManagedCursor {
+    core: Arc<Core>,
+    durable: bool,
+    /// Durable cursors: explicit flush requests to the flusher task. Dropping it stops the task
+    /// after a last write.
+    flush_tx: Mutex<Option<mpsc::Sender<FlushRequest>>>,
+}
+
+impl ManagedCursor {
+    pub(crate) fn durable(
+        shared: Arc<Shared>,
+        metadata: Arc<dyn MetadataStore>,
+        name: String,
+        record: CursorRecord,
+        version: Option<Version>,
+    ) -> Arc<Self> {
+        let mut acked = RangeSet::from_records(&record.acked_ranges);
+        acked.remove_below(record.first_unacked);
+        let core = Arc::new(Core {
+            name: name.clone(),
+            state: Mutex::new(CursorState {
+                first_unacked: record.first_unacked,
+                acked,
+                read_position: record.first_unacked,
+                properties: record.properties,
+                dirty: false,
+            }),
+            notify: Notify::new(),
+            shared,
+        });
+        let (tx, rx) = mpsc::channel(8);
+        let key = cursor_record_key(&core.shared.name, &name);
+        let span = info_span!("ml_cursor", ml = %core.shared.name, cursor = %name);
+        tokio::spawn(
+            flusher(
+                Arc::clone(&core),
+                RecordStore::new(metadata),
+                key,
+                version,
+                rx,
+            )
+            .instrument(span),
+        );
+        Arc::new(ManagedCursor {
+            core,
+            durable: true,
+            flush_tx: Mutex::new(Some(tx)),
+        })
+    }
+
+    pub(crate) fn non_durable(shared: Arc<Shared>, start: Position) -> Arc<Self> {
+        Arc::new(ManagedCursor {
+            core: Arc::new(Core {
+                name: String::new(),
+                state: Mutex::new(CursorState {
+                    first_unacked: start,
+                    acked: RangeSet::default(),
+                    read_position: start,
+                    properties: BTreeMap::new(),
+                    dirty: false,
+                }),
+                notify: Notify::new(),
+                shared,
+            }),
+            durable: false,
+            flush_tx: Mutex::new(None),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.core.name
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Every position below this one is acknowledged.
+    pub fn first_unacked(&self) -> Position {
+        self.core.state().first_unacked
+    }
+
+    /// Pulsar's mark-delete position: the last entry of the acknowledged prefix.
+    pub fn mark_delete_position(&self) -> Option<Position> {
+        let floor = self.first_unacked();
+        self.core.shared.previous(floor)
+    }
+
+    pub fn read_position(&self) -> Position {
+        self.core.state().read_position
+    }
+
+    pub fn is_acked(&self, pos: Position) -> bool {
+        let st = self.core.state();
+        pos < st.first_unacked || st.acked.contains(pos)
+    }
+
+    /// True when an entry at or after the read position is confirmed.
+    pub fn has_entries_available(&self) -> bool {
+        let read = self.core.shared.normalize(self.read_position());
+        self.core
+            .shared
+            .state()
+            .last_confirmed
+            .is_some_and(|last| read <= last)
+    }
+
+    /// Up to `max_entries` unacknowledged entries from the read position on (at least one if any,
+    /// even beyond `max_bytes`); the read position moves past them. Acked entries are skipped.
+    pub async fn read_entries(
+        &self,
+        max_entries: usize,
+        max_bytes: u64,
+    ) -> MlResult<Vec<(Position, Bytes)>> {
+        loop {
+            let from = self.read_position();
+            let batch = self
+                .core
+                .shared
+                .read_entries(from, max_entries, max_bytes)
+                .await?;
+            let Some(&(last, _)) = batch.last() else {
+                return Ok(Vec::new());
+            };
+            let mut st = self.core.state();
+            if st.read_position != from {
+                // Moved by seek/rewind meanwhile: read again from there.
+                continue;
+            }
+            st.read_position = last.next();
+            let out: Vec<(Position, Bytes)> = batch
+                .into_iter()
+                .filter(|(p, _)| !(*p < st.first_unacked || st.acked.contains(*p)))
+                .collect();
+            if !out.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Acknowledges single positions; the floor moves up when they close the gap above it.
+    pub fn ack_individual(&self, positions: &[Position]) {
+        let mut st = self.core.state();
+        for &p in positions {
+            if p >= st.first_unacked {
+                st.acked.insert(p);
+            }
+        }
+        self.collapse(&mut st);
+        self.touch(st);
+    }
+
+    /// Acknowledges everything up to and including `pos`.
+    pub fn ack_cumulative(&self, pos: Position) {
+        let mut st = self.core.state();
+        if pos.next() > st.first_unacked {
+            st.first_unacked = pos.next();
+        }
+        self.collapse(&mut st);
+        self.touch(st);
+    }
+
+    /// Moves the floor over acknowledged ranges and boundaries, and drops ranges below it.
+    fn collapse(&self, st: &mut CursorState) {
+        loop {
+            let floor = self.core.shared.normalize(st.first_unacked);
+            st.first_unacked = floor;
+            match st.acked.range_starting_at(floor) {
+                Some(last) => {
+                    st.first_unacked = Position {
+                        ledger: floor.ledger,
+                        entry: EntryId(last + 1),
+                    }
+                }
+                None => break,
+            }
+        }
+        let floor = st.first_unacked;
+        st.acked.remove_below(floor);
+        if st.read_position < floor {
+            st.read_position = floor;
+        }
+    }
+
+    fn touch(&self, mut st: MutexGuard<'_, CursorState>) {
+        if self.durable {
+            st.dirty = true;
+            drop(st);
+            self.core.notify.notify_one();
+        }
+    }
+
+    /// Entries not yet acknowledged (confirmed entries at or above the floor, minus the
+    /// individually acked ones).
+    pub fn backlog(&self) -> u64 {
+        let (floor, acked) = {
+            let st = self.core.state();
+            (st.first_unacked, st.acked.clone())
+        };
+        let (total, spans) = self.core.shared.entries_from(floor);
+        let acked: u64 = spans
+            .iter()
+            .map(|&(l, first, last)| acked.count_within(l, first, last))
+            .sum();
+        total.saturating_sub(acked)
+    }
+
+    /// Read position back to the first unacknowledged entry (redelivery of everything unacked).
+    pub fn rewind(&self) {
+        let mut st = self.core.state();
+        st.read_position = st.first_unacked;
+    }
+
+    /// Read position to `pos` (acknowledgements unchanged). The dispatcher redelivers specific
+    /// positions by reading them with [`super::ManagedLedger::read_entries`] and checking
+    /// [`ManagedCursor::is_acked`].
+    pub fn seek(&self, pos: Position) {
+        self.core.state().read_position = pos;
+    }
+
+    /// Resets the subscription to `pos`: everything from `pos` on is unacknowledged again,
+    /// everything below it acknowledged (Pulsar's reset-cursor).
+    pub fn reset(&self, pos: Position) {
+        let mut st = self.core.state();
+        st.first_unacked = pos;
+        st.acked.clear();
+        st.read_position = pos;
+        self.touch(st);
+    }
+
+    pub fn set_property(&self, key: &str, value: &str) {
+        let mut st = self.core.state();
+        st.properties.insert(key.to_owned(), value.to_owned());
+        self.touch(st);
+    }
+
+    pub fn properties(&self) -> BTreeMap<String, String> {
+        self.core.state().properties.clone()
+    }
+
+    /// Writes the state now if it changed (durable cursors; a no-op for others).
+    pub async fn flush(&self) -> MlResult<()> {
+        let tx = self
+            .flush_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(tx) = tx else { return Ok(()) };
+        let (done, rx) = oneshot::channel();
+        if tx.send(done).await.is_err() {
+            return Ok(());
+        }
+        rx.await.unwrap_or(Ok(()))
+    }
+
+    /// Flushes and stops the flusher (cursor deleted or managed ledger closed).
+    pub(crate) async fn stop(&self) {
+        let _ = self.flush().await;
+        self.flush_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    pub fn stats(&self) -> CursorStats {
+        let (read_position, acked_ranges) = {
+            let st = self.core.state();
+            (st.read_position, st.acked.range_count())
+        };
+        CursorStats {
+            mark_delete_position: self.mark_delete_position(),
+            read_position,
+            backlog: self.backlog(),
+            acked_ranges,
+            durable: self.durable,
+        }
+    }
+
+    pub(crate) fn internal_stats(&self) -> InternalCursorStats {
+        let (read, ranges) = {
+            let st = self.core.state();
+            (st.read_position, st.acked.to_records())
+        };
+        let individually = ranges
+            .iter()
+            .map(|r| {
+                format!(
+                    "({}:{}..{}:{}]",
+                    r.ledger,
+                    r.first as i64 - 1,
+                    r.ledger,
+                    r.last
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let md = self.mark_delete_position().map_or_else(
+            || format!("{}:-1", self.first_unacked().ledger),
+            |p| p.to_string(),
+        );
+        InternalCursorStats {
+            mark_delete_position: md,
+            read_position: read.to_string(),
+            individually_deleted_messages: format!("[{individually}]"),
+            number_of_entries_since_first_not_acked_message: self.backlog(),
+            total_non_contiguous_deleted_messages_range: ranges.len(),
+            state: "Open".to_owned(),
+        }
+    }
+}
+
+/// Writes the cursor's state when it changed, coalescing acks over the flush interval; answers
+/// explicit flush requests; makes a last write when the cursor is dropped or stopped.
+async fn flusher(
+    core: Arc<Core>,
+    store: RecordStore<CursorRecord>,
+    key: String,
+    mut version: Option<Version>,
+    mut rx: mpsc::Receiver<FlushRequest>,
+) {
+    let interval = core.shared.config.cursor_flush_interval();
+    let mut fenced = false;
+    loop {
+        tokio::select! {
+            _ = core.notify.notified() => {
+                tokio::time::sleep(interval).await;
+                let _ = write_if_dirty(&core, &store, &key, &mut version, &mut fenced).await;
+            }
+            req = rx.recv() => {
+                let r = write_if_dirty(&core, &store, &key, &mut version, &mut fenced).await;
+                match req {
+                    Some(done) => { let _ = done.send(r); }
+                    None => break,
+                }
+            }
+        }
+    }
+    debug!("cursor flusher stopped");
+}
+
+async fn write_if_dirty(
+    core: &Core,
+    store: &RecordStore<CursorRecord>,
+    key: &str,
+    version: &mut Option<Version>,
+    fenced: &mut bool,
+) -> MlResult<()> {
+    if *fenced {
+        return Err(ManagedLedgerError::Fenced(core.shared.name.clone()));
+    }
+    let record = {
+        let mut st = core.state();
+        if !st.dirty {
+            return Ok(());
+        }
+        st.dirty = false;
+        CursorRecord {
+            first_unacked: st.first_unacked,
+            acked_ranges: st.acked.to_records(),
+            properties: st.properties.clone(),
+            updated_ms: now_ms(),
+        }
+    };
+    let expected = version.map_or(Expected::Absent, Expected::Version);
+    let outcome = store.put(key, &record, expected).await;
+    match outcome {
+        Ok(PutOutcome::Written(v)) => {
+            *version = Some(v);
+            Ok(())
+        }
+        Ok(PutOutcome::Conflict { .. }) => {
+            warn!("cursor record changed by another writer: cursor fenced");
+            *fenced = true;
+            Err(ManagedLedgerError::Fenced(core.shared.name.clone()))
+        }
+        Err(e) => {
+            warn!(error = %e, "cursor write failed; will retry");
+            core.state().dirty = true;
+            core.notify.notify_one();
+            if e.is_indeterminate()
+                && let Ok(Some((_, v))) = store.get(key).await
+            {
+                *version = Some(v);
+            }
+            Err(e.into())
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Managed ledgers: how a topic is stored on the bookie tier (DESIGN decisions 4–7).
+//!
+//! A [`ManagedLedger`] is one topic's log: an ordered list of bookie ledgers recorded with
+//! compare-and-set at `/managed-ledgers/{name}` ([`record`]). Exactly one broker writes it; owner
+//! safety rests on fencing: [`ManagedLedgerFactory::open`] recovers the last ledger with
+//! `open_ledger_with_recovery` (which fences the previous owner's writer), then starts a new
+//! ledger recorded with CAS. Appends are pipelined and complete strictly in order; ledgers roll
+//! over by entries, bytes or age; reads cross ledger boundaries and are served from the shared
+//! [`EntryCache`] when recent, from the bookies with read-ahead otherwise.
+//!
+//! [`ManagedCursor`]s track consumption: a mark-delete floor plus individually acked ranges above
+//! it, persisted (coalesced writes) at `/managed-ledgers/{name}/cursors/{cursor}`. Retention trims
+//! whole ledgers that every durable cursor has consumed once they are older or larger than the
+//! retention limits.
+//!
+//! - [`position`] — [`Position`] (`ledger:entry`).
+//! - [`config`] — [`ManagedLedgerConfig`] with documented defaults.
+//! - [`cache`] — the [`EntryCache`] trait and its moka implementation.
+//! - [`ledger`] — the factory, the managed ledger and its write actor.
+//! - [`cursor`] — cursors and their persistence.
+
+pub mod cache;
+pub mod config;
+pub mod cursor;
+mod error;
+pub mod ledger;
+pub mod position;
+mod ranges;
+mod read;
+pub mod record;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::{CacheStats, EntryCache, MokaEntryCache};
+pub use config::ManagedLedgerConfig;
+pub use cursor::{CursorStats, InitialPosition, ManagedCursor};
+pub use error::{ManagedLedgerError, MlResult};
+pub use ledger::{
+    AppendHandle, InternalStats, ManagedLedger, ManagedLedgerFactory, ManagedLedgerStats,
+};
+pub use position::Position;
+pub use record::{
+    CursorRecord, LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord,
+};

@@ -1,0 +1,362 @@
+//! The read side of a managed ledger, shared by the managed ledger, its write actor and its
+//! cursors: the live ledger list, the tail of the current ledger, open readers per ledger, and
+//! `read_entries` across ledger boundaries (cache first, bookies with read-ahead otherwise).
+//!
+//! The current (open) ledger: a `LedgerReader` only serves entries up to the LAC the bookies
+//! report, and each entry carries the writer's LAC from when it was *sent*, so the last entries
+//! written are not readable from the bookies until later entries cover them. The managed ledger
+//! knows what it wrote: every confirmed entry of the current ledger above what its reader has
+//! confirmed stays in `tail` (the same `Bytes`, no copy). The tail is trimmed to the reader's LAC,
+//! which a background probe refreshes when the tail grows past [`TAIL_PROBE_ENTRIES`]. Readers of
+//! the current ledger therefore never fail on an entry that was confirmed to a producer.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use magnetar_bookie::client::{LedgerClient, LedgerError, LedgerReader};
+use magnetar_metadata::{EntryId, LedgerId};
+use tokio::sync::watch;
+use tracing::{Instrument, debug, debug_span};
+
+use super::Position;
+use super::cache::EntryCache;
+use super::config::ManagedLedgerConfig;
+use super::error::{ManagedLedgerError, MlResult};
+use super::record::LedgerInfo;
+
+/// Tail length (entries) past which the current ledger's LAC is probed to trim the tail.
+pub(crate) const TAIL_PROBE_ENTRIES: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Status {
+    Open,
+    Fenced,
+    Closed,
+}
+
+#[derive(Debug)]
+pub(crate) struct State {
+    /// Every ledger in order; the current one carries live (confirmed) counts.
+    pub ledgers: Vec<LedgerInfo>,
+    /// The ledger being written, if any.
+    pub current: Option<LedgerId>,
+    pub last_confirmed: Option<Position>,
+    /// Confirmed entries of the current ledger that its reader may not serve yet, in order.
+    pub tail: VecDeque<(u64, Bytes)>,
+    pub status: Status,
+    /// Entries confirmed since this managed ledger was opened (Pulsar's entriesAddedCounter).
+    pub entries_added: u64,
+}
+
+/// A stretch of one ledger to read: entries `first..=last`.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    ledger: LedgerId,
+    first: u64,
+    last: u64,
+    current: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub name: String,
+    pub config: ManagedLedgerConfig,
+    pub client: LedgerClient,
+    pub cache: Arc<dyn EntryCache>,
+    pub state: Mutex<State>,
+    readers: Mutex<HashMap<LedgerId, Arc<LedgerReader>>>,
+    pub lac_tx: watch::Sender<Option<Position>>,
+    probing: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(
+        name: String,
+        config: ManagedLedgerConfig,
+        client: LedgerClient,
+        cache: Arc<dyn EntryCache>,
+        state: State,
+    ) -> Arc<Self> {
+        let (lac_tx, _) = watch::channel(state.last_confirmed);
+        Arc::new(Shared {
+            name,
+            config,
+            client,
+            cache,
+            state: Mutex::new(state),
+            readers: Mutex::new(HashMap::new()),
+            lac_tx,
+            probing: AtomicBool::new(false),
+        })
+    }
+
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn readers(&self) -> MutexGuard<'_, HashMap<LedgerId, Arc<LedgerReader>>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn forget_reader(&self, ledger: LedgerId) {
+        self.readers().remove(&ledger);
+    }
+
+    /// Entries of ledger `l` readable now (confirmed).
+    fn readable_entries(l: &LedgerInfo) -> u64 {
+        l.entries
+    }
+
+    /// Moves a boundary position (past the end of a closed ledger, or in a trimmed or empty
+    /// ledger) to the first position that can hold an entry.
+    pub fn normalize(&self, pos: Position) -> Position {
+        let st = self.state();
+        let mut p = pos;
+        for l in &st.ledgers {
+            if l.ledger_id < p.ledger {
+                continue;
+            }
+            if l.ledger_id > p.ledger {
+                p = Position {
+                    ledger: l.ledger_id,
+                    entry: EntryId(0),
+                };
+            }
+            if st.current == Some(l.ledger_id) || p.entry.0 < Self::readable_entries(l) {
+                return p;
+            }
+        }
+        p
+    }
+
+    /// The entry just before `pos` (None: nothing before it). Used to show Pulsar's inclusive
+    /// mark-delete position for an exclusive floor.
+    pub fn previous(&self, pos: Position) -> Option<Position> {
+        if pos.entry.0 > 0 {
+            return Some(Position {
+                ledger: pos.ledger,
+                entry: EntryId(pos.entry.0 - 1),
+            });
+        }
+        let st = self.state();
+        st.ledgers
+            .iter()
+            .rev()
+            .find(|l| l.ledger_id < pos.ledger && l.entries > 0)
+            .map(|l| Position {
+                ledger: l.ledger_id,
+                entry: EntryId(l.entries - 1),
+            })
+    }
+
+    /// Entries at or after `from` that are confirmed, and, per ledger, the readable range
+    /// (for subtracting individually acked ranges).
+    pub fn entries_from(&self, from: Position) -> (u64, Vec<(LedgerId, u64, u64)>) {
+        let st = self.state();
+        let mut total = 0;
+        let mut spans = Vec::new();
+        for l in &st.ledgers {
+            if l.ledger_id < from.ledger || l.entries == 0 {
+                continue;
+            }
+            let first = if l.ledger_id == from.ledger {
+                from.entry.0
+            } else {
+                0
+            };
+            if first < l.entries {
+                total += l.entries - first;
+                spans.push((l.ledger_id, first, l.entries - 1));
+            }
+        }
+        (total, spans)
+    }
+
+    fn segment_at(&self, pos: Position) -> Option<Segment> {
+        let st = self.state();
+        for l in &st.ledgers {
+            if l.ledger_id < pos.ledger || l.entries == 0 {
+                continue;
+            }
+            let first = if l.ledger_id == pos.ledger {
+                pos.entry.0
+            } else {
+                0
+            };
+            if first < l.entries {
+                return Some(Segment {
+                    ledger: l.ledger_id,
+                    first,
+                    last: l.entries - 1,
+                    current: st.current == Some(l.ledger_id),
+                });
+            }
+        }
+        None
+    }
+
+    fn tail_entry(&self, ledger: LedgerId, entry: u64) -> Option<Bytes> {
+        let st = self.state();
+        if st.current != Some(ledger) {
+            return None;
+        }
+        let (first, _) = st.tail.front()?;
+        let idx = usize::try_from(entry.checked_sub(*first)?).ok()?;
+        st.tail.get(idx).map(|(_, b)| b.clone())
+    }
+
+    /// The first entry of the current ledger that only the tail is sure to hold.
+    fn tail_start(&self, ledger: LedgerId) -> Option<u64> {
+        let st = self.state();
+        if st.current != Some(ledger) {
+            return None;
+        }
+        st.tail.front().map(|(e, _)| *e)
+    }
+
+    async fn reader(&self, ledger: LedgerId) -> MlResult<Arc<LedgerReader>> {
+        if let Some(r) = self.readers().get(&ledger).cloned() {
+            return Ok(r);
+        }
+        let client = self.client.clone();
+        let opening: futures::future::BoxFuture<'static, Result<LedgerReader, LedgerError>> =
+            Box::pin(async move { client.open_ledger(ledger).await });
+        let reader = Arc::new(opening.await?);
+        Ok(Arc::clone(self.readers().entry(ledger).or_insert(reader)))
+    }
+
+    /// Up to `max_entries` entries from `from` on (at least one if any is readable, even when it
+    /// exceeds `max_bytes`), crossing ledger boundaries and skipping empty ledgers.
+    pub async fn read_entries(
+        &self,
+        from: Position,
+        max_entries: usize,
+        max_bytes: u64,
+    ) -> MlResult<Vec<(Position, Bytes)>> {
+        let mut out: Vec<(Position, Bytes)> = Vec::new();
+        let mut bytes = 0u64;
+        let mut pos = from;
+        while out.len() < max_entries && (out.is_empty() || bytes < max_bytes) {
+            let Some(seg) = self.segment_at(pos) else {
+                break;
+            };
+            let here = Position {
+                ledger: seg.ledger,
+                entry: EntryId(seg.first),
+            };
+            let cached = match self.tail_entry(seg.ledger, seg.first) {
+                Some(b) => Some(b),
+                None => self.cache.get(here).await,
+            };
+            if let Some(b) = cached {
+                bytes += b.len() as u64;
+                out.push((here, b));
+                pos = here.next();
+                continue;
+            }
+            let wanted = (max_entries - out.len()) as u64;
+            let batch = self.fetch(seg, wanted).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for (p, b) in batch {
+                if out.len() >= max_entries || (!out.is_empty() && bytes >= max_bytes) {
+                    break;
+                }
+                bytes += b.len() as u64;
+                pos = p.next();
+                out.push((p, b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads from the bookies from `seg.first` on: at least `wanted` entries or the read-ahead,
+    /// within the segment (and below the tail of the current ledger). Everything read goes into
+    /// the cache.
+    async fn fetch(&self, seg: Segment, wanted: u64) -> MlResult<Vec<(Position, Bytes)>> {
+        let mut last = seg
+            .last
+            .min(seg.first + wanted.max(self.config.read_ahead_entries).max(1) - 1);
+        if seg.current
+            && let Some(t) = self.tail_start(seg.ledger)
+        {
+            if t <= seg.first {
+                // Raced with the tail moving: the entry is in the tail again or readable now.
+                return Ok(self
+                    .tail_entry(seg.ledger, seg.first)
+                    .map(|b| {
+                        vec![(
+                            Position {
+                                ledger: seg.ledger,
+                                entry: EntryId(seg.first),
+                            },
+                            b,
+                        )]
+                    })
+                    .unwrap_or_default());
+            }
+            last = last.min(t - 1);
+        }
+        let span =
+            debug_span!("ml_read", ml = %self.name, ledger = %seg.ledger, first = seg.first, last);
+        let entries = async {
+            let reader = self.reader(seg.ledger).await?;
+            match reader.read_range(seg.first, last).await {
+                Err(LedgerError::EntryOutOfRange { .. }) => {
+                    // A reader opened while the ledger was open does not know it was closed.
+                    debug!("reader out of date: reopening");
+                    self.forget_reader(seg.ledger);
+                    let reader = self.reader(seg.ledger).await?;
+                    Ok(reader.read_range(seg.first, last).await?)
+                }
+                other => other.map_err(ManagedLedgerError::from),
+            }
+        }
+        .instrument(span)
+        .await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let pos = Position {
+                ledger: e.ledger,
+                entry: e.entry,
+            };
+            self.cache.insert(pos, e.payload.clone()).await;
+            out.push((pos, e.payload));
+        }
+        Ok(out)
+    }
+
+    /// Trims the tail of the current ledger to what its reader can serve, asking the bookies for
+    /// their LAC in the background once the tail is long.
+    pub fn maybe_probe_tail(self: &Arc<Self>) {
+        let (ledger, long) = {
+            let st = self.state();
+            (st.current, st.tail.len() > TAIL_PROBE_ENTRIES)
+        };
+        let Some(ledger) = ledger else { return };
+        if !long || self.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Ok(reader) = shared.reader(ledger).await
+                && let Ok(lac) = reader.read_last_add_confirmed().await
+            {
+                let mut st = shared.state();
+                if st.current == Some(ledger) {
+                    while st.tail.front().is_some_and(|(e, _)| (*e as i64) <= lac) {
+                        st.tail.pop_front();
+                    }
+                }
+            }
+            shared.probing.store(false, Ordering::Release);
+        });
+    }
+
+    pub fn status(&self) -> Status {
+        self.state().status
+    }
+}

@@ -1,0 +1,110 @@
+//! What managed ledgers and cursors store in the metadata store (JSON records, written with CAS).
+//!
+//! `/managed-ledgers/{name}` holds a [`ManagedLedgerRecord`]:
+//!
+//! ```json
+//! {"ledgers":[{"ledger_id":7,"entries":500,"size_bytes":51200,"created_ms":1700000000000,
+//!              "closed_ms":1700000060000,"state":"closed","location":{"kind":"bookies"}},
+//!             {"ledger_id":9,"entries":0,"size_bytes":0,"created_ms":1700000060000,
+//!              "closed_ms":null,"state":"open","location":{"kind":"bookies"}}],
+//!  "created_ms":1700000000000,"properties":{}}
+//! ```
+//!
+//! Only the last ledger may be `open`; its `entries`/`size_bytes` are filled in when it is closed
+//! (by rollover, close, or the next owner's recovery). `location` says where the ledger's data
+//! lives — `bookies` for now; tiered storage will add an offloaded variant.
+//!
+//! `/managed-ledgers/{name}/cursors/{cursor}` holds a [`CursorRecord`]:
+//!
+//! ```json
+//! {"first_unacked":{"ledger":7,"entry":120},
+//!  "acked_ranges":[{"ledger":7,"first":122,"last":130}],"properties":{},"updated_ms":1700000000000}
+//! ```
+//!
+//! `first_unacked` is the exclusive mark-delete floor: every position below it is acknowledged
+//! (Pulsar's mark-delete position is the entry just before it). `acked_ranges` are the
+//! individually acknowledged ranges above it, inclusive, sorted.
+
+use std::collections::BTreeMap;
+
+use magnetar_metadata::LedgerId;
+use serde::{Deserialize, Serialize};
+
+use super::Position;
+
+/// Root of every managed-ledger key.
+pub const ROOT: &str = "/managed-ledgers";
+
+pub fn ledger_record_key(name: &str) -> String {
+    format!("{ROOT}/{name}")
+}
+
+pub fn cursors_prefix(name: &str) -> String {
+    format!("{ROOT}/{name}/cursors/")
+}
+
+pub fn cursor_record_key(name: &str, cursor: &str) -> String {
+    format!("{}{cursor}", cursors_prefix(name))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerRecordState {
+    /// Being written (only the last ledger), or left open by a broker that died.
+    Open,
+    Closed,
+}
+
+/// Where a ledger's entries live.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LedgerLocation {
+    #[default]
+    Bookies,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerInfo {
+    pub ledger_id: LedgerId,
+    pub entries: u64,
+    pub size_bytes: u64,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub closed_ms: Option<u64>,
+    pub state: LedgerRecordState,
+    #[serde(default)]
+    pub location: LedgerLocation,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedLedgerRecord {
+    pub ledgers: Vec<LedgerInfo>,
+    pub created_ms: u64,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckedRange {
+    pub ledger: LedgerId,
+    pub first: u64,
+    pub last: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorRecord {
+    pub first_unacked: Position,
+    #[serde(default)]
+    pub acked_ranges: Vec<AckedRange>,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub updated_ms: u64,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

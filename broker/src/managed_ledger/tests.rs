@@ -1,0 +1,448 @@
+//! Managed-ledger tests against real bookies in this process (temp dirs, journal fsync on) and
+//! an in-memory metadata store.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use magnetar_bookie::api::{
+    BookieClient, BookieId, BookieRegistration, BookieState, registration_key,
+};
+use magnetar_bookie::client::{LedgerClient, LedgerClientOptions, LedgerError};
+use magnetar_bookie::local::LocalConnector;
+use magnetar_bookie::server::{Bookie, BookieOptions};
+use magnetar_metadata::{Expected, MemoryStore, MetadataStore};
+
+use super::*;
+
+struct Cluster {
+    metadata: Arc<dyn MetadataStore>,
+    connector: LocalConnector,
+    bookies: Vec<Arc<Bookie>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let metadata: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
+        let connector = LocalConnector::new();
+        let mut bookies = Vec::new();
+        for i in 0..n {
+            let id: BookieId = format!("local:{}", i + 1).parse().unwrap();
+            let mut opts = BookieOptions::new(id.clone(), dir.path().join(format!("b{i}")));
+            opts.journal_file_size_bytes = 4 * 1024 * 1024;
+            let bookie = Bookie::open(opts).await.unwrap();
+            connector.insert(bookie.clone());
+            let reg = BookieRegistration {
+                id: id.clone(),
+                state: BookieState::ReadWrite,
+                free_bytes: 1 << 40,
+                used_bytes: 0,
+                zone: None,
+                version: "test".into(),
+            };
+            let _ = metadata
+                .put(
+                    &registration_key(&id),
+                    Bytes::from(serde_json::to_vec(&reg).unwrap()),
+                    Expected::Any,
+                )
+                .await
+                .unwrap();
+            bookies.push(bookie);
+        }
+        Cluster {
+            metadata,
+            connector,
+            bookies,
+            _dir: dir,
+        }
+    }
+
+    fn client(&self) -> LedgerClient {
+        LedgerClient::new(
+            Arc::clone(&self.metadata),
+            Arc::new(self.connector.clone()),
+            LedgerClientOptions::default(),
+        )
+    }
+
+    /// A broker's view: its own ledger client and cache.
+    fn factory(&self) -> ManagedLedgerFactory {
+        ManagedLedgerFactory::new(
+            Arc::clone(&self.metadata),
+            self.client(),
+            MokaEntryCache::new(MokaEntryCache::DEFAULT_SIZE_BYTES_MAX),
+        )
+    }
+
+    async fn stop(self) {
+        for b in &self.bookies {
+            b.shutdown().await;
+        }
+    }
+}
+
+fn config(entries_max: u64) -> ManagedLedgerConfig {
+    ManagedLedgerConfig {
+        ensemble_size: 2,
+        write_quorum: 2,
+        ack_quorum: 2,
+        ledger_entries_max: entries_max,
+        ..Default::default()
+    }
+}
+
+fn payload(i: usize) -> Bytes {
+    Bytes::from(format!("message-{i:05}"))
+}
+
+async fn append_n(ml: &ManagedLedger, from: usize, n: usize) -> Vec<Position> {
+    let mut handles = Vec::new();
+    for i in from..from + n {
+        handles.push(ml.append(payload(i)).await.unwrap());
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+async fn read_all(ml: &ManagedLedger, from: Position) -> Vec<(Position, Bytes)> {
+    let mut out = Vec::new();
+    let mut pos = from;
+    loop {
+        let batch = ml.read_entries(pos, 7, u64::MAX).await.unwrap();
+        let Some(&(last, _)) = batch.last() else {
+            return out;
+        };
+        pos = last.next();
+        out.extend(batch);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_appends_in_order_and_reads_across_rollovers() {
+    let cluster = Cluster::start(3).await;
+    let factory = cluster.factory();
+    let ml = factory
+        .open("t/ns/persistent/roll", config(10))
+        .await
+        .unwrap();
+    let positions = append_n(&ml, 0, 35).await;
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert_eq!(ml.last_confirmed(), positions.last().copied());
+    assert_eq!(ml.entries(), 35);
+    let ledgers = ml.ledgers();
+    assert!(ledgers.len() >= 4, "{ledgers:?}");
+    assert!(ledgers.iter().all(|l| l.entries <= 10));
+    // Reads from another broker's cold cache go to the bookies and cross every boundary.
+    let other = cluster.factory();
+    let cold = other.cache().stats();
+    let all = read_all(&ml, Position::new(0, 0)).await;
+    assert_eq!(all.len(), 35);
+    for (i, (p, b)) in all.iter().enumerate() {
+        assert_eq!((*p, b), (positions[i], &payload(i)));
+    }
+    assert_eq!(cold.hits, 0);
+    // Byte limit: at least one entry, then stop.
+    let one = ml.read_entries(positions[0], 10, 1).await.unwrap();
+    assert_eq!(one.len(), 1);
+    let stats = ml.internal_stats();
+    assert_eq!(stats.number_of_entries, 35);
+    assert_eq!(stats.entries_added_counter, 35);
+    ml.close().await.unwrap();
+    assert!(matches!(
+        ml.append(payload(0)).await,
+        Err(ManagedLedgerError::Closed(_))
+    ));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_reopen_recovers_and_fences_previous_owner() {
+    let cluster = Cluster::start(3).await;
+    let first = cluster.factory();
+    let ml1 = first
+        .open("t/ns/persistent/own", config(1000))
+        .await
+        .unwrap();
+    let written = append_n(&ml1, 0, 20).await;
+    let old_ledger = written[0].ledger;
+
+    // A second broker takes over without the first closing anything.
+    let second = cluster.factory();
+    let ml2 = second
+        .open("t/ns/persistent/own", config(1000))
+        .await
+        .unwrap();
+    let record = ml2.ledgers();
+    assert_eq!(record[0].ledger_id, old_ledger);
+    assert_eq!(record[0].entries, 20);
+    assert_eq!(record[0].state, LedgerRecordState::Closed);
+    assert_eq!(record.last().unwrap().state, LedgerRecordState::Open);
+
+    let err = ml1.append_wait(payload(99)).await.unwrap_err();
+    assert!(err.is_fenced(), "{err}");
+    assert!(ml1.is_fenced());
+    assert!(ml1.append(payload(100)).await.unwrap_err().is_fenced());
+
+    let next = ml2.append_wait(payload(20)).await.unwrap();
+    assert!(next.ledger > old_ledger);
+    let all = read_all(&ml2, Position::new(0, 0)).await;
+    let got: Vec<Bytes> = all.into_iter().map(|(_, b)| b).collect();
+    let want: Vec<Bytes> = (0..21).map(payload).collect();
+    assert_eq!(got, want);
+
+    // A clean close records the last ledger closed; reopening then needs no recovery.
+    ml2.close().await.unwrap();
+    let third = cluster.factory();
+    let ml3 = third
+        .open("t/ns/persistent/own", config(1000))
+        .await
+        .unwrap();
+    assert_eq!(ml3.entries(), 21);
+    assert_eq!(ml3.ledgers().len(), 3);
+    ml3.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_cursor_acks_persist_across_reopen() {
+    let cluster = Cluster::start(2).await;
+    let name = "t/ns/persistent/acks";
+    let factory = cluster.factory();
+    let ml = factory.open(name, config(8)).await.unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 20).await;
+    assert_eq!(c.backlog(), 20);
+
+    let read = c.read_entries(5, u64::MAX).await.unwrap();
+    assert_eq!(read.len(), 5);
+    c.ack_individual(&[p[1], p[3], p[4]]);
+    assert!(c.is_acked(p[3]) && !c.is_acked(p[0]));
+    assert_eq!(c.mark_delete_position(), None);
+    assert_eq!(c.backlog(), 17);
+    c.ack_individual(&[p[0]]);
+    assert_eq!(c.mark_delete_position(), Some(p[1]));
+    c.ack_individual(&[p[2]]);
+    // 0..=4 now contiguous: the ranges collapsed into the mark-delete position.
+    assert_eq!(c.mark_delete_position(), Some(p[4]));
+    assert_eq!(c.stats().acked_ranges, 0);
+    // Across a ledger boundary (entries 7 | 8 are in different ledgers).
+    c.ack_individual(&[p[9], p[10], p[12]]);
+    c.ack_cumulative(p[8]);
+    assert_eq!(c.mark_delete_position(), Some(p[10]));
+    assert_eq!(c.stats().acked_ranges, 1);
+    c.ack_individual(&[p[15]]);
+    assert_eq!(c.backlog(), 20 - 11 - 2);
+
+    // Crash: a new broker, same metadata and bookies; the old one never closed (it stays
+    // around, fenced, as a partitioned broker would).
+    c.flush().await.unwrap();
+    let _crashed = (c, ml, factory);
+    let factory = cluster.factory();
+    let ml = factory.open(name, config(8)).await.unwrap();
+    let c = ml.cursor("sub").expect("restored");
+    assert_eq!(c.mark_delete_position(), Some(p[10]));
+    let mut got = Vec::new();
+    loop {
+        let batch = c.read_entries(3, u64::MAX).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(batch.into_iter().map(|(_, b)| b));
+    }
+    let want: Vec<Bytes> = [11, 13, 14, 16, 17, 18, 19]
+        .into_iter()
+        .map(payload)
+        .collect();
+    assert_eq!(got, want);
+
+    // Coalesced writes: many acks, one flush interval later the record holds them all.
+    c.ack_cumulative(p[19]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    ml.close().await.unwrap();
+    drop((c, ml, factory));
+    let factory = cluster.factory();
+    let ml = factory.open(name, config(8)).await.unwrap();
+    let c = ml.cursor("sub").unwrap();
+    assert_eq!(c.backlog(), 0);
+    assert!(c.read_entries(10, u64::MAX).await.unwrap().is_empty());
+    ml.delete_cursor("sub").await.unwrap();
+    assert!(ml.cursor("sub").is_none());
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_cursor_rewind_seek_initial_positions_and_readers() {
+    let cluster = Cluster::start(2).await;
+    let factory = cluster.factory();
+    let ml = factory
+        .open("t/ns/persistent/seek", config(4))
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 6).await;
+    let late = ml
+        .open_cursor("late", InitialPosition::Latest)
+        .await
+        .unwrap();
+    let early = ml
+        .open_cursor("early", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    assert!(late.read_entries(10, u64::MAX).await.unwrap().is_empty());
+    assert_eq!(late.backlog(), 0);
+    let q = append_n(&ml, 6, 2).await;
+    let got = late.read_entries(10, u64::MAX).await.unwrap();
+    assert_eq!(got.iter().map(|(p, _)| *p).collect::<Vec<_>>(), q);
+
+    let first = early.read_entries(10, u64::MAX).await.unwrap();
+    assert_eq!(first.len(), 8);
+    early.ack_individual(&[p[1]]);
+    early.rewind();
+    let again = early.read_entries(10, u64::MAX).await.unwrap();
+    assert_eq!(again.len(), 7, "acked p1 is not redelivered");
+    early.seek(p[5]);
+    let from5 = early.read_entries(10, u64::MAX).await.unwrap();
+    assert_eq!(from5[0].0, p[5]);
+    early.reset(q[0]);
+    assert_eq!(early.backlog(), 2);
+    assert_eq!(early.read_entries(1, u64::MAX).await.unwrap()[0].0, q[0]);
+
+    // Readers: not stored, not counted for retention.
+    let reader = ml.new_non_durable_cursor(InitialPosition::Earliest);
+    assert!(!reader.is_durable());
+    assert_eq!(reader.read_entries(100, u64::MAX).await.unwrap().len(), 8);
+    let tail = ml.new_non_durable_cursor_at(q[1]);
+    assert_eq!(tail.read_entries(100, u64::MAX).await.unwrap().len(), 1);
+    assert_eq!(
+        ml.cursor_names(),
+        vec!["early".to_owned(), "late".to_owned()]
+    );
+    let stats = ml.stats();
+    assert_eq!(stats.cursors["late"].backlog, 2);
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_tailing_reads_come_from_the_cache() {
+    let cluster = Cluster::start(2).await;
+    let factory = cluster.factory();
+    let ml = factory
+        .open("t/ns/persistent/tail", config(1000))
+        .await
+        .unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Latest)
+        .await
+        .unwrap();
+    let mut watch = ml.subscribe_last_confirmed();
+    let p = append_n(&ml, 0, 50).await;
+    watch.changed().await.unwrap();
+    assert_eq!(*watch.borrow(), p.last().copied());
+    // Every bookie gone: tailing reads must not need them.
+    for b in &cluster.bookies {
+        cluster.connector.remove(b.id());
+    }
+    let before = factory.cache().stats();
+    let mut got = 0;
+    while got < 50 {
+        let batch = c.read_entries(20, u64::MAX).await.unwrap();
+        assert!(!batch.is_empty());
+        got += batch.len();
+    }
+    let after = factory.cache().stats();
+    assert_eq!(got, 50);
+    assert_eq!(after.misses, before.misses, "no cache miss on the tail");
+    assert!(after.hits > before.hits || ml.last_confirmed().is_some());
+    assert!(after.inserts >= 50);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_retention_trims_only_consumed_ledgers() {
+    let cluster = Cluster::start(2).await;
+    let factory = cluster.factory();
+    let client = cluster.client();
+    let ml = factory
+        .open("t/ns/persistent/ret", config(5))
+        .await
+        .unwrap();
+    let fast = ml
+        .open_cursor("fast", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let slow = ml
+        .open_cursor("slow", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 20).await;
+    // The rollover after the 20th entry runs once its append completed: wait for it.
+    for _ in 0..200 {
+        if ml.ledgers().len() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ledgers: Vec<_> = ml.ledgers().iter().map(|l| l.ledger_id).collect();
+    assert_eq!(ledgers.len(), 5, "4 full ledgers and the current one");
+    fast.ack_cumulative(p[19]);
+    assert!(
+        ml.trim().await.unwrap().is_empty(),
+        "slow has consumed nothing"
+    );
+    // slow consumed the first ledger fully and part of the second.
+    slow.ack_cumulative(p[6]);
+    let trimmed = ml.trim().await.unwrap();
+    assert_eq!(trimmed, vec![ledgers[0]]);
+    assert!(matches!(
+        client.ledger_metadata(ledgers[0]).await,
+        Err(LedgerError::NoSuchLedger(_))
+    ));
+    assert!(client.ledger_metadata(ledgers[1]).await.is_ok());
+    assert_eq!(ml.first_position(), Some(p[5]));
+    let all = read_all(&ml, Position::new(0, 0)).await;
+    assert_eq!(all.len(), 15);
+
+    // With infinite retention nothing is trimmed even when consumed.
+    slow.ack_cumulative(p[19]);
+    ml.close().await.unwrap();
+    let keep = ManagedLedgerConfig {
+        retention_time_ms: -1,
+        retention_size_bytes: -1,
+        ..config(5)
+    };
+    let other = cluster.factory();
+    let ml = other.open("t/ns/persistent/ret", keep).await.unwrap();
+    assert!(ml.trim().await.unwrap().is_empty());
+    ml.close().await.unwrap();
+    // Default retention (0/0): everything consumed goes, the current ledger stays.
+    let ml = cluster
+        .factory()
+        .open("t/ns/persistent/ret", config(5))
+        .await
+        .unwrap();
+    let trimmed = ml.trim().await.unwrap();
+    assert_eq!(trimmed.len(), 3);
+    assert_eq!(ml.ledgers().len(), 1);
+    ml.delete().await.unwrap();
+    assert!(
+        cluster
+            .metadata
+            .get("/managed-ledgers/t/ns/persistent/ret")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    cluster.stop().await;
+}
