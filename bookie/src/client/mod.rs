@@ -270,3 +270,14 @@ impl LedgerClient {
         .await
     }
 }
+
+/// The client's futures must be `Send`, so brokers can await them inside spawned tasks.
+#[cfg(test)]
+#[allow(dead_code)]
+fn futures_are_send(client: &LedgerClient) {
+    fn send<T: Send>(_: &T) {}
+    send(&client.create_ledger(LedgerConfig::new(1, 1, 1)));
+    send(&client.open_ledger(LedgerId(1)));
+    send(&client.open_ledger_with_recovery(LedgerId(1)));
+    send(&client.delete_ledger(LedgerId(1)));
+}

@@ -123,7 +123,10 @@ impl LedgerReader {
             answered += 1;
             best = best.max(lac);
             self.lac.fetch_max(lac, Ordering::AcqRel);
-            if lac > previous {
+            // A long poll is answered by the first bookie that moved; a plain read asks every
+            // bookie of the ensemble and takes the highest LAC (with E > Qw, any one bookie may
+            // have seen only some of the entries).
+            if lac > previous && !wait.is_zero() {
                 break;
             }
         }

@@ -283,20 +283,25 @@ async fn rereplicate(
             info!(from_entry = first, ensemble = ?meta.last_ensemble().bookies,
                 "ensemble changed during recovery");
         }
-        let sends = entries.iter().flat_map(|entry| {
-            meta.write_set_bookies(entry.entry.0)
-                .into_iter()
-                .filter(|b| !done.contains(&(entry.entry.0, b.clone())))
-                .map(|b| {
-                    let client = shared.registry.client(&b);
-                    let entry = entry.clone();
-                    async move {
-                        let n = entry.entry.0;
-                        (n, b, Shared::call(limit, client.add(entry, true)).await)
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
+        // Collected before awaiting: an iterator borrowing `&Entry` held across the await would
+        // make the whole recovery future not provably `Send`.
+        let sends: Vec<_> = entries
+            .iter()
+            .flat_map(|entry| {
+                meta.write_set_bookies(entry.entry.0)
+                    .into_iter()
+                    .filter(|b| !done.contains(&(entry.entry.0, b.clone())))
+                    .map(|b| {
+                        let client = shared.registry.client(&b);
+                        let entry = entry.clone();
+                        async move {
+                            let n = entry.entry.0;
+                            (n, b, Shared::call(limit, client.add(entry, true)).await)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let results: Vec<_> = futures::stream::iter(sends)
             .buffer_unordered(shared.options.read_parallelism.max(1) * 4)
             .collect()

@@ -239,19 +239,12 @@ pub(crate) fn create_ledger(
     Box::pin(async move { client.create_ledger(config).await })
 }
 
-///
-/// Recovery's future is not provably `Send` at all (a closure over `&Entry` in the bookie crate's
-/// re-replication), so it runs on a blocking thread driven by `Handle::block_on`, which needs no
-/// `Send` future. Recovery is rare (opening a topic) and brief.
+/// Recovers (fences and closes) a ledger another writer may still hold.
 pub(crate) async fn recover_ledger(
     client: &LedgerClient,
     id: LedgerId,
 ) -> Result<LedgerReader, LedgerError> {
-    let client = client.clone();
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || handle.block_on(client.open_ledger_with_recovery(id)))
-        .await
-        .unwrap_or(Err(LedgerError::WriterStopped(id)))
+    client.open_ledger_with_recovery(id).await
 }
 
 pub(crate) fn delete_ledger(
