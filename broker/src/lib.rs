@@ -9,6 +9,7 @@
 
 pub mod managed_ledger;
 
+pub mod admin;
 pub mod bundle;
 pub mod ownership;
 pub mod policies;

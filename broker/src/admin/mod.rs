@@ -1,0 +1,301 @@
+//! The admin REST API: the `/admin/v2` paths `pulsar-admin` calls, with Pulsar's JSON shapes and
+//! HTTP codes, served by axum.
+//!
+//! Tenants, namespaces with their policies and partitioned-topic metadata are records in the
+//! metadata store, read and written through [`Policies`]; topic operations (create, delete,
+//! stats, subscriptions, cursors, peek) go to the broker service through [`TopicAdmin`].
+//!
+//! Conventions, as in Pulsar: a successful PUT/POST/DELETE without a result answers 204; a GET
+//! answers 200 with JSON (204 for a namespace policy that is not set); errors answer
+//! `{"reason": "…"}` with 400 (malformed body or number), 404 (no such tenant, namespace,
+//! topic, subscription), 406 (a partition count below 1 or above [`PARTITIONS_MAX`]), 409
+//! (exists already; tenant or namespace not empty; partitions may only grow), 412 (invalid name
+//! or policy), 413 (body over [`BODY_SIZE_MAX_BYTES`]), 500 (metadata store failure) and 503
+//! (metadata store unreachable, topic service not running).
+
+mod namespaces;
+mod persistent;
+pub mod topics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use bytes::Bytes;
+use magnetar_metadata::MetadataError;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+
+use crate::policies::{Policies, PolicyError};
+use crate::topic_name::{NamespaceName, TopicName};
+
+pub use namespaces::{BundlesData, NamespacePoliciesView};
+pub use topics::{NoTopics, TopicAdmin, TopicAdminError};
+
+/// Request bodies larger than this are refused with 413 (admin bodies are small JSON).
+pub const BODY_SIZE_MAX_BYTES: usize = 1024 * 1024;
+/// The largest partition count a partitioned topic may have (406 above it).
+pub const PARTITIONS_MAX: u32 = 10_000;
+
+/// What the admin handlers work on.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    pub policies: Policies,
+    pub topics: Arc<dyn TopicAdmin>,
+}
+
+impl AdminState {
+    pub fn new(policies: Policies, topics: Arc<dyn TopicAdmin>) -> Self {
+        AdminState { policies, topics }
+    }
+
+    /// Admin state without a broker service: topic routes answer 503.
+    pub fn without_topics(policies: Policies) -> Self {
+        AdminState::new(policies, Arc::new(NoTopics))
+    }
+}
+
+/// The `/admin/v2` routes.
+pub fn router(state: AdminState) -> Router {
+    const NS: &str = "/admin/v2/namespaces/{tenant}/{namespace}";
+    const TOPIC: &str = "/admin/v2/persistent/{tenant}/{namespace}/{topic}";
+    const SUB: &str =
+        "/admin/v2/persistent/{tenant}/{namespace}/{topic}/subscription/{subscription}";
+    Router::new()
+        .route("/admin/v2/tenants", get(namespaces::list_tenants))
+        .route(
+            "/admin/v2/tenants/{tenant}",
+            get(namespaces::get_tenant)
+                .put(namespaces::create_tenant)
+                .post(namespaces::update_tenant)
+                .delete(namespaces::delete_tenant),
+        )
+        .route(
+            "/admin/v2/namespaces/{tenant}",
+            get(namespaces::list_namespaces),
+        )
+        .route(
+            NS,
+            get(namespaces::get_policies)
+                .put(namespaces::create_namespace)
+                .delete(namespaces::delete_namespace),
+        )
+        .route(
+            &format!("{NS}/retention"),
+            get(namespaces::get_retention)
+                .post(namespaces::set_retention)
+                .delete(namespaces::remove_retention),
+        )
+        .route(
+            &format!("{NS}/deduplication"),
+            get(namespaces::get_deduplication)
+                .post(namespaces::set_deduplication)
+                .delete(namespaces::remove_deduplication),
+        )
+        .route(
+            &format!("{NS}/persistence"),
+            get(namespaces::get_persistence)
+                .post(namespaces::set_persistence)
+                .delete(namespaces::remove_persistence),
+        )
+        .route(
+            &format!("{NS}/autoTopicCreation"),
+            get(namespaces::get_auto_topic_creation)
+                .post(namespaces::set_auto_topic_creation)
+                .delete(namespaces::remove_auto_topic_creation),
+        )
+        .route(&format!("{NS}/bundles"), get(namespaces::get_bundles))
+        .route(
+            "/admin/v2/persistent/{tenant}/{namespace}",
+            get(persistent::list_topics),
+        )
+        .route(
+            "/admin/v2/persistent/{tenant}/{namespace}/partitioned",
+            get(persistent::list_partitioned),
+        )
+        .route(
+            TOPIC,
+            put(persistent::create_topic).delete(persistent::delete_topic),
+        )
+        .route(
+            &format!("{TOPIC}/partitions"),
+            get(persistent::get_partitions)
+                .put(persistent::create_partitioned)
+                .post(persistent::update_partitioned)
+                .delete(persistent::delete_partitioned),
+        )
+        .route(&format!("{TOPIC}/stats"), get(persistent::stats))
+        .route(
+            &format!("{TOPIC}/internalStats"),
+            get(persistent::internal_stats),
+        )
+        .route(
+            &format!("{TOPIC}/subscriptions"),
+            get(persistent::subscriptions),
+        )
+        .route(
+            SUB,
+            put(persistent::create_subscription).delete(persistent::delete_subscription),
+        )
+        .route(
+            &format!("{SUB}/resetcursor/{{timestamp}}"),
+            post(persistent::reset_cursor_to_time),
+        )
+        .route(
+            &format!("{SUB}/resetcursor"),
+            post(persistent::reset_cursor_to_message),
+        )
+        .route(&format!("{SUB}/skip/{{count}}"), post(persistent::skip))
+        .route(&format!("{SUB}/skip_all"), post(persistent::skip_all))
+        .route(
+            &format!("{SUB}/position/{{position}}"),
+            get(persistent::peek),
+        )
+        .fallback(unknown_endpoint)
+        .layer(DefaultBodyLimit::max(BODY_SIZE_MAX_BYTES))
+        .with_state(state)
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn unknown_endpoint(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no admin endpoint {method} {}", uri.path()),
+    )
+}
+
+/// An error answer: the HTTP code and Pulsar's `{"reason": "…"}` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub reason: String,
+    /// `Location` of a 307 redirect.
+    pub location: Option<String>,
+}
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(status: StatusCode, reason: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            reason: reason.into(),
+            location: None,
+        }
+    }
+    pub(crate) fn bad_request(reason: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, reason)
+    }
+    pub(crate) fn not_found(reason: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, reason)
+    }
+    pub(crate) fn conflict(reason: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::CONFLICT, reason)
+    }
+    pub(crate) fn precondition(reason: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::PRECONDITION_FAILED, reason)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "reason": self.reason });
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(location) = self.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
+    }
+}
+
+fn metadata_status(e: &MetadataError) -> StatusCode {
+    match e {
+        MetadataError::Unavailable(_)
+        | MetadataError::Indeterminate(_)
+        | MetadataError::SessionLost(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<PolicyError> for ApiError {
+    fn from(e: PolicyError) -> Self {
+        match &e {
+            PolicyError::AlreadyExists(_) => ApiError::conflict(e.to_string()),
+            PolicyError::NotFound(_) => ApiError::not_found(e.to_string()),
+            PolicyError::Invalid(_) => ApiError::precondition(e.to_string()),
+            PolicyError::Metadata(m) => ApiError::new(metadata_status(m), e.to_string()),
+        }
+    }
+}
+
+impl From<TopicAdminError> for ApiError {
+    fn from(e: TopicAdminError) -> Self {
+        let status = match &e {
+            TopicAdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            TopicAdminError::AlreadyExists(_) => StatusCode::CONFLICT,
+            TopicAdminError::Precondition(_) => StatusCode::PRECONDITION_FAILED,
+            TopicAdminError::Invalid(_) => StatusCode::BAD_REQUEST,
+            TopicAdminError::Redirect(url) => {
+                return ApiError {
+                    status: StatusCode::TEMPORARY_REDIRECT,
+                    reason: e.to_string(),
+                    location: Some(url.clone()),
+                };
+            }
+            TopicAdminError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            TopicAdminError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// A JSON body that must be present.
+pub(crate) fn json_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    optional_json_body(body)?
+        .ok_or_else(|| ApiError::bad_request("a JSON request body is required"))
+}
+
+/// A JSON body that may be absent (empty).
+pub(crate) fn optional_json_body<T: DeserializeOwned>(body: &Bytes) -> ApiResult<Option<T>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(body)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+pub(crate) fn namespace_name(tenant: &str, namespace: &str) -> ApiResult<NamespaceName> {
+    NamespaceName::new(tenant, namespace)
+        .map_err(|e| ApiError::precondition(format!("Namespace name is not valid: {e}")))
+}
+
+pub(crate) fn topic_name(tenant: &str, namespace: &str, topic: &str) -> ApiResult<TopicName> {
+    let ns = namespace_name(tenant, namespace)?;
+    TopicName::new(ns, topic)
+        .map_err(|e| ApiError::precondition(format!("Topic name is not valid: {e}")))
+}
+
+/// 404 unless the namespace exists.
+pub(crate) async fn require_namespace(state: &AdminState, ns: &NamespaceName) -> ApiResult<()> {
+    match state.policies.namespace(ns).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::not_found(format!(
+            "Namespace {ns} does not exist"
+        ))),
+    }
+}

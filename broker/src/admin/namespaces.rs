@@ -1,0 +1,471 @@
+//! `/admin/v2/tenants/…` and `/admin/v2/namespaces/…`: tenants, namespaces and their policies.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    AdminState, ApiError, ApiResult, json_body, namespace_name, optional_json_body,
+    require_namespace,
+};
+use crate::bundle::{BUNDLE_COUNT_MAX, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
+use crate::policies::{
+    AutoTopicCreation, NamespacePolicies, PersistencePolicies, PolicyError, RetentionPolicies,
+    TenantInfo,
+};
+use crate::topic_name::NamespaceName;
+
+/// Pulsar's `BundlesData`: the hash boundaries of a namespace's bundles.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BundlesData {
+    #[serde(default)]
+    pub boundaries: Option<Vec<String>>,
+    #[serde(default)]
+    pub num_bundles: u32,
+}
+
+impl BundlesData {
+    fn of(ns: &NamespaceName, count: u32) -> Self {
+        let bundles = NamespaceBundles::even(ns.clone(), count);
+        let mut boundaries: Vec<String> = bundles
+            .bundles()
+            .map(|b| format!("0x{:08x}", b.range.lower))
+            .collect();
+        if let Some(last) = bundles.bundles().last() {
+            boundaries.push(format!("0x{:08x}", last.range.upper));
+        }
+        BundlesData {
+            num_bundles: boundaries.len().saturating_sub(1) as u32,
+            boundaries: Some(boundaries),
+        }
+    }
+}
+
+/// A namespace's policies as Pulsar's `Policies` JSON writes them (the fields Magnetar keeps):
+/// the body of `GET /admin/v2/namespaces/{tenant}/{namespace}` and of namespace creation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NamespacePoliciesView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundles: Option<BundlesData>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_policies: Option<RetentionPolicies>,
+    #[serde(
+        rename = "deduplicationEnabled",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deduplication_enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<PersistencePolicies>,
+    #[serde(
+        rename = "autoTopicCreationOverride",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub auto_topic_creation_override: Option<AutoTopicCreation>,
+}
+
+impl NamespacePoliciesView {
+    fn of(ns: &NamespaceName, p: &NamespacePolicies) -> Self {
+        NamespacePoliciesView {
+            bundles: Some(BundlesData::of(
+                ns,
+                p.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT),
+            )),
+            retention_policies: p.retention_policies,
+            deduplication_enabled: p.deduplication_enabled,
+            persistence: p.persistence,
+            auto_topic_creation_override: p.auto_topic_creation_override.clone(),
+        }
+    }
+
+    fn into_policies(self) -> ApiResult<NamespacePolicies> {
+        let bundle_count = match self.bundles {
+            None => None,
+            Some(b) => {
+                let count = match (b.num_bundles, b.boundaries) {
+                    (0, Some(bounds)) => bounds.len().saturating_sub(1) as u32,
+                    (n, _) => n,
+                };
+                if !(1..=BUNDLE_COUNT_MAX).contains(&count) {
+                    return Err(ApiError::precondition(format!(
+                        "Invalid number of bundles {count}: between 1 and {BUNDLE_COUNT_MAX}"
+                    )));
+                }
+                Some(count)
+            }
+        };
+        if let Some(r) = &self.retention_policies {
+            validate_retention(r)?;
+        }
+        if let Some(p) = &self.persistence {
+            validate_persistence(p)?;
+        }
+        if let Some(a) = &self.auto_topic_creation_override {
+            validate_auto_topic_creation(a)?;
+        }
+        Ok(NamespacePolicies {
+            retention_policies: self.retention_policies,
+            deduplication_enabled: self.deduplication_enabled,
+            persistence: self.persistence,
+            auto_topic_creation_override: self.auto_topic_creation_override,
+            bundle_count,
+        })
+    }
+}
+
+fn validate_retention(r: &RetentionPolicies) -> ApiResult<()> {
+    if r.retention_time_in_minutes < -1 || r.retention_size_in_mb < -1 {
+        return Err(ApiError::precondition(
+            "Invalid retention policy: time and size must be -1 (unlimited) or more",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_persistence(p: &PersistencePolicies) -> ApiResult<()> {
+    let (e, qw, qa) = (
+        p.bookkeeper_ensemble,
+        p.bookkeeper_write_quorum,
+        p.bookkeeper_ack_quorum,
+    );
+    if !(e >= qw && qw >= qa && qa >= 1) {
+        return Err(ApiError::bad_request(format!(
+            "Bookkeeper Ensemble ({e}) >= WriteQuorum ({qw}) >= AckQuorum ({qa}) >= 1 is required"
+        )));
+    }
+    if !p.managed_ledger_max_mark_delete_rate.is_finite()
+        || p.managed_ledger_max_mark_delete_rate < 0.0
+    {
+        return Err(ApiError::bad_request(
+            "managedLedgerMaxMarkDeleteRate must be 0 or more",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_auto_topic_creation(a: &AutoTopicCreation) -> ApiResult<()> {
+    let invalid = |detail: &str| {
+        Err(ApiError::precondition(format!(
+            "Invalid configuration for autoTopicCreationOverride. the detail is {detail}"
+        )))
+    };
+    if !a.allow_auto_topic_creation {
+        return Ok(());
+    }
+    match (a.topic_type.as_str(), a.default_num_partitions) {
+        ("non-partitioned", None) => Ok(()),
+        ("non-partitioned", Some(_)) => {
+            invalid("[defaultNumPartitions] cannot be set if the type is non-partitioned.")
+        }
+        ("partitioned", Some(n)) if (1..=super::PARTITIONS_MAX).contains(&n) => Ok(()),
+        ("partitioned", _) => invalid(&format!(
+            "[defaultNumPartitions] must be between 1 and {} if the type is partitioned.",
+            super::PARTITIONS_MAX
+        )),
+        (other, _) => invalid(&format!(
+            "[topicType] must be non-partitioned or partitioned, not {other:?}."
+        )),
+    }
+}
+
+fn tenant_name_valid(tenant: &str) -> ApiResult<()> {
+    NamespaceName::new(tenant, "x")
+        .map(|_| ())
+        .map_err(|_| ApiError::precondition(format!("Tenant name is not valid: {tenant:?}")))
+}
+
+fn tenant_missing(tenant: &str) -> ApiError {
+    ApiError::not_found(format!("Tenant {tenant} does not exist"))
+}
+
+pub(super) async fn list_tenants(State(s): State<AdminState>) -> ApiResult<Json<Vec<String>>> {
+    Ok(Json(s.policies.tenants().await?))
+}
+
+pub(super) async fn get_tenant(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<TenantInfo>> {
+    tenant_name_valid(&tenant)?;
+    s.policies
+        .tenant(&tenant)
+        .await?
+        .map(Json)
+        .ok_or_else(|| tenant_missing(&tenant))
+}
+
+pub(super) async fn create_tenant(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    tenant_name_valid(&tenant)?;
+    let info: TenantInfo = optional_json_body(&body)?.unwrap_or_default();
+    match s.policies.create_tenant(&tenant, &info).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(PolicyError::AlreadyExists(_)) => Err(ApiError::conflict(format!(
+            "Tenant {tenant} already exists"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn update_tenant(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    tenant_name_valid(&tenant)?;
+    let info: TenantInfo = json_body(&body)?;
+    match s.policies.update_tenant(&tenant, &info).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(PolicyError::NotFound(_)) => Err(tenant_missing(&tenant)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn delete_tenant(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+) -> ApiResult<StatusCode> {
+    tenant_name_valid(&tenant)?;
+    if s.policies.tenant(&tenant).await?.is_none() {
+        return Err(tenant_missing(&tenant));
+    }
+    match s.policies.delete_tenant(&tenant).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(PolicyError::NotFound(_)) => Err(tenant_missing(&tenant)),
+        // Pulsar answers 409 for a tenant that still has namespaces.
+        Err(PolicyError::Invalid(_)) => {
+            Err(ApiError::conflict("The tenant still has active namespaces"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn list_namespaces(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+) -> ApiResult<Json<Vec<String>>> {
+    tenant_name_valid(&tenant)?;
+    if s.policies.tenant(&tenant).await?.is_none() {
+        return Err(tenant_missing(&tenant));
+    }
+    Ok(Json(s.policies.namespaces(&tenant).await?))
+}
+
+/// The namespace's stored policies, 404 if it does not exist.
+async fn policies_of(s: &AdminState, ns: &NamespaceName) -> ApiResult<NamespacePolicies> {
+    s.policies
+        .namespace(ns)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Namespace {ns} does not exist")))
+}
+
+pub(super) async fn get_policies(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Json<NamespacePoliciesView>> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    let p = policies_of(&s, &ns).await?;
+    Ok(Json(NamespacePoliciesView::of(&ns, &p)))
+}
+
+pub(super) async fn create_namespace(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    let view: NamespacePoliciesView = optional_json_body(&body)?.unwrap_or_default();
+    let policies = view.into_policies()?;
+    match s.policies.create_namespace(&ns, &policies).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Err(PolicyError::AlreadyExists(_)) => {
+            Err(ApiError::conflict(format!("Namespace {ns} already exists")))
+        }
+        Err(PolicyError::NotFound(_)) => Err(tenant_missing(&tenant)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn delete_namespace(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    require_namespace(&s, &ns).await?;
+    let non_empty = || ApiError::conflict(format!("Cannot delete non empty namespace {ns}"));
+    if !s.policies.partitioned_topics(&ns).await?.is_empty() {
+        return Err(non_empty());
+    }
+    if s.topics.is_running() && !s.topics.list_topics(&ns).await?.is_empty() {
+        return Err(non_empty());
+    }
+    s.policies.delete_namespace(&ns).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// 200 with the value, or 204 when the policy is not set (Pulsar answers `null` that way).
+fn json_or_no_content<T: Serialize>(value: Option<T>) -> Response {
+    match value {
+        Some(v) => Json(v).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// Reads one policy of a namespace.
+async fn read_policy<T: Serialize>(
+    s: &AdminState,
+    tenant: &str,
+    namespace: &str,
+    field: impl FnOnce(NamespacePolicies) -> Option<T>,
+) -> ApiResult<Response> {
+    let ns = namespace_name(tenant, namespace)?;
+    Ok(json_or_no_content(field(policies_of(s, &ns).await?)))
+}
+
+/// Changes a namespace's policies with `f`; 204.
+async fn write_policy(
+    s: &AdminState,
+    tenant: &str,
+    namespace: &str,
+    f: impl FnMut(&mut NamespacePolicies) + Send,
+) -> ApiResult<StatusCode> {
+    let ns = namespace_name(tenant, namespace)?;
+    match s.policies.update_namespace(&ns, f).await {
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(PolicyError::NotFound(_)) => Err(ApiError::not_found(format!(
+            "Namespace {ns} does not exist"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(super) async fn get_retention(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    read_policy(&s, &tenant, &namespace, |p| p.retention_policies).await
+}
+
+pub(super) async fn set_retention(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let r: RetentionPolicies = json_body(&body)?;
+    validate_retention(&r)?;
+    write_policy(&s, &tenant, &namespace, |p| p.retention_policies = Some(r)).await
+}
+
+pub(super) async fn remove_retention(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    write_policy(&s, &tenant, &namespace, |p| p.retention_policies = None).await
+}
+
+pub(super) async fn get_deduplication(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    read_policy(&s, &tenant, &namespace, |p| p.deduplication_enabled).await
+}
+
+pub(super) async fn set_deduplication(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let enabled: bool = json_body(&body)?;
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.deduplication_enabled = Some(enabled)
+    })
+    .await
+}
+
+pub(super) async fn remove_deduplication(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    write_policy(&s, &tenant, &namespace, |p| p.deduplication_enabled = None).await
+}
+
+pub(super) async fn get_persistence(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    read_policy(&s, &tenant, &namespace, |p| p.persistence).await
+}
+
+pub(super) async fn set_persistence(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let persistence: PersistencePolicies = json_body(&body)?;
+    validate_persistence(&persistence)?;
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.persistence = Some(persistence)
+    })
+    .await
+}
+
+pub(super) async fn remove_persistence(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    write_policy(&s, &tenant, &namespace, |p| p.persistence = None).await
+}
+
+pub(super) async fn get_auto_topic_creation(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    read_policy(&s, &tenant, &namespace, |p| p.auto_topic_creation_override).await
+}
+
+pub(super) async fn set_auto_topic_creation(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let auto: AutoTopicCreation = json_body(&body)?;
+    validate_auto_topic_creation(&auto)?;
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.auto_topic_creation_override = Some(auto.clone())
+    })
+    .await
+}
+
+pub(super) async fn remove_auto_topic_creation(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.auto_topic_creation_override = None
+    })
+    .await
+}
+
+pub(super) async fn get_bundles(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Json<BundlesData>> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    let p = policies_of(&s, &ns).await?;
+    Ok(Json(BundlesData::of(
+        &ns,
+        p.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT),
+    )))
+}
