@@ -65,6 +65,14 @@ pub struct StandaloneArgs {
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// IP address the broker listens on [config: standalone.bind_address].
+    #[arg(long, value_name = "IP")]
+    pub bind_address: Option<String>,
+
+    /// Pulsar binary protocol port; 0 picks a free one [config: standalone.broker_port].
+    #[arg(long, value_name = "PORT")]
+    pub broker_port: Option<u16>,
+
     #[command(flatten)]
     pub config: ConfigArg,
 }
@@ -138,9 +146,10 @@ impl Command {
     /// What this subcommand is waiting for, when it is not built yet.
     pub fn missing_part(&self) -> &'static str {
         match self {
-            Command::Standalone(_) | Command::Broker(_) => {
-                "the broker arrives with a later release"
+            Command::Broker(_) => {
+                "the cluster broker (etcd metadata, gRPC bookies) arrives with a later release"
             }
+            Command::Standalone(_) => "nothing: standalone is built",
             Command::Bookie(_) => "nothing: the bookie is built",
             Command::Admin(_) => "the admin API arrives with the broker in a later release",
             Command::Produce(_) | Command::Consume(_) => {

@@ -295,6 +295,10 @@ impl Default for LogConfig {
 pub struct FlagOverrides {
     /// `standalone --data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// `standalone --bind-address`.
+    pub standalone_bind_address: Option<String>,
+    /// `standalone --broker-port`.
+    pub standalone_broker_port: Option<u16>,
     /// `bookie --data-dir`, `--bind-address`, `--port`, `--advertised-address`, `--zone`.
     pub bookie: BookieFlags,
 }
@@ -413,6 +417,12 @@ impl Config {
             ));
         if let Some(data_dir) = &flags.data_dir {
             figment = figment.merge(Serialized::default("standalone.data_dir", data_dir));
+        }
+        if let Some(v) = &flags.standalone_bind_address {
+            figment = figment.merge(Serialized::default("standalone.bind_address", v));
+        }
+        if let Some(v) = flags.standalone_broker_port {
+            figment = figment.merge(Serialized::default("standalone.broker_port", v));
         }
         let b = &flags.bookie;
         if let Some(v) = &b.data_dir {

@@ -6,6 +6,7 @@
 mod bookie;
 mod cli;
 mod config;
+mod standalone;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -36,6 +37,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let flags = match &cli.command {
         Some(Command::Standalone(args)) => FlagOverrides {
             data_dir: args.data_dir.clone(),
+            standalone_bind_address: args.bind_address.clone(),
+            standalone_broker_port: args.broker_port,
             ..FlagOverrides::default()
         },
         Some(Command::Bookie(args)) => FlagOverrides {
@@ -64,8 +67,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     init_tracing(&config)?;
     tracing::debug!(command = command.name(), config_file = ?file, "configuration loaded");
 
-    if let Command::Bookie(_) = command {
-        return bookie::run(&config);
+    match command {
+        Command::Bookie(_) => return bookie::run(&config),
+        Command::Standalone(_) => return standalone::run(&config),
+        _ => {}
     }
 
     eprintln!(

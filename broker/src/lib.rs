@@ -11,6 +11,13 @@ pub mod managed_ledger;
 
 pub mod admin;
 pub mod bundle;
+pub mod connection;
+pub mod error;
 pub mod ownership;
 pub mod policies;
+pub mod server;
+pub mod standalone;
+pub mod service;
+pub mod subscription;
+pub mod topic;
 pub mod topic_name;

@@ -1,0 +1,365 @@
+//! [`BrokerService`]: the state one broker shares between its connections — configuration,
+//! metadata store, policies, bundle ownership, the managed-ledger factory and the loaded topics.
+//!
+//! A topic is loaded (its managed ledger opened with recovery, which fences any previous owner)
+//! only while this broker holds the lease of the topic's namespace bundle
+//! ([`OwnershipCache`]); otherwise the request fails with [`BrokerError::NotOwner`]
+//! (`ServiceNotReady`, which the official clients retry after a new lookup). Concurrent loads of
+//! one topic share one `OnceCell`. When a bundle's lease is lost, the topics of that bundle are
+//! closed and their clients disconnected.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use magnetar_metadata::MetadataStore;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::bundle::{Bundle, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
+use crate::error::{BrokerError, BrokerResult};
+use crate::managed_ledger::record::{ROOT, ledger_record_key};
+use crate::managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory};
+use crate::ownership::{Owner, OwnershipCache};
+use crate::policies::{NamespacePolicies, Policies};
+use crate::topic::Topic;
+use crate::topic_name::{NamespaceName, TopicName};
+
+/// Settings of the Pulsar protocol server.
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// `pulsar://host:port` clients are told to connect to (lookups answer it).
+    pub service_url: String,
+    /// Largest message a client may send (advertised in CONNECTED). Default 5 MiB.
+    pub max_message_size: usize,
+    /// A connection silent this long is pinged; silent twice as long, it is closed.
+    pub keepalive_interval: Duration,
+    /// Frames queued for one connection's writer before senders wait (backpressure).
+    pub outbound_queue_frames: usize,
+    /// Sends queued per producer awaiting their receipts before the connection waits.
+    pub pending_sends_per_producer: usize,
+    /// Managed-ledger settings; ensemble and quorums are overridden by namespace policies.
+    pub managed_ledger: ManagedLedgerConfig,
+    /// Topics are created on first use unless the namespace policy says otherwise.
+    pub allow_auto_topic_creation: bool,
+    /// Entries read per dispatch round of a subscription.
+    pub dispatch_batch_entries: usize,
+}
+
+impl BrokerConfig {
+    /// Defaults for a broker reachable at `service_url`.
+    pub fn new(service_url: impl Into<String>) -> Self {
+        BrokerConfig {
+            service_url: service_url.into(),
+            max_message_size: magnetar_proto::pulsar::DEFAULT_MAX_MESSAGE_SIZE,
+            keepalive_interval: Duration::from_secs(30),
+            outbound_queue_frames: 1024,
+            pending_sends_per_producer: 1000,
+            managed_ledger: ManagedLedgerConfig::default(),
+            allow_auto_topic_creation: true,
+            dispatch_batch_entries: 100,
+        }
+    }
+}
+
+type TopicCell = Arc<OnceCell<Arc<Topic>>>;
+
+/// One broker's shared state. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct BrokerService {
+    config: BrokerConfig,
+    store: Arc<dyn MetadataStore>,
+    policies: Policies,
+    ownership: Arc<OwnershipCache>,
+    factory: Arc<ManagedLedgerFactory>,
+    topics: Mutex<HashMap<String, TopicCell>>,
+    shutdown: CancellationToken,
+    next_id: std::sync::atomic::AtomicU64,
+    /// Start time (ms) of this broker: makes generated names unique across restarts.
+    boot_ms: u64,
+}
+
+impl BrokerService {
+    /// A broker over `store`, owning bundles through `ownership`, storing topics with `factory`.
+    pub fn new(
+        config: BrokerConfig,
+        store: Arc<dyn MetadataStore>,
+        ownership: Arc<OwnershipCache>,
+        factory: Arc<ManagedLedgerFactory>,
+    ) -> Arc<Self> {
+        let service = Arc::new(BrokerService {
+            config,
+            policies: Policies::new(Arc::clone(&store)),
+            store,
+            ownership,
+            factory,
+            topics: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+            next_id: std::sync::atomic::AtomicU64::new(1),
+            boot_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        });
+        service.watch_lost_bundles();
+        service
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    pub fn ownership(&self) -> &Arc<OwnershipCache> {
+        &self.ownership
+    }
+
+    /// Cancelled when the broker shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// A process-unique id (producer names, subscription-local consumer ids).
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A producer name no other producer of any broker incarnation has.
+    pub fn unique_name(&self, key: u64) -> String {
+        format!("magnetar-{:x}-{key}", self.boot_ms)
+    }
+
+    fn topics(&self) -> MutexGuard<'_, HashMap<String, TopicCell>> {
+        self.topics.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn namespace_policies(&self, ns: &NamespaceName) -> BrokerResult<NamespacePolicies> {
+        self.policies
+            .namespace(ns)
+            .await?
+            .ok_or_else(|| BrokerError::NamespaceNotFound(ns.to_string()))
+    }
+
+    /// The namespace bundle `topic` belongs to.
+    pub async fn bundle_of(&self, topic: &TopicName) -> BrokerResult<Bundle> {
+        let policies = self.namespace_policies(topic.namespace()).await?;
+        let count = policies.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT);
+        Ok(NamespaceBundles::even(topic.namespace().clone(), count).find(topic))
+    }
+
+    /// Who serves `topic`: this broker (taking the bundle's lease if it is free) or another
+    /// broker's service URL.
+    pub async fn lookup(&self, topic: &TopicName) -> BrokerResult<Option<String>> {
+        let bundle = self.bundle_of(topic).await?;
+        match self.ownership.acquire(&bundle).await? {
+            Owner::This { .. } => Ok(None),
+            Owner::Other(record) => Ok(Some(record.owner)),
+        }
+    }
+
+    /// Partitions of `topic` (0: not partitioned). With auto-creation of partitioned topics
+    /// in the namespace policy, an unknown topic is created partitioned.
+    pub async fn partitions(&self, topic: &TopicName) -> BrokerResult<u32> {
+        if topic.partition().is_some() {
+            return Ok(0);
+        }
+        if let Some(n) = self.policies.partitions(topic).await? {
+            return Ok(n);
+        }
+        let policies = self.namespace_policies(topic.namespace()).await?;
+        if let Some(auto) = &policies.auto_topic_creation_override
+            && auto.allow_auto_topic_creation
+            && auto.topic_type == "partitioned"
+            && !self.exists(topic).await?
+        {
+            let n = auto.default_num_partitions.unwrap_or(1).max(1);
+            match self.policies.create_partitioned(topic, n).await {
+                Ok(()) | Err(crate::policies::PolicyError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(self.policies.partitions(topic).await?.unwrap_or(n));
+        }
+        Ok(0)
+    }
+
+    async fn exists(&self, topic: &TopicName) -> BrokerResult<bool> {
+        Ok(self
+            .store
+            .get(&ledger_record_key(&topic.persistence_name()))
+            .await?
+            .is_some())
+    }
+
+    /// The persistent topics of `ns` (each partition listed as its own topic, as Pulsar does).
+    pub async fn topics_of_namespace(&self, ns: &NamespaceName) -> BrokerResult<Vec<String>> {
+        let prefix = format!("{ROOT}/{ns}/persistent/");
+        let listing = self.store.list(&prefix).await?;
+        let mut topics: Vec<String> = listing
+            .entries
+            .iter()
+            .filter_map(|(key, _)| key.strip_prefix(&prefix))
+            .filter(|rest| !rest.contains('/'))
+            .map(|local| format!("persistent://{ns}/{local}"))
+            .collect();
+        topics.sort();
+        topics.dedup();
+        Ok(topics)
+    }
+
+    /// The loaded topic, if any (no ownership check, no load).
+    pub fn loaded_topic(&self, topic: &TopicName) -> Option<Arc<Topic>> {
+        self.topics()
+            .get(&topic.to_string())
+            .and_then(|c| c.get().cloned())
+    }
+
+    /// The topic, loaded if needed. Fails with `NotOwner` unless this broker holds (or can take)
+    /// the lease of its bundle; with `TopicNotFound` if it does not exist and may not be created.
+    pub async fn get_topic(self: &Arc<Self>, topic: &TopicName) -> BrokerResult<Arc<Topic>> {
+        if self.shutdown.is_cancelled() {
+            return Err(BrokerError::NotReady("the broker is shutting down".into()));
+        }
+        if let Some(t) = self.loaded_topic(topic).filter(|t| t.is_usable()) {
+            return Ok(t);
+        }
+        let bundle = self.bundle_of(topic).await?;
+        if !matches!(self.ownership.acquire(&bundle).await?, Owner::This { .. }) {
+            return Err(BrokerError::NotOwner(topic.to_string()));
+        }
+        let key = topic.to_string();
+        let cell = {
+            let mut topics = self.topics();
+            let cell = topics.entry(key.clone()).or_default();
+            if cell.get().is_some_and(|t| !t.is_usable()) {
+                *cell = Arc::default();
+            }
+            Arc::clone(cell)
+        };
+        let this = Arc::clone(self);
+        let loaded = cell
+            .get_or_try_init(|| {
+                this.load_topic(topic.clone(), bundle)
+                    .instrument(info_span!("topic_load", topic = %topic))
+            })
+            .await;
+        match loaded {
+            Ok(t) => Ok(Arc::clone(t)),
+            Err(e) => {
+                let mut topics = self.topics();
+                if topics.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                    topics.remove(&key);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn load_topic(
+        self: Arc<Self>,
+        topic: TopicName,
+        bundle: Bundle,
+    ) -> BrokerResult<Arc<Topic>> {
+        let policies = self.namespace_policies(topic.namespace()).await?;
+        if !self.exists(&topic).await? {
+            let allowed = policies
+                .auto_topic_creation_override
+                .as_ref()
+                .map_or(self.config.allow_auto_topic_creation, |a| {
+                    a.allow_auto_topic_creation
+                });
+            let partitioned_parent =
+                topic.partition().is_some() && self.policies.partitions(&topic).await?.is_some();
+            if !allowed && !partitioned_parent {
+                return Err(BrokerError::TopicNotFound(topic.to_string()));
+            }
+        }
+        let mut config = self.config.managed_ledger.clone();
+        if let Some(p) = policies.persistence {
+            config.ensemble_size = p.bookkeeper_ensemble;
+            config.write_quorum = p.bookkeeper_write_quorum;
+            config.ack_quorum = p.bookkeeper_ack_quorum;
+        }
+        if let Some(r) = policies.retention_policies {
+            config.retention_time_ms = if r.retention_time_in_minutes < 0 {
+                -1
+            } else {
+                r.retention_time_in_minutes.saturating_mul(60_000)
+            };
+            config.retention_size_bytes = if r.retention_size_in_mb < 0 {
+                -1
+            } else {
+                r.retention_size_in_mb.saturating_mul(1024 * 1024)
+            };
+        }
+        let ml = self.factory.open(&topic.persistence_name(), config).await?;
+        info!(topic = %topic, %bundle, "topic loaded");
+        Ok(Topic::new(topic, bundle, ml, Arc::downgrade(&self)))
+    }
+
+    /// Forgets a topic that closed itself (it is loaded again on next use).
+    pub(crate) fn forget_topic(&self, topic: &Topic) {
+        let mut topics = self.topics();
+        let key = topic.name().to_string();
+        if topics
+            .get(&key)
+            .and_then(|c| c.get())
+            .is_some_and(|t| std::ptr::eq(Arc::as_ptr(t), topic))
+        {
+            topics.remove(&key);
+        }
+    }
+
+    fn loaded(&self) -> Vec<Arc<Topic>> {
+        self.topics()
+            .values()
+            .filter_map(|c| c.get().cloned())
+            .collect()
+    }
+
+    fn watch_lost_bundles(self: &Arc<Self>) {
+        let mut lost = self.ownership.lost_bundles();
+        let weak = Arc::downgrade(self);
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let bundle = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    b = lost.recv() => b,
+                };
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
+                let bundle = match bundle {
+                    Ok(b) => Some(b),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                for topic in service.loaded() {
+                    let gone = match &bundle {
+                        Some(b) => topic.bundle() == b,
+                        None => !service.ownership.is_owned(topic.bundle()),
+                    };
+                    if gone {
+                        warn!(topic = %topic.name(), "bundle lease lost: closing the topic");
+                        topic.close().await;
+                        service.forget_topic(&topic);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stops accepting work and closes every topic (disconnecting clients, flushing cursors,
+    /// closing the current ledgers). Bundle leases end with the caller's metadata session.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        for topic in self.loaded() {
+            topic.close().await;
+        }
+        self.topics().clear();
+    }
+}

@@ -1,0 +1,693 @@
+//! [`Subscription`]: one named subscription of a topic (or one reader) — its cursor, its
+//! consumers, and the dispatcher that sends them entries.
+//!
+//! Each subscription is an **actor**: one task owns the cursor's read side, the consumers and
+//! their permits, the messages delivered but not acknowledged (`pending`) and the ones to deliver
+//! again (`redeliver`); connections talk to it through a bounded command queue, so no lock is
+//! held across an `.await`. After every command, and whenever the managed ledger confirms new
+//! entries (its last-confirmed watch), the actor dispatches:
+//!
+//! 1. positions to redeliver first (consumer gone, negative ack, REDELIVER), oldest first,
+//!    skipping the ones acknowledged meanwhile;
+//! 2. then new entries from the cursor's read position (tailing entries come from the entry
+//!    cache).
+//!
+//! Permits are counted in **messages**: an entry holding a batch costs its
+//! `num_messages_in_batch`. Exclusive and Failover subscriptions send to the active consumer
+//! (Failover: the first connected for a non-partitioned topic, `partition % n` of the consumers
+//! sorted by priority and name for a partition; every change is announced with
+//! ACTIVE_CONSUMER_CHANGE); Shared subscriptions go round-robin over consumers with permits.
+//! Entries that find no consumer with permits go back to `redeliver`, so order is kept.
+//!
+//! MESSAGE frames are the stored entry behind a MESSAGE command: the client's own bytes,
+//! checksum included, never re-encoded.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use magnetar_proto::pulsar::api::command_subscribe::SubType;
+use magnetar_proto::pulsar::{MessageFrame, Payload, commands};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::connection::{ConnTx, Outbound};
+use crate::error::{BrokerError, BrokerResult};
+use crate::managed_ledger::{ManagedCursor, ManagedLedger, Position};
+
+/// Commands queued per subscription before connections wait.
+const COMMAND_QUEUE: usize = 1024;
+/// Bytes read per dispatch round at most (at least one entry is always read).
+const READ_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Entries scanned per step when seeking by publish time.
+const SEEK_SCAN_BATCH: usize = 256;
+
+/// One consumer as the subscription sees it.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Broker-unique key of this consumer (not the client's id, which is per connection).
+    pub key: u64,
+    /// The client's consumer id (goes into MESSAGE frames).
+    pub consumer_id: u64,
+    pub name: String,
+    pub priority: i32,
+    pub sub_type: SubType,
+    pub conn: ConnTx,
+}
+
+/// Where SEEK moves the subscription.
+#[derive(Debug, Clone, Copy)]
+pub enum SeekTarget {
+    /// To this entry (it is delivered again).
+    Position(Position),
+    /// To the first entry published at or after this time (ms since the epoch).
+    PublishTime(u64),
+}
+
+/// One acknowledged message id.
+#[derive(Debug, Clone, Copy)]
+pub struct AckedId {
+    pub position: Position,
+    /// False when a batch-index ack leaves messages of the entry unacknowledged.
+    pub whole_entry: bool,
+}
+
+enum Command {
+    Add {
+        consumer: ConsumerSpec,
+        done: oneshot::Sender<BrokerResult<()>>,
+    },
+    Remove {
+        key: u64,
+        done: Option<oneshot::Sender<()>>,
+    },
+    Flow {
+        key: u64,
+        permits: u32,
+    },
+    Ack {
+        cumulative: bool,
+        ids: Vec<AckedId>,
+    },
+    Redeliver {
+        key: u64,
+        positions: Option<Vec<Position>>,
+    },
+    Seek {
+        target: SeekTarget,
+        done: oneshot::Sender<BrokerResult<()>>,
+    },
+    Unsubscribe {
+        key: u64,
+        done: oneshot::Sender<BrokerResult<()>>,
+    },
+    MarkDelete {
+        done: oneshot::Sender<Option<Position>>,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Handle of a subscription actor. Cheap to share.
+#[derive(Debug)]
+pub struct Subscription {
+    name: String,
+    durable: bool,
+    tx: mpsc::Sender<Command>,
+}
+
+fn gone(name: &str) -> BrokerError {
+    BrokerError::NotReady(format!("subscription {name} is closed"))
+}
+
+impl Subscription {
+    /// Starts the actor of subscription `name` over `cursor`. `partition` picks the active
+    /// consumer of Failover subscriptions on partitions.
+    pub fn start(
+        topic: String,
+        name: String,
+        ml: Arc<ManagedLedger>,
+        cursor: Arc<ManagedCursor>,
+        partition: Option<u32>,
+        batch_entries: usize,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let durable = cursor.is_durable();
+        let lac = ml.subscribe_last_confirmed();
+        let actor = Actor {
+            name: name.clone(),
+            ml,
+            cursor,
+            partition,
+            batch_entries: batch_entries.max(1),
+            sub_type: None,
+            consumers: Vec::new(),
+            active: None,
+            next_rr: 0,
+            pending: BTreeMap::new(),
+            redeliver: BTreeSet::new(),
+            redelivery_counts: HashMap::new(),
+        };
+        let span = info_span!("subscription", %topic, subscription = %name);
+        tokio::spawn(actor.run(rx, lac).instrument(span));
+        Arc::new(Subscription { name, durable, tx })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// True once the actor stopped (closed or unsubscribed).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> BrokerResult<T> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(make(done))
+            .await
+            .map_err(|_| gone(&self.name))?;
+        rx.await.map_err(|_| gone(&self.name))
+    }
+
+    /// Adds a consumer; fails with ConsumerBusy on an exclusive conflict.
+    pub async fn add_consumer(&self, consumer: ConsumerSpec) -> BrokerResult<()> {
+        self.call(|done| Command::Add { consumer, done }).await?
+    }
+
+    /// Removes a consumer; its unacknowledged messages go back to the subscription.
+    pub async fn remove_consumer(&self, key: u64) {
+        let _ = self
+            .call(|done| Command::Remove {
+                key,
+                done: Some(done),
+            })
+            .await;
+    }
+
+    pub async fn flow(&self, key: u64, permits: u32) {
+        let _ = self.tx.send(Command::Flow { key, permits }).await;
+    }
+
+    pub async fn ack(&self, cumulative: bool, ids: Vec<AckedId>) {
+        let _ = self.tx.send(Command::Ack { cumulative, ids }).await;
+    }
+
+    /// Delivers again the given positions (`None`: every unacked message of the consumer).
+    pub async fn redeliver(&self, key: u64, positions: Option<Vec<Position>>) {
+        let _ = self.tx.send(Command::Redeliver { key, positions }).await;
+    }
+
+    pub async fn seek(&self, target: SeekTarget) -> BrokerResult<()> {
+        self.call(|done| Command::Seek { target, done }).await?
+    }
+
+    pub async fn unsubscribe(&self, key: u64) -> BrokerResult<()> {
+        self.call(|done| Command::Unsubscribe { key, done }).await?
+    }
+
+    pub async fn mark_delete_position(&self) -> Option<Position> {
+        self.call(|done| Command::MarkDelete { done })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Disconnects every consumer (CLOSE_CONSUMER) and stops the actor; the cursor's state is
+    /// left for the managed ledger to flush.
+    pub async fn close(&self) {
+        let _ = self.call(|done| Command::Close { done }).await;
+    }
+}
+
+#[derive(Debug)]
+struct Consumer {
+    spec: ConsumerSpec,
+    permits: i64,
+}
+
+struct Actor {
+    name: String,
+    ml: Arc<ManagedLedger>,
+    cursor: Arc<ManagedCursor>,
+    partition: Option<u32>,
+    batch_entries: usize,
+    sub_type: Option<SubType>,
+    /// In connection order.
+    consumers: Vec<Consumer>,
+    /// Exclusive / Failover: the consumer that receives.
+    active: Option<u64>,
+    next_rr: usize,
+    /// Delivered, not acknowledged: position → consumer key.
+    pending: BTreeMap<Position, u64>,
+    redeliver: BTreeSet<Position>,
+    redelivery_counts: HashMap<Position, u32>,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut lac: watch::Receiver<Option<Position>>,
+    ) {
+        let mut lac_open = true;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if let Flow::Stop = self.handle(cmd).await {
+                        break;
+                    }
+                }
+                changed = lac.changed(), if lac_open => {
+                    if changed.is_err() {
+                        lac_open = false;
+                    }
+                }
+            }
+            self.dispatch().await;
+        }
+        debug!("subscription actor stopped");
+    }
+
+    fn consumer(&mut self, key: u64) -> Option<&mut Consumer> {
+        self.consumers.iter_mut().find(|c| c.spec.key == key)
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Add { consumer, done } => {
+                let result = self.add(consumer).await;
+                let _ = done.send(result);
+            }
+            Command::Remove { key, done } => {
+                self.remove(key).await;
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+            Command::Flow { key, permits } => {
+                if let Some(c) = self.consumer(key) {
+                    c.permits = c.permits.saturating_add(i64::from(permits));
+                }
+            }
+            Command::Ack { cumulative, ids } => self.ack(cumulative, ids),
+            Command::Redeliver { key, positions } => self.redeliver_for(key, positions),
+            Command::Seek { target, done } => {
+                let result = self.seek(target).await;
+                let _ = done.send(result);
+            }
+            Command::Unsubscribe { key, done } => {
+                if self.consumers.iter().any(|c| c.spec.key != key) {
+                    let _ = done.send(Err(BrokerError::NotAllowed(format!(
+                        "subscription {} has other connected consumers",
+                        self.name
+                    ))));
+                    return Flow::Continue;
+                }
+                let result = if self.cursor.is_durable() {
+                    self.ml
+                        .delete_cursor(self.cursor.name())
+                        .await
+                        .map_err(BrokerError::from)
+                } else {
+                    Ok(())
+                };
+                let ok = result.is_ok();
+                let _ = done.send(result);
+                if ok {
+                    info!("unsubscribed");
+                    return Flow::Stop;
+                }
+            }
+            Command::MarkDelete { done } => {
+                let _ = done.send(self.cursor.mark_delete_position());
+            }
+            Command::Close { done } => {
+                for c in std::mem::take(&mut self.consumers) {
+                    c.spec
+                        .conn
+                        .send_command(commands::close_consumer(c.spec.consumer_id, 0))
+                        .await;
+                }
+                let _ = done.send(());
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn add(&mut self, consumer: ConsumerSpec) -> BrokerResult<()> {
+        let ty = consumer.sub_type;
+        if !self.consumers.is_empty() {
+            if self.sub_type != Some(ty) {
+                return Err(BrokerError::ConsumerBusy(format!(
+                    "subscription {} is of a different type",
+                    self.name
+                )));
+            }
+            if ty == SubType::Exclusive {
+                return Err(BrokerError::ConsumerBusy(format!(
+                    "exclusive consumer for subscription {} is already connected",
+                    self.name
+                )));
+            }
+        }
+        if self.consumers.is_empty() {
+            self.sub_type = Some(ty);
+            // A new first consumer starts from the oldest unacknowledged message.
+            self.requeue_all_pending();
+        }
+        info!(consumer = consumer.consumer_id, key = consumer.key, name = %consumer.name,
+            sub_type = ?ty, "consumer added");
+        self.consumers.push(Consumer {
+            spec: consumer,
+            permits: 0,
+        });
+        self.pick_active(true).await;
+        Ok(())
+    }
+
+    async fn remove(&mut self, key: u64) {
+        let before = self.consumers.len();
+        self.consumers.retain(|c| c.spec.key != key);
+        if self.consumers.len() == before {
+            return;
+        }
+        info!(key, "consumer removed");
+        let theirs: Vec<Position> = self
+            .pending
+            .iter()
+            .filter(|(_, k)| **k == key)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in theirs {
+            self.pending.remove(&p);
+            self.requeue(p);
+        }
+        self.pick_active(false).await;
+    }
+
+    fn requeue(&mut self, p: Position) {
+        if !self.cursor.is_acked(p) {
+            *self.redelivery_counts.entry(p).or_default() += 1;
+            self.redeliver.insert(p);
+        }
+    }
+
+    fn requeue_all_pending(&mut self) {
+        let all: Vec<Position> = self.pending.keys().copied().collect();
+        self.pending.clear();
+        for p in all {
+            self.requeue(p);
+        }
+    }
+
+    /// Exclusive / Failover: chooses the active consumer; announces changes (Failover).
+    async fn pick_active(&mut self, added: bool) {
+        let new_active = match self.sub_type {
+            Some(SubType::Exclusive) => self.consumers.first().map(|c| c.spec.key),
+            Some(SubType::Failover) => match self.partition {
+                None => self.consumers.first().map(|c| c.spec.key),
+                Some(partition) => {
+                    let mut sorted: Vec<&Consumer> = self.consumers.iter().collect();
+                    sorted.sort_by(|a, b| {
+                        (a.spec.priority, &a.spec.name).cmp(&(b.spec.priority, &b.spec.name))
+                    });
+                    let n = sorted.len().max(1);
+                    sorted.get(partition as usize % n).map(|c| c.spec.key)
+                }
+            },
+            _ => None,
+        };
+        let changed = new_active != self.active;
+        if changed {
+            // The old active consumer's unacked messages go to the new one, in order.
+            if let Some(old) = self.active {
+                let theirs: Vec<Position> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, k)| **k == old)
+                    .map(|(p, _)| *p)
+                    .collect();
+                for p in theirs {
+                    self.pending.remove(&p);
+                    self.redeliver.insert(p);
+                }
+            }
+            self.active = new_active;
+        }
+        if self.sub_type == Some(SubType::Failover) && (changed || added) {
+            for c in &self.consumers {
+                let is_active = Some(c.spec.key) == self.active;
+                c.spec
+                    .conn
+                    .send_command(commands::active_consumer_change(
+                        c.spec.consumer_id,
+                        is_active,
+                    ))
+                    .await;
+            }
+        }
+    }
+
+    fn ack(&mut self, cumulative: bool, ids: Vec<AckedId>) {
+        if cumulative {
+            if let Some(last) = ids.iter().map(|i| i.position).max() {
+                self.cursor.ack_cumulative(last);
+                let done: Vec<Position> = self.pending.range(..=last).map(|(p, _)| *p).collect();
+                for p in done {
+                    self.pending.remove(&p);
+                    self.redelivery_counts.remove(&p);
+                }
+                let stale: Vec<Position> = self.redeliver.range(..=last).copied().collect();
+                for p in stale {
+                    self.redeliver.remove(&p);
+                }
+            }
+            return;
+        }
+        let positions: Vec<Position> = ids
+            .iter()
+            .filter(|i| i.whole_entry)
+            .map(|i| i.position)
+            .collect();
+        if positions.is_empty() {
+            return;
+        }
+        self.cursor.ack_individual(&positions);
+        for p in positions {
+            self.pending.remove(&p);
+            self.redeliver.remove(&p);
+            self.redelivery_counts.remove(&p);
+        }
+    }
+
+    fn redeliver_for(&mut self, key: u64, positions: Option<Vec<Position>>) {
+        let chosen: Vec<Position> = match positions {
+            Some(ps) => ps
+                .into_iter()
+                .filter(|p| self.pending.get(p) == Some(&key))
+                .collect(),
+            None => self
+                .pending
+                .iter()
+                .filter(|(_, k)| **k == key)
+                .map(|(p, _)| *p)
+                .collect(),
+        };
+        for p in chosen {
+            self.pending.remove(&p);
+            self.requeue(p);
+        }
+    }
+
+    async fn seek(&mut self, target: SeekTarget) -> BrokerResult<()> {
+        let position = match target {
+            SeekTarget::Position(p) => p,
+            SeekTarget::PublishTime(t) => self.find_by_publish_time(t).await?,
+        };
+        info!(%position, "seek: consumers are disconnected and resubscribe");
+        self.pending.clear();
+        self.redeliver.clear();
+        self.redelivery_counts.clear();
+        self.cursor.reset(position);
+        for c in std::mem::take(&mut self.consumers) {
+            c.spec
+                .conn
+                .send_command(commands::close_consumer(c.spec.consumer_id, 0))
+                .await;
+        }
+        self.active = None;
+        Ok(())
+    }
+
+    /// The first entry whose publish time is ≥ `t` (after the last entry if none).
+    async fn find_by_publish_time(&self, t: u64) -> BrokerResult<Position> {
+        let mut from = self.ml.first_position().unwrap_or(Position::new(0, 0));
+        loop {
+            let batch = self
+                .ml
+                .read_entries(from, SEEK_SCAN_BATCH, READ_BYTES_MAX)
+                .await?;
+            let Some(&(last, _)) = batch.last() else {
+                return Ok(self.ml.last_confirmed().map_or(from, |p| p.next()));
+            };
+            for (p, entry) in &batch {
+                if entry_info(entry).publish_time >= t {
+                    return Ok(*p);
+                }
+            }
+            from = last.next();
+        }
+    }
+
+    fn eligible(&self) -> Vec<usize> {
+        match self.sub_type {
+            Some(SubType::Exclusive) | Some(SubType::Failover) => self
+                .consumers
+                .iter()
+                .position(|c| Some(c.spec.key) == self.active && c.permits > 0)
+                .into_iter()
+                .collect(),
+            _ => (0..self.consumers.len())
+                .filter(|&i| self.consumers.get(i).is_some_and(|c| c.permits > 0))
+                .collect(),
+        }
+    }
+
+    fn pick(&mut self) -> Option<usize> {
+        let eligible = self.eligible();
+        if eligible.is_empty() {
+            return None;
+        }
+        let i = eligible.get(self.next_rr % eligible.len()).copied();
+        self.next_rr = self.next_rr.wrapping_add(1);
+        i
+    }
+
+    async fn dispatch(&mut self) {
+        loop {
+            let permits: i64 = self
+                .eligible()
+                .iter()
+                .filter_map(|&i| self.consumers.get(i))
+                .map(|c| c.permits)
+                .sum();
+            if permits <= 0 {
+                return;
+            }
+            let want = (permits as usize).min(self.batch_entries);
+            let entries = match self.next_entries(want).await {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(error = %e, "dispatch read failed");
+                    return;
+                }
+            };
+            if entries.is_empty() {
+                return;
+            }
+            for (position, entry) in entries {
+                let Some(i) = self.pick() else {
+                    self.redeliver.insert(position);
+                    continue;
+                };
+                let info = entry_info(&entry);
+                let redelivery_count = self.redelivery_counts.get(&position).copied().unwrap_or(0);
+                let Some(c) = self.consumers.get_mut(i) else {
+                    self.redeliver.insert(position);
+                    continue;
+                };
+                c.permits -= i64::from(info.messages.max(1));
+                let frame = MessageFrame {
+                    command: commands::message(
+                        c.spec.consumer_id,
+                        commands::message_id(position.ledger.0, position.entry.0),
+                        redelivery_count,
+                        Vec::new(),
+                    ),
+                    entry,
+                };
+                let key = c.spec.key;
+                let conn = c.spec.conn.clone();
+                self.pending.insert(position, key);
+                if !conn.send(Outbound::Message(frame)).await {
+                    // The connection is gone; it removes the consumer shortly.
+                    self.pending.remove(&position);
+                    self.redeliver.insert(position);
+                    if let Some(c) = self.consumer(key) {
+                        c.permits = 0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Up to `want` entries: redeliveries first, then new entries.
+    async fn next_entries(
+        &mut self,
+        want: usize,
+    ) -> crate::managed_ledger::MlResult<Vec<(Position, Bytes)>> {
+        let mut out = Vec::new();
+        while out.len() < want {
+            let Some(p) = self.redeliver.pop_first() else {
+                break;
+            };
+            if self.cursor.is_acked(p) || self.pending.contains_key(&p) {
+                continue;
+            }
+            let mut got = self.ml.read_entries(p, 1, READ_BYTES_MAX).await?;
+            match got.pop() {
+                Some((q, entry)) if q == p => out.push((q, entry)),
+                _ => {
+                    debug!(position = %p, "redelivery of an entry no longer stored skipped");
+                }
+            }
+        }
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        if !self.cursor.has_entries_available() {
+            return Ok(out);
+        }
+        let batch = self.cursor.read_entries(want, READ_BYTES_MAX).await?;
+        Ok(batch
+            .into_iter()
+            .filter(|(p, _)| !self.pending.contains_key(p))
+            .collect())
+    }
+}
+
+/// What the dispatcher needs from an entry's metadata.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryInfo {
+    /// Messages in the entry (`num_messages_in_batch`, 1 when absent or unreadable).
+    pub messages: u32,
+    pub publish_time: u64,
+}
+
+/// Reads an entry's metadata; an unreadable entry counts as one message published at 0.
+pub fn entry_info(entry: &Bytes) -> EntryInfo {
+    match Payload::parse(entry.clone()).and_then(|p| p.metadata()) {
+        Ok(m) => EntryInfo {
+            messages: u32::try_from(m.num_messages_in_batch.unwrap_or(1)).unwrap_or(1),
+            publish_time: m.publish_time,
+        },
+        Err(_) => EntryInfo {
+            messages: 1,
+            publish_time: 0,
+        },
+    }
+}

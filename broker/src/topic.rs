@@ -1,0 +1,253 @@
+//! [`Topic`]: a loaded persistent topic — its managed ledger, its producers (with Pulsar's
+//! access modes) and its subscriptions.
+//!
+//! Producer access modes: `Shared` producers coexist; an `Exclusive` producer needs the topic to
+//! itself and a conflict is answered at once with ProducerBusy (both ways: a Shared producer
+//! cannot join an Exclusive one); `WaitForExclusive` waits until the topic has no producer.
+//! `ExclusiveWithFencing` is treated as `Exclusive`.
+//!
+//! Closing a topic (bundle lost, broker shutdown) tells every client to reconnect
+//! (CLOSE_PRODUCER / CLOSE_CONSUMER), stops the subscriptions and closes the managed ledger,
+//! which flushes the cursors.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use magnetar_proto::pulsar::api::ProducerAccessMode;
+use magnetar_proto::pulsar::commands;
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::bundle::Bundle;
+use crate::connection::ConnTx;
+use crate::error::{BrokerError, BrokerResult};
+use crate::managed_ledger::{InitialPosition, ManagedLedger, Position};
+use crate::service::BrokerService;
+use crate::subscription::Subscription;
+use crate::topic_name::TopicName;
+
+/// A producer attached to the topic.
+#[derive(Debug, Clone)]
+pub struct ProducerSpec {
+    /// Broker-unique key.
+    pub key: u64,
+    pub producer_id: u64,
+    pub name: String,
+    pub mode: ProducerAccessMode,
+    pub conn: ConnTx,
+}
+
+/// Where a new cursor starts.
+#[derive(Debug, Clone, Copy)]
+pub enum StartAt {
+    Initial(InitialPosition),
+    /// Non-durable: from this position on (inclusive).
+    Position(Position),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    producers: HashMap<u64, ProducerSpec>,
+    subscriptions: HashMap<String, Arc<Subscription>>,
+}
+
+/// A loaded topic. Cheap to share (`Arc`).
+#[derive(Debug)]
+pub struct Topic {
+    name: TopicName,
+    bundle: Bundle,
+    ml: Arc<ManagedLedger>,
+    service: Weak<BrokerService>,
+    state: Mutex<State>,
+    producer_left: Notify,
+    closed: AtomicBool,
+}
+
+impl Topic {
+    pub(crate) fn new(
+        name: TopicName,
+        bundle: Bundle,
+        ml: Arc<ManagedLedger>,
+        service: Weak<BrokerService>,
+    ) -> Arc<Self> {
+        Arc::new(Topic {
+            name,
+            bundle,
+            ml,
+            service,
+            state: Mutex::new(State::default()),
+            producer_left: Notify::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn name(&self) -> &TopicName {
+        &self.name
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    pub fn managed_ledger(&self) -> &Arc<ManagedLedger> {
+        &self.ml
+    }
+
+    /// False once closed or fenced (the topic is loaded again on next use).
+    pub fn is_usable(&self) -> bool {
+        !self.closed.load(Ordering::Acquire) && !self.ml.is_fenced()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn check_open(&self) -> BrokerResult<()> {
+        if self.is_usable() {
+            Ok(())
+        } else {
+            Err(BrokerError::NotReady(format!(
+                "topic {} is closing",
+                self.name
+            )))
+        }
+    }
+
+    /// Attaches a producer, or fails at once with ProducerBusy. `WaitForExclusive` waits for
+    /// the other producers to leave; `on_wait` is called once if it has to.
+    pub async fn add_producer(
+        &self,
+        spec: ProducerSpec,
+        mut on_wait: impl FnMut(),
+    ) -> BrokerResult<()> {
+        loop {
+            self.check_open()?;
+            let left = self.producer_left.notified();
+            {
+                let mut st = self.state();
+                if st.producers.values().any(|p| p.name == spec.name) {
+                    return Err(BrokerError::ProducerBusy(format!(
+                        "producer with name '{}' is already connected to topic {}",
+                        spec.name, self.name
+                    )));
+                }
+                let exclusive_there = st
+                    .producers
+                    .values()
+                    .any(|p| p.mode != ProducerAccessMode::Shared);
+                let conflict = match spec.mode {
+                    ProducerAccessMode::Shared => exclusive_there,
+                    _ => !st.producers.is_empty(),
+                };
+                if !conflict {
+                    info!(topic = %self.name, producer = spec.producer_id, name = %spec.name,
+                        mode = ?spec.mode, "producer added");
+                    st.producers.insert(spec.key, spec);
+                    return Ok(());
+                }
+                if spec.mode != ProducerAccessMode::WaitForExclusive {
+                    return Err(BrokerError::ProducerBusy(format!(
+                        "topic {} has an exclusive producer or others in the way of one",
+                        self.name
+                    )));
+                }
+            }
+            on_wait();
+            left.await;
+        }
+    }
+
+    pub fn remove_producer(&self, key: u64) {
+        if self.state().producers.remove(&key).is_some() {
+            self.producer_left.notify_waiters();
+        }
+    }
+
+    /// The subscription `name`, created (with its cursor) if needed.
+    pub async fn subscription(
+        &self,
+        name: &str,
+        durable: bool,
+        start: StartAt,
+    ) -> BrokerResult<Arc<Subscription>> {
+        self.check_open()?;
+        if let Some(s) = self
+            .state()
+            .subscriptions
+            .get(name)
+            .filter(|s| !s.is_closed())
+        {
+            return Ok(Arc::clone(s));
+        }
+        let cursor = match (durable, start) {
+            (true, StartAt::Initial(initial)) => self.ml.open_cursor(name, initial).await?,
+            (true, StartAt::Position(_)) => {
+                self.ml.open_cursor(name, InitialPosition::Latest).await?
+            }
+            (false, StartAt::Initial(initial)) => self.ml.new_non_durable_cursor(initial),
+            (false, StartAt::Position(p)) => self.ml.new_non_durable_cursor_at(p),
+        };
+        let batch = self
+            .service
+            .upgrade()
+            .map_or(100, |s| s.config().dispatch_batch_entries);
+        let mut st = self.state();
+        if let Some(s) = st.subscriptions.get(name).filter(|s| !s.is_closed()) {
+            return Ok(Arc::clone(s));
+        }
+        let sub = Subscription::start(
+            self.name.to_string(),
+            name.to_owned(),
+            Arc::clone(&self.ml),
+            cursor,
+            self.name.partition(),
+            batch,
+        );
+        st.subscriptions.insert(name.to_owned(), Arc::clone(&sub));
+        Ok(sub)
+    }
+
+    /// Forgets a subscription (unsubscribed, or a reader that left) and stops it.
+    pub async fn drop_subscription(&self, name: &str) {
+        let sub = self.state().subscriptions.remove(name);
+        if let Some(sub) = sub {
+            sub.close().await;
+        }
+    }
+
+    /// The last confirmed position.
+    pub fn last_confirmed(&self) -> Option<Position> {
+        self.ml.last_confirmed()
+    }
+
+    /// Tells every client to reconnect, stops the subscriptions and closes the managed ledger.
+    pub async fn close(&self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (producers, subs) = {
+            let mut st = self.state();
+            (
+                std::mem::take(&mut st.producers),
+                std::mem::take(&mut st.subscriptions),
+            )
+        };
+        for p in producers.values() {
+            p.conn
+                .send_command(commands::close_producer(p.producer_id, 0))
+                .await;
+        }
+        self.producer_left.notify_waiters();
+        for s in subs.values() {
+            s.close().await;
+        }
+        if let Err(e) = self.ml.close().await {
+            warn!(topic = %self.name, error = %e, "closing the managed ledger failed");
+        }
+        info!(topic = %self.name, "topic closed");
+        if let Some(service) = self.service.upgrade() {
+            service.forget_topic(self);
+        }
+    }
+}

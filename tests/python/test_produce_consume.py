@@ -1,0 +1,134 @@
+"""Producing and consuming with the official Python client (C++ core) against standalone."""
+
+import re
+import threading
+
+import pulsar
+import pytest
+
+from conftest import receive_all, receive_none
+
+
+def test_round_trip(client, topic):
+    producer = client.create_producer(topic)
+    consumer = client.subscribe(topic, "sub", initial_position=pulsar.InitialPosition.Earliest)
+    sent = [producer.send(f"msg-{i}".encode(), properties={"i": str(i)}) for i in range(20)]
+    got = receive_all(consumer, 20)
+    assert [m.data() for m in got] == [f"msg-{i}".encode() for i in range(20)]
+    assert [m.properties()["i"] for m in got] == [str(i) for i in range(20)]
+    assert [str(m.message_id()) for m in got] == [str(s) for s in sent]
+    for m in got:
+        consumer.acknowledge(m)
+    assert receive_none(consumer) is None
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [
+        pulsar.CompressionType.NONE,
+        pulsar.CompressionType.LZ4,
+        pulsar.CompressionType.ZLib,
+        pulsar.CompressionType.ZSTD,
+        pulsar.CompressionType.SNAPPY,
+    ],
+    ids=["none", "lz4", "zlib", "zstd", "snappy"],
+)
+def test_batches_with_every_compression_arrive_intact(client, topic, compression):
+    consumer = client.subscribe(topic, "sub", initial_position=pulsar.InitialPosition.Earliest)
+    producer = client.create_producer(
+        topic,
+        compression_type=compression,
+        batching_enabled=True,
+        batching_max_messages=50,
+        batching_max_publish_delay_ms=50,
+    )
+    payloads = [(f"payload-{i}-" + "x" * (i % 300)).encode() for i in range(300)]
+    for p in payloads:
+        producer.send_async(p, None)
+    producer.flush()
+    got = receive_all(consumer, len(payloads))
+    assert [m.data() for m in got] == payloads
+    # Batching really happened: several messages share an entry.
+    entries = {(m.message_id().ledger_id(), m.message_id().entry_id()) for m in got}
+    assert len(entries) < len(payloads)
+    for m in got:
+        consumer.acknowledge(m)
+
+
+def test_send_receipts_arrive_in_order(client, topic):
+    producer = client.create_producer(topic, batching_enabled=False, max_pending_messages=2000)
+    results = []
+    lock = threading.Lock()
+    done = threading.Event()
+    n = 1000
+
+    def callback(i):
+        def cb(res, msg_id):
+            with lock:
+                results.append((i, res, msg_id))
+                if len(results) == n:
+                    done.set()
+
+        return cb
+
+    for i in range(n):
+        producer.send_async(f"m{i}".encode(), callback(i))
+    producer.flush()
+    assert done.wait(30)
+    assert [r[0] for r in results] == list(range(n))
+    assert all(r[1] == pulsar.Result.Ok for r in results)
+    ids = [(r[2].ledger_id(), r[2].entry_id()) for r in results]
+    assert ids == sorted(ids) and len(set(ids)) == n
+
+
+def test_broker_assigns_unique_producer_names(client, topic):
+    a = client.create_producer(topic)
+    b = client.create_producer(topic)
+    assert a.producer_name() and b.producer_name()
+    assert a.producer_name() != b.producer_name()
+
+
+def test_exclusive_producer_conflict_is_producer_busy(client, topic):
+    first = client.create_producer(topic, access_mode=pulsar.ProducerAccessMode.Exclusive)
+    with pytest.raises(pulsar.ProducerBusy):
+        client.create_producer(topic, access_mode=pulsar.ProducerAccessMode.Exclusive)
+    with pytest.raises(pulsar.ProducerBusy):
+        client.create_producer(topic)
+    first.close()
+    # Once it left, another exclusive producer gets the topic.
+    client.create_producer(topic, access_mode=pulsar.ProducerAccessMode.Exclusive).close()
+
+
+def test_wait_for_exclusive_producer_gets_the_topic_when_the_other_leaves(client, topic):
+    first = client.create_producer(topic, access_mode=pulsar.ProducerAccessMode.Exclusive)
+    got = {}
+
+    def create():
+        got["p"] = client.create_producer(
+            topic, access_mode=pulsar.ProducerAccessMode.WaitForExclusive
+        )
+
+    t = threading.Thread(target=create)
+    t.start()
+    t.join(1.0)
+    assert t.is_alive(), "WaitForExclusive did not wait"
+    first.close()
+    t.join(10)
+    assert "p" in got
+    got["p"].send(b"mine")
+
+
+def test_regex_subscription_lists_topics_of_namespace(client):
+    import uuid
+
+    prefix = f"rx-{uuid.uuid4().hex[:8]}"
+    names = [f"persistent://public/default/{prefix}-{i}" for i in range(3)]
+    for n in names:
+        client.create_producer(n).send(b"hello " + n.encode())
+    consumer = client.subscribe(
+        re.compile(f"persistent://public/default/{prefix}-.*"),
+        "sub",
+        initial_position=pulsar.InitialPosition.Earliest,
+    )
+    got = sorted(m.data() for m in receive_all(consumer, 3, timeout_ms=10000))
+    assert got == sorted(b"hello " + n.encode() for n in names)
