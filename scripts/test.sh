@@ -3,7 +3,8 @@
 #
 # 1. installs what the tests need when it is missing (etcd, from Debian's etcd-server);
 # 2. cargo fmt --check;  3. cargo clippy -D warnings;
-# 4. the tests: cargo nextest if installed (prefer it), else cargo test;
+# 4. the tests: cargo nextest if installed (prefer it), else cargo test; then the official
+#    Pulsar client's suite (tests/python, pytest) against a real `magnetar standalone`;
 # 5. cargo bench --no-run, so the benchmarks keep compiling.
 # Exits non-zero as soon as a step fails (the test step itself runs every test: --no-fail-fast).
 set -euo pipefail
@@ -56,8 +57,17 @@ else
   command -v etcd >/dev/null 2>&1 || [[ -x /usr/bin/etcd ]] \
     || fail "etcd-server was installed but no etcd binary is on PATH or at /usr/bin/etcd"
 fi
+# The official Pulsar client (C++ core) and pytest: tests/python drives standalone with them.
+command -v python3 >/dev/null 2>&1 \
+  || fail "python3 is missing: install Python 3.9 or later (e.g. apt-get install -y python3 python3-pip), then rerun"
+if python3 -c 'import pulsar, pytest' >/dev/null 2>&1; then
+  echo "pulsar-client, pytest: present"
+else
+  echo "pulsar-client or pytest: missing; installing them with pip"
+  python3 -m pip install --quiet pulsar-client pytest \
+    || fail "cannot install the Python test dependencies: run 'python3 -m pip install pulsar-client pytest', then rerun"
+fi
 # Later parts, installed here when their tests arrive (not yet):
-#   - the official Pulsar client (C++ core), driven from tests/:  pip install pulsar-client
 #   - promtool, to check /metrics:                                apt-get install -y prometheus
 cargo --version
 
@@ -81,6 +91,9 @@ else
   step "4/5 cargo test --workspace --no-fail-fast (cargo-nextest is not installed)"
   cargo test --workspace --no-fail-fast
 fi
+step "4/5 official Pulsar client suite: python3 -m pytest tests/python -q"
+cargo build --bin magnetar
+MAGNETAR_BIN="${MAGNETAR_BIN:-$PWD/target/debug/magnetar}" python3 -m pytest tests/python -q
 
 # --- 5. Benchmarks compile -------------------------------------------------------------------
 step "5/5 cargo bench --workspace --no-run"
