@@ -21,8 +21,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
@@ -157,6 +158,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .fallback(unknown_endpoint)
         .layer(DefaultBodyLimit::max(BODY_SIZE_MAX_BYTES))
+        .layer(middleware::from_fn(refuse_large_bodies))
         .with_state(state)
 }
 
@@ -169,6 +171,24 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Answers 413 at once for a declared `Content-Length` over the limit, without reading the
+/// body (bodies without a length are cut off by [`DefaultBodyLimit`] as they arrive).
+async fn refuse_large_bodies(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_SIZE_MAX_BYTES as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {BODY_SIZE_MAX_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 async fn unknown_endpoint(method: Method, uri: Uri) -> ApiError {
