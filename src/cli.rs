@@ -48,7 +48,7 @@ pub enum Command {
     /// Run a bookie: journal and entry storage for ledgers, served over gRPC.
     Bookie(BookieArgs),
     /// Manage tenants, namespaces, topics and subscriptions through the admin REST API.
-    Admin(PendingArgs),
+    Admin(crate::admin::AdminArgs),
     /// Publish messages to a topic from the command line.
     Produce(PendingArgs),
     /// Receive messages from a subscription and print them.
@@ -151,7 +151,7 @@ impl Command {
             }
             Command::Standalone(_) => "nothing: standalone is built",
             Command::Bookie(_) => "nothing: the bookie is built",
-            Command::Admin(_) => "the admin API arrives with the broker in a later release",
+            Command::Admin(_) => "nothing: the admin client is built",
             Command::Produce(_) | Command::Consume(_) => {
                 "the client commands arrive with the broker in a later release"
             }
@@ -165,9 +165,8 @@ impl Command {
             Command::Standalone(a) => a.config.file.as_ref(),
             Command::Broker(a) => a.config.file.as_ref(),
             Command::Bookie(a) => a.config.file.as_ref(),
-            Command::Admin(_) | Command::Produce(_) | Command::Consume(_) | Command::Perf(_) => {
-                None
-            }
+            Command::Admin(a) => a.config.file.as_ref(),
+            Command::Produce(_) | Command::Consume(_) | Command::Perf(_) => None,
         }
     }
 }

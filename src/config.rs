@@ -47,6 +47,8 @@ pub struct Config {
     pub bookie: BookieConfig,
     /// `[log]`: diagnostics on stderr.
     pub log: LogConfig,
+    /// `[admin]`: `magnetar admin`, the command-line client of the admin REST API.
+    pub admin: AdminConfig,
 }
 
 /// Which metadata-store backend to use.
@@ -270,6 +272,23 @@ impl BookieConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// URL of the admin REST API `magnetar admin` talks to (`--url` and `MAGNETAR_ADMIN_URL`
+    /// override it).
+    pub url: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            url: "http://127.0.0.1:8080".to_owned(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! `magnetar standalone | broker | bookie | admin | produce | consume | perf`; see `--help`.
 //! Exit codes are those of [`cli`]: 0 success, 1 failure, 2 usage error, 3 not built yet.
 
+mod admin;
 mod bookie;
 mod cli;
 mod config;
@@ -68,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     tracing::debug!(command = command.name(), config_file = ?file, "configuration loaded");
 
     match command {
+        Command::Admin(args) => return admin::run(args, &config),
         Command::Bookie(_) => return bookie::run(&config),
         Command::Standalone(_) => return standalone::run(&config),
         _ => {}

@@ -1,0 +1,805 @@
+//! `magnetar admin …`: a thin client of the admin REST API, shaped like `pulsar-admin`.
+//!
+//! `magnetar admin [--url URL] tenants|namespaces|topics <command> …`. The URL comes from
+//! `--url`, else the environment variable `MAGNETAR_ADMIN_URL`, else the configuration key
+//! `admin.url` (default `http://127.0.0.1:8080`). JSON answers are printed pretty, lists one
+//! item per line; an answer other than 2xx prints its reason on stderr and exits 1.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{ArgGroup, Args, Subcommand};
+use magnetar_broker::topic_name::{NamespaceName, TopicName};
+use serde_json::{Value, json};
+
+use crate::cli::{ConfigArg, EXIT_OK};
+use crate::config::Config;
+
+/// Environment variable naming the admin URL when `--url` is not given.
+pub const ADMIN_URL_ENV: &str = "MAGNETAR_ADMIN_URL";
+
+/// Flags and subcommands of `magnetar admin`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// URL of the admin REST API [env: MAGNETAR_ADMIN_URL] [config: admin.url]
+    /// [default: http://127.0.0.1:8080].
+    #[arg(long, value_name = "URL", global = true)]
+    pub url: Option<String>,
+
+    #[command(flatten)]
+    pub config: ConfigArg,
+
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Tenants: list, get, create, update, delete.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
+    /// Namespaces and their policies.
+    #[command(subcommand)]
+    Namespaces(NamespacesCommand),
+    /// Persistent topics, partitioned topics and subscriptions.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct TenantInfoArgs {
+    /// Tenant name.
+    tenant: String,
+    /// Comma-separated admin roles.
+    #[arg(short = 'r', long, value_delimiter = ',')]
+    admin_roles: Vec<String>,
+    /// Comma-separated clusters the tenant may use.
+    #[arg(short = 'c', long, value_delimiter = ',')]
+    allowed_clusters: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantsCommand {
+    /// List the tenants.
+    List,
+    /// Show a tenant's configuration.
+    Get { tenant: String },
+    /// Create a tenant.
+    Create(TenantInfoArgs),
+    /// Replace a tenant's admin roles and allowed clusters.
+    Update(TenantInfoArgs),
+    /// Delete a tenant that has no namespaces.
+    Delete { tenant: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespacesCommand {
+    /// List the namespaces of a tenant.
+    List { tenant: String },
+    /// Create a namespace (tenant/namespace).
+    Create {
+        namespace: String,
+        /// Number of bundles the namespace is split into.
+        #[arg(short = 'b', long)]
+        bundles: Option<u32>,
+    },
+    /// Delete an empty namespace.
+    Delete { namespace: String },
+    /// Show a namespace's policies.
+    Policies { namespace: String },
+    /// Show a namespace's bundle boundaries.
+    Bundles { namespace: String },
+    /// Set the retention of consumed messages.
+    SetRetention {
+        namespace: String,
+        /// Retention time: -1 (unlimited), or a number with s/m/h/d/w/y (a bare number is
+        /// seconds), e.g. 100m, 3h, 2d.
+        #[arg(short = 't', long, allow_hyphen_values = true)]
+        time: String,
+        /// Retention size: -1 (unlimited), or a number with k/m/g/t (a bare number is bytes),
+        /// e.g. 10M, 16G.
+        #[arg(short = 's', long, allow_hyphen_values = true)]
+        size: String,
+    },
+    /// Show the retention policy.
+    GetRetention { namespace: String },
+    /// Remove the retention policy (back to the broker's default).
+    RemoveRetention { namespace: String },
+    /// Enable or disable message deduplication.
+    #[command(group(ArgGroup::new("switch").required(true).args(["enable", "disable"])))]
+    SetDeduplication {
+        namespace: String,
+        #[arg(short = 'e', long)]
+        enable: bool,
+        #[arg(short = 'd', long)]
+        disable: bool,
+    },
+    /// Show whether deduplication is enabled.
+    GetDeduplication { namespace: String },
+    /// Remove the deduplication setting (back to the broker's default).
+    RemoveDeduplication { namespace: String },
+    /// Set how the namespace's ledgers are striped over bookies.
+    SetPersistence {
+        namespace: String,
+        /// Number of bookies a ledger is striped over (E).
+        #[arg(short = 'e', long, visible_alias = "bookkeeper-ensemble")]
+        ensemble: u32,
+        /// Number of copies of each entry (Qw).
+        #[arg(short = 'w', long, visible_alias = "bookkeeper-write-quorum")]
+        write_quorum: u32,
+        /// Number of acknowledgements an add waits for (Qa).
+        #[arg(short = 'a', long, visible_alias = "bookkeeper-ack-quorum")]
+        ack_quorum: u32,
+        /// Throttling rate of mark-delete operations (0: none).
+        #[arg(short = 'r', long, default_value_t = 0.0)]
+        ml_mark_delete_max_rate: f64,
+    },
+    /// Show the persistence policy.
+    GetPersistence { namespace: String },
+    /// Remove the persistence policy (back to the broker's default).
+    RemovePersistence { namespace: String },
+    /// Override the broker's topic auto-creation for this namespace.
+    #[command(group(ArgGroup::new("switch").required(true).args(["enable", "disable"])))]
+    SetAutoTopicCreation {
+        namespace: String,
+        #[arg(short = 'e', long)]
+        enable: bool,
+        #[arg(short = 'd', long)]
+        disable: bool,
+        /// Type of auto-created topics: non-partitioned or partitioned.
+        #[arg(short = 't', long = "type", default_value = "non-partitioned")]
+        topic_type: String,
+        /// Partitions of auto-created partitioned topics.
+        #[arg(short = 'n', long)]
+        num_partitions: Option<u32>,
+    },
+    /// Show the auto topic creation override.
+    GetAutoTopicCreation { namespace: String },
+    /// Remove the auto topic creation override.
+    RemoveAutoTopicCreation { namespace: String },
+}
+
+#[derive(Debug, Args)]
+pub struct SubscriptionArg {
+    /// Topic: persistent://tenant/namespace/topic, tenant/namespace/topic or topic.
+    topic: String,
+    /// Subscription name.
+    #[arg(short = 's', long)]
+    subscription: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// List the topics of a namespace (partitions included).
+    List { namespace: String },
+    /// Create a non-partitioned topic.
+    Create {
+        topic: String,
+        /// Properties, key=value, comma-separated.
+        #[arg(short = 'm', long, value_delimiter = ',')]
+        metadata: Vec<String>,
+    },
+    /// Delete a topic.
+    Delete {
+        topic: String,
+        /// Delete even with connected producers and consumers.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Show a topic's stats.
+    Stats { topic: String },
+    /// Show a topic's managed ledger and cursors.
+    #[command(visible_alias = "stats-internal")]
+    InternalStats { topic: String },
+    /// List a topic's subscriptions.
+    Subscriptions { topic: String },
+    /// Create a durable subscription.
+    CreateSubscription {
+        #[command(flatten)]
+        sub: SubscriptionArg,
+        /// Where it starts: latest, earliest or ledgerId:entryId.
+        #[arg(short = 'm', long, default_value = "latest")]
+        message_id: String,
+    },
+    /// Delete a subscription.
+    Unsubscribe {
+        #[command(flatten)]
+        sub: SubscriptionArg,
+        /// Delete even with connected consumers.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Move a subscription's cursor back in time or to a message id.
+    #[command(group(ArgGroup::new("target").required(true).args(["time", "message_id"])))]
+    ResetCursor {
+        #[command(flatten)]
+        sub: SubscriptionArg,
+        /// How far back from now, e.g. 100m, 3h, 2d (a bare number is seconds).
+        #[arg(short = 't', long)]
+        time: Option<String>,
+        /// A message id, ledgerId:entryId.
+        #[arg(short = 'm', long)]
+        message_id: Option<String>,
+        /// With --message-id: start after that message rather than at it.
+        #[arg(short = 'e', long)]
+        exclude_reset_position: bool,
+    },
+    /// Skip messages of a subscription's backlog.
+    Skip {
+        #[command(flatten)]
+        sub: SubscriptionArg,
+        /// Number of messages.
+        #[arg(short = 'n', long)]
+        count: u64,
+    },
+    /// Skip a subscription's whole backlog.
+    ClearBacklog {
+        #[command(flatten)]
+        sub: SubscriptionArg,
+    },
+    /// Show the next messages of a subscription without consuming them.
+    PeekMessages {
+        #[command(flatten)]
+        sub: SubscriptionArg,
+        /// Number of messages.
+        #[arg(short = 'n', long, default_value_t = 1)]
+        count: u64,
+    },
+    /// Create a partitioned topic.
+    CreatePartitionedTopic {
+        topic: String,
+        #[arg(short = 'p', long)]
+        partitions: u32,
+    },
+    /// Show a partitioned topic's partition count (0: not partitioned).
+    GetPartitionedTopicMetadata { topic: String },
+    /// Raise a partitioned topic's partition count.
+    UpdatePartitionedTopic {
+        topic: String,
+        #[arg(short = 'p', long)]
+        partitions: u32,
+    },
+    /// Delete a partitioned topic and its partitions.
+    DeletePartitionedTopic {
+        topic: String,
+        /// Delete even with connected producers and consumers.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// List the partitioned topics of a namespace.
+    ListPartitionedTopics { namespace: String },
+}
+
+/// Runs one admin command; errors (including non-2xx answers) become exit code 1.
+pub fn run(args: AdminArgs, config: &Config) -> anyhow::Result<u8> {
+    let url = args
+        .url
+        .or_else(|| std::env::var(ADMIN_URL_ENV).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| config.admin.url.clone());
+    let client = Client::new(&url)?;
+    match args.command {
+        AdminCommand::Tenants(c) => tenants(&client, c),
+        AdminCommand::Namespaces(c) => namespaces(&client, c),
+        AdminCommand::Topics(c) => topics(&client, c),
+    }?;
+    Ok(EXIT_OK)
+}
+
+/// A path segment, percent-encoded.
+fn enc(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn tenant_path(tenant: &str) -> String {
+    format!("tenants/{}", enc(tenant))
+}
+
+fn namespace_path(namespace: &str) -> anyhow::Result<String> {
+    let ns: NamespaceName = namespace.parse()?;
+    Ok(format!("{}/{}", enc(ns.tenant()), enc(ns.namespace())))
+}
+
+fn topic_path(topic: &str) -> anyhow::Result<String> {
+    let t: TopicName = topic.parse()?;
+    Ok(format!(
+        "persistent/{}/{}/{}",
+        enc(t.namespace().tenant()),
+        enc(t.namespace().namespace()),
+        enc(t.local_name())
+    ))
+}
+
+fn subscription_path(s: &SubscriptionArg) -> anyhow::Result<String> {
+    Ok(format!(
+        "{}/subscription/{}",
+        topic_path(&s.topic)?,
+        enc(&s.subscription)
+    ))
+}
+
+fn tenants(c: &Client, cmd: TenantsCommand) -> anyhow::Result<()> {
+    let info = |a: &TenantInfoArgs| {
+        json!({"adminRoles": a.admin_roles, "allowedClusters": a.allowed_clusters}).to_string()
+    };
+    match cmd {
+        TenantsCommand::List => c.get("tenants")?.print(),
+        TenantsCommand::Get { tenant } => c.get(&tenant_path(&tenant))?.print(),
+        TenantsCommand::Create(a) => c.put(&tenant_path(&a.tenant), Some(info(&a)))?.print(),
+        TenantsCommand::Update(a) => c.post(&tenant_path(&a.tenant), Some(info(&a)))?.print(),
+        TenantsCommand::Delete { tenant } => c.delete(&tenant_path(&tenant))?.print(),
+    }
+    Ok(())
+}
+
+fn namespaces(c: &Client, cmd: NamespacesCommand) -> anyhow::Result<()> {
+    use NamespacesCommand as N;
+    let ns = |n: &str| namespace_path(n).map(|p| format!("namespaces/{p}"));
+    match cmd {
+        N::List { tenant } => c.get(&format!("namespaces/{}", enc(&tenant)))?,
+        N::Create { namespace, bundles } => {
+            let body = bundles.map(|b| json!({"bundles": {"numBundles": b}}).to_string());
+            c.put(&ns(&namespace)?, body)?
+        }
+        N::Delete { namespace } => c.delete(&ns(&namespace)?)?,
+        N::Policies { namespace } => c.get(&ns(&namespace)?)?,
+        N::Bundles { namespace } => c.get(&format!("{}/bundles", ns(&namespace)?))?,
+        N::SetRetention {
+            namespace,
+            time,
+            size,
+        } => {
+            let minutes = match parse_seconds(&time)? {
+                -1 => -1,
+                secs => secs / 60,
+            };
+            let mb = match parse_bytes(&size)? {
+                -1 => -1,
+                bytes => bytes / (1024 * 1024),
+            };
+            let body = json!({"retentionTimeInMinutes": minutes, "retentionSizeInMB": mb});
+            c.post(
+                &format!("{}/retention", ns(&namespace)?),
+                Some(body.to_string()),
+            )?
+        }
+        N::GetRetention { namespace } => c.get(&format!("{}/retention", ns(&namespace)?))?,
+        N::RemoveRetention { namespace } => c.delete(&format!("{}/retention", ns(&namespace)?))?,
+        N::SetDeduplication {
+            namespace, enable, ..
+        } => c.post(
+            &format!("{}/deduplication", ns(&namespace)?),
+            Some(enable.to_string()),
+        )?,
+        N::GetDeduplication { namespace } => {
+            c.get(&format!("{}/deduplication", ns(&namespace)?))?
+        }
+        N::RemoveDeduplication { namespace } => {
+            c.delete(&format!("{}/deduplication", ns(&namespace)?))?
+        }
+        N::SetPersistence {
+            namespace,
+            ensemble,
+            write_quorum,
+            ack_quorum,
+            ml_mark_delete_max_rate,
+        } => {
+            let body = json!({
+                "bookkeeperEnsemble": ensemble,
+                "bookkeeperWriteQuorum": write_quorum,
+                "bookkeeperAckQuorum": ack_quorum,
+                "managedLedgerMaxMarkDeleteRate": ml_mark_delete_max_rate,
+            });
+            c.post(
+                &format!("{}/persistence", ns(&namespace)?),
+                Some(body.to_string()),
+            )?
+        }
+        N::GetPersistence { namespace } => c.get(&format!("{}/persistence", ns(&namespace)?))?,
+        N::RemovePersistence { namespace } => {
+            c.delete(&format!("{}/persistence", ns(&namespace)?))?
+        }
+        N::SetAutoTopicCreation {
+            namespace,
+            enable,
+            topic_type,
+            num_partitions,
+            ..
+        } => {
+            let mut body = json!({"allowAutoTopicCreation": enable, "topicType": topic_type});
+            if let Some(n) = num_partitions {
+                body["defaultNumPartitions"] = json!(n);
+            }
+            c.post(
+                &format!("{}/autoTopicCreation", ns(&namespace)?),
+                Some(body.to_string()),
+            )?
+        }
+        N::GetAutoTopicCreation { namespace } => {
+            c.get(&format!("{}/autoTopicCreation", ns(&namespace)?))?
+        }
+        N::RemoveAutoTopicCreation { namespace } => {
+            c.delete(&format!("{}/autoTopicCreation", ns(&namespace)?))?
+        }
+    }
+    .print();
+    Ok(())
+}
+
+fn topics(c: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
+    use TopicsCommand as T;
+    match cmd {
+        T::List { namespace } => c.get(&format!("persistent/{}", namespace_path(&namespace)?))?,
+        T::Create { topic, metadata } => {
+            let mut props = BTreeMap::new();
+            for kv in metadata {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("metadata must be key=value, got {kv:?}"))?;
+                props.insert(k.to_owned(), v.to_owned());
+            }
+            let body = (!props.is_empty()).then(|| json!(props).to_string());
+            c.put(&topic_path(&topic)?, body)?
+        }
+        T::Delete { topic, force } => {
+            c.delete(&format!("{}?force={force}", topic_path(&topic)?))?
+        }
+        T::Stats { topic } => c.get(&format!("{}/stats", topic_path(&topic)?))?,
+        T::InternalStats { topic } => c.get(&format!("{}/internalStats", topic_path(&topic)?))?,
+        T::Subscriptions { topic } => c.get(&format!("{}/subscriptions", topic_path(&topic)?))?,
+        T::CreateSubscription { sub, message_id } => {
+            let (ledger, entry) = match message_id.as_str() {
+                "latest" => (i64::MAX, i64::MAX),
+                "earliest" => (-1, -1),
+                id => {
+                    let (l, e) = parse_message_id(id)?;
+                    (l as i64, e as i64)
+                }
+            };
+            let body = json!({"ledgerId": ledger, "entryId": entry, "partitionIndex": -1});
+            c.put(&subscription_path(&sub)?, Some(body.to_string()))?
+        }
+        T::Unsubscribe { sub, force } => {
+            c.delete(&format!("{}?force={force}", subscription_path(&sub)?))?
+        }
+        T::ResetCursor {
+            sub,
+            time,
+            message_id,
+            exclude_reset_position,
+        } => {
+            let path = subscription_path(&sub)?;
+            if let Some(time) = time {
+                let back_ms = u64::try_from(parse_seconds(&time)?)
+                    .map_err(|_| anyhow!("--time must be positive, got {time:?}"))?
+                    .saturating_mul(1000);
+                let now_ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                c.post(
+                    &format!("{path}/resetcursor/{}", now_ms.saturating_sub(back_ms)),
+                    None,
+                )?
+            } else {
+                let id = message_id.unwrap_or_default();
+                let (ledger, entry) = parse_message_id(&id)?;
+                let body = json!({
+                    "ledgerId": ledger,
+                    "entryId": entry,
+                    "partitionIndex": -1,
+                    "isExcluded": exclude_reset_position,
+                    "batchIndex": -1,
+                });
+                c.post(&format!("{path}/resetcursor"), Some(body.to_string()))?
+            }
+        }
+        T::Skip { sub, count } => {
+            c.post(&format!("{}/skip/{count}", subscription_path(&sub)?), None)?
+        }
+        T::ClearBacklog { sub } => {
+            c.post(&format!("{}/skip_all", subscription_path(&sub)?), None)?
+        }
+        T::PeekMessages { sub, count } => {
+            let path = subscription_path(&sub)?;
+            for i in 1..=count {
+                let reply = c.get(&format!("{path}/position/{i}"))?;
+                print_message(i, &reply);
+            }
+            return Ok(());
+        }
+        T::CreatePartitionedTopic { topic, partitions } => c.put(
+            &format!("{}/partitions", topic_path(&topic)?),
+            Some(partitions.to_string()),
+        )?,
+        T::GetPartitionedTopicMetadata { topic } => {
+            c.get(&format!("{}/partitions", topic_path(&topic)?))?
+        }
+        T::UpdatePartitionedTopic { topic, partitions } => c.post(
+            &format!("{}/partitions", topic_path(&topic)?),
+            Some(partitions.to_string()),
+        )?,
+        T::DeletePartitionedTopic { topic, force } => {
+            c.delete(&format!("{}/partitions?force={force}", topic_path(&topic)?))?
+        }
+        T::ListPartitionedTopics { namespace } => c.get(&format!(
+            "persistent/{}/partitioned",
+            namespace_path(&namespace)?
+        ))?,
+    }
+    .print();
+    Ok(())
+}
+
+/// `ledgerId:entryId`.
+fn parse_message_id(id: &str) -> anyhow::Result<(u64, u64)> {
+    id.split_once(':')
+        .and_then(|(l, e)| Some((l.trim().parse().ok()?, e.trim().parse().ok()?)))
+        .ok_or_else(|| anyhow!("a message id is ledgerId:entryId, got {id:?}"))
+}
+
+/// `-1`, or a number with an optional unit s/m/h/d/w/y (seconds without one), in seconds.
+fn parse_seconds(s: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    if s == "-1" {
+        return Ok(-1);
+    }
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_lowercase()),
+        _ => (s, 's'),
+    };
+    let n: i64 = digits
+        .parse()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| anyhow!("invalid time {s:?}: use -1 or e.g. 30s, 100m, 3h, 2d, 1w"))?;
+    let unit_secs = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        'y' => 365 * 86_400,
+        _ => bail!("invalid time unit in {s:?}: use s, m, h, d, w or y"),
+    };
+    n.checked_mul(unit_secs)
+        .ok_or_else(|| anyhow!("time {s:?} is too large"))
+}
+
+/// `-1`, or a number with an optional unit k/m/g/t (bytes without one), in bytes.
+fn parse_bytes(s: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    if s == "-1" {
+        return Ok(-1);
+    }
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_lowercase()),
+        _ => (s, 'b'),
+    };
+    let n: i64 = digits
+        .parse()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| anyhow!("invalid size {s:?}: use -1 or e.g. 500k, 10M, 16G, 1T"))?;
+    let shift = match unit {
+        'b' => 0,
+        'k' => 10,
+        'm' => 20,
+        'g' => 30,
+        't' => 40,
+        _ => bail!("invalid size unit in {s:?}: use k, m, g or t"),
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| anyhow!("size {s:?} is too large"))
+}
+
+/// One HTTP answer.
+struct Reply {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    /// Lists one item per line, other JSON pretty, non-JSON as text; nothing for no body.
+    fn print(&self) {
+        if self.body.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        match serde_json::from_slice::<Value>(&self.body) {
+            Ok(Value::Array(items)) if items.iter().all(Value::is_string) => {
+                for item in items {
+                    println!("{}", item.as_str().unwrap_or_default());
+                }
+            }
+            Ok(v) => println!(
+                "{}",
+                serde_json::to_string_pretty(&v).unwrap_or_else(|_| v.to_string())
+            ),
+            Err(_) => println!("{}", String::from_utf8_lossy(&self.body)),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn print_message(n: u64, m: &Reply) {
+    println!("Message {n}");
+    println!(
+        "Message ID: {}",
+        m.header("x-pulsar-message-id").unwrap_or("?")
+    );
+    if let Some(t) = m.header("x-pulsar-publish-time") {
+        println!("Publish time: {t}");
+    }
+    let props: BTreeMap<&str, &str> = m
+        .headers
+        .iter()
+        .filter_map(|(k, v)| {
+            k.get(..17)
+                .filter(|p| p.eq_ignore_ascii_case("x-pulsar-property"))
+                .and_then(|_| k.get(18..))
+                .map(|key| (key, v.as_str()))
+        })
+        .collect();
+    if !props.is_empty() {
+        println!("Properties: {}", json!(props));
+    }
+    match std::str::from_utf8(&m.body) {
+        Ok(text) => println!("{text}"),
+        Err(_) => {
+            let hex: Vec<String> = m.body.iter().map(|b| format!("{b:02x}")).collect();
+            println!("{}", hex.join(" "));
+        }
+    }
+}
+
+/// A blocking HTTP client of one admin URL.
+struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(url: &str) -> anyhow::Result<Self> {
+        let base = url.trim_end_matches('/');
+        if base.starts_with("https://") {
+            bail!("{base}: https is not supported by this build of magnetar admin; use http://");
+        }
+        if !base.starts_with("http://") {
+            bail!("invalid admin URL {url:?}: expected http://HOST:PORT");
+        }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        Ok(Client {
+            base: format!("{base}/admin/v2"),
+            agent,
+        })
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        let url = self.url(path);
+        self.finish("GET", &url, self.agent.get(&url).call())
+    }
+
+    fn delete(&self, path: &str) -> anyhow::Result<Reply> {
+        let url = self.url(path);
+        self.finish("DELETE", &url, self.agent.delete(&url).call())
+    }
+
+    fn put(&self, path: &str, body: Option<String>) -> anyhow::Result<Reply> {
+        let url = self.url(path);
+        let req = self.agent.put(&url);
+        let res = match body {
+            Some(b) => req.content_type("application/json").send(b),
+            None => req.send_empty(),
+        };
+        self.finish("PUT", &url, res)
+    }
+
+    fn post(&self, path: &str, body: Option<String>) -> anyhow::Result<Reply> {
+        let url = self.url(path);
+        let req = self.agent.post(&url);
+        let res = match body {
+            Some(b) => req.content_type("application/json").send(b),
+            None => req.send_empty(),
+        };
+        self.finish("POST", &url, res)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.base)
+    }
+
+    fn finish(
+        &self,
+        method: &str,
+        url: &str,
+        res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> anyhow::Result<Reply> {
+        let mut res = res.with_context(|| format!("{method} {url}: cannot reach the admin API"))?;
+        let status = res.status();
+        let headers = res
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = res
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_vec()
+            .with_context(|| format!("{method} {url}: reading the answer"))?;
+        if !status.is_success() {
+            let reason = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            let code = status.as_u16();
+            let text = status.canonical_reason().unwrap_or("");
+            if reason.is_empty() {
+                bail!("{method} {url}: HTTP {code} {text}");
+            }
+            bail!("{method} {url}: HTTP {code} {text}: {reason}");
+        }
+        Ok(Reply { headers, body })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_parse_like_pulsar_admin() {
+        assert_eq!(parse_seconds("-1").unwrap(), -1);
+        assert_eq!(parse_seconds("90").unwrap(), 90);
+        assert_eq!(parse_seconds("100m").unwrap(), 6000);
+        assert_eq!(parse_seconds("3H").unwrap(), 10_800);
+        assert_eq!(parse_seconds("2d").unwrap(), 172_800);
+        assert!(parse_seconds("-5m").is_err());
+        assert!(parse_seconds("5x").is_err());
+        assert!(parse_seconds("").is_err());
+        assert_eq!(parse_bytes("-1").unwrap(), -1);
+        assert_eq!(parse_bytes("10M").unwrap(), 10 << 20);
+        assert_eq!(parse_bytes("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("512").unwrap(), 512);
+        assert!(parse_bytes("1q").is_err());
+        assert_eq!(parse_message_id("5:7").unwrap(), (5, 7));
+        assert!(parse_message_id("5").is_err());
+    }
+
+    #[test]
+    fn paths_are_encoded() {
+        assert_eq!(enc("a b/c"), "a%20b%2Fc");
+        assert_eq!(
+            topic_path("persistent://acme/ns/with:colon").unwrap(),
+            "persistent/acme/ns/with%3Acolon"
+        );
+        assert_eq!(topic_path("t").unwrap(), "persistent/public/default/t");
+        assert!(topic_path("non-persistent://a/b/c").is_err());
+        assert_eq!(namespace_path("acme/ns").unwrap(), "acme/ns");
+        assert!(namespace_path("acme").is_err());
+    }
+}
