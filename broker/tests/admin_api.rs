@@ -129,6 +129,7 @@ fn tenants() {
     let a = s.get("/tenants");
     expect(&a, 200);
     assert_eq!(a.json(), json!([]));
+    assert_eq!(s.get("/clusters").json(), json!(["standalone"]));
 
     expect(&s.get("/tenants/acme"), 404);
     expect(&s.put("/tenants/acme", None), 204);
@@ -198,10 +199,23 @@ fn namespaces_and_policies() {
     expect(
         &s.put(
             "/namespaces/acme/bad",
-            Some(r#"{"bundles":{"numBundles":0}}"#),
+            Some(r#"{"bundles":{"numBundles":5000}}"#),
         ),
         412,
     );
+    // pulsar-admin's empty BundlesData and null policies mean the defaults.
+    expect(
+        &s.put(
+            "/namespaces/acme/dflt",
+            Some(r#"{"bundles":{"boundaries":null,"numBundles":0},"retention_policies":null,"persistence":null}"#),
+        ),
+        204,
+    );
+    assert_eq!(
+        s.get("/namespaces/acme/dflt/bundles").json()["numBundles"],
+        4
+    );
+    expect(&s.delete("/namespaces/acme/dflt"), 204);
     assert_eq!(
         s.get("/namespaces/acme").json(),
         json!(["acme/orders", "acme/two"])
@@ -312,6 +326,13 @@ fn namespaces_and_policies() {
             Some(r#"{"allowAutoTopicCreation":true,"topicType":"weird"}"#),
         ),
         412,
+    );
+    expect(
+        &s.post(
+            path,
+            Some(r#"{"allowAutoTopicCreation":true,"topicType":"partitioned","defaultNumPartitions":20000}"#),
+        ),
+        406,
     );
 
     // The whole policies document, in Pulsar's field names.

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -47,11 +47,26 @@ pub const PARTITIONS_MAX: u32 = 10_000;
 pub struct AdminState {
     pub policies: Policies,
     pub topics: Arc<dyn TopicAdmin>,
+    /// The one cluster `GET /admin/v2/clusters` lists (pulsar-admin's `tenants create` without
+    /// `--allowed-clusters` asks for it).
+    pub cluster_name: String,
 }
+
+/// The cluster name of [`AdminState::new`], as Pulsar's standalone names its cluster.
+pub const DEFAULT_CLUSTER_NAME: &str = "standalone";
 
 impl AdminState {
     pub fn new(policies: Policies, topics: Arc<dyn TopicAdmin>) -> Self {
-        AdminState { policies, topics }
+        AdminState {
+            policies,
+            topics,
+            cluster_name: DEFAULT_CLUSTER_NAME.to_owned(),
+        }
+    }
+
+    pub fn with_cluster_name(mut self, name: impl Into<String>) -> Self {
+        self.cluster_name = name.into();
+        self
     }
 
     /// Admin state without a broker service: topic routes answer 503.
@@ -67,6 +82,7 @@ pub fn router(state: AdminState) -> Router {
     const SUB: &str =
         "/admin/v2/persistent/{tenant}/{namespace}/{topic}/subscription/{subscription}";
     Router::new()
+        .route("/admin/v2/clusters", get(list_clusters))
         .route("/admin/v2/tenants", get(namespaces::list_tenants))
         .route(
             "/admin/v2/tenants/{tenant}",
@@ -189,6 +205,10 @@ async fn refuse_large_bodies(request: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(request).await
+}
+
+async fn list_clusters(State(s): State<AdminState>) -> axum::Json<Vec<String>> {
+    axum::Json(vec![s.cluster_name])
 }
 
 async fn unknown_endpoint(method: Method, uri: Uri) -> ApiError {

@@ -84,21 +84,7 @@ impl NamespacePoliciesView {
     }
 
     fn into_policies(self) -> ApiResult<NamespacePolicies> {
-        let bundle_count = match self.bundles {
-            None => None,
-            Some(b) => {
-                let count = match (b.num_bundles, b.boundaries) {
-                    (0, Some(bounds)) => bounds.len().saturating_sub(1) as u32,
-                    (n, _) => n,
-                };
-                if !(1..=BUNDLE_COUNT_MAX).contains(&count) {
-                    return Err(ApiError::precondition(format!(
-                        "Invalid number of bundles {count}: between 1 and {BUNDLE_COUNT_MAX}"
-                    )));
-                }
-                Some(count)
-            }
-        };
+        let bundle_count = self.bundles.map(bundle_count).transpose()?.flatten();
         if let Some(r) = &self.retention_policies {
             validate_retention(r)?;
         }
@@ -116,6 +102,23 @@ impl NamespacePoliciesView {
             bundle_count,
         })
     }
+}
+
+/// The bundle count a `BundlesData` asks for; `None` for an empty one, which pulsar-admin
+/// sends to mean "the default".
+fn bundle_count(b: BundlesData) -> ApiResult<Option<u32>> {
+    let count = match (b.num_bundles, b.boundaries) {
+        (0, None) => return Ok(None),
+        (0, Some(bounds)) if bounds.is_empty() => return Ok(None),
+        (0, Some(bounds)) => bounds.len().saturating_sub(1) as u32,
+        (n, _) => n,
+    };
+    if !(1..=BUNDLE_COUNT_MAX).contains(&count) {
+        return Err(ApiError::precondition(format!(
+            "Invalid number of bundles {count}: between 1 and {BUNDLE_COUNT_MAX}"
+        )));
+    }
+    Ok(Some(count))
 }
 
 fn validate_retention(r: &RetentionPolicies) -> ApiResult<()> {
@@ -162,11 +165,17 @@ fn validate_auto_topic_creation(a: &AutoTopicCreation) -> ApiResult<()> {
         ("non-partitioned", Some(_)) => {
             invalid("[defaultNumPartitions] cannot be set if the type is non-partitioned.")
         }
-        ("partitioned", Some(n)) if (1..=super::PARTITIONS_MAX).contains(&n) => Ok(()),
-        ("partitioned", _) => invalid(&format!(
-            "[defaultNumPartitions] must be between 1 and {} if the type is partitioned.",
-            super::PARTITIONS_MAX
+        ("partitioned", Some(n)) if n > super::PARTITIONS_MAX => Err(ApiError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            format!(
+                "Number of partitions should be less than or equal to {}",
+                super::PARTITIONS_MAX
+            ),
         )),
+        ("partitioned", Some(n)) if n >= 1 => Ok(()),
+        ("partitioned", _) => invalid(
+            "[defaultNumPartitions] cannot be null or less than 1 when the type is partitioned.",
+        ),
         (other, _) => invalid(&format!(
             "[topicType] must be non-partitioned or partitioned, not {other:?}."
         )),
