@@ -580,10 +580,15 @@ impl Conn {
             self.detach_consumer(old).await;
         }
         let topic = self.service.get_topic(&topic_name).await?;
-        let mut sub_type = SubType::try_from(s.sub_type).unwrap_or(SubType::Exclusive);
-        if sub_type == SubType::KeyShared {
-            warn!("Key_Shared is served as Shared for now (no per-key ordering)");
-            sub_type = SubType::Shared;
+        let sub_type = SubType::try_from(s.sub_type).unwrap_or(SubType::Exclusive);
+        if sub_type == SubType::KeyShared
+            && s.key_shared_meta
+                .as_ref()
+                .is_some_and(|m| m.key_shared_mode == 1)
+        {
+            return Err(BrokerError::Unsupported(
+                "Key_Shared STICKY mode (explicit hash ranges) is not supported yet".into(),
+            ));
         }
         let durable = s.durable.unwrap_or(true);
         let initial = match s.initial_position.map(WireInitial::try_from) {

@@ -17,7 +17,11 @@
 //! (Failover: the first connected for a non-partitioned topic, `partition % n` of the consumers
 //! sorted by priority and name for a partition; every change is announced with
 //! ACTIVE_CONSUMER_CHANGE); Shared subscriptions go round-robin over consumers with permits.
-//! Entries that find no consumer with permits go back to `redeliver`, so order is kept.
+//! Key_Shared subscriptions route each entry by the Murmur3 hash of its ordering key (else its
+//! partition key) over the hash space `0..65536` split evenly among the consumers in connection
+//! order (AUTO_SPLIT); an entry whose consumer has no permits waits in `redeliver` without
+//! blocking other keys (at most [`REPLAY_MAX`] entries). Entries that find no consumer with
+//! permits go back to `redeliver`, so order is kept.
 //!
 //! MESSAGE frames are the stored entry behind a MESSAGE command: the client's own bytes,
 //! checksum included, never re-encoded.
@@ -41,6 +45,11 @@ const COMMAND_QUEUE: usize = 1024;
 const READ_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Entries scanned per step when seeking by publish time.
 const SEEK_SCAN_BATCH: usize = 256;
+/// Key_Shared: entries waiting for a consumer without permits, at most; beyond it no new
+/// entries are read until they drain.
+const REPLAY_MAX: usize = 10_000;
+/// Key_Shared hash space (Pulsar's `DEFAULT_HASH_RANGE_SIZE`).
+const KEY_HASH_RANGE: u32 = 65_536;
 
 /// One consumer as the subscription sees it.
 #[derive(Debug, Clone)]
@@ -148,6 +157,7 @@ impl Subscription {
             pending: BTreeMap::new(),
             redeliver: BTreeSet::new(),
             redelivery_counts: HashMap::new(),
+            key_hashes: HashMap::new(),
         };
         let span = info_span!("subscription", %topic, subscription = %name);
         tokio::spawn(actor.run(rx, lac).instrument(span));
@@ -248,6 +258,8 @@ struct Actor {
     pending: BTreeMap<Position, u64>,
     redeliver: BTreeSet<Position>,
     redelivery_counts: HashMap<Position, u32>,
+    /// Key_Shared: key hash of entries waiting in `redeliver`.
+    key_hashes: HashMap<Position, u32>,
 }
 
 enum Flow {
@@ -577,6 +589,26 @@ impl Actor {
         i
     }
 
+    fn key_shared(&self) -> bool {
+        self.sub_type == Some(SubType::KeyShared)
+    }
+
+    /// Key_Shared: the consumer (index) owning `hash`.
+    fn key_owner(&self, hash: u32) -> Option<usize> {
+        let n = self.consumers.len() as u64;
+        if n == 0 {
+            return None;
+        }
+        let slot = u64::from(hash % KEY_HASH_RANGE);
+        Some((slot * n / u64::from(KEY_HASH_RANGE)) as usize)
+    }
+
+    fn key_owner_has_permits(&self, hash: u32) -> bool {
+        self.key_owner(hash)
+            .and_then(|i| self.consumers.get(i))
+            .is_some_and(|c| c.permits > 0)
+    }
+
     async fn dispatch(&mut self) {
         loop {
             let permits: i64 = self
@@ -599,12 +631,26 @@ impl Actor {
             if entries.is_empty() {
                 return;
             }
+            let mut sent = 0usize;
             for (position, entry) in entries {
-                let Some(i) = self.pick() else {
+                let info = entry_info(&entry);
+                let target = if self.key_shared() {
+                    let hash = info.key_hash;
+                    match self.key_owner(hash) {
+                        Some(i) if self.key_owner_has_permits(hash) => Some(i),
+                        _ => {
+                            self.key_hashes.insert(position, hash);
+                            None
+                        }
+                    }
+                } else {
+                    self.pick()
+                };
+                let Some(i) = target else {
                     self.redeliver.insert(position);
                     continue;
                 };
-                let info = entry_info(&entry);
+                sent += 1;
                 let redelivery_count = self.redelivery_counts.get(&position).copied().unwrap_or(0);
                 let Some(c) = self.consumers.get_mut(i) else {
                     self.redeliver.insert(position);
@@ -632,6 +678,9 @@ impl Actor {
                     }
                 }
             }
+            if sent == 0 {
+                return;
+            }
         }
     }
 
@@ -641,10 +690,21 @@ impl Actor {
         want: usize,
     ) -> crate::managed_ledger::MlResult<Vec<(Position, Bytes)>> {
         let mut out = Vec::new();
-        while out.len() < want {
-            let Some(p) = self.redeliver.pop_first() else {
+        let waiting: Vec<Position> = self.redeliver.iter().copied().collect();
+        for p in waiting {
+            if out.len() >= want {
                 break;
-            };
+            }
+            if !self.cursor.is_acked(p) && !self.pending.contains_key(&p) {
+                // Key_Shared: leave entries whose consumer has no permits where they are.
+                if let Some(&hash) = self.key_hashes.get(&p)
+                    && !self.key_owner_has_permits(hash)
+                {
+                    continue;
+                }
+            }
+            self.redeliver.remove(&p);
+            self.key_hashes.remove(&p);
             if self.cursor.is_acked(p) || self.pending.contains_key(&p) {
                 continue;
             }
@@ -659,7 +719,7 @@ impl Actor {
         if !out.is_empty() {
             return Ok(out);
         }
-        if !self.cursor.has_entries_available() {
+        if !self.cursor.has_entries_available() || self.redeliver.len() >= REPLAY_MAX {
             return Ok(out);
         }
         let batch = self.cursor.read_entries(want, READ_BYTES_MAX).await?;
@@ -676,18 +736,37 @@ pub struct EntryInfo {
     /// Messages in the entry (`num_messages_in_batch`, 1 when absent or unreadable).
     pub messages: u32,
     pub publish_time: u64,
+    /// Murmur3 hash of the ordering key, else the partition key, else of no key.
+    pub key_hash: u32,
 }
 
 /// Reads an entry's metadata; an unreadable entry counts as one message published at 0.
 pub fn entry_info(entry: &Bytes) -> EntryInfo {
     match Payload::parse(entry.clone()).and_then(|p| p.metadata()) {
-        Ok(m) => EntryInfo {
-            messages: u32::try_from(m.num_messages_in_batch.unwrap_or(1)).unwrap_or(1),
-            publish_time: m.publish_time,
-        },
+        Ok(m) => {
+            let key: &[u8] = match (&m.ordering_key, &m.partition_key) {
+                (Some(k), _) if !k.is_empty() => k,
+                (_, Some(k)) => k.as_bytes(),
+                _ => NO_KEY,
+            };
+            EntryInfo {
+                messages: u32::try_from(m.num_messages_in_batch.unwrap_or(1)).unwrap_or(1),
+                publish_time: m.publish_time,
+                key_hash: key_hash(key),
+            }
+        }
         Err(_) => EntryInfo {
             messages: 1,
             publish_time: 0,
+            key_hash: key_hash(NO_KEY),
         },
     }
+}
+
+/// The key of entries without one (Pulsar's `NONE_KEY`).
+const NO_KEY: &[u8] = b"NONE_KEY";
+
+fn key_hash(key: &[u8]) -> u32 {
+    // Reading from an in-memory slice cannot fail.
+    murmur3::murmur3_32(&mut std::io::Cursor::new(key), 0).unwrap_or(0)
 }

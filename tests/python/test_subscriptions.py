@@ -152,3 +152,60 @@ def test_unsubscribe_removes_the_subscription(client, topic):
     # A new subscription of that name starts over from its initial position.
     c = client.subscribe(topic, "sub", initial_position=EARLIEST)
     assert [m.data() for m in receive_all(c, 3)] == [b"m0", b"m1", b"m2"]
+
+
+def test_key_shared_keeps_each_key_on_one_consumer_in_order(client, topic):
+    consumers = [
+        client.subscribe(topic, "sub", consumer_type=pulsar.ConsumerType.KeyShared,
+                         receiver_queue_size=20, initial_position=EARLIEST)
+        for _ in range(2)
+    ]
+    p = client.create_producer(topic, batching_enabled=False)
+    keys = [f"key-{k}" for k in range(16)]
+    n = 320
+    for i in range(n):
+        p.send(f"{i}".encode(), partition_key=keys[i % len(keys)])
+    owner, order = {}, {}
+    deadline = time.monotonic() + 20
+    received = 0
+    while received < n and time.monotonic() < deadline:
+        for idx, c in enumerate(consumers):
+            m = receive_none(c, 50)
+            if m is None:
+                continue
+            received += 1
+            key = m.partition_key()
+            assert owner.setdefault(key, idx) == idx, f"{key} went to both consumers"
+            order.setdefault(key, []).append(int(m.data()))
+            c.acknowledge(m)
+    assert received == n
+    for key, seq in order.items():
+        assert seq == sorted(seq), f"{key} out of order"
+    assert set(owner.values()) == {0, 1}, "one consumer got every key"
+
+
+def test_dead_letter_topic_gets_messages_after_max_redeliveries(client, topic):
+    dlq = topic + "-DLQ"
+    dead = client.subscribe(dlq, "dlq-sub", initial_position=EARLIEST)
+    c = client.subscribe(
+        topic, "sub", consumer_type=pulsar.ConsumerType.Shared,
+        negative_ack_redelivery_delay_ms=100, initial_position=EARLIEST,
+        dead_letter_policy=pulsar.ConsumerDeadLetterPolicy(
+            max_redeliver_count=2, dead_letter_topic=dlq),
+    )
+    produce(client, topic, 1)
+    deliveries = 0
+    while True:
+        m = receive_none(c, 3000)
+        if m is None:
+            break
+        deliveries += 1
+        c.negative_acknowledge(m)
+    assert deliveries == 3
+    assert dead.receive(timeout_millis=5000).data() == b"m0"
+
+
+def test_has_message_available_on_an_empty_topic(client, topic):
+    client.create_producer(topic)  # creates the topic
+    r = client.create_reader(topic, pulsar.MessageId.earliest)
+    assert not r.has_message_available()
