@@ -91,6 +91,8 @@ pub enum NamespacesCommand {
     Policies { namespace: String },
     /// Show a namespace's bundle boundaries.
     Bundles { namespace: String },
+    /// List the topics of a namespace (partitions included).
+    Topics { namespace: String },
     /// Set the retention of consumed messages.
     SetRetention {
         namespace: String,
@@ -190,6 +192,13 @@ pub enum TopicsCommand {
     },
     /// Show a topic's stats.
     Stats { topic: String },
+    /// Show a partitioned topic's stats, added up over its partitions.
+    PartitionedStats {
+        topic: String,
+        /// Also show each partition's own stats.
+        #[arg(long)]
+        per_partition: bool,
+    },
     /// Show a topic's managed ledger and cursors.
     #[command(visible_alias = "stats-internal")]
     InternalStats { topic: String },
@@ -353,6 +362,7 @@ fn namespaces(c: &Client, cmd: NamespacesCommand) -> anyhow::Result<()> {
         N::Delete { namespace } => c.delete(&ns(&namespace)?)?,
         N::Policies { namespace } => c.get(&ns(&namespace)?)?,
         N::Bundles { namespace } => c.get(&format!("{}/bundles", ns(&namespace)?))?,
+        N::Topics { namespace } => c.get(&format!("{}/topics", ns(&namespace)?))?,
         N::SetRetention {
             namespace,
             time,
@@ -454,6 +464,13 @@ fn topics(c: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
             c.delete(&format!("{}?force={force}", topic_path(&topic)?))?
         }
         T::Stats { topic } => c.get(&format!("{}/stats", topic_path(&topic)?))?,
+        T::PartitionedStats {
+            topic,
+            per_partition,
+        } => c.get(&format!(
+            "{}/partitioned-stats?perPartition={per_partition}",
+            topic_path(&topic)?
+        ))?,
         T::InternalStats { topic } => c.get(&format!("{}/internalStats", topic_path(&topic)?))?,
         T::Subscriptions { topic } => c.get(&format!("{}/subscriptions", topic_path(&topic)?))?,
         T::CreateSubscription { sub, message_id } => {

@@ -250,6 +250,9 @@ fn partitioned_topics() {
     let err = s.fails(d, &["topics", "delete-partitioned-topic", topic]);
     assert!(err.contains("HTTP 404"), "{err}");
 
+    let err = s.fails(d, &["topics", "partitioned-stats", "acme/ns/nope"]);
+    assert!(err.contains("HTTP 404"), "{err}");
+
     // Topic commands without a topic service: 503 with the reason.
     let err = s.fails(d, &["topics", "stats", "acme/ns/x"]);
     assert!(err.contains("HTTP 503"), "{err}");

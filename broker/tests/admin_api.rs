@@ -845,6 +845,45 @@ fn topic_routes_reach_the_topic_service() {
             "delete persistent://acme/ns/p2-partition-1 force=true",
         ]
     );
+    // Partitioned stats: the partitions' stats added up, Pulsar-style.
+    expect(&s.put(&format!("{base}/ps/partitions"), Some("2")), 204);
+    let a = s.get(&format!("{base}/ps/partitioned-stats"));
+    expect(&a, 200);
+    let st = a.json();
+    assert_eq!(st["metadata"], json!({"partitions": 2}));
+    assert_eq!(st["msgInCounter"], 84);
+    assert_eq!(st["msgRateIn"], 3.0);
+    assert_eq!(st["storageSize"], 18000);
+    assert_eq!(st["publishers"].as_array().unwrap().len(), 2);
+    assert_eq!(st["subscriptions"]["sub-1"]["msgBacklog"], 14);
+    assert_eq!(st["subscriptions"]["sub-1"]["type"], "Shared");
+    assert_eq!(
+        st["subscriptions"]["sub-1"]["consumers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        st["partitions"]["persistent://acme/ns/ps-partition-1"]["msgInCounter"],
+        42
+    );
+    let st = s
+        .get(&format!("{base}/ps/partitioned-stats?perPartition=false"))
+        .json();
+    assert_eq!(st["partitions"], json!({}));
+    expect(&s.get(&format!("{base}/plain/partitioned-stats")), 404);
+    expect(&s.delete(&format!("{base}/ps/partitions")), 204);
+    fake.take();
+    // `namespaces topics` lists the same as the persistent listing.
+    assert_eq!(
+        s.get("/namespaces/acme/ns/topics").json(),
+        json!([
+            "persistent://acme/ns/plain",
+            "persistent://acme/ns/p-partition-0"
+        ])
+    );
+
     // The namespace has topics (the service lists them): 409.
     expect(&s.delete("/namespaces/acme/ns"), 409);
 }

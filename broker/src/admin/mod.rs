@@ -126,6 +126,7 @@ pub fn router(state: AdminState) -> Router {
                 .delete(namespaces::remove_auto_topic_creation),
         )
         .route(&format!("{NS}/bundles"), get(namespaces::get_bundles))
+        .route(&format!("{NS}/topics"), get(persistent::list_topics))
         .route(
             "/admin/v2/persistent/{tenant}/{namespace}",
             get(persistent::list_topics),
@@ -146,6 +147,10 @@ pub fn router(state: AdminState) -> Router {
                 .delete(persistent::delete_partitioned),
         )
         .route(&format!("{TOPIC}/stats"), get(persistent::stats))
+        .route(
+            &format!("{TOPIC}/partitioned-stats"),
+            get(persistent::partitioned_stats),
+        )
         .route(
             &format!("{TOPIC}/internalStats"),
             get(persistent::internal_stats),

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::topics::{
-    PeekedMessage, PersistentTopicInternalStats, ResetTarget, StartPosition, TopicStats,
+    PartitionedTopicStats, PeekedMessage, PersistentTopicInternalStats, ResetTarget, StartPosition,
+    TopicAdminError, TopicStats,
 };
 use super::{
     AdminState, ApiError, ApiResult, PARTITIONS_MAX, json_body, namespace_name, optional_json_body,
@@ -149,7 +150,7 @@ pub(super) async fn delete_partitioned(
         let force = force(&q);
         for i in 0..partitions {
             match s.topics.delete_topic(&topic.partition_name(i), force).await {
-                Ok(()) | Err(super::TopicAdminError::NotFound(_)) => {}
+                Ok(()) | Err(TopicAdminError::NotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -202,6 +203,40 @@ pub(super) async fn stats(
 ) -> ApiResult<Json<TopicStats>> {
     let topic = topic_in_namespace(&s, &p).await?;
     Ok(Json(s.topics.stats(&topic).await?))
+}
+
+/// The partitions' stats added up; each partition's too unless `?perPartition=false`.
+pub(super) async fn partitioned_stats(
+    State(s): State<AdminState>,
+    Path(p): TopicPath,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<PartitionedTopicStats>> {
+    let topic = topic_in_namespace(&s, &p).await?;
+    not_a_partition(&topic)?;
+    let Some(partitions) = s.policies.partitions(&topic).await? else {
+        return Err(ApiError::not_found("Partitioned Topic not found"));
+    };
+    let per_partition = q.get("perPartition").is_none_or(|v| v != "false");
+    let mut out = PartitionedTopicStats {
+        total: TopicStats::default(),
+        metadata: PartitionedTopicMetadata { partitions },
+        partitions: BTreeMap::new(),
+    };
+    for i in 0..partitions {
+        let partition = topic.partition_name(i);
+        match s.topics.stats(&partition).await {
+            Ok(stats) => {
+                out.total.add(&stats);
+                if per_partition {
+                    out.partitions.insert(partition.to_string(), stats);
+                }
+            }
+            // A partition no producer or consumer has created yet.
+            Err(TopicAdminError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(out))
 }
 
 pub(super) async fn internal_stats(

@@ -385,3 +385,92 @@ pub struct CursorStats {
     pub total_non_contiguous_deleted_messages_range: u64,
     pub properties: BTreeMap<String, i64>,
 }
+
+/// Pulsar's `PartitionedTopicStats`: the partitions' stats added up, the partition count, and
+/// (with `?perPartition=true`) each partition's own stats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionedTopicStats {
+    #[serde(flatten)]
+    pub total: TopicStats,
+    pub metadata: crate::policies::PartitionedTopicMetadata,
+    #[serde(default)]
+    pub partitions: BTreeMap<String, TopicStats>,
+}
+
+impl TopicStats {
+    /// Adds one partition's stats to a partitioned topic's total, the way Pulsar aggregates:
+    /// rates, counters and sizes add up, publishers are listed together, subscriptions of the
+    /// same name are merged.
+    pub fn add(&mut self, p: &TopicStats) {
+        self.msg_rate_in += p.msg_rate_in;
+        self.msg_throughput_in += p.msg_throughput_in;
+        self.msg_rate_out += p.msg_rate_out;
+        self.msg_throughput_out += p.msg_throughput_out;
+        self.bytes_in_counter += p.bytes_in_counter;
+        self.msg_in_counter += p.msg_in_counter;
+        self.bytes_out_counter += p.bytes_out_counter;
+        self.msg_out_counter += p.msg_out_counter;
+        self.msg_chunk_published |= p.msg_chunk_published;
+        self.storage_size += p.storage_size;
+        self.backlog_size += p.backlog_size;
+        self.offloaded_storage_size += p.offloaded_storage_size;
+        self.earliest_msg_publish_time_in_backlogs = match (
+            self.earliest_msg_publish_time_in_backlogs,
+            p.earliest_msg_publish_time_in_backlogs,
+        ) {
+            (0, t) | (t, 0) => t,
+            (a, b) => a.min(b),
+        };
+        self.publishers.extend(p.publishers.iter().cloned());
+        self.waiting_publishers += p.waiting_publishers;
+        self.non_contiguous_deleted_messages_ranges += p.non_contiguous_deleted_messages_ranges;
+        self.non_contiguous_deleted_messages_ranges_serialized_size +=
+            p.non_contiguous_deleted_messages_ranges_serialized_size;
+        if self.deduplication_status.is_empty() {
+            self.deduplication_status = p.deduplication_status.clone();
+        }
+        for (name, s) in &p.subscriptions {
+            self.subscriptions.entry(name.clone()).or_default().add(s);
+        }
+        self.average_msg_size = if self.msg_rate_in > 0.0 {
+            self.msg_throughput_in / self.msg_rate_in
+        } else {
+            0.0
+        };
+    }
+}
+
+impl SubscriptionStats {
+    /// Merges a partition's subscription of the same name.
+    pub fn add(&mut self, s: &SubscriptionStats) {
+        self.msg_rate_out += s.msg_rate_out;
+        self.msg_throughput_out += s.msg_throughput_out;
+        self.bytes_out_counter += s.bytes_out_counter;
+        self.msg_out_counter += s.msg_out_counter;
+        self.msg_rate_redeliver += s.msg_rate_redeliver;
+        self.msg_backlog += s.msg_backlog;
+        self.backlog_size += s.backlog_size;
+        self.msg_backlog_no_delayed += s.msg_backlog_no_delayed;
+        self.blocked_subscription_on_unacked_msgs |= s.blocked_subscription_on_unacked_msgs;
+        self.msg_delayed += s.msg_delayed;
+        self.unacked_messages += s.unacked_messages;
+        if self.subscription_type.is_empty() {
+            self.subscription_type = s.subscription_type.clone();
+        }
+        if self.active_consumer_name.is_none() {
+            self.active_consumer_name = s.active_consumer_name.clone();
+        }
+        self.msg_rate_expired += s.msg_rate_expired;
+        self.last_expire_timestamp = self.last_expire_timestamp.max(s.last_expire_timestamp);
+        self.last_consumed_flow_timestamp = self
+            .last_consumed_flow_timestamp
+            .max(s.last_consumed_flow_timestamp);
+        self.last_consumed_timestamp = self.last_consumed_timestamp.max(s.last_consumed_timestamp);
+        self.last_acked_timestamp = self.last_acked_timestamp.max(s.last_acked_timestamp);
+        self.consumers.extend(s.consumers.iter().cloned());
+        self.is_durable |= s.is_durable;
+        self.is_replicated |= s.is_replicated;
+        self.non_contiguous_deleted_messages_ranges += s.non_contiguous_deleted_messages_ranges;
+    }
+}
