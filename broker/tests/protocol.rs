@@ -217,3 +217,64 @@ async fn a_malformed_frame_closes_only_its_connection() {
     assert_eq!(next(&mut good).await.command_type(), Type::Pong);
     standalone.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_metadata_comes_from_the_policies() {
+    use magnetar_broker::topic_name::TopicName;
+    use magnetar_proto::pulsar::api::CommandPartitionedTopicMetadata;
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StandaloneOptions::new(dir.path());
+    options.broker_port = 0;
+    let standalone = Standalone::start(options).await.unwrap();
+    let parts: TopicName = "persistent://public/default/parts".parse().unwrap();
+    standalone
+        .service()
+        .policies()
+        .create_partitioned(&parts, 3)
+        .await
+        .unwrap();
+    let mut conn = connect(&standalone).await;
+    for (i, (topic, expected)) in [
+        ("persistent://public/default/parts", 3),
+        ("persistent://public/default/parts-partition-1", 0),
+        ("persistent://public/default/plain", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        conn.send(Frame::command(BaseCommand {
+            partition_metadata: Some(Box::new(CommandPartitionedTopicMetadata {
+                topic: topic.into(),
+                request_id: i as u64,
+                ..Default::default()
+            })),
+            ..cmd(Type::PartitionedMetadata)
+        }))
+        .await
+        .unwrap();
+        let r = next(&mut conn)
+            .await
+            .command
+            .partition_metadata_response
+            .unwrap();
+        assert_eq!(r.partitions, Some(expected), "{topic}");
+    }
+    // Unknown namespace: a Failed answer, not a dropped connection.
+    conn.send(Frame::command(BaseCommand {
+        partition_metadata: Some(Box::new(CommandPartitionedTopicMetadata {
+            topic: "persistent://nope/nope/t".into(),
+            request_id: 9,
+            ..Default::default()
+        })),
+        ..cmd(Type::PartitionedMetadata)
+    }))
+    .await
+    .unwrap();
+    let r = next(&mut conn)
+        .await
+        .command
+        .partition_metadata_response
+        .unwrap();
+    assert_eq!(r.response, Some(1));
+    standalone.shutdown().await;
+}
