@@ -368,7 +368,14 @@ fn namespaces_and_policies() {
     let a = s.get("/nothing/here");
     expect(&a, 404);
     assert!(a.reason().contains("no admin endpoint"));
-    expect(&s.post("/tenants", None), 405);
+    let a = s.post("/tenants", None);
+    expect(&a, 405);
+    assert_eq!(a.reason(), "Method Not Allowed");
+    assert!(a.header("allow").is_some_and(|v| v.contains("GET")));
+    // A path that does not decode is a 400 with a reason, like every error.
+    let a = s.get("/tenants/%FF");
+    expect(&a, 400);
+    assert!(!a.reason().is_empty());
 }
 
 #[test]
