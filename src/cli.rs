@@ -146,9 +146,7 @@ impl Command {
     /// What this subcommand is waiting for, when it is not built yet.
     pub fn missing_part(&self) -> &'static str {
         match self {
-            Command::Broker(_) => {
-                "the cluster broker (etcd metadata, gRPC bookies) arrives with a later release"
-            }
+            Command::Broker(_) => "nothing: the broker is built",
             Command::Standalone(_) => "nothing: standalone is built",
             Command::Bookie(_) => "nothing: the bookie is built",
             Command::Admin(_) => "nothing: the admin client is built",

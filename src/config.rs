@@ -45,6 +45,8 @@ pub struct Config {
     pub standalone: StandaloneConfig,
     /// `[bookie]`: `magnetar bookie`.
     pub bookie: BookieConfig,
+    /// `[broker]`: `magnetar broker`, a cluster broker.
+    pub broker: BrokerServerConfig,
     /// `[log]`: diagnostics on stderr.
     pub log: LogConfig,
     /// `[admin]`: `magnetar admin`, the command-line client of the admin REST API.
@@ -120,6 +122,75 @@ impl Default for StandaloneConfig {
             broker_port: 6650,
             admin_port: 8080,
         }
+    }
+}
+
+/// `[broker]`: a cluster broker (`magnetar broker`): the Pulsar protocol over etcd and
+/// bookies reached with gRPC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerServerConfig {
+    /// IP address the Pulsar protocol listener binds to.
+    pub bind_address: String,
+    /// Pulsar binary protocol port; 0 picks a free one.
+    pub port: u16,
+    /// Host clients are told to connect to (lookups answer it); unset: `bind_address`.
+    pub advertised_address: Option<String>,
+    /// Bookies each new ledger is striped over (namespace policies override).
+    pub ensemble_size: u32,
+    /// Copies of each entry.
+    pub write_quorum: u32,
+    /// Copies that must be durable before an entry is acknowledged.
+    pub ack_quorum: u32,
+}
+
+impl Default for BrokerServerConfig {
+    fn default() -> Self {
+        BrokerServerConfig {
+            bind_address: "127.0.0.1".to_owned(),
+            port: 6650,
+            advertised_address: None,
+            ensemble_size: 2,
+            write_quorum: 2,
+            ack_quorum: 2,
+        }
+    }
+}
+
+impl BrokerServerConfig {
+    /// The address the Pulsar protocol listener binds to.
+    pub fn bind(&self) -> anyhow::Result<SocketAddr> {
+        let ip: IpAddr = self.bind_address.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "invalid configuration: broker.bind_address must be an IP address, got {:?}",
+                self.bind_address
+            )
+        })?;
+        Ok(SocketAddr::new(ip, self.port))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        self.bind()?;
+        if !(self.ack_quorum >= 1
+            && self.write_quorum >= self.ack_quorum
+            && self.ensemble_size >= self.write_quorum)
+        {
+            bail!(
+                "invalid configuration: broker needs ensemble_size ≥ write_quorum ≥ ack_quorum ≥ 1, \
+                 got {}/{}/{}",
+                self.ensemble_size,
+                self.write_quorum,
+                self.ack_quorum
+            );
+        }
+        if self
+            .advertised_address
+            .as_ref()
+            .is_some_and(|a| a.is_empty() || a.contains(['/', ' ']))
+        {
+            bail!("invalid configuration: broker.advertised_address must be a host name or IP");
+        }
+        Ok(())
     }
 }
 
@@ -530,6 +601,7 @@ impl Config {
             );
         }
         self.bookie.validate()?;
+        self.broker.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             anyhow::anyhow!(
                 "invalid configuration: log.level {:?} is not a tracing filter: {e}",

@@ -5,6 +5,7 @@
 
 mod admin;
 mod bookie;
+mod broker;
 mod cli;
 mod config;
 mod standalone;
@@ -72,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Admin(args) => return admin::run(args, &config),
         Command::Bookie(_) => return bookie::run(&config),
         Command::Standalone(_) => return standalone::run(&config),
+        Command::Broker(_) => return broker::run(&config),
         _ => {}
     }
 

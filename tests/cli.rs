@@ -85,7 +85,7 @@ fn version_prints_the_package_version() {
 }
 
 /// The subcommands not built yet in this release.
-const UNBUILT: [&str; 4] = ["broker", "produce", "consume", "perf"];
+const UNBUILT: [&str; 3] = ["produce", "consume", "perf"];
 
 #[test]
 fn unbuilt_subcommands_say_so_and_exit_3() {
@@ -102,6 +102,15 @@ fn unbuilt_subcommands_say_so_and_exit_3() {
     // Unbuilt client commands take any arguments and still give the same answer.
     let (code, _, err) = run(magnetar(dir.path()).args(["produce", "my-topic", "-m", "hi"]));
     assert_eq!(code, 3, "{err}");
+}
+
+#[test]
+fn broker_refuses_a_metadata_store_it_cannot_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out, err) = run(magnetar(dir.path()).arg("broker"));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("metadata.backend = \"etcd\""), "{err}");
+    assert!(out.is_empty(), "{out}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod bundle;
 pub mod connection;
 pub mod error;
+pub mod node;
 pub mod ownership;
 pub mod policies;
 pub mod server;

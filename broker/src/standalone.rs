@@ -207,7 +207,8 @@ impl Standalone {
     }
 }
 
-async fn ensure_default_namespace(service: &BrokerService) -> Result<(), StandaloneError> {
+/// Creates tenant `public` and namespace `public/default` unless they exist.
+pub async fn ensure_default_namespace(service: &BrokerService) -> Result<(), StandaloneError> {
     let policies = service.policies();
     match policies
         .create_tenant("public", &TenantInfo::default())

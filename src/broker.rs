@@ -1,0 +1,81 @@
+//! `magnetar broker`: a cluster broker ([`magnetar_broker::node::BrokerNode`]) over etcd and
+//! bookies reached with gRPC. Prints `magnetar broker: serving pulsar://HOST:PORT` on stdout once
+//! it accepts connections, and runs until SIGINT or SIGTERM, then stops cleanly (topics closed,
+//! cursors flushed, bundle leases released with its metadata session).
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use magnetar_bookie::rpc::{ClientOptions, GrpcConnector};
+use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
+use magnetar_metadata::{EtcdOptions, EtcdStore, MetadataStore};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::EXIT_OK;
+use crate::config::{Config, MetadataBackend};
+
+pub fn run(config: &Config) -> anyhow::Result<u8> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("magnetar-broker")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: &Config) -> anyhow::Result<u8> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+
+    let m = &config.metadata;
+    if m.backend != MetadataBackend::Etcd {
+        bail!(
+            "magnetar broker needs metadata.backend = \"etcd\" (shared with the bookies and other \
+             brokers); for a one-process trial run `magnetar standalone`"
+        );
+    }
+    let store: Arc<dyn MetadataStore> = Arc::new(
+        EtcdStore::connect(EtcdOptions {
+            endpoints: m.etcd_endpoints.clone(),
+            root: m.etcd_root.clone(),
+            ..EtcdOptions::default()
+        })
+        .await
+        .with_context(|| format!("cannot connect to etcd at {}", m.etcd_endpoints.join(",")))?,
+    );
+    let b = &config.broker;
+    let managed_ledger = ManagedLedgerConfig {
+        ensemble_size: b.ensemble_size,
+        write_quorum: b.write_quorum,
+        ack_quorum: b.ack_quorum,
+        ..ManagedLedgerConfig::default()
+    };
+    let node = BrokerNode::start(
+        store,
+        Arc::new(GrpcConnector::new(ClientOptions::default())),
+        BrokerNodeOptions {
+            bind: b.bind()?,
+            advertised_host: b.advertised_address.clone(),
+            managed_ledger,
+            session_ttl: Duration::from_millis(m.session_ttl_ms),
+        },
+    )
+    .await
+    .context("cannot start the broker")?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "magnetar broker: serving {}", node.service_url())?;
+    out.flush()?;
+    drop(out);
+
+    let signal = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!(signal, "shutting down");
+    node.shutdown().await;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,150 @@
+"""`magnetar broker` in a cluster: a real etcd, three `magnetar bookie` processes, and the broker
+writing ledgers E2/Qw2/Qa2 over gRPC. The official client produces and consumes through it, also
+after one bookie is killed with SIGKILL (the ledger client replaces it in the ensemble)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pulsar
+import pytest
+
+from conftest import BIN, make_client, receive_all
+
+ETCD = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def first_line(proc, timeout=30.0):
+    out = {}
+
+    def read():
+        out["line"] = proc.stdout.readline().decode()
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(timeout)
+    return out.get("line", "")
+
+
+class Cluster:
+    def __init__(self, base):
+        self.base = base
+        self.procs = []
+        self.bookies = []
+
+    def spawn(self, args, env=None, log="log"):
+        log_file = open(os.path.join(self.base, log), "ab")
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log_file,
+                             env={**os.environ, **(env or {})})
+        log_file.close()
+        self.procs.append(p)
+        return p
+
+    def start(self):
+        client_port, peer_port = free_port(), free_port()
+        self.spawn([
+            ETCD, "--name", "m0", "--data-dir", os.path.join(self.base, "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{client_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{client_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
+            "--initial-cluster", f"m0=http://127.0.0.1:{peer_port}",
+        ], log="etcd.log")
+        wait_port(client_port)
+        self.env = {
+            "MAGNETAR_METADATA__BACKEND": "etcd",
+            "MAGNETAR_METADATA__ETCD_ENDPOINTS": f"http://127.0.0.1:{client_port}",
+            "MAGNETAR_METADATA__ETCD_ROOT": f"/test-{uuid.uuid4().hex[:8]}",
+            "MAGNETAR_METADATA__SESSION_TTL_MS": "3000",
+            "RUST_LOG": "info",
+        }
+        for i in range(3):
+            p = self.spawn([BIN, "bookie", "--bind-address", "127.0.0.1", "--port", "0",
+                            "--data-dir", os.path.join(self.base, f"bookie-{i}")],
+                           env=self.env, log=f"bookie-{i}.log")
+            line = first_line(p)
+            assert line.startswith("magnetar bookie: serving "), f"bookie {i}: {line!r}"
+            self.bookies.append(p)
+        broker = self.spawn([BIN, "broker"], env={
+            **self.env,
+            "MAGNETAR_BROKER__PORT": "0",
+            "MAGNETAR_BROKER__ENSEMBLE_SIZE": "2",
+            "MAGNETAR_BROKER__WRITE_QUORUM": "2",
+            "MAGNETAR_BROKER__ACK_QUORUM": "2",
+        }, log="broker.log")
+        line = first_line(broker)
+        assert line.startswith("magnetar broker: serving "), f"broker: {line!r}"
+        self.broker = broker
+        self.url = line.split()[-1]
+        return self
+
+    def stop(self):
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in reversed(self.procs):
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    if ETCD is None:
+        pytest.fail("etcd is missing: install it with `apt-get install -y etcd-server` "
+                    "(scripts/test.sh does), or put an etcd binary on PATH")
+    c = Cluster(str(tmp_path))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_broker_with_three_bookie_processes_survives_a_bookie_kill(cluster):
+    client = make_client(cluster.url)
+    topic = f"persistent://public/default/cluster-{uuid.uuid4().hex[:8]}"
+    consumer = client.subscribe(topic, "sub", initial_position=pulsar.InitialPosition.Earliest)
+    producer = client.create_producer(topic, batching_enabled=True,
+                                      batching_max_publish_delay_ms=5,
+                                      send_timeout_millis=10000)
+    for i in range(200):
+        producer.send_async(f"a{i}".encode(), None)
+    producer.flush()
+    got = receive_all(consumer, 200)
+    assert [m.data() for m in got] == [f"a{i}".encode() for i in range(200)]
+    for m in got:
+        consumer.acknowledge(m)
+
+    # Kill one bookie: if it is in the ledger's ensemble, the third one replaces it.
+    cluster.bookies[0].kill()
+    cluster.bookies[0].wait()
+    for i in range(100):
+        producer.send(f"b{i}".encode())
+    got = receive_all(consumer, 100, timeout_ms=15000)
+    assert [m.data() for m in got] == [f"b{i}".encode() for i in range(100)]
+    client.close()
