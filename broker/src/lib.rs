@@ -1,11 +1,15 @@
 //! The serving broker: Pulsar binary protocol on port 6650, topics on managed ledgers, cursors,
 //! dispatchers, the entry cache, bundle ownership, offload and the admin REST API.
 //!
-//! Not built yet: `magnetar standalone` and `magnetar broker` say so and exit non-zero.
 //! See `docs/ARCHITECTURE.md`.
 //!
 //! - [`managed_ledger`] — a topic's log on the bookie tier: ledgers with rollover, recovery
 //!   and retention, cursors with persisted acks, and the shared entry cache.
+//! - [`server`], [`connection`] — the Pulsar protocol listener and one connection's reader
+//!   loop and writer task; [`error`] maps failures to Pulsar `ServerError` codes.
+//! - [`service`], [`topic`], [`subscription`] — loaded topics under bundle leases, producers,
+//!   and the per-subscription dispatcher actors.
+//! - [`standalone`], [`node`] — the whole broker in one process, and the cluster broker.
 
 pub mod managed_ledger;
 
