@@ -20,7 +20,7 @@
 //! Key_Shared subscriptions route each entry by the Murmur3 hash of its ordering key (else its
 //! partition key) over the hash space `0..65536` split evenly among the consumers in connection
 //! order (AUTO_SPLIT); an entry whose consumer has no permits waits in `redeliver` without
-//! blocking other keys (at most [`REPLAY_MAX`] entries). Entries that find no consumer with
+//! blocking other keys (at most `REPLAY_MAX` entries). Entries that find no consumer with
 //! permits go back to `redeliver`, so order is kept.
 //!
 //! MESSAGE frames are the stored entry behind a MESSAGE command: the client's own bytes,
