@@ -383,26 +383,8 @@ impl Conn {
             Type::Unsubscribe => self.spawn(c, Conn::unsubscribe),
             Type::Seek => self.spawn(c, Conn::seek),
             Type::GetLastMessageId => self.spawn(c, Conn::last_message_id),
-            Type::GetSchema => {
-                if let Some(g) = c.get_schema {
-                    self.send(commands::error(
-                        g.request_id,
-                        ServerError::NotAllowedError,
-                        "schemas are not supported yet",
-                    ))
-                    .await;
-                }
-            }
-            Type::GetOrCreateSchema => {
-                if let Some(g) = c.get_or_create_schema {
-                    self.send(commands::error(
-                        g.request_id,
-                        ServerError::NotAllowedError,
-                        "schemas are not supported yet",
-                    ))
-                    .await;
-                }
-            }
+            Type::GetSchema => self.spawn(c, Conn::get_schema),
+            Type::GetOrCreateSchema => self.spawn(c, Conn::get_or_create_schema),
             other => debug!(command = ?other, "command not handled; ignored"),
         }
         Ok(())
@@ -477,7 +459,12 @@ impl Conn {
         let producer_id = p.producer_id;
         let span = info_span!("producer", topic = %p.topic, producer = producer_id);
         let answer = match self.create_producer(*p).instrument(span).await {
-            Ok(name) => commands::producer_success(request_id, name, -1, None),
+            Ok((name, schema_version)) => commands::producer_success(
+                request_id,
+                name,
+                -1,
+                schema_version.map(crate::schema::version_bytes),
+            ),
             Err(e) => {
                 info!(producer = producer_id, error = %e, "producer refused");
                 commands::error(request_id, e.server_error(), e.to_string())
@@ -486,9 +473,15 @@ impl Conn {
         self.send(answer).await;
     }
 
-    async fn create_producer(&self, p: CommandProducer) -> BrokerResult<String> {
+    /// Attaches a producer; its name and schema version (`None`: no schema).
+    async fn create_producer(&self, p: CommandProducer) -> BrokerResult<(String, Option<u64>)> {
         let topic_name = topic_of(&p.topic)?;
         let topic = self.service.get_topic(&topic_name).await?;
+        let schema_version = self
+            .service
+            .schemas()
+            .put_producer_schema(&topic_name, p.schema.as_ref())
+            .await?;
         let key = self.service.next_id();
         let name = p
             .producer_name
@@ -543,7 +536,21 @@ impl Conn {
         if let Some(old) = old {
             old.topic.remove_producer(old.key);
         }
-        Ok(name)
+        Ok((name, schema_version))
+    }
+
+    async fn get_schema(self, c: BaseCommand) {
+        let Some(g) = c.get_schema else { return };
+        let answer = crate::schema::answer_get_schema(&self.service.schemas(), &g).await;
+        self.send(answer).await;
+    }
+
+    async fn get_or_create_schema(self, c: BaseCommand) {
+        let Some(g) = c.get_or_create_schema else {
+            return;
+        };
+        let answer = crate::schema::answer_get_or_create_schema(&self.service.schemas(), &g).await;
+        self.send(answer).await;
     }
 
     async fn close_producer(self, c: BaseCommand) {
@@ -580,6 +587,11 @@ impl Conn {
             self.detach_consumer(old).await;
         }
         let topic = self.service.get_topic(&topic_name).await?;
+        let idle = topic.managed_ledger().last_confirmed().is_none();
+        self.service
+            .schemas()
+            .check_consumer_schema(&topic_name, s.schema.as_ref(), idle)
+            .await?;
         let sub_type = SubType::try_from(s.sub_type).unwrap_or(SubType::Exclusive);
         if sub_type == SubType::KeyShared
             && s.key_shared_meta

@@ -48,6 +48,9 @@ pub enum BrokerError {
     /// The request is not allowed (e.g. unsubscribing while other consumers are connected).
     #[error("not allowed: {0}")]
     NotAllowed(String),
+    /// The schema conflicts with the topic's schemas, or is invalid.
+    #[error("{0}")]
+    IncompatibleSchema(String),
     /// The request is not supported by this broker.
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -74,6 +77,7 @@ impl BrokerError {
             BrokerError::ProducerBusy(_) => ServerError::ProducerBusy,
             BrokerError::ConsumerBusy(_) => ServerError::ConsumerBusy,
             BrokerError::SubscriptionNotFound(_) => ServerError::SubscriptionNotFound,
+            BrokerError::IncompatibleSchema(_) => ServerError::IncompatibleSchema,
             BrokerError::ConsumerNotFound(_) => ServerError::ConsumerNotFound,
             BrokerError::NotAllowed(_) | BrokerError::Unsupported(_) => {
                 ServerError::NotAllowedError

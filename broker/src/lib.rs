@@ -8,7 +8,7 @@
 //! - [`server`], [`connection`] — the Pulsar protocol listener and one connection's reader
 //!   loop and writer task; [`error`] maps failures to Pulsar `ServerError` codes.
 //! - [`service`], [`topic`], [`subscription`] — loaded topics under bundle leases, producers,
-//!   and the per-subscription dispatcher actors.
+//!   and the per-subscription dispatcher actors; [`schema`] the per-topic schema versions.
 //! - [`standalone`], [`node`] — the whole broker in one process, and the cluster broker.
 
 pub mod managed_ledger;
@@ -20,6 +20,7 @@ pub mod error;
 pub mod node;
 pub mod ownership;
 pub mod policies;
+pub mod schema;
 pub mod server;
 pub mod service;
 pub mod standalone;

@@ -113,6 +113,11 @@ impl BrokerService {
         &self.policies
     }
 
+    /// The schema registry (over this broker's metadata store).
+    pub fn schemas(&self) -> crate::schema::SchemaRegistry {
+        crate::schema::SchemaRegistry::new(Arc::clone(&self.store))
+    }
+
     pub fn ownership(&self) -> &Arc<OwnershipCache> {
         &self.ownership
     }
