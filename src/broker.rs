@@ -71,11 +71,22 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     out.flush()?;
     drop(out);
 
+    let admin = crate::standalone::AdminServer::start(
+        std::net::SocketAddr::new(b.bind()?.ip(), b.admin_port),
+        node.service(),
+    )
+    .await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "magnetar broker: admin {}", admin.url())?;
+    out.flush()?;
+    drop(out);
+
     let signal = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     };
     tracing::info!(signal, "shutting down");
+    admin.stop().await;
     node.shutdown().await;
     Ok(EXIT_OK)
 }

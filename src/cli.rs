@@ -73,6 +73,10 @@ pub struct StandaloneArgs {
     #[arg(long, value_name = "PORT")]
     pub broker_port: Option<u16>,
 
+    /// Admin REST API port; 0 picks a free one [config: standalone.admin_port].
+    #[arg(long, value_name = "PORT")]
+    pub admin_port: Option<u16>,
+
     #[command(flatten)]
     pub config: ConfigArg,
 }

@@ -136,6 +136,8 @@ pub struct BrokerServerConfig {
     pub port: u16,
     /// Host clients are told to connect to (lookups answer it); unset: `bind_address`.
     pub advertised_address: Option<String>,
+    /// Admin REST API port (on `bind_address`); 0 picks a free one.
+    pub admin_port: u16,
     /// Bookies each new ledger is striped over (namespace policies override).
     pub ensemble_size: u32,
     /// Copies of each entry.
@@ -150,6 +152,7 @@ impl Default for BrokerServerConfig {
             bind_address: "127.0.0.1".to_owned(),
             port: 6650,
             advertised_address: None,
+            admin_port: 8080,
             ensemble_size: 2,
             write_quorum: 2,
             ack_quorum: 2,
@@ -389,6 +392,8 @@ pub struct FlagOverrides {
     pub standalone_bind_address: Option<String>,
     /// `standalone --broker-port`.
     pub standalone_broker_port: Option<u16>,
+    /// `standalone --admin-port`.
+    pub standalone_admin_port: Option<u16>,
     /// `bookie --data-dir`, `--bind-address`, `--port`, `--advertised-address`, `--zone`.
     pub bookie: BookieFlags,
 }
@@ -513,6 +518,9 @@ impl Config {
         }
         if let Some(v) = flags.standalone_broker_port {
             figment = figment.merge(Serialized::default("standalone.broker_port", v));
+        }
+        if let Some(v) = flags.standalone_admin_port {
+            figment = figment.merge(Serialized::default("standalone.admin_port", v));
         }
         let b = &flags.bookie;
         if let Some(v) = &b.data_dir {

@@ -41,6 +41,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             data_dir: args.data_dir.clone(),
             standalone_bind_address: args.bind_address.clone(),
             standalone_broker_port: args.broker_port,
+            standalone_admin_port: args.admin_port,
             ..FlagOverrides::default()
         },
         Some(Command::Bookie(args)) => FlagOverrides {

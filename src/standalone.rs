@@ -1,16 +1,23 @@
 //! `magnetar standalone`: the embedded metadata store, one in-process bookie (fsync on) and the
 //! broker in one process ([`magnetar_broker::standalone::Standalone`]). Prints
 //! `magnetar standalone: serving pulsar://HOST:PORT` on stdout once the broker accepts
-//! connections, and runs until SIGINT or SIGTERM, then stops cleanly (topics closed, cursors
+//! connections, then `magnetar standalone: admin http://HOST:PORT` once the admin REST API
+//! listens, and runs until SIGINT or SIGTERM, then stops cleanly (topics closed, cursors
 //! flushed, bookie journal synced).
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use magnetar_broker::admin::{self, AdminState};
+use magnetar_broker::service::BrokerService;
 use magnetar_broker::standalone::{Standalone, StandaloneOptions};
+use magnetar_broker::topic_admin::BrokerTopicAdmin;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 use crate::cli::EXIT_OK;
 use crate::config::Config;
@@ -57,11 +64,76 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     out.flush()?;
     drop(out);
 
+    let admin = AdminServer::start(
+        SocketAddr::new(bind_address, s.admin_port),
+        standalone.service(),
+    )
+    .await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "magnetar standalone: admin {}", admin.url())?;
+    out.flush()?;
+    drop(out);
+
     let signal = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     };
     tracing::info!(signal, "shutting down");
+    admin.stop().await;
     standalone.shutdown().await;
     Ok(EXIT_OK)
+}
+
+/// The admin REST API of a running broker service, served until [`AdminServer::stop`].
+pub(crate) struct AdminServer {
+    local_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminServer {
+    pub(crate) async fn start(
+        bind: SocketAddr,
+        service: &Arc<BrokerService>,
+    ) -> anyhow::Result<AdminServer> {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("cannot listen on {bind} for the admin API"))?;
+        let local_addr = listener
+            .local_addr()
+            .context("cannot read the admin listener's address")?;
+        let state = AdminState::new(
+            service.policies().clone(),
+            BrokerTopicAdmin::new(Arc::clone(service)),
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(admin::serve(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Ok(AdminServer {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// `http://HOST:PORT` (127.0.0.1 for an unspecified bind address).
+    pub(crate) fn url(&self) -> String {
+        let mut addr = self.local_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        }
+        format!("http://{addr}")
+    }
+
+    /// Stops accepting requests and waits for those in flight.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "admin API server failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "admin API task failed"),
+            Err(_) => tracing::warn!("admin API requests still running at shutdown"),
+        }
+    }
 }

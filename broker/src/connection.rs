@@ -325,6 +325,11 @@ impl Conn {
                 let append = if !payload.checksum_ok() {
                     Err((ServerError::ChecksumError, "checksum mismatch".to_owned()))
                 } else {
+                    let messages = send
+                        .num_messages
+                        .map_or(1, |n| u64::try_from(n).unwrap_or(1));
+                    slot.topic
+                        .record_publish(messages, payload.payload_range().len() as u64);
                     slot.topic
                         .managed_ledger()
                         .append(payload.entry())

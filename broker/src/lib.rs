@@ -9,7 +9,8 @@
 //!   loop and writer task; [`error`] maps failures to Pulsar `ServerError` codes.
 //! - [`service`], [`topic`], [`subscription`] — loaded topics under bundle leases, producers,
 //!   and the per-subscription dispatcher actors; [`schema`] the per-topic schema versions.
-//! - [`standalone`], [`node`] — the whole broker in one process, and the cluster broker.
+//! - [`standalone`], [`node`] — the whole broker in one process, and the cluster broker;
+//!   [`topic_admin`] the admin API's topic operations on a running broker.
 
 pub mod managed_ledger;
 
@@ -26,4 +27,5 @@ pub mod service;
 pub mod standalone;
 pub mod subscription;
 pub mod topic;
+pub mod topic_admin;
 pub mod topic_name;

@@ -191,6 +191,11 @@ impl BrokerService {
         Ok(0)
     }
 
+    /// Whether the topic's managed ledger exists (created by a producer, consumer or admin).
+    pub async fn topic_exists(&self, topic: &TopicName) -> BrokerResult<bool> {
+        self.exists(topic).await
+    }
+
     async fn exists(&self, topic: &TopicName) -> BrokerResult<bool> {
         Ok(self
             .store
@@ -225,6 +230,20 @@ impl BrokerService {
     /// The topic, loaded if needed. Fails with `NotOwner` unless this broker holds (or can take)
     /// the lease of its bundle; with `TopicNotFound` if it does not exist and may not be created.
     pub async fn get_topic(self: &Arc<Self>, topic: &TopicName) -> BrokerResult<Arc<Topic>> {
+        self.get_or_create_topic(topic, false).await
+    }
+
+    /// The topic, loaded if needed and created even where auto-creation is off (admin
+    /// `topics create`).
+    pub async fn create_topic(self: &Arc<Self>, topic: &TopicName) -> BrokerResult<Arc<Topic>> {
+        self.get_or_create_topic(topic, true).await
+    }
+
+    async fn get_or_create_topic(
+        self: &Arc<Self>,
+        topic: &TopicName,
+        create: bool,
+    ) -> BrokerResult<Arc<Topic>> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::NotReady("the broker is shutting down".into()));
         }
@@ -247,7 +266,7 @@ impl BrokerService {
         let this = Arc::clone(self);
         let loaded = cell
             .get_or_try_init(|| {
-                this.load_topic(topic.clone(), bundle)
+                this.load_topic(topic.clone(), bundle, create)
                     .instrument(info_span!("topic_load", topic = %topic))
             })
             .await;
@@ -267,9 +286,10 @@ impl BrokerService {
         self: Arc<Self>,
         topic: TopicName,
         bundle: Bundle,
+        create: bool,
     ) -> BrokerResult<Arc<Topic>> {
         let policies = self.namespace_policies(topic.namespace()).await?;
-        if !self.exists(&topic).await? {
+        if !create && !self.exists(&topic).await? {
             let allowed = policies
                 .auto_topic_creation_override
                 .as_ref()

@@ -113,9 +113,39 @@ enum Command {
     MarkDelete {
         done: oneshot::Sender<Option<Position>>,
     },
+    Snapshot {
+        done: oneshot::Sender<SubscriptionSnapshot>,
+    },
     Close {
         done: oneshot::Sender<()>,
     },
+}
+
+/// What the admin API's stats show of a subscription: its type, consumers and counters.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionSnapshot {
+    /// The type of the connected consumers (None: no consumer connected).
+    pub sub_type: Option<SubType>,
+    pub consumers: Vec<ConsumerSnapshot>,
+    /// Exclusive / Failover: the name of the consumer that receives.
+    pub active_consumer: Option<String>,
+    /// Messages and bytes dispatched since the subscription started.
+    pub msg_out: u64,
+    pub bytes_out: u64,
+    /// Delivered and not yet acknowledged (entries).
+    pub unacked: u64,
+}
+
+/// One consumer in a [`SubscriptionSnapshot`].
+#[derive(Debug, Clone)]
+pub struct ConsumerSnapshot {
+    pub name: String,
+    pub consumer_id: u64,
+    pub permits: i64,
+    /// Entries delivered to it and not yet acknowledged.
+    pub unacked: u64,
+    pub msg_out: u64,
+    pub bytes_out: u64,
 }
 
 /// Handle of a subscription actor. Cheap to share.
@@ -158,6 +188,8 @@ impl Subscription {
             redeliver: BTreeSet::new(),
             redelivery_counts: HashMap::new(),
             key_hashes: HashMap::new(),
+            msg_out: 0,
+            bytes_out: 0,
         };
         let span = info_span!("subscription", %topic, subscription = %name);
         tokio::spawn(actor.run(rx, lac).instrument(span));
@@ -229,6 +261,11 @@ impl Subscription {
             .flatten()
     }
 
+    /// Consumers, type and counters (None once the actor stopped).
+    pub async fn snapshot(&self) -> Option<SubscriptionSnapshot> {
+        self.call(|done| Command::Snapshot { done }).await.ok()
+    }
+
     /// Disconnects every consumer (CLOSE_CONSUMER) and stops the actor; the cursor's state is
     /// left for the managed ledger to flush.
     pub async fn close(&self) {
@@ -240,6 +277,8 @@ impl Subscription {
 struct Consumer {
     spec: ConsumerSpec,
     permits: i64,
+    msg_out: u64,
+    bytes_out: u64,
 }
 
 struct Actor {
@@ -260,6 +299,9 @@ struct Actor {
     redelivery_counts: HashMap<Position, u32>,
     /// Key_Shared: key hash of entries waiting in `redeliver`.
     key_hashes: HashMap<Position, u32>,
+    /// Messages and bytes dispatched (admin stats).
+    msg_out: u64,
+    bytes_out: u64,
 }
 
 enum Flow {
@@ -346,6 +388,9 @@ impl Actor {
             Command::MarkDelete { done } => {
                 let _ = done.send(self.cursor.mark_delete_position());
             }
+            Command::Snapshot { done } => {
+                let _ = done.send(self.snapshot());
+            }
             Command::Close { done } => {
                 for c in std::mem::take(&mut self.consumers) {
                     c.spec
@@ -386,6 +431,8 @@ impl Actor {
         self.consumers.push(Consumer {
             spec: consumer,
             permits: 0,
+            msg_out: 0,
+            bytes_out: 0,
         });
         self.pick_active(true).await;
         Ok(())
@@ -409,6 +456,37 @@ impl Actor {
             self.requeue(p);
         }
         self.pick_active(false).await;
+    }
+
+    fn snapshot(&self) -> SubscriptionSnapshot {
+        let consumers = self
+            .consumers
+            .iter()
+            .map(|c| ConsumerSnapshot {
+                name: c.spec.name.clone(),
+                consumer_id: c.spec.consumer_id,
+                permits: c.permits,
+                unacked: self.pending.values().filter(|k| **k == c.spec.key).count() as u64,
+                msg_out: c.msg_out,
+                bytes_out: c.bytes_out,
+            })
+            .collect();
+        let active_consumer = self.active.and_then(|a| {
+            self.consumers
+                .iter()
+                .find(|c| c.spec.key == a)
+                .map(|c| c.spec.name.clone())
+        });
+        SubscriptionSnapshot {
+            sub_type: (!self.consumers.is_empty())
+                .then_some(self.sub_type)
+                .flatten(),
+            consumers,
+            active_consumer,
+            msg_out: self.msg_out,
+            bytes_out: self.bytes_out,
+            unacked: self.pending.len() as u64,
+        }
     }
 
     fn requeue(&mut self, p: Position) {
@@ -657,6 +735,9 @@ impl Actor {
                     continue;
                 };
                 c.permits -= i64::from(info.messages.max(1));
+                let entry_bytes = entry.len() as u64;
+                c.msg_out += u64::from(info.messages.max(1));
+                c.bytes_out += entry_bytes;
                 let frame = MessageFrame {
                     command: commands::message(
                         c.spec.consumer_id,
@@ -668,6 +749,8 @@ impl Actor {
                 };
                 let key = c.spec.key;
                 let conn = c.spec.conn.clone();
+                self.msg_out += u64::from(info.messages.max(1));
+                self.bytes_out += entry_bytes;
                 self.pending.insert(position, key);
                 if !conn.send(Outbound::Message(frame)).await {
                     // The connection is gone; it removes the consumer shortly.

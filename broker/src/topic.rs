@@ -11,7 +11,7 @@
 //! which flushes the cursors.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use magnetar_proto::pulsar::api::ProducerAccessMode;
@@ -62,6 +62,9 @@ pub struct Topic {
     state: Mutex<State>,
     producer_left: Notify,
     closed: AtomicBool,
+    /// Messages and bytes published since the topic was loaded (admin stats).
+    msg_in: AtomicU64,
+    bytes_in: AtomicU64,
 }
 
 impl Topic {
@@ -79,6 +82,8 @@ impl Topic {
             state: Mutex::new(State::default()),
             producer_left: Notify::new(),
             closed: AtomicBool::new(false),
+            msg_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
         })
     }
 
@@ -92,6 +97,44 @@ impl Topic {
 
     pub fn managed_ledger(&self) -> &Arc<ManagedLedger> {
         &self.ml
+    }
+
+    /// Counts a published entry of `messages` messages (admin stats).
+    pub fn record_publish(&self, messages: u64, bytes: u64) {
+        self.msg_in.fetch_add(messages, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Messages and bytes published since the topic was loaded.
+    pub fn published(&self) -> (u64, u64) {
+        (
+            self.msg_in.load(Ordering::Relaxed),
+            self.bytes_in.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The producers attached now.
+    pub fn producers(&self) -> Vec<ProducerSpec> {
+        self.state().producers.values().cloned().collect()
+    }
+
+    /// The running subscription (or reader) `name`, if any; no cursor is opened.
+    pub fn loaded_subscription(&self, name: &str) -> Option<Arc<Subscription>> {
+        self.state()
+            .subscriptions
+            .get(name)
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    /// The running subscriptions and readers.
+    pub fn loaded_subscriptions(&self) -> Vec<Arc<Subscription>> {
+        self.state()
+            .subscriptions
+            .values()
+            .filter(|s| !s.is_closed())
+            .cloned()
+            .collect()
     }
 
     /// False once closed or fenced (the topic is loaded again on next use).

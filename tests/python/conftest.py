@@ -1,8 +1,9 @@
 """Fixtures of the official-client suite: a real `magnetar standalone` process.
 
 The binary is `$MAGNETAR_BIN` (default `target/debug/magnetar`, relative to the repository
-root). Each `Standalone` runs in its own data directory with `--broker-port 0` and is ready once it
-prints `magnetar standalone: serving pulsar://HOST:PORT` on stdout.
+root). Each `Standalone` runs in its own data directory with `--broker-port 0 --admin-port 0` and
+is ready once it prints `magnetar standalone: serving pulsar://HOST:PORT` and then
+`magnetar standalone: admin http://HOST:PORT` on stdout.
 """
 
 import os
@@ -18,6 +19,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.environ.get("MAGNETAR_BIN", os.path.join(ROOT, "target", "debug", "magnetar"))
 SERVING = "magnetar standalone: serving "
+ADMIN = "magnetar standalone: admin "
 START_TIMEOUT_S = 30
 
 
@@ -29,6 +31,7 @@ class Standalone:
         self.log_path = str(log_path)
         self.proc = None
         self.url = None
+        self.admin_url = None
 
     def start(self):
         if not os.path.exists(BIN):
@@ -40,7 +43,8 @@ class Standalone:
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
         self.proc = subprocess.Popen(
-            [BIN, "standalone", "--data-dir", self.data_dir, "--broker-port", "0"],
+            [BIN, "standalone", "--data-dir", self.data_dir, "--broker-port", "0",
+             "--admin-port", "0"],
             stdout=subprocess.PIPE,
             stderr=log,
             env=env,
@@ -51,6 +55,11 @@ class Standalone:
             self.proc.kill()
             raise RuntimeError(f"standalone did not start: {line!r}; see {self.log_path}")
         self.url = line[len(SERVING):].strip()
+        line = self._read_line(START_TIMEOUT_S)
+        if not line.startswith(ADMIN):
+            self.proc.kill()
+            raise RuntimeError(f"standalone admin did not start: {line!r}; see {self.log_path}")
+        self.admin_url = line[len(ADMIN):].strip()
         return self
 
     def _read_line(self, timeout):

@@ -90,6 +90,7 @@ class Cluster:
         broker = self.spawn([BIN, "broker"], env={
             **self.env,
             "MAGNETAR_BROKER__PORT": "0",
+            "MAGNETAR_BROKER__ADMIN_PORT": "0",
             "MAGNETAR_BROKER__ENSEMBLE_SIZE": "2",
             "MAGNETAR_BROKER__WRITE_QUORUM": "2",
             "MAGNETAR_BROKER__ACK_QUORUM": "2",

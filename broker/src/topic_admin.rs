@@ -1,0 +1,677 @@
+//! [`BrokerTopicAdmin`]: the admin API's topic operations ([`TopicAdmin`]) carried out by a
+//! [`BrokerService`].
+//!
+//! Every operation on one topic first checks that the topic exists (404 otherwise, never an
+//! auto-creation) and that this broker owns its bundle (taking the lease if it is free, as a
+//! lookup does); a topic another broker serves answers 503 naming the owner. The topic is then
+//! loaded and the operation works on its managed ledger and cursors:
+//!
+//! - subscriptions are durable cursors; one created here starts no dispatcher until a consumer
+//!   subscribes;
+//! - reset-cursor goes through the running subscription when there is one (its consumers are
+//!   disconnected and resubscribe at the new position, as Pulsar does), else moves the cursor;
+//!   by timestamp it binary-searches the stored entries' publish times;
+//! - skip and clear-backlog acknowledge on the cursor (the dispatcher skips acknowledged
+//!   entries); peek reads the n-th unacknowledged entry without moving anything.
+//!
+//! Rates in stats are counter deltas between two stats calls at least a second apart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use magnetar_metadata::EntryId;
+use magnetar_proto::pulsar::Payload;
+use magnetar_proto::pulsar::api::command_subscribe::SubType;
+use magnetar_proto::pulsar::api::{CompressionType, ProducerAccessMode};
+
+use crate::admin::topics::{
+    ConsumerStats, CursorStats, LedgerInfo, PeekedMessage, PersistentTopicInternalStats,
+    PublisherStats, ResetTarget, StartPosition, SubscriptionStats, TopicStats,
+};
+use crate::admin::{TopicAdmin, TopicAdminError};
+use crate::error::BrokerError;
+use crate::managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, Position};
+use crate::service::BrokerService;
+use crate::subscription::{SeekTarget, SubscriptionSnapshot};
+use crate::topic::Topic;
+use crate::topic_name::{NamespaceName, TopicName};
+
+/// Entries read per step when scanning a backlog (skip, peek).
+const SCAN_BATCH: usize = 256;
+/// Bytes read per step at most when scanning.
+const SCAN_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Rates are recomputed when the previous sample is at least this old.
+const RATE_INTERVAL_MS: u128 = 1000;
+
+/// The [`TopicAdmin`] of a running broker.
+#[derive(Debug)]
+pub struct BrokerTopicAdmin {
+    service: Arc<BrokerService>,
+    samples: Mutex<HashMap<String, RateSample>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RateSample {
+    at: Instant,
+    msg_in: u64,
+    bytes_in: u64,
+    msg_out: u64,
+    bytes_out: u64,
+    rates: Rates,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Rates {
+    msg_in: f64,
+    bytes_in: f64,
+    msg_out: f64,
+    bytes_out: f64,
+}
+
+impl BrokerTopicAdmin {
+    pub fn new(service: Arc<BrokerService>) -> Arc<Self> {
+        Arc::new(BrokerTopicAdmin {
+            service,
+            samples: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The loaded topic, after checking it exists and this broker owns it.
+    async fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, TopicAdminError> {
+        if !self.service.topic_exists(name).await.map_err(internal)? {
+            return Err(TopicAdminError::NotFound("Topic not found".to_owned()));
+        }
+        self.owned(name).await?;
+        self.service.get_topic(name).await.map_err(from_broker)
+    }
+
+    /// Ok when this broker serves `name` (taking its bundle's lease when free).
+    async fn owned(&self, name: &TopicName) -> Result<(), TopicAdminError> {
+        match self.service.lookup(name).await.map_err(from_broker)? {
+            None => Ok(()),
+            Some(owner) => Err(TopicAdminError::Unavailable(format!(
+                "topic {name} is served by the broker at {owner}"
+            ))),
+        }
+    }
+
+    /// The durable cursor `subscription` of `topic`, or 404.
+    fn cursor(topic: &Topic, subscription: &str) -> Result<Arc<ManagedCursor>, TopicAdminError> {
+        topic
+            .managed_ledger()
+            .cursor(subscription)
+            .ok_or_else(|| TopicAdminError::NotFound("Subscription not found".to_owned()))
+    }
+
+    fn rates(&self, topic: &str, now: RateSample) -> Rates {
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(prev) = samples.get(topic).copied() else {
+            samples.insert(topic.to_owned(), now);
+            return Rates::default();
+        };
+        let elapsed = now.at.duration_since(prev.at);
+        if elapsed.as_millis() < RATE_INTERVAL_MS {
+            return prev.rates;
+        }
+        let secs = elapsed.as_secs_f64();
+        let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+        let rates = Rates {
+            msg_in: rate(now.msg_in, prev.msg_in),
+            bytes_in: rate(now.bytes_in, prev.bytes_in),
+            msg_out: rate(now.msg_out, prev.msg_out),
+            bytes_out: rate(now.bytes_out, prev.bytes_out),
+        };
+        samples.insert(topic.to_owned(), RateSample { rates, ..now });
+        rates
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> TopicAdminError {
+    TopicAdminError::Internal(e.to_string())
+}
+
+fn from_broker(e: BrokerError) -> TopicAdminError {
+    match e {
+        BrokerError::TopicNotFound(_) => TopicAdminError::NotFound("Topic not found".to_owned()),
+        BrokerError::NamespaceNotFound(_) => {
+            TopicAdminError::NotFound("Namespace not found".to_owned())
+        }
+        BrokerError::SubscriptionNotFound(_) => {
+            TopicAdminError::NotFound("Subscription not found".to_owned())
+        }
+        BrokerError::InvalidTopicName(_) => TopicAdminError::Invalid(e.to_string()),
+        BrokerError::NotOwner(_) | BrokerError::NotReady(_) => {
+            TopicAdminError::Unavailable(e.to_string())
+        }
+        BrokerError::NotAllowed(_) | BrokerError::ConsumerBusy(_) => {
+            TopicAdminError::Precondition(e.to_string())
+        }
+        BrokerError::ManagedLedger(ref m) if m.is_retryable() || m.is_fenced() => {
+            TopicAdminError::Unavailable(e.to_string())
+        }
+        _ => TopicAdminError::Internal(e.to_string()),
+    }
+}
+
+fn from_ml(e: crate::managed_ledger::ManagedLedgerError) -> TopicAdminError {
+    from_broker(BrokerError::from(e))
+}
+
+fn sub_type_name(t: SubType) -> &'static str {
+    match t {
+        SubType::Exclusive => "Exclusive",
+        SubType::Shared => "Shared",
+        SubType::Failover => "Failover",
+        SubType::KeyShared => "Key_Shared",
+    }
+}
+
+fn access_mode_name(m: ProducerAccessMode) -> &'static str {
+    match m {
+        ProducerAccessMode::Shared => "Shared",
+        ProducerAccessMode::Exclusive => "Exclusive",
+        ProducerAccessMode::WaitForExclusive => "WaitForExclusive",
+        ProducerAccessMode::ExclusiveWithFencing => "ExclusiveWithFencing",
+    }
+}
+
+/// Entry index `i` (0-based over the stored ledgers) as a position.
+fn position_at(ledgers: &[(u64, u64)], mut i: u64) -> Option<Position> {
+    for &(id, entries) in ledgers {
+        if i < entries {
+            return Some(Position::new(id, i));
+        }
+        i -= entries;
+    }
+    None
+}
+
+/// Publish time of the entry at `p` (None: not readable as a message).
+async fn publish_time_at(ml: &ManagedLedger, p: Position) -> Result<Option<u64>, TopicAdminError> {
+    let got = ml
+        .read_entries(p, 1, SCAN_BYTES_MAX)
+        .await
+        .map_err(from_ml)?;
+    Ok(got
+        .into_iter()
+        .next()
+        .and_then(|(_, entry)| Payload::parse(entry).ok())
+        .and_then(|payload| payload.metadata().ok())
+        .map(|m| m.publish_time))
+}
+
+/// The first stored entry published at or after `ts` (binary search over entry indexes;
+/// publish times grow with positions), or the position after the last entry.
+async fn find_by_publish_time(ml: &ManagedLedger, ts: u64) -> Result<Position, TopicAdminError> {
+    let ledgers: Vec<(u64, u64)> = ml
+        .ledgers()
+        .iter()
+        .filter(|l| l.entries > 0)
+        .map(|l| (l.ledger_id.0, l.entries))
+        .collect();
+    let total: u64 = ledgers.iter().map(|(_, n)| n).sum();
+    let (mut lo, mut hi) = (0u64, total);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let Some(p) = position_at(&ledgers, mid) else {
+            break;
+        };
+        // An unreadable entry counts as published at 0 (before any timestamp).
+        if publish_time_at(ml, p).await?.unwrap_or(0) >= ts {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    match position_at(&ledgers, lo) {
+        Some(p) => Ok(p),
+        None => Ok(ml
+            .last_confirmed()
+            .map_or(Position::new(0, 0), |p| p.next())),
+    }
+}
+
+/// Up to `n` unacknowledged entries of `cursor` from its floor on, oldest first.
+async fn unacked_entries(
+    ml: &ManagedLedger,
+    cursor: &ManagedCursor,
+    n: u64,
+) -> Result<Vec<(Position, Bytes)>, TopicAdminError> {
+    let mut out = Vec::new();
+    let mut from = cursor.first_unacked();
+    while (out.len() as u64) < n {
+        let batch = ml
+            .read_entries(from, SCAN_BATCH, SCAN_BYTES_MAX)
+            .await
+            .map_err(from_ml)?;
+        let Some(&(last, _)) = batch.last() else {
+            break;
+        };
+        for (p, entry) in batch {
+            if (out.len() as u64) < n && !cursor.is_acked(p) {
+                out.push((p, entry));
+            }
+        }
+        from = last.next();
+    }
+    Ok(out)
+}
+
+fn peeked(position: Position, entry: Bytes) -> Result<PeekedMessage, TopicAdminError> {
+    let payload = Payload::parse(entry).map_err(|e| {
+        TopicAdminError::Internal(format!("entry {position} is not a message: {e}"))
+    })?;
+    let m = payload.metadata().map_err(|e| {
+        TopicAdminError::Internal(format!("entry {position} has bad metadata: {e}"))
+    })?;
+    let compression = m
+        .compression
+        .and_then(|c| CompressionType::try_from(c).ok())
+        .filter(|c| *c != CompressionType::None)
+        .map(|c| c.as_str_name().to_owned());
+    Ok(PeekedMessage {
+        ledger_id: position.ledger.0,
+        entry_id: position.entry.0,
+        payload: payload.payload(),
+        publish_time_ms: Some(m.publish_time),
+        event_time_ms: m.event_time.filter(|t| *t > 0),
+        producer_name: Some(m.producer_name.clone()),
+        sequence_id: Some(m.sequence_id),
+        partition_key: m.partition_key.clone(),
+        properties: m
+            .properties
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect(),
+        num_batch_messages: m.num_messages_in_batch.and_then(|n| u32::try_from(n).ok()),
+        uncompressed_size: compression
+            .is_some()
+            .then(|| m.uncompressed_size.map(u64::from))
+            .flatten(),
+        compression,
+    })
+}
+
+/// `individuallyDeletedMessages` as the managed ledger renders it.
+fn cursor_stats(c: &crate::managed_ledger::ledger::InternalCursorStats) -> CursorStats {
+    CursorStats {
+        mark_delete_position: c.mark_delete_position.clone(),
+        read_position: c.read_position.clone(),
+        individually_deleted_messages: c.individually_deleted_messages.clone(),
+        number_of_entries_since_first_not_acked_message: c
+            .number_of_entries_since_first_not_acked_message,
+        total_non_contiguous_deleted_messages_range: c.total_non_contiguous_deleted_messages_range
+            as u64,
+        state: c.state.clone(),
+        cursor_ledger: -1,
+        cursor_ledger_last_entry: -1,
+        ..CursorStats::default()
+    }
+}
+
+#[async_trait]
+impl TopicAdmin for BrokerTopicAdmin {
+    async fn list_topics(&self, namespace: &NamespaceName) -> Result<Vec<String>, TopicAdminError> {
+        self.service
+            .topics_of_namespace(namespace)
+            .await
+            .map_err(from_broker)
+    }
+
+    async fn create_topic(
+        &self,
+        topic: &TopicName,
+        _properties: BTreeMap<String, String>,
+    ) -> Result<(), TopicAdminError> {
+        if self.service.topic_exists(topic).await.map_err(internal)? {
+            return Err(TopicAdminError::AlreadyExists(
+                "This topic already exists".to_owned(),
+            ));
+        }
+        self.owned(topic).await?;
+        self.service
+            .create_topic(topic)
+            .await
+            .map_err(from_broker)?;
+        Ok(())
+    }
+
+    async fn delete_topic(&self, name: &TopicName, force: bool) -> Result<(), TopicAdminError> {
+        let topic = self.topic(name).await?;
+        if !force {
+            if !topic.producers().is_empty() {
+                return Err(TopicAdminError::Precondition(
+                    "Topic has active producers/subscriptions".to_owned(),
+                ));
+            }
+            for sub in topic.loaded_subscriptions() {
+                if sub
+                    .snapshot()
+                    .await
+                    .is_some_and(|s| !s.consumers.is_empty())
+                {
+                    return Err(TopicAdminError::Precondition(
+                        "Topic has active producers/subscriptions".to_owned(),
+                    ));
+                }
+            }
+        }
+        // Clients are told to reconnect; the managed ledger goes with its ledgers and cursors.
+        topic.close().await;
+        topic.managed_ledger().delete().await.map_err(from_ml)?;
+        Ok(())
+    }
+
+    async fn stats(&self, name: &TopicName) -> Result<TopicStats, TopicAdminError> {
+        let topic = self.topic(name).await?;
+        let ml = topic.managed_ledger();
+        let ml_stats = ml.stats();
+        let (msg_in, bytes_in) = topic.published();
+        let average_entry = if ml_stats.entries > 0 {
+            ml_stats.size_bytes as f64 / ml_stats.entries as f64
+        } else {
+            0.0
+        };
+        let mut snapshots: HashMap<String, SubscriptionSnapshot> = HashMap::new();
+        let mut readers = Vec::new();
+        for sub in topic.loaded_subscriptions() {
+            if let Some(s) = sub.snapshot().await {
+                if sub.is_durable() {
+                    snapshots.insert(sub.name().to_owned(), s);
+                } else {
+                    readers.push((sub.name().to_owned(), s));
+                }
+            }
+        }
+        let mut subscriptions = BTreeMap::new();
+        let mut msg_out = 0;
+        let mut bytes_out = 0;
+        let mut backlog_size = 0u64;
+        let durable = ml_stats
+            .cursors
+            .iter()
+            .map(|(n, c)| (n.clone(), Some(c.backlog), snapshots.remove(n)));
+        let non_durable = readers.into_iter().map(|(n, s)| (n, None, Some(s)));
+        for (sub_name, backlog, snapshot) in durable.chain(non_durable) {
+            let snapshot = snapshot.unwrap_or_default();
+            msg_out += snapshot.msg_out;
+            bytes_out += snapshot.bytes_out;
+            let backlog_entries = backlog.unwrap_or(0);
+            let sub_backlog_size = (backlog_entries as f64 * average_entry) as u64;
+            backlog_size = backlog_size.max(sub_backlog_size);
+            let consumers = snapshot
+                .consumers
+                .iter()
+                .map(|c| ConsumerStats {
+                    consumer_name: c.name.clone(),
+                    available_permits: c.permits,
+                    unacked_messages: c.unacked,
+                    msg_out_counter: c.msg_out,
+                    bytes_out_counter: c.bytes_out,
+                    ..ConsumerStats::default()
+                })
+                .collect();
+            subscriptions.insert(
+                sub_name,
+                SubscriptionStats {
+                    msg_backlog: backlog_entries,
+                    msg_backlog_no_delayed: backlog_entries,
+                    backlog_size: sub_backlog_size,
+                    msg_out_counter: snapshot.msg_out,
+                    bytes_out_counter: snapshot.bytes_out,
+                    unacked_messages: snapshot.unacked,
+                    subscription_type: sub_type_name(
+                        snapshot.sub_type.unwrap_or(SubType::Exclusive),
+                    )
+                    .to_owned(),
+                    active_consumer_name: snapshot.active_consumer.clone(),
+                    consumers,
+                    is_durable: backlog.is_some(),
+                    ..SubscriptionStats::default()
+                },
+            );
+        }
+        let rates = self.rates(
+            &name.to_string(),
+            RateSample {
+                at: Instant::now(),
+                msg_in,
+                bytes_in,
+                msg_out,
+                bytes_out,
+                rates: Rates::default(),
+            },
+        );
+        let publishers = topic
+            .producers()
+            .iter()
+            .map(|p| PublisherStats {
+                access_mode: access_mode_name(p.mode).to_owned(),
+                producer_id: p.producer_id,
+                producer_name: p.name.clone(),
+                ..PublisherStats::default()
+            })
+            .collect();
+        Ok(TopicStats {
+            msg_rate_in: rates.msg_in,
+            msg_throughput_in: rates.bytes_in,
+            msg_rate_out: rates.msg_out,
+            msg_throughput_out: rates.bytes_out,
+            bytes_in_counter: bytes_in,
+            msg_in_counter: msg_in,
+            bytes_out_counter: bytes_out,
+            msg_out_counter: msg_out,
+            average_msg_size: if msg_in > 0 {
+                bytes_in as f64 / msg_in as f64
+            } else {
+                0.0
+            },
+            storage_size: ml_stats.size_bytes,
+            backlog_size,
+            publishers,
+            subscriptions,
+            deduplication_status: "Disabled".to_owned(),
+            ..TopicStats::default()
+        })
+    }
+
+    async fn internal_stats(
+        &self,
+        name: &TopicName,
+    ) -> Result<PersistentTopicInternalStats, TopicAdminError> {
+        let topic = self.topic(name).await?;
+        let s = topic.managed_ledger().internal_stats();
+        Ok(PersistentTopicInternalStats {
+            entries_added_counter: s.entries_added_counter,
+            number_of_entries: s.number_of_entries,
+            total_size: s.total_size,
+            current_ledger_entries: s.current_ledger_entries,
+            current_ledger_size: s.current_ledger_size,
+            last_ledger_created_timestamp: s.last_ledger_created_timestamp,
+            last_confirmed_entry: s.last_confirmed_entry,
+            state: s.state,
+            ledgers: s
+                .ledgers
+                .iter()
+                .map(|l| LedgerInfo {
+                    ledger_id: l.ledger_id,
+                    entries: l.entries,
+                    size: l.size,
+                    offloaded: l.offloaded,
+                    under_replicated: false,
+                })
+                .collect(),
+            cursors: s
+                .cursors
+                .iter()
+                .map(|(n, c)| (n.clone(), cursor_stats(c)))
+                .collect(),
+            ..PersistentTopicInternalStats::default()
+        })
+    }
+
+    async fn subscriptions(&self, name: &TopicName) -> Result<Vec<String>, TopicAdminError> {
+        let topic = self.topic(name).await?;
+        Ok(topic.managed_ledger().cursor_names())
+    }
+
+    async fn create_subscription(
+        &self,
+        name: &TopicName,
+        subscription: &str,
+        start: StartPosition,
+    ) -> Result<(), TopicAdminError> {
+        let topic = self.topic(name).await?;
+        let ml = topic.managed_ledger();
+        if ml.cursor(subscription).is_some() {
+            return Err(TopicAdminError::AlreadyExists(
+                "Subscription already exists for topic".to_owned(),
+            ));
+        }
+        let initial = match start {
+            StartPosition::Earliest => InitialPosition::Earliest,
+            StartPosition::Latest | StartPosition::At { .. } => InitialPosition::Latest,
+        };
+        let cursor = ml
+            .open_cursor(subscription, initial)
+            .await
+            .map_err(|e| match e {
+                crate::managed_ledger::ManagedLedgerError::InvalidName(n) => {
+                    TopicAdminError::Invalid(format!("invalid subscription name {n:?}"))
+                }
+                e => from_ml(e),
+            })?;
+        if let StartPosition::At {
+            ledger_id,
+            entry_id,
+        } = start
+        {
+            cursor.reset(Position::new(ledger_id, entry_id));
+            cursor.flush().await.map_err(from_ml)?;
+        }
+        Ok(())
+    }
+
+    async fn delete_subscription(
+        &self,
+        name: &TopicName,
+        subscription: &str,
+        force: bool,
+    ) -> Result<(), TopicAdminError> {
+        let topic = self.topic(name).await?;
+        let loaded = topic.loaded_subscription(subscription);
+        let cursor = topic.managed_ledger().cursor(subscription);
+        if loaded.is_none() && cursor.is_none() {
+            return Err(TopicAdminError::NotFound(
+                "Subscription not found".to_owned(),
+            ));
+        }
+        if let Some(sub) = &loaded
+            && !force
+            && sub
+                .snapshot()
+                .await
+                .is_some_and(|s| !s.consumers.is_empty())
+        {
+            return Err(TopicAdminError::Precondition(
+                "Subscription has active connected consumers".to_owned(),
+            ));
+        }
+        if loaded.is_some() {
+            // Disconnects its consumers and stops its dispatcher.
+            topic.drop_subscription(subscription).await;
+        }
+        if cursor.is_some() {
+            match topic.managed_ledger().delete_cursor(subscription).await {
+                Ok(()) | Err(crate::managed_ledger::ManagedLedgerError::NoSuchCursor { .. }) => {}
+                Err(e) => return Err(from_ml(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset_cursor(
+        &self,
+        name: &TopicName,
+        subscription: &str,
+        target: ResetTarget,
+    ) -> Result<(), TopicAdminError> {
+        let topic = self.topic(name).await?;
+        let cursor = Self::cursor(&topic, subscription)?;
+        let ml = topic.managed_ledger();
+        let position = match target {
+            ResetTarget::Timestamp(ts) => find_by_publish_time(ml, ts).await?,
+            ResetTarget::MessageId {
+                ledger_id,
+                entry_id,
+                excluded,
+                ..
+            } => {
+                let p = Position {
+                    ledger: magnetar_metadata::LedgerId(ledger_id),
+                    entry: EntryId(entry_id),
+                };
+                if excluded { p.next() } else { p }
+            }
+        };
+        match topic.loaded_subscription(subscription) {
+            // The running subscription resets its cursor and disconnects its consumers.
+            Some(sub) => sub
+                .seek(SeekTarget::Position(position))
+                .await
+                .map_err(from_broker)?,
+            None => cursor.reset(position),
+        }
+        cursor.flush().await.map_err(from_ml)
+    }
+
+    async fn skip(
+        &self,
+        name: &TopicName,
+        subscription: &str,
+        messages: u64,
+    ) -> Result<(), TopicAdminError> {
+        let topic = self.topic(name).await?;
+        let cursor = Self::cursor(&topic, subscription)?;
+        let positions: Vec<Position> = unacked_entries(topic.managed_ledger(), &cursor, messages)
+            .await?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        cursor.ack_individual(&positions);
+        cursor.flush().await.map_err(from_ml)
+    }
+
+    async fn skip_all(&self, name: &TopicName, subscription: &str) -> Result<(), TopicAdminError> {
+        let topic = self.topic(name).await?;
+        let cursor = Self::cursor(&topic, subscription)?;
+        if let Some(last) = topic.managed_ledger().last_confirmed() {
+            cursor.ack_cumulative(last);
+        }
+        cursor.flush().await.map_err(from_ml)
+    }
+
+    async fn peek(
+        &self,
+        name: &TopicName,
+        subscription: &str,
+        position: u64,
+    ) -> Result<PeekedMessage, TopicAdminError> {
+        if position == 0 {
+            return Err(TopicAdminError::Invalid(
+                "message position starts at 1".to_owned(),
+            ));
+        }
+        let topic = self.topic(name).await?;
+        let cursor = Self::cursor(&topic, subscription)?;
+        let entries = unacked_entries(topic.managed_ledger(), &cursor, position).await?;
+        let index = usize::try_from(position - 1).unwrap_or(usize::MAX);
+        match entries.into_iter().nth(index) {
+            Some((p, entry)) => peeked(p, entry),
+            None => Err(TopicAdminError::NotFound("Message not found".to_owned())),
+        }
+    }
+}
