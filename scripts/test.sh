@@ -60,12 +60,13 @@ fi
 # The official Pulsar client (C++ core) and pytest: tests/python drives standalone with them.
 command -v python3 >/dev/null 2>&1 \
   || fail "python3 is missing: install Python 3.9 or later (e.g. apt-get install -y python3 python3-pip), then rerun"
-if python3 -c 'import pulsar, pytest' >/dev/null 2>&1; then
-  echo "pulsar-client, pytest: present"
+# pulsar-client[avro] brings fastavro, which the client's AvroSchema needs (test_schema.py).
+if python3 -c 'import pulsar, pytest, fastavro' >/dev/null 2>&1; then
+  echo "pulsar-client[avro], pytest: present"
 else
-  echo "pulsar-client or pytest: missing; installing them with pip"
-  python3 -m pip install --quiet pulsar-client pytest \
-    || fail "cannot install the Python test dependencies: run 'python3 -m pip install pulsar-client pytest', then rerun"
+  echo "pulsar-client[avro] or pytest: missing; installing them with pip"
+  python3 -m pip install --quiet 'pulsar-client[avro]' pytest \
+    || fail "cannot install the Python test dependencies: run \"python3 -m pip install 'pulsar-client[avro]' pytest\", then rerun"
 fi
 # Later parts, installed here when their tests arrive (not yet):
 #   - promtool, to check /metrics:                                apt-get install -y prometheus

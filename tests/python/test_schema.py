@@ -1,6 +1,7 @@
 """Schemas with the official Python client: typed producers and consumers, versions per topic,
 incompatible schemas refused with IncompatibleSchema, GET_SCHEMA."""
 
+import _pulsar
 import pulsar
 import pytest
 from pulsar.schema import AvroSchema, Integer, JsonSchema, Record, String, StringSchema
@@ -103,3 +104,29 @@ def test_topic_without_schema_and_bytes_producer(client, topic):
         client._client.get_schema_info(topic, -1)
     # A typed consumer on a topic that has data but no schema is let in (as Pulsar does).
     client.subscribe(topic, "typed", schema=StringSchema())
+
+
+class AutoConsume(pulsar.schema.Schema):
+    """The C++ client's AUTO_CONSUME schema type (the Python wrapper has no class for it)."""
+
+    def __init__(self):
+        super().__init__(bytes, _pulsar.SchemaType.AUTO_CONSUME, None, "AUTO_CONSUME")
+
+    def encode(self, obj):
+        return obj
+
+    def decode(self, data):
+        return data
+
+
+def test_auto_consume_consumer_reads_a_json_topic(client, topic):
+    producer = client.create_producer(topic, schema=JsonSchema(Point))
+    producer.send(Point(name="auto", x=3))
+    consumer = client.subscribe(topic, "auto", schema=AutoConsume(), initial_position=EARLIEST)
+    msg = receive_all(consumer, 1)[0]
+    assert b'"auto"' in msg.data()
+    # What an AUTO_CONSUME consumer then asks for: the writer's schema by its version.
+    info = client._client.get_schema_info(topic, 0)
+    assert '"x"' in info.schema()
+    # A bytes producer may still write to the typed topic.
+    client.create_producer(topic, schema=pulsar.schema.BytesSchema()).send(b"raw")
