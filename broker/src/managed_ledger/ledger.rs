@@ -212,6 +212,9 @@ async fn open_managed_ledger(
         inflight: FuturesOrdered::new(),
         deferred: None,
         roll_needed: false,
+        retry_at: None,
+        backoff: Duration::ZERO,
+        last_error: None,
     };
     tokio::spawn(
         actor
@@ -765,7 +768,18 @@ struct Actor {
     deferred: Option<oneshot::Sender<MlResult<()>>>,
     /// The current ledger reached a limit (or its writer broke): roll over once drained.
     roll_needed: bool,
+    /// After a ledger failed (it could not be created, or its writer broke — e.g. too few live
+    /// bookies), appends fail fast until this instant instead of each creating a new ledger:
+    /// the wait doubles from 100 ms up to 10 s and resets when an append succeeds, so an outage
+    /// costs a few ledgers, not a ledger id and metadata writes per append.
+    retry_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+    last_error: Option<LedgerError>,
 }
+
+/// Bounds of the wait between attempts to create a ledger after a failure.
+const CREATE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 impl Actor {
     fn name(&self) -> String {
@@ -787,16 +801,21 @@ impl Actor {
                     let _ = done.send(r);
                     break;
                 }
-                if self.roll_needed && self.status() == Status::Open {
+                if self.roll_needed && self.status() == Status::Open && !self.backing_off() {
                     self.roll_needed = false;
-                    if let Err(e) = self.rollover().await {
+                    if let Err(e) = self.rollover_with_backoff().await {
                         warn!(error = %e, "rollover failed");
                     }
                 }
             }
-            let accepting =
-                self.deferred.is_none() && !self.roll_needed && self.inflight.len() < max;
+            let backing_off = self.backing_off();
+            // While backing off, appends are taken and refused at once rather than left waiting.
+            let accepting = self.deferred.is_none()
+                && (!self.roll_needed || backing_off)
+                && self.inflight.len() < max;
+            let retry_at = self.retry_at.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
+                _ = tokio::time::sleep_until(retry_at), if self.roll_needed && backing_off => {}
                 cmd = rx.recv(), if accepting => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     None => {
@@ -853,9 +872,55 @@ impl Actor {
         }
     }
 
+    /// True while the backoff after a ledger failure runs.
+    fn backing_off(&self) -> bool {
+        self.retry_at
+            .is_some_and(|at| tokio::time::Instant::now() < at)
+    }
+
+    fn backoff_error(&self) -> ManagedLedgerError {
+        self.last_error
+            .clone()
+            .unwrap_or(LedgerError::NotEnoughBookies {
+                needed: self.shared.config.ensemble_size as usize,
+                available: 0,
+            })
+            .into()
+    }
+
+    /// A ledger failed: wait longer before the next attempt.
+    fn note_ledger_failure(&mut self, error: LedgerError) {
+        self.backoff = (self.backoff * 2).clamp(CREATE_BACKOFF_MIN, CREATE_BACKOFF_MAX);
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
+        self.last_error = Some(error);
+    }
+
+    /// Rolls over (creating the next ledger) unless a failure's backoff runs.
+    async fn rollover_with_backoff(&mut self) -> MlResult<()> {
+        if self.backing_off() {
+            return Err(self.backoff_error());
+        }
+        let result = self.rollover().await;
+        if self.writer.is_none() {
+            let error = match &result {
+                Err(ManagedLedgerError::Ledger(e)) => e.clone(),
+                _ => LedgerError::NotEnoughBookies {
+                    needed: self.shared.config.ensemble_size as usize,
+                    available: 0,
+                },
+            };
+            self.note_ledger_failure(error);
+        }
+        result
+    }
+
     async fn append(&mut self, payload: Bytes, done: oneshot::Sender<MlResult<Position>>) {
+        if self.roll_needed && self.backing_off() {
+            let _ = done.send(Err(self.backoff_error()));
+            return;
+        }
         if self.writer.is_none()
-            && let Err(e) = self.rollover().await
+            && let Err(e) = self.rollover_with_backoff().await
         {
             let _ = done.send(Err(e));
             return;
@@ -892,6 +957,7 @@ impl Actor {
         } else {
             warn!(error = %e, "append failed: the ledger will be replaced");
             self.roll_needed = true;
+            self.note_ledger_failure(e.clone());
             let _ = done.send(Err(e.into()));
         }
     }
@@ -920,6 +986,8 @@ impl Actor {
             Err(e) => return self.on_writer_error(e, done),
         };
         let pos = Position { ledger, entry };
+        self.backoff = Duration::ZERO;
+        self.retry_at = None;
         self.shared.cache.insert(pos, payload.clone()).await;
         {
             let mut st = self.shared.state();
@@ -1004,6 +1072,7 @@ impl Actor {
                 self.shared.config.ledger_config(&self.shared.name),
             )
             .await;
+            let mut create_error = None;
             let writer = match created {
                 Ok(w) => {
                     next.ledgers.push(open_info(w.id()));
@@ -1011,6 +1080,11 @@ impl Actor {
                 }
                 Err(e) => {
                     warn!(error = %e, "could not create the next ledger");
+                    if old.is_none() {
+                        // Nothing was sealed, so there is nothing to record.
+                        return Err(e.into());
+                    }
+                    create_error = Some(e);
                     None
                 }
             };
@@ -1049,9 +1123,10 @@ impl Actor {
             self.enqueued_entries = 0;
             self.enqueued_bytes = 0;
             info!(from = ?old, to = ?new_id, "rolled over");
-            match new_id {
-                Some(_) => Ok(()),
-                None => Err(ManagedLedgerError::Ledger(LedgerError::NotEnoughBookies {
+            match (new_id, create_error) {
+                (Some(_), _) => Ok(()),
+                (None, Some(e)) => Err(e.into()),
+                (None, None) => Err(ManagedLedgerError::Ledger(LedgerError::NotEnoughBookies {
                     needed: self.shared.config.ensemble_size as usize,
                     available: 0,
                 })),

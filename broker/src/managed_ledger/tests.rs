@@ -446,3 +446,59 @@ async fn managed_ledger_retention_trims_only_consumed_ledgers() {
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
+    // E=Qw=Qa=1 with entries_max 1: every append needs a new ledger.
+    let cluster = Cluster::start(1).await;
+    let factory = cluster.factory();
+    let ml = factory
+        .open(
+            "t/ns/persistent/outage",
+            ManagedLedgerConfig {
+                ensemble_size: 1,
+                write_quorum: 1,
+                ack_quorum: 1,
+                ..config(1)
+            },
+        )
+        .await
+        .unwrap();
+    append_n(&ml, 0, 1).await;
+    // The only bookie dies but stays registered (its session has not expired yet): ledgers can
+    // still be created on it, and every write to them fails.
+    let id = cluster.bookies[0].id().clone();
+    cluster.connector.remove(&id);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ids_before = cluster.metadata.get("/ids/ledger").await.unwrap();
+    // A producer retrying hard for a second: each append fails, fast.
+    let started = std::time::Instant::now();
+    let mut failures = 0;
+    while started.elapsed() < Duration::from_secs(1) {
+        let result = match ml.append(Bytes::from_static(b"x")).await {
+            Ok(handle) => handle.await,
+            Err(e) => Err(e),
+        };
+        assert!(result.is_err(), "no bookie: appends must fail");
+        failures += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ids_after = cluster.metadata.get("/ids/ledger").await.unwrap();
+    let allocated = |v: Option<magnetar_metadata::Versioned>| {
+        v.map_or(0, |v| {
+            std::str::from_utf8(&v.value)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+    };
+    let attempts = allocated(ids_after) - allocated(ids_before);
+    assert!(
+        failures > 50,
+        "appends fail fast during the outage ({failures})"
+    );
+    assert!(
+        attempts <= 6,
+        "ledger creation is retried with backoff, not per append: {attempts} ids in 1 s"
+    );
+}
