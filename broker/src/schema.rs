@@ -49,13 +49,41 @@ pub struct StoredSchema {
     #[serde(rename = "type")]
     pub schema_type: i32,
     pub name: String,
-    /// The schema definition as sent (JSON text for AVRO/JSON).
+    /// The schema definition as sent; stored as a JSON string when it is UTF-8 (AVRO/JSON
+    /// definitions), as an array of bytes otherwise.
+    #[serde(with = "definition")]
     pub data: Vec<u8>,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
     /// FNV-1a 64 of type and data, hex (informational; equality compares type and data).
     pub hash: String,
     pub timestamp_ms: u64,
+}
+
+/// Serde of a definition: text when UTF-8 (a third of an array's size, and readable).
+mod definition {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(data) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.collect_seq(data),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        Ok(match Stored::deserialize(d)? {
+            Stored::Text(t) => t.into_bytes(),
+            Stored::Bytes(b) => b,
+        })
+    }
 }
 
 /// The schema record of one topic: its versions, oldest first.
@@ -640,6 +668,27 @@ mod tests {
             resp.schema.map(|s| s.schema_data),
             Some(Bytes::from_static(A.as_bytes()))
         );
+        Ok(())
+    }
+
+    #[test]
+    fn definitions_are_stored_as_text_or_bytes() -> Result<(), serde_json::Error> {
+        for data in [A.as_bytes().to_vec(), vec![0xff, 0x00, 0x80], vec![]] {
+            let s = StoredSchema {
+                version: 3,
+                schema_type: SchemaType::Protobuf as i32,
+                name: "n".into(),
+                data: data.clone(),
+                properties: BTreeMap::new(),
+                hash: fnv1a(3, &data),
+                timestamp_ms: 1,
+            };
+            let json = serde_json::to_string(&s)?;
+            if data.first() == Some(&b'{') {
+                assert!(json.contains(r#""data":"{\"type\""#), "{json}");
+            }
+            assert_eq!(serde_json::from_str::<StoredSchema>(&json)?, s);
+        }
         Ok(())
     }
 
