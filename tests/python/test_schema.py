@@ -130,3 +130,11 @@ def test_auto_consume_consumer_reads_a_json_topic(client, topic):
     assert '"x"' in info.schema()
     # A bytes producer may still write to the typed topic.
     client.create_producer(topic, schema=pulsar.schema.BytesSchema()).send(b"raw")
+
+
+def test_partitions_share_the_schema_of_their_topic(client, topic):
+    client.create_producer(f"{topic}-partition-0", schema=JsonSchema(Point))
+    with pytest.raises(pulsar.IncompatibleSchema):
+        client.create_producer(f"{topic}-partition-1", schema=StringSchema())
+    client.create_producer(f"{topic}-partition-1", schema=JsonSchema(Point))
+    assert '"x"' in client._client.get_schema_info(topic, -1).schema()
