@@ -14,7 +14,9 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// A usage error: unknown flag, missing argument (clap's own code).
 pub const EXIT_USAGE: u8 = 2;
-/// The subcommand exists in the product but is not in this build yet.
+/// The subcommand exists in the product but is not in this build yet (every subcommand is built
+/// now; the code stays reserved).
+#[allow(dead_code)]
 pub const EXIT_NOT_BUILT: u8 = 3;
 
 const AFTER_HELP: &str = "\
@@ -50,11 +52,11 @@ pub enum Command {
     /// Manage tenants, namespaces, topics and subscriptions through the admin REST API.
     Admin(crate::admin::AdminArgs),
     /// Publish messages to a topic from the command line.
-    Produce(PendingArgs),
+    Produce(crate::client::ProduceArgs),
     /// Receive messages from a subscription and print them.
-    Consume(PendingArgs),
+    Consume(crate::client::ConsumeArgs),
     /// Generate produce/consume load and report throughput and latency.
-    Perf(PendingArgs),
+    Perf(crate::client::PerfArgs),
 }
 
 /// Flags of `magnetar standalone` (final).
@@ -125,14 +127,6 @@ pub struct ConfigArg {
     pub file: Option<PathBuf>,
 }
 
-/// The arguments of a subcommand whose flags are not designed yet: accepted as they come, so the
-/// answer is always "not built yet" rather than a usage error.
-#[derive(Debug, Args)]
-pub struct PendingArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub args: Vec<String>,
-}
-
 impl Command {
     /// The subcommand's name as typed.
     pub fn name(&self) -> &'static str {
@@ -147,20 +141,6 @@ impl Command {
         }
     }
 
-    /// What this subcommand is waiting for, when it is not built yet.
-    pub fn missing_part(&self) -> &'static str {
-        match self {
-            Command::Broker(_) => "nothing: the broker is built",
-            Command::Standalone(_) => "nothing: standalone is built",
-            Command::Bookie(_) => "nothing: the bookie is built",
-            Command::Admin(_) => "nothing: the admin client is built",
-            Command::Produce(_) | Command::Consume(_) => {
-                "the client commands arrive with the broker in a later release"
-            }
-            Command::Perf(_) => "the perf harness arrives with the broker in a later release",
-        }
-    }
-
     /// The `--config FILE` given to this subcommand, if it takes one.
     pub fn config_file(&self) -> Option<&PathBuf> {
         match self {
@@ -168,7 +148,12 @@ impl Command {
             Command::Broker(a) => a.config.file.as_ref(),
             Command::Bookie(a) => a.config.file.as_ref(),
             Command::Admin(a) => a.config.file.as_ref(),
-            Command::Produce(_) | Command::Consume(_) | Command::Perf(_) => None,
+            Command::Produce(a) => a.client.config.file.as_ref(),
+            Command::Consume(a) => a.client.config.file.as_ref(),
+            Command::Perf(a) => match &a.command {
+                crate::client::PerfCommand::Produce(p) => p.client.config.file.as_ref(),
+                crate::client::PerfCommand::Consume(c) => c.client.config.file.as_ref(),
+            },
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[admin]`: `magnetar admin`, the command-line client of the admin REST API.
     pub admin: AdminConfig,
+    /// `[client]`: `magnetar produce`, `consume` and `perf`.
+    pub client: ClientConfig,
 }
 
 /// Which metadata-store backend to use.
@@ -362,6 +364,23 @@ impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             url: "http://127.0.0.1:8080".to_owned(),
+        }
+    }
+}
+
+/// `[client]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Broker URL of `magnetar produce`, `consume` and `perf` (`--service-url` and
+    /// `MAGNETAR_SERVICE_URL` override it).
+    pub service_url: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            service_url: "pulsar://127.0.0.1:6650".to_owned(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod admin;
 mod bookie;
 mod broker;
 mod cli;
+mod client;
 mod config;
 mod standalone;
 
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, EXIT_FAILURE, EXIT_NOT_BUILT, EXIT_OK, EXIT_USAGE};
+use crate::cli::{Cli, Command, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 use crate::config::{BookieFlags, CONFIG_FILE_ENV, Config, FlagOverrides};
 
 fn main() -> ExitCode {
@@ -71,19 +72,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     tracing::debug!(command = command.name(), config_file = ?file, "configuration loaded");
 
     match command {
-        Command::Admin(args) => return admin::run(args, &config),
-        Command::Bookie(_) => return bookie::run(&config),
-        Command::Standalone(_) => return standalone::run(&config),
-        Command::Broker(_) => return broker::run(&config),
-        _ => {}
+        Command::Admin(args) => admin::run(args, &config),
+        Command::Bookie(_) => bookie::run(&config),
+        Command::Standalone(_) => standalone::run(&config),
+        Command::Broker(_) => broker::run(&config),
+        Command::Produce(args) => client::produce(args, &config),
+        Command::Consume(args) => client::consume(args, &config),
+        Command::Perf(args) => client::perf(args, &config),
     }
-
-    eprintln!(
-        "magnetar {}: not built yet — {}; see README (exit code {EXIT_NOT_BUILT})",
-        command.name(),
-        command.missing_part()
-    );
-    Ok(EXIT_NOT_BUILT)
 }
 
 /// `--config FILE` of the subcommand, else `MAGNETAR_CONFIG` (an empty value counts as unset).
