@@ -40,7 +40,7 @@ async fn backends() -> Vec<Bench> {
         store: Arc::new(embedded),
         _guard: Box::new(dir),
     });
-    match etcd_support::EtcdServer::start() {
+    match etcd_support::EtcdServer::launch().await {
         Ok(server) => {
             let store = EtcdStore::connect(EtcdOptions {
                 endpoints: vec![server.endpoint()],

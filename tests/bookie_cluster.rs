@@ -7,9 +7,8 @@
 #[allow(dead_code)]
 mod etcd_support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +23,11 @@ use magnetar_bookie::client::{
 use magnetar_bookie::rpc::{ClientOptions, GrpcBookieClient, GrpcConnector};
 use magnetar_bookie::server::{Bookie, BookieOptions};
 use magnetar_metadata::{EntryId, EtcdOptions, EtcdStore, LedgerId, MetadataStore};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
-/// A `magnetar bookie` process with its data directory and port, restartable in place.
+/// A `magnetar bookie` process with its data directory and port, restartable in place. Driven
+/// with tokio's process API so that waiting for it never blocks the test's runtime.
 struct BookieProcess {
     child: Option<Child>,
     data_dir: PathBuf,
@@ -34,17 +36,8 @@ struct BookieProcess {
     env: Vec<(String, String)>,
 }
 
-impl Drop for BookieProcess {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 impl BookieProcess {
-    fn spawn(&mut self) -> Result<()> {
+    async fn spawn(&mut self) -> Result<()> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_magnetar"))
             .args([
                 "bookie",
@@ -59,22 +52,23 @@ impl BookieProcess {
             .env("MAGNETAR_LOG__LEVEL", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            .kill_on_drop(true)
             .spawn()
             .context("spawning magnetar bookie")?;
         let stdout = child.stdout.take().context("bookie stdout")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
         self.child = Some(child);
-        let line = rx.recv_timeout(Duration::from_secs(20)).map_err(|_| {
-            anyhow!(
-                "bookie on port {} did not report serving in 20 s",
-                self.port
-            )
-        })?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "bookie on port {} did not report serving in 20 s",
+                    self.port
+                )
+            })??
+            .context("bookie closed its stdout before serving")?;
+        // Keep draining stdout so the bookie never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let addr = line
             .strip_prefix("magnetar bookie: serving ")
             .and_then(|rest| rest.split_whitespace().next())
@@ -88,34 +82,34 @@ impl BookieProcess {
     }
 
     /// SIGKILL: no shutdown, no checkpoint, no deregistration.
-    fn kill9(&mut self) -> Result<()> {
+    async fn kill9(&mut self) -> Result<()> {
         let mut child = self.child.take().context("bookie not running")?;
-        child.kill()?;
-        child.wait()?;
+        child.kill().await?;
         Ok(())
     }
 
     /// SIGTERM and wait for a clean exit.
-    fn terminate(&mut self) -> Result<()> {
+    async fn terminate(&mut self) -> Result<()> {
         let mut child = self.child.take().context("bookie not running")?;
+        let pid = child.id().context("bookie already reaped")?;
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()?;
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
         ensure!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait()? {
+        match tokio::time::timeout(Duration::from_secs(20), child.wait()).await {
+            Ok(status) => {
+                let status = status?;
                 ensure!(
                     status.success(),
                     "bookie exited with {status} after SIGTERM"
                 );
-                return Ok(());
+                Ok(())
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                bail!("bookie did not stop within 20 s of SIGTERM");
+            Err(_) => {
+                let _ = child.kill().await;
+                bail!("bookie did not stop within 20 s of SIGTERM")
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -130,7 +124,7 @@ struct Cluster {
 
 impl Cluster {
     async fn start(bookies: usize) -> Result<Cluster> {
-        let etcd = etcd_support::EtcdServer::start()?;
+        let etcd = etcd_support::EtcdServer::launch().await?;
         let root = "/bookie-cluster".to_owned();
         let store: Arc<dyn MetadataStore> = Arc::new(
             EtcdStore::connect(EtcdOptions {
@@ -148,13 +142,13 @@ impl Cluster {
             store,
         };
         for _ in 0..bookies {
-            cluster.add_bookie(&[])?;
+            cluster.add_bookie(&[]).await?;
         }
         Ok(cluster)
     }
 
     /// Starts one more bookie process with extra `MAGNETAR_*` settings.
-    fn add_bookie(&mut self, extra_env: &[(&str, &str)]) -> Result<usize> {
+    async fn add_bookie(&mut self, extra_env: &[(&str, &str)]) -> Result<usize> {
         let index = self.bookies.len();
         let mut env = vec![
             ("MAGNETAR_METADATA__BACKEND".to_owned(), "etcd".to_owned()),
@@ -180,7 +174,7 @@ impl Cluster {
             id: BookieId(String::new()),
             env,
         };
-        bookie.spawn()?;
+        bookie.spawn().await?;
         self.bookies.push(bookie);
         Ok(index)
     }
@@ -309,7 +303,7 @@ async fn writer_keeps_going_when_a_bookie_is_killed() -> Result<()> {
         .clone();
     let victim = cluster.index_of(&ensemble[0])?;
     let in_flight = append_all(&writer, 500..1000, 1024).await?;
-    cluster.bookies[victim].kill9()?;
+    cluster.bookies[victim].kill9().await?;
     let after = append_all(&writer, 1000..2000, 1024).await?;
     expect_acked(in_flight, 500).await?;
     expect_acked(after, 1000).await?;
@@ -337,8 +331,8 @@ async fn acknowledged_entries_survive_kill_and_restart_of_a_bookie() -> Result<(
     let ledger = writer.id();
     let handles = append_all(&writer, 0..1000, 512).await?;
     expect_acked(handles, 0).await?;
-    cluster.bookies[0].kill9()?;
-    cluster.bookies[0].spawn()?;
+    cluster.bookies[0].kill9().await?;
+    cluster.bookies[0].spawn().await?;
 
     let bookie = GrpcBookieClient::new(cluster.bookies[0].id.clone(), ClientOptions::default());
     let entries = bookie
@@ -414,7 +408,7 @@ async fn corrupt_entry_is_detected_and_read_from_another_replica() -> Result<()>
 
     // Flip a byte of entry 10 in the entry logs of two of the three bookies.
     for b in 0..2 {
-        cluster.bookies[b].terminate()?;
+        cluster.bookies[b].terminate().await?;
         flip_payload_byte(
             &cluster.bookies[b].data_dir,
             &cluster.bookies[b].id,
@@ -422,7 +416,7 @@ async fn corrupt_entry_is_detected_and_read_from_another_replica() -> Result<()>
             target,
         )
         .await?;
-        cluster.bookies[b].spawn()?;
+        cluster.bookies[b].spawn().await?;
     }
     for b in 0..2 {
         let direct = GrpcBookieClient::new(cluster.bookies[b].id.clone(), ClientOptions::default());
@@ -472,12 +466,14 @@ async fn flip_payload_byte(
 async fn full_bookie_turns_read_only_and_adds_move_to_others() -> Result<()> {
     let mut cluster = Cluster::start(2).await?;
     // A third bookie with a small storage cap, checked often.
-    let small = cluster.add_bookie(&[
-        ("MAGNETAR_BOOKIE__STORAGE_SIZE_BYTES_MAX", "16777216"),
-        ("MAGNETAR_BOOKIE__JOURNAL_FILE_SIZE_BYTES", "1048576"),
-        ("MAGNETAR_BOOKIE__DISK_CHECK_INTERVAL_MS", "100"),
-        ("MAGNETAR_BOOKIE__CHECKPOINT_INTERVAL_MS", "200"),
-    ])?;
+    let small = cluster
+        .add_bookie(&[
+            ("MAGNETAR_BOOKIE__STORAGE_SIZE_BYTES_MAX", "16777216"),
+            ("MAGNETAR_BOOKIE__JOURNAL_FILE_SIZE_BYTES", "1048576"),
+            ("MAGNETAR_BOOKIE__DISK_CHECK_INTERVAL_MS", "100"),
+            ("MAGNETAR_BOOKIE__CHECKPOINT_INTERVAL_MS", "200"),
+        ])
+        .await?;
     let small_id = cluster.bookies[small].id.clone();
     let client = cluster.client().await?;
     // With exactly three bookies registered, the ensemble must include the small one.
@@ -491,7 +487,7 @@ async fn full_bookie_turns_read_only_and_adds_move_to_others() -> Result<()> {
             .bookies
             .contains(&small_id)
     );
-    cluster.add_bookie(&[])?;
+    cluster.add_bookie(&[]).await?;
 
     const SIZE: usize = 64 * 1024;
     let mut written = 0u64;

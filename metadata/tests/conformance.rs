@@ -133,7 +133,7 @@ impl Kind {
                 })
             }
             Kind::Etcd => {
-                let server = etcd_support::EtcdServer::start()?;
+                let server = etcd_support::EtcdServer::launch().await?;
                 let spec = BackendSpec::Etcd {
                     endpoint: server.endpoint(),
                     root: "/conformance".into(),

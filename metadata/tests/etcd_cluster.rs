@@ -66,7 +66,7 @@ async fn next_event(stream: &mut WatchStream, what: &str) -> Result<WatchEvent> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_on_one_server() -> Result<()> {
     init_tracing();
-    let server = EtcdServer::start()?;
+    let server = EtcdServer::launch().await?;
     let root = unique_root();
     let store = connect(vec![server.endpoint()], &root).await?;
     // A neighbouring root whose name extends this one: its keys must never show up here.
@@ -285,7 +285,7 @@ async fn contract_on_one_server() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_10000_keys_and_1_mib_values() -> Result<()> {
     init_tracing();
-    let server = EtcdServer::start()?;
+    let server = EtcdServer::launch().await?;
     let store = connect(vec![server.endpoint()], &unique_root()).await?;
     const KEYS: usize = 10_000;
     let started = Instant::now();
@@ -376,7 +376,7 @@ async fn survives_killing_the_leader() -> Result<()> {
 /// Writes, reads, a watch and a session keep working across the death of one of three members.
 async fn failover(victim: Victim) -> Result<()> {
     init_tracing();
-    let mut cluster = EtcdCluster::start(3)?;
+    let mut cluster = EtcdCluster::launch(3).await?;
     let endpoints = cluster.endpoints();
     let store = connect(endpoints.clone(), &unique_root()).await?;
     let session = store.create_session(Duration::from_secs(2)).await?;
@@ -603,7 +603,7 @@ async fn leader_index(endpoints: &[String]) -> Result<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn works_with_a_dead_first_endpoint() -> Result<()> {
     init_tracing();
-    let mut cluster = EtcdCluster::start(3)?;
+    let mut cluster = EtcdCluster::launch(3).await?;
     cluster.kill_member(0)?;
     let endpoints = cluster.endpoints();
     let started = Instant::now();
@@ -669,7 +669,7 @@ async fn reports_unavailable_when_no_member_is_alive() -> Result<()> {
     ensure!(took < request_timeout * 3, "connect took {took:?}");
 
     // A store whose only member dies.
-    let mut server = EtcdServer::start()?;
+    let mut server = EtcdServer::launch().await?;
     let store = EtcdStore::connect(options(vec![server.endpoint()])).await?;
     let _ = store.put("/k", bytes("v"), Expected::Any).await?;
     server.kill()?;

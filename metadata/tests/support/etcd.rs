@@ -85,6 +85,14 @@ impl EtcdServer {
         })
     }
 
+    /// [`EtcdServer::start`] for async callers: starting and the health polling block, so they
+    /// run on a blocking thread instead of stalling a runtime worker.
+    pub async fn launch() -> Result<EtcdServer> {
+        tokio::task::spawn_blocking(EtcdServer::start)
+            .await
+            .map_err(|e| anyhow!("etcd start task failed: {e}"))?
+    }
+
     /// Its client URL, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         self.cluster.endpoint(0)
@@ -126,6 +134,13 @@ struct Member {
 impl EtcdCluster {
     /// Starts `n` members and waits until every one of them answers `/health` as healthy (which
     /// needs an elected leader).
+    pub async fn launch(n: usize) -> Result<EtcdCluster> {
+        tokio::task::spawn_blocking(move || EtcdCluster::start(n))
+            .await
+            .map_err(|e| anyhow!("etcd start task failed: {e}"))?
+    }
+
+    /// Like [`EtcdCluster::launch`], for callers outside a runtime.
     pub fn start(n: usize) -> Result<EtcdCluster> {
         if n == 0 {
             bail!("an etcd cluster needs at least one member");
