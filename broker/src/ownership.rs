@@ -44,6 +44,10 @@ pub struct OwnershipCache {
     session: Session,
     broker_id: String,
     owned: Mutex<HashMap<Bundle, Arc<OwnershipLease>>>,
+    /// One acquisition per bundle at a time: a second concurrent lookup of a free bundle would
+    /// otherwise find the key the first one is writing, under this broker's own name, and answer
+    /// "owned by another" — which clients see as ServiceNotReady and retry.
+    acquiring: Mutex<HashMap<Bundle, Arc<tokio::sync::Mutex<()>>>>,
     lost_tx: broadcast::Sender<Bundle>,
 }
 
@@ -56,6 +60,7 @@ impl OwnershipCache {
             session,
             broker_id,
             owned: Mutex::new(HashMap::new()),
+            acquiring: Mutex::new(HashMap::new()),
             lost_tx,
         })
     }
@@ -78,13 +83,42 @@ impl OwnershipCache {
         self.owned().get(bundle).is_some_and(|l| !l.is_lost())
     }
 
+    fn owned_epoch(&self, bundle: &Bundle) -> Option<u64> {
+        self.owned()
+            .get(bundle)
+            .filter(|l| !l.is_lost())
+            .map(|l| l.epoch())
+    }
+
     /// The owner of `bundle`, taking the lease if nobody holds it.
     pub async fn acquire(self: &Arc<Self>, bundle: &Bundle) -> Result<Owner, MetadataError> {
-        if let Some(lease) = self.owned().get(bundle).filter(|l| !l.is_lost()) {
-            return Ok(Owner::This {
-                epoch: lease.epoch(),
-            });
+        if let Some(epoch) = self.owned_epoch(bundle) {
+            return Ok(Owner::This { epoch });
         }
+        let gate = {
+            let mut acquiring = self.acquiring.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(acquiring.entry(bundle.clone()).or_default())
+        };
+        let result = {
+            // The async gate serializes acquisitions of this bundle; no std lock is held here.
+            let _single_flight = gate.lock().await;
+            match self.owned_epoch(bundle) {
+                Some(epoch) => Ok(Owner::This { epoch }),
+                None => self.take(bundle).await,
+            }
+        };
+        let mut acquiring = self.acquiring.lock().unwrap_or_else(|p| p.into_inner());
+        // The last one out removes the gate (the map holds one reference, `gate` another).
+        if acquiring
+            .get(bundle)
+            .is_some_and(|g| Arc::ptr_eq(g, &gate) && Arc::strong_count(g) == 2)
+        {
+            acquiring.remove(bundle);
+        }
+        result
+    }
+
+    async fn take(self: &Arc<Self>, bundle: &Bundle) -> Result<Owner, MetadataError> {
         let key = bundle_key(bundle);
         match OwnershipLease::acquire(
             Arc::clone(&self.store),
@@ -220,6 +254,36 @@ mod tests {
             panic!("the bundle is free after the owner's session ended")
         };
         assert!(epoch2 > epoch);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_acquisitions_by_one_broker_all_see_it_owning() {
+        let shared: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
+        let s1 = shared.create_session(Duration::from_secs(5)).await.unwrap();
+        let b1 = OwnershipCache::new(Arc::clone(&shared), s1, "b1".into());
+        let bundle = bundle();
+        let start = Arc::new(tokio::sync::Barrier::new(16));
+        let tries: Vec<_> = (0..16)
+            .map(|_| {
+                let b1 = Arc::clone(&b1);
+                let bundle = bundle.clone();
+                let start = Arc::clone(&start);
+                tokio::spawn(async move {
+                    start.wait().await;
+                    b1.acquire(&bundle).await
+                })
+            })
+            .collect();
+        let mut epochs = Vec::new();
+        for t in tries {
+            match t.await.unwrap().unwrap() {
+                Owner::This { epoch } => epochs.push(epoch),
+                other => panic!("a broker racing itself must own the bundle, got {other:?}"),
+            }
+        }
+        epochs.dedup();
+        assert_eq!(epochs.len(), 1, "one lease, one epoch: {epochs:?}");
+        assert!(b1.acquiring.lock().unwrap().is_empty(), "gates are removed");
     }
 
     #[tokio::test]
