@@ -76,6 +76,15 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         node.service(),
     )
     .await?;
+    // Other brokers redirect admin requests here: advertise the host clients can reach.
+    let admin_url = match &b.advertised_address {
+        Some(host) if host.contains(':') => format!("http://[{host}]:{}", admin.port()),
+        Some(host) => format!("http://{host}:{}", admin.port()),
+        None => admin.url(),
+    };
+    node.register_admin_url(&admin_url)
+        .await
+        .context("cannot register the broker's admin URL")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "magnetar broker: admin {}", admin.url())?;
     out.flush()?;

@@ -126,6 +126,10 @@ impl AdminServer {
         format!("http://{addr}")
     }
 
+    pub(crate) fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
     /// Stops accepting requests and waits for those in flight.
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(());

@@ -21,6 +21,7 @@ pub mod error;
 pub mod node;
 pub mod ownership;
 pub mod policies;
+pub mod registry;
 pub mod schema;
 pub mod server;
 pub mod service;

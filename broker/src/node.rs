@@ -98,6 +98,15 @@ impl BrokerNode {
         })
     }
 
+    /// Announces this broker's admin URL (once its admin server listens) so other brokers
+    /// answer admin requests for topics it owns with a 307 to it.
+    pub async fn register_admin_url(
+        &self,
+        admin_url: &str,
+    ) -> Result<(), crate::error::BrokerError> {
+        self.service.register(&self.session, admin_url).await
+    }
+
     pub fn service_url(&self) -> &str {
         &self.service.config().service_url
     }

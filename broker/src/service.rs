@@ -166,6 +166,29 @@ impl BrokerService {
         }
     }
 
+    /// The admin URL of the broker whose bundle leases name it `owner` (its service URL), if
+    /// that broker registered one.
+    pub async fn admin_url_of(&self, owner: &str) -> BrokerResult<Option<String>> {
+        Ok(crate::registry::lookup(&self.store, owner)
+            .await?
+            .map(|r| r.web_service_url))
+    }
+
+    /// Announces this broker (its service URL and `admin_url`) under `session`, so other
+    /// brokers can redirect admin requests for topics it owns.
+    pub async fn register(
+        &self,
+        session: &magnetar_metadata::Session,
+        admin_url: &str,
+    ) -> BrokerResult<()> {
+        let record = crate::registry::BrokerRecord {
+            pulsar_service_url: self.config.service_url.clone(),
+            web_service_url: admin_url.to_owned(),
+        };
+        crate::registry::register(&self.store, session, &record).await?;
+        Ok(())
+    }
+
     /// Partitions of `topic` (0: not partitioned). With auto-creation of partitioned topics
     /// in the namespace policy, an unknown topic is created partitioned.
     pub async fn partitions(&self, topic: &TopicName) -> BrokerResult<u32> {

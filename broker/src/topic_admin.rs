@@ -3,7 +3,8 @@
 //!
 //! Every operation on one topic first checks that the topic exists (404 otherwise, never an
 //! auto-creation) and that this broker owns its bundle (taking the lease if it is free, as a
-//! lookup does); a topic another broker serves answers 503 naming the owner. The topic is then
+//! lookup does); a topic another broker serves answers a 307 to the owner's admin API (from its
+//! [`crate::registry`] record; 503 naming the owner when it has none). The topic is then
 //! loaded and the operation works on its managed ledger and cursors:
 //!
 //! - subscriptions are durable cursors; one created here starts no dispatcher until a consumer
@@ -88,11 +89,20 @@ impl BrokerTopicAdmin {
         self.service.get_topic(name).await.map_err(from_broker)
     }
 
-    /// Ok when this broker serves `name` (taking its bundle's lease when free).
+    /// Ok when this broker serves `name` (taking its bundle's lease when free); a topic another
+    /// broker serves is a redirect to that broker's admin API (503 if it registered none).
     async fn owned(&self, name: &TopicName) -> Result<(), TopicAdminError> {
-        match self.service.lookup(name).await.map_err(from_broker)? {
-            None => Ok(()),
-            Some(owner) => Err(TopicAdminError::Unavailable(format!(
+        let Some(owner) = self.service.lookup(name).await.map_err(from_broker)? else {
+            return Ok(());
+        };
+        match self
+            .service
+            .admin_url_of(&owner)
+            .await
+            .map_err(from_broker)?
+        {
+            Some(admin_url) => Err(TopicAdminError::Redirect(admin_url)),
+            None => Err(TopicAdminError::Unavailable(format!(
                 "topic {name} is served by the broker at {owner}"
             ))),
         }

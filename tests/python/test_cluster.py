@@ -11,6 +11,10 @@ import threading
 import time
 import uuid
 
+import json
+import urllib.error
+import urllib.request
+
 import pulsar
 import pytest
 
@@ -87,6 +91,11 @@ class Cluster:
             line = first_line(p)
             assert line.startswith("magnetar bookie: serving "), f"bookie {i}: {line!r}"
             self.bookies.append(p)
+        self.broker, self.url, self.admin_url = self.start_broker("broker.log")
+        return self
+
+    def start_broker(self, log):
+        """Starts one more `magnetar broker`; returns (process, pulsar URL, admin URL)."""
         broker = self.spawn([BIN, "broker"], env={
             **self.env,
             "MAGNETAR_BROKER__PORT": "0",
@@ -94,12 +103,12 @@ class Cluster:
             "MAGNETAR_BROKER__ENSEMBLE_SIZE": "2",
             "MAGNETAR_BROKER__WRITE_QUORUM": "2",
             "MAGNETAR_BROKER__ACK_QUORUM": "2",
-        }, log="broker.log")
+        }, log=log)
         line = first_line(broker)
         assert line.startswith("magnetar broker: serving "), f"broker: {line!r}"
-        self.broker = broker
-        self.url = line.split()[-1]
-        return self
+        admin = first_line(broker)
+        assert admin.startswith("magnetar broker: admin "), f"broker admin: {admin!r}"
+        return broker, line.split()[-1], admin.split()[-1]
 
     def stop(self):
         for p in reversed(self.procs):
@@ -148,4 +157,32 @@ def test_broker_with_three_bookie_processes_survives_a_bookie_kill(cluster):
         producer.send(f"b{i}".encode())
     got = receive_all(consumer, 100, timeout_ms=15000)
     assert [m.data() for m in got] == [f"b{i}".encode() for i in range(100)]
+    client.close()
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def test_admin_of_a_topic_owned_elsewhere_redirects_to_the_owner(cluster):
+    """A second broker answers admin requests for a topic the first one owns with a 307 to the
+    same path on the owner's admin API; following it gives the owner's answer."""
+    client = make_client(cluster.url)
+    topic = f"persistent://public/default/owned-{uuid.uuid4().hex[:8]}"
+    producer = client.create_producer(topic)
+    producer.send(b"x")
+
+    _, _, other_admin = cluster.start_broker("broker-2.log")
+    path = "/admin/v2/" + topic.replace("://", "/") + "/stats"
+    opener = urllib.request.build_opener(NoRedirect)
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        opener.open(other_admin + path + "?getPreciseBacklog=true", timeout=10)
+    assert answer.value.code == 307
+    assert answer.value.headers["Location"] == cluster.admin_url + path + "?getPreciseBacklog=true"
+
+    # urllib follows a GET's 307: the stats come from the owner, which has the producer.
+    with urllib.request.urlopen(other_admin + path, timeout=10) as r:
+        stats = json.load(r)
+    assert len(stats["publishers"]) == 1
     client.close()

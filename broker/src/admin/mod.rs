@@ -11,7 +11,8 @@
 //! topic, subscription), 406 (a partition count below 1 or above [`PARTITIONS_MAX`]), 409
 //! (exists already; tenant or namespace not empty; partitions may only grow), 412 (invalid name
 //! or policy), 413 (body over [`BODY_SIZE_MAX_BYTES`]), 500 (metadata store failure) and 503
-//! (metadata store unreachable, topic service not running).
+//! (metadata store unreachable, topic service not running). A topic another broker serves
+//! answers 307 to the same path on that broker's admin API.
 
 mod namespaces;
 mod persistent;
@@ -181,6 +182,7 @@ pub fn router(state: AdminState) -> Router {
         .layer(DefaultBodyLimit::max(BODY_SIZE_MAX_BYTES))
         .layer(middleware::from_fn(refuse_large_bodies))
         .layer(middleware::from_fn(json_errors))
+        .layer(middleware::from_fn(complete_redirects))
         .with_state(state)
 }
 
@@ -211,6 +213,29 @@ async fn refuse_large_bodies(request: Request, next: Next) -> Response {
         .into_response();
     }
     next.run(request).await
+}
+
+/// A topic served by another broker answers 307 with that broker's admin URL as `Location`
+/// ([`TopicAdminError::Redirect`]); the same path and query are appended here, where the
+/// request is known, so the client repeats the very request there (as Pulsar redirects).
+async fn complete_redirects(request: Request, next: Next) -> Response {
+    let path_and_query = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let mut response = next.run(request).await;
+    if response.status() != StatusCode::TEMPORARY_REDIRECT {
+        return response;
+    }
+    let target = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .map(|base| format!("{}{path_and_query}", base.trim_end_matches('/')));
+    if let Some(location) = target.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
 }
 
 /// Gives axum's own error answers (undecodable path, body over the limit, wrong method) the
