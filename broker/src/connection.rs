@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::{BrokerError, BrokerResult};
-use crate::managed_ledger::{AppendHandle, InitialPosition, Position};
+use crate::managed_ledger::{AppendHandle, InitialPosition, Position, batch_acks};
 use crate::service::BrokerService;
 use crate::subscription::{AckedId, ConsumerSpec, SeekTarget, Subscription, entry_info};
 use crate::topic::{ProducerSpec, StartAt, Topic};
@@ -771,28 +771,18 @@ impl Conn {
             return;
         };
         let cumulative = ack.ack_type == AckType::Cumulative as i32;
+        // A non-empty ack_set with a bit set is a batch-index ack (set bits: indexes still
+        // unacknowledged); an absent or all-clear one acknowledges the whole entry.
         let ids: Vec<AckedId> = ack
             .message_id
             .iter()
-            .filter_map(|id| {
-                let whole = id.ack_set.iter().all(|w| *w == 0);
-                if whole {
-                    Some(AckedId {
-                        position: position(id),
-                        whole_entry: true,
-                    })
-                } else if cumulative {
-                    // Part of this batch is unacknowledged: acknowledge up to the entry before.
-                    id.entry_id.checked_sub(1).map(|e| AckedId {
-                        position: Position::new(id.ledger_id, e),
-                        whole_entry: true,
-                    })
+            .map(|id| AckedId {
+                position: position(id),
+                unacked: if id.ack_set.iter().all(|w| *w == 0) {
+                    Vec::new()
                 } else {
-                    Some(AckedId {
-                        position: position(id),
-                        whole_entry: false,
-                    })
-                }
+                    batch_acks::from_wire(&id.ack_set)
+                },
             })
             .collect();
         slot.sub.ack(cumulative, ids).await;

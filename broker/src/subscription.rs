@@ -37,7 +37,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::connection::{ConnTx, Outbound};
 use crate::error::{BrokerError, BrokerResult};
-use crate::managed_ledger::{ManagedCursor, ManagedLedger, Position};
+use crate::managed_ledger::{ManagedCursor, ManagedLedger, Position, batch_acks};
 
 /// Commands queued per subscription before connections wait.
 const COMMAND_QUEUE: usize = 1024;
@@ -74,11 +74,12 @@ pub enum SeekTarget {
 }
 
 /// One acknowledged message id.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct AckedId {
     pub position: Position,
-    /// False when a batch-index ack leaves messages of the entry unacknowledged.
-    pub whole_entry: bool,
+    /// Batch-index ack: the entry's batch indexes still unacknowledged (`BitSet` words, see
+    /// [`crate::managed_ledger::batch_acks`]); empty when the whole entry is acknowledged.
+    pub unacked: Vec<u64>,
 }
 
 enum Command {
@@ -554,29 +555,50 @@ impl Actor {
 
     fn ack(&mut self, cumulative: bool, ids: Vec<AckedId>) {
         if cumulative {
-            if let Some(last) = ids.iter().map(|i| i.position).max() {
-                self.cursor.ack_cumulative(last);
-                let done: Vec<Position> = self.pending.range(..=last).map(|(p, _)| *p).collect();
+            if let Some(last) = ids.into_iter().max_by_key(|i| i.position) {
+                let pos = last.position;
+                // Inside a batch: the entry itself stays pending until its last index is acked.
+                let whole = if last.unacked.is_empty() {
+                    self.cursor.ack_cumulative(pos);
+                    true
+                } else {
+                    self.cursor.ack_cumulative_batch(pos, &last.unacked)
+                };
+                let done: Vec<Position> = self
+                    .pending
+                    .range(..=pos)
+                    .map(|(p, _)| *p)
+                    .filter(|p| whole || *p < pos)
+                    .collect();
                 for p in done {
                     self.pending.remove(&p);
                     self.redelivery_counts.remove(&p);
                 }
-                let stale: Vec<Position> = self.redeliver.range(..=last).copied().collect();
+                let stale: Vec<Position> = self
+                    .redeliver
+                    .range(..=pos)
+                    .copied()
+                    .filter(|p| whole || *p < pos)
+                    .collect();
                 for p in stale {
                     self.redeliver.remove(&p);
                 }
             }
             return;
         }
-        let positions: Vec<Position> = ids
-            .iter()
-            .filter(|i| i.whole_entry)
-            .map(|i| i.position)
-            .collect();
-        if positions.is_empty() {
-            return;
+        let mut positions: Vec<Position> = Vec::with_capacity(ids.len());
+        let mut completed: Vec<Position> = Vec::new();
+        for id in ids {
+            if id.unacked.is_empty() {
+                positions.push(id.position);
+            } else if self.cursor.ack_batch_indexes(id.position, &id.unacked) {
+                completed.push(id.position);
+            }
         }
-        self.cursor.ack_individual(&positions);
+        if !positions.is_empty() {
+            self.cursor.ack_individual(&positions);
+        }
+        positions.extend(completed);
         for p in positions {
             self.pending.remove(&p);
             self.redeliver.remove(&p);
@@ -734,22 +756,26 @@ impl Actor {
                     self.redeliver.insert(position);
                     continue;
                 };
-                c.permits -= i64::from(info.messages.max(1));
+                // A partially acknowledged batch carries its unacked indexes; permits count
+                // only those (the client skips the rest), as Pulsar's dispatcher does.
+                let unacked = self.cursor.batch_ack_set(position);
+                let messages = batch_acks::messages_to_deliver(unacked.as_deref(), info.messages);
+                c.permits -= i64::from(messages);
                 let entry_bytes = entry.len() as u64;
-                c.msg_out += u64::from(info.messages.max(1));
+                c.msg_out += u64::from(messages);
                 c.bytes_out += entry_bytes;
                 let frame = MessageFrame {
                     command: commands::message(
                         c.spec.consumer_id,
                         commands::message_id(position.ledger.0, position.entry.0),
                         redelivery_count,
-                        Vec::new(),
+                        unacked.as_deref().map(batch_acks::to_wire).unwrap_or_default(),
                     ),
                     entry,
                 };
                 let key = c.spec.key;
                 let conn = c.spec.conn.clone();
-                self.msg_out += u64::from(info.messages.max(1));
+                self.msg_out += u64::from(messages);
                 self.bytes_out += entry_bytes;
                 self.pending.insert(position, key);
                 if !conn.send(Outbound::Message(frame)).await {

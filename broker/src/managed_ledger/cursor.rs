@@ -3,9 +3,11 @@
 //!
 //! State: `first_unacked` — every position below it is acknowledged (Pulsar's mark-delete
 //! position is the entry just before it) — plus the individually acknowledged ranges above it
-//! ([`RangeSet`]), and the read position (where the next `read_entries` starts; not persisted:
-//! after a restart reading resumes at the first unacknowledged entry, so nothing unacked is lost
-//! and acked entries above the floor are skipped).
+//! ([`RangeSet`]), the batch indexes still unacknowledged of partially acknowledged batch
+//! entries ([`BatchAcks`], persisted with the rest), and the read position (where the next
+//! `read_entries` starts; not persisted: after a restart reading resumes at the first
+//! unacknowledged entry, so nothing unacked is lost and acked entries above the floor are
+//! skipped).
 //!
 //! Persistence of durable cursors (record at `/managed-ledgers/{name}/cursors/{cursor}`, see
 //! [`super::record`]): acks only mark the state dirty and wake the cursor's flusher task, which
@@ -24,6 +26,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::Position;
+use super::batch_acks::{BatchAckOutcome, BatchAcks};
 use super::error::{ManagedLedgerError, MlResult};
 use super::ledger::InternalCursorStats;
 use super::ranges::RangeSet;
@@ -54,6 +57,8 @@ pub struct CursorStats {
 struct CursorState {
     first_unacked: Position,
     acked: RangeSet,
+    /// Partially acknowledged batch entries above the floor (never in `acked`).
+    batch_acks: BatchAcks,
     read_position: Position,
     properties: BTreeMap<String, String>,
     dirty: bool,
@@ -94,11 +99,14 @@ impl ManagedCursor {
     ) -> Arc<Self> {
         let mut acked = RangeSet::from_records(&record.acked_ranges);
         acked.remove_below(record.first_unacked);
+        let mut batch_acks = BatchAcks::from_records(&record.batch_acks);
+        batch_acks.remove_below(record.first_unacked);
         let core = Arc::new(Core {
             name: name.clone(),
             state: Mutex::new(CursorState {
                 first_unacked: record.first_unacked,
                 acked,
+                batch_acks,
                 read_position: record.first_unacked,
                 properties: record.properties,
                 dirty: false,
@@ -133,6 +141,7 @@ impl ManagedCursor {
                 state: Mutex::new(CursorState {
                     first_unacked: start,
                     acked: RangeSet::default(),
+                    batch_acks: BatchAcks::default(),
                     read_position: start,
                     properties: BTreeMap::new(),
                     dirty: false,
@@ -222,6 +231,7 @@ impl ManagedCursor {
         for &p in positions {
             if p >= st.first_unacked {
                 st.acked.insert(p);
+                st.batch_acks.remove(p);
             }
         }
         self.collapse(&mut st);
@@ -236,6 +246,66 @@ impl ManagedCursor {
         }
         self.collapse(&mut st);
         self.touch(st);
+    }
+
+    /// Batch-index acknowledgement of one entry: `unacked` (`BitSet` words, set bits = indexes
+    /// not acknowledged) is intersected with what the entry still has unacknowledged. True when
+    /// the entry is now acknowledged whole (or already was).
+    pub fn ack_batch_indexes(&self, pos: Position, unacked: &[u64]) -> bool {
+        let mut st = self.core.state();
+        match self.ack_indexes_locked(&mut st, pos, unacked) {
+            Some(whole) => {
+                self.touch(st);
+                whole
+            }
+            None => false,
+        }
+    }
+
+    /// Cumulative acknowledgement inside a batch: every entry before `pos` is acknowledged, and
+    /// of `pos` the indexes clear in `unacked`. True when `pos` is now acknowledged whole.
+    pub fn ack_cumulative_batch(&self, pos: Position, unacked: &[u64]) -> bool {
+        let mut st = self.core.state();
+        if pos > st.first_unacked {
+            st.first_unacked = pos;
+        }
+        self.collapse(&mut st);
+        let whole = self
+            .ack_indexes_locked(&mut st, pos, unacked)
+            .unwrap_or(false);
+        self.touch(st);
+        whole
+    }
+
+    /// `Some(whole)` when the state changed (or the entry was acknowledged already), `None`
+    /// when the set was over the bounds and not recorded.
+    fn ack_indexes_locked(
+        &self,
+        st: &mut CursorState,
+        pos: Position,
+        unacked: &[u64],
+    ) -> Option<bool> {
+        if pos < st.first_unacked || st.acked.contains(pos) {
+            return Some(true);
+        }
+        match st.batch_acks.intersect(pos, unacked) {
+            BatchAckOutcome::Partial => Some(false),
+            BatchAckOutcome::Whole => {
+                st.acked.insert(pos);
+                self.collapse(st);
+                Some(true)
+            }
+            BatchAckOutcome::Ignored => {
+                debug!(position = %pos, "batch-index ack not recorded: too many partial batches");
+                None
+            }
+        }
+    }
+
+    /// The batch indexes of `pos` still unacknowledged (`BitSet` words), when only part of the
+    /// entry is acknowledged.
+    pub fn batch_ack_set(&self, pos: Position) -> Option<Vec<u64>> {
+        self.core.state().batch_acks.get(pos).map(<[u64]>::to_vec)
     }
 
     /// Moves the floor over acknowledged ranges and boundaries, and drops ranges below it.
@@ -255,6 +325,7 @@ impl ManagedCursor {
         }
         let floor = st.first_unacked;
         st.acked.remove_below(floor);
+        st.batch_acks.remove_below(floor);
         if st.read_position < floor {
             st.read_position = floor;
         }
@@ -302,6 +373,7 @@ impl ManagedCursor {
         let mut st = self.core.state();
         st.first_unacked = pos;
         st.acked.clear();
+        st.batch_acks.clear();
         st.read_position = pos;
         self.touch(st);
     }
@@ -437,6 +509,7 @@ async fn write_if_dirty(
             acked_ranges: st.acked.to_records(),
             properties: st.properties.clone(),
             updated_ms: now_ms(),
+            batch_acks: st.batch_acks.to_records(),
         }
     };
     let expected = version.map_or(Expected::Absent, Expected::Version);

@@ -547,6 +547,7 @@ impl ManagedLedger {
             acked_ranges: Vec::new(),
             properties: BTreeMap::new(),
             updated_ms: now_ms(),
+            batch_acks: Vec::new(),
         };
         let store: RecordStore<CursorRecord> = RecordStore::new(Arc::clone(&self.metadata));
         let key = cursor_record_key(&self.shared.name, name);

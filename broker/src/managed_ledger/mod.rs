@@ -18,7 +18,9 @@
 //! - [`cache`] — the [`EntryCache`] trait and its moka implementation.
 //! - [`ledger`] — the factory, the managed ledger and its write actor.
 //! - [`cursor`] — cursors and their persistence.
+//! - [`batch_acks`] — batch-index acknowledgements of a cursor (partially acked batch entries).
 
+pub mod batch_acks;
 pub mod cache;
 pub mod config;
 pub mod cursor;

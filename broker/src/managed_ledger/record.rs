@@ -23,7 +23,10 @@
 //!
 //! `first_unacked` is the exclusive mark-delete floor: every position below it is acknowledged
 //! (Pulsar's mark-delete position is the entry just before it). `acked_ranges` are the
-//! individually acknowledged ranges above it, inclusive, sorted.
+//! individually acknowledged ranges above it, inclusive, sorted. `batch_acks` (absent when
+//! empty; records written before it existed read as empty) lists the entries of which only some
+//! batch indexes are acknowledged, with the indexes still unacknowledged as `BitSet` words
+//! (see [`super::batch_acks`]): `"batch_acks":[{"ledger":7,"entry":121,"unacked":[1018]}]`.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +34,7 @@ use magnetar_metadata::LedgerId;
 use serde::{Deserialize, Serialize};
 
 use super::Position;
+pub use super::batch_acks::BatchAckRecord;
 
 /// Root of every managed-ledger key.
 pub const ROOT: &str = "/managed-ledgers";
@@ -100,6 +104,9 @@ pub struct CursorRecord {
     pub properties: BTreeMap<String, String>,
     #[serde(default)]
     pub updated_ms: u64,
+    /// Partially acknowledged batch entries above the floor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch_acks: Vec<BatchAckRecord>,
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -502,3 +502,50 @@ async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
         "ledger creation is retried with backoff, not per append: {attempts} ids in 1 s"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_cursor_batch_index_acks_persist_across_reopen() {
+    let cluster = Cluster::start(2).await;
+    let name = "t/ns/persistent/batch-acks";
+    let factory = cluster.factory();
+    let ml = factory.open(name, config(100)).await.unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 4).await;
+    // Entry 1 (a batch of 10): indexes 0, 2 and 5 acknowledged.
+    let all: u64 = 0b11_1111_1111;
+    assert!(!c.ack_batch_indexes(p[1], &[all & !0b1]));
+    // A consumer that rebuilt its set from the batch size still has 0 set: intersected.
+    assert!(!c.ack_batch_indexes(p[1], &[all & !0b10_0100]));
+    assert_eq!(c.batch_ack_set(p[1]), Some(vec![all & !0b10_0101]));
+    // Cumulative inside entry 2: entries 0 and 1 acknowledged, 2 keeps indexes 4..10.
+    assert!(!c.ack_cumulative_batch(p[2], &[all & !0b1111]));
+    assert_eq!(c.mark_delete_position(), Some(p[1]));
+    assert_eq!(c.batch_ack_set(p[1]), None, "dropped below the floor");
+    assert_eq!(c.batch_ack_set(p[2]), Some(vec![all & !0b1111]));
+    // Entry 3: partially, then the rest acknowledged individually.
+    assert!(!c.ack_batch_indexes(p[3], &[0b110]));
+    assert!(c.ack_batch_indexes(p[3], &[0b001]));
+    assert!(c.is_acked(p[3]) && c.batch_ack_set(p[3]).is_none());
+
+    // Crash after a flush: a new broker restores the sets with the cursor.
+    c.flush().await.unwrap();
+    let _crashed = (c, ml, factory);
+    let factory = cluster.factory();
+    let ml = factory.open(name, config(100)).await.unwrap();
+    let c = ml.cursor("sub").expect("restored");
+    assert_eq!(c.mark_delete_position(), Some(p[1]));
+    assert_eq!(c.batch_ack_set(p[2]), Some(vec![all & !0b1111]));
+    assert!(c.is_acked(p[3]));
+    let read = c.read_entries(10, u64::MAX).await.unwrap();
+    assert_eq!(read.iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![p[2]]);
+    // The rest of entry 2 acknowledged: the floor passes it and the set is gone.
+    assert!(c.ack_batch_indexes(p[2], &[0]));
+    assert_eq!(c.mark_delete_position(), Some(p[3]));
+    assert_eq!(c.batch_ack_set(p[2]), None);
+    c.flush().await.unwrap();
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}
