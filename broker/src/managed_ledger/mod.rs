@@ -16,7 +16,8 @@
 //! - [`position`] — [`Position`] (`ledger:entry`).
 //! - [`config`] — [`ManagedLedgerConfig`] with documented defaults.
 //! - [`cache`] — the [`EntryCache`] trait and its moka implementation.
-//! - [`ledger`] — the factory, the managed ledger and its write actor.
+//! - [`factory`] — opening with recovery; [`ledger`] — the managed ledger's handle and stats;
+//!   `writer` — its write actor (appends, rollover, trim, close).
 //! - [`cursor`] — cursors and their persistence.
 //! - [`batch_acks`] — batch-index acknowledgements of a cursor (partially acked batch entries).
 
@@ -25,11 +26,13 @@ pub mod cache;
 pub mod config;
 pub mod cursor;
 mod error;
+pub mod factory;
 pub mod ledger;
 pub mod position;
 mod ranges;
 mod read;
 pub mod record;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -38,9 +41,8 @@ pub use cache::{CacheStats, EntryCache, MokaEntryCache};
 pub use config::ManagedLedgerConfig;
 pub use cursor::{CursorStats, InitialPosition, ManagedCursor};
 pub use error::{ManagedLedgerError, MlResult};
-pub use ledger::{
-    AppendHandle, InternalStats, ManagedLedger, ManagedLedgerFactory, ManagedLedgerStats,
-};
+pub use factory::ManagedLedgerFactory;
+pub use ledger::{AppendHandle, InternalStats, ManagedLedger, ManagedLedgerStats};
 pub use position::Position;
 pub use record::{
     CursorRecord, LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord,

@@ -1,0 +1,258 @@
+//! [`ManagedLedgerFactory`]: opens managed ledgers — recovery of the previous owner's last
+//! ledger (fenced and closed through the ledger client), a new ledger recorded with one CAS,
+//! the write actor started — and the helpers the writer shares (create, recover and delete
+//! ledgers) plus the periodic retention task.
+//!
+//! Opening the same name twice returns the same instance (one `OnceCell` per name), so
+//! concurrent loads of one topic share one recovery.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use magnetar_bookie::client::{
+    LedgerClient, LedgerConfig, LedgerError, LedgerReader, LedgerWriter,
+};
+use magnetar_metadata::{EntryId, Expected, LedgerId, MetadataStore, PutOutcome, RecordStore};
+use tokio::sync::OnceCell;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Position;
+use super::cache::EntryCache;
+use super::config::ManagedLedgerConfig;
+use super::error::{ManagedLedgerError, MlResult};
+use super::ledger::ManagedLedger;
+use super::read::{Shared, State, Status};
+use super::record::{
+    LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord, ledger_record_key, now_ms,
+};
+
+/// Opens managed ledgers over one metadata store, one ledger client and one entry cache (all
+/// shared by every topic of the broker). Opening the same name twice returns the same instance.
+#[derive(Debug)]
+pub struct ManagedLedgerFactory {
+    metadata: Arc<dyn MetadataStore>,
+    client: LedgerClient,
+    cache: Arc<dyn EntryCache>,
+    open: Mutex<HashMap<String, Arc<OnceCell<Arc<ManagedLedger>>>>>,
+}
+
+impl ManagedLedgerFactory {
+    pub fn new(
+        metadata: Arc<dyn MetadataStore>,
+        client: LedgerClient,
+        cache: Arc<dyn EntryCache>,
+    ) -> Self {
+        ManagedLedgerFactory {
+            metadata,
+            client,
+            cache,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn cache(&self) -> &Arc<dyn EntryCache> {
+        &self.cache
+    }
+
+    fn cells(&self) -> MutexGuard<'_, HashMap<String, Arc<OnceCell<Arc<ManagedLedger>>>>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Opens (recovering if needed) the managed ledger `name`, e.g. `tenant/ns/persistent/topic`.
+    /// An instance already open here and still usable is returned as is.
+    pub async fn open(
+        &self,
+        name: &str,
+        config: ManagedLedgerConfig,
+    ) -> MlResult<Arc<ManagedLedger>> {
+        validate_name(name)?;
+        config.validate()?;
+        let cell = {
+            let mut cells = self.cells();
+            let cell = cells.entry(name.to_owned()).or_default();
+            if cell
+                .get()
+                .is_some_and(|ml| ml.shared.status() != Status::Open)
+            {
+                *cell = Arc::default();
+            }
+            Arc::clone(cell)
+        };
+        let ml = cell
+            .get_or_try_init(|| {
+                open_managed_ledger(
+                    Arc::clone(&self.metadata),
+                    self.client.clone(),
+                    Arc::clone(&self.cache),
+                    name.to_owned(),
+                    config,
+                )
+                .instrument(info_span!("ml_open", ml = %name))
+            })
+            .await?;
+        Ok(Arc::clone(ml))
+    }
+}
+
+fn validate_name(name: &str) -> MlResult<()> {
+    let ok = !name.is_empty()
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && !name.contains("//")
+        && !name.contains('\0')
+        && !name
+            .split('/')
+            .any(|c| c == "cursors" || c == "." || c == "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(ManagedLedgerError::InvalidName(name.to_owned()))
+    }
+}
+
+async fn open_managed_ledger(
+    metadata: Arc<dyn MetadataStore>,
+    client: LedgerClient,
+    cache: Arc<dyn EntryCache>,
+    name: String,
+    config: ManagedLedgerConfig,
+) -> MlResult<Arc<ManagedLedger>> {
+    let records: RecordStore<ManagedLedgerRecord> = RecordStore::new(Arc::clone(&metadata));
+    let key = ledger_record_key(&name);
+    let (mut record, expected) = match records.get(&key).await? {
+        Some((r, v)) => (r, Expected::Version(v)),
+        None => (
+            ManagedLedgerRecord {
+                created_ms: now_ms(),
+                ..Default::default()
+            },
+            Expected::Absent,
+        ),
+    };
+    // Recovery: the previous owner's open ledger is fenced and closed, and its length recorded.
+    for info in record.ledgers.iter_mut() {
+        if info.state == LedgerRecordState::Open {
+            let reader = recover_ledger(&client, info.ledger_id).await?;
+            let meta = reader.metadata();
+            info.entries = u64::try_from(meta.last_entry_id + 1).unwrap_or(0);
+            info.size_bytes = meta.length_bytes;
+            info.state = LedgerRecordState::Closed;
+            info.closed_ms = Some(now_ms());
+            info!(ledger = %info.ledger_id, entries = info.entries, "recovered the last ledger");
+        }
+    }
+    let empty: Vec<LedgerId> = record
+        .ledgers
+        .iter()
+        .filter(|l| l.entries == 0)
+        .map(|l| l.ledger_id)
+        .collect();
+    record.ledgers.retain(|l| l.entries > 0);
+    let writer = create_ledger(&client, config.ledger_config(&name)).await?;
+    record.ledgers.push(open_info(writer.id()));
+    let version = match records.put(&key, &record, expected).await {
+        Ok(PutOutcome::Written(v)) => v,
+        Ok(PutOutcome::Conflict { .. }) => {
+            let _ = delete_ledger(&client, writer.id()).await;
+            return Err(ManagedLedgerError::BadVersion { name });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    info!(ledger = %writer.id(), ledgers = record.ledgers.len(), "managed ledger open");
+    for id in empty {
+        if let Err(e) = delete_ledger(&client, id).await {
+            warn!(ledger = %id, error = %e, "could not delete an empty ledger");
+        }
+    }
+    let last_confirmed = record
+        .ledgers
+        .iter()
+        .rev()
+        .find(|l| l.entries > 0)
+        .map(|l| Position {
+            ledger: l.ledger_id,
+            entry: EntryId(l.entries - 1),
+        });
+    let state = State {
+        ledgers: record.ledgers.clone(),
+        current: Some(writer.id()),
+        last_confirmed,
+        tail: VecDeque::new(),
+        status: Status::Open,
+        entries_added: 0,
+    };
+    let shared = Shared::new(name.clone(), config.clone(), client, cache, state);
+    let commands = super::writer::spawn(Arc::clone(&shared), records, key, record, version, writer);
+    let ml = Arc::new(ManagedLedger {
+        shared,
+        commands,
+        metadata: Arc::clone(&metadata),
+        cursors: Mutex::new(BTreeMap::new()),
+    });
+    ml.load_cursors().await?;
+    spawn_retention(&ml);
+    Ok(ml)
+}
+
+// The ledger client's futures are boxed here with `Send` checked at a concrete lifetime: awaited
+// directly inside the spawned actor they trip the compiler's higher-ranked `Send` inference.
+pub(crate) fn create_ledger(
+    client: &LedgerClient,
+    config: LedgerConfig,
+) -> BoxFuture<'static, Result<LedgerWriter, LedgerError>> {
+    let client = client.clone();
+    Box::pin(async move { client.create_ledger(config).await })
+}
+
+/// Recovers (fences and closes) a ledger another writer may still hold.
+pub(crate) async fn recover_ledger(
+    client: &LedgerClient,
+    id: LedgerId,
+) -> Result<LedgerReader, LedgerError> {
+    client.open_ledger_with_recovery(id).await
+}
+
+pub(crate) fn delete_ledger(
+    client: &LedgerClient,
+    id: LedgerId,
+) -> BoxFuture<'static, Result<(), LedgerError>> {
+    let client = client.clone();
+    Box::pin(async move { client.delete_ledger(id).await })
+}
+
+pub(super) fn open_info(id: LedgerId) -> LedgerInfo {
+    LedgerInfo {
+        ledger_id: id,
+        entries: 0,
+        size_bytes: 0,
+        created_ms: now_ms(),
+        closed_ms: None,
+        state: LedgerRecordState::Open,
+        location: LedgerLocation::Bookies,
+    }
+}
+
+fn spawn_retention(ml: &Arc<ManagedLedger>) {
+    let weak: Weak<ManagedLedger> = Arc::downgrade(ml);
+    let every = Duration::from_millis(ml.shared.config.retention_check_interval_ms.max(10));
+    let span = info_span!("ml_retention", ml = %ml.shared.name);
+    tokio::spawn(
+        async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(ml) = weak.upgrade() else { break };
+                if ml.shared.status() != Status::Open {
+                    break;
+                }
+                if let Err(e) = ml.trim().await {
+                    warn!(error = %e, "retention trim failed");
+                }
+            }
+        }
+        .instrument(span),
+    );
+}

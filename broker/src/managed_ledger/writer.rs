@@ -1,0 +1,545 @@
+//! The write actor of a managed ledger: one task per managed ledger owns the current
+//! `LedgerWriter` and the managed-ledger record.
+//!
+//! It is fed by a bounded queue (so no lock is held across an await). It hands each payload to
+//! the current writer and keeps the completions in a `FuturesOrdered`, so they resolve strictly
+//! in entry order; at most `max_pending_appends` are in flight. When the current ledger reaches
+//! a limit the actor stops taking commands, lets the in-flight appends complete, closes the
+//! ledger, creates the next and records both with one CAS; appends queued meanwhile go to the
+//! new ledger. A CAS conflict on the record or a `Fenced` ledger means another broker took
+//! over: the managed ledger becomes fenced and every later append fails with
+//! [`ManagedLedgerError::Fenced`]. After a ledger failure appends fail fast for a backoff that
+//! doubles from 100 ms to 10 s.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::{FuturesOrdered, StreamExt};
+use magnetar_bookie::client::{LedgerError, LedgerWriter};
+use magnetar_metadata::{EntryId, Expected, LedgerId, PutOutcome, RecordStore, Version};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::Position;
+use super::error::{ManagedLedgerError, MlResult};
+use super::factory::{create_ledger, delete_ledger, open_info, recover_ledger};
+use super::ledger::Command;
+use super::read::{Shared, Status};
+use super::record::{LedgerRecordState, ManagedLedgerRecord, now_ms};
+
+/// Starts the write actor of `shared` over `writer` (the new current ledger, already in
+/// `record` as stored at `version`); returns its command queue.
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    records: RecordStore<ManagedLedgerRecord>,
+    key: String,
+    record: ManagedLedgerRecord,
+    version: Version,
+    writer: LedgerWriter,
+) -> mpsc::Sender<Command> {
+    let (commands, rx) = mpsc::channel(shared.config.max_pending_appends.clamp(1, 4096));
+    let name = shared.name.clone();
+    let actor = Actor {
+        shared,
+        records,
+        key,
+        record,
+        version,
+        writer: Some(writer),
+        current_created: tokio::time::Instant::now(),
+        enqueued_entries: 0,
+        enqueued_bytes: 0,
+        inflight: FuturesOrdered::new(),
+        deferred: None,
+        roll_needed: false,
+        retry_at: None,
+        backoff: Duration::ZERO,
+        last_error: None,
+    };
+    tokio::spawn(
+        actor
+            .run(rx)
+            .instrument(info_span!("ml_writer", ml = %name)),
+    );
+    commands
+}
+
+type Completion = Pin<
+    Box<
+        dyn Future<
+                Output = (
+                    LedgerId,
+                    u64,
+                    Bytes,
+                    Result<EntryId, LedgerError>,
+                    oneshot::Sender<MlResult<Position>>,
+                ),
+            > + Send,
+    >,
+>;
+
+struct Actor {
+    shared: Arc<Shared>,
+    records: RecordStore<ManagedLedgerRecord>,
+    key: String,
+    /// The record as stored at `version`.
+    record: ManagedLedgerRecord,
+    version: Version,
+    writer: Option<LedgerWriter>,
+    current_created: tokio::time::Instant,
+    /// Entries and bytes handed to the current writer (confirmed or not).
+    enqueued_entries: u64,
+    enqueued_bytes: u64,
+    inflight: FuturesOrdered<Completion>,
+    /// A close waiting for the in-flight appends.
+    deferred: Option<oneshot::Sender<MlResult<()>>>,
+    /// The current ledger reached a limit (or its writer broke): roll over once drained.
+    roll_needed: bool,
+    /// After a ledger failed (it could not be created, or its writer broke — e.g. too few live
+    /// bookies), appends fail fast until this instant instead of each creating a new ledger:
+    /// the wait doubles from 100 ms up to 10 s and resets when an append succeeds, so an outage
+    /// costs a few ledgers, not a ledger id and metadata writes per append.
+    retry_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+    last_error: Option<LedgerError>,
+}
+
+/// Bounds of the wait between attempts to create a ledger after a failure.
+const CREATE_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const CREATE_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+impl Actor {
+    fn name(&self) -> String {
+        self.shared.name.clone()
+    }
+
+    fn status(&self) -> Status {
+        self.shared.status()
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let age = Duration::from_millis(self.shared.config.ledger_age_ms_max.max(1));
+        let mut tick = tokio::time::interval(age.min(Duration::from_secs(1)));
+        let max = self.shared.config.max_pending_appends;
+        loop {
+            if self.inflight.is_empty() {
+                if let Some(done) = self.deferred.take() {
+                    let r = self.close_current().await;
+                    let _ = done.send(r);
+                    break;
+                }
+                if self.roll_needed && self.status() == Status::Open && !self.backing_off() {
+                    self.roll_needed = false;
+                    if let Err(e) = self.rollover_with_backoff().await {
+                        warn!(error = %e, "rollover failed");
+                    }
+                }
+            }
+            let backing_off = self.backing_off();
+            // While backing off, appends are taken and refused at once rather than left waiting.
+            let accepting = self.deferred.is_none()
+                && (!self.roll_needed || backing_off)
+                && self.inflight.len() < max;
+            let retry_at = self.retry_at.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                _ = tokio::time::sleep_until(retry_at), if self.roll_needed && backing_off => {}
+                cmd = rx.recv(), if accepting => match cmd {
+                    Some(cmd) => self.on_command(cmd).await,
+                    None => {
+                        self.deferred = Some(oneshot::channel().0);
+                    }
+                },
+                Some((ledger, len, payload, result, done)) = self.inflight.next(),
+                    if !self.inflight.is_empty() => {
+                    self.on_completion(ledger, len, payload, result, done).await;
+                }
+                _ = tick.tick() => {
+                    if self.enqueued_entries > 0 && self.current_created.elapsed() >= age {
+                        self.roll_needed = true;
+                    }
+                }
+            }
+        }
+        rx.close();
+        while let Some(cmd) = rx.recv().await {
+            self.refuse(cmd);
+        }
+    }
+
+    fn refuse(&self, cmd: Command) {
+        let err = if self.status() == Status::Fenced {
+            ManagedLedgerError::Fenced(self.name())
+        } else {
+            ManagedLedgerError::Closed(self.name())
+        };
+        match cmd {
+            Command::Append { done, .. } => {
+                let _ = done.send(Err(err));
+            }
+            Command::Trim { done, .. } => {
+                let _ = done.send(Err(err));
+            }
+            Command::Close { done } => {
+                let _ = done.send(Ok(()));
+            }
+        }
+    }
+
+    async fn on_command(&mut self, cmd: Command) {
+        if self.status() != Status::Open {
+            return self.refuse(cmd);
+        }
+        match cmd {
+            Command::Append { payload, done } => self.append(payload, done).await,
+            Command::Trim { slowest, done } => {
+                let r = self.trim(slowest).await;
+                let _ = done.send(r);
+            }
+            Command::Close { done } => self.deferred = Some(done),
+        }
+    }
+
+    /// True while the backoff after a ledger failure runs.
+    fn backing_off(&self) -> bool {
+        self.retry_at
+            .is_some_and(|at| tokio::time::Instant::now() < at)
+    }
+
+    fn backoff_error(&self) -> ManagedLedgerError {
+        self.last_error
+            .clone()
+            .unwrap_or(LedgerError::NotEnoughBookies {
+                needed: self.shared.config.ensemble_size as usize,
+                available: 0,
+            })
+            .into()
+    }
+
+    /// A ledger failed: wait longer before the next attempt.
+    fn note_ledger_failure(&mut self, error: LedgerError) {
+        self.backoff = (self.backoff * 2).clamp(CREATE_BACKOFF_MIN, CREATE_BACKOFF_MAX);
+        self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
+        self.last_error = Some(error);
+    }
+
+    /// Rolls over (creating the next ledger) unless a failure's backoff runs.
+    async fn rollover_with_backoff(&mut self) -> MlResult<()> {
+        if self.backing_off() {
+            return Err(self.backoff_error());
+        }
+        let result = self.rollover().await;
+        if self.writer.is_none() {
+            let error = match &result {
+                Err(ManagedLedgerError::Ledger(e)) => e.clone(),
+                _ => LedgerError::NotEnoughBookies {
+                    needed: self.shared.config.ensemble_size as usize,
+                    available: 0,
+                },
+            };
+            self.note_ledger_failure(error);
+        }
+        result
+    }
+
+    async fn append(&mut self, payload: Bytes, done: oneshot::Sender<MlResult<Position>>) {
+        if self.roll_needed && self.backing_off() {
+            let _ = done.send(Err(self.backoff_error()));
+            return;
+        }
+        if self.writer.is_none()
+            && let Err(e) = self.rollover_with_backoff().await
+        {
+            let _ = done.send(Err(e));
+            return;
+        }
+        let Some(writer) = &self.writer else {
+            let _ = done.send(Err(ManagedLedgerError::Closed(self.name())));
+            return;
+        };
+        let ledger = writer.id();
+        let len = payload.len() as u64;
+        match writer.append(payload.clone()).await {
+            Ok(handle) => {
+                self.enqueued_entries += 1;
+                self.enqueued_bytes += len;
+                let cfg = &self.shared.config;
+                if self.enqueued_entries >= cfg.ledger_entries_max
+                    || self.enqueued_bytes >= cfg.ledger_size_bytes_max
+                {
+                    self.roll_needed = true;
+                }
+                self.inflight.push_back(Box::pin(async move {
+                    let r = handle.await;
+                    (ledger, len, payload, r, done)
+                }));
+            }
+            Err(e) => self.on_writer_error(e, done),
+        }
+    }
+
+    fn on_writer_error(&mut self, e: LedgerError, done: oneshot::Sender<MlResult<Position>>) {
+        if matches!(e, LedgerError::Fenced(_)) {
+            self.fence("the current ledger was fenced");
+            let _ = done.send(Err(ManagedLedgerError::Fenced(self.name())));
+        } else {
+            warn!(error = %e, "append failed: the ledger will be replaced");
+            self.roll_needed = true;
+            self.note_ledger_failure(e.clone());
+            let _ = done.send(Err(e.into()));
+        }
+    }
+
+    fn fence(&mut self, why: &str) {
+        let mut st = self.shared.state();
+        if st.status == Status::Open {
+            warn!(
+                reason = why,
+                "managed ledger fenced: another broker owns it"
+            );
+            st.status = Status::Fenced;
+        }
+    }
+
+    async fn on_completion(
+        &mut self,
+        ledger: LedgerId,
+        len: u64,
+        payload: Bytes,
+        result: Result<EntryId, LedgerError>,
+        done: oneshot::Sender<MlResult<Position>>,
+    ) {
+        let entry = match result {
+            Ok(entry) => entry,
+            Err(e) => return self.on_writer_error(e, done),
+        };
+        let pos = Position { ledger, entry };
+        self.backoff = Duration::ZERO;
+        self.retry_at = None;
+        self.shared.cache.insert(pos, payload.clone()).await;
+        {
+            let mut st = self.shared.state();
+            if let Some(info) = st.ledgers.iter_mut().find(|l| l.ledger_id == ledger) {
+                info.entries = info.entries.max(entry.0 + 1);
+                info.size_bytes += len;
+            }
+            st.tail.push_back((entry.0, payload));
+            st.last_confirmed = Some(pos);
+            st.entries_added += 1;
+        }
+        self.shared.lac_tx.send_replace(Some(pos));
+        self.shared.maybe_probe_tail();
+        let _ = done.send(Ok(pos));
+    }
+
+    /// Writes `next` over the record with CAS; a conflict fences the managed ledger.
+    async fn write_record(&mut self, next: ManagedLedgerRecord) -> MlResult<()> {
+        match self
+            .records
+            .put(&self.key, &next, Expected::Version(self.version))
+            .await
+        {
+            Ok(PutOutcome::Written(v)) => {
+                self.record = next;
+                self.version = v;
+                Ok(())
+            }
+            Ok(PutOutcome::Conflict { .. }) => {
+                self.fence("the managed-ledger record changed under us");
+                Err(ManagedLedgerError::Fenced(self.name()))
+            }
+            Err(e) if e.is_indeterminate() => match self.records.get(&self.key).await? {
+                Some((stored, v)) if stored == next => {
+                    self.record = next;
+                    self.version = v;
+                    Ok(())
+                }
+                _ => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Closes the current writer and returns the record with that ledger closed (not written).
+    async fn seal_current(&mut self) -> MlResult<ManagedLedgerRecord> {
+        let mut next = self.record.clone();
+        let Some(writer) = self.writer.take() else {
+            return Ok(next);
+        };
+        let id = writer.id();
+        let meta = match writer.close().await {
+            Ok(meta) => meta,
+            Err(LedgerError::Fenced(_)) => {
+                self.fence("the current ledger was fenced at close");
+                return Err(ManagedLedgerError::Fenced(self.name()));
+            }
+            Err(e) => {
+                // The writer broke: recover our own ledger to learn what it holds.
+                warn!(ledger = %id, error = %e, "close failed; recovering the ledger");
+                drop(writer);
+                recover_ledger(&self.shared.client, id).await?.metadata()
+            }
+        };
+        if let Some(info) = next.ledgers.iter_mut().find(|l| l.ledger_id == id) {
+            info.entries = u64::try_from(meta.last_entry_id + 1).unwrap_or(0);
+            info.size_bytes = meta.length_bytes;
+            info.state = LedgerRecordState::Closed;
+            info.closed_ms = Some(now_ms());
+        }
+        Ok(next)
+    }
+
+    /// Closes the current ledger (if any), creates the next and records both with one CAS.
+    async fn rollover(&mut self) -> MlResult<()> {
+        let span = info_span!("ml_rollover", ledger = ?self.writer.as_ref().map(|w| w.id()));
+        async {
+            let old = self.writer.as_ref().map(LedgerWriter::id);
+            let mut next = self.seal_current().await?;
+            let created = create_ledger(
+                &self.shared.client,
+                self.shared.config.ledger_config(&self.shared.name),
+            )
+            .await;
+            let mut create_error = None;
+            let writer = match created {
+                Ok(w) => {
+                    next.ledgers.push(open_info(w.id()));
+                    Some(w)
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not create the next ledger");
+                    if old.is_none() {
+                        // Nothing was sealed, so there is nothing to record.
+                        return Err(e.into());
+                    }
+                    create_error = Some(e);
+                    None
+                }
+            };
+            // A sealed ledger that stayed empty is dropped from the list.
+            let dropped: Vec<LedgerId> = next
+                .ledgers
+                .iter()
+                .filter(|l| Some(l.ledger_id) == old && l.entries == 0)
+                .map(|l| l.ledger_id)
+                .collect();
+            next.ledgers.retain(|l| !dropped.contains(&l.ledger_id));
+            if let Err(e) = self.write_record(next).await {
+                if let Some(w) = writer {
+                    let id = w.id();
+                    drop(w);
+                    let _ = delete_ledger(&self.shared.client, id).await;
+                }
+                return Err(e);
+            }
+            let new_id = writer.as_ref().map(LedgerWriter::id);
+            {
+                let mut st = self.shared.state();
+                // Keep the live counts of the sealed ledger consistent with the record.
+                st.ledgers = self.record.ledgers.clone();
+                st.current = new_id;
+                st.tail.clear();
+            }
+            if let Some(old) = old {
+                self.shared.forget_reader(old);
+            }
+            for id in dropped {
+                let _ = delete_ledger(&self.shared.client, id).await;
+            }
+            self.writer = writer;
+            self.current_created = tokio::time::Instant::now();
+            self.enqueued_entries = 0;
+            self.enqueued_bytes = 0;
+            info!(from = ?old, to = ?new_id, "rolled over");
+            match (new_id, create_error) {
+                (Some(_), _) => Ok(()),
+                (None, Some(e)) => Err(e.into()),
+                (None, None) => Err(ManagedLedgerError::Ledger(LedgerError::NotEnoughBookies {
+                    needed: self.shared.config.ensemble_size as usize,
+                    available: 0,
+                })),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Close: seal the current ledger and record it closed (the next owner then needs no
+    /// recovery). A fenced managed ledger only stops.
+    async fn close_current(&mut self) -> MlResult<()> {
+        let result = if self.status() == Status::Open {
+            match self.seal_current().await {
+                Ok(next) => self.write_record(next).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            Ok(())
+        };
+        let mut st = self.shared.state();
+        if result.is_ok() {
+            st.ledgers = self.record.ledgers.clone();
+        }
+        st.current = None;
+        st.tail.clear();
+        if st.status == Status::Open {
+            st.status = Status::Closed;
+        }
+        info!("managed ledger closed");
+        result
+    }
+
+    async fn trim(&mut self, slowest: Option<Position>) -> MlResult<Vec<LedgerId>> {
+        let cfg = &self.shared.config;
+        if cfg.retention_time_ms == -1 && cfg.retention_size_bytes == -1 {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let total: u64 = self
+            .shared
+            .state()
+            .ledgers
+            .iter()
+            .map(|l| l.size_bytes)
+            .sum();
+        let mut trimmed = 0u64;
+        let mut remove = Vec::new();
+        for l in &self.record.ledgers {
+            if l.state != LedgerRecordState::Closed {
+                break;
+            }
+            let consumed = match slowest {
+                None => true,
+                Some(p) => {
+                    p.ledger > l.ledger_id || (p.ledger == l.ledger_id && p.entry.0 >= l.entries)
+                }
+            };
+            if !consumed {
+                break;
+            }
+            let age = now.saturating_sub(l.closed_ms.unwrap_or(l.created_ms));
+            let expired = cfg.retention_time_ms == 0
+                || (cfg.retention_time_ms > 0 && age > cfg.retention_time_ms as u64);
+            let over_size =
+                cfg.retention_size_bytes >= 0 && total - trimmed > cfg.retention_size_bytes as u64;
+            if !(expired || over_size) {
+                break;
+            }
+            trimmed += l.size_bytes;
+            remove.push(l.ledger_id);
+        }
+        if remove.is_empty() {
+            return Ok(remove);
+        }
+        let mut next = self.record.clone();
+        next.ledgers.retain(|l| !remove.contains(&l.ledger_id));
+        self.write_record(next).await?;
+        {
+            let mut st = self.shared.state();
+            st.ledgers.retain(|l| !remove.contains(&l.ledger_id));
+        }
+        info!(ledgers = ?remove, "trimmed consumed ledgers");
+        Ok(remove)
+    }
+}
