@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::{BrokerError, BrokerResult};
+use crate::key_shared::KeySharedPolicy;
 use crate::managed_ledger::{AppendHandle, InitialPosition, Position, batch_acks};
 use crate::service::BrokerService;
 use crate::subscription::{AckedId, ConsumerSpec, SeekTarget, Subscription, entry_info};
@@ -598,15 +599,7 @@ impl Conn {
             .check_consumer_schema(&topic_name, s.schema.as_ref(), idle)
             .await?;
         let sub_type = SubType::try_from(s.sub_type).unwrap_or(SubType::Exclusive);
-        if sub_type == SubType::KeyShared
-            && s.key_shared_meta
-                .as_ref()
-                .is_some_and(|m| m.key_shared_mode == 1)
-        {
-            return Err(BrokerError::Unsupported(
-                "Key_Shared STICKY mode (explicit hash ranges) is not supported yet".into(),
-            ));
-        }
+        let key_shared = KeySharedPolicy::from_wire(s.key_shared_meta.as_ref());
         let durable = s.durable.unwrap_or(true);
         let initial = match s.initial_position.map(WireInitial::try_from) {
             Some(Ok(WireInitial::Earliest)) => InitialPosition::Earliest,
@@ -624,6 +617,7 @@ impl Conn {
             name: s.consumer_name.clone().unwrap_or_default(),
             priority: s.priority_level.unwrap_or(0),
             sub_type,
+            key_shared,
             conn: self.tx.clone(),
         };
         if let Err(e) = sub.add_consumer(spec).await {

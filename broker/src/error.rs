@@ -39,6 +39,9 @@ pub enum BrokerError {
     /// An exclusive consumer already exists, or the subscription type conflicts.
     #[error("consumer busy: {0}")]
     ConsumerBusy(String),
+    /// Key_Shared STICKY hash ranges that are empty, invalid or overlap another consumer's.
+    #[error("{0}")]
+    ConsumerAssign(String),
     /// The subscription does not exist.
     #[error("subscription {0} does not exist")]
     SubscriptionNotFound(String),
@@ -76,6 +79,7 @@ impl BrokerError {
             }
             BrokerError::ProducerBusy(_) => ServerError::ProducerBusy,
             BrokerError::ConsumerBusy(_) => ServerError::ConsumerBusy,
+            BrokerError::ConsumerAssign(_) => ServerError::ConsumerAssignError,
             BrokerError::SubscriptionNotFound(_) => ServerError::SubscriptionNotFound,
             BrokerError::IncompatibleSchema(_) => ServerError::IncompatibleSchema,
             BrokerError::ConsumerNotFound(_) => ServerError::ConsumerNotFound,

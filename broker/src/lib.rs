@@ -8,7 +8,8 @@
 //! - [`server`], [`connection`] — the Pulsar protocol listener and one connection's reader
 //!   loop and writer task; [`error`] maps failures to Pulsar `ServerError` codes.
 //! - [`service`], [`topic`], [`subscription`] — loaded topics under bundle leases, producers,
-//!   and the per-subscription dispatcher actors; [`schema`] the per-topic schema versions.
+//!   and the per-subscription dispatcher actors ([`key_shared`] hash ownership and draining
+//!   hashes, [`delayed`] delayed delivery); [`schema`] the per-topic schema versions.
 //! - [`standalone`], [`node`] — the whole broker in one process, and the cluster broker;
 //!   [`topic_admin`] the admin API's topic operations on a running broker.
 
@@ -17,7 +18,9 @@ pub mod managed_ledger;
 pub mod admin;
 pub mod bundle;
 pub mod connection;
+pub mod delayed;
 pub mod error;
+pub mod key_shared;
 pub mod node;
 pub mod ownership;
 pub mod policies;

@@ -17,11 +17,16 @@
 //! (Failover: the first connected for a non-partitioned topic, `partition % n` of the consumers
 //! sorted by priority and name for a partition; every change is announced with
 //! ACTIVE_CONSUMER_CHANGE); Shared subscriptions go round-robin over consumers with permits.
-//! Key_Shared subscriptions route each entry by the Murmur3 hash of its ordering key (else its
-//! partition key) over the hash space `0..65536` split evenly among the consumers in connection
-//! order (AUTO_SPLIT); an entry whose consumer has no permits waits in `redeliver` without
-//! blocking other keys (at most `REPLAY_MAX` entries). Entries that find no consumer with
-//! permits go back to `redeliver`, so order is kept.
+//! Key_Shared subscriptions route each entry by the sticky hash of its ordering key (else its
+//! partition key) to the consumer that owns it (`key_shared.rs`: AUTO_SPLIT consistent hashing
+//! or STICKY declared ranges, and PIP-379 draining hashes); an entry whose consumer has no
+//! permits, whose hash is draining at another consumer, or that no STICKY consumer covers
+//! waits in `redeliver` without blocking other keys (at most `REPLAY_MAX` entries). Entries
+//! that find no consumer with permits go back to `redeliver`, so order is kept.
+//!
+//! Shared and Key_Shared subscriptions hold back entries whose `deliver_at_time` is in the
+//! future in a [`DelayedTracker`] (`delayed.rs`) and a timer in the actor's loop releases them
+//! into `redeliver` when due; Exclusive and Failover deliver them at once, as Pulsar.
 //!
 //! MESSAGE frames are the stored entry behind a MESSAGE command: the client's own bytes,
 //! checksum included, never re-encoded.
@@ -36,7 +41,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::connection::{ConnTx, Outbound};
+use crate::delayed::{DelayedTracker, now_ms};
 use crate::error::{BrokerError, BrokerResult};
+use crate::key_shared::{KeyShared, KeySharedPolicy, sticky_hash};
 use crate::managed_ledger::{ManagedCursor, ManagedLedger, Position, batch_acks};
 
 /// Commands queued per subscription before connections wait.
@@ -48,8 +55,6 @@ const SEEK_SCAN_BATCH: usize = 256;
 /// Key_Shared: entries waiting for a consumer without permits, at most; beyond it no new
 /// entries are read until they drain.
 const REPLAY_MAX: usize = 10_000;
-/// Key_Shared hash space (Pulsar's `DEFAULT_HASH_RANGE_SIZE`).
-const KEY_HASH_RANGE: u32 = 65_536;
 
 /// One consumer as the subscription sees it.
 #[derive(Debug, Clone)]
@@ -61,6 +66,8 @@ pub struct ConsumerSpec {
     pub name: String,
     pub priority: i32,
     pub sub_type: SubType,
+    /// Key_Shared: mode, STICKY ranges and out-of-order permission (CommandSubscribe.keySharedMeta).
+    pub key_shared: KeySharedPolicy,
     pub conn: ConnTx,
 }
 
@@ -189,6 +196,8 @@ impl Subscription {
             redeliver: BTreeSet::new(),
             redelivery_counts: HashMap::new(),
             key_hashes: HashMap::new(),
+            key_shared: KeyShared::new(),
+            delayed: DelayedTracker::new(),
             msg_out: 0,
             bytes_out: 0,
         };
@@ -298,8 +307,12 @@ struct Actor {
     pending: BTreeMap<Position, u64>,
     redeliver: BTreeSet<Position>,
     redelivery_counts: HashMap<Position, u32>,
-    /// Key_Shared: key hash of entries waiting in `redeliver`.
+    /// Key_Shared: sticky hash of entries waiting in `redeliver`.
     key_hashes: HashMap<Position, u32>,
+    /// Key_Shared: hash ownership and draining hashes.
+    key_shared: KeyShared,
+    /// Shared / Key_Shared: entries read before their delivery time.
+    delayed: DelayedTracker,
     /// Messages and bytes dispatched (admin stats).
     msg_out: u64,
     bytes_out: u64,
@@ -318,6 +331,11 @@ impl Actor {
     ) {
         let mut lac_open = true;
         loop {
+            // The earliest delayed entry wakes the actor (the tracker holds future times only).
+            let wake = self.delayed.next_deadline_ms().map(|at| {
+                tokio::time::Instant::now()
+                    + std::time::Duration::from_millis(at.saturating_sub(now_ms()))
+            });
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -330,6 +348,8 @@ impl Actor {
                         lac_open = false;
                     }
                 }
+                () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)),
+                    if wake.is_some() => {}
             }
             self.dispatch().await;
         }
@@ -422,10 +442,25 @@ impl Actor {
                 )));
             }
         }
+        if ty == SubType::KeyShared {
+            // Refuses STICKY range conflicts and mode mismatches before anything changes.
+            self.key_shared.add(
+                consumer.key,
+                &consumer.name,
+                &consumer.key_shared,
+                &self.pending,
+            )?;
+        }
         if self.consumers.is_empty() {
             self.sub_type = Some(ty);
             // A new first consumer starts from the oldest unacknowledged message.
             self.requeue_all_pending();
+            if !self.delays_delivery() {
+                // Exclusive / Failover receive delayed messages at once.
+                for p in self.delayed.take_all() {
+                    self.redeliver.insert(p);
+                }
+            }
         }
         info!(consumer = consumer.consumer_id, key = consumer.key, name = %consumer.name,
             sub_type = ?ty, "consumer added");
@@ -456,6 +491,7 @@ impl Actor {
             self.pending.remove(&p);
             self.requeue(p);
         }
+        self.key_shared.remove(key, &self.pending);
         self.pick_active(false).await;
     }
 
@@ -634,6 +670,10 @@ impl Actor {
         self.pending.clear();
         self.redeliver.clear();
         self.redelivery_counts.clear();
+        self.key_hashes.clear();
+        // Consumers are all disconnected below; entries are read again from `position`.
+        self.key_shared = KeyShared::new();
+        self.delayed.clear();
         self.cursor.reset(position);
         for c in std::mem::take(&mut self.consumers) {
             c.spec
@@ -693,23 +733,35 @@ impl Actor {
         self.sub_type == Some(SubType::KeyShared)
     }
 
-    /// Key_Shared: the consumer (index) owning `hash`.
-    fn key_owner(&self, hash: u32) -> Option<usize> {
-        let n = self.consumers.len() as u64;
-        if n == 0 {
+    /// Key_Shared: the consumer (index) to send an entry of sticky hash `hash` to now — its
+    /// owner, if it has permits and the hash is not draining at another consumer.
+    fn key_target(&mut self, hash: u32) -> Option<usize> {
+        let owner = self.key_shared.owner(hash)?;
+        let i = self.consumers.iter().position(|c| c.spec.key == owner)?;
+        let has_permits = self.consumers.get(i).is_some_and(|c| c.permits > 0);
+        if !has_permits || self.key_shared.blocked(hash, owner, &self.pending) {
             return None;
         }
-        let slot = u64::from(hash % KEY_HASH_RANGE);
-        Some((slot * n / u64::from(KEY_HASH_RANGE)) as usize)
+        Some(i)
     }
 
-    fn key_owner_has_permits(&self, hash: u32) -> bool {
-        self.key_owner(hash)
-            .and_then(|i| self.consumers.get(i))
-            .is_some_and(|c| c.permits > 0)
+    /// Shared and Key_Shared hold delayed messages back; Exclusive and Failover do not.
+    fn delays_delivery(&self) -> bool {
+        matches!(self.sub_type, Some(SubType::Shared | SubType::KeyShared))
+    }
+
+    /// Delayed entries whose time came go to `redeliver` (dispatched oldest first).
+    fn release_due_delayed(&mut self) {
+        if self.delayed.is_empty() {
+            return;
+        }
+        for p in self.delayed.take_due(now_ms()) {
+            self.redeliver.insert(p);
+        }
     }
 
     async fn dispatch(&mut self) {
+        self.release_due_delayed();
         loop {
             let permits: i64 = self
                 .eligible()
@@ -732,13 +784,22 @@ impl Actor {
                 return;
             }
             let mut sent = 0usize;
+            let mut delayed = 0usize;
+            let now = now_ms();
             for (position, entry) in entries {
                 let info = entry_info(&entry);
+                if self.delays_delivery()
+                    && let Some(at) = info.deliver_at_ms
+                    && self.delayed.add(position, at, now)
+                {
+                    delayed += 1;
+                    continue;
+                }
+                let hash = sticky_hash(info.key_hash);
                 let target = if self.key_shared() {
-                    let hash = info.key_hash;
-                    match self.key_owner(hash) {
-                        Some(i) if self.key_owner_has_permits(hash) => Some(i),
-                        _ => {
+                    match self.key_target(hash) {
+                        Some(i) => Some(i),
+                        None => {
                             self.key_hashes.insert(position, hash);
                             None
                         }
@@ -778,6 +839,9 @@ impl Actor {
                 self.msg_out += u64::from(messages);
                 self.bytes_out += entry_bytes;
                 self.pending.insert(position, key);
+                if self.key_shared() {
+                    self.key_shared.delivered(position, hash, &self.pending);
+                }
                 if !conn.send(Outbound::Message(frame)).await {
                     // The connection is gone; it removes the consumer shortly.
                     self.pending.remove(&position);
@@ -787,7 +851,7 @@ impl Actor {
                     }
                 }
             }
-            if sent == 0 {
+            if sent == 0 && delayed == 0 {
                 return;
             }
         }
@@ -807,7 +871,7 @@ impl Actor {
             if !self.cursor.is_acked(p) && !self.pending.contains_key(&p) {
                 // Key_Shared: leave entries whose consumer has no permits where they are.
                 if let Some(&hash) = self.key_hashes.get(&p)
-                    && !self.key_owner_has_permits(hash)
+                    && self.key_target(hash).is_none()
                 {
                     continue;
                 }
@@ -828,7 +892,10 @@ impl Actor {
         if !out.is_empty() {
             return Ok(out);
         }
-        if !self.cursor.has_entries_available() || self.redeliver.len() >= REPLAY_MAX {
+        if !self.cursor.has_entries_available()
+            || self.redeliver.len() >= REPLAY_MAX
+            || self.delayed.is_full()
+        {
             return Ok(out);
         }
         let batch = self.cursor.read_entries(want, READ_BYTES_MAX).await?;
@@ -847,6 +914,8 @@ pub struct EntryInfo {
     pub publish_time: u64,
     /// Murmur3 hash of the ordering key, else the partition key, else of no key.
     pub key_hash: u32,
+    /// `deliver_at_time`: not to be delivered before (ms since the epoch; Shared / Key_Shared).
+    pub deliver_at_ms: Option<u64>,
 }
 
 /// Reads an entry's metadata; an unreadable entry counts as one message published at 0.
@@ -862,12 +931,14 @@ pub fn entry_info(entry: &Bytes) -> EntryInfo {
                 messages: u32::try_from(m.num_messages_in_batch.unwrap_or(1)).unwrap_or(1),
                 publish_time: m.publish_time,
                 key_hash: key_hash(key),
+                deliver_at_ms: m.deliver_at_time.and_then(|t| u64::try_from(t).ok()),
             }
         }
         Err(_) => EntryInfo {
             messages: 1,
             publish_time: 0,
             key_hash: key_hash(NO_KEY),
+            deliver_at_ms: None,
         },
     }
 }
@@ -876,6 +947,5 @@ pub fn entry_info(entry: &Bytes) -> EntryInfo {
 const NO_KEY: &[u8] = b"NONE_KEY";
 
 fn key_hash(key: &[u8]) -> u32 {
-    // Reading from an in-memory slice cannot fail.
-    murmur3::murmur3_32(&mut std::io::Cursor::new(key), 0).unwrap_or(0)
+    crate::key_shared::murmur3_32(key)
 }

@@ -16,7 +16,7 @@ use magnetar_proto::pulsar::api::command_lookup_topic_response::LookupType;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
 use magnetar_proto::pulsar::api::{
     BaseCommand, CommandConnect, CommandFlow, CommandLookupTopic, CommandProducer, CommandSend,
-    CommandSubscribe, MessageMetadata, ServerError,
+    CommandSubscribe, MessageIdData, MessageMetadata, ServerError,
 };
 use magnetar_proto::pulsar::{Frame, Payload, PulsarCodec};
 use tokio::net::TcpStream;
@@ -276,5 +276,169 @@ async fn partitioned_metadata_comes_from_the_policies() {
         .partition_metadata_response
         .unwrap();
     assert_eq!(r.response, Some(1));
+    standalone.shutdown().await;
+}
+
+/// One ACK (with `request_id`, so ACK_RESPONSE orders it) of entry `id` with `ack_set`.
+async fn ack(conn: &mut Conn, id: &MessageIdData, cumulative: bool, ack_set: i64, request: u64) {
+    use magnetar_proto::pulsar::api::CommandAck;
+    use magnetar_proto::pulsar::api::command_ack::AckType;
+    let ack_type = if cumulative {
+        AckType::Cumulative
+    } else {
+        AckType::Individual
+    };
+    conn.send(Frame::command(BaseCommand {
+        ack: Some(Box::new(CommandAck {
+            consumer_id: 7,
+            ack_type: ack_type as i32,
+            message_id: vec![MessageIdData {
+                ack_set: vec![ack_set],
+                batch_size: Some(10),
+                ..id.clone()
+            }],
+            request_id: Some(request),
+            ..Default::default()
+        })),
+        ..cmd(Type::Ack)
+    }))
+    .await
+    .unwrap();
+    let r = next(conn).await.command.ack_response.expect("ACK_RESPONSE");
+    assert_eq!(r.request_id, Some(request));
+}
+
+async fn redeliver_all(conn: &mut Conn) {
+    use magnetar_proto::pulsar::api::CommandRedeliverUnacknowledgedMessages;
+    conn.send(Frame::command(BaseCommand {
+        redeliver_unacknowledged_messages: Some(Box::new(CommandRedeliverUnacknowledgedMessages {
+            consumer_id: 7,
+            ..Default::default()
+        })),
+        ..cmd(Type::RedeliverUnacknowledgedMessages)
+    }))
+    .await
+    .unwrap();
+}
+
+async fn consumer_stats(
+    conn: &mut Conn,
+    consumer_id: u64,
+    request_id: u64,
+) -> magnetar_proto::pulsar::api::CommandConsumerStatsResponse {
+    use magnetar_proto::pulsar::api::CommandConsumerStats;
+    conn.send(Frame::command(BaseCommand {
+        consumer_stats: Some(Box::new(CommandConsumerStats {
+            request_id,
+            consumer_id,
+        })),
+        ..cmd(Type::ConsumerStats)
+    }))
+    .await
+    .unwrap();
+    let f = next(conn).await;
+    assert_eq!(f.command_type(), Type::ConsumerStatsResponse);
+    let r = *f.command.consumer_stats_response.unwrap();
+    assert_eq!(r.request_id, request_id);
+    r
+}
+
+/// A batch entry of 10 messages acknowledged index by index: the broker answers CONSUMER_STATS,
+/// puts the unacknowledged indexes into the MESSAGE `ack_set` of every redelivery, charges
+/// permits only for them, and acknowledges the entry once no index is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_index_acks_and_consumer_stats_on_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StandaloneOptions::new(dir.path());
+    options.broker_port = 0;
+    let standalone = Standalone::start(options).await.unwrap();
+    let topic = "persistent://public/default/raw-batch";
+    let mut conn = connect(&standalone).await;
+    conn.send(Frame::command(BaseCommand {
+        producer: Some(Box::new(CommandProducer {
+            topic: topic.into(),
+            producer_id: 1,
+            request_id: 1,
+            ..Default::default()
+        })),
+        ..cmd(Type::Producer)
+    }))
+    .await
+    .unwrap();
+    next(&mut conn).await.command.producer_success.unwrap();
+    let metadata = MessageMetadata {
+        producer_name: "raw".into(),
+        sequence_id: 0,
+        publish_time: 1,
+        num_messages_in_batch: Some(10),
+        ..Default::default()
+    };
+    conn.send(send(0, Payload::new(&metadata, b"ten messages")))
+        .await
+        .unwrap();
+    next(&mut conn).await.command.send_receipt.unwrap();
+
+    let mut sub = subscribe(topic, 7, 2);
+    if let Some(s) = sub.command.subscribe.as_mut() {
+        s.consumer_name = Some("stats-consumer".into());
+    }
+    conn.send(sub).await.unwrap();
+    assert_eq!(next(&mut conn).await.command_type(), Type::Success);
+    conn.send(Frame::command(BaseCommand {
+        flow: Some(Box::new(CommandFlow {
+            consumer_id: 7,
+            message_permits: 100,
+        })),
+        ..cmd(Type::Flow)
+    }))
+    .await
+    .unwrap();
+    let m = next(&mut conn).await.command.message.unwrap();
+    assert!(m.ack_set.is_empty(), "nothing acknowledged yet");
+    let id = m.message_id;
+
+    let stats = consumer_stats(&mut conn, 7, 10).await;
+    assert_eq!(stats.error_code, None);
+    assert_eq!(stats.consumer_name.as_deref(), Some("stats-consumer"));
+    assert_eq!(stats.available_permits, Some(90), "a batch of 10 costs 10");
+    assert_eq!(stats.unacked_messages, Some(1));
+    assert_eq!(stats.r#type.as_deref(), Some("Exclusive"));
+    assert_eq!(stats.msg_backlog, Some(1));
+    assert!(stats.address.unwrap().starts_with("/127.0.0.1:"));
+    let since = stats.connected_since.unwrap();
+    assert!(since.len() == 24 && since.ends_with('Z'), "{since}");
+    let unknown = consumer_stats(&mut conn, 99, 11).await;
+    assert_eq!(
+        unknown.error_code,
+        Some(ServerError::ConsumerNotFound as i32)
+    );
+
+    // Indexes 0 and 2 acknowledged: the redelivery carries the other 8 and costs 8 permits.
+    let all: i64 = 0b11_1111_1111;
+    ack(&mut conn, &id, false, all & !0b101, 20).await;
+    redeliver_all(&mut conn).await;
+    let m = next(&mut conn).await.command.message.unwrap();
+    assert_eq!(m.ack_set, vec![all & !0b101]);
+    assert_eq!(m.redelivery_count, Some(1));
+    let stats = consumer_stats(&mut conn, 7, 12).await;
+    assert_eq!(stats.available_permits, Some(82));
+
+    // Cumulative inside the entry up to index 3 (the client's set still has 0 and 2).
+    ack(&mut conn, &id, true, all & !0b1111, 21).await;
+    redeliver_all(&mut conn).await;
+    let m = next(&mut conn).await.command.message.unwrap();
+    assert_eq!(m.ack_set, vec![all & !0b1111]);
+
+    // The rest: the entry is acknowledged whole, nothing is left to deliver.
+    ack(&mut conn, &id, false, 0b11_1100_0000, 22).await;
+    ack(&mut conn, &id, false, 0b00_0011_0000, 23).await;
+    let stats = consumer_stats(&mut conn, 7, 13).await;
+    assert_eq!(
+        (stats.msg_backlog, stats.unacked_messages),
+        (Some(0), Some(0))
+    );
+    redeliver_all(&mut conn).await;
+    let stats = consumer_stats(&mut conn, 7, 14).await;
+    assert_eq!(stats.unacked_messages, Some(0), "nothing redelivered");
     standalone.shutdown().await;
 }

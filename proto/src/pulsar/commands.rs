@@ -8,10 +8,11 @@ use super::api::command_lookup_topic_response::LookupType;
 use super::api::command_partitioned_topic_metadata_response::LookupType as PartitionedLookupType;
 use super::api::{
     BaseCommand, CommandAckResponse, CommandActiveConsumerChange, CommandCloseConsumer,
-    CommandCloseProducer, CommandConnected, CommandError, CommandGetLastMessageIdResponse,
-    CommandGetTopicsOfNamespaceResponse, CommandLookupTopicResponse, CommandMessage,
-    CommandPartitionedTopicMetadataResponse, CommandPing, CommandPong, CommandProducerSuccess,
-    CommandSendError, CommandSendReceipt, CommandSuccess, MessageIdData, ServerError,
+    CommandCloseProducer, CommandConnected, CommandConsumerStatsResponse, CommandError,
+    CommandGetLastMessageIdResponse, CommandGetTopicsOfNamespaceResponse,
+    CommandLookupTopicResponse, CommandMessage, CommandPartitionedTopicMetadataResponse,
+    CommandPing, CommandPong, CommandProducerSuccess, CommandSendError, CommandSendReceipt,
+    CommandSuccess, MessageIdData, ServerError,
 };
 use super::frame::PROTOCOL_VERSION;
 
@@ -308,4 +309,27 @@ pub fn message(
         })),
         ..base(Type::Message)
     }
+}
+
+/// CONSUMER_STATS_RESPONSE with the consumer's figures; `request_id` and `error_code` are
+/// whatever `stats` holds (leave `error_code` unset for a success).
+pub fn consumer_stats_response(stats: CommandConsumerStatsResponse) -> BaseCommand {
+    BaseCommand {
+        consumer_stats_response: Some(Box::new(stats)),
+        ..base(Type::ConsumerStatsResponse)
+    }
+}
+
+/// CONSUMER_STATS_RESPONSE answering an error (e.g. `ConsumerNotFound`).
+pub fn consumer_stats_error(
+    request_id: u64,
+    error: ServerError,
+    message: impl Into<String>,
+) -> BaseCommand {
+    consumer_stats_response(CommandConsumerStatsResponse {
+        request_id,
+        error_code: Some(error as i32),
+        error_message: Some(message.into()),
+        ..Default::default()
+    })
 }
