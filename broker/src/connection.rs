@@ -40,6 +40,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::dedup::{self, Dedup, Ticket, Verdict};
 use crate::error::{BrokerError, BrokerResult};
 use crate::key_shared::KeySharedPolicy;
 use crate::managed_ledger::{AppendHandle, InitialPosition, Position, batch_acks};
@@ -98,13 +99,18 @@ impl ConnTx {
 struct PendingSend {
     sequence_id: u64,
     highest_sequence_id: Option<u64>,
-    append: Result<AppendHandle, (ServerError, String)>,
+    /// `None`: a duplicate, not stored (deduplication answers it).
+    append: Option<Result<AppendHandle, (ServerError, String)>>,
+    /// Deduplication: the append's outcome is reported with it.
+    dedup: Option<Ticket>,
 }
 
 #[derive(Debug, Clone)]
 struct ProducerSlot {
     key: u64,
     topic: Arc<Topic>,
+    /// The producer's name (deduplication keys on it).
+    name: Arc<str>,
     sends: mpsc::Sender<PendingSend>,
 }
 
@@ -323,28 +329,47 @@ impl Conn {
                     .await;
                     return Ok(());
                 };
-                let append = if !payload.checksum_ok() {
-                    Err((ServerError::ChecksumError, "checksum mismatch".to_owned()))
-                } else {
-                    let messages = send
-                        .num_messages
-                        .map_or(1, |n| u64::try_from(n).unwrap_or(1));
-                    slot.topic
-                        .record_publish(messages, payload.payload_range().len() as u64);
-                    slot.topic
-                        .managed_ledger()
-                        .append(payload.entry())
-                        .await
-                        .map_err(|e| {
-                            let e = BrokerError::from(e);
-                            (e.server_error(), e.to_string())
-                        })
-                };
                 let highest = send.highest_sequence_id.filter(|h| *h > 0);
+                let mut ticket = None;
+                let append = if !payload.checksum_ok() {
+                    Some(Err((
+                        ServerError::ChecksumError,
+                        "checksum mismatch".to_owned(),
+                    )))
+                } else {
+                    let verdict =
+                        slot.topic
+                            .dedup()
+                            .check(&slot.name, send.sequence_id, highest, || {
+                                dedup::payload_counts(&payload)
+                            });
+                    match verdict {
+                        Verdict::Duplicate => None,
+                        Verdict::Publish(t) => {
+                            ticket = t;
+                            let messages = send
+                                .num_messages
+                                .map_or(1, |n| u64::try_from(n).unwrap_or(1));
+                            slot.topic
+                                .record_publish(messages, payload.payload_range().len() as u64);
+                            Some(
+                                slot.topic
+                                    .managed_ledger()
+                                    .append(payload.entry())
+                                    .await
+                                    .map_err(|e| {
+                                        let e = BrokerError::from(e);
+                                        (e.server_error(), e.to_string())
+                                    }),
+                            )
+                        }
+                    }
+                };
                 let pending = PendingSend {
                     sequence_id: send.sequence_id,
                     highest_sequence_id: highest,
                     append,
+                    dedup: ticket,
                 };
                 if slot.sends.send(pending).await.is_err() {
                     debug!(
@@ -465,10 +490,10 @@ impl Conn {
         let producer_id = p.producer_id;
         let span = info_span!("producer", topic = %p.topic, producer = producer_id);
         let answer = match self.create_producer(*p).instrument(span).await {
-            Ok((name, schema_version)) => commands::producer_success(
+            Ok((name, schema_version, last_sequence_id)) => commands::producer_success(
                 request_id,
                 name,
-                -1,
+                last_sequence_id,
                 schema_version.map(crate::schema::version_bytes),
             ),
             Err(e) => {
@@ -479,10 +504,15 @@ impl Conn {
         self.send(answer).await;
     }
 
-    /// Attaches a producer; its name and schema version (`None`: no schema).
-    async fn create_producer(&self, p: CommandProducer) -> BrokerResult<(String, Option<u64>)> {
+    /// Attaches a producer; its name, schema version (`None`: no schema) and the last
+    /// sequence id deduplication knows for its name (-1: none).
+    async fn create_producer(
+        &self,
+        p: CommandProducer,
+    ) -> BrokerResult<(String, Option<u64>, i64)> {
         let topic_name = topic_of(&p.topic)?;
         let topic = self.service.get_topic(&topic_name).await?;
+        topic.refresh_dedup().await?;
         let schema_version = self
             .service
             .schemas()
@@ -528,21 +558,29 @@ impl Conn {
         }
         let (sends, rx) = mpsc::channel(self.service.config().pending_sends_per_producer.max(1));
         tokio::spawn(
-            receipts(p.producer_id, rx, self.tx.clone())
-                .instrument(info_span!("receipts", topic = %topic_name, producer = p.producer_id)),
+            receipts(
+                p.producer_id,
+                rx,
+                self.tx.clone(),
+                Arc::clone(topic.dedup()),
+                Arc::from(name.as_str()),
+            )
+            .instrument(info_span!("receipts", topic = %topic_name, producer = p.producer_id)),
         );
         let old = self.state().producers.insert(
             p.producer_id,
             ProducerSlot {
                 key,
                 topic: Arc::clone(&topic),
+                name: Arc::from(name.as_str()),
                 sends,
             },
         );
         if let Some(old) = old {
             old.topic.remove_producer(old.key);
         }
-        Ok((name, schema_version))
+        let last_sequence_id = topic.dedup().last_sequence_id(&name);
+        Ok((name, schema_version, last_sequence_id))
     }
 
     async fn get_schema(self, c: BaseCommand) {
@@ -826,30 +864,58 @@ fn start_of(id: &MessageIdData, initial: InitialPosition) -> StartAt {
     }
 }
 
-/// A producer's receipt task: completes appends in order and answers each SEND.
-async fn receipts(producer_id: u64, mut rx: mpsc::Receiver<PendingSend>, tx: ConnTx) {
+/// A producer's receipt task: completes appends in order and answers each SEND. It drains
+/// its queue even after the connection closed, so deduplication learns every outcome.
+async fn receipts(
+    producer_id: u64,
+    mut rx: mpsc::Receiver<PendingSend>,
+    tx: ConnTx,
+    dedup: Arc<Dedup>,
+    name: Arc<str>,
+) {
+    let mut connected = true;
     while let Some(p) = rx.recv().await {
         let result = match p.append {
-            Ok(handle) => handle.await.map_err(|e| {
+            Some(Ok(handle)) => handle.await.map(Some).map_err(|e| {
                 let e = BrokerError::from(e);
                 (e.server_error(), e.to_string())
             }),
-            Err(e) => Err(e),
+            Some(Err(e)) => Err(e),
+            // A duplicate: answered once its original is persisted (ledger/entry -1/-1, as
+            // Pulsar); undecidable (original failed or still pending) → PersistenceError,
+            // after which the client reconnects and resends.
+            None => {
+                if dedup.await_duplicate(&name, p.sequence_id).await {
+                    Ok(None)
+                } else {
+                    Err((
+                        ServerError::PersistenceError,
+                        "cannot tell yet whether the message is a duplicate".to_owned(),
+                    ))
+                }
+            }
         };
+        if let Some(ticket) = p.dedup {
+            dedup.completed(ticket, result.as_ref().ok().copied().flatten());
+        }
+        if !connected {
+            continue;
+        }
         let answer = match result {
-            Ok(pos) => commands::send_receipt(
-                producer_id,
-                p.sequence_id,
-                commands::message_id(pos.ledger.0, pos.entry.0),
-                p.highest_sequence_id,
-            ),
+            Ok(pos) => {
+                let (ledger, entry) = pos.map_or((u64::MAX, u64::MAX), |p| (p.ledger.0, p.entry.0));
+                commands::send_receipt(
+                    producer_id,
+                    p.sequence_id,
+                    commands::message_id(ledger, entry),
+                    p.highest_sequence_id,
+                )
+            }
             Err((code, message)) => {
                 warn!(sequence_id = p.sequence_id, error = %message, "send failed");
                 commands::send_error(producer_id, p.sequence_id, code, message)
             }
         };
-        if !tx.send_command(answer).await {
-            return;
-        }
+        connected = tx.send_command(answer).await;
     }
 }

@@ -9,7 +9,8 @@
 //!   loop and writer task; [`error`] maps failures to Pulsar `ServerError` codes.
 //! - [`service`], [`topic`], [`subscription`] — loaded topics under bundle leases, producers,
 //!   and the per-subscription dispatcher actors ([`key_shared`] hash ownership and draining
-//!   hashes, [`delayed`] delayed delivery); [`schema`] the per-topic schema versions.
+//!   hashes, [`delayed`] delayed delivery); [`schema`] the per-topic schema versions;
+//!   [`dedup`] message deduplication by producer name and sequence id.
 //! - [`standalone`], [`node`] — the whole broker in one process, and the cluster broker;
 //!   [`topic_admin`] the admin API's topic operations on a running broker.
 
@@ -18,6 +19,7 @@ pub mod managed_ledger;
 pub mod admin;
 pub mod bundle;
 pub mod connection;
+pub mod dedup;
 pub mod delayed;
 pub mod error;
 pub mod key_shared;

@@ -45,6 +45,8 @@ pub struct BrokerConfig {
     pub allow_auto_topic_creation: bool,
     /// Entries read per dispatch round of a subscription.
     pub dispatch_batch_entries: usize,
+    /// Message deduplication settings (the switch itself is the namespace policy).
+    pub dedup: crate::dedup::DedupConfig,
 }
 
 impl BrokerConfig {
@@ -59,6 +61,7 @@ impl BrokerConfig {
             managed_ledger: ManagedLedgerConfig::default(),
             allow_auto_topic_creation: true,
             dispatch_batch_entries: 100,
+            dedup: crate::dedup::DedupConfig::default(),
         }
     }
 }
@@ -147,6 +150,14 @@ impl BrokerService {
             .namespace(ns)
             .await?
             .ok_or_else(|| BrokerError::NamespaceNotFound(ns.to_string()))
+    }
+
+    /// Whether message deduplication is on for `topic` (namespace policy, else the default).
+    pub async fn dedup_enabled(&self, topic: &TopicName) -> BrokerResult<bool> {
+        let policies = self.namespace_policies(topic.namespace()).await?;
+        Ok(policies
+            .deduplication_enabled
+            .unwrap_or(self.config.dedup.enabled_by_default))
     }
 
     /// The namespace bundle `topic` belongs to.
@@ -344,8 +355,14 @@ impl BrokerService {
             };
         }
         let ml = self.factory.open(&topic.persistence_name(), config).await?;
+        // Deduplication state is recovered before any producer can publish.
+        let dedup = crate::dedup::Dedup::new(self.config.dedup.clone());
+        let dedup_on = policies
+            .deduplication_enabled
+            .unwrap_or(self.config.dedup.enabled_by_default);
+        dedup.apply_policy(dedup_on, &ml).await?;
         info!(topic = %topic, %bundle, "topic loaded");
-        Ok(Topic::new(topic, bundle, ml, Arc::downgrade(&self)))
+        Ok(Topic::new(topic, bundle, ml, dedup, Arc::downgrade(&self)))
     }
 
     /// Forgets a topic that closed itself (it is loaded again on next use).

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::bundle::Bundle;
 use crate::connection::ConnTx;
+use crate::dedup::{DEDUP_CURSOR, Dedup};
 use crate::error::{BrokerError, BrokerResult};
 use crate::managed_ledger::{InitialPosition, ManagedLedger, Position};
 use crate::service::BrokerService;
@@ -65,6 +66,7 @@ pub struct Topic {
     /// Messages and bytes published since the topic was loaded (admin stats).
     msg_in: AtomicU64,
     bytes_in: AtomicU64,
+    dedup: Arc<Dedup>,
 }
 
 impl Topic {
@@ -72,6 +74,7 @@ impl Topic {
         name: TopicName,
         bundle: Bundle,
         ml: Arc<ManagedLedger>,
+        dedup: Arc<Dedup>,
         service: Weak<BrokerService>,
     ) -> Arc<Self> {
         Arc::new(Topic {
@@ -84,6 +87,7 @@ impl Topic {
             closed: AtomicBool::new(false),
             msg_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
+            dedup,
         })
     }
 
@@ -97,6 +101,22 @@ impl Topic {
 
     pub fn managed_ledger(&self) -> &Arc<ManagedLedger> {
         &self.ml
+    }
+
+    /// The topic's message deduplication.
+    pub fn dedup(&self) -> &Arc<Dedup> {
+        &self.dedup
+    }
+
+    /// Brings deduplication in line with the namespace policy as it is now (called for each
+    /// new producer, so enabling it on a loaded topic takes effect).
+    pub async fn refresh_dedup(&self) -> BrokerResult<()> {
+        let Some(service) = self.service.upgrade() else {
+            return Ok(());
+        };
+        let enabled = service.dedup_enabled(&self.name).await?;
+        self.dedup.apply_policy(enabled, &self.ml).await?;
+        Ok(())
     }
 
     /// Counts a published entry of `messages` messages (admin stats).
@@ -186,6 +206,7 @@ impl Topic {
                 if !conflict {
                     info!(topic = %self.name, producer = spec.producer_id, name = %spec.name,
                         mode = ?spec.mode, "producer added");
+                    self.dedup.producer_added(&spec.name);
                     st.producers.insert(spec.key, spec);
                     return Ok(());
                 }
@@ -202,7 +223,9 @@ impl Topic {
     }
 
     pub fn remove_producer(&self, key: u64) {
-        if self.state().producers.remove(&key).is_some() {
+        let removed = self.state().producers.remove(&key);
+        if let Some(spec) = removed {
+            self.dedup.producer_removed(&spec.name);
             self.producer_left.notify_waiters();
         }
     }
@@ -215,6 +238,11 @@ impl Topic {
         start: StartAt,
     ) -> BrokerResult<Arc<Subscription>> {
         self.check_open()?;
+        if name == DEDUP_CURSOR {
+            return Err(BrokerError::NotAllowed(format!(
+                "{DEDUP_CURSOR} is the deduplication cursor, not a subscription"
+            )));
+        }
         if let Some(s) = self
             .state()
             .subscriptions
@@ -285,6 +313,7 @@ impl Topic {
         for s in subs.values() {
             s.close().await;
         }
+        self.dedup.snapshot_on_close();
         if let Err(e) = self.ml.close().await {
             warn!(topic = %self.name, error = %e, "closing the managed ledger failed");
         }

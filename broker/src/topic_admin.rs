@@ -33,6 +33,7 @@ use crate::admin::topics::{
     PublisherStats, ResetTarget, StartPosition, SubscriptionStats, TopicStats,
 };
 use crate::admin::{TopicAdmin, TopicAdminError};
+use crate::dedup::DEDUP_CURSOR;
 use crate::error::BrokerError;
 use crate::managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, Position};
 use crate::service::BrokerService;
@@ -403,6 +404,7 @@ impl TopicAdmin for BrokerTopicAdmin {
         let durable = ml_stats
             .cursors
             .iter()
+            .filter(|(n, _)| n.as_str() != DEDUP_CURSOR)
             .map(|(n, c)| (n.clone(), Some(c.backlog), snapshots.remove(n)));
         let non_durable = readers.into_iter().map(|(n, s)| (n, None, Some(s)));
         for (sub_name, backlog, snapshot) in durable.chain(non_durable) {
@@ -483,7 +485,7 @@ impl TopicAdmin for BrokerTopicAdmin {
             backlog_size,
             publishers,
             subscriptions,
-            deduplication_status: "Disabled".to_owned(),
+            deduplication_status: topic.dedup().status().as_str().to_owned(),
             ..TopicStats::default()
         })
     }
@@ -525,7 +527,13 @@ impl TopicAdmin for BrokerTopicAdmin {
 
     async fn subscriptions(&self, name: &TopicName) -> Result<Vec<String>, TopicAdminError> {
         let topic = self.topic(name).await?;
-        Ok(topic.managed_ledger().cursor_names())
+        // The deduplication cursor is no subscription (Pulsar hides it too).
+        Ok(topic
+            .managed_ledger()
+            .cursor_names()
+            .into_iter()
+            .filter(|n| n != DEDUP_CURSOR)
+            .collect())
     }
 
     async fn create_subscription(

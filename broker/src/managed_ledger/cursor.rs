@@ -388,6 +388,19 @@ impl ManagedCursor {
         self.core.state().properties.clone()
     }
 
+    /// Pulsar's mark-delete with properties: acknowledges everything up to `pos` and replaces
+    /// the properties in one state change, so a stored record never has one without the other
+    /// (deduplication snapshots rely on it).
+    pub fn mark_delete_with_properties(&self, pos: Position, properties: BTreeMap<String, String>) {
+        let mut st = self.core.state();
+        if pos.next() > st.first_unacked {
+            st.first_unacked = pos.next();
+        }
+        st.properties = properties;
+        self.collapse(&mut st);
+        self.touch(st);
+    }
+
     /// Writes the state now if it changed (durable cursors; a no-op for others).
     pub async fn flush(&self) -> MlResult<()> {
         let tx = self
