@@ -117,7 +117,7 @@ def test_client_sends_delayed_messages_outside_batches(client, topic):
 
 
 def test_delayed_messages_survive_a_restart(fresh_standalone, topic):
-    delay_s = 6.0
+    delay_s = 10.0
     cl = make_client(fresh_standalone.url)
     c = cl.subscribe(topic, "sub", consumer_type=pulsar.ConsumerType.Shared)
     p = cl.create_producer(topic, batching_enabled=False)
