@@ -40,6 +40,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::consumer_stats;
 use crate::dedup::{self, Dedup, Ticket, Verdict};
 use crate::error::{BrokerError, BrokerResult};
 use crate::key_shared::KeySharedPolicy;
@@ -119,6 +120,9 @@ struct ConsumerSlot {
     key: u64,
     topic: Arc<Topic>,
     sub: Arc<Subscription>,
+    sub_type: SubType,
+    /// When it subscribed, ms since the epoch (CONSUMER_STATS `connectedSince`).
+    connected_since_ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +137,8 @@ struct Conn {
     service: Arc<BrokerService>,
     tx: ConnTx,
     state: Arc<Mutex<State>>,
+    /// The client's address (CONSUMER_STATS `address`).
+    peer: Option<SocketAddr>,
 }
 
 /// Serves one accepted socket until it closes.
@@ -144,6 +150,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, service: Arc<BrokerServi
 async fn run(stream: TcpStream, service: Arc<BrokerService>) {
     let config = service.config().clone();
     let codec = PulsarCodec::for_max_message_size(config.max_message_size);
+    let peer = stream.peer_addr().ok();
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(config.outbound_queue_frames.max(1));
     let closed = CancellationToken::new();
@@ -154,6 +161,7 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
             closed: closed.clone(),
         },
         state: Arc::default(),
+        peer,
     };
     let writer = tokio::spawn(
         write_loop(FramedWrite::new(write, codec), rx, closed.clone()).in_current_span(),
@@ -416,6 +424,7 @@ impl Conn {
             Type::GetLastMessageId => self.spawn(c, Conn::last_message_id),
             Type::GetSchema => self.spawn(c, Conn::get_schema),
             Type::GetOrCreateSchema => self.spawn(c, Conn::get_or_create_schema),
+            Type::ConsumerStats => self.spawn(c, Conn::consumer_stats),
             other => debug!(command = ?other, "command not handled; ignored"),
         }
         Ok(())
@@ -668,6 +677,8 @@ impl Conn {
             key,
             topic: Arc::clone(&topic),
             sub,
+            sub_type,
+            connected_since_ms: crate::managed_ledger::record::now_ms(),
         };
         if self.tx.is_closed() {
             self.detach_consumer(slot).await;
@@ -794,6 +805,43 @@ impl Conn {
             mark_delete,
         ))
         .await;
+    }
+
+    async fn consumer_stats(self, c: BaseCommand) {
+        let Some(s) = c.consumer_stats else { return };
+        let slot = self.state().consumers.get(&s.consumer_id).cloned();
+        let snapshot = match &slot {
+            Some(slot) => slot.sub.snapshot().await.and_then(|snap| {
+                snap.consumers.into_iter().find(|c| c.key == slot.key)
+            }),
+            None => None,
+        };
+        let answer = match (slot, snapshot) {
+            (Some(slot), Some(consumer)) => {
+                let backlog_entries = slot
+                    .topic
+                    .managed_ledger()
+                    .cursor(slot.sub.name())
+                    .map_or(0, |c| c.backlog());
+                let ctx = consumer_stats::ConsumerContext {
+                    sub_type: slot.sub_type,
+                    backlog_entries,
+                    address: self.peer,
+                    connected_since_ms: slot.connected_since_ms,
+                };
+                commands::consumer_stats_response(consumer_stats::response(
+                    s.request_id,
+                    &consumer,
+                    ctx,
+                ))
+            }
+            _ => commands::consumer_stats_error(
+                s.request_id,
+                ServerError::ConsumerNotFound,
+                format!("Consumer {} not found", s.consumer_id),
+            ),
+        };
+        self.send(answer).await;
     }
 
     async fn ack(&self, ack: CommandAck) {

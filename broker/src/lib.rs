@@ -6,7 +6,8 @@
 //! - [`managed_ledger`] — a topic's log on the bookie tier: ledgers with rollover, recovery
 //!   and retention, cursors with persisted acks, and the shared entry cache.
 //! - [`server`], [`connection`] — the Pulsar protocol listener and one connection's reader
-//!   loop and writer task; [`error`] maps failures to Pulsar `ServerError` codes.
+//!   loop and writer task; [`error`] maps failures to Pulsar `ServerError` codes;
+//!   [`consumer_stats`] answers CONSUMER_STATS.
 //! - [`service`], [`topic`], [`subscription`] — loaded topics under bundle leases, producers,
 //!   and the per-subscription dispatcher actors ([`key_shared`] hash ownership and draining
 //!   hashes, [`delayed`] delayed delivery); [`schema`] the per-topic schema versions;
@@ -19,6 +20,7 @@ pub mod managed_ledger;
 pub mod admin;
 pub mod bundle;
 pub mod connection;
+pub mod consumer_stats;
 pub mod dedup;
 pub mod delayed;
 pub mod error;

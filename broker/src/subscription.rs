@@ -147,6 +147,8 @@ pub struct SubscriptionSnapshot {
 /// One consumer in a [`SubscriptionSnapshot`].
 #[derive(Debug, Clone)]
 pub struct ConsumerSnapshot {
+    /// The broker-unique key of the consumer ([`ConsumerSpec::key`]).
+    pub key: u64,
     pub name: String,
     pub consumer_id: u64,
     pub permits: i64,
@@ -500,6 +502,7 @@ impl Actor {
             .consumers
             .iter()
             .map(|c| ConsumerSnapshot {
+                key: c.spec.key,
                 name: c.spec.name.clone(),
                 consumer_id: c.spec.consumer_id,
                 permits: c.permits,
