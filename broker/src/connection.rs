@@ -166,7 +166,7 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
     let writer = tokio::spawn(
         write_loop(FramedWrite::new(write, codec), rx, closed.clone()).in_current_span(),
     );
-    let mut frames = FramedRead::new(read, codec);
+    let mut frames = FramedRead::new(crate::quickack::QuickAckRead::new(read), codec);
 
     let reason = conn
         .read_loop(&mut frames, &config.keepalive_interval)
@@ -249,7 +249,7 @@ impl Conn {
 
     async fn read_loop(
         &self,
-        frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, PulsarCodec>,
+        frames: &mut FramedRead<crate::quickack::QuickAckRead, PulsarCodec>,
         keepalive: &Duration,
     ) -> Close {
         let keepalive = (*keepalive).max(Duration::from_millis(100));

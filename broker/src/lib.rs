@@ -13,7 +13,8 @@
 //!   hashes, [`delayed`] delayed delivery); [`schema`] the per-topic schema versions;
 //!   [`dedup`] message deduplication by producer name and sequence id.
 //! - [`standalone`], [`node`] — the whole broker in one process, and the cluster broker;
-//!   [`topic_admin`] the admin API's topic operations on a running broker.
+//!   [`topic_admin`] the admin API's topic operations on a running broker; [`registry`] the
+//!   brokers' announcements (admin URLs for redirects).
 
 pub mod managed_ledger;
 
@@ -28,6 +29,7 @@ pub mod key_shared;
 pub mod node;
 pub mod ownership;
 pub mod policies;
+pub mod quickack;
 pub mod registry;
 pub mod schema;
 pub mod server;
