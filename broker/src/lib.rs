@@ -20,6 +20,7 @@ pub mod managed_ledger;
 
 pub mod admin;
 pub mod bundle;
+pub mod chunks;
 pub mod connection;
 pub mod consumer_stats;
 pub mod dedup;

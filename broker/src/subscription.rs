@@ -22,7 +22,10 @@
 //! or STICKY declared ranges, and PIP-379 draining hashes); an entry whose consumer has no
 //! permits, whose hash is draining at another consumer, or that no STICKY consumer covers
 //! waits in `redeliver` without blocking other keys (at most `REPLAY_MAX` entries). Entries
-//! that find no consumer with permits go back to `redeliver`, so order is kept.
+//! that find no consumer with permits go back to `redeliver`, so order is kept. On Shared
+//! subscriptions the chunks of one chunked message all go to the consumer that got its chunk 0
+//! (`chunks.rs`); a chunk whose consumer has no permits waits in `redeliver` like a Key_Shared
+//! entry.
 //!
 //! Shared and Key_Shared subscriptions hold back entries whose `deliver_at_time` is in the
 //! future in a [`DelayedTracker`] (`delayed.rs`) and a timer in the actor's loop releases them
@@ -40,6 +43,7 @@ use magnetar_proto::pulsar::{MessageFrame, Payload, commands};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::chunks::{ChunkAssignor, ChunkMeta, Route};
 use crate::connection::{ConnTx, Outbound};
 use crate::delayed::{DelayedTracker, now_ms};
 use crate::error::{BrokerError, BrokerResult};
@@ -199,6 +203,7 @@ impl Subscription {
             redelivery_counts: HashMap::new(),
             key_hashes: HashMap::new(),
             key_shared: KeyShared::new(),
+            chunks: ChunkAssignor::default(),
             delayed: DelayedTracker::new(),
             msg_out: 0,
             bytes_out: 0,
@@ -313,6 +318,8 @@ struct Actor {
     key_hashes: HashMap<Position, u32>,
     /// Key_Shared: hash ownership and draining hashes.
     key_shared: KeyShared,
+    /// Shared: the consumer each chunked message's chunks go to.
+    chunks: ChunkAssignor,
     /// Shared / Key_Shared: entries read before their delivery time.
     delayed: DelayedTracker,
     /// Messages and bytes dispatched (admin stats).
@@ -494,6 +501,7 @@ impl Actor {
             self.requeue(p);
         }
         self.key_shared.remove(key, &self.pending);
+        self.chunks.remove_consumer(key);
         self.pick_active(false).await;
     }
 
@@ -676,6 +684,7 @@ impl Actor {
         self.key_hashes.clear();
         // Consumers are all disconnected below; entries are read again from `position`.
         self.key_shared = KeyShared::new();
+        self.chunks.clear();
         self.delayed.clear();
         self.cursor.reset(position);
         for c in std::mem::take(&mut self.consumers) {
@@ -748,6 +757,44 @@ impl Actor {
         Some(i)
     }
 
+    fn shared(&self) -> bool {
+        self.sub_type == Some(SubType::Shared)
+    }
+
+    /// Shared: the consumer (index) for a chunk of a chunked message (`chunks.rs`) — the one
+    /// that got the message's chunk 0; a chunk whose consumer has no permits waits in
+    /// `redeliver` (counted in `parked`) without holding back other messages.
+    fn chunk_target(
+        &mut self,
+        position: Position,
+        chunk: &ChunkMeta,
+        parked: &mut usize,
+    ) -> Option<usize> {
+        let Route::Owner(owner) = self.chunks.route(chunk, position) else {
+            return self.pick();
+        };
+        let Some(i) = self.consumers.iter().position(|c| c.spec.key == owner) else {
+            // Not reached (removal drops the owner's mappings); route as an unmapped chunk.
+            self.chunks.remove_consumer(owner);
+            return self.pick();
+        };
+        if self.consumers.get(i).is_some_and(|c| c.permits > 0) {
+            return Some(i);
+        }
+        self.chunks.park(position, chunk, &self.redeliver);
+        *parked += 1;
+        None
+    }
+
+    /// Shared: true while the parked chunk at `p` waits for its consumer's permits.
+    fn chunk_waits(&self, p: Position) -> bool {
+        self.chunks.parked_owner(p).is_some_and(|owner| {
+            self.consumers
+                .iter()
+                .any(|c| c.spec.key == owner && c.permits <= 0)
+        })
+    }
+
     /// Shared and Key_Shared hold delayed messages back; Exclusive and Failover do not.
     fn delays_delivery(&self) -> bool {
         matches!(self.sub_type, Some(SubType::Shared | SubType::KeyShared))
@@ -788,6 +835,7 @@ impl Actor {
             }
             let mut sent = 0usize;
             let mut delayed = 0usize;
+            let mut parked = 0usize;
             let now = now_ms();
             for (position, entry) in entries {
                 let info = entry_info(&entry);
@@ -807,6 +855,8 @@ impl Actor {
                             None
                         }
                     }
+                } else if let Some(chunk) = info.chunk.filter(|_| self.shared()) {
+                    self.chunk_target(position, &chunk, &mut parked)
                 } else {
                     self.pick()
                 };
@@ -845,6 +895,11 @@ impl Actor {
                 if self.key_shared() {
                     self.key_shared.delivered(position, hash, &self.pending);
                 }
+                if let Some(chunk) = info.chunk.filter(|_| self.shared()) {
+                    let cursor = &self.cursor;
+                    self.chunks
+                        .delivered(&chunk, position, key, |p| cursor.is_acked(p));
+                }
                 if !conn.send(Outbound::Message(frame)).await {
                     // The connection is gone; it removes the consumer shortly.
                     self.pending.remove(&position);
@@ -854,7 +909,8 @@ impl Actor {
                     }
                 }
             }
-            if sent == 0 && delayed == 0 {
+            // Parked chunks are skipped by the next read, so reading on makes progress.
+            if sent == 0 && delayed == 0 && parked == 0 {
                 return;
             }
         }
@@ -878,9 +934,14 @@ impl Actor {
                 {
                     continue;
                 }
+                // Shared: a chunk waiting for its message's consumer to get permits.
+                if self.chunk_waits(p) {
+                    continue;
+                }
             }
             self.redeliver.remove(&p);
             self.key_hashes.remove(&p);
+            self.chunks.unpark(p);
             if self.cursor.is_acked(p) || self.pending.contains_key(&p) {
                 continue;
             }
@@ -919,6 +980,8 @@ pub struct EntryInfo {
     pub key_hash: u32,
     /// `deliver_at_time`: not to be delivered before (ms since the epoch; Shared / Key_Shared).
     pub deliver_at_ms: Option<u64>,
+    /// A chunk of a chunked message: its message, chunk id and chunk count.
+    pub chunk: Option<ChunkMeta>,
 }
 
 /// Reads an entry's metadata; an unreadable entry counts as one message published at 0.
@@ -935,6 +998,12 @@ pub fn entry_info(entry: &Bytes) -> EntryInfo {
                 publish_time: m.publish_time,
                 key_hash: key_hash(key),
                 deliver_at_ms: m.deliver_at_time.and_then(|t| u64::try_from(t).ok()),
+                chunk: ChunkMeta::from_metadata(
+                    &m.producer_name,
+                    m.uuid.as_deref(),
+                    m.chunk_id,
+                    m.num_chunks_from_msg,
+                ),
             }
         }
         Err(_) => EntryInfo {
@@ -942,6 +1011,7 @@ pub fn entry_info(entry: &Bytes) -> EntryInfo {
             publish_time: 0,
             key_hash: key_hash(NO_KEY),
             deliver_at_ms: None,
+            chunk: None,
         },
     }
 }
