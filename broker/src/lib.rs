@@ -37,6 +37,7 @@ pub mod server;
 pub mod service;
 pub mod standalone;
 pub mod subscription;
+pub mod timefmt;
 pub mod topic;
 pub mod topic_admin;
 pub mod topic_name;

@@ -433,10 +433,10 @@ fn peek_response(m: PeekedMessage) -> Response {
         format!("{}:{}", m.ledger_id, m.entry_id),
     );
     if let Some(t) = m.publish_time_ms {
-        add("X-Pulsar-publish-time", iso8601_ms(t));
+        add("X-Pulsar-publish-time", crate::timefmt::iso8601_utc_ms(t));
     }
     if let Some(t) = m.event_time_ms {
-        add("X-Pulsar-event-time", iso8601_ms(t));
+        add("X-Pulsar-event-time", crate::timefmt::iso8601_utc_ms(t));
     }
     if let Some(p) = m.producer_name {
         add("X-Pulsar-producer-name", p);
@@ -465,40 +465,4 @@ fn peek_response(m: PeekedMessage) -> Response {
         HeaderValue::from_static("application/octet-stream"),
     );
     (StatusCode::OK, headers, m.payload).into_response()
-}
-
-/// `2024-05-01T12:34:56.789Z` from milliseconds since the epoch.
-pub(crate) fn iso8601_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::iso8601_ms;
-
-    #[test]
-    fn iso_dates() {
-        assert_eq!(iso8601_ms(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601_ms(951_782_400_123), "2000-02-29T00:00:00.123Z");
-        assert_eq!(iso8601_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
-    }
 }

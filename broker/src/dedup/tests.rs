@@ -6,16 +6,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use magnetar_bookie::api::{BookieId, BookieRegistration, BookieState, registration_key};
-use magnetar_bookie::client::{LedgerClient, LedgerClientOptions};
-use magnetar_bookie::local::LocalConnector;
-use magnetar_bookie::server::{Bookie, BookieOptions};
-use magnetar_metadata::{Expected, MemoryStore, MetadataStore};
 use magnetar_proto::pulsar::Payload;
 use magnetar_proto::pulsar::api::MessageMetadata;
 
 use super::*;
-use crate::managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory, MokaEntryCache};
+use crate::managed_ledger::ManagedLedgerConfig;
 
 fn enabled(config: DedupConfig) -> Arc<Dedup> {
     let d = Dedup::new(config);
@@ -221,64 +216,7 @@ async fn a_duplicate_wait_is_bounded() {
 
 // --- against a real managed ledger ---
 
-struct Cluster {
-    metadata: Arc<dyn MetadataStore>,
-    connector: LocalConnector,
-    _bookies: Vec<Arc<Bookie>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let metadata: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
-        let connector = LocalConnector::new();
-        let mut bookies = Vec::new();
-        for i in 0..2 {
-            let id: BookieId = format!("local:{}", i + 1).parse().unwrap();
-            let mut opts = BookieOptions::new(id.clone(), dir.path().join(format!("b{i}")));
-            opts.journal_file_size_bytes = 4 * 1024 * 1024;
-            let bookie = Bookie::open(opts).await.unwrap();
-            connector.insert(bookie.clone());
-            let reg = BookieRegistration {
-                id: id.clone(),
-                state: BookieState::ReadWrite,
-                free_bytes: 1 << 40,
-                used_bytes: 0,
-                zone: None,
-                version: "test".into(),
-            };
-            let _ = metadata
-                .put(
-                    &registration_key(&id),
-                    Bytes::from(serde_json::to_vec(&reg).unwrap()),
-                    Expected::Any,
-                )
-                .await
-                .unwrap();
-            bookies.push(bookie);
-        }
-        Cluster {
-            metadata,
-            connector,
-            _bookies: bookies,
-            _dir: dir,
-        }
-    }
-
-    /// A broker's view: its own ledger client and cache (a new one per "restart").
-    fn factory(&self) -> ManagedLedgerFactory {
-        ManagedLedgerFactory::new(
-            Arc::clone(&self.metadata),
-            LedgerClient::new(
-                Arc::clone(&self.metadata),
-                Arc::new(self.connector.clone()),
-                LedgerClientOptions::default(),
-            ),
-            MokaEntryCache::new(MokaEntryCache::DEFAULT_SIZE_BYTES_MAX),
-        )
-    }
-}
+use crate::managed_ledger::test_support::Cluster;
 
 fn ml_config() -> ManagedLedgerConfig {
     ManagedLedgerConfig {
@@ -317,7 +255,7 @@ async fn send(d: &Dedup, ml: &ManagedLedger, producer: &str, seq: u64, highest: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_is_recovered_from_snapshot_and_replay_after_a_crash() {
-    let cluster = Cluster::start().await;
+    let cluster = Cluster::start(2).await;
     let config = DedupConfig {
         snapshot_interval_entries: 3,
         ..DedupConfig::default()

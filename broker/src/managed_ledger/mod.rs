@@ -35,6 +35,8 @@ pub mod record;
 mod writer;
 
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;
 
 pub use cache::{CacheStats, EntryCache, MokaEntryCache};
