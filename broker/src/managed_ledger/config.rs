@@ -39,6 +39,12 @@ pub struct ManagedLedgerConfig {
     /// Durable cursors write their state at most this often; acks in between are coalesced into
     /// one write, and at most one write per cursor is in flight. Default 100 ms.
     pub cursor_flush_interval_ms: u64,
+    /// A cursor record keeps at most this many individually acked ranges — the ones nearest
+    /// the mark-delete position — so it stays far below the metadata store's value limit
+    /// (Pulsar's `managedLedgerMaxUnackedRangesToPersistInMetadataStore`). Acks in ranges past
+    /// the cap hold in memory; after a restart those messages are delivered again (never lost).
+    /// Default 10 000 (~40 bytes each as JSON).
+    pub cursor_acked_ranges_persist_max: usize,
 }
 
 impl Default for ManagedLedgerConfig {
@@ -56,6 +62,7 @@ impl Default for ManagedLedgerConfig {
             max_pending_appends: 10_000,
             read_ahead_entries: 100,
             cursor_flush_interval_ms: 100,
+            cursor_acked_ranges_persist_max: 10_000,
         }
     }
 }

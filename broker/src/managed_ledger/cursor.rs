@@ -14,7 +14,10 @@
 //! waits `cursor_flush_interval_ms` (default 100 ms) to coalesce further acks, then writes one
 //! snapshot with CAS. One task per cursor means at most one write in flight. [`ManagedCursor::flush`]
 //! writes at once (close uses it). A CAS conflict means another broker owns the cursor now: the
-//! flusher stops writing and `flush` reports [`ManagedLedgerError::Fenced`].
+//! flusher stops writing and `flush` reports [`ManagedLedgerError::Fenced`]. The record keeps at
+//! most `cursor_acked_ranges_persist_max` acked ranges (the lowest), so a subscription acking
+//! sparsely cannot grow it past the metadata store's value limit; acks beyond are redelivered
+//! after a restart.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -442,7 +445,7 @@ impl ManagedCursor {
     pub(crate) fn internal_stats(&self) -> InternalCursorStats {
         let (read, ranges) = {
             let st = self.core.state();
-            (st.read_position, st.acked.to_records())
+            (st.read_position, st.acked.to_records(usize::MAX))
         };
         let individually = ranges
             .iter()
@@ -517,9 +520,18 @@ async fn write_if_dirty(
             return Ok(());
         }
         st.dirty = false;
+        let max = core.shared.config.cursor_acked_ranges_persist_max;
+        let ranges = st.acked.range_count();
+        if ranges > max {
+            // Acks above the cap hold in memory only: redelivered after a restart, never lost.
+            debug!(
+                ranges,
+                max, "cursor record keeps only the lowest acked ranges"
+            );
+        }
         CursorRecord {
             first_unacked: st.first_unacked,
-            acked_ranges: st.acked.to_records(),
+            acked_ranges: st.acked.to_records(max),
             properties: st.properties.clone(),
             updated_ms: now_ms(),
             batch_acks: st.batch_acks.to_records(),

@@ -94,7 +94,8 @@ impl RangeSet {
         self.ledgers.values().map(BTreeMap::len).sum()
     }
 
-    pub fn to_records(&self) -> Vec<AckedRange> {
+    /// The lowest `max` ranges, in order.
+    pub fn to_records(&self, max: usize) -> Vec<AckedRange> {
         self.ledgers
             .iter()
             .flat_map(|(&ledger, r)| {
@@ -104,6 +105,7 @@ impl RangeSet {
                     last,
                 })
             })
+            .take(max)
             .collect()
     }
 
@@ -139,7 +141,8 @@ mod tests {
         s.insert(Position::new(2, 0));
         s.remove_below(Position::new(1, 6));
         assert_eq!(s.count_within(l, 0, 100), 5);
-        assert_eq!(RangeSet::from_records(&s.to_records()), s);
+        assert_eq!(RangeSet::from_records(&s.to_records(usize::MAX)), s);
+        assert_eq!(s.to_records(1).len(), 1);
         s.remove_below(Position::new(2, 0));
         assert_eq!(s.range_count(), 1);
     }

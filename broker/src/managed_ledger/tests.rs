@@ -210,6 +210,54 @@ async fn managed_ledger_cursor_acks_persist_across_reopen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_cursor_record_keeps_the_lowest_acked_ranges_up_to_the_cap() {
+    let cluster = Cluster::start(2).await;
+    let name = "t/ns/persistent/many-ranges";
+    let cfg = ManagedLedgerConfig {
+        cursor_acked_ranges_persist_max: 3,
+        ..config(100)
+    };
+    let factory = cluster.factory();
+    let ml = factory.open(name, cfg.clone()).await.unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 12).await;
+    // Every odd entry: six ranges (1, 3, 5, 7, 9, 11) above an unacked entry 0.
+    let odd: Vec<Position> = p.iter().skip(1).step_by(2).copied().collect();
+    c.ack_individual(&odd);
+    assert_eq!(c.stats().acked_ranges, 6);
+    c.flush().await.unwrap();
+    let _crashed = (c, ml, factory);
+
+    let factory = cluster.factory();
+    let ml = factory.open(name, cfg).await.unwrap();
+    let c = ml.cursor("sub").expect("restored");
+    assert_eq!(
+        c.stats().acked_ranges,
+        3,
+        "the record holds the lowest three ranges"
+    );
+    let mut got = Vec::new();
+    loop {
+        let batch = c.read_entries(20, u64::MAX).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        got.extend(batch.into_iter().map(|(_, b)| b));
+    }
+    // 1, 3, 5 stay acked; the acks of 7, 9, 11 were past the cap: delivered again, not lost.
+    let want: Vec<Bytes> = [0, 2, 4, 6, 7, 8, 9, 10, 11]
+        .into_iter()
+        .map(payload)
+        .collect();
+    assert_eq!(got, want);
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_cursor_rewind_seek_initial_positions_and_readers() {
     let cluster = Cluster::start(2).await;
     let factory = cluster.factory();
