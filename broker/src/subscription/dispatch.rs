@@ -1,0 +1,262 @@
+//! The subscription actor's dispatcher: which consumers may receive (permits, active consumer,
+//! Key_Shared hash owners, chunk owners), delayed entries coming due, and reading the next
+//! entries — redeliveries first, then new entries from the cursor.
+
+use super::*;
+
+impl Actor {
+    pub(super) fn eligible(&self) -> Vec<usize> {
+        match self.sub_type {
+            Some(SubType::Exclusive) | Some(SubType::Failover) => self
+                .consumers
+                .iter()
+                .position(|c| Some(c.spec.key) == self.active && c.permits > 0)
+                .into_iter()
+                .collect(),
+            _ => (0..self.consumers.len())
+                .filter(|&i| self.consumers.get(i).is_some_and(|c| c.permits > 0))
+                .collect(),
+        }
+    }
+
+    pub(super) fn pick(&mut self) -> Option<usize> {
+        let eligible = self.eligible();
+        if eligible.is_empty() {
+            return None;
+        }
+        let i = eligible.get(self.next_rr % eligible.len()).copied();
+        self.next_rr = self.next_rr.wrapping_add(1);
+        i
+    }
+
+    pub(super) fn key_shared(&self) -> bool {
+        self.sub_type == Some(SubType::KeyShared)
+    }
+
+    /// Key_Shared: the consumer (index) to send an entry of sticky hash `hash` to now — its
+    /// owner, if it has permits and the hash is not draining at another consumer.
+    pub(super) fn key_target(&mut self, hash: u32) -> Option<usize> {
+        let owner = self.key_shared.owner(hash)?;
+        let i = self.consumers.iter().position(|c| c.spec.key == owner)?;
+        let has_permits = self.consumers.get(i).is_some_and(|c| c.permits > 0);
+        if !has_permits || self.key_shared.blocked(hash, owner, &self.pending) {
+            return None;
+        }
+        Some(i)
+    }
+
+    pub(super) fn shared(&self) -> bool {
+        self.sub_type == Some(SubType::Shared)
+    }
+
+    /// Shared: the consumer (index) for a chunk of a chunked message (`chunks.rs`) — the one
+    /// that got the message's chunk 0; a chunk whose consumer has no permits waits in
+    /// `redeliver` (counted in `parked`) without holding back other messages.
+    pub(super) fn chunk_target(
+        &mut self,
+        position: Position,
+        chunk: &ChunkMeta,
+        parked: &mut usize,
+    ) -> Option<usize> {
+        let Route::Owner(owner) = self.chunks.route(chunk, position) else {
+            return self.pick();
+        };
+        let Some(i) = self.consumers.iter().position(|c| c.spec.key == owner) else {
+            // Not reached (removal drops the owner's mappings); route as an unmapped chunk.
+            self.chunks.remove_consumer(owner);
+            return self.pick();
+        };
+        if self.consumers.get(i).is_some_and(|c| c.permits > 0) {
+            return Some(i);
+        }
+        self.chunks.park(position, chunk, &self.redeliver);
+        *parked += 1;
+        None
+    }
+
+    /// Shared: true while the parked chunk at `p` waits for its consumer's permits.
+    pub(super) fn chunk_waits(&self, p: Position) -> bool {
+        self.chunks.parked_owner(p).is_some_and(|owner| {
+            self.consumers
+                .iter()
+                .any(|c| c.spec.key == owner && c.permits <= 0)
+        })
+    }
+
+    /// Shared and Key_Shared hold delayed messages back; Exclusive and Failover do not.
+    pub(super) fn delays_delivery(&self) -> bool {
+        matches!(self.sub_type, Some(SubType::Shared | SubType::KeyShared))
+    }
+
+    /// Delayed entries whose time came go to `redeliver` (dispatched oldest first).
+    pub(super) fn release_due_delayed(&mut self) {
+        if self.delayed.is_empty() {
+            return;
+        }
+        for p in self.delayed.take_due(now_ms()) {
+            self.redeliver.insert(p);
+        }
+    }
+
+    pub(super) async fn dispatch(&mut self) {
+        self.release_due_delayed();
+        loop {
+            let permits: i64 = self
+                .eligible()
+                .iter()
+                .filter_map(|&i| self.consumers.get(i))
+                .map(|c| c.permits)
+                .sum();
+            if permits <= 0 {
+                return;
+            }
+            let want = (permits as usize).min(self.batch_entries);
+            let entries = match self.next_entries(want).await {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(error = %e, "dispatch read failed");
+                    return;
+                }
+            };
+            if entries.is_empty() {
+                return;
+            }
+            let mut sent = 0usize;
+            let mut delayed = 0usize;
+            let mut parked = 0usize;
+            let now = now_ms();
+            for (position, entry) in entries {
+                let info = entry_info(&entry);
+                if self.delays_delivery()
+                    && let Some(at) = info.deliver_at_ms
+                    && self.delayed.add(position, at, now)
+                {
+                    delayed += 1;
+                    continue;
+                }
+                let hash = sticky_hash(info.key_hash);
+                let target = if self.key_shared() {
+                    match self.key_target(hash) {
+                        Some(i) => Some(i),
+                        None => {
+                            self.key_hashes.insert(position, hash);
+                            None
+                        }
+                    }
+                } else if let Some(chunk) = info.chunk.filter(|_| self.shared()) {
+                    self.chunk_target(position, &chunk, &mut parked)
+                } else {
+                    self.pick()
+                };
+                let Some(i) = target else {
+                    self.redeliver.insert(position);
+                    continue;
+                };
+                sent += 1;
+                let redelivery_count = self.redelivery_counts.get(&position).copied().unwrap_or(0);
+                let Some(c) = self.consumers.get_mut(i) else {
+                    self.redeliver.insert(position);
+                    continue;
+                };
+                // A partially acknowledged batch carries its unacked indexes; permits count
+                // only those (the client skips the rest), as Pulsar's dispatcher does.
+                let unacked = self.cursor.batch_ack_set(position);
+                let messages = batch_acks::messages_to_deliver(unacked.as_deref(), info.messages);
+                c.permits -= i64::from(messages);
+                let entry_bytes = entry.len() as u64;
+                c.msg_out += u64::from(messages);
+                c.bytes_out += entry_bytes;
+                let frame = MessageFrame {
+                    command: commands::message(
+                        c.spec.consumer_id,
+                        commands::message_id(position.ledger.0, position.entry.0),
+                        redelivery_count,
+                        unacked
+                            .as_deref()
+                            .map(batch_acks::to_wire)
+                            .unwrap_or_default(),
+                    ),
+                    entry,
+                };
+                let key = c.spec.key;
+                let conn = c.spec.conn.clone();
+                self.msg_out += u64::from(messages);
+                self.bytes_out += entry_bytes;
+                self.pending.insert(position, key);
+                if self.key_shared() {
+                    self.key_shared.delivered(position, hash, &self.pending);
+                }
+                if let Some(chunk) = info.chunk.filter(|_| self.shared()) {
+                    let cursor = &self.cursor;
+                    self.chunks
+                        .delivered(&chunk, position, key, |p| cursor.is_acked(p));
+                }
+                if !conn.send(Outbound::Message(frame)).await {
+                    // The connection is gone; it removes the consumer shortly.
+                    self.pending.remove(&position);
+                    self.redeliver.insert(position);
+                    if let Some(c) = self.consumer(key) {
+                        c.permits = 0;
+                    }
+                }
+            }
+            // Parked chunks are skipped by the next read, so reading on makes progress.
+            if sent == 0 && delayed == 0 && parked == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Up to `want` entries: redeliveries first, then new entries.
+    pub(super) async fn next_entries(
+        &mut self,
+        want: usize,
+    ) -> crate::managed_ledger::MlResult<Vec<(Position, Bytes)>> {
+        let mut out = Vec::new();
+        let waiting: Vec<Position> = self.redeliver.iter().copied().collect();
+        for p in waiting {
+            if out.len() >= want {
+                break;
+            }
+            if !self.cursor.is_acked(p) && !self.pending.contains_key(&p) {
+                // Key_Shared: leave entries whose consumer has no permits where they are.
+                if let Some(&hash) = self.key_hashes.get(&p)
+                    && self.key_target(hash).is_none()
+                {
+                    continue;
+                }
+                // Shared: a chunk waiting for its message's consumer to get permits.
+                if self.chunk_waits(p) {
+                    continue;
+                }
+            }
+            self.redeliver.remove(&p);
+            self.key_hashes.remove(&p);
+            self.chunks.unpark(p);
+            if self.cursor.is_acked(p) || self.pending.contains_key(&p) {
+                continue;
+            }
+            let mut got = self.ml.read_entries(p, 1, READ_BYTES_MAX).await?;
+            match got.pop() {
+                Some((q, entry)) if q == p => out.push((q, entry)),
+                _ => {
+                    debug!(position = %p, "redelivery of an entry no longer stored skipped");
+                }
+            }
+        }
+        if !out.is_empty() {
+            return Ok(out);
+        }
+        if !self.cursor.has_entries_available()
+            || self.redeliver.len() >= REPLAY_MAX
+            || self.delayed.is_full()
+        {
+            return Ok(out);
+        }
+        let batch = self.cursor.read_entries(want, READ_BYTES_MAX).await?;
+        Ok(batch
+            .into_iter()
+            .filter(|(p, _)| !self.pending.contains_key(p))
+            .collect())
+    }
+}

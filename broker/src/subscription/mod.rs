@@ -1,0 +1,343 @@
+//! [`Subscription`]: one named subscription of a topic (or one reader) — its cursor, its
+//! consumers, and the dispatcher that sends them entries.
+//!
+//! Each subscription is an **actor**: one task owns the cursor's read side, the consumers and
+//! their permits, the messages delivered but not acknowledged (`pending`) and the ones to deliver
+//! again (`redeliver`); connections talk to it through a bounded command queue, so no lock is
+//! held across an `.await`. After every command, and whenever the managed ledger confirms new
+//! entries (its last-confirmed watch), the actor dispatches:
+//!
+//! 1. positions to redeliver first (consumer gone, negative ack, REDELIVER), oldest first,
+//!    skipping the ones acknowledged meanwhile;
+//! 2. then new entries from the cursor's read position (tailing entries come from the entry
+//!    cache).
+//!
+//! Permits are counted in **messages**: an entry holding a batch costs its
+//! `num_messages_in_batch`. Exclusive and Failover subscriptions send to the active consumer
+//! (Failover: the first connected for a non-partitioned topic, `partition % n` of the consumers
+//! sorted by priority and name for a partition; every change is announced with
+//! ACTIVE_CONSUMER_CHANGE); Shared subscriptions go round-robin over consumers with permits.
+//! Key_Shared subscriptions route each entry by the sticky hash of its ordering key (else its
+//! partition key) to the consumer that owns it (`key_shared.rs`: AUTO_SPLIT consistent hashing
+//! or STICKY declared ranges, and PIP-379 draining hashes); an entry whose consumer has no
+//! permits, whose hash is draining at another consumer, or that no STICKY consumer covers
+//! waits in `redeliver` without blocking other keys (at most `REPLAY_MAX` entries). Entries
+//! that find no consumer with permits go back to `redeliver`, so order is kept. On Shared
+//! subscriptions the chunks of one chunked message all go to the consumer that got its chunk 0
+//! (`chunks.rs`); a chunk whose consumer has no permits waits in `redeliver` like a Key_Shared
+//! entry.
+//!
+//! Shared and Key_Shared subscriptions hold back entries whose `deliver_at_time` is in the
+//! future in a [`DelayedTracker`] (`delayed.rs`) and a timer in the actor's loop releases them
+//! into `redeliver` when due; Exclusive and Failover deliver them at once, as Pulsar.
+//!
+//! MESSAGE frames are the stored entry behind a MESSAGE command: the client's own bytes,
+//! checksum included, never re-encoded.
+//!
+//! This file holds the handle, the commands and the actor's state; `actor.rs` the command
+//! handling (consumers, acks, redelivery, seek), `dispatch.rs` the dispatcher and `entry.rs`
+//! the per-entry metadata it routes by.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use magnetar_proto::pulsar::api::command_subscribe::SubType;
+use magnetar_proto::pulsar::{MessageFrame, Payload, commands};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::chunks::{ChunkAssignor, ChunkMeta, Route};
+use crate::connection::{ConnTx, Outbound};
+use crate::delayed::{DelayedTracker, now_ms};
+use crate::error::{BrokerError, BrokerResult};
+use crate::key_shared::{KeyShared, KeySharedPolicy, sticky_hash};
+use crate::managed_ledger::{ManagedCursor, ManagedLedger, Position, batch_acks};
+
+mod actor;
+mod dispatch;
+mod entry;
+
+pub use entry::{EntryInfo, entry_info};
+
+/// Commands queued per subscription before connections wait.
+const COMMAND_QUEUE: usize = 1024;
+/// Bytes read per dispatch round at most (at least one entry is always read).
+const READ_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Entries scanned per step when seeking by publish time.
+const SEEK_SCAN_BATCH: usize = 256;
+/// Key_Shared: entries waiting for a consumer without permits, at most; beyond it no new
+/// entries are read until they drain.
+const REPLAY_MAX: usize = 10_000;
+
+/// One consumer as the subscription sees it.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    /// Broker-unique key of this consumer (not the client's id, which is per connection).
+    pub key: u64,
+    /// The client's consumer id (goes into MESSAGE frames).
+    pub consumer_id: u64,
+    pub name: String,
+    pub priority: i32,
+    pub sub_type: SubType,
+    /// Key_Shared: mode, STICKY ranges and out-of-order permission (CommandSubscribe.keySharedMeta).
+    pub key_shared: KeySharedPolicy,
+    pub conn: ConnTx,
+}
+
+/// Where SEEK moves the subscription.
+#[derive(Debug, Clone, Copy)]
+pub enum SeekTarget {
+    /// To this entry (it is delivered again).
+    Position(Position),
+    /// To the first entry published at or after this time (ms since the epoch).
+    PublishTime(u64),
+}
+
+/// One acknowledged message id.
+#[derive(Debug, Clone)]
+pub struct AckedId {
+    pub position: Position,
+    /// Batch-index ack: the entry's batch indexes still unacknowledged (`BitSet` words, see
+    /// [`crate::managed_ledger::batch_acks`]); empty when the whole entry is acknowledged.
+    pub unacked: Vec<u64>,
+}
+
+enum Command {
+    Add {
+        consumer: ConsumerSpec,
+        done: oneshot::Sender<BrokerResult<()>>,
+    },
+    Remove {
+        key: u64,
+        done: Option<oneshot::Sender<()>>,
+    },
+    Flow {
+        key: u64,
+        permits: u32,
+    },
+    Ack {
+        cumulative: bool,
+        ids: Vec<AckedId>,
+    },
+    Redeliver {
+        key: u64,
+        positions: Option<Vec<Position>>,
+    },
+    Seek {
+        target: SeekTarget,
+        done: oneshot::Sender<BrokerResult<()>>,
+    },
+    Unsubscribe {
+        key: u64,
+        done: oneshot::Sender<BrokerResult<()>>,
+    },
+    MarkDelete {
+        done: oneshot::Sender<Option<Position>>,
+    },
+    Snapshot {
+        done: oneshot::Sender<SubscriptionSnapshot>,
+    },
+    Close {
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// What the admin API's stats show of a subscription: its type, consumers and counters.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionSnapshot {
+    /// The type of the connected consumers (None: no consumer connected).
+    pub sub_type: Option<SubType>,
+    pub consumers: Vec<ConsumerSnapshot>,
+    /// Exclusive / Failover: the name of the consumer that receives.
+    pub active_consumer: Option<String>,
+    /// Messages and bytes dispatched since the subscription started.
+    pub msg_out: u64,
+    pub bytes_out: u64,
+    /// Delivered and not yet acknowledged (entries).
+    pub unacked: u64,
+}
+
+/// One consumer in a [`SubscriptionSnapshot`].
+#[derive(Debug, Clone)]
+pub struct ConsumerSnapshot {
+    /// The broker-unique key of the consumer ([`ConsumerSpec::key`]).
+    pub key: u64,
+    pub name: String,
+    pub consumer_id: u64,
+    pub permits: i64,
+    /// Entries delivered to it and not yet acknowledged.
+    pub unacked: u64,
+    pub msg_out: u64,
+    pub bytes_out: u64,
+}
+
+/// Handle of a subscription actor. Cheap to share.
+#[derive(Debug)]
+pub struct Subscription {
+    name: String,
+    durable: bool,
+    tx: mpsc::Sender<Command>,
+}
+
+fn gone(name: &str) -> BrokerError {
+    BrokerError::NotReady(format!("subscription {name} is closed"))
+}
+
+impl Subscription {
+    /// Starts the actor of subscription `name` over `cursor`. `partition` picks the active
+    /// consumer of Failover subscriptions on partitions.
+    pub fn start(
+        topic: String,
+        name: String,
+        ml: Arc<ManagedLedger>,
+        cursor: Arc<ManagedCursor>,
+        partition: Option<u32>,
+        batch_entries: usize,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let durable = cursor.is_durable();
+        let lac = ml.subscribe_last_confirmed();
+        let actor = Actor {
+            name: name.clone(),
+            ml,
+            cursor,
+            partition,
+            batch_entries: batch_entries.max(1),
+            sub_type: None,
+            consumers: Vec::new(),
+            active: None,
+            next_rr: 0,
+            pending: BTreeMap::new(),
+            redeliver: BTreeSet::new(),
+            redelivery_counts: HashMap::new(),
+            key_hashes: HashMap::new(),
+            key_shared: KeyShared::new(),
+            chunks: ChunkAssignor::default(),
+            delayed: DelayedTracker::new(),
+            msg_out: 0,
+            bytes_out: 0,
+        };
+        let span = info_span!("subscription", %topic, subscription = %name);
+        tokio::spawn(actor.run(rx, lac).instrument(span));
+        Arc::new(Subscription { name, durable, tx })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// True once the actor stopped (closed or unsubscribed).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> BrokerResult<T> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(make(done))
+            .await
+            .map_err(|_| gone(&self.name))?;
+        rx.await.map_err(|_| gone(&self.name))
+    }
+
+    /// Adds a consumer; fails with ConsumerBusy on an exclusive conflict.
+    pub async fn add_consumer(&self, consumer: ConsumerSpec) -> BrokerResult<()> {
+        self.call(|done| Command::Add { consumer, done }).await?
+    }
+
+    /// Removes a consumer; its unacknowledged messages go back to the subscription.
+    pub async fn remove_consumer(&self, key: u64) {
+        let _ = self
+            .call(|done| Command::Remove {
+                key,
+                done: Some(done),
+            })
+            .await;
+    }
+
+    pub async fn flow(&self, key: u64, permits: u32) {
+        let _ = self.tx.send(Command::Flow { key, permits }).await;
+    }
+
+    pub async fn ack(&self, cumulative: bool, ids: Vec<AckedId>) {
+        let _ = self.tx.send(Command::Ack { cumulative, ids }).await;
+    }
+
+    /// Delivers again the given positions (`None`: every unacked message of the consumer).
+    pub async fn redeliver(&self, key: u64, positions: Option<Vec<Position>>) {
+        let _ = self.tx.send(Command::Redeliver { key, positions }).await;
+    }
+
+    pub async fn seek(&self, target: SeekTarget) -> BrokerResult<()> {
+        self.call(|done| Command::Seek { target, done }).await?
+    }
+
+    pub async fn unsubscribe(&self, key: u64) -> BrokerResult<()> {
+        self.call(|done| Command::Unsubscribe { key, done }).await?
+    }
+
+    pub async fn mark_delete_position(&self) -> Option<Position> {
+        self.call(|done| Command::MarkDelete { done })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Consumers, type and counters (None once the actor stopped).
+    pub async fn snapshot(&self) -> Option<SubscriptionSnapshot> {
+        self.call(|done| Command::Snapshot { done }).await.ok()
+    }
+
+    /// Disconnects every consumer (CLOSE_CONSUMER) and stops the actor; the cursor's state is
+    /// left for the managed ledger to flush.
+    pub async fn close(&self) {
+        let _ = self.call(|done| Command::Close { done }).await;
+    }
+}
+
+#[derive(Debug)]
+struct Consumer {
+    spec: ConsumerSpec,
+    permits: i64,
+    msg_out: u64,
+    bytes_out: u64,
+}
+
+struct Actor {
+    name: String,
+    ml: Arc<ManagedLedger>,
+    cursor: Arc<ManagedCursor>,
+    partition: Option<u32>,
+    batch_entries: usize,
+    sub_type: Option<SubType>,
+    /// In connection order.
+    consumers: Vec<Consumer>,
+    /// Exclusive / Failover: the consumer that receives.
+    active: Option<u64>,
+    next_rr: usize,
+    /// Delivered, not acknowledged: position → consumer key.
+    pending: BTreeMap<Position, u64>,
+    redeliver: BTreeSet<Position>,
+    redelivery_counts: HashMap<Position, u32>,
+    /// Key_Shared: sticky hash of entries waiting in `redeliver`.
+    key_hashes: HashMap<Position, u32>,
+    /// Key_Shared: hash ownership and draining hashes.
+    key_shared: KeyShared,
+    /// Shared: the consumer each chunked message's chunks go to.
+    chunks: ChunkAssignor,
+    /// Shared / Key_Shared: entries read before their delivery time.
+    delayed: DelayedTracker,
+    /// Messages and bytes dispatched (admin stats).
+    msg_out: u64,
+    bytes_out: u64,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
