@@ -122,6 +122,27 @@ pub enum NamespacesCommand {
     GetDeduplication { namespace: String },
     /// Remove the deduplication setting (back to the broker's default).
     RemoveDeduplication { namespace: String },
+    /// Set the schema compatibility strategy (UNDEFINED: the broker's default).
+    SetSchemaCompatibilityStrategy {
+        namespace: String,
+        /// ALWAYS_INCOMPATIBLE, ALWAYS_COMPATIBLE, BACKWARD, FORWARD, FULL,
+        /// BACKWARD_TRANSITIVE, FORWARD_TRANSITIVE, FULL_TRANSITIVE or UNDEFINED.
+        #[arg(short = 'c', long)]
+        compatibility: String,
+    },
+    /// Show the schema compatibility strategy (UNDEFINED: the broker's default).
+    GetSchemaCompatibilityStrategy { namespace: String },
+    /// Allow or refuse producers registering new schema versions.
+    #[command(group(ArgGroup::new("switch").required(true).args(["enable", "disable"])))]
+    SetIsAllowAutoUpdateSchema {
+        namespace: String,
+        #[arg(short = 'e', long)]
+        enable: bool,
+        #[arg(short = 'd', long)]
+        disable: bool,
+    },
+    /// Show whether producers may register new schema versions.
+    GetIsAllowAutoUpdateSchema { namespace: String },
     /// Set how the namespace's ledgers are striped over bookies.
     SetPersistence {
         namespace: String,
@@ -395,6 +416,25 @@ fn namespaces(c: &Client, cmd: NamespacesCommand) -> anyhow::Result<()> {
         }
         N::RemoveDeduplication { namespace } => {
             c.delete(&format!("{}/deduplication", ns(&namespace)?))?
+        }
+        N::SetSchemaCompatibilityStrategy {
+            namespace,
+            compatibility,
+        } => c.put(
+            &format!("{}/schemaCompatibilityStrategy", ns(&namespace)?),
+            Some(json!(compatibility.to_uppercase()).to_string()),
+        )?,
+        N::GetSchemaCompatibilityStrategy { namespace } => {
+            c.get(&format!("{}/schemaCompatibilityStrategy", ns(&namespace)?))?
+        }
+        N::SetIsAllowAutoUpdateSchema {
+            namespace, enable, ..
+        } => c.post(
+            &format!("{}/isAllowAutoUpdateSchema", ns(&namespace)?),
+            Some(enable.to_string()),
+        )?,
+        N::GetIsAllowAutoUpdateSchema { namespace } => {
+            c.get(&format!("{}/isAllowAutoUpdateSchema", ns(&namespace)?))?
         }
         N::SetPersistence {
             namespace,

@@ -61,6 +61,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
             advertised_host: b.advertised_address.clone(),
             managed_ledger,
             session_ttl: Duration::from_millis(m.session_ttl_ms),
+            schema_compatibility_strategy: b.schema_compatibility_strategy,
         },
     )
     .await

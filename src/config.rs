@@ -146,6 +146,9 @@ pub struct BrokerServerConfig {
     pub write_quorum: u32,
     /// Copies that must be durable before an entry is acknowledged.
     pub ack_quorum: u32,
+    /// Pulsar's `schemaCompatibilityStrategy`: the strategy of namespaces without a
+    /// `schema_compatibility_strategy` policy (also used by `magnetar standalone`).
+    pub schema_compatibility_strategy: magnetar_broker::schema::CompatibilityStrategy,
 }
 
 impl Default for BrokerServerConfig {
@@ -158,6 +161,7 @@ impl Default for BrokerServerConfig {
             ensemble_size: 2,
             write_quorum: 2,
             ack_quorum: 2,
+            schema_compatibility_strategy: magnetar_broker::schema::CompatibilityStrategy::Full,
         }
     }
 }

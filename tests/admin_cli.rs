@@ -138,6 +138,49 @@ fn tenants_and_namespaces() {
         s.ok(d, &["namespaces", "get-deduplication", ns]).trim(),
         "true"
     );
+    assert_eq!(
+        json(&s.ok(d, &["namespaces", "get-schema-compatibility-strategy", ns])),
+        "UNDEFINED"
+    );
+    s.ok(
+        d,
+        &[
+            "namespaces",
+            "set-schema-compatibility-strategy",
+            ns,
+            "--compatibility",
+            "backward_transitive",
+        ],
+    );
+    assert_eq!(
+        json(&s.ok(d, &["namespaces", "get-schema-compatibility-strategy", ns])),
+        "BACKWARD_TRANSITIVE"
+    );
+    let err = s.fails(
+        d,
+        &[
+            "namespaces",
+            "set-schema-compatibility-strategy",
+            ns,
+            "-c",
+            "SIDEWAYS",
+        ],
+    );
+    assert!(err.contains("HTTP 412"), "{err}");
+    s.ok(
+        d,
+        &[
+            "namespaces",
+            "set-is-allow-auto-update-schema",
+            ns,
+            "--disable",
+        ],
+    );
+    assert_eq!(
+        s.ok(d, &["namespaces", "get-is-allow-auto-update-schema", ns])
+            .trim(),
+        "false"
+    );
     s.ok(
         d,
         &[

@@ -31,6 +31,8 @@ pub struct BrokerNodeOptions {
     /// first three).
     pub managed_ledger: ManagedLedgerConfig,
     pub session_ttl: Duration,
+    /// The broker's default schema compatibility strategy (namespace policies override).
+    pub schema_compatibility_strategy: crate::schema::CompatibilityStrategy,
 }
 
 /// A running cluster broker.
@@ -86,6 +88,7 @@ impl BrokerNode {
             OwnershipCache::new(Arc::clone(&store), session.clone(), service_url.clone());
         let mut config = BrokerConfig::new(service_url);
         config.managed_ledger = options.managed_ledger;
+        config.schema_compatibility_strategy = options.schema_compatibility_strategy;
         let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
         ensure_default_namespace(&service).await?;
         let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&service)));

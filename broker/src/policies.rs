@@ -77,6 +77,12 @@ pub struct NamespacePolicies {
     /// Number of bundles the namespace is split into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_count: Option<u32>,
+    /// Pulsar's `schema_compatibility_strategy`; `None` (UNDEFINED): the broker's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_compatibility_strategy: Option<crate::schema::CompatibilityStrategy>,
+    /// Pulsar's `is_allow_auto_update_schema`; `None`: allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_allow_auto_update_schema: Option<bool>,
 }
 
 /// Pulsar's `PartitionedTopicMetadata`.

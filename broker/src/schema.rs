@@ -6,20 +6,24 @@
 //! **partitioned parent**, so all partitions of a topic share their schemas, as in Pulsar. On the
 //! wire a version is Pulsar's `LongSchemaVersion`: the number as an 8-byte big-endian long.
 //!
-//! The rule implemented ("ALWAYS_COMPATIBLE within a type"; Pulsar's BACKWARD/FULL checks of
-//! Avro definitions are not done):
+//! A producer's schema (Pulsar's `putSchemaIfAbsent`):
 //! - no schema, or type `None` (Pulsar's BYTES): always allowed, nothing registered;
 //! - a schema equal (type and definition bytes) to any stored version → that version;
-//! - a schema of another type than the latest version → `IncompatibleSchema`;
-//! - the same type with another definition (AVRO, JSON, PROTOBUF, KEY_VALUE compared as a
-//!   whole, …) → a new version;
+//! - otherwise, when the namespace's `isAllowAutoUpdateSchema` is false → `IncompatibleSchema`
+//!   ("schema auto updating is disabled"), even on a topic without schema, as Pulsar;
+//! - otherwise a new version if it passes the compatibility check of the topic's strategy
+//!   ([`compat`]: the namespace's `schema_compatibility_strategy`, or the broker's default,
+//!   FULL unless configured) against the latest version (all versions for `*_TRANSITIVE`);
+//!   else `IncompatibleSchema` naming the topic, the strategy and the reason;
 //! - AVRO and JSON definitions must be JSON documents (Pulsar rejects unparsable ones too).
 //!
-//! Producers register (above). Consumers only check: a consumer whose type differs from the
-//! topic's schemas is refused; a consumer on a topic without schema and without stored messages
-//! registers its schema (Pulsar's `addSchemaIfIdleOrCheckCompatible`); `AutoConsume` consumers
-//! are never checked. Deleting a topic does not delete its schemas yet (left to the admin API:
-//! [`SchemaRegistry::delete`]).
+//! Consumers only check (Pulsar's `checkSchemaCompatibleForConsumer`): a consumer schema equal
+//! to a stored version passes; otherwise it must be able to read the latest version (BACKWARD,
+//! FORWARD, FORWARD_TRANSITIVE, FULL) or pass the strategy against all versions (the others;
+//! nothing under ALWAYS_COMPATIBLE). A consumer on a topic without schema and without stored
+//! messages registers its schema (Pulsar's `addSchemaIfIdleOrCheckCompatible`); `AutoConsume`
+//! consumers are never checked. Deleting a topic does not delete its schemas yet (left to the
+//! admin API: [`SchemaRegistry::delete`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,7 +39,12 @@ use magnetar_proto::pulsar::api::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BrokerError, BrokerResult};
+use crate::policies::Policies;
 use crate::topic_name::TopicName;
+
+pub mod compat;
+
+pub use compat::CompatibilityStrategy;
 
 /// Root of the schema records in the metadata store.
 pub const SCHEMAS_ROOT: &str = "/schemas";
@@ -213,13 +222,28 @@ enum Decision {
     Compatible,
 }
 
-fn incompatible(topic: &TopicName, latest: &StoredSchema, new: &StoredSchema, who: &str) -> String {
+/// The namespace settings a schema is checked with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaPolicy {
+    pub strategy: CompatibilityStrategy,
+    /// Pulsar's `isAllowAutoUpdateSchema`: whether producers may register new versions.
+    pub allow_auto_update: bool,
+}
+
+impl Default for SchemaPolicy {
+    fn default() -> Self {
+        SchemaPolicy {
+            strategy: CompatibilityStrategy::Full,
+            allow_auto_update: true,
+        }
+    }
+}
+
+fn rejected(topic: &TopicName, policy: SchemaPolicy, who: &str, reason: &str) -> String {
     format!(
-        "incompatible schema: topic {topic} has schema type {} (version {}); a {who} with \
-         schema type {} is not accepted",
-        type_name(latest.schema_type),
-        latest.version,
-        type_name(new.schema_type)
+        "incompatible schema: a {who} of topic {topic} is not accepted under schema \
+         compatibility strategy {}: {reason}",
+        policy.strategy
     )
 }
 
@@ -227,15 +251,22 @@ fn decide_producer(
     topic: &TopicName,
     history: Option<&SchemaHistory>,
     new: &StoredSchema,
+    policy: SchemaPolicy,
 ) -> Decision {
     let versions = history.map_or(&[][..], |h| &h.versions[..]);
     if let Some(found) = versions.iter().find(|v| v.same_definition(new)) {
         return Decision::Existing(found.version);
     }
-    if let Some(latest) = versions.last()
-        && latest.schema_type != new.schema_type
+    if !policy.allow_auto_update {
+        return Decision::Incompatible(format!(
+            "incompatible schema: schema not found on topic {topic} and schema auto updating is \
+             disabled (isAllowAutoUpdateSchema=false)"
+        ));
+    }
+    if !versions.is_empty()
+        && let Err(reason) = compat::check_new_version(versions, new, policy.strategy)
     {
-        return Decision::Incompatible(incompatible(topic, latest, new, "producer"));
+        return Decision::Incompatible(rejected(topic, policy, "producer", &reason));
     }
     let mut next = history.cloned().unwrap_or_default();
     let version = versions.last().map_or(0, |l| l.version.saturating_add(1));
@@ -251,12 +282,22 @@ fn decide_consumer(
     history: Option<&SchemaHistory>,
     new: &StoredSchema,
     may_register: bool,
+    policy: SchemaPolicy,
 ) -> Decision {
-    match history.and_then(|h| h.versions.last()) {
-        None if may_register => decide_producer(topic, history, new),
-        None => Decision::Compatible,
-        Some(latest) if latest.schema_type == new.schema_type => Decision::Compatible,
-        Some(latest) => Decision::Incompatible(incompatible(topic, latest, new, "consumer")),
+    let versions = history.map_or(&[][..], |h| &h.versions[..]);
+    if versions.is_empty() {
+        return if may_register {
+            decide_producer(topic, history, new, policy)
+        } else {
+            Decision::Compatible
+        };
+    }
+    if versions.iter().any(|v| v.same_definition(new)) {
+        return Decision::Compatible;
+    }
+    match compat::check_consumer(versions, new, policy.strategy) {
+        Ok(()) => Decision::Compatible,
+        Err(reason) => Decision::Incompatible(rejected(topic, policy, "consumer", &reason)),
     }
 }
 
@@ -264,13 +305,41 @@ fn decide_consumer(
 #[derive(Debug, Clone)]
 pub struct SchemaRegistry {
     records: RecordStore<SchemaHistory>,
+    policies: Policies,
+    /// The broker's `schema_compatibility_strategy`, for namespaces that set none.
+    default_strategy: CompatibilityStrategy,
 }
 
 impl SchemaRegistry {
+    /// A registry over `store` with Pulsar's default strategy (FULL).
     pub fn new(store: Arc<dyn MetadataStore>) -> Self {
         SchemaRegistry {
-            records: RecordStore::new(store),
+            records: RecordStore::new(Arc::clone(&store)),
+            policies: Policies::new(store),
+            default_strategy: CompatibilityStrategy::default(),
         }
+    }
+
+    /// Uses `strategy` for namespaces without a `schema_compatibility_strategy` policy.
+    #[must_use]
+    pub fn with_default_strategy(mut self, strategy: CompatibilityStrategy) -> Self {
+        self.default_strategy = strategy;
+        self
+    }
+
+    /// The strategy and auto-update switch of `topic`'s namespace (broker defaults when unset).
+    pub async fn policy(&self, topic: &TopicName) -> BrokerResult<SchemaPolicy> {
+        let ns = self
+            .policies
+            .namespace(topic.namespace())
+            .await?
+            .unwrap_or_default();
+        Ok(SchemaPolicy {
+            strategy: ns
+                .schema_compatibility_strategy
+                .unwrap_or(self.default_strategy),
+            allow_auto_update: ns.is_allow_auto_update_schema.unwrap_or(true),
+        })
     }
 
     /// The record key of `topic`'s schemas (its partitioned parent's).
@@ -317,7 +386,8 @@ impl SchemaRegistry {
             return Ok(None);
         };
         let new = candidate(topic, schema)?;
-        self.apply(topic, |h| decide_producer(topic, h, &new))
+        let policy = self.policy(topic).await?;
+        self.apply(topic, |h| decide_producer(topic, h, &new, policy))
             .await
             .map(Some)
     }
@@ -334,9 +404,12 @@ impl SchemaRegistry {
             return Ok(());
         };
         let new = candidate(topic, schema)?;
-        self.apply(topic, |h| decide_consumer(topic, h, &new, topic_is_idle))
-            .await
-            .map(|_| ())
+        let policy = self.policy(topic).await?;
+        self.apply(topic, |h| {
+            decide_consumer(topic, h, &new, topic_is_idle, policy)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Deletes every version of `topic`'s schema (admin; not called on topic deletion yet).
@@ -499,7 +572,8 @@ mod tests {
     }
 
     const A: &str = r#"{"type":"record","name":"A","fields":[{"name":"x","type":"int"}]}"#;
-    const B: &str = r#"{"type":"record","name":"A","fields":[{"name":"y","type":"string"}]}"#;
+    // A with an optional field: compatible with A under the default FULL strategy.
+    const B: &str = r#"{"type":"record","name":"A","fields":[{"name":"x","type":"int"},{"name":"y","type":["null","string"],"default":null}]}"#;
 
     #[tokio::test]
     async fn versions_are_registered_in_order_and_reused() -> BrokerResult<()> {

@@ -47,6 +47,8 @@ pub struct BrokerConfig {
     pub dispatch_batch_entries: usize,
     /// Message deduplication settings (the switch itself is the namespace policy).
     pub dedup: crate::dedup::DedupConfig,
+    /// Pulsar's `schemaCompatibilityStrategy`: for namespaces without a strategy policy.
+    pub schema_compatibility_strategy: crate::schema::CompatibilityStrategy,
 }
 
 impl BrokerConfig {
@@ -62,6 +64,7 @@ impl BrokerConfig {
             allow_auto_topic_creation: true,
             dispatch_batch_entries: 100,
             dedup: crate::dedup::DedupConfig::default(),
+            schema_compatibility_strategy: crate::schema::CompatibilityStrategy::Full,
         }
     }
 }
@@ -119,6 +122,7 @@ impl BrokerService {
     /// The schema registry (over this broker's metadata store).
     pub fn schemas(&self) -> crate::schema::SchemaRegistry {
         crate::schema::SchemaRegistry::new(Arc::clone(&self.store))
+            .with_default_strategy(self.config.schema_compatibility_strategy)
     }
 
     pub fn ownership(&self) -> &Arc<OwnershipCache> {

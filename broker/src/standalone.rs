@@ -50,6 +50,8 @@ pub struct StandaloneOptions {
     /// 0 picks a free port.
     pub broker_port: u16,
     pub session_ttl: Duration,
+    /// The broker's default schema compatibility strategy (namespace policies override).
+    pub schema_compatibility_strategy: crate::schema::CompatibilityStrategy,
 }
 
 impl StandaloneOptions {
@@ -61,6 +63,7 @@ impl StandaloneOptions {
             bind_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             broker_port: 6650,
             session_ttl: Duration::from_secs(10),
+            schema_compatibility_strategy: crate::schema::CompatibilityStrategy::default(),
         }
     }
 }
@@ -162,8 +165,10 @@ impl Standalone {
         let service_url = format!("pulsar://{}", SocketAddr::new(host, local_addr.port()));
         let ownership =
             OwnershipCache::new(Arc::clone(&store), session.clone(), service_url.clone());
+        let mut config = BrokerConfig::new(service_url);
+        config.schema_compatibility_strategy = options.schema_compatibility_strategy;
         let service = BrokerService::new(
-            BrokerConfig::new(service_url),
+            config,
             Arc::clone(&store),
             ownership,
             factory,

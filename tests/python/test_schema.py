@@ -1,12 +1,19 @@
 """Schemas with the official Python client: typed producers and consumers, versions per topic,
-incompatible schemas refused with IncompatibleSchema, GET_SCHEMA."""
+incompatible schemas refused with IncompatibleSchema, GET_SCHEMA, and the compatibility
+strategies (broker default FULL, namespace policy `schemaCompatibilityStrategy`,
+`isAllowAutoUpdateSchema`)."""
+
+import json
+import urllib.error
+import urllib.request
+import uuid
 
 import _pulsar
 import pulsar
 import pytest
 from pulsar.schema import AvroSchema, Integer, JsonSchema, Record, String, StringSchema
 
-from conftest import receive_all
+from conftest import Standalone, make_client, receive_all
 
 try:
     import fastavro  # noqa: F401  (AvroSchema needs pulsar-client[avro])
@@ -24,11 +31,13 @@ class Point(Record):
     x = Integer()
 
 
-class PointV2(Record):
-    _sorted_fields = True
-    name = String()
-    x = Integer()
-    label = String(default="none")
+# Version 2 of Point: the same Avro record name, plus an optional field whose definition has a
+# default (`required_default`), so that it passes the broker's default FULL compatibility check.
+PointV2 = type(
+    "Point",
+    (Record,),
+    {"_sorted_fields": True, "name": String(), "x": Integer(), "label": String(required_default=True)},
+)
 
 
 @pytest.mark.parametrize(
@@ -138,3 +147,175 @@ def test_partitions_share_the_schema_of_their_topic(client, topic):
         client.create_producer(f"{topic}-partition-1", schema=StringSchema())
     client.create_producer(f"{topic}-partition-1", schema=JsonSchema(Point))
     assert '"x"' in client._client.get_schema_info(topic, -1).schema()
+
+
+# --- Compatibility strategies -------------------------------------------------------------------
+
+
+def evo(**fields):
+    """A version of the Avro record `Evo`: every version shares the record name, as the
+    versions of one Java/Python class do."""
+    return type("Evo", (Record,), dict(fields))
+
+
+EvoA = evo(a=String())
+# + an optional field with a default in its definition: readable both ways (FULL).
+EvoAB = evo(a=String(), b=Integer(required_default=True))
+# + a required field without default: the new schema cannot read old data (not BACKWARD).
+EvoAC = evo(a=String(), c=Integer(required=True))
+
+SCHEMA_CLASSES = [JsonSchema, pytest.param(AvroSchema, marks=needs_avro)]
+SCHEMA_IDS = ["json", "avro"]
+
+
+def http(admin_url, method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(admin_url + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            status, raw = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    return status, (json.loads(raw) if raw else None)
+
+
+def namespace_with(admin_url, strategy=None, auto_update=None):
+    """A fresh namespace of tenant `public` with the given schema policies (None: unset)."""
+    ns = f"public/schema-{uuid.uuid4().hex[:8]}"
+    status, body = http(admin_url, "PUT", f"/admin/v2/namespaces/{ns}")
+    assert status == 204, body
+    if strategy is not None:
+        path = f"/admin/v2/namespaces/{ns}/schemaCompatibilityStrategy"
+        status, body = http(admin_url, "PUT", path, strategy)
+        assert status == 204, body
+        assert http(admin_url, "GET", path) == (200, strategy)
+    if auto_update is not None:
+        path = f"/admin/v2/namespaces/{ns}/isAllowAutoUpdateSchema"
+        status, body = http(admin_url, "POST", path, auto_update)
+        assert status == 204, body
+        assert http(admin_url, "GET", path) == (200, auto_update)
+    return ns
+
+
+def topic_in(ns):
+    return f"persistent://{ns}/t-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.mark.parametrize("schema_class", SCHEMA_CLASSES, ids=SCHEMA_IDS)
+def test_default_full_accepts_an_optional_field_and_refuses_a_required_one(
+    client, topic, schema_class
+):
+    client.create_producer(topic, schema=schema_class(EvoA))
+    producer = client.create_producer(topic, schema=schema_class(EvoAB))
+    producer.send(EvoAB(a="x", b=1))
+    assert "\"b\"" in client._client.get_schema_info(topic, 1).schema()
+    with pytest.raises(pulsar.IncompatibleSchema):
+        client.create_producer(topic, schema=schema_class(EvoAC))
+    # Nothing was registered for the refused schema.
+    with pytest.raises(pulsar.TopicNotFound):
+        client._client.get_schema_info(topic, 2)
+
+
+def test_default_strategy_of_a_namespace_is_undefined(standalone):
+    ns = namespace_with(standalone.admin_url)
+    path = f"/admin/v2/namespaces/{ns}/schemaCompatibilityStrategy"
+    assert http(standalone.admin_url, "GET", path) == (200, "UNDEFINED")
+    assert http(standalone.admin_url, "PUT", path, "SIDEWAYS")[0] == 412
+    path = f"/admin/v2/namespaces/{ns}/isAllowAutoUpdateSchema"
+    assert http(standalone.admin_url, "GET", path) == (200, True)
+
+
+@pytest.mark.parametrize("schema_class", SCHEMA_CLASSES, ids=SCHEMA_IDS)
+def test_always_compatible_namespace_accepts_any_new_schema(standalone, client, schema_class):
+    topic = topic_in(namespace_with(standalone.admin_url, "ALWAYS_COMPATIBLE"))
+    client.create_producer(topic, schema=schema_class(EvoA))
+    client.create_producer(topic, schema=schema_class(EvoAC)).send(EvoAC(a="x", c=3))
+    assert '"c"' in client._client.get_schema_info(topic, -1).schema()
+
+
+def test_backward_allows_removing_a_field_forward_does_not(standalone, client):
+    ns_backward = namespace_with(standalone.admin_url, "BACKWARD")
+    ns_forward = namespace_with(standalone.admin_url, "FORWARD")
+    t = topic_in(ns_backward)
+    client.create_producer(t, schema=JsonSchema(EvoAC))
+    # BACKWARD: the new schema reads old data (it just ignores c).
+    client.create_producer(t, schema=JsonSchema(EvoA))
+    # ...but a new required field cannot be read from old data.
+    with pytest.raises(pulsar.IncompatibleSchema):
+        client.create_producer(t, schema=JsonSchema(evo(a=String(), d=Integer(required=True))))
+    t = topic_in(ns_forward)
+    client.create_producer(t, schema=JsonSchema(EvoAC))
+    # FORWARD: readers of version 0 need c, which the new schema's data lacks.
+    with pytest.raises(pulsar.IncompatibleSchema):
+        client.create_producer(t, schema=JsonSchema(EvoA))
+    # Adding a required field is fine for old readers (they ignore it).
+    client.create_producer(
+        t, schema=JsonSchema(evo(a=String(), c=Integer(required=True), d=Integer(required=True)))
+    )
+
+
+def test_full_transitive_checks_every_version(standalone, client):
+    v0 = evo(a=String())
+    v1 = evo(a=String(), b=Integer(required=True, default=0, required_default=True))
+    v2 = evo(a=String(), b=Integer(required=True))
+    # v2 and v1 read each other (b present in both), but v2 cannot read v0's data.
+    t = topic_in(namespace_with(standalone.admin_url, "FULL"))
+    for v in (v0, v1, v2):
+        client.create_producer(t, schema=JsonSchema(v))
+    t = topic_in(namespace_with(standalone.admin_url, "FULL_TRANSITIVE"))
+    client.create_producer(t, schema=JsonSchema(v0))
+    client.create_producer(t, schema=JsonSchema(v1))
+    with pytest.raises(pulsar.IncompatibleSchema):
+        client.create_producer(t, schema=JsonSchema(v2))
+
+
+def test_auto_update_disabled_refuses_new_versions_but_allows_existing_ones(standalone, client):
+    ns = namespace_with(standalone.admin_url)
+    t = topic_in(ns)
+    client.create_producer(t, schema=JsonSchema(EvoA))
+    path = f"/admin/v2/namespaces/{ns}/isAllowAutoUpdateSchema"
+    assert http(standalone.admin_url, "POST", path, False)[0] == 204
+    assert http(standalone.admin_url, "GET", path) == (200, False)
+    # The registered schema is still fine, for producers and consumers.
+    client.create_producer(t, schema=JsonSchema(EvoA)).send(EvoA(a="still"))
+    client.subscribe(t, "sub", schema=JsonSchema(EvoA))
+    # A compatible new version is refused all the same.
+    with pytest.raises(pulsar.IncompatibleSchema):
+        client.create_producer(t, schema=JsonSchema(EvoAB))
+    assert http(standalone.admin_url, "POST", path, True)[0] == 204
+    client.create_producer(t, schema=JsonSchema(EvoAB))
+
+
+def test_consumer_must_read_the_latest_version(client, topic):
+    client.create_producer(topic, schema=JsonSchema(EvoA)).send(EvoA(a="v0"))
+    # A reader needing c (no default) cannot read version 0's data.
+    with pytest.raises(pulsar.IncompatibleSchema):
+        client.subscribe(topic, "needs-c", schema=JsonSchema(EvoAC))
+    # A reader with an optional field can; it is not registered by subscribing.
+    consumer = client.subscribe(
+        topic, "optional-b", schema=JsonSchema(EvoAB), initial_position=EARLIEST
+    )
+    assert receive_all(consumer, 1)[0].value().a == "v0"
+    with pytest.raises(pulsar.TopicNotFound):
+        client._client.get_schema_info(topic, 1)
+
+
+def test_broker_default_strategy_comes_from_the_configuration(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAGNETAR_BROKER__SCHEMA_COMPATIBILITY_STRATEGY", "ALWAYS_COMPATIBLE")
+    s = Standalone(tmp_path / "data", tmp_path / "standalone.log").start()
+    try:
+        c = make_client(s.url)
+        try:
+            t = f"persistent://public/default/t-{uuid.uuid4().hex[:8]}"
+            c.create_producer(t, schema=JsonSchema(EvoA))
+            c.create_producer(t, schema=JsonSchema(EvoAC))
+            # A namespace policy overrides the broker default.
+            t = topic_in(namespace_with(s.admin_url, "FULL"))
+            c.create_producer(t, schema=JsonSchema(EvoA))
+            with pytest.raises(pulsar.IncompatibleSchema):
+                c.create_producer(t, schema=JsonSchema(EvoAC))
+        finally:
+            c.close()
+    finally:
+        s.stop()

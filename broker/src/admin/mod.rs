@@ -126,6 +126,17 @@ pub fn router(state: AdminState) -> Router {
                 .post(namespaces::set_auto_topic_creation)
                 .delete(namespaces::remove_auto_topic_creation),
         )
+        .route(
+            &format!("{NS}/schemaCompatibilityStrategy"),
+            get(namespaces::get_schema_compatibility_strategy)
+                .put(namespaces::set_schema_compatibility_strategy)
+                .post(namespaces::set_schema_compatibility_strategy),
+        )
+        .route(
+            &format!("{NS}/isAllowAutoUpdateSchema"),
+            get(namespaces::get_allow_auto_update_schema)
+                .post(namespaces::set_allow_auto_update_schema),
+        )
         .route(&format!("{NS}/bundles"), get(namespaces::get_bundles))
         .route(&format!("{NS}/topics"), get(persistent::list_topics))
         .route(

@@ -16,6 +16,7 @@ use crate::policies::{
     AutoTopicCreation, NamespacePolicies, PersistencePolicies, PolicyError, RetentionPolicies,
     TenantInfo,
 };
+use crate::schema::CompatibilityStrategy;
 use crate::topic_name::NamespaceName;
 
 /// Pulsar's `BundlesData`: the hash boundaries of a namespace's bundles.
@@ -67,6 +68,11 @@ pub struct NamespacePoliciesView {
         skip_serializing_if = "Option::is_none"
     )]
     pub auto_topic_creation_override: Option<AutoTopicCreation>,
+    /// Left out when unset (Pulsar writes `UNDEFINED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_compatibility_strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_allow_auto_update_schema: Option<bool>,
 }
 
 impl NamespacePoliciesView {
@@ -80,6 +86,10 @@ impl NamespacePoliciesView {
             deduplication_enabled: p.deduplication_enabled,
             persistence: p.persistence,
             auto_topic_creation_override: p.auto_topic_creation_override.clone(),
+            schema_compatibility_strategy: p
+                .schema_compatibility_strategy
+                .map(|c| c.as_str().to_owned()),
+            is_allow_auto_update_schema: p.is_allow_auto_update_schema,
         }
     }
 
@@ -100,6 +110,13 @@ impl NamespacePoliciesView {
             persistence: self.persistence,
             auto_topic_creation_override: self.auto_topic_creation_override,
             bundle_count,
+            schema_compatibility_strategy: self
+                .schema_compatibility_strategy
+                .as_deref()
+                .map(parse_strategy)
+                .transpose()?
+                .flatten(),
+            is_allow_auto_update_schema: self.is_allow_auto_update_schema,
         })
     }
 }
@@ -180,6 +197,18 @@ fn validate_auto_topic_creation(a: &AutoTopicCreation) -> ApiResult<()> {
             "[topicType] must be non-partitioned or partitioned, not {other:?}."
         )),
     }
+}
+
+/// A strategy name from a request; `None` for `UNDEFINED`.
+fn parse_strategy(name: &str) -> ApiResult<Option<CompatibilityStrategy>> {
+    CompatibilityStrategy::parse_policy(name).map_err(ApiError::precondition)
+}
+
+/// A namespace's strategy as Pulsar's admin API writes it (`UNDEFINED` when unset).
+fn strategy_name(strategy: Option<CompatibilityStrategy>) -> String {
+    strategy
+        .map_or("UNDEFINED", CompatibilityStrategy::as_str)
+        .to_owned()
 }
 
 fn tenant_name_valid(tenant: &str) -> ApiResult<()> {
@@ -477,4 +506,55 @@ pub(super) async fn get_bundles(
         &ns,
         p.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT),
     )))
+}
+
+pub(super) async fn get_schema_compatibility_strategy(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Json<String>> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    let p = policies_of(&s, &ns).await?;
+    Ok(Json(strategy_name(p.schema_compatibility_strategy)))
+}
+
+/// Body: a JSON string such as `"BACKWARD"` (pulsar-admin sends it quoted); `UNDEFINED`
+/// clears the policy (the broker's default applies).
+pub(super) async fn set_schema_compatibility_strategy(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let name: String = match json_body(&body) {
+        Ok(name) => name,
+        // Tolerate an unquoted name (curl -d BACKWARD).
+        Err(_) => String::from_utf8_lossy(&body).trim().to_owned(),
+    };
+    let strategy = parse_strategy(&name)?;
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.schema_compatibility_strategy = strategy
+    })
+    .await
+}
+
+pub(super) async fn get_allow_auto_update_schema(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Json<bool>> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    let p = policies_of(&s, &ns).await?;
+    Ok(Json(p.is_allow_auto_update_schema.unwrap_or(true)))
+}
+
+pub(super) async fn set_allow_auto_update_schema(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let allow: bool = json_body(&body)?;
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.is_allow_auto_update_schema = Some(allow)
+    })
+    .await
 }
