@@ -1,0 +1,123 @@
+//! Request/response commands about topics rather than producers or consumers: LOOKUP,
+//! PARTITIONED_METADATA, GET_TOPICS_OF_NAMESPACE, GET_LAST_MESSAGE_ID and the schema requests.
+
+use super::*;
+
+impl Conn {
+    pub(super) async fn lookup(self, c: BaseCommand) {
+        let Some(l) = c.lookup_topic else { return };
+        let answer = match topic_of(&l.topic) {
+            Err(e) => commands::lookup_failed(l.request_id, e.server_error(), e.to_string()),
+            Ok(topic) => match self.service.lookup(&topic).await {
+                Ok(None) => commands::lookup_response(
+                    l.request_id,
+                    LookupType::Connect,
+                    self.service.config().service_url.clone(),
+                    true,
+                ),
+                Ok(Some(owner)) => {
+                    commands::lookup_response(l.request_id, LookupType::Redirect, owner, true)
+                }
+                Err(e) => {
+                    warn!(topic = %l.topic, error = %e, "lookup failed");
+                    commands::lookup_failed(l.request_id, e.server_error(), e.to_string())
+                }
+            },
+        };
+        self.send(answer).await;
+    }
+
+    pub(super) async fn partitioned_metadata(self, c: BaseCommand) {
+        let Some(p) = c.partition_metadata else {
+            return;
+        };
+        let result = match topic_of(&p.topic) {
+            Ok(topic) => self.service.partitions(&topic).await,
+            Err(e) => Err(e),
+        };
+        let answer = match result {
+            Ok(n) => commands::partitioned_metadata_response(p.request_id, n),
+            Err(e) => {
+                commands::partitioned_metadata_failed(p.request_id, e.server_error(), e.to_string())
+            }
+        };
+        self.send(answer).await;
+    }
+
+    pub(super) async fn topics_of_namespace(self, c: BaseCommand) {
+        let Some(g) = c.get_topics_of_namespace else {
+            return;
+        };
+        let result = match g.namespace.parse::<NamespaceName>() {
+            Ok(ns) => self.service.topics_of_namespace(&ns).await,
+            Err(e) => Err(e.into()),
+        };
+        let answer = match result {
+            Ok(topics) => commands::get_topics_of_namespace_response(g.request_id, topics, false),
+            Err(e) => commands::error(g.request_id, e.server_error(), e.to_string()),
+        };
+        self.send(answer).await;
+    }
+
+    pub(super) async fn get_schema(self, c: BaseCommand) {
+        let Some(g) = c.get_schema else { return };
+        let answer = crate::schema::answer_get_schema(&self.service.schemas(), &g).await;
+        self.send(answer).await;
+    }
+
+    pub(super) async fn get_or_create_schema(self, c: BaseCommand) {
+        let Some(g) = c.get_or_create_schema else {
+            return;
+        };
+        let answer = crate::schema::answer_get_or_create_schema(&self.service.schemas(), &g).await;
+        self.send(answer).await;
+    }
+
+    pub(super) async fn last_message_id(self, c: BaseCommand) {
+        let Some(g) = c.get_last_message_id else {
+            return;
+        };
+        let slot = self.state().consumers.get(&g.consumer_id).cloned();
+        let Some(slot) = slot else {
+            self.send(commands::error(
+                g.request_id,
+                ServerError::ConsumerNotFound,
+                "consumer not found on this connection",
+            ))
+            .await;
+            return;
+        };
+        let ml = slot.topic.managed_ledger();
+        let last = match ml.last_confirmed() {
+            Some(p) => {
+                let mut id = commands::message_id(p.ledger.0, p.entry.0);
+                if let Ok(mut entries) = ml.read_entries(p, 1, 1).await
+                    && let Some((q, entry)) = entries.pop()
+                    && q == p
+                {
+                    let info = entry_info(&entry);
+                    if info.messages > 1 {
+                        id.batch_index = Some(i32::try_from(info.messages - 1).unwrap_or(0));
+                    }
+                }
+                id
+            }
+            // Nothing stored: entry -1 of the current ledger, as Pulsar answers.
+            None => {
+                let ledger = ml.ledgers().last().map_or(u64::MAX, |l| l.ledger_id.0);
+                commands::message_id(ledger, u64::MAX)
+            }
+        };
+        let mark_delete = slot
+            .sub
+            .mark_delete_position()
+            .await
+            .map(|p| commands::message_id(p.ledger.0, p.entry.0));
+        self.send(commands::get_last_message_id_response(
+            g.request_id,
+            last,
+            mark_delete,
+        ))
+        .await;
+    }
+}

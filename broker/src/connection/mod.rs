@@ -1,0 +1,388 @@
+//! One client connection speaking the Pulsar binary protocol.
+//!
+//! Shape: one **reader loop** decodes frames ([`PulsarCodec`], with the broker's message size
+//! limit) and handles them; one **writer task** drains a bounded queue of outgoing frames
+//! ([`ConnTx`]) into the socket, flushing when the queue runs dry. Whoever queues a frame waits
+//! when the queue is full — that is the backpressure from a slow client to dispatchers and
+//! receipts. No lock is held across an `.await`.
+//!
+//! SEND is handled inline, in frame order: checksum check (a bad one answers SEND_ERROR
+//! `ChecksumError`), then the bytes after the command are appended **unchanged** to the managed
+//! ledger, and the append's completion handle is queued to the producer's receipt task, which
+//! awaits handles in order — so SEND_RECEIPTs go out strictly in order per producer. Request-style
+//! commands (LOOKUP, PRODUCER, SUBSCRIBE, SEEK, …) run in their own tasks so a slow one (a topic
+//! load, a WaitForExclusive producer) does not stall the connection.
+//!
+//! A malformed or oversized frame, a protocol violation or a dead peer (no frame for twice the
+//! keep-alive interval, after a PING) closes this connection only, with the reason logged; its
+//! producers and consumers are detached (unacked messages go back to their subscriptions).
+//!
+//! This file holds the loops and the dispatch of frames; `producer.rs` producers, SEND and
+//! receipts, `consumer.rs` consumers, acks and seeks, `lookup.rs` topic lookups and schemas.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use magnetar_proto::pulsar::api::base_command::Type;
+use magnetar_proto::pulsar::api::command_ack::AckType;
+use magnetar_proto::pulsar::api::command_lookup_topic_response::LookupType;
+use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition as WireInitial, SubType};
+use magnetar_proto::pulsar::api::{
+    BaseCommand, CommandAck, CommandProducer, CommandSeek, CommandSubscribe, MessageIdData,
+    ProducerAccessMode, ServerError,
+};
+use magnetar_proto::pulsar::{Frame, MessageFrame, PROTOCOL_VERSION, PulsarCodec, commands};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::consumer_stats;
+use crate::dedup::{self, Dedup, Ticket, Verdict};
+use crate::error::{BrokerError, BrokerResult};
+use crate::key_shared::KeySharedPolicy;
+use crate::managed_ledger::{AppendHandle, InitialPosition, Position, batch_acks};
+use crate::service::BrokerService;
+use crate::subscription::{AckedId, ConsumerSpec, SeekTarget, Subscription, entry_info};
+use crate::topic::{ProducerSpec, StartAt, Topic};
+use crate::topic_name::{NamespaceName, TopicName};
+
+mod consumer;
+mod lookup;
+mod producer;
+
+/// Time a new connection has to send CONNECT.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames written per flush at most.
+const WRITE_BATCH: usize = 256;
+
+/// A frame on its way to the client.
+#[derive(Debug)]
+pub enum Outbound {
+    Command(BaseCommand),
+    Message(MessageFrame),
+}
+
+/// The sending side of a connection: a bounded queue to its writer task.
+#[derive(Debug, Clone)]
+pub struct ConnTx {
+    tx: mpsc::Sender<Outbound>,
+    closed: CancellationToken,
+}
+
+impl ConnTx {
+    /// Queues a frame, waiting for room; false when the connection is closed.
+    pub async fn send(&self, item: Outbound) -> bool {
+        tokio::select! {
+            sent = self.tx.send(item) => sent.is_ok(),
+            _ = self.closed.cancelled() => false,
+        }
+    }
+
+    pub async fn send_command(&self, command: BaseCommand) -> bool {
+        self.send(Outbound::Command(command)).await
+    }
+
+    /// Queues a frame only if there is room right now.
+    pub fn try_send_command(&self, command: BaseCommand) -> bool {
+        self.tx.try_send(Outbound::Command(command)).is_ok()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Closes the connection (both loops stop).
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
+}
+
+struct PendingSend {
+    sequence_id: u64,
+    highest_sequence_id: Option<u64>,
+    /// `None`: a duplicate, not stored (deduplication answers it).
+    append: Option<Result<AppendHandle, (ServerError, String)>>,
+    /// Deduplication: the append's outcome is reported with it.
+    dedup: Option<Ticket>,
+}
+
+#[derive(Debug, Clone)]
+struct ProducerSlot {
+    key: u64,
+    topic: Arc<Topic>,
+    /// The producer's name (deduplication keys on it).
+    name: Arc<str>,
+    sends: mpsc::Sender<PendingSend>,
+}
+
+#[derive(Debug, Clone)]
+struct ConsumerSlot {
+    key: u64,
+    topic: Arc<Topic>,
+    sub: Arc<Subscription>,
+    sub_type: SubType,
+    /// When it subscribed, ms since the epoch (CONSUMER_STATS `connectedSince`).
+    connected_since_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    producers: HashMap<u64, ProducerSlot>,
+    consumers: HashMap<u64, ConsumerSlot>,
+}
+
+/// One connection's handler; cloned into the tasks of its requests.
+#[derive(Debug, Clone)]
+struct Conn {
+    service: Arc<BrokerService>,
+    tx: ConnTx,
+    state: Arc<Mutex<State>>,
+    /// The client's address (CONSUMER_STATS `address`).
+    peer: Option<SocketAddr>,
+}
+
+/// Serves one accepted socket until it closes.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, service: Arc<BrokerService>) {
+    let span = info_span!("conn", %peer);
+    run(stream, service).instrument(span).await;
+}
+
+async fn run(stream: TcpStream, service: Arc<BrokerService>) {
+    let config = service.config().clone();
+    let codec = PulsarCodec::for_max_message_size(config.max_message_size);
+    let peer = stream.peer_addr().ok();
+    let (read, write) = stream.into_split();
+    let (tx, rx) = mpsc::channel(config.outbound_queue_frames.max(1));
+    let closed = CancellationToken::new();
+    let conn = Conn {
+        service: Arc::clone(&service),
+        tx: ConnTx {
+            tx,
+            closed: closed.clone(),
+        },
+        state: Arc::default(),
+        peer,
+    };
+    let writer = tokio::spawn(
+        write_loop(FramedWrite::new(write, codec), rx, closed.clone()).in_current_span(),
+    );
+    let mut frames = FramedRead::new(crate::quickack::QuickAckRead::new(read), codec);
+
+    let reason = conn
+        .read_loop(&mut frames, &config.keepalive_interval)
+        .await;
+    match &reason {
+        Close::Normal(r) => debug!(reason = %r, "connection closed"),
+        Close::Error(r) => warn!(reason = %r, "closing connection"),
+    }
+    closed.cancel();
+    conn.detach_all().await;
+    let _ = writer.await;
+}
+
+enum Close {
+    Normal(String),
+    Error(String),
+}
+
+async fn write_loop(
+    mut sink: FramedWrite<OwnedWriteHalf, PulsarCodec>,
+    mut rx: mpsc::Receiver<Outbound>,
+    closed: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            item = rx.recv() => item,
+            _ = closed.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        let mut item = Some(first);
+        let mut n = 0;
+        while let Some(next) = item.take() {
+            let fed = match next {
+                Outbound::Command(c) => sink.feed(c).await,
+                Outbound::Message(m) => sink.feed(m).await,
+            };
+            if let Err(e) = fed {
+                warn!(error = %e, "write failed");
+                closed.cancel();
+                return;
+            }
+            n += 1;
+            if n < WRITE_BATCH {
+                item = rx.try_recv().ok();
+            }
+        }
+        if let Err(e) = SinkExt::<BaseCommand>::flush(&mut sink).await {
+            debug!(error = %e, "flush failed");
+            closed.cancel();
+            return;
+        }
+    }
+    // Whatever is still queued (e.g. a CLOSE_*) is written before the socket goes.
+    while let Ok(item) = rx.try_recv() {
+        let _ = match item {
+            Outbound::Command(c) => sink.feed(c).await,
+            Outbound::Message(m) => sink.feed(m).await,
+        };
+    }
+    let _ = SinkExt::<BaseCommand>::flush(&mut sink).await;
+    let _ = SinkExt::<BaseCommand>::close(&mut sink).await;
+}
+
+fn topic_of(name: &str) -> BrokerResult<TopicName> {
+    Ok(name.parse::<TopicName>()?)
+}
+
+fn position(id: &MessageIdData) -> Position {
+    Position::new(id.ledger_id, id.entry_id)
+}
+
+impl Conn {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn send(&self, command: BaseCommand) {
+        self.tx.send_command(command).await;
+    }
+
+    async fn read_loop(
+        &self,
+        frames: &mut FramedRead<crate::quickack::QuickAckRead, PulsarCodec>,
+        keepalive: &Duration,
+    ) -> Close {
+        let keepalive = (*keepalive).max(Duration::from_millis(100));
+        // Handshake.
+        let first = tokio::select! {
+            f = tokio::time::timeout(HANDSHAKE_TIMEOUT, frames.next()) => f,
+            _ = self.tx.closed.cancelled() => return Close::Normal("closed".into()),
+        };
+        let frame = match first {
+            Err(_) => return Close::Error("no CONNECT within the handshake timeout".into()),
+            Ok(None) => return Close::Normal("peer closed before CONNECT".into()),
+            Ok(Some(Err(e))) => return Close::Error(format!("bad frame: {e}")),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Some(connect) = frame.command.connect.as_ref() else {
+            return Close::Error(format!(
+                "expected CONNECT first, got {:?}",
+                frame.command_type()
+            ));
+        };
+        let version = connect.protocol_version.unwrap_or(0).min(PROTOCOL_VERSION);
+        let mut connected = commands::connected(
+            format!("Magnetar {}", env!("CARGO_PKG_VERSION")),
+            i32::try_from(self.service.config().max_message_size).unwrap_or(i32::MAX),
+        );
+        if let Some(c) = connected.connected.as_mut() {
+            c.protocol_version = Some(version);
+        }
+        info!(client = %connect.client_version, protocol = version, "connected");
+        self.send(connected).await;
+
+        let mut last_seen = Instant::now();
+        let mut ticker = tokio::time::interval(keepalive);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.service.shutdown_token().clone();
+        loop {
+            let next = tokio::select! {
+                f = frames.next() => f,
+                _ = ticker.tick() => {
+                    let idle = last_seen.elapsed();
+                    if idle >= keepalive * 2 {
+                        return Close::Error(format!("no frame for {idle:?}: peer is dead"));
+                    }
+                    if idle >= keepalive {
+                        self.tx.try_send_command(commands::ping());
+                    }
+                    continue;
+                }
+                _ = self.tx.closed.cancelled() => return Close::Normal("closed".into()),
+                _ = shutdown.cancelled() => return Close::Normal("broker shutting down".into()),
+            };
+            let frame = match next {
+                None => return Close::Normal("peer closed".into()),
+                Some(Err(e)) => return Close::Error(format!("bad frame: {e}")),
+                Some(Ok(f)) => f,
+            };
+            last_seen = Instant::now();
+            if let Err(reason) = self.handle(frame).await {
+                return Close::Error(reason);
+            }
+        }
+    }
+
+    /// Handles one frame; `Err` closes the connection.
+    async fn handle(&self, frame: Frame) -> Result<(), String> {
+        let Frame {
+            command: c,
+            payload,
+        } = frame;
+        match c.r#type() {
+            Type::Send => {
+                let Some(send) = c.send else { return Ok(()) };
+                let Some(payload) = payload else {
+                    return Err("SEND without payload".into());
+                };
+                self.on_send(*send, payload).await;
+            }
+            Type::Ping => self.send(commands::pong()).await,
+            Type::Pong => {}
+            Type::Flow => {
+                if let Some(f) = c.flow {
+                    let slot = self.state().consumers.get(&f.consumer_id).cloned();
+                    if let Some(slot) = slot {
+                        slot.sub.flow(slot.key, f.message_permits).await;
+                    }
+                }
+            }
+            Type::Ack => {
+                if let Some(ack) = c.ack {
+                    self.ack(*ack).await;
+                }
+            }
+            Type::RedeliverUnacknowledgedMessages => {
+                if let Some(r) = c.redeliver_unacknowledged_messages {
+                    let slot = self.state().consumers.get(&r.consumer_id).cloned();
+                    if let Some(slot) = slot {
+                        let ids = (!r.message_ids.is_empty())
+                            .then(|| r.message_ids.iter().map(position).collect());
+                        slot.sub.redeliver(slot.key, ids).await;
+                    }
+                }
+            }
+            Type::Connect => return Err("second CONNECT on a connection".into()),
+            Type::Lookup => self.spawn(c, Conn::lookup),
+            Type::PartitionedMetadata => self.spawn(c, Conn::partitioned_metadata),
+            Type::GetTopicsOfNamespace => self.spawn(c, Conn::topics_of_namespace),
+            Type::Producer => self.spawn(c, Conn::producer),
+            Type::Subscribe => self.spawn(c, Conn::subscribe),
+            Type::CloseProducer => self.spawn(c, Conn::close_producer),
+            Type::CloseConsumer => self.spawn(c, Conn::close_consumer),
+            Type::Unsubscribe => self.spawn(c, Conn::unsubscribe),
+            Type::Seek => self.spawn(c, Conn::seek),
+            Type::GetLastMessageId => self.spawn(c, Conn::last_message_id),
+            Type::GetSchema => self.spawn(c, Conn::get_schema),
+            Type::GetOrCreateSchema => self.spawn(c, Conn::get_or_create_schema),
+            Type::ConsumerStats => self.spawn(c, Conn::consumer_stats),
+            other => debug!(command = ?other, "command not handled; ignored"),
+        }
+        Ok(())
+    }
+
+    fn spawn<F, Fut>(&self, command: BaseCommand, f: F)
+    where
+        F: FnOnce(Conn, BaseCommand) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        tokio::spawn(f(self.clone(), command).in_current_span());
+    }
+}

@@ -1,0 +1,239 @@
+//! Producers on a connection: PRODUCER (access modes, schema, deduplication state),
+//! CLOSE_PRODUCER, SEND, and the per-producer receipt task that answers SENDs strictly in order.
+
+use magnetar_proto::pulsar::Payload;
+use magnetar_proto::pulsar::api::CommandSend;
+
+use super::*;
+
+impl Conn {
+    pub(super) async fn producer(self, c: BaseCommand) {
+        let Some(p) = c.producer else { return };
+        let request_id = p.request_id;
+        let producer_id = p.producer_id;
+        let span = info_span!("producer", topic = %p.topic, producer = producer_id);
+        let answer = match self.create_producer(*p).instrument(span).await {
+            Ok((name, schema_version, last_sequence_id)) => commands::producer_success(
+                request_id,
+                name,
+                last_sequence_id,
+                schema_version.map(crate::schema::version_bytes),
+            ),
+            Err(e) => {
+                info!(producer = producer_id, error = %e, "producer refused");
+                commands::error(request_id, e.server_error(), e.to_string())
+            }
+        };
+        self.send(answer).await;
+    }
+
+    /// Attaches a producer; its name, schema version (`None`: no schema) and the last
+    /// sequence id deduplication knows for its name (-1: none).
+    pub(super) async fn create_producer(
+        &self,
+        p: CommandProducer,
+    ) -> BrokerResult<(String, Option<u64>, i64)> {
+        let topic_name = topic_of(&p.topic)?;
+        let topic = self.service.get_topic(&topic_name).await?;
+        topic.refresh_dedup().await?;
+        let schema_version = self
+            .service
+            .schemas()
+            .put_producer_schema(&topic_name, p.schema.as_ref())
+            .await?;
+        let key = self.service.next_id();
+        let name = p
+            .producer_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| self.service.unique_name(key));
+        let mode = match ProducerAccessMode::try_from(p.producer_access_mode.unwrap_or(0)) {
+            Ok(ProducerAccessMode::ExclusiveWithFencing) => ProducerAccessMode::Exclusive,
+            Ok(m) => m,
+            Err(_) => ProducerAccessMode::Shared,
+        };
+        let spec = ProducerSpec {
+            key,
+            producer_id: p.producer_id,
+            name: name.clone(),
+            mode,
+            conn: self.tx.clone(),
+        };
+        let tx = self.tx.clone();
+        let (request_id, waiting_name) = (p.request_id, name.clone());
+        let mut told = false;
+        topic
+            .add_producer(spec, || {
+                if !told {
+                    told = true;
+                    let mut c =
+                        commands::producer_success(request_id, waiting_name.clone(), -1, None);
+                    if let Some(s) = c.producer_success.as_mut() {
+                        s.producer_ready = Some(false);
+                    }
+                    tx.try_send_command(c);
+                }
+            })
+            .await?;
+        if self.tx.is_closed() {
+            topic.remove_producer(key);
+            return Err(BrokerError::NotReady("connection closed".into()));
+        }
+        let (sends, rx) = mpsc::channel(self.service.config().pending_sends_per_producer.max(1));
+        tokio::spawn(
+            receipts(
+                p.producer_id,
+                rx,
+                self.tx.clone(),
+                Arc::clone(topic.dedup()),
+                Arc::from(name.as_str()),
+            )
+            .instrument(info_span!("receipts", topic = %topic_name, producer = p.producer_id)),
+        );
+        let old = self.state().producers.insert(
+            p.producer_id,
+            ProducerSlot {
+                key,
+                topic: Arc::clone(&topic),
+                name: Arc::from(name.as_str()),
+                sends,
+            },
+        );
+        if let Some(old) = old {
+            old.topic.remove_producer(old.key);
+        }
+        let last_sequence_id = topic.dedup().last_sequence_id(&name);
+        Ok((name, schema_version, last_sequence_id))
+    }
+
+    pub(super) async fn close_producer(self, c: BaseCommand) {
+        let Some(p) = c.close_producer else { return };
+        let slot = self.state().producers.remove(&p.producer_id);
+        if let Some(slot) = slot {
+            slot.topic.remove_producer(slot.key);
+            info!(producer = p.producer_id, "producer closed by the client");
+        }
+        self.send(commands::success(p.request_id)).await;
+    }
+
+    /// SEND, in frame order: checksum, deduplication, the append (the client's bytes unchanged),
+    /// and the completion queued to the producer's receipt task.
+    pub(super) async fn on_send(&self, send: CommandSend, payload: Payload) {
+        let slot = self.state().producers.get(&send.producer_id).cloned();
+        let Some(slot) = slot else {
+            debug!(producer = send.producer_id, "SEND for an unknown producer");
+            self.send(commands::send_error(
+                send.producer_id,
+                send.sequence_id,
+                ServerError::NotAllowedError,
+                "producer not found on this connection",
+            ))
+            .await;
+            return;
+        };
+        let highest = send.highest_sequence_id.filter(|h| *h > 0);
+        let mut ticket = None;
+        let append = if !payload.checksum_ok() {
+            Some(Err((
+                ServerError::ChecksumError,
+                "checksum mismatch".to_owned(),
+            )))
+        } else {
+            let verdict = slot
+                .topic
+                .dedup()
+                .check(&slot.name, send.sequence_id, highest, || {
+                    dedup::payload_counts(&payload)
+                });
+            match verdict {
+                Verdict::Duplicate => None,
+                Verdict::Publish(t) => {
+                    ticket = t;
+                    let messages = send
+                        .num_messages
+                        .map_or(1, |n| u64::try_from(n).unwrap_or(1));
+                    slot.topic
+                        .record_publish(messages, payload.payload_range().len() as u64);
+                    Some(
+                        slot.topic
+                            .managed_ledger()
+                            .append(payload.entry())
+                            .await
+                            .map_err(|e| {
+                                let e = BrokerError::from(e);
+                                (e.server_error(), e.to_string())
+                            }),
+                    )
+                }
+            }
+        };
+        let pending = PendingSend {
+            sequence_id: send.sequence_id,
+            highest_sequence_id: highest,
+            append,
+            dedup: ticket,
+        };
+        if slot.sends.send(pending).await.is_err() {
+            debug!(
+                producer = send.producer_id,
+                "SEND after the producer closed"
+            );
+        }
+    }
+}
+
+/// A producer's receipt task: completes appends in order and answers each SEND. It drains
+/// its queue even after the connection closed, so deduplication learns every outcome.
+pub(super) async fn receipts(
+    producer_id: u64,
+    mut rx: mpsc::Receiver<PendingSend>,
+    tx: ConnTx,
+    dedup: Arc<Dedup>,
+    name: Arc<str>,
+) {
+    let mut connected = true;
+    while let Some(p) = rx.recv().await {
+        let result = match p.append {
+            Some(Ok(handle)) => handle.await.map(Some).map_err(|e| {
+                let e = BrokerError::from(e);
+                (e.server_error(), e.to_string())
+            }),
+            Some(Err(e)) => Err(e),
+            // A duplicate: answered once its original is persisted (ledger/entry -1/-1, as
+            // Pulsar); undecidable (original failed or still pending) → PersistenceError,
+            // after which the client reconnects and resends.
+            None => {
+                if dedup.await_duplicate(&name, p.sequence_id).await {
+                    Ok(None)
+                } else {
+                    Err((
+                        ServerError::PersistenceError,
+                        "cannot tell yet whether the message is a duplicate".to_owned(),
+                    ))
+                }
+            }
+        };
+        if let Some(ticket) = p.dedup {
+            dedup.completed(ticket, result.as_ref().ok().copied().flatten());
+        }
+        if !connected {
+            continue;
+        }
+        let answer = match result {
+            Ok(pos) => {
+                let (ledger, entry) = pos.map_or((u64::MAX, u64::MAX), |p| (p.ledger.0, p.entry.0));
+                commands::send_receipt(
+                    producer_id,
+                    p.sequence_id,
+                    commands::message_id(ledger, entry),
+                    p.highest_sequence_id,
+                )
+            }
+            Err((code, message)) => {
+                warn!(sequence_id = p.sequence_id, error = %message, "send failed");
+                commands::send_error(producer_id, p.sequence_id, code, message)
+            }
+        };
+        connected = tx.send_command(answer).await;
+    }
+}
