@@ -33,7 +33,8 @@ pub enum TopicAdminError {
     /// 400: the request is malformed in a way only the service can tell.
     #[error("{0}")]
     Invalid(String),
-    /// 307 to the admin URL of the broker that owns the topic's bundle.
+    /// 307 to the broker that owns the topic's bundle: its admin base URL (`http://host:port`);
+    /// the router appends the request's path and query to make the `Location`.
     #[error("redirect to {0}")]
     Redirect(String),
     /// 503: not served here now (bundle not owned, loading, shutting down). Retryable.
