@@ -1,6 +1,7 @@
 """Subscription types, acknowledgements, redelivery, readers, seek and unsubscribe."""
 
 import time
+from datetime import timedelta
 
 import pulsar
 import pytest
@@ -209,3 +210,50 @@ def test_has_message_available_on_an_empty_topic(client, topic):
     client.create_producer(topic)  # creates the topic
     r = client.create_reader(topic, pulsar.MessageId.earliest)
     assert not r.has_message_available()
+
+
+def test_retry_topic_as_the_java_client_drives_it(client, topic):
+    """Retry topics are client-side (Java's `enableRetry` + `reconsumeLater`; the C++/Python
+    client has none): the consumer subscribes Shared to the topic and its `{sub}-RETRY` topic,
+    and a message to retry later is re-published to the retry topic with deliver_after and the
+    RECONSUMETIMES / REAL_TOPIC / ORIGIN_MESSAGE_ID properties, then acknowledged. After
+    max retries it goes to `{sub}-DLQ`. This drives the same frames against the broker:
+    multi-topic Shared subscription, delayed delivery on the retry topic, DLQ production."""
+    sub = "retrying"
+    retry_topic = f"{topic}-{sub}-RETRY"
+    dlq_topic = f"{topic}-{sub}-DLQ"
+    max_retries = 2
+    delay = timedelta(milliseconds=800)
+    c = client.subscribe([topic, retry_topic], sub, consumer_type=pulsar.ConsumerType.Shared,
+                         initial_position=EARLIEST)
+    dead = client.subscribe(dlq_topic, "dlq-sub", initial_position=EARLIEST)
+    retry_producer = client.create_producer(retry_topic, batching_enabled=False)
+    dlq_producer = client.create_producer(dlq_topic)
+    client.create_producer(topic).send(b"job", properties={"k": "v"})
+
+    deliveries = []
+    while len(deliveries) <= max_retries:
+        m = c.receive(timeout_millis=10_000)
+        props = m.properties()
+        times = int(props.get("RECONSUMETIMES", "0"))
+        deliveries.append((time.monotonic(), times, m.topic_name()))
+        assert m.data() == b"job" and props.get("k") == "v"
+        if times >= max_retries:
+            dlq_producer.send(m.data(), properties=props)
+        else:
+            retry_producer.send(m.data(), properties={
+                **props,
+                "RECONSUMETIMES": str(times + 1),
+                "REAL_TOPIC": topic,
+                "ORIGIN_MESSAGE_ID": str(m.message_id()),
+            }, deliver_after=delay)
+        c.acknowledge(m)
+
+    assert [d[1] for d in deliveries] == [0, 1, 2]
+    assert deliveries[0][2] == topic and deliveries[1][2] == retry_topic
+    for (t0, _, _), (t1, _, _) in zip(deliveries, deliveries[1:]):
+        assert t1 - t0 >= delay.total_seconds() - 0.2, "a retry came back before its delay"
+    dead_letter = dead.receive(timeout_millis=5000)
+    assert dead_letter.data() == b"job"
+    assert dead_letter.properties()["RECONSUMETIMES"] == "2"
+    assert receive_none(c, 1000) is None, "nothing is delivered again once acknowledged"
