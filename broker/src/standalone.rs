@@ -167,12 +167,7 @@ impl Standalone {
             OwnershipCache::new(Arc::clone(&store), session.clone(), service_url.clone());
         let mut config = BrokerConfig::new(service_url);
         config.schema_compatibility_strategy = options.schema_compatibility_strategy;
-        let service = BrokerService::new(
-            config,
-            Arc::clone(&store),
-            ownership,
-            factory,
-        );
+        let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
         ensure_default_namespace(&service).await?;
         let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&service)));
         Ok(Standalone {
