@@ -35,6 +35,7 @@ pub mod registry;
 pub mod schema;
 pub mod server;
 pub mod service;
+pub mod session;
 pub mod standalone;
 pub mod subscription;
 pub mod timefmt;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use magnetar_bookie::client::{BookieConnector, LedgerClient, LedgerClientOptions};
-use magnetar_metadata::{MetadataStore, Session};
+use magnetar_metadata::MetadataStore;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory, MokaEntryCache};
 use crate::ownership::OwnershipCache;
 use crate::service::{BrokerConfig, BrokerService};
+use crate::session::BrokerSession;
 use crate::standalone::{StandaloneError, ensure_default_namespace};
 
 /// What a cluster broker needs.
@@ -39,7 +40,7 @@ pub struct BrokerNodeOptions {
 #[derive(Debug)]
 pub struct BrokerNode {
     service: Arc<BrokerService>,
-    session: Session,
+    session: Arc<BrokerSession>,
     server: JoinHandle<()>,
     local_addr: SocketAddr,
 }
@@ -51,7 +52,7 @@ impl BrokerNode {
         connector: Arc<dyn BookieConnector>,
         options: BrokerNodeOptions,
     ) -> Result<BrokerNode, StandaloneError> {
-        let session = store.create_session(options.session_ttl).await?;
+        let session = BrokerSession::start(Arc::clone(&store), options.session_ttl).await?;
         let client = LedgerClient::new(
             Arc::clone(&store),
             connector,
@@ -84,8 +85,11 @@ impl BrokerNode {
         } else {
             format!("pulsar://{host}:{}", local_addr.port())
         };
-        let ownership =
-            OwnershipCache::new(Arc::clone(&store), session.clone(), service_url.clone());
+        let ownership = OwnershipCache::new(
+            Arc::clone(&store),
+            Arc::clone(&session),
+            service_url.clone(),
+        );
         let mut config = BrokerConfig::new(service_url);
         config.managed_ledger = options.managed_ledger;
         config.schema_compatibility_strategy = options.schema_compatibility_strategy;

@@ -11,13 +11,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use magnetar_metadata::{
-    Acquired, LeaseRecord, MetadataError, MetadataStore, OwnershipLease, Session,
-};
+use magnetar_metadata::{Acquired, LeaseRecord, MetadataError, MetadataStore, OwnershipLease};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::bundle::Bundle;
+use crate::session::BrokerSession;
 
 /// Where bundle leases live.
 pub const OWNERSHIP_PREFIX: &str = "/namespace/";
@@ -41,7 +40,8 @@ pub enum Owner {
 #[derive(Debug)]
 pub struct OwnershipCache {
     store: Arc<dyn MetadataStore>,
-    session: Session,
+    /// Leases are taken under its current session (renewed after a loss).
+    session: Arc<BrokerSession>,
     broker_id: String,
     owned: Mutex<HashMap<Bundle, Arc<OwnershipLease>>>,
     /// One acquisition per bundle at a time: a second concurrent lookup of a free bundle would
@@ -53,7 +53,11 @@ pub struct OwnershipCache {
 
 impl OwnershipCache {
     /// `broker_id` is what other brokers and lookups see as the owner (its advertised address).
-    pub fn new(store: Arc<dyn MetadataStore>, session: Session, broker_id: String) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        session: Arc<BrokerSession>,
+        broker_id: String,
+    ) -> Arc<Self> {
         let (lost_tx, _) = broadcast::channel(LOST_CHANNEL_CAPACITY);
         Arc::new(OwnershipCache {
             store,
@@ -124,7 +128,7 @@ impl OwnershipCache {
             Arc::clone(&self.store),
             &key,
             &self.broker_id,
-            &self.session,
+            &self.session.current(),
         )
         .await?
         {
@@ -219,9 +223,13 @@ mod tests {
     async fn one_owner_per_bundle_and_loss_is_announced() {
         let store = MemoryStore::new();
         let shared: Arc<dyn MetadataStore> = Arc::new(store.clone());
-        let s1 = shared.create_session(Duration::from_secs(5)).await.unwrap();
-        let s2 = shared.create_session(Duration::from_secs(5)).await.unwrap();
-        let b1 = OwnershipCache::new(Arc::clone(&shared), s1.clone(), "broker-1:6650".into());
+        let s1 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let s2 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let b1 = OwnershipCache::new(Arc::clone(&shared), Arc::clone(&s1), "broker-1:6650".into());
         let b2 = OwnershipCache::new(Arc::clone(&shared), s2, "broker-2:6650".into());
         let bundle = bundle();
 
@@ -243,7 +251,7 @@ mod tests {
 
         // Broker 1's session expires: it is told, and broker 2 can take over with a newer epoch.
         let mut lost = b1.lost_bundles();
-        store.expire_session(s1.id());
+        store.expire_session(s1.current().id());
         let gone = tokio::time::timeout(Duration::from_secs(5), lost.recv())
             .await
             .unwrap()
@@ -259,7 +267,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_acquisitions_by_one_broker_all_see_it_owning() {
         let shared: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
-        let s1 = shared.create_session(Duration::from_secs(5)).await.unwrap();
+        let s1 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
+            .await
+            .unwrap();
         let b1 = OwnershipCache::new(Arc::clone(&shared), s1, "b1".into());
         let bundle = bundle();
         let start = Arc::new(tokio::sync::Barrier::new(16));
@@ -287,10 +297,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_broker_owns_bundles_again_after_its_session_is_renewed() {
+        let store = MemoryStore::new();
+        let shared: Arc<dyn MetadataStore> = Arc::new(store.clone());
+        let s1 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let b1 = OwnershipCache::new(Arc::clone(&shared), Arc::clone(&s1), "b1".into());
+        let bundle = bundle();
+        let Owner::This { epoch } = b1.acquire(&bundle).await.unwrap() else {
+            panic!("a free bundle is taken")
+        };
+        let mut lost = b1.lost_bundles();
+        let mut renewals = s1.renewals();
+        store.expire_session(s1.current().id());
+        tokio::time::timeout(Duration::from_secs(5), lost.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), renewals.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        match b1.acquire(&bundle).await.unwrap() {
+            Owner::This { epoch: again } => assert!(again > epoch),
+            other => panic!("the renewed session takes the bundle again, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn release_hands_the_bundle_over() {
         let shared: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
-        let s1 = shared.create_session(Duration::from_secs(5)).await.unwrap();
-        let s2 = shared.create_session(Duration::from_secs(5)).await.unwrap();
+        let s1 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let s2 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
+            .await
+            .unwrap();
         let b1 = OwnershipCache::new(Arc::clone(&shared), s1, "b1".into());
         let b2 = OwnershipCache::new(Arc::clone(&shared), s2, "b2".into());
         let bundle = bundle();

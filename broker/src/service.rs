@@ -189,18 +189,44 @@ impl BrokerService {
             .map(|r| r.web_service_url))
     }
 
-    /// Announces this broker (its service URL and `admin_url`) under `session`, so other
-    /// brokers can redirect admin requests for topics it owns.
+    /// Announces this broker (its service URL and `admin_url`) under its metadata session, so
+    /// other brokers can redirect admin requests for topics it owns; announces it again under
+    /// each new session after a loss, until the broker shuts down.
     pub async fn register(
-        &self,
-        session: &magnetar_metadata::Session,
+        self: &Arc<Self>,
+        session: &Arc<crate::session::BrokerSession>,
         admin_url: &str,
     ) -> BrokerResult<()> {
         let record = crate::registry::BrokerRecord {
             pulsar_service_url: self.config.service_url.clone(),
             web_service_url: admin_url.to_owned(),
         };
-        crate::registry::register(&self.store, session, &record).await?;
+        let mut renewals = session.renewals();
+        crate::registry::register(&self.store, &session.current(), &record).await?;
+        let (store, session, stop) = (
+            Arc::clone(&self.store),
+            Arc::clone(session),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = renewals.changed() => if changed.is_err() { return },
+                    _ = stop.cancelled() => return,
+                }
+                // A fresh session: the store is reachable again; retry briefly if not.
+                for attempt in 1..=10u32 {
+                    match crate::registry::register(&store, &session.current(), &record).await {
+                        Ok(()) => break,
+                        Err(e) => {
+                            warn!(error = %e, attempt, "registering the broker again failed");
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
+                                .await;
+                        }
+                    }
+                }
+            }
+        });
         Ok(())
     }
 

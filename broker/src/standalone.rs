@@ -24,9 +24,7 @@ use magnetar_bookie::api::{
 use magnetar_bookie::client::{LedgerClient, LedgerClientOptions};
 use magnetar_bookie::local::LocalConnector;
 use magnetar_bookie::server::{Bookie, BookieOptions};
-use magnetar_metadata::{
-    EmbeddedOptions, EmbeddedStore, Expected, MetadataError, MetadataStore, Session,
-};
+use magnetar_metadata::{EmbeddedOptions, EmbeddedStore, Expected, MetadataError, MetadataStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -35,6 +33,7 @@ use crate::managed_ledger::{ManagedLedgerFactory, MokaEntryCache};
 use crate::ownership::OwnershipCache;
 use crate::policies::{NamespacePolicies, PolicyError, TenantInfo};
 use crate::service::{BrokerConfig, BrokerService};
+use crate::session::BrokerSession;
 use crate::topic_name::NamespaceName;
 
 /// Id of the in-process bookie: stable across restarts, since ledger metadata names it.
@@ -92,7 +91,7 @@ pub enum StandaloneError {
 pub struct Standalone {
     service: Arc<BrokerService>,
     bookie: Arc<Bookie>,
-    session: Session,
+    session: Arc<BrokerSession>,
     server: JoinHandle<()>,
     local_addr: SocketAddr,
 }
@@ -110,7 +109,9 @@ impl Standalone {
         }
         let store: Arc<dyn MetadataStore> =
             Arc::new(EmbeddedStore::open(EmbeddedOptions::new(&options.metadata_path)).await?);
-        let session = store.create_session(options.session_ttl).await?;
+        // The embedded store's sessions end only when closed, so this one is never renewed
+        // and the bookie registration below lives as long as the process.
+        let session = BrokerSession::start(Arc::clone(&store), options.session_ttl).await?;
 
         let bookie_id: BookieId = STANDALONE_BOOKIE_ID
             .parse()
@@ -137,7 +138,7 @@ impl Standalone {
                 &registration_key(bookie.id()),
                 Bytes::from(value),
                 Expected::Any,
-                &session,
+                &session.current(),
             )
             .await?;
         let client = LedgerClient::new(
@@ -163,8 +164,11 @@ impl Standalone {
             local_addr.ip()
         };
         let service_url = format!("pulsar://{}", SocketAddr::new(host, local_addr.port()));
-        let ownership =
-            OwnershipCache::new(Arc::clone(&store), session.clone(), service_url.clone());
+        let ownership = OwnershipCache::new(
+            Arc::clone(&store),
+            Arc::clone(&session),
+            service_url.clone(),
+        );
         let mut config = BrokerConfig::new(service_url);
         config.schema_compatibility_strategy = options.schema_compatibility_strategy;
         let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
