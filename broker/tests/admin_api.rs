@@ -922,3 +922,51 @@ fn oversized_bodies_are_refused() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }
+
+/// pulsar-admin's `topics list` and `topics list-partitioned-topics` ask both domains and fail
+/// when either answer is an error: the non-persistent lists must answer (empty: Magnetar has
+/// no non-persistent topics).
+#[test]
+fn topic_lists_answer_for_the_non_persistent_domain_too() {
+    let s = start(Arc::new(FakeTopics::default()));
+    expect(&s.get("/non-persistent/acme/ns"), 404);
+    expect(&s.put("/tenants/acme", None), 204);
+    expect(&s.put("/namespaces/acme/ns", None), 204);
+    let a = s.get("/non-persistent/acme/ns");
+    expect(&a, 200);
+    assert_eq!(a.json(), json!([]));
+    let a = s.get("/non-persistent/acme/ns/partitioned?includeSystemTopic=false");
+    expect(&a, 200);
+    assert_eq!(a.json(), json!([]));
+    expect(&s.get("/non-persistent/acme/nope/partitioned"), 404);
+    expect(&s.get("/non-persistent/acme/b%20d"), 412);
+}
+
+/// pulsar-admin's `create-partitioned-topic --metadata k=v` sends Pulsar's
+/// `PartitionedTopicMetadata` object instead of a bare number.
+#[test]
+fn partitioned_topic_creation_takes_the_metadata_object() {
+    let s = start(Arc::new(NoTopics));
+    expect(&s.put("/tenants/acme", None), 204);
+    expect(&s.put("/namespaces/acme/ns", None), 204);
+    let path = "/persistent/acme/ns/t/partitions?createLocalTopicOnly=false";
+    expect(
+        &s.put(path, Some(r#"{"partitions":3,"properties":{"k":"v"}}"#)),
+        204,
+    );
+    assert_eq!(
+        s.get("/persistent/acme/ns/t/partitions").json()["partitions"],
+        3
+    );
+    expect(
+        &s.put(
+            "/persistent/acme/ns/u/partitions",
+            Some(r#"{"partitions":0}"#),
+        ),
+        406,
+    );
+    expect(
+        &s.put("/persistent/acme/ns/u/partitions", Some(r#"{"k":1}"#)),
+        400,
+    );
+}

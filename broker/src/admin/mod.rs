@@ -148,6 +148,14 @@ pub fn router(state: AdminState) -> Router {
             get(persistent::list_partitioned),
         )
         .route(
+            "/admin/v2/non-persistent/{tenant}/{namespace}",
+            get(persistent::list_non_persistent),
+        )
+        .route(
+            "/admin/v2/non-persistent/{tenant}/{namespace}/partitioned",
+            get(persistent::list_non_persistent),
+        )
+        .route(
             TOPIC,
             put(persistent::create_topic).delete(persistent::delete_topic),
         )

@@ -39,9 +39,21 @@ async fn topic_in_namespace(
     Ok(topic)
 }
 
-/// A partition count from a JSON number body: 406 outside `1..=PARTITIONS_MAX`.
+/// The body of a partitioned-topic creation: a bare count, or Pulsar's
+/// `PartitionedTopicMetadata` object, which pulsar-admin sends when it has properties (not
+/// kept: Magnetar keeps no topic properties).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PartitionsBody {
+    Count(i64),
+    Metadata { partitions: i64 },
+}
+
+/// A partition count from a JSON body: 406 outside `1..=PARTITIONS_MAX`.
 fn partition_count(body: &Bytes) -> ApiResult<u32> {
-    let n: i64 = json_body(body)?;
+    let n = match json_body(body)? {
+        PartitionsBody::Count(n) | PartitionsBody::Metadata { partitions: n } => n,
+    };
     if n <= 0 {
         return Err(ApiError::new(
             StatusCode::NOT_ACCEPTABLE,
@@ -171,6 +183,18 @@ pub(super) async fn list_topics(
     let ns = namespace_name(&tenant, &namespace)?;
     require_namespace(&s, &ns).await?;
     Ok(Json(s.topics.list_topics(&ns).await?))
+}
+
+/// `GET /admin/v2/non-persistent/{tenant}/{namespace}[/partitioned]`: always empty, as
+/// Magnetar has no non-persistent topics; pulsar-admin's `topics list` and
+/// `list-partitioned-topics` ask both domains and fail if either answers an error.
+pub(super) async fn list_non_persistent(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Json<Vec<String>>> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    require_namespace(&s, &ns).await?;
+    Ok(Json(Vec::new()))
 }
 
 pub(super) async fn create_topic(
