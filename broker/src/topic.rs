@@ -157,6 +157,11 @@ impl Topic {
             .collect()
     }
 
+    /// True once [`Topic::close`] began: its producers were told to reconnect (CLOSE_PRODUCER).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
     /// False once closed or fenced (the topic is loaded again on next use).
     pub fn is_usable(&self) -> bool {
         !self.closed.load(Ordering::Acquire) && !self.ml.is_fenced()

@@ -218,6 +218,10 @@ impl Conn {
     pub(super) async fn detach_all(&self) {
         let (producers, consumers) = {
             let mut st = self.state();
+            // Producers still being created are not attached after this (see create_producer).
+            for creating in st.creating.values() {
+                creating.cancel();
+            }
             (
                 std::mem::take(&mut st.producers),
                 std::mem::take(&mut st.consumers),

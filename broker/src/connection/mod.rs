@@ -135,6 +135,9 @@ struct ConsumerSlot {
 #[derive(Debug, Default)]
 struct State {
     producers: HashMap<u64, ProducerSlot>,
+    /// PRODUCER requests still being served (topic load, WaitForExclusive), by producer id: a
+    /// CLOSE_PRODUCER or the connection closing cancels them. One per producer id at most.
+    creating: HashMap<u64, CancellationToken>,
     consumers: HashMap<u64, ConsumerSlot>,
 }
 

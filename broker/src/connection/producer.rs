@@ -11,8 +11,36 @@ impl Conn {
         let Some(p) = c.producer else { return };
         let request_id = p.request_id;
         let producer_id = p.producer_id;
+        // As Pulsar: one creation per producer id at a time (a client retrying a slow one is
+        // told to try again); a CLOSE_PRODUCER or the connection closing cancels it.
+        let cancel = CancellationToken::new();
+        let busy = {
+            let mut st = self.state();
+            let busy = st.creating.contains_key(&producer_id);
+            if !busy {
+                st.creating.insert(producer_id, cancel.clone());
+            }
+            busy
+        };
+        if busy {
+            let e = BrokerError::NotReady("the producer is already being created".into());
+            self.send(commands::error(request_id, e.server_error(), e.to_string()))
+                .await;
+            return;
+        }
         let span = info_span!("producer", topic = %p.topic, producer = producer_id);
-        let answer = match self.create_producer(*p).instrument(span).await {
+        let created = self.create_producer(*p, &cancel).instrument(span).await;
+        self.state().creating.remove(&producer_id);
+        if cancel.is_cancelled() {
+            // Closed by the client before it was created (it was answered SUCCESS for the
+            // close) or the connection is gone: nothing more to say, as Pulsar.
+            info!(
+                producer = producer_id,
+                "producer closed before it was created"
+            );
+            return;
+        }
+        let answer = match created {
             Ok((name, schema_version, last_sequence_id)) => commands::producer_success(
                 request_id,
                 name,
@@ -32,6 +60,7 @@ impl Conn {
     pub(super) async fn create_producer(
         &self,
         p: CommandProducer,
+        cancel: &CancellationToken,
     ) -> BrokerResult<(String, Option<u64>, i64)> {
         let topic_name = topic_of(&p.topic)?;
         let topic = self.service.get_topic(&topic_name).await?;
@@ -62,24 +91,46 @@ impl Conn {
         let tx = self.tx.clone();
         let (request_id, waiting_name) = (p.request_id, name.clone());
         let mut told = false;
-        topic
-            .add_producer(spec, || {
-                if !told {
-                    told = true;
-                    let mut c =
-                        commands::producer_success(request_id, waiting_name.clone(), -1, None);
-                    if let Some(s) = c.producer_success.as_mut() {
-                        s.producer_ready = Some(false);
-                    }
-                    tx.try_send_command(c);
+        let added = topic.add_producer(spec, || {
+            if !told {
+                told = true;
+                let mut c = commands::producer_success(request_id, waiting_name.clone(), -1, None);
+                if let Some(s) = c.producer_success.as_mut() {
+                    s.producer_ready = Some(false);
                 }
-            })
-            .await?;
-        if self.tx.is_closed() {
-            topic.remove_producer(key);
-            return Err(BrokerError::NotReady("connection closed".into()));
+                tx.try_send_command(c);
+            }
+        });
+        // A WaitForExclusive producer may wait long: closed meanwhile, it stops waiting.
+        tokio::select! {
+            added = added => added?,
+            _ = cancel.cancelled() => {
+                return Err(BrokerError::NotReady("producer closed before it was created".into()));
+            }
         }
         let (sends, rx) = mpsc::channel(self.service.config().pending_sends_per_producer.max(1));
+        let slot = ProducerSlot {
+            key,
+            topic: Arc::clone(&topic),
+            name: Arc::from(name.as_str()),
+            sends,
+        };
+        // Under the state lock, where CLOSE_PRODUCER and the connection's teardown cancel
+        // `cancel`: either they see the slot and detach it, or it is not inserted.
+        let old = {
+            let mut st = self.state();
+            if cancel.is_cancelled() || self.tx.is_closed() {
+                drop(st);
+                topic.remove_producer(key);
+                return Err(BrokerError::NotReady(
+                    "producer closed before it was created".into(),
+                ));
+            }
+            st.producers.insert(p.producer_id, slot)
+        };
+        if let Some(old) = old {
+            old.topic.remove_producer(old.key);
+        }
         tokio::spawn(
             receipts(
                 p.producer_id,
@@ -90,25 +141,19 @@ impl Conn {
             )
             .instrument(info_span!("receipts", topic = %topic_name, producer = p.producer_id)),
         );
-        let old = self.state().producers.insert(
-            p.producer_id,
-            ProducerSlot {
-                key,
-                topic: Arc::clone(&topic),
-                name: Arc::from(name.as_str()),
-                sends,
-            },
-        );
-        if let Some(old) = old {
-            old.topic.remove_producer(old.key);
-        }
         let last_sequence_id = topic.dedup().last_sequence_id(&name);
         Ok((name, schema_version, last_sequence_id))
     }
 
     pub(super) async fn close_producer(self, c: BaseCommand) {
         let Some(p) = c.close_producer else { return };
-        let slot = self.state().producers.remove(&p.producer_id);
+        let slot = {
+            let mut st = self.state();
+            if let Some(creating) = st.creating.get(&p.producer_id) {
+                creating.cancel();
+            }
+            st.producers.remove(&p.producer_id)
+        };
         if let Some(slot) = slot {
             slot.topic.remove_producer(slot.key);
             info!(producer = p.producer_id, "producer closed by the client");
@@ -131,6 +176,18 @@ impl Conn {
             .await;
             return;
         };
+        if slot.topic.is_closed() {
+            // The broker closed this producer (CLOSE_PRODUCER: topic unloaded or shutting
+            // down); SENDs the client had on the wire before it saw that are expected. As Pulsar
+            // (ServerCnx's recently closed producers) they are ignored: neither stored — the
+            // client resends them on the re-created producer, so storing would duplicate them —
+            // nor failed, as a SEND_ERROR makes the client close the whole connection.
+            debug!(
+                producer = send.producer_id,
+                "SEND for a producer the broker closed: ignored"
+            );
+            return;
+        }
         let highest = send.highest_sequence_id.filter(|h| *h > 0);
         let mut ticket = None;
         let append = if !payload.checksum_ok() {
