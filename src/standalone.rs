@@ -106,7 +106,8 @@ impl AdminServer {
         let state = AdminState::new(
             service.policies().clone(),
             BrokerTopicAdmin::new(Arc::clone(service)),
-        );
+        )
+        .with_schemas(service.schemas());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(admin::serve(listener, state, async move {
             let _ = stopped.await;

@@ -150,6 +150,11 @@ impl Policies {
         }
     }
 
+    /// The metadata store the records live in.
+    pub fn store(&self) -> Arc<dyn MetadataStore> {
+        Arc::clone(&self.store)
+    }
+
     pub async fn tenants(&self) -> Result<Vec<String>, PolicyError> {
         let listing = self.store.list(TENANTS_PREFIX).await?;
         Ok(children(

@@ -22,8 +22,8 @@
 //! FORWARD, FORWARD_TRANSITIVE, FULL) or pass the strategy against all versions (the others;
 //! nothing under ALWAYS_COMPATIBLE). A consumer on a topic without schema and without stored
 //! messages registers its schema (Pulsar's `addSchemaIfIdleOrCheckCompatible`); `AutoConsume`
-//! consumers are never checked. Deleting a topic does not delete its schemas yet (left to the
-//! admin API: [`SchemaRegistry::delete`]).
+//! consumers are never checked. Deleting a topic (or a partitioned topic) deletes its schemas,
+//! as in Pulsar, through [`SchemaRegistry::delete`], which the admin API also serves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -412,12 +412,35 @@ impl SchemaRegistry {
         .map(|_| ())
     }
 
-    /// Deletes every version of `topic`'s schema (admin; not called on topic deletion yet).
-    pub async fn delete(&self, topic: &TopicName) -> BrokerResult<()> {
+    /// Deletes every version of `topic`'s schema (admin, topic deletion); the latest version
+    /// deleted, `None` if there was none.
+    pub async fn delete(&self, topic: &TopicName) -> BrokerResult<Option<u64>> {
+        let mut latest = None;
         self.records
-            .update(&Self::key(topic), |_| Update::Delete)
+            .update(&Self::key(topic), |h| {
+                latest = h.and_then(|h| h.versions.last()).map(|v| v.version);
+                Update::Delete
+            })
             .await?;
-        Ok(())
+        Ok(latest)
+    }
+
+    /// An admin upload (Pulsar's `postSchema`): registered like a producer's schema under the
+    /// namespace's strategy, but not subject to `isAllowAutoUpdateSchema`, which in Pulsar
+    /// governs producers only. `IncompatibleSchema` for a schemaless (BYTES) one.
+    pub async fn put_admin_schema(&self, topic: &TopicName, schema: &Schema) -> BrokerResult<u64> {
+        if is_schemaless(schema) {
+            return Err(BrokerError::IncompatibleSchema(
+                "a BYTES schema is not registered".to_owned(),
+            ));
+        }
+        let new = candidate(topic, schema)?;
+        let policy = SchemaPolicy {
+            allow_auto_update: true,
+            ..self.policy(topic).await?
+        };
+        self.apply(topic, |h| decide_producer(topic, h, &new, policy))
+            .await
     }
 
     /// Runs `decide` on the stored history with compare-and-set; the answer is decided again

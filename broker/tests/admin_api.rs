@@ -970,3 +970,97 @@ fn partitioned_topic_creation_takes_the_metadata_object() {
         400,
     );
 }
+
+const AVRO_V1: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#;
+const AVRO_V2: &str =
+    r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"b","type":"string","default":""}]}"#;
+
+fn schema_payload(ty: &str, definition: &str) -> String {
+    json!({"type": ty, "schema": definition, "properties": {"owner": "me"}}).to_string()
+}
+
+/// `pulsar-admin schemas get / upload / delete` and the versions endpoint, with Pulsar's JSON
+/// (`GetSchemaResponse`, `PostSchemaResponse`, `DeleteSchemaResponse`) and codes.
+#[test]
+fn schema_admin_api() {
+    let s = start(Arc::new(NoTopics));
+    expect(&s.get("/schemas/acme/ns/t/schema"), 404);
+    expect(&s.put("/tenants/acme", None), 204);
+    expect(&s.put("/namespaces/acme/ns", None), 204);
+    let path = "/schemas/acme/ns/t/schema";
+    let a = s.get(path);
+    expect(&a, 404);
+    assert_eq!(a.reason(), "Schema not found");
+
+    let a = s.post(path, Some(&schema_payload("AVRO", AVRO_V1)));
+    expect(&a, 200);
+    assert_eq!(a.json(), json!({"version": {"version": 0}}));
+    // The same definition again is the same version.
+    let a = s.post(path, Some(&schema_payload("AVRO", AVRO_V1)));
+    assert_eq!(a.json(), json!({"version": {"version": 0}}));
+    let a = s.post(path, Some(&schema_payload("AVRO", AVRO_V2)));
+    expect(&a, 200);
+    assert_eq!(a.json(), json!({"version": {"version": 1}}));
+
+    let a = s.get(path);
+    expect(&a, 200);
+    let got = a.json();
+    assert_eq!(got["version"], 1);
+    assert_eq!(got["type"], "AVRO");
+    assert_eq!(got["data"], AVRO_V2);
+    assert_eq!(got["properties"], json!({"owner": "me"}));
+    assert!(got["timestamp"].as_u64().unwrap() > 0, "{got}");
+    let a = s.get(&format!("{path}/0"));
+    expect(&a, 200);
+    assert_eq!(a.json()["data"], AVRO_V1);
+    expect(&s.get(&format!("{path}/9")), 404);
+    expect(&s.get(&format!("{path}/x")), 400);
+    // Partitions share their parent's schema.
+    assert_eq!(
+        s.get("/schemas/acme/ns/t-partition-2/schema").json()["version"],
+        1
+    );
+    let a = s.get("/schemas/acme/ns/t/schemas");
+    expect(&a, 200);
+    let all = a.json()["getSchemaResponses"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0]["version"], 0);
+
+    // Incompatible under the default FULL strategy: 409; invalid data or type: 422.
+    let a = s.post(path, Some(&schema_payload("JSON", AVRO_V1)));
+    expect(&a, 409);
+    expect(&s.post(path, Some(&schema_payload("AVRO", "not json"))), 422);
+    expect(&s.post(path, Some(&schema_payload("NOPE", ""))), 422);
+    expect(&s.post(path, Some("{")), 400);
+
+    let a = s.delete(path);
+    expect(&a, 200);
+    assert_eq!(a.json(), json!({"version": 1}));
+    expect(&s.get(path), 404);
+
+    // Names are checked; the namespace must exist.
+    expect(&s.get("/schemas/acme/b%20d/t/schema"), 412);
+    expect(&s.post("/schemas/acme/nope/t/schema", Some(&schema_payload("STRING", ""))), 404);
+}
+
+/// Deleting a topic deletes its schema, as Pulsar does (a deleted topic re-created later starts
+/// without the old schema versions); deleting one partition leaves the shared schema.
+#[test]
+fn deleting_a_topic_deletes_its_schema() {
+    let fake = Arc::new(FakeTopics::default());
+    let s = start(fake.clone());
+    expect(&s.put("/tenants/acme", None), 204);
+    expect(&s.put("/namespaces/acme/ns", None), 204);
+    for topic in ["gone", "parted"] {
+        let path = format!("/schemas/acme/ns/{topic}/schema");
+        expect(&s.post(&path, Some(&schema_payload("AVRO", AVRO_V1))), 200);
+    }
+    expect(&s.delete("/persistent/acme/ns/gone"), 204);
+    expect(&s.get("/schemas/acme/ns/gone/schema"), 404);
+
+    expect(&s.put("/persistent/acme/ns/parted/partitions", Some("2")), 204);
+    expect(&s.delete("/persistent/acme/ns/parted-partition-1"), 204);
+    expect(&s.get("/schemas/acme/ns/parted/schema"), 200);
+    expect(&s.delete("/persistent/acme/ns/parted/partitions"), 204);
+    expect(&s.get("/schemas/acme/ns/parted/schema"), 404);
+}

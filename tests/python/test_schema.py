@@ -319,3 +319,41 @@ def test_broker_default_strategy_comes_from_the_configuration(tmp_path, monkeypa
             c.close()
     finally:
         s.stop()
+
+
+def schemas_path(topic):
+    """`persistent://t/ns/x` → `/admin/v2/schemas/t/ns/x/schema` (pulsar-admin `schemas …`)."""
+    return "/admin/v2/schemas/" + topic[len("persistent://"):] + "/schema"
+
+
+def test_schema_admin_api_with_producers(standalone, client, topic):
+    admin = standalone.admin_url
+    path = schemas_path(topic)
+    assert http(admin, "GET", path)[0] == 404
+    # A producer registers version 0; the admin API shows it in Pulsar's GetSchemaResponse.
+    first = client.create_producer(topic, schema=JsonSchema(Point))
+    first.send(Point(name="a", x=1))
+    status, body = http(admin, "GET", path)
+    assert status == 200, body
+    assert body["version"] == 0 and body["type"] == "JSON"
+    assert json.loads(body["data"]) == json.loads(JsonSchema(Point).schema_info().schema())
+    # An upload (pulsar-admin `schemas upload`) of version 2 of the record: checked like a
+    # producer's, then a producer with that schema gets the uploaded version.
+    v2 = JsonSchema(PointV2).schema_info().schema()
+    status, body = http(admin, "POST", path, {"type": "JSON", "schema": v2, "properties": {}})
+    assert (status, body) == (200, {"version": {"version": 1}})
+    producer = client.create_producer(topic, schema=JsonSchema(PointV2))
+    producer.send(PointV2(name="b", x=2, label="l"))
+    assert "label" in client._client.get_schema_info(topic, -1).schema()
+    status, body = http(admin, "POST", path, {"type": "STRING", "schema": ""})
+    assert status == 409, body
+    producer.close()
+    first.close()
+
+    # Deleting the topic deletes its schema: a producer of another type may then create it.
+    status, body = http(admin, "DELETE", "/admin/v2/persistent/" + topic[len("persistent://"):])
+    assert status == 204, body
+    assert http(admin, "GET", path)[0] == 404
+    client.create_producer(topic, schema=StringSchema()).send("now a string topic")
+    status, body = http(admin, "GET", path)
+    assert (status, body["version"], body["type"]) == (200, 0, "STRING")

@@ -3,7 +3,8 @@
 //!
 //! Tenants, namespaces with their policies and partitioned-topic metadata are records in the
 //! metadata store, read and written through [`Policies`]; topic operations (create, delete,
-//! stats, subscriptions, cursors, peek) go to the broker service through [`TopicAdmin`].
+//! stats, subscriptions, cursors, peek) go to the broker service through [`TopicAdmin`]; topic
+//! schemas are read and written in the [`SchemaRegistry`] (`/admin/v2/schemas/…`).
 //!
 //! Conventions, as in Pulsar: a successful PUT/POST/DELETE without a result answers 204; a GET
 //! answers 200 with JSON (204 for a namespace policy that is not set); errors answer
@@ -16,6 +17,7 @@
 
 mod namespaces;
 mod persistent;
+mod schemas;
 pub mod topics;
 
 use std::future::Future;
@@ -33,6 +35,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 
 use crate::policies::{Policies, PolicyError};
+use crate::schema::SchemaRegistry;
 use crate::topic_name::{NamespaceName, TopicName};
 
 pub use namespaces::{BundlesData, NamespacePoliciesView};
@@ -48,6 +51,8 @@ pub const PARTITIONS_MAX: u32 = 10_000;
 pub struct AdminState {
     pub policies: Policies,
     pub topics: Arc<dyn TopicAdmin>,
+    /// The schema registry `/admin/v2/schemas` serves and topic deletion clears.
+    pub schemas: SchemaRegistry,
     /// The one cluster `GET /admin/v2/clusters` lists (pulsar-admin's `tenants create` without
     /// `--allowed-clusters` asks for it).
     pub cluster_name: String,
@@ -57,12 +62,21 @@ pub struct AdminState {
 pub const DEFAULT_CLUSTER_NAME: &str = "standalone";
 
 impl AdminState {
+    /// With a schema registry over the policies' store and Pulsar's default strategy (FULL);
+    /// see [`AdminState::with_schemas`].
     pub fn new(policies: Policies, topics: Arc<dyn TopicAdmin>) -> Self {
         AdminState {
+            schemas: SchemaRegistry::new(policies.store()),
             policies,
             topics,
             cluster_name: DEFAULT_CLUSTER_NAME.to_owned(),
         }
+    }
+
+    /// Uses `schemas` (the broker's registry, with its configured default strategy).
+    pub fn with_schemas(mut self, schemas: SchemaRegistry) -> Self {
+        self.schemas = schemas;
+        self
     }
 
     pub fn with_cluster_name(mut self, name: impl Into<String>) -> Self {
@@ -82,6 +96,7 @@ pub fn router(state: AdminState) -> Router {
     const TOPIC: &str = "/admin/v2/persistent/{tenant}/{namespace}/{topic}";
     const SUB: &str =
         "/admin/v2/persistent/{tenant}/{namespace}/{topic}/subscription/{subscription}";
+    const SCHEMA: &str = "/admin/v2/schemas/{tenant}/{namespace}/{topic}";
     Router::new()
         .route("/admin/v2/clusters", get(list_clusters))
         .route("/admin/v2/tenants", get(namespaces::list_tenants))
@@ -197,6 +212,17 @@ pub fn router(state: AdminState) -> Router {
             &format!("{SUB}/position/{{position}}"),
             get(persistent::peek),
         )
+        .route(
+            &format!("{SCHEMA}/schema"),
+            get(schemas::get_latest)
+                .post(schemas::upload)
+                .delete(schemas::delete),
+        )
+        .route(
+            &format!("{SCHEMA}/schema/{{version}}"),
+            get(schemas::get_version),
+        )
+        .route(&format!("{SCHEMA}/schemas"), get(schemas::get_all))
         .fallback(unknown_endpoint)
         .layer(DefaultBodyLimit::max(BODY_SIZE_MAX_BYTES))
         .layer(middleware::from_fn(refuse_large_bodies))

@@ -167,6 +167,7 @@ pub(super) async fn delete_partitioned(
             }
         }
     }
+    delete_schema(&s, &topic).await?;
     match s.policies.delete_partitioned(&topic).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(PolicyError::NotFound(_)) => {
@@ -218,7 +219,21 @@ pub(super) async fn delete_topic(
 ) -> ApiResult<StatusCode> {
     let topic = topic_in_namespace(&s, &p).await?;
     s.topics.delete_topic(&topic, force(&q)).await?;
+    // The schema goes with the topic, as in Pulsar (whatever `deleteSchema` says). A
+    // partition's schema is its parent's, shared by the other partitions: it stays.
+    if topic.partition().is_none() {
+        delete_schema(&s, &topic).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn delete_schema(s: &AdminState, topic: &TopicName) -> ApiResult<()> {
+    s.schemas.delete(topic).await.map(|_| ()).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("topic deleted, its schema not: {e}"),
+        )
+    })
 }
 
 pub(super) async fn stats(
