@@ -39,6 +39,7 @@
 //!   deduplicated, as in Pulsar.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -165,6 +166,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct Dedup {
     config: DedupConfig,
+    /// `status == Enabled`, read without the lock: a SEND to a topic without deduplication
+    /// (the default) costs one atomic load, no lock and no metadata parse.
+    enabled: AtomicBool,
     inner: Mutex<Inner>,
     /// Woken when a persisted id rises or the state is reset (waiting duplicates).
     changed: Notify,
@@ -199,6 +203,7 @@ impl Dedup {
     pub fn new(config: DedupConfig) -> Arc<Self> {
         Arc::new(Dedup {
             config,
+            enabled: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 status: Status::Disabled,
                 epoch: 0,
@@ -249,7 +254,7 @@ impl Dedup {
             }
         } else {
             if status != Status::Disabled {
-                self.reset(Status::Disabled, None);
+                self.reset(Status::Disabled, None, HashMap::new(), None);
                 info!(ml = %ml.name(), "deduplication disabled");
             }
             if ml.cursor(DEDUP_CURSOR).is_some() {
@@ -259,17 +264,33 @@ impl Dedup {
         }
     }
 
-    fn reset(&self, status: Status, cursor: Option<Arc<ManagedCursor>>) {
+    /// Starts a new epoch with this state. One lock for all of it: a SEND checked between a
+    /// status change and the state it goes with would be judged against the wrong names.
+    fn reset(
+        &self,
+        status: Status,
+        cursor: Option<Arc<ManagedCursor>>,
+        producers: HashMap<String, ProducerSeq>,
+        max_recorded: Option<Position>,
+    ) {
         {
             let mut st = self.inner();
             st.status = status;
+            self.enabled
+                .store(status == Status::Enabled, Ordering::Release);
             st.epoch += 1;
-            st.producers.clear();
+            st.producers = producers;
             st.in_flight.clear();
             st.pending_snapshot = None;
             st.entries_since_snapshot = 0;
-            st.max_recorded = None;
+            st.max_recorded = max_recorded;
             st.cursor = cursor;
+            if let Some(pos) = max_recorded {
+                // Everything up to `pos` is in the state now: store it, so the next load
+                // replays less.
+                st.pending_snapshot = Some((pos, st.next_push));
+                self.try_snapshot(&mut st, now_ms());
+            }
         }
         self.changed.notify_waiters();
     }
@@ -304,17 +325,9 @@ impl Dedup {
                 }
             }
         }
-        self.reset(Status::Enabled, Some(Arc::clone(&cursor)));
-        let mut st = self.inner();
-        st.producers = producers;
-        st.max_recorded = last;
-        if let Some(pos) = last {
-            // Everything up to `pos` is in the state now: store it, so the next load replays less.
-            st.pending_snapshot = Some((pos, st.next_push));
-            self.try_snapshot(&mut st, now);
-        }
-        info!(ml = %ml.name(), producers = st.producers.len(), replayed,
-            "deduplication enabled");
+        let tracked = producers.len();
+        self.reset(Status::Enabled, Some(Arc::clone(&cursor)), producers, last);
+        info!(ml = %ml.name(), producers = tracked, replayed, "deduplication enabled");
         Ok(())
     }
 
@@ -339,6 +352,9 @@ impl Dedup {
         counts: impl FnOnce() -> bool,
         now: u64,
     ) -> Verdict {
+        if !self.enabled.load(Ordering::Acquire) {
+            return Verdict::Publish(None);
+        }
         let mut st = self.inner();
         if st.status != Status::Enabled || !counts() {
             return Verdict::Publish(None);

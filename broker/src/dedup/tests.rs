@@ -14,7 +14,7 @@ use crate::managed_ledger::ManagedLedgerConfig;
 
 fn enabled(config: DedupConfig) -> Arc<Dedup> {
     let d = Dedup::new(config);
-    d.inner().status = Status::Enabled;
+    d.reset(Status::Enabled, None, HashMap::new(), None);
     d
 }
 
@@ -39,6 +39,13 @@ fn disabled_dedup_stores_everything_untracked() {
         ));
     }
     assert_eq!(d.last_sequence_id("p"), -1);
+    // Off, a SEND's metadata is never parsed.
+    assert!(matches!(
+        d.check("p", 1, None, || panic!(
+            "metadata parsed with deduplication off"
+        )),
+        Verdict::Publish(None)
+    ));
 }
 
 #[test]
