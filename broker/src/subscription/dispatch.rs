@@ -2,6 +2,9 @@
 //! Key_Shared hash owners, chunk owners), delayed entries coming due, and reading the next
 //! entries — redeliveries first, then new entries from the cursor.
 
+use std::collections::HashSet;
+use std::ops::Bound;
+
 use super::*;
 
 impl Actor {
@@ -100,6 +103,7 @@ impl Actor {
 
     pub(super) async fn dispatch(&mut self) {
         self.release_due_delayed();
+        let mut scan = RedeliverScan::default();
         loop {
             let permits: i64 = self
                 .eligible()
@@ -111,7 +115,7 @@ impl Actor {
                 return;
             }
             let want = (permits as usize).min(self.batch_entries);
-            let entries = match self.next_entries(want).await {
+            let entries = match self.next_entries(want, &mut scan).await {
                 Ok(e) => e,
                 Err(e) => {
                     warn!(error = %e, "dispatch read failed");
@@ -139,7 +143,10 @@ impl Actor {
                     match self.key_target(hash) {
                         Some(i) => Some(i),
                         None => {
+                            // Waits in `redeliver`, skipped by the next read like a parked
+                            // chunk, so reading on reaches the keys of consumers with permits.
                             self.key_hashes.insert(position, hash);
+                            parked += 1;
                             None
                         }
                     }
@@ -198,9 +205,12 @@ impl Actor {
                     if let Some(c) = self.consumer(key) {
                         c.permits = 0;
                     }
+                    // Another consumer may take it this very call: scan from the start.
+                    scan = RedeliverScan::default();
                 }
             }
-            // Parked chunks are skipped by the next read, so reading on makes progress.
+            // Parked chunks and Key_Shared entries waiting for their consumer are skipped by
+            // the next read, so reading on makes progress (bounded by `REPLAY_MAX`).
             if sent == 0 && delayed == 0 && parked == 0 {
                 return;
             }
@@ -208,21 +218,38 @@ impl Actor {
     }
 
     /// Up to `want` entries: redeliveries first, then new entries.
+    ///
+    /// The redelivery set is walked from where the previous round of this dispatch call
+    /// stopped (`scan`), so a large set costs each round only the entries it looks at, not a
+    /// copy of the whole set.
     pub(super) async fn next_entries(
         &mut self,
         want: usize,
+        scan: &mut RedeliverScan,
     ) -> crate::managed_ledger::MlResult<Vec<(Position, Bytes)>> {
         let mut out = Vec::new();
-        let waiting: Vec<Position> = self.redeliver.iter().copied().collect();
-        for p in waiting {
-            if out.len() >= want {
-                break;
+        while out.len() < want {
+            let next = match scan.after {
+                None => self.redeliver.first(),
+                Some(after) => self
+                    .redeliver
+                    .range((Bound::Excluded(after), Bound::Unbounded))
+                    .next(),
+            };
+            let Some(&p) = next else { break };
+            scan.after = Some(p);
+            if let Some(&hash) = self.key_hashes.get(&p)
+                && scan.waiting_hashes.contains(&hash)
+            {
+                // Key_Shared: a hash already found waiting this call (left for later).
+                continue;
             }
             if !self.cursor.is_acked(p) && !self.pending.contains_key(&p) {
                 // Key_Shared: leave entries whose consumer has no permits where they are.
                 if let Some(&hash) = self.key_hashes.get(&p)
                     && self.key_target(hash).is_none()
                 {
+                    scan.waiting_hashes.insert(hash);
                     continue;
                 }
                 // Shared: a chunk waiting for its message's consumer to get permits.
@@ -234,12 +261,14 @@ impl Actor {
             self.key_hashes.remove(&p);
             self.chunks.unpark(p);
             if self.cursor.is_acked(p) || self.pending.contains_key(&p) {
+                self.redelivery_counts.remove(&p);
                 continue;
             }
             let mut got = self.ml.read_entries(p, 1, READ_BYTES_MAX).await?;
             match got.pop() {
                 Some((q, entry)) if q == p => out.push((q, entry)),
                 _ => {
+                    self.redelivery_counts.remove(&p);
                     debug!(position = %p, "redelivery of an entry no longer stored skipped");
                 }
             }
@@ -259,4 +288,17 @@ impl Actor {
             .filter(|(p, _)| !self.pending.contains_key(p))
             .collect())
     }
+}
+
+/// Where one dispatch call's walk of the redelivery set stands. Within a call an entry found
+/// waiting stays waiting — permits only go down, pending entries only get added, so no draining
+/// hash drains and no parked chunk's owner gets permits — and entries put back by the call wait
+/// too (no consumer had permits, or their hash or chunk waits); so each round resumes after the
+/// last position looked at. A send failure, which frees an entry for another consumer, resets
+/// the walk.
+#[derive(Default)]
+pub(super) struct RedeliverScan {
+    after: Option<Position>,
+    /// Key_Shared: sticky hashes found waiting this call.
+    waiting_hashes: HashSet<u32>,
 }
