@@ -972,8 +972,7 @@ fn partitioned_topic_creation_takes_the_metadata_object() {
 }
 
 const AVRO_V1: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"}]}"#;
-const AVRO_V2: &str =
-    r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"b","type":"string","default":""}]}"#;
+const AVRO_V2: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"b","type":"string","default":""}]}"#;
 
 fn schema_payload(ty: &str, definition: &str) -> String {
     json!({"type": ty, "schema": definition, "properties": {"owner": "me"}}).to_string()
@@ -1029,7 +1028,10 @@ fn schema_admin_api() {
     // Incompatible under the default FULL strategy: 409; invalid data or type: 422.
     let a = s.post(path, Some(&schema_payload("JSON", AVRO_V1)));
     expect(&a, 409);
-    expect(&s.post(path, Some(&schema_payload("AVRO", "not json"))), 422);
+    expect(
+        &s.post(path, Some(&schema_payload("AVRO", "not json"))),
+        422,
+    );
     expect(&s.post(path, Some(&schema_payload("NOPE", ""))), 422);
     expect(&s.post(path, Some("{")), 400);
 
@@ -1040,7 +1042,13 @@ fn schema_admin_api() {
 
     // Names are checked; the namespace must exist.
     expect(&s.get("/schemas/acme/b%20d/t/schema"), 412);
-    expect(&s.post("/schemas/acme/nope/t/schema", Some(&schema_payload("STRING", ""))), 404);
+    expect(
+        &s.post(
+            "/schemas/acme/nope/t/schema",
+            Some(&schema_payload("STRING", "")),
+        ),
+        404,
+    );
 }
 
 /// Deleting a topic deletes its schema, as Pulsar does (a deleted topic re-created later starts
@@ -1058,7 +1066,10 @@ fn deleting_a_topic_deletes_its_schema() {
     expect(&s.delete("/persistent/acme/ns/gone"), 204);
     expect(&s.get("/schemas/acme/ns/gone/schema"), 404);
 
-    expect(&s.put("/persistent/acme/ns/parted/partitions", Some("2")), 204);
+    expect(
+        &s.put("/persistent/acme/ns/parted/partitions", Some("2")),
+        204,
+    );
     expect(&s.delete("/persistent/acme/ns/parted-partition-1"), 204);
     expect(&s.get("/schemas/acme/ns/parted/schema"), 200);
     expect(&s.delete("/persistent/acme/ns/parted/partitions"), 204);
