@@ -89,6 +89,9 @@ impl BrokerError {
             // A fenced or closed ledger means another broker took the topic over or this one
             // is unloading it: the client must look the topic up again.
             BrokerError::ManagedLedger(e) if e.is_fenced() => ServerError::ServiceNotReady,
+            BrokerError::ManagedLedger(ManagedLedgerError::AppendsSuspended(_)) => {
+                ServerError::ServiceNotReady
+            }
             BrokerError::ManagedLedger(ManagedLedgerError::Closed(_)) => {
                 ServerError::ServiceNotReady
             }

@@ -367,6 +367,8 @@ impl BrokerService {
             }
         }
         let mut config = self.config.managed_ledger.clone();
+        // A failed write fences publishing until producers resend (topic.rs).
+        config.suspend_appends_after_failure = true;
         if let Some(p) = policies.persistence {
             config.ensemble_size = p.bookkeeper_ensemble;
             config.write_quorum = p.bookkeeper_write_quorum;

@@ -9,6 +9,14 @@
 //! Closing a topic (bundle lost, broker shutdown) tells every client to reconnect
 //! (CLOSE_PRODUCER / CLOSE_CONSUMER), stops the subscriptions and closes the managed ledger,
 //! which flushes the cursors.
+//!
+//! A failed write **fences publishing** (as Pulsar's `PersistentTopic.addFailed`): the managed
+//! ledger refuses appends (`suspend_appends_after_failure`), every producer is detached with
+//! CLOSE_PRODUCER — SENDs still on the wire for them are ignored, the clients resend them in
+//! order on their re-created producers — and once the SENDs being appended have drained,
+//! appends resume. Without this a producer's later message could be stored while an earlier one
+//! failed (out of order; with deduplication the resent earlier one would even be taken for a
+//! duplicate and acknowledged without being stored).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -67,6 +75,23 @@ pub struct Topic {
     msg_in: AtomicU64,
     bytes_in: AtomicU64,
     dedup: Arc<Dedup>,
+    /// A write failed: producers are detached and new ones refused until appends resume.
+    publish_fenced: AtomicBool,
+    /// SENDs between their producer check and their hand-over to the managed ledger.
+    sends_entering: AtomicU64,
+    sends_drained: Notify,
+}
+
+/// Marks one SEND on its way into the managed ledger (see [`Topic::enter_send`]).
+#[derive(Debug)]
+pub struct SendEntering<'a>(&'a Topic);
+
+impl Drop for SendEntering<'_> {
+    fn drop(&mut self) {
+        if self.0.sends_entering.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.sends_drained.notify_waiters();
+        }
+    }
 }
 
 impl Topic {
@@ -88,6 +113,9 @@ impl Topic {
             msg_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             dedup,
+            publish_fenced: AtomicBool::new(false),
+            sends_entering: AtomicU64::new(0),
+            sends_drained: Notify::new(),
         })
     }
 
@@ -182,6 +210,51 @@ impl Topic {
         }
     }
 
+    /// Whether the producer `key` is attached (false once the broker detached it: topic closed,
+    /// publishing fenced after a failed write).
+    pub fn is_attached(&self, key: u64) -> bool {
+        self.state().producers.contains_key(&key)
+    }
+
+    /// Held by a SEND from its producer check until its append is queued, so a fence waits
+    /// for SENDs that passed the check before it.
+    pub fn enter_send(&self) -> SendEntering<'_> {
+        self.sends_entering.fetch_add(1, Ordering::AcqRel);
+        SendEntering(self)
+    }
+
+    /// A write of this topic failed: fence publishing (see the module doc). Idempotent while
+    /// fenced.
+    pub fn publish_failed(self: &Arc<Self>) {
+        if self.publish_fenced.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let producers = std::mem::take(&mut self.state().producers);
+        warn!(topic = %self.name, producers = producers.len(),
+            "a write failed: producers detached; they resend once appends resume");
+        for p in producers.values() {
+            self.dedup.producer_removed(&p.name);
+            p.conn
+                .try_send_command(commands::close_producer(p.producer_id, 0));
+        }
+        self.producer_left.notify_waiters();
+        let topic = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let drained = topic.sends_drained.notified();
+                if topic.sends_entering.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                drained.await;
+            }
+            if let Err(e) = topic.ml.resume_appends().await {
+                warn!(topic = %topic.name, error = %e, "appends not resumed");
+            }
+            topic.publish_fenced.store(false, Ordering::Release);
+            info!(topic = %topic.name, "publishing resumed after a failed write");
+        });
+    }
+
     /// Attaches a producer, or fails at once with ProducerBusy. `WaitForExclusive` waits for
     /// the other producers to leave; `on_wait` is called once if it has to.
     pub async fn add_producer(
@@ -191,6 +264,12 @@ impl Topic {
     ) -> BrokerResult<()> {
         loop {
             self.check_open()?;
+            if self.publish_fenced.load(Ordering::Acquire) {
+                return Err(BrokerError::NotReady(format!(
+                    "topic {} is recovering from a failed write; retry",
+                    self.name
+                )));
+            }
             let left = self.producer_left.notified();
             {
                 let mut st = self.state();

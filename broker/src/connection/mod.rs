@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::consumer_stats;
-use crate::dedup::{self, Dedup, Ticket, Verdict};
+use crate::dedup::{self, Ticket, Verdict};
 use crate::error::{BrokerError, BrokerResult};
 use crate::key_shared::KeySharedPolicy;
 use crate::managed_ledger::{AppendHandle, InitialPosition, Position, batch_acks};

@@ -136,7 +136,8 @@ impl Conn {
                 p.producer_id,
                 rx,
                 self.tx.clone(),
-                Arc::clone(topic.dedup()),
+                Arc::clone(&topic),
+                key,
                 Arc::from(name.as_str()),
             )
             .instrument(info_span!("receipts", topic = %topic_name, producer = p.producer_id)),
@@ -176,12 +177,15 @@ impl Conn {
             .await;
             return;
         };
-        if slot.topic.is_closed() {
+        // Held until the append is queued: a publish fence waits for SENDs past this check.
+        let _entering = slot.topic.enter_send();
+        if slot.topic.is_closed() || !slot.topic.is_attached(slot.key) {
             // The broker closed this producer (CLOSE_PRODUCER: topic unloaded or shutting
-            // down); SENDs the client had on the wire before it saw that are expected. As Pulsar
-            // (ServerCnx's recently closed producers) they are ignored: neither stored — the
-            // client resends them on the re-created producer, so storing would duplicate them —
-            // nor failed, as a SEND_ERROR makes the client close the whole connection.
+            // down, or publishing fenced after a failed write); SENDs the client had on the wire
+            // before it saw that are expected. As Pulsar (ServerCnx's recently closed producers)
+            // they are ignored: neither stored — the client resends them on the re-created
+            // producer, so storing would duplicate them or put them before an earlier failed
+            // one — nor failed, as a SEND_ERROR makes the client close the whole connection.
             debug!(
                 producer = send.producer_id,
                 "SEND for a producer the broker closed: ignored"
@@ -245,13 +249,23 @@ pub(super) async fn receipts(
     producer_id: u64,
     mut rx: mpsc::Receiver<PendingSend>,
     tx: ConnTx,
-    dedup: Arc<Dedup>,
+    topic: Arc<Topic>,
+    key: u64,
     name: Arc<str>,
 ) {
+    let dedup = Arc::clone(topic.dedup());
     let mut connected = true;
     while let Some(p) = rx.recv().await {
         let result = match p.append {
             Some(Ok(handle)) => handle.await.map(Some).map_err(|e| {
+                // A write failed: later SENDs must not be stored before this one is resent.
+                // (Refusals during the fence it starts are its consequence, not new failures.)
+                if !matches!(
+                    e,
+                    crate::managed_ledger::ManagedLedgerError::AppendsSuspended(_)
+                ) {
+                    topic.publish_failed();
+                }
                 let e = BrokerError::from(e);
                 (e.server_error(), e.to_string())
             }),
@@ -274,6 +288,11 @@ pub(super) async fn receipts(
             dedup.completed(ticket, result.as_ref().ok().copied().flatten());
         }
         if !connected {
+            continue;
+        }
+        if result.is_err() && !topic.is_attached(key) {
+            // Detached by the broker (CLOSE_PRODUCER sent): the client resends this message on
+            // its re-created producer; a SEND_ERROR would make it close the whole connection.
             continue;
         }
         let answer = match result {

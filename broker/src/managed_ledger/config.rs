@@ -45,6 +45,14 @@ pub struct ManagedLedgerConfig {
     /// the cap hold in memory; after a restart those messages are delivered again (never lost).
     /// Default 10 000 (~40 bytes each as JSON).
     pub cursor_acked_ranges_persist_max: usize,
+    /// After a failed write (other than fencing), refuse every append with
+    /// [`ManagedLedgerError::AppendsSuspended`] until [`ManagedLedger::resume_appends`]: the
+    /// broker uses it to stop a producer's later messages from being stored before the failed
+    /// one is resent (Pulsar fences the topic the same way). Default false: appends resume by
+    /// themselves after the failure's backoff.
+    ///
+    /// [`ManagedLedger::resume_appends`]: super::ManagedLedger::resume_appends
+    pub suspend_appends_after_failure: bool,
 }
 
 impl Default for ManagedLedgerConfig {
@@ -63,6 +71,7 @@ impl Default for ManagedLedgerConfig {
             read_ahead_entries: 100,
             cursor_flush_interval_ms: 100,
             cursor_acked_ranges_persist_max: 10_000,
+            suspend_appends_after_failure: false,
         }
     }
 }

@@ -22,6 +22,10 @@ pub enum ManagedLedgerError {
     BadVersion { name: String },
     #[error("managed ledger {0} is closed")]
     Closed(String),
+    /// A write failed and appends are refused until the owner resumes them
+    /// (`suspend_appends_after_failure`). Pulsar: `ServiceNotReady` (the producer reconnects).
+    #[error("appends to managed ledger {0} are suspended after a failed write")]
+    AppendsSuspended(String),
     #[error("no cursor {cursor} on managed ledger {name}")]
     NoSuchCursor { name: String, cursor: String },
     #[error("invalid managed ledger name {0:?}")]

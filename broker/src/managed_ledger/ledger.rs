@@ -62,6 +62,8 @@ pub(super) enum Command {
     },
     /// Completes in-flight appends, closes the current ledger and stops.
     Close { done: oneshot::Sender<MlResult<()>> },
+    /// Ends the suspension of appends after a failed write.
+    Resume { done: oneshot::Sender<MlResult<()>> },
 }
 
 /// A topic's log. Cheap to share (`Arc`); all methods take `&self`.
@@ -396,6 +398,17 @@ impl ManagedLedger {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// Accepts appends again after a failed write suspended them
+    /// (`suspend_appends_after_failure`). Appends queued before this call were refused.
+    pub async fn resume_appends(&self) -> MlResult<()> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Resume { done })
+            .await
+            .map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
     }
 
     /// Closes, then deletes every ledger, every cursor record and the managed-ledger record.

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -476,6 +477,50 @@ async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
         attempts <= 6,
         "ledger creation is retried with backoff, not per append: {attempts} ids in 1 s"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_suspends_appends_after_a_failed_write_until_resumed() {
+    let cluster = Cluster::start(1).await;
+    let ml = cluster
+        .factory()
+        .open(
+            "t/ns/persistent/suspend",
+            ManagedLedgerConfig {
+                ensemble_size: 1,
+                write_quorum: 1,
+                ack_quorum: 1,
+                suspend_appends_after_failure: true,
+                ..config(100)
+            },
+        )
+        .await
+        .unwrap();
+    let before = append_n(&ml, 0, 2).await;
+    let bookie = Arc::clone(&cluster.bookies[0]);
+    cluster.connector.remove(bookie.id());
+    let failed = ml.append(payload(2)).await.unwrap().await;
+    assert!(failed.is_err(), "no bookie: the write fails");
+    // The bookie is back, the failure's backoff long over: appends stay refused.
+    cluster.connector.insert(bookie.clone());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let refused = ml.append(payload(3)).await.unwrap().await;
+    assert!(
+        matches!(refused, Err(ManagedLedgerError::AppendsSuspended(_))),
+        "refused until resumed: {refused:?}"
+    );
+    ml.resume_appends().await.unwrap();
+    let after = append_n(&ml, 4, 2).await;
+    assert!(after[0] > before[1], "appends go on after the stored ones");
+    let stored: Vec<Bytes> = ml
+        .read_entries(before[0], 10, u64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(stored, vec![payload(0), payload(1), payload(4), payload(5)]);
+    ml.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,6 +58,8 @@ pub(super) fn spawn(
         retry_at: None,
         backoff: Duration::ZERO,
         last_error: None,
+        suspended: false,
+        unsealed: None,
     };
     tokio::spawn(
         actor
@@ -105,6 +107,12 @@ struct Actor {
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
     last_error: Option<LedgerError>,
+    /// `suspend_appends_after_failure`: a write failed; appends are refused until `Resume`.
+    suspended: bool,
+    /// The previous current ledger, whose writer broke and whose recovery failed too (bookies
+    /// unreachable): sealing is retried at the next rollover. Until then the record still
+    /// lists it open, without its length — it must not be recorded like that.
+    unsealed: Option<LedgerId>,
 }
 
 /// Bounds of the wait between attempts to create a ledger after a failure.
@@ -185,6 +193,9 @@ impl Actor {
             Command::Close { done } => {
                 let _ = done.send(Ok(()));
             }
+            Command::Resume { done } => {
+                let _ = done.send(Err(err));
+            }
         }
     }
 
@@ -199,6 +210,13 @@ impl Actor {
                 let _ = done.send(r);
             }
             Command::Close { done } => self.deferred = Some(done),
+            Command::Resume { done } => {
+                if self.suspended {
+                    info!("appends resumed");
+                }
+                self.suspended = false;
+                let _ = done.send(Ok(()));
+            }
         }
     }
 
@@ -245,6 +263,10 @@ impl Actor {
     }
 
     async fn append(&mut self, payload: Bytes, done: oneshot::Sender<MlResult<Position>>) {
+        if self.suspended {
+            let _ = done.send(Err(ManagedLedgerError::AppendsSuspended(self.name())));
+            return;
+        }
         if self.roll_needed && self.backing_off() {
             let _ = done.send(Err(self.backoff_error()));
             return;
@@ -286,6 +308,10 @@ impl Actor {
             let _ = done.send(Err(ManagedLedgerError::Fenced(self.name())));
         } else {
             warn!(error = %e, "append failed: the ledger will be replaced");
+            if self.shared.config.suspend_appends_after_failure && !self.suspended {
+                warn!("appends suspended until the owner resumes them");
+                self.suspended = true;
+            }
             self.roll_needed = true;
             self.note_ledger_failure(e.clone());
             let _ = done.send(Err(e.into()));
@@ -365,23 +391,35 @@ impl Actor {
     /// Closes the current writer and returns the record with that ledger closed (not written).
     async fn seal_current(&mut self) -> MlResult<ManagedLedgerRecord> {
         let mut next = self.record.clone();
-        let Some(writer) = self.writer.take() else {
+        let (id, meta) = if let Some(writer) = self.writer.take() {
+            let id = writer.id();
+            match writer.close().await {
+                Ok(meta) => (id, meta),
+                Err(LedgerError::Fenced(_)) => {
+                    self.fence("the current ledger was fenced at close");
+                    return Err(ManagedLedgerError::Fenced(self.name()));
+                }
+                Err(e) => {
+                    // The writer broke: recover our own ledger to learn what it holds.
+                    warn!(ledger = %id, error = %e, "close failed; recovering the ledger");
+                    drop(writer);
+                    self.unsealed = Some(id);
+                    (
+                        id,
+                        recover_ledger(&self.shared.client, id).await?.metadata(),
+                    )
+                }
+            }
+        } else if let Some(id) = self.unsealed {
+            // An earlier seal could not learn what the ledger holds: try again.
+            (
+                id,
+                recover_ledger(&self.shared.client, id).await?.metadata(),
+            )
+        } else {
             return Ok(next);
         };
-        let id = writer.id();
-        let meta = match writer.close().await {
-            Ok(meta) => meta,
-            Err(LedgerError::Fenced(_)) => {
-                self.fence("the current ledger was fenced at close");
-                return Err(ManagedLedgerError::Fenced(self.name()));
-            }
-            Err(e) => {
-                // The writer broke: recover our own ledger to learn what it holds.
-                warn!(ledger = %id, error = %e, "close failed; recovering the ledger");
-                drop(writer);
-                recover_ledger(&self.shared.client, id).await?.metadata()
-            }
-        };
+        self.unsealed = None;
         if let Some(info) = next.ledgers.iter_mut().find(|l| l.ledger_id == id) {
             info.entries = u64::try_from(meta.last_entry_id + 1).unwrap_or(0);
             info.size_bytes = meta.length_bytes;
@@ -395,7 +433,7 @@ impl Actor {
     async fn rollover(&mut self) -> MlResult<()> {
         let span = info_span!("ml_rollover", ledger = ?self.writer.as_ref().map(|w| w.id()));
         async {
-            let old = self.writer.as_ref().map(LedgerWriter::id);
+            let old = self.writer.as_ref().map(LedgerWriter::id).or(self.unsealed);
             let mut next = self.seal_current().await?;
             let created = create_ledger(
                 &self.shared.client,

@@ -1,0 +1,240 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
+
+//! A failed write fences publishing: with deduplication on, a producer's messages sent while
+//! the only bookie is unreachable are neither stored out of order nor acknowledged unstored.
+//! Raw client against a cluster broker ([`BrokerNode`]) whose bookie (in this process, behind a
+//! [`LocalConnector`]) is taken away and given back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use magnetar_bookie::api::{BookieClient, BookieId, BookieRegistration, BookieState};
+use magnetar_bookie::local::LocalConnector;
+use magnetar_bookie::server::{Bookie, BookieOptions};
+use magnetar_broker::managed_ledger::{ManagedLedgerConfig, Position};
+use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
+use magnetar_broker::topic_name::TopicName;
+use magnetar_metadata::{Expected, MemoryStore, MetadataStore};
+use magnetar_proto::pulsar::api::base_command::Type;
+use magnetar_proto::pulsar::api::{
+    BaseCommand, CommandConnect, CommandProducer, CommandSend, MessageMetadata,
+};
+use magnetar_proto::pulsar::{Frame, Payload, PulsarCodec};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+type Conn = Framed<TcpStream, PulsarCodec>;
+
+fn cmd(ty: Type) -> BaseCommand {
+    BaseCommand {
+        r#type: ty as i32,
+        ..Default::default()
+    }
+}
+
+async fn next(conn: &mut Conn, within: Duration) -> Option<Frame> {
+    match tokio::time::timeout(within, conn.next()).await {
+        Err(_) => None,
+        Ok(f) => Some(
+            f.expect("connection closed")
+                .expect("bad frame from the broker"),
+        ),
+    }
+}
+
+fn producer(topic: &str, request_id: u64) -> Frame {
+    Frame::command(BaseCommand {
+        producer: Some(Box::new(CommandProducer {
+            topic: topic.into(),
+            producer_id: 1,
+            request_id,
+            producer_name: Some("p".into()),
+            ..Default::default()
+        })),
+        ..cmd(Type::Producer)
+    })
+}
+
+fn send(seq: u64) -> Frame {
+    let metadata = MessageMetadata {
+        producer_name: "p".into(),
+        sequence_id: seq,
+        publish_time: 1,
+        ..Default::default()
+    };
+    let send = BaseCommand {
+        send: Some(Box::new(CommandSend {
+            producer_id: 1,
+            sequence_id: seq,
+            ..Default::default()
+        })),
+        ..cmd(Type::Send)
+    };
+    Frame::with_payload(send, Payload::new(&metadata, b"m"))
+}
+
+/// Creates producer 1, retrying while the broker answers an error (fence in progress).
+async fn create_producer(conn: &mut Conn, topic: &str, request_id: &mut u64) {
+    for _ in 0..100 {
+        *request_id += 1;
+        conn.send(producer(topic, *request_id)).await.unwrap();
+        loop {
+            let f = next(conn, Duration::from_secs(10))
+                .await
+                .expect("an answer");
+            if f.command.producer_success.is_some() {
+                return;
+            }
+            if f.command.error.is_some() {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("producer not created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
+    let id: BookieId = "local:1".parse().unwrap();
+    let bookie = Bookie::open(BookieOptions::new(id.clone(), dir.path().join("b")))
+        .await
+        .unwrap();
+    let connector = LocalConnector::new();
+    connector.insert(bookie.clone());
+    let reg = BookieRegistration {
+        id: id.clone(),
+        state: BookieState::ReadWrite,
+        free_bytes: 1 << 40,
+        used_bytes: 0,
+        zone: None,
+        version: "test".into(),
+    };
+    let _ = store
+        .put(
+            &magnetar_bookie::api::registration_key(&id),
+            Bytes::from(serde_json::to_vec(&reg).unwrap()),
+            Expected::Any,
+        )
+        .await
+        .unwrap();
+    let node = BrokerNode::start(
+        Arc::clone(&store),
+        Arc::new(connector.clone()),
+        BrokerNodeOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            advertised_host: None,
+            managed_ledger: ManagedLedgerConfig::default(),
+            session_ttl: Duration::from_secs(10),
+            schema_compatibility_strategy: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+    let ns = "public/default".parse().unwrap();
+    node.service()
+        .policies()
+        .update_namespace(&ns, |p| p.deduplication_enabled = Some(true))
+        .await
+        .unwrap();
+    let topic = "persistent://public/default/fenced";
+
+    let stream = TcpStream::connect(node.local_addr()).await.unwrap();
+    let mut conn = Framed::new(stream, PulsarCodec::default());
+    let connect = BaseCommand {
+        connect: Some(Box::new(CommandConnect {
+            client_version: "raw-test".into(),
+            protocol_version: Some(21),
+            ..Default::default()
+        })),
+        ..cmd(Type::Connect)
+    };
+    conn.send(Frame::command(connect)).await.unwrap();
+    assert!(
+        next(&mut conn, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .command
+            .connected
+            .is_some()
+    );
+    let mut request_id = 0;
+    create_producer(&mut conn, topic, &mut request_id).await;
+    for seq in 1..=3 {
+        conn.send(send(seq)).await.unwrap();
+        let f = next(&mut conn, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(f.command.send_receipt.map(|r| r.sequence_id), Some(seq));
+    }
+
+    // The bookie goes away: 4 fails; 5 and 6 follow on the wire before the client hears.
+    connector.remove(&id);
+    for seq in 4..=6 {
+        conn.send(send(seq)).await.unwrap();
+    }
+    let mut closed = false;
+    while let Some(f) = next(&mut conn, Duration::from_secs(3)).await {
+        assert!(
+            f.command.send_receipt.is_none(),
+            "nothing is acknowledged while the bookie is away: {:?}",
+            f.command
+        );
+        assert!(
+            f.command.send_error.is_none(),
+            "the producer is closed, not failed"
+        );
+        closed |= f.command.close_producer.is_some();
+    }
+    assert!(
+        closed,
+        "the broker detaches the producer after the failed write"
+    );
+
+    // The bookie is back; the client re-creates the producer and resends 4..=6.
+    connector.insert(bookie.clone() as Arc<dyn BookieClient>);
+    create_producer(&mut conn, topic, &mut request_id).await;
+    let mut acked = Vec::new();
+    for seq in 4..=6 {
+        loop {
+            conn.send(send(seq)).await.unwrap();
+            let f = next(&mut conn, Duration::from_secs(10)).await.unwrap();
+            if let Some(r) = f.command.send_receipt {
+                let id = r.message_id.unwrap();
+                assert_ne!(
+                    id.ledger_id,
+                    u64::MAX,
+                    "message {seq} acknowledged unstored"
+                );
+                acked.push(seq);
+                break;
+            }
+            // Another write failed while the new ledger came up: re-create and resend.
+            assert!(
+                f.command.close_producer.is_some(),
+                "unexpected {:?}",
+                f.command
+            );
+            create_producer(&mut conn, topic, &mut request_id).await;
+        }
+    }
+    assert_eq!(acked, vec![4, 5, 6]);
+
+    let t = node
+        .service()
+        .loaded_topic(&topic.parse::<TopicName>().unwrap())
+        .unwrap();
+    let entries = t
+        .managed_ledger()
+        .read_entries(Position::new(0, 0), 100, u64::MAX)
+        .await
+        .unwrap();
+    let stored: Vec<u64> = entries
+        .into_iter()
+        .map(|(_, e)| Payload::parse(e).unwrap().metadata().unwrap().sequence_id)
+        .collect();
+    assert_eq!(stored, vec![1, 2, 3, 4, 5, 6], "each once, in order");
+    node.shutdown().await;
+}
