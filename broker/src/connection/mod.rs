@@ -316,10 +316,12 @@ impl Conn {
                 Some(Err(e)) => return Close::Error(format!("bad frame: {e}")),
                 Some(Ok(f)) => f,
             };
-            last_seen = Instant::now();
             if let Err(reason) = self.handle(frame).await {
                 return Close::Error(reason);
             }
+            // After handling: a frame held up by backpressure (a SEND waiting for the managed
+            // ledger's queue) is our wait, not the peer's silence.
+            last_seen = Instant::now();
         }
     }
 
