@@ -268,6 +268,34 @@ impl BrokerService {
             .is_some())
     }
 
+    /// Creates the (empty) managed-ledger records of partitions `0..count` of `topic` that do
+    /// not exist yet, as Pulsar creates a partitioned topic's partitions with it: they are
+    /// listed at once and exist for consumers. No ledger is created until a partition loads.
+    pub async fn create_partition_records(
+        &self,
+        topic: &TopicName,
+        count: u32,
+    ) -> BrokerResult<()> {
+        let records: magnetar_metadata::RecordStore<crate::managed_ledger::ManagedLedgerRecord> =
+            magnetar_metadata::RecordStore::new(Arc::clone(&self.store));
+        for i in 0..count {
+            let partition = topic.partition_name(i);
+            let record = crate::managed_ledger::ManagedLedgerRecord {
+                created_ms: crate::managed_ledger::record::now_ms(),
+                ..Default::default()
+            };
+            // An existing record (the partition was used already) is left as it is.
+            let _ = records
+                .put(
+                    &ledger_record_key(&partition.persistence_name()),
+                    &record,
+                    magnetar_metadata::Expected::Absent,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The persistent topics of `ns` (each partition listed as its own topic, as Pulsar does).
     pub async fn topics_of_namespace(&self, ns: &NamespaceName) -> BrokerResult<Vec<String>> {
         let prefix = format!("{ROOT}/{ns}/persistent/");

@@ -332,6 +332,17 @@ impl TopicAdmin for BrokerTopicAdmin {
             .map_err(from_broker)
     }
 
+    async fn create_partitions(
+        &self,
+        topic: &TopicName,
+        count: u32,
+    ) -> Result<(), TopicAdminError> {
+        self.service
+            .create_partition_records(topic, count)
+            .await
+            .map_err(from_broker)
+    }
+
     async fn create_topic(
         &self,
         topic: &TopicName,

@@ -61,6 +61,10 @@ def test_partitioned_topic_created_by_rest(standalone, client):
     assert status == 204, body
     status, body, _ = http(admin, "GET", rest(topic) + "/partitions")
     assert (status, body["partitions"]) == (200, 3)
+    # As Pulsar, the partitions exist from creation on: listed before any client used them.
+    status, body, _ = http(admin, "GET", f"/admin/v2/persistent/{tenant}/ns")
+    assert status == 200
+    assert {f"{topic}-partition-{i}" for i in range(3)} <= set(body), body
 
     consumer = client.subscribe(topic, "all", consumer_type=pulsar.ConsumerType.Shared)
     producer = producer_of(client, topic,
@@ -86,6 +90,12 @@ def test_partitioned_topic_created_by_rest(standalone, client):
     assert {f"{topic}-partition-{i}" for i in range(3)} <= set(body)
     producer.close()
     consumer.close()
+
+    # Growing the topic creates the new partitions too.
+    status, body, _ = http(admin, "POST", rest(topic) + "/partitions", 5)
+    assert status == 204, body
+    status, body, _ = http(admin, "GET", f"/admin/v2/persistent/{tenant}/ns")
+    assert {f"{topic}-partition-{i}" for i in range(5)} <= set(body), body
 
 
 def test_stats_and_internal_stats(standalone, client, topic):

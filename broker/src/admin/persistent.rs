@@ -119,7 +119,11 @@ pub(super) async fn create_partitioned(
         return Err(ApiError::conflict("This topic already exists"));
     }
     match s.policies.create_partitioned(&topic, partitions).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            // As Pulsar, the partitions exist (and are listed) from now on.
+            s.topics.create_partitions(&topic, partitions).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
         Err(PolicyError::AlreadyExists(_)) => {
             Err(ApiError::conflict("Partitioned topic already exists"))
         }
@@ -136,7 +140,10 @@ pub(super) async fn update_partitioned(
     not_a_partition(&topic)?;
     let partitions = partition_count(&body)?;
     match s.policies.update_partitioned(&topic, partitions).await {
-        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        Ok(()) => {
+            s.topics.create_partitions(&topic, partitions).await?;
+            Ok(StatusCode::NO_CONTENT)
+        }
         // Pulsar answers 409 for both.
         Err(PolicyError::NotFound(_)) => {
             Err(ApiError::conflict("Partitioned topic does not exist"))

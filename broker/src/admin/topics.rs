@@ -105,6 +105,15 @@ pub trait TopicAdmin: Send + Sync + fmt::Debug {
     /// Every persistent topic of the namespace as full names (`persistent://t/ns/x`),
     /// partitions included (`…-partition-0`), whether loaded on this broker or not.
     async fn list_topics(&self, namespace: &NamespaceName) -> Result<Vec<String>, TopicAdminError>;
+    /// Creates partitions `0..count` of the partitioned topic `topic` that do not exist yet (the
+    /// partitioned metadata is written by the router). Without a broker service: nothing.
+    async fn create_partitions(
+        &self,
+        _topic: &TopicName,
+        _count: u32,
+    ) -> Result<(), TopicAdminError> {
+        Ok(())
+    }
     /// Creates a non-partitioned topic (or one partition); `AlreadyExists` if it exists.
     async fn create_topic(
         &self,
