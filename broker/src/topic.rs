@@ -59,6 +59,19 @@ pub enum StartAt {
 struct State {
     producers: HashMap<u64, ProducerSpec>,
     subscriptions: HashMap<String, Arc<Subscription>>,
+    /// WaitForExclusive producers waiting for the topic: Shared producers are refused
+    /// meanwhile (as Pulsar), or a steady stream of them would starve the waiter.
+    waiting_exclusive: usize,
+}
+
+/// Counts one waiting WaitForExclusive producer while alive (its request may be dropped).
+struct Waiting<'a>(&'a Topic);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state();
+        st.waiting_exclusive = st.waiting_exclusive.saturating_sub(1);
+    }
 }
 
 /// A loaded topic. Cheap to share (`Arc`).
@@ -262,6 +275,7 @@ impl Topic {
         spec: ProducerSpec,
         mut on_wait: impl FnMut(),
     ) -> BrokerResult<()> {
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
             self.check_open()?;
             if self.publish_fenced.load(Ordering::Acquire) {
@@ -284,7 +298,7 @@ impl Topic {
                     .values()
                     .any(|p| p.mode != ProducerAccessMode::Shared);
                 let conflict = match spec.mode {
-                    ProducerAccessMode::Shared => exclusive_there,
+                    ProducerAccessMode::Shared => exclusive_there || st.waiting_exclusive > 0,
                     _ => !st.producers.is_empty(),
                 };
                 if !conflict {
@@ -300,6 +314,12 @@ impl Topic {
                         self.name
                     )));
                 }
+                if waiting.is_none() {
+                    st.waiting_exclusive += 1;
+                }
+            }
+            if waiting.is_none() {
+                waiting = Some(Waiting(self));
             }
             on_wait();
             left.await;

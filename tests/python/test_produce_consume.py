@@ -118,6 +118,30 @@ def test_wait_for_exclusive_producer_gets_the_topic_when_the_other_leaves(client
     got["p"].send(b"mine")
 
 
+def test_shared_producers_are_refused_while_an_exclusive_one_waits(client, topic):
+    """As Pulsar: a WaitForExclusive producer in line makes new Shared producers ProducerBusy,
+    so a stream of Shared producers cannot starve it."""
+    first = client.create_producer(topic)  # Shared
+    got = {}
+
+    def create():
+        got["p"] = client.create_producer(
+            topic, access_mode=pulsar.ProducerAccessMode.WaitForExclusive
+        )
+
+    t = threading.Thread(target=create)
+    t.start()
+    t.join(1.0)
+    assert t.is_alive(), "WaitForExclusive did not wait for the Shared producer"
+    with pytest.raises(pulsar.ProducerBusy):
+        client.create_producer(topic)
+    first.close()
+    t.join(10)
+    assert "p" in got, "the waiting producer got the topic once the Shared one left"
+    got["p"].close()
+    client.create_producer(topic).close()  # nobody waits any more
+
+
 def test_regex_subscription_lists_topics_of_namespace(client):
     import uuid
 
