@@ -122,6 +122,29 @@ async fn entries_are_the_clients_bytes_and_receipts_come_in_order() {
         lookup.broker_service_url.as_deref(),
         Some(standalone.service_url())
     );
+    // LOOKUP Failed: an invalid name, and a namespace that does not exist.
+    for (request_id, bad) in [
+        (2, "persistent://public/default/"),
+        (3, "persistent://nope/ns/t"),
+    ] {
+        conn.send(Frame::command(BaseCommand {
+            lookup_topic: Some(Box::new(CommandLookupTopic {
+                topic: bad.into(),
+                request_id,
+                ..Default::default()
+            })),
+            ..cmd(Type::Lookup)
+        }))
+        .await
+        .unwrap();
+        let failed = next(&mut conn).await.command.lookup_topic_response.unwrap();
+        assert_eq!(failed.request_id, request_id);
+        assert_eq!(failed.response, Some(LookupType::Failed as i32), "{bad}");
+        assert!(
+            failed.error.is_some() && failed.message.is_some(),
+            "{bad}: {failed:?}"
+        );
+    }
 
     // PRODUCER without a name: the broker names it.
     conn.send(Frame::command(BaseCommand {

@@ -173,7 +173,7 @@ def test_admin_of_a_topic_owned_elsewhere_redirects_to_the_owner(cluster):
     producer = client.create_producer(topic)
     producer.send(b"x")
 
-    _, _, other_admin = cluster.start_broker("broker-2.log")
+    _, other_url, other_admin = cluster.start_broker("broker-2.log")
     path = "/admin/v2/" + topic.replace("://", "/") + "/stats"
     opener = urllib.request.build_opener(NoRedirect)
     with pytest.raises(urllib.error.HTTPError) as answer:
@@ -185,6 +185,13 @@ def test_admin_of_a_topic_owned_elsewhere_redirects_to_the_owner(cluster):
     with urllib.request.urlopen(other_admin + path, timeout=10) as r:
         stats = json.load(r)
     assert len(stats["publishers"]) == 1
+
+    # LOOKUP Redirect: a client of the second broker is sent to the owner and consumes there.
+    other = make_client(other_url)
+    consumer = other.subscribe(topic, "via-redirect",
+                               initial_position=pulsar.InitialPosition.Earliest)
+    assert consumer.receive(timeout_millis=10000).data() == b"x"
+    other.close()
     client.close()
 
 
