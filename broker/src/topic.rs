@@ -45,6 +45,18 @@ pub struct ProducerSpec {
     pub name: String,
     pub mode: ProducerAccessMode,
     pub conn: ConnTx,
+    /// True while attached; cleared (under the topic's lock) when the topic detaches it, so the
+    /// SEND path checks one atomic instead of taking the topic's lock per message.
+    pub attached: Arc<AtomicBool>,
+}
+
+/// Takes every producer out of `producers`, marking each detached.
+fn detach_all(producers: &mut HashMap<u64, ProducerSpec>) -> HashMap<u64, ProducerSpec> {
+    let taken = std::mem::take(producers);
+    for p in taken.values() {
+        p.attached.store(false, Ordering::Release);
+    }
+    taken
 }
 
 /// Where a new cursor starts.
@@ -242,7 +254,7 @@ impl Topic {
         if self.publish_fenced.swap(true, Ordering::AcqRel) {
             return;
         }
-        let producers = std::mem::take(&mut self.state().producers);
+        let producers = detach_all(&mut self.state().producers);
         warn!(topic = %self.name, producers = producers.len(),
             "a write failed: producers detached; they resend once appends resume");
         for p in producers.values() {
@@ -329,6 +341,7 @@ impl Topic {
     pub fn remove_producer(&self, key: u64) {
         let removed = self.state().producers.remove(&key);
         if let Some(spec) = removed {
+            spec.attached.store(false, Ordering::Release);
             self.dedup.producer_removed(&spec.name);
             self.producer_left.notify_waiters();
         }
@@ -404,7 +417,7 @@ impl Topic {
         let (producers, subs) = {
             let mut st = self.state();
             (
-                std::mem::take(&mut st.producers),
+                detach_all(&mut st.producers),
                 std::mem::take(&mut st.subscriptions),
             )
         };

@@ -13,31 +13,14 @@ use magnetar_broker::standalone::{Standalone, StandaloneOptions};
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
 use magnetar_proto::pulsar::api::{
-    BaseCommand, CommandConnect, CommandFlow, CommandProducer, CommandSend, CommandSubscribe,
-    MessageMetadata,
+    BaseCommand, CommandProducer, CommandSend, CommandSubscribe, MessageMetadata,
 };
-use magnetar_proto::pulsar::{Frame, Payload, PulsarCodec};
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use magnetar_proto::pulsar::{Frame, Payload};
 
-type Conn = Framed<TcpStream, PulsarCodec>;
+mod support;
+use support::*;
 
 const TOPIC: &str = "persistent://public/default/chunked-shared";
-
-fn cmd(ty: Type) -> BaseCommand {
-    BaseCommand {
-        r#type: ty as i32,
-        ..Default::default()
-    }
-}
-
-async fn next(conn: &mut Conn) -> Frame {
-    tokio::time::timeout(Duration::from_secs(10), conn.next())
-        .await
-        .expect("no frame within 10 s")
-        .expect("connection closed")
-        .expect("bad frame from the broker")
-}
 
 /// The body of the next MESSAGE on `conn` and its redelivery count.
 async fn next_message(conn: &mut Conn) -> (Vec<u8>, u32) {
@@ -52,23 +35,6 @@ async fn nothing_more(conn: &mut Conn) {
     if let Ok(Some(f)) = tokio::time::timeout(Duration::from_millis(500), conn.next()).await {
         panic!("unexpected frame: {:?}", f.map(|f| f.command));
     }
-}
-
-async fn connect(standalone: &Standalone) -> Conn {
-    let stream = TcpStream::connect(standalone.local_addr()).await.unwrap();
-    let mut conn = Framed::new(stream, PulsarCodec::default());
-    conn.send(Frame::command(BaseCommand {
-        connect: Some(Box::new(CommandConnect {
-            client_version: "raw-test".into(),
-            protocol_version: Some(21),
-            ..Default::default()
-        })),
-        ..cmd(Type::Connect)
-    }))
-    .await
-    .unwrap();
-    assert!(next(&mut conn).await.command.connected.is_some());
-    conn
 }
 
 /// An entry: a chunk (`uuid`, chunk `id` of `n`) or, without `chunk`, a plain message.
@@ -133,18 +99,6 @@ async fn subscribe_shared(conn: &mut Conn, consumer_id: u64) {
     assert_eq!(next(conn).await.command_type(), Type::Success);
 }
 
-async fn flow(conn: &mut Conn, consumer_id: u64, permits: u32) {
-    conn.send(Frame::command(BaseCommand {
-        flow: Some(Box::new(CommandFlow {
-            consumer_id,
-            message_permits: permits,
-        })),
-        ..cmd(Type::Flow)
-    }))
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_wait_for_their_consumers_permits_in_order_and_move_when_it_leaves() {
     let dir = tempfile::tempdir().unwrap();
@@ -153,7 +107,7 @@ async fn chunks_wait_for_their_consumers_permits_in_order_and_move_when_it_leave
     let standalone = Standalone::start(options).await.unwrap();
 
     // Message "m" in three chunks, interleaved with plain messages x, y, z.
-    let mut producer = connect(&standalone).await;
+    let mut producer = connect(standalone.local_addr()).await;
     produce(
         &mut producer,
         vec![
@@ -167,8 +121,8 @@ async fn chunks_wait_for_their_consumers_permits_in_order_and_move_when_it_leave
     )
     .await;
 
-    let mut a = connect(&standalone).await;
-    let mut b = connect(&standalone).await;
+    let mut a = connect(standalone.local_addr()).await;
+    let mut b = connect(standalone.local_addr()).await;
     subscribe_shared(&mut a, 1).await;
     subscribe_shared(&mut b, 2).await;
 
@@ -212,15 +166,15 @@ async fn a_chunk_without_its_first_chunk_does_not_stall_the_subscription() {
 
     // Chunk 1 of "o" with no chunk 0 before it (as after chunk 0 was acknowledged and the
     // mapping lost), then a plain message.
-    let mut producer = connect(&standalone).await;
+    let mut producer = connect(standalone.local_addr()).await;
     produce(
         &mut producer,
         vec![entry(0, b"o1", Some(("o", 1, 2))), entry(1, b"w", None)],
     )
     .await;
 
-    let mut a = connect(&standalone).await;
-    let mut b = connect(&standalone).await;
+    let mut a = connect(standalone.local_addr()).await;
+    let mut b = connect(standalone.local_addr()).await;
     subscribe_shared(&mut a, 1).await;
     subscribe_shared(&mut b, 2).await;
     // Only A has permits: it gets the orphan chunk (which the client discards) and the message

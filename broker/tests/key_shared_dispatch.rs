@@ -4,42 +4,24 @@
 //! a consumer without permits must not hold back the keys of a consumer that has some, however
 //! many of its own entries come first in the backlog.
 
-use std::time::Duration;
-
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use magnetar_broker::key_shared::{murmur3_32, sticky_hash};
 use magnetar_broker::standalone::{Standalone, StandaloneOptions};
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
 use magnetar_proto::pulsar::api::{
-    BaseCommand, CommandConnect, CommandFlow, CommandProducer, CommandSend, CommandSubscribe,
-    IntRange, KeySharedMeta, MessageMetadata,
+    BaseCommand, CommandProducer, CommandSend, CommandSubscribe, IntRange, KeySharedMeta,
+    MessageMetadata,
 };
-use magnetar_proto::pulsar::{Frame, Payload, PulsarCodec};
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use magnetar_proto::pulsar::{Frame, Payload};
 
-type Conn = Framed<TcpStream, PulsarCodec>;
+mod support;
+use support::*;
 
 const TOPIC: &str = "persistent://public/default/key-shared-dispatch";
 /// STICKY ranges: A owns the lower half of the hash space, B the upper half.
 const A_RANGE: (i32, i32) = (0, 32_767);
 const B_RANGE: (i32, i32) = (32_768, 65_535);
-
-fn cmd(ty: Type) -> BaseCommand {
-    BaseCommand {
-        r#type: ty as i32,
-        ..Default::default()
-    }
-}
-
-async fn next(conn: &mut Conn) -> Frame {
-    tokio::time::timeout(Duration::from_secs(10), conn.next())
-        .await
-        .expect("no frame within 10 s")
-        .expect("connection closed")
-        .expect("bad frame from the broker")
-}
 
 /// The body of the next MESSAGE on `conn`.
 async fn next_body(conn: &mut Conn) -> Vec<u8> {
@@ -50,23 +32,6 @@ async fn next_body(conn: &mut Conn) -> Vec<u8> {
         f.command
     );
     f.payload.expect("payload").payload().to_vec()
-}
-
-async fn connect(standalone: &Standalone) -> Conn {
-    let stream = TcpStream::connect(standalone.local_addr()).await.unwrap();
-    let mut conn = Framed::new(stream, PulsarCodec::default());
-    conn.send(Frame::command(BaseCommand {
-        connect: Some(Box::new(CommandConnect {
-            client_version: "raw-test".into(),
-            protocol_version: Some(21),
-            ..Default::default()
-        })),
-        ..cmd(Type::Connect)
-    }))
-    .await
-    .unwrap();
-    assert!(next(&mut conn).await.command.connected.is_some());
-    conn
 }
 
 /// A key whose sticky hash falls in `range` (inclusive).
@@ -142,18 +107,6 @@ async fn subscribe_sticky(conn: &mut Conn, consumer_id: u64, range: (i32, i32)) 
     assert_eq!(next(conn).await.command_type(), Type::Success);
 }
 
-async fn flow(conn: &mut Conn, consumer_id: u64, permits: u32) {
-    conn.send(Frame::command(BaseCommand {
-        flow: Some(Box::new(CommandFlow {
-            consumer_id,
-            message_permits: permits,
-        })),
-        ..cmd(Type::Flow)
-    }))
-    .await
-    .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_without_permits_does_not_hold_back_other_keys() {
     let dir = tempfile::tempdir().unwrap();
@@ -169,11 +122,11 @@ async fn a_consumer_without_permits_does_not_hold_back_other_keys() {
         .map(|i| (key_a.clone(), format!("a{i}").into_bytes()))
         .collect();
     messages.push((key_b.clone(), b"b0".to_vec()));
-    let mut producer = connect(&standalone).await;
+    let mut producer = connect(standalone.local_addr()).await;
     produce(&mut producer, &messages).await;
 
-    let mut a = connect(&standalone).await;
-    let mut b = connect(&standalone).await;
+    let mut a = connect(standalone.local_addr()).await;
+    let mut b = connect(standalone.local_addr()).await;
     subscribe_sticky(&mut a, 1, A_RANGE).await;
     subscribe_sticky(&mut b, 2, B_RANGE).await;
 

@@ -7,50 +7,18 @@
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use magnetar_broker::standalone::{Standalone, StandaloneOptions};
 use magnetar_broker::topic_name::TopicName;
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::{
-    BaseCommand, CommandCloseProducer, CommandConnect, CommandProducer, CommandSend,
-    MessageMetadata, ProducerAccessMode, ServerError,
+    BaseCommand, CommandCloseProducer, CommandProducer, CommandSend, MessageMetadata,
+    ProducerAccessMode, ServerError,
 };
-use magnetar_proto::pulsar::{Frame, Payload, PulsarCodec, commands};
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use magnetar_proto::pulsar::{Frame, Payload, commands};
 
-type Conn = Framed<TcpStream, PulsarCodec>;
-
-fn cmd(ty: Type) -> BaseCommand {
-    BaseCommand {
-        r#type: ty as i32,
-        ..Default::default()
-    }
-}
-
-async fn next(conn: &mut Conn) -> Frame {
-    tokio::time::timeout(Duration::from_secs(10), conn.next())
-        .await
-        .expect("no frame within 10 s")
-        .expect("connection closed")
-        .expect("bad frame from the broker")
-}
-
-async fn connect(standalone: &Standalone) -> Conn {
-    let stream = TcpStream::connect(standalone.local_addr()).await.unwrap();
-    let mut conn = Framed::new(stream, PulsarCodec::default());
-    let connect = BaseCommand {
-        connect: Some(Box::new(CommandConnect {
-            client_version: "raw-test".into(),
-            protocol_version: Some(21),
-            ..Default::default()
-        })),
-        ..cmd(Type::Connect)
-    };
-    conn.send(Frame::command(connect)).await.unwrap();
-    assert!(next(&mut conn).await.command.connected.is_some());
-    conn
-}
+mod support;
+use support::*;
 
 fn producer(topic: &str, id: u64, request_id: u64, mode: ProducerAccessMode) -> Frame {
     Frame::command(BaseCommand {
@@ -106,7 +74,7 @@ async fn start() -> (tempfile::TempDir, Standalone) {
 async fn sends_for_a_producer_the_broker_closed_are_ignored_not_failed() {
     let (_dir, standalone) = start().await;
     let topic = "persistent://public/default/closed-producer";
-    let mut conn = connect(&standalone).await;
+    let mut conn = connect(standalone.local_addr()).await;
     conn.send(producer(topic, 1, 1, ProducerAccessMode::Shared))
         .await
         .unwrap();
@@ -153,14 +121,14 @@ async fn sends_for_a_producer_the_broker_closed_are_ignored_not_failed() {
 async fn a_waiting_exclusive_producer_closed_by_the_client_never_takes_the_topic() {
     let (_dir, standalone) = start().await;
     let topic = "persistent://public/default/wait-closed";
-    let mut a = connect(&standalone).await;
+    let mut a = connect(standalone.local_addr()).await;
     a.send(producer(topic, 1, 1, ProducerAccessMode::Exclusive))
         .await
         .unwrap();
     assert!(next(&mut a).await.command.producer_success.is_some());
 
     // B waits for the topic, then gives up (closes the producer) before getting it.
-    let mut b = connect(&standalone).await;
+    let mut b = connect(standalone.local_addr()).await;
     b.send(producer(topic, 1, 1, ProducerAccessMode::WaitForExclusive))
         .await
         .unwrap();
@@ -176,7 +144,7 @@ async fn a_waiting_exclusive_producer_closed_by_the_client_never_takes_the_topic
     // A leaves: the topic is free for C, not held by B's closed producer.
     a.send(close_producer(1, 2)).await.unwrap();
     assert_eq!(next(&mut a).await.command_type(), Type::Success);
-    let mut c = connect(&standalone).await;
+    let mut c = connect(standalone.local_addr()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut request_id = 1;
     loop {

@@ -9,50 +9,24 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use magnetar_broker::standalone::{Standalone, StandaloneOptions};
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_lookup_topic_response::LookupType;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
 use magnetar_proto::pulsar::api::{
-    BaseCommand, CommandConnect, CommandFlow, CommandLookupTopic, CommandProducer, CommandSend,
-    CommandSubscribe, MessageIdData, MessageMetadata, ServerError,
+    BaseCommand, CommandFlow, CommandLookupTopic, CommandProducer, CommandSend, CommandSubscribe,
+    MessageIdData, MessageMetadata, ServerError,
 };
-use magnetar_proto::pulsar::{Frame, Payload, PulsarCodec};
+use magnetar_proto::pulsar::{Frame, Payload};
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
 
-type Conn = Framed<TcpStream, PulsarCodec>;
+mod support;
+use support::*;
 
-fn cmd(ty: Type) -> BaseCommand {
-    BaseCommand {
-        r#type: ty as i32,
-        ..Default::default()
-    }
-}
-
-async fn next(conn: &mut Conn) -> Frame {
-    tokio::time::timeout(Duration::from_secs(10), conn.next())
-        .await
-        .expect("no frame within 10 s")
-        .expect("connection closed")
-        .expect("bad frame from the broker")
-}
-
-async fn connect(standalone: &Standalone) -> Conn {
-    let stream = TcpStream::connect(standalone.local_addr()).await.unwrap();
-    let mut conn = Framed::new(stream, PulsarCodec::default());
-    let connect = BaseCommand {
-        connect: Some(Box::new(CommandConnect {
-            client_version: "raw-test".into(),
-            protocol_version: Some(21),
-            ..Default::default()
-        })),
-        ..cmd(Type::Connect)
-    };
-    conn.send(Frame::command(connect)).await.unwrap();
-    let f = next(&mut conn).await;
-    let connected = f.command.connected.expect("CONNECTED");
+/// Connects; CONNECTED names the broker and carries protocol 21 and the 5 MiB limit.
+async fn connect(addr: std::net::SocketAddr) -> Conn {
+    let (conn, connected) = support::connect_reply(addr).await;
     assert!(connected.server_version.starts_with("Magnetar "));
     assert_eq!(connected.protocol_version, Some(21));
     assert_eq!(connected.max_message_size, Some(5 * 1024 * 1024));
@@ -103,7 +77,7 @@ async fn entries_are_the_clients_bytes_and_receipts_come_in_order() {
     options.broker_port = 0;
     let standalone = Standalone::start(options).await.unwrap();
     let topic = "persistent://public/default/raw";
-    let mut conn = connect(&standalone).await;
+    let mut conn = connect(standalone.local_addr()).await;
 
     // LOOKUP: this broker, authoritative.
     conn.send(Frame::command(BaseCommand {
@@ -205,7 +179,7 @@ async fn entries_are_the_clients_bytes_and_receipts_come_in_order() {
     }
 
     // A second exclusive consumer is refused at once.
-    let mut other = connect(&standalone).await;
+    let mut other = connect(standalone.local_addr()).await;
     other.send(subscribe(topic, 1, 1)).await.unwrap();
     let err = next(&mut other).await.command.error.unwrap();
     assert_eq!(err.error, ServerError::ConsumerBusy as i32);
@@ -221,7 +195,7 @@ async fn a_malformed_frame_closes_only_its_connection() {
     let mut options = StandaloneOptions::new(dir.path());
     options.broker_port = 0;
     let standalone = Standalone::start(options).await.unwrap();
-    let mut good = connect(&standalone).await;
+    let mut good = connect(standalone.local_addr()).await;
 
     let mut bad = TcpStream::connect(standalone.local_addr()).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -256,7 +230,7 @@ async fn partitioned_metadata_comes_from_the_policies() {
         .create_partitioned(&parts, 3)
         .await
         .unwrap();
-    let mut conn = connect(&standalone).await;
+    let mut conn = connect(standalone.local_addr()).await;
     for (i, (topic, expected)) in [
         ("persistent://public/default/parts", 3),
         ("persistent://public/default/parts-partition-1", 0),
@@ -376,7 +350,7 @@ async fn batch_index_acks_and_consumer_stats_on_the_wire() {
     options.broker_port = 0;
     let standalone = Standalone::start(options).await.unwrap();
     let topic = "persistent://public/default/raw-batch";
-    let mut conn = connect(&standalone).await;
+    let mut conn = connect(standalone.local_addr()).await;
     conn.send(Frame::command(BaseCommand {
         producer: Some(Box::new(CommandProducer {
             topic: topic.into(),

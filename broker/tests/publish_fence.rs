@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use magnetar_bookie::api::{BookieClient, BookieId, BookieRegistration, BookieState};
 use magnetar_bookie::local::LocalConnector;
 use magnetar_bookie::server::{Bookie, BookieOptions};
@@ -18,31 +18,11 @@ use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
 use magnetar_broker::topic_name::TopicName;
 use magnetar_metadata::{Expected, MemoryStore, MetadataStore};
 use magnetar_proto::pulsar::api::base_command::Type;
-use magnetar_proto::pulsar::api::{
-    BaseCommand, CommandConnect, CommandProducer, CommandSend, MessageMetadata,
-};
-use magnetar_proto::pulsar::{Frame, Payload, PulsarCodec};
-use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use magnetar_proto::pulsar::api::{BaseCommand, CommandProducer, CommandSend, MessageMetadata};
+use magnetar_proto::pulsar::{Frame, Payload};
 
-type Conn = Framed<TcpStream, PulsarCodec>;
-
-fn cmd(ty: Type) -> BaseCommand {
-    BaseCommand {
-        r#type: ty as i32,
-        ..Default::default()
-    }
-}
-
-async fn next(conn: &mut Conn, within: Duration) -> Option<Frame> {
-    match tokio::time::timeout(within, conn.next()).await {
-        Err(_) => None,
-        Ok(f) => Some(
-            f.expect("connection closed")
-                .expect("bad frame from the broker"),
-        ),
-    }
-}
+mod support;
+use support::*;
 
 fn producer(topic: &str, request_id: u64) -> Frame {
     Frame::command(BaseCommand {
@@ -81,7 +61,7 @@ async fn create_producer(conn: &mut Conn, topic: &str, request_id: &mut u64) {
         *request_id += 1;
         conn.send(producer(topic, *request_id)).await.unwrap();
         loop {
-            let f = next(conn, Duration::from_secs(10))
+            let f = next_within(conn, Duration::from_secs(10))
                 .await
                 .expect("an answer");
             if f.command.producer_success.is_some() {
@@ -143,30 +123,14 @@ async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
         .unwrap();
     let topic = "persistent://public/default/fenced";
 
-    let stream = TcpStream::connect(node.local_addr()).await.unwrap();
-    let mut conn = Framed::new(stream, PulsarCodec::default());
-    let connect = BaseCommand {
-        connect: Some(Box::new(CommandConnect {
-            client_version: "raw-test".into(),
-            protocol_version: Some(21),
-            ..Default::default()
-        })),
-        ..cmd(Type::Connect)
-    };
-    conn.send(Frame::command(connect)).await.unwrap();
-    assert!(
-        next(&mut conn, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .command
-            .connected
-            .is_some()
-    );
+    let mut conn = connect(node.local_addr()).await;
     let mut request_id = 0;
     create_producer(&mut conn, topic, &mut request_id).await;
     for seq in 1..=3 {
         conn.send(send(seq)).await.unwrap();
-        let f = next(&mut conn, Duration::from_secs(10)).await.unwrap();
+        let f = next_within(&mut conn, Duration::from_secs(10))
+            .await
+            .unwrap();
         assert_eq!(f.command.send_receipt.map(|r| r.sequence_id), Some(seq));
     }
 
@@ -176,7 +140,7 @@ async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
         conn.send(send(seq)).await.unwrap();
     }
     let mut closed = false;
-    while let Some(f) = next(&mut conn, Duration::from_secs(3)).await {
+    while let Some(f) = next_within(&mut conn, Duration::from_secs(3)).await {
         assert!(
             f.command.send_receipt.is_none(),
             "nothing is acknowledged while the bookie is away: {:?}",
@@ -200,7 +164,9 @@ async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
     for seq in 4..=6 {
         loop {
             conn.send(send(seq)).await.unwrap();
-            let f = next(&mut conn, Duration::from_secs(10)).await.unwrap();
+            let f = next_within(&mut conn, Duration::from_secs(10))
+                .await
+                .unwrap();
             if let Some(r) = f.command.send_receipt {
                 let id = r.message_id.unwrap();
                 assert_ne!(

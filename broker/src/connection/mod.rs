@@ -120,6 +120,8 @@ struct ProducerSlot {
     /// The producer's name (deduplication keys on it).
     name: Arc<str>,
     sends: mpsc::Sender<PendingSend>,
+    /// Shared with the topic's [`ProducerSpec`]: false once the topic detached the producer.
+    attached: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Clone)]

@@ -87,7 +87,9 @@ impl Conn {
             name: name.clone(),
             mode,
             conn: self.tx.clone(),
+            attached: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
+        let attached = Arc::clone(&spec.attached);
         let tx = self.tx.clone();
         let (request_id, waiting_name) = (p.request_id, name.clone());
         let mut told = false;
@@ -114,6 +116,7 @@ impl Conn {
             topic: Arc::clone(&topic),
             name: Arc::from(name.as_str()),
             sends,
+            attached,
         };
         // Under the state lock, where CLOSE_PRODUCER and the connection's teardown cancel
         // `cancel`: either they see the slot and detach it, or it is not inserted.
@@ -179,7 +182,7 @@ impl Conn {
         };
         // Held until the append is queued: a publish fence waits for SENDs past this check.
         let _entering = slot.topic.enter_send();
-        if slot.topic.is_closed() || !slot.topic.is_attached(slot.key) {
+        if !slot.attached.load(std::sync::atomic::Ordering::Acquire) {
             // The broker closed this producer (CLOSE_PRODUCER: topic unloaded or shutting
             // down, or publishing fenced after a failed write); SENDs the client had on the wire
             // before it saw that are expected. As Pulsar (ServerCnx's recently closed producers)
