@@ -229,6 +229,10 @@ pub struct BookieConfig {
     pub disk_usage_lwm: f64,
     pub storage_size_bytes_max: Option<u64>,
     pub entry_size_bytes_max: u64,
+    /// Start even when journal replay finds a damaged record that synced records follow,
+    /// skipping it (an operator's decision after reading the error; the entries are lost
+    /// on this replica and must come back from the others).
+    pub journal_skip_damaged_records: bool,
 }
 
 impl Default for BookieConfig {
@@ -250,6 +254,7 @@ impl Default for BookieConfig {
             disk_usage_lwm: o.disk_usage_lwm,
             storage_size_bytes_max: o.storage_size_bytes_max,
             entry_size_bytes_max: o.entry_size_bytes_max as u64,
+            journal_skip_damaged_records: o.journal_skip_damaged_records,
         }
     }
 }
@@ -304,6 +309,7 @@ impl BookieConfig {
         o.disk_usage_lwm = self.disk_usage_lwm;
         o.storage_size_bytes_max = self.storage_size_bytes_max;
         o.entry_size_bytes_max = usize::try_from(self.entry_size_bytes_max).unwrap_or(usize::MAX);
+        o.journal_skip_damaged_records = self.journal_skip_damaged_records;
         o
     }
 

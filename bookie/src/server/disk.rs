@@ -8,6 +8,12 @@
 //! - **I/O failure**: a journal or entry log write failed (e.g. ENOSPC). Cleared by the next
 //!   disk check that finds the disk below the low-water marks: the usual cause, no space,
 //!   is then gone, and the writer has already moved to fresh files.
+//! - **sync failure**: an `fdatasync` (journal, entry log, directory) or the index commit
+//!   failed. Sticky until restart, never cleared by a disk check: after a failed fsync Linux
+//!   may have dropped the dirty pages and marked them clean ("fsyncgate"), so a later sync
+//!   that reports success proves nothing. No checkpoint runs from then on — the index is not
+//!   committed and the journal not trimmed — so a restart replays the journal from the last
+//!   good checkpoint and rewrites whatever the lost pages held.
 //!
 //! Read-only refuses adds of every kind; reads, fences and deletes keep working (recovery
 //! must still be able to fence, and deleting is how space comes back).
@@ -22,6 +28,8 @@ use crate::api::BookieState;
 pub(crate) struct DiskStatus {
     pub disk_full: bool,
     pub io_failed: bool,
+    /// Sticky: see the module doc.
+    pub sync_failed: bool,
     /// Bytes still usable by this bookie (filesystem free space, capped by the own limit).
     pub free_bytes: u64,
     /// Bytes of the bookie's own files.
@@ -30,7 +38,7 @@ pub(crate) struct DiskStatus {
 
 impl DiskStatus {
     pub fn state(&self) -> BookieState {
-        if self.disk_full || self.io_failed {
+        if self.disk_full || self.io_failed || self.sync_failed {
             BookieState::ReadOnly
         } else {
             BookieState::ReadWrite

@@ -146,6 +146,11 @@ impl Index {
 /// Blocking: call from a blocking thread. Serialized by `checkpoint_lock`.
 pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
     let mut last = shared.lock_checkpoint();
+    if shared.has_sync_failed() {
+        // A sync failed before: what the entry logs hold is unknown, so nothing may be
+        // declared durable (index committed, journal trimmed) until a restart replays.
+        return Err("a sync failed earlier: no checkpoint until the bookie restarts".to_owned());
+    }
     let (ops, states, files, pos) = {
         let mut st = shared.write_store();
         let ops = std::mem::take(&mut st.ops);
@@ -179,22 +184,38 @@ pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
         tracing::error!(error = %why, "checkpoint failed");
         why
     };
+    let sync_failed = |why: String| {
+        shared.sync_failed(&why);
+        restore(why)
+    };
     for (id, file) in &files {
+        #[cfg(test)]
+        if shared
+            .inject_log_sync_failure
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(sync_failed(format!(
+                "fdatasync of entry log {id:08x}: injected EIO"
+            )));
+        }
         if let Err(e) = rustix::fs::fdatasync(&**file) {
-            return Err(restore(format!("fdatasync of entry log {id:08x}: {e}")));
+            return Err(sync_failed(format!("fdatasync of entry log {id:08x}: {e}")));
         }
     }
     if !files.is_empty()
         && let Err(e) = journal::sync_dir(&shared.ledgers_dir)
     {
-        return Err(restore(format!("fsync of the ledgers directory: {e}")));
+        return Err(sync_failed(format!("fsync of the ledgers directory: {e}")));
     }
     let committed = match shared.lock_index().as_ref() {
-        Some(index) => index.commit(&ops, &states, pos),
-        None => Err("index: closed (bookie shut down)".to_owned()),
+        Some(index) => index.commit(&ops, &states, pos).map_err(|e| (e, true)),
+        None => Err(("index: closed (bookie shut down)".to_owned(), false)),
     };
-    if let Err(e) = committed {
-        return Err(restore(e));
+    match committed {
+        Ok(()) => {}
+        // The index store's own commit syncs; its failure is a sync failure too.
+        Err((e, true)) => return Err(sync_failed(e)),
+        Err((e, false)) => return Err(restore(e)),
     }
     *last = pos;
     drop(last);

@@ -116,49 +116,116 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
-/// Parses the valid records of one journal file's contents from `start`; returns them with
-/// the offset just past each, stopping at the torn tail.
-pub(crate) fn parse(data: &Bytes, generation: u32, start: usize) -> Vec<(Record, u64)> {
-    let mut out = Vec::new();
-    let mut off = start;
-    while off + HEADER_BYTES <= data.len() {
-        let body_len = le_u32(data, off) as usize;
-        let kind = data[off + 12];
-        let fixed = match kind {
-            TYPE_ADD => ADD_FIXED_BYTES,
-            TYPE_FENCE | TYPE_DELETE => LEDGER_OP_BYTES,
-            _ => break,
-        };
-        let end = off + HEADER_BYTES + body_len;
-        if le_u32(data, off + 8) != generation || body_len < fixed || end > data.len() {
-            break;
-        }
-        if le_u32(data, off + 4) != record_crc(&data[off..off + HEADER_BYTES + fixed]) {
-            break;
-        }
-        let b = off + HEADER_BYTES;
-        let ledger = LedgerId(le_u64(data, b));
-        let record = match kind {
-            TYPE_ADD => {
-                let e = Entry {
-                    ledger,
-                    entry: EntryId(le_u64(data, b + 8)),
-                    lac: le_u64(data, b + 16) as i64,
-                    crc32c: le_u32(data, b + 24),
-                    payload: data.slice(b + ADD_FIXED_BYTES..end),
-                };
-                if !e.is_intact() {
-                    break;
-                }
-                Record::Add(e)
+/// What replay of one journal file found.
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    /// The valid records from the start offset on, each with the offset just past it.
+    pub records: Vec<(Record, u64)>,
+    /// Set when valid records of this file's generation lie beyond the first bad record — and
+    /// further beyond it than the last batch could reach: the damage is not a torn tail.
+    pub damage: Option<Damage>,
+}
+
+/// A bad record in the middle of a journal file (see [`Parsed::damage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Damage {
+    /// Offset of the first bad record.
+    pub offset: u64,
+    /// Offset of the first valid record after it, where replay around the damage resumes.
+    pub next_valid: u64,
+}
+
+/// The record at `off`, if it is whole and valid for `generation`, and the offset past it.
+fn record_at(data: &Bytes, generation: u32, off: usize) -> Option<(Record, usize)> {
+    if off + HEADER_BYTES > data.len() {
+        return None;
+    }
+    let body_len = le_u32(data, off) as usize;
+    let kind = data[off + 12];
+    let fixed = match kind {
+        TYPE_ADD => ADD_FIXED_BYTES,
+        TYPE_FENCE | TYPE_DELETE => LEDGER_OP_BYTES,
+        _ => return None,
+    };
+    let end = off.checked_add(HEADER_BYTES + body_len)?;
+    if le_u32(data, off + 8) != generation || body_len < fixed || end > data.len() {
+        return None;
+    }
+    if le_u32(data, off + 4) != record_crc(&data[off..off + HEADER_BYTES + fixed]) {
+        return None;
+    }
+    let b = off + HEADER_BYTES;
+    let ledger = LedgerId(le_u64(data, b));
+    let record = match kind {
+        TYPE_ADD => {
+            let e = Entry {
+                ledger,
+                entry: EntryId(le_u64(data, b + 8)),
+                lac: le_u64(data, b + 16) as i64,
+                crc32c: le_u32(data, b + 24),
+                payload: data.slice(b + ADD_FIXED_BYTES..end),
+            };
+            if !e.is_intact() {
+                return None;
             }
-            TYPE_FENCE => Record::Fence(ledger),
-            _ => Record::Delete(ledger),
-        };
-        out.push((record, end as u64));
+            Record::Add(e)
+        }
+        TYPE_FENCE => Record::Fence(ledger),
+        _ => Record::Delete(ledger),
+    };
+    Some((record, end))
+}
+
+/// The first offset after `from` holding a valid record of `generation`. Zero bytes
+/// (preallocated space) are skipped at once; elsewhere every offset is a candidate, the
+/// generation and type bytes rejecting almost all of them before any CRC is computed.
+fn next_valid_record(data: &Bytes, generation: u32, from: usize) -> Option<usize> {
+    let first_nonzero = from + data.get(from..)?.iter().position(|&b| b != 0)?;
+    // A header's first non-zero byte may be any of its first 12 (a short body length).
+    let mut off = first_nonzero.saturating_sub(HEADER_BYTES).max(from);
+    while off + HEADER_BYTES <= data.len() {
+        if matches!(data[off + 12], TYPE_ADD | TYPE_FENCE | TYPE_DELETE)
+            && le_u32(data, off + 8) == generation
+            && record_at(data, generation, off).is_some()
+        {
+            return Some(off);
+        }
+        off += 1;
+    }
+    None
+}
+
+/// Parses the valid records of one journal file's contents from `start`, stopping at the
+/// first record that is short, zero, from another generation or fails a CRC.
+///
+/// Such a stop is normally the torn tail of the last batch (written, not yet synced, when the
+/// process died): nothing after it was acknowledged. Records are written in batches of at most
+/// `batch_reach_bytes`, each synced before the next is written, so a valid record further than
+/// that past the stop was written *and synced* after the bad one: the file is damaged in the
+/// middle, and [`Parsed::damage`] says where.
+pub(crate) fn parse(
+    data: &Bytes,
+    generation: u32,
+    start: usize,
+    batch_reach_bytes: usize,
+) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut off = start;
+    while let Some((record, end)) = record_at(data, generation, off) {
+        parsed.records.push((record, end as u64));
         off = end;
     }
-    out
+    let reach = off.saturating_add(batch_reach_bytes);
+    if next_valid_record(data, generation, reach).is_some() {
+        // Damage: replay around it resumes at the first valid record after the bad one (it
+        // exists — the one just found beyond the reach qualifies).
+        let next = next_valid_record(data, generation, off + 1).unwrap_or(reach);
+        parsed.damage = Some(Damage {
+            offset: off as u64,
+            next_valid: next as u64,
+        });
+    }
+    parsed
 }
 
 pub(crate) fn journal_path(dir: &Path, generation: u32) -> PathBuf {
@@ -287,18 +354,60 @@ mod tests {
         let good = buf.len();
         encode_add(&mut buf, 5, &e2, true);
         buf.extend_from_slice(&[0; 64]);
-        let all = parse(&Bytes::from(buf.clone()), 5, 0);
+        let all = parse(&Bytes::from(buf.clone()), 5, 0, 0).records;
         assert_eq!(all.len(), 3);
         assert_eq!(all[0].0, Record::Add(e1));
         assert_eq!(all[1], (Record::Fence(LedgerId(1)), good as u64));
         // Another generation's records (a reused file) are not replayed.
-        assert!(parse(&Bytes::from(buf.clone()), 6, 0).is_empty());
+        assert!(parse(&Bytes::from(buf.clone()), 6, 0, 0).records.is_empty());
         // A torn payload fails the entry CRC: replay stops before it.
         let mut torn = buf.clone();
         torn[good + add_record_bytes(3) - 1] ^= 0xff;
-        assert_eq!(parse(&Bytes::from(torn), 5, 0).len(), 2);
+        let parsed = parse(&Bytes::from(torn), 5, 0, 0);
+        assert_eq!(parsed.records.len(), 2);
+        assert_eq!(
+            parsed.damage, None,
+            "the bad record is the last one: a torn tail"
+        );
         // A cut-off record is ignored.
         buf.truncate(good + 20);
-        assert_eq!(parse(&Bytes::from(buf), 5, 0).len(), 2);
+        assert_eq!(parse(&Bytes::from(buf), 5, 0, 0).records.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_record_followed_by_synced_records_is_damage_not_a_torn_tail() {
+        let entry = |i: u64| {
+            Entry::new(
+                LedgerId(1),
+                EntryId(i),
+                i as i64 - 1,
+                Bytes::from(vec![7u8; 100]),
+            )
+        };
+        let mut buf = Vec::new();
+        let mut ends = Vec::new();
+        for i in 0..20 {
+            encode_add(&mut buf, 3, &entry(i), false);
+            ends.push(buf.len());
+        }
+        buf.extend_from_slice(&[0; 4096]);
+        let clean = parse(&Bytes::from(buf.clone()), 3, 0, 256);
+        assert_eq!((clean.records.len(), clean.damage), (20, None));
+        // A flipped byte in record 5's fixed part: records 6.. are valid but lie beyond it.
+        let mut bad = buf.clone();
+        bad[ends[4] + HEADER_BYTES + 3] ^= 0x40;
+        let parsed = parse(&Bytes::from(bad.clone()), 3, 0, 256);
+        assert_eq!(parsed.records.len(), 5, "replay stops at the bad record");
+        let damage = parsed
+            .damage
+            .expect("valid records after it: damage, not a tail");
+        assert_eq!(damage.offset, ends[4] as u64);
+        assert_eq!(
+            damage.next_valid, ends[5] as u64,
+            "replay around it resumes at record 6"
+        );
+        // Within the reach of one batch the same layout is a torn last batch.
+        let within = parse(&Bytes::from(bad), 3, 0, 1 << 20);
+        assert_eq!((within.records.len(), within.damage), (5, None));
     }
 }

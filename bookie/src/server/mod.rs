@@ -94,6 +94,9 @@ pub struct BookieOptions {
     pub storage_size_bytes_max: Option<u64>,
     /// Largest entry accepted. Default 5 MiB + 64 KiB (Pulsar's 5 MiB message plus headers).
     pub entry_size_bytes_max: usize,
+    /// A journal damaged in the middle (not a torn tail) makes the bookie refuse to start
+    /// (default); true replays around the damage, logging what was skipped.
+    pub journal_skip_damaged_records: bool,
 }
 
 impl BookieOptions {
@@ -113,6 +116,7 @@ impl BookieOptions {
             disk_usage_lwm: 0.90,
             storage_size_bytes_max: None,
             entry_size_bytes_max: 5 * 1024 * 1024 + 64 * 1024,
+            journal_skip_damaged_records: false,
         }
     }
 }
@@ -151,6 +155,12 @@ pub(crate) struct Shared {
     /// Makes journal writes fail as if the disk were full (tests of the error path).
     #[cfg(test)]
     inject_write_failure: AtomicBool,
+    /// Makes the next journal fdatasync fail (tests of the error path).
+    #[cfg(test)]
+    inject_journal_sync_failure: AtomicBool,
+    /// Makes the next entry-log fdatasync of a checkpoint fail (tests of the error path).
+    #[cfg(test)]
+    inject_log_sync_failure: AtomicBool,
 }
 
 impl fmt::Debug for Shared {
@@ -184,6 +194,25 @@ impl Shared {
     }
     fn lock_disk(&self) -> MutexGuard<'_, DiskStatus> {
         self.disk.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An fdatasync (or the index commit) failed: read-only, and no checkpoint, until restart.
+    fn sync_failed(&self, why: &str) {
+        let mut disk = self.lock_disk();
+        if !disk.sync_failed {
+            tracing::error!(
+                error = why,
+                "sync failed: data written since the last good sync may be lost on this bookie; \
+                 read-only and no more checkpoints until restart, which replays the journal"
+            );
+        }
+        disk.sync_failed = true;
+        drop(disk);
+        self.publish_state();
+    }
+
+    fn has_sync_failed(&self) -> bool {
+        self.lock_disk().sync_failed
     }
 
     /// A write failed: read-only until a disk check finds the disk healthy again.
@@ -267,9 +296,8 @@ fn spawn_periodic(shared: Arc<Shared>, cancel: CancellationToken, every: Duratio
 }
 
 fn periodic_checkpoint(shared: &Shared) {
-    if let Err(e) = index::checkpoint(shared) {
-        shared.io_failed(&e);
-    }
+    // A failure is logged and, where it concerns durability, made sticky by the checkpoint.
+    let _ = index::checkpoint(shared);
 }
 
 fn periodic_gc(shared: &Shared) {

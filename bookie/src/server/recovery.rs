@@ -19,6 +19,23 @@ use crate::api::BookieState;
 /// Replay applies journal records to the entry log this many at a time.
 const REPLAY_CHUNK_RECORDS: usize = 4096;
 
+/// Refusing to start on a journal damaged in the middle: acknowledged records after the damage
+/// are replayed, but the ones in it are gone, and a bookie that silently lacks acknowledged
+/// entries can make ledger recovery cut a ledger short.
+fn damage_error(path: &std::path::Path, damage: journal::Damage, good: usize) -> String {
+    format!(
+        "journal {} is damaged in the middle: the record at byte {} is invalid but valid, \
+         synced records follow from byte {} (not a torn tail; {good} records before it are \
+         intact). Entries journaled there are lost on this bookie. Refusing to start: check \
+         the disk; then either wipe this bookie's data so it is re-replicated from the other \
+         replicas, or set bookie.journal_skip_damaged_records = true to replay around the \
+         damage",
+        path.display(),
+        damage.offset,
+        damage.next_valid
+    )
+}
+
 /// Builds the state from the files: loads the index, replays the journal after the checkpoint
 /// into the entry log, checkpoints, and starts a new journal file. Blocking.
 pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile), String> {
@@ -97,11 +114,19 @@ pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile),
         stats: JournalCounters::default(),
         #[cfg(test)]
         inject_write_failure: std::sync::atomic::AtomicBool::new(false),
+        #[cfg(test)]
+        inject_journal_sync_failure: std::sync::atomic::AtomicBool::new(false),
+        #[cfg(test)]
+        inject_log_sync_failure: std::sync::atomic::AtomicBool::new(false),
     });
 
     let cp = loaded.checkpoint;
     let mut max_generation = cp.generation;
     let mut replayed = 0usize;
+    let mut skipped_damage = 0usize;
+    // How far past a torn record the last batch (written, never synced) could reach.
+    let reach = shared.opts.journal_batch_bytes_max
+        + journal::add_record_bytes(shared.opts.entry_size_bytes_max);
     let mut ebuf = Vec::new();
     for (generation, path) in journal::list(&journal_dir).map_err(|e| format!("journal: {e}"))? {
         max_generation = max_generation.max(generation);
@@ -117,15 +142,33 @@ pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile),
         } else {
             0
         };
-        let records = journal::parse(&data, generation, start.min(data.len()));
-        for chunk in records.chunks(REPLAY_CHUNK_RECORDS) {
-            let batch: Vec<Record> = chunk.iter().map(|(r, _)| r.clone()).collect();
-            let offset = chunk.last().map_or(0, |(_, end)| *end);
-            let pos = JournalPos { generation, offset };
-            writer::apply(&shared, &batch, pos, &mut ebuf)
-                .map_err(|e| format!("replay into entry log: {e}"))?;
+        let mut from = start.min(data.len());
+        loop {
+            let parsed = journal::parse(&data, generation, from, reach);
+            if let Some(damage) = parsed.damage
+                && !shared.opts.journal_skip_damaged_records
+            {
+                return Err(damage_error(&path, damage, parsed.records.len()));
+            }
+            for chunk in parsed.records.chunks(REPLAY_CHUNK_RECORDS) {
+                let batch: Vec<Record> = chunk.iter().map(|(r, _)| r.clone()).collect();
+                let offset = chunk.last().map_or(0, |(_, end)| *end);
+                let pos = JournalPos { generation, offset };
+                writer::apply(&shared, &batch, pos, &mut ebuf)
+                    .map_err(|e| format!("replay into entry log: {e}"))?;
+            }
+            replayed += parsed.records.len();
+            let Some(damage) = parsed.damage else { break };
+            tracing::error!(
+                journal = %path.display(),
+                damaged_at = damage.offset,
+                skipped_bytes = damage.next_valid - damage.offset,
+                "journal damaged in the middle: records there are lost on this replica; \
+                 replaying on past them (bookie.journal_skip_damaged_records)"
+            );
+            skipped_damage += 1;
+            from = damage.next_valid as usize;
         }
-        replayed += records.len();
     }
     let jf = JournalFile::create(
         &journal_dir,
@@ -138,6 +181,7 @@ pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile),
     index::checkpoint(&shared)?;
     tracing::info!(
         replayed,
+        skipped_damage,
         generation = jf.generation,
         "bookie storage recovered"
     );

@@ -300,7 +300,8 @@ async fn torn_journal_tail_is_ignored() -> TestResult {
     let files = journal::list(&journal_dir)?;
     let (generation, path) = files.last().cloned().ok_or(anyhow::anyhow!("no journal"))?;
     let data = Bytes::from(std::fs::read(&path)?);
-    let end = journal::parse(&data, generation, 0)
+    let end = journal::parse(&data, generation, 0, 0)
+        .records
         .last()
         .map_or(0, |(_, end)| *end);
     assert!(end > 0);
@@ -644,6 +645,154 @@ async fn write_failure_turns_read_only_without_harm() -> TestResult {
     b.shutdown().await;
     let c = Bookie::open(options(copy.path())).await?;
     assert_readable(&c, 1, 0..20, 100).await?;
+    c.shutdown().await;
+    Ok(())
+}
+
+/// Overwrites every entry log under `data_dir` with zeros: what a replica holds when the
+/// kernel dropped the pages of a failed fdatasync.
+fn zero_entry_logs(data_dir: &Path) -> TestResult {
+    for item in std::fs::read_dir(data_dir.join("ledgers"))? {
+        let path = item?.path();
+        if path.extension().is_some_and(|x| x == "log") {
+            let len = std::fs::metadata(&path)?.len();
+            std::fs::write(&path, vec![0u8; len as usize])?;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_entry_log_sync_is_sticky_and_recovered_from_the_journal() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path());
+    o.journal_file_size_bytes = 64 * 1024;
+    let b = Bookie::open(o.clone()).await?;
+    add_all(&b, 1, 0..200, 1024).await?;
+    let journal_dir = dir.path().join("journal");
+    let before = count_files(&journal_dir, ".txn");
+    assert!(before >= 3, "{before} journal files");
+    b.shared
+        .inject_log_sync_failure
+        .store(true, Ordering::Relaxed);
+    assert!(b.checkpoint_now().await.is_err());
+    assert_eq!(b.state(), BookieState::ReadOnly);
+    assert_eq!(
+        b.add(entry(1, 200, 199, 1024), false).await,
+        Err(BookieError::ReadOnly)
+    );
+    // A healthy-looking disk check does not clear it, and a later sync that would report
+    // success is never trusted: no index commit, no journal trimmed.
+    b.check_disk_now().await;
+    assert_eq!(b.state(), BookieState::ReadOnly);
+    let again = b.checkpoint_now().await;
+    assert!(
+        matches!(&again, Err(BookieError::Internal(m)) if m.contains("sync failed")),
+        "{again:?}"
+    );
+    assert_eq!(count_files(&journal_dir, ".txn"), before);
+    // Reads and fences keep working.
+    assert_readable(&b, 1, 0..200, 1024).await?;
+    b.fence(LedgerId(2)).await?;
+    // The replica as the kernel may have left it: the entry logs' pages lost. A restart
+    // replays the journal from the last good checkpoint and has every acknowledged entry.
+    let copy = tempfile::tempdir()?;
+    copy_dir(dir.path(), copy.path())?;
+    b.shutdown().await;
+    zero_entry_logs(copy.path())?;
+    let mut oc = o;
+    oc.data_dir = copy.path().to_owned();
+    let c = Bookie::open(oc).await?;
+    assert_eq!(c.state(), BookieState::ReadWrite);
+    assert_readable(&c, 1, 0..200, 1024).await?;
+    add_all(&c, 1, 200..210, 1024).await?;
+    c.checkpoint_now().await?;
+    assert_eq!(count_files(&copy.path().join("journal"), ".txn"), 1);
+    c.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn failed_journal_sync_is_sticky_and_nothing_acknowledged_is_lost() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    add_all(&b, 1, 0..10, 100).await?;
+    b.shared
+        .inject_journal_sync_failure
+        .store(true, Ordering::Relaxed);
+    assert!(matches!(
+        b.add(entry(1, 10, 9, 100), false).await,
+        Err(BookieError::Internal(_))
+    ));
+    assert_eq!(b.state(), BookieState::ReadOnly);
+    // Unlike a failed write (cleared once the disk is healthy), a failed sync stays.
+    b.check_disk_now().await;
+    assert_eq!(b.state(), BookieState::ReadOnly);
+    assert!(b.checkpoint_now().await.is_err());
+    assert_readable(&b, 1, 0..10, 100).await?;
+    let copy = tempfile::tempdir()?;
+    copy_dir(dir.path(), copy.path())?;
+    b.shutdown().await;
+    let c = Bookie::open(options(copy.path())).await?;
+    assert_eq!(c.state(), BookieState::ReadWrite);
+    assert_readable(&c, 1, 0..10, 100).await?;
+    c.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn damage_in_the_middle_of_the_journal_refuses_to_start_unless_skipped() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    // Small batches, so that synced records lie beyond the reach of the last batch.
+    let small = |dir: &Path| {
+        let mut o = options(dir);
+        o.journal_batch_bytes_max = 1024;
+        o.entry_size_bytes_max = 1000;
+        o
+    };
+    let b = Bookie::open(small(dir.path())).await?;
+    add_all(&b, 1, 0..40, 100).await?;
+    let copy = tempfile::tempdir()?;
+    copy_dir(dir.path(), copy.path())?;
+    b.shutdown().await;
+
+    // Flip a byte inside the fourth record's payload: synced records follow it.
+    let journal_dir = copy.path().join("journal");
+    let (generation, path) = journal::list(&journal_dir)?
+        .last()
+        .cloned()
+        .ok_or(anyhow::anyhow!("no journal"))?;
+    let data = Bytes::from(std::fs::read(&path)?);
+    let records = journal::parse(&data, generation, 0, 0).records;
+    assert_eq!(records.len(), 40);
+    let (start, end) = (records[2].1, records[3].1);
+    let mut byte = [0u8; 1];
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let at = (start + end) / 2;
+    file.read_exact_at(&mut byte, at)?;
+    file.write_all_at(&[byte[0] ^ 0xff], at)?;
+    drop(file);
+
+    let refused = Bookie::open(small(copy.path())).await;
+    let Err(e) = refused else {
+        panic!("a bookie with a damaged journal started");
+    };
+    let msg = e.to_string();
+    assert!(msg.contains("damaged in the middle"), "{msg}");
+    assert!(msg.contains("journal_skip_damaged_records"), "{msg}");
+
+    let mut skip = small(copy.path());
+    skip.journal_skip_damaged_records = true;
+    let c = Bookie::open(skip).await?;
+    assert_readable(&c, 1, 0..3, 100).await?;
+    assert_readable(&c, 1, 4..40, 100).await?;
+    assert!(matches!(
+        c.read(LedgerId(1), EntryId(3), false).await,
+        Err(BookieError::NoSuchEntry { .. })
+    ));
     c.shutdown().await;
     Ok(())
 }

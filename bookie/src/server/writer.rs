@@ -275,7 +275,19 @@ fn write_journal(
         return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
     }
     jf.file.write_all_at(jbuf, jf.offset)?;
-    rustix::fs::fdatasync(&jf.file)?;
+    #[cfg(test)]
+    if shared
+        .inject_journal_sync_failure
+        .swap(false, Ordering::Relaxed)
+    {
+        let e = std::io::Error::from_raw_os_error(5); // EIO
+        shared.sync_failed(&format!("journal fdatasync: {e}"));
+        return Err(e);
+    }
+    if let Err(e) = rustix::fs::fdatasync(&jf.file) {
+        shared.sync_failed(&format!("journal fdatasync: {e}"));
+        return Err(e.into());
+    }
     jf.offset += jbuf.len() as u64;
     let stats = &shared.stats;
     stats.syncs.fetch_add(1, Ordering::Relaxed);
