@@ -36,6 +36,9 @@ pub enum BrokerError {
     /// An exclusive producer already exists (or this one conflicts with the others).
     #[error("producer busy: {0}")]
     ProducerBusy(String),
+    /// An exclusive producer holds the topic, or a newer one fenced this one out.
+    #[error("producer fenced: {0}")]
+    ProducerFenced(String),
     /// An exclusive consumer already exists, or the subscription type conflicts.
     #[error("consumer busy: {0}")]
     ConsumerBusy(String),
@@ -78,6 +81,7 @@ impl BrokerError {
                 ServerError::TopicNotFound
             }
             BrokerError::ProducerBusy(_) => ServerError::ProducerBusy,
+            BrokerError::ProducerFenced(_) => ServerError::ProducerFenced,
             BrokerError::ConsumerBusy(_) => ServerError::ConsumerBusy,
             BrokerError::ConsumerAssign(_) => ServerError::ConsumerAssignError,
             BrokerError::SubscriptionNotFound(_) => ServerError::SubscriptionNotFound,
@@ -94,6 +98,9 @@ impl BrokerError {
             }
             BrokerError::ManagedLedger(ManagedLedgerError::Closed(_)) => {
                 ServerError::ServiceNotReady
+            }
+            BrokerError::ManagedLedger(ManagedLedgerError::InvalidAck { .. }) => {
+                ServerError::NotAllowedError
             }
             BrokerError::ManagedLedger(ManagedLedgerError::Metadata(_))
             | BrokerError::Metadata(_)

@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use magnetar_metadata::{Acquired, LeaseRecord, MetadataError, MetadataStore, OwnershipLease};
+use magnetar_metadata::{
+    Acquired, DeleteOutcome, Expected, LeaseRecord, MetadataError, MetadataStore, OwnershipLease,
+};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
@@ -124,14 +126,33 @@ impl OwnershipCache {
 
     async fn take(self: &Arc<Self>, bundle: &Bundle) -> Result<Owner, MetadataError> {
         let key = bundle_key(bundle);
-        match OwnershipLease::acquire(
+        let mut acquired = OwnershipLease::acquire(
             Arc::clone(&self.store),
             &key,
             &self.broker_id,
             &self.session.current(),
         )
-        .await?
+        .await?;
+        if let Acquired::Busy(Some(holder)) = &acquired
+            && holder.owner == self.broker_id
         {
+            // A lease under this broker's own name that it does not hold: left by its previous
+            // incarnation (restarted within the old session's ttl) or by a session it lost.
+            // Nobody else can be using it, so it is taken over — the topic loads that follow
+            // fence the old tenure's ledgers as for any new owner. Left alone, lookups would
+            // redirect clients to this very broker until the ttl ran out.
+            if self.delete_stale_own_lease(&key, holder.epoch).await? {
+                info!(%bundle, stale_epoch = holder.epoch, "taking over this broker's stale lease");
+                acquired = OwnershipLease::acquire(
+                    Arc::clone(&self.store),
+                    &key,
+                    &self.broker_id,
+                    &self.session.current(),
+                )
+                .await?;
+            }
+        }
+        match acquired {
             Acquired::Held(lease) => {
                 let lease = Arc::new(lease);
                 let epoch = lease.epoch();
@@ -141,14 +162,35 @@ impl OwnershipCache {
                 Ok(Owner::This { epoch })
             }
             Acquired::Busy(Some(holder)) if holder.owner == self.broker_id => {
-                // Our own key from an earlier session that has not expired yet: not ours to use.
-                Ok(Owner::Other(holder))
+                Err(MetadataError::Unavailable(format!(
+                    "bundle {bundle}: this broker's stale lease changed while it was taken over; \
+                     retry"
+                )))
             }
             Acquired::Busy(Some(holder)) => Ok(Owner::Other(holder)),
             Acquired::Busy(None) => Err(MetadataError::Unavailable(format!(
                 "bundle {bundle} changed hands during the lookup; retry"
             ))),
         }
+    }
+
+    /// Deletes the lease at `key` if it still names this broker with `epoch` (compare-and-set
+    /// on its version); true when it is gone.
+    async fn delete_stale_own_lease(&self, key: &str, epoch: u64) -> Result<bool, MetadataError> {
+        let Some(current) = self.store.get(key).await? else {
+            return Ok(true);
+        };
+        let still_ours = serde_json::from_slice::<LeaseRecord>(&current.value)
+            .is_ok_and(|r| r.owner == self.broker_id && r.epoch == epoch);
+        if !still_ours {
+            return Ok(false);
+        }
+        Ok(matches!(
+            self.store
+                .delete(key, Expected::Version(current.version))
+                .await?,
+            DeleteOutcome::Deleted | DeleteOutcome::NotFound
+        ))
     }
 
     /// The current owner without taking the lease.
@@ -323,6 +365,40 @@ mod tests {
             Owner::This { epoch: again } => assert!(again > epoch),
             other => panic!("the renewed session takes the bundle again, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_restarted_broker_takes_over_its_own_stale_lease() {
+        let store = MemoryStore::new();
+        let shared: Arc<dyn MetadataStore> = Arc::new(store.clone());
+        let old_session = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let before = OwnershipCache::new(Arc::clone(&shared), old_session, "b1:6650".into());
+        let bundle = bundle();
+        let Owner::This { epoch } = before.acquire(&bundle).await.unwrap() else {
+            panic!("a free bundle is taken")
+        };
+        // The process dies; its session (and lease) outlive it until the ttl runs out. The
+        // restarted broker has the same advertised identity and a new session.
+        std::mem::forget(before);
+        let new_session = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let after = OwnershipCache::new(Arc::clone(&shared), new_session, "b1:6650".into());
+        match after.acquire(&bundle).await.unwrap() {
+            Owner::This { epoch: again } => assert!(again > epoch, "a new tenure, a new epoch"),
+            other => panic!("its own stale lease must not be taken for another owner: {other:?}"),
+        }
+        // Another broker still sees the restarted one as the owner.
+        let s3 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(60))
+            .await
+            .unwrap();
+        let other = OwnershipCache::new(Arc::clone(&shared), s3, "b2:6650".into());
+        assert!(matches!(
+            other.acquire(&bundle).await.unwrap(),
+            Owner::Other(r) if r.owner == "b1:6650"
+        ));
     }
 
     #[tokio::test]

@@ -1,10 +1,11 @@
 //! [`Topic`]: a loaded persistent topic — its managed ledger, its producers (with Pulsar's
 //! access modes) and its subscriptions.
 //!
-//! Producer access modes: `Shared` producers coexist; an `Exclusive` producer needs the topic to
-//! itself and a conflict is answered at once with ProducerBusy (both ways: a Shared producer
-//! cannot join an Exclusive one); `WaitForExclusive` waits until the topic has no producer.
-//! `ExclusiveWithFencing` is treated as `Exclusive`.
+//! Producer access modes as Pulsar's (see [`Topic::add_producer`]): `Shared` producers coexist
+//! (ProducerBusy next to an exclusive one); `Exclusive` needs the topic alone (ProducerFenced
+//! otherwise); `ExclusiveWithFencing` closes the others and takes it; `WaitForExclusive` waits
+//! until the topic has no producer. Exclusive holders carry a topic epoch, persisted in the
+//! managed ledger, so a producer fenced out cannot come back.
 //!
 //! Closing a topic (bundle lost, broker shutdown) tells every client to reconnect
 //! (CLOSE_PRODUCER / CLOSE_CONSUMER), stops the subscriptions and closes the managed ledger,
@@ -63,8 +64,9 @@ fn detach_all(producers: &mut HashMap<u64, ProducerSpec>) -> HashMap<u64, Produc
 #[derive(Debug, Clone, Copy)]
 pub enum StartAt {
     Initial(InitialPosition),
-    /// Non-durable: from this position on (inclusive).
-    Position(Position),
+    /// Non-durable: from this position on (inclusive); past the last confirmed entry, the
+    /// initial position instead.
+    Position(Position, InitialPosition),
 }
 
 #[derive(Debug, Default)]
@@ -74,6 +76,24 @@ struct State {
     /// WaitForExclusive producers waiting for the topic: Shared producers are refused
     /// meanwhile (as Pulsar), or a steady stream of them would starve the waiter.
     waiting_exclusive: usize,
+    /// Bumped by each ExclusiveWithFencing producer: waiters that saw an older value fail.
+    fence_generation: u64,
+    /// The topic epoch of exclusive producers (`pulsar.topic.epoch`; None: never held).
+    topic_epoch: Option<u64>,
+}
+
+/// The managed-ledger property holding the topic epoch (Pulsar's name).
+pub const TOPIC_EPOCH_PROPERTY: &str = "pulsar.topic.epoch";
+
+/// What [`Topic::admit`] decided for a producer.
+enum Admit {
+    Added {
+        epoch: Option<u64>,
+        /// Producers an ExclusiveWithFencing producer took the topic from.
+        fenced_out: Vec<ProducerSpec>,
+    },
+    /// WaitForExclusive: the topic has producers.
+    Wait,
 }
 
 /// Counts one waiting WaitForExclusive producer while alive (its request may be dropped).
@@ -127,12 +147,19 @@ impl Topic {
         dedup: Arc<Dedup>,
         service: Weak<BrokerService>,
     ) -> Arc<Self> {
+        let topic_epoch = ml
+            .properties()
+            .get(TOPIC_EPOCH_PROPERTY)
+            .and_then(|e| e.parse().ok());
         Arc::new(Topic {
             name,
             bundle,
             ml,
             service,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                topic_epoch,
+                ..State::default()
+            }),
             producer_left: Notify::new(),
             closed: AtomicBool::new(false),
             msg_in: AtomicU64::new(0),
@@ -280,14 +307,28 @@ impl Topic {
         });
     }
 
-    /// Attaches a producer, or fails at once with ProducerBusy. `WaitForExclusive` waits for
-    /// the other producers to leave; `on_wait` is called once if it has to.
+    /// Attaches a producer with Pulsar's access-mode rules; returns the topic epoch for the
+    /// exclusive modes (sent back in PRODUCER_SUCCESS, and by the client when it reconnects).
+    ///
+    /// - `Shared` joins other Shared producers; with an exclusive producer there or waiting →
+    ///   ProducerBusy.
+    /// - `Exclusive` needs the topic alone, else ProducerFenced at once.
+    /// - `ExclusiveWithFencing` closes every producer there (CLOSE_PRODUCER) and fails every
+    ///   waiting one with ProducerFenced, then takes the topic.
+    /// - `WaitForExclusive` waits until the topic has no producer; `on_wait` is called once if
+    ///   it has to.
+    ///
+    /// An exclusive producer coming back with a `topic_epoch` older than the topic's (another
+    /// exclusive producer held the topic in between) is fenced; otherwise it takes the topic
+    /// at its epoch, and a new one at the next epoch, stored in the managed ledger's
+    /// `pulsar.topic.epoch` property before the producer is answered.
     pub async fn add_producer(
         &self,
         spec: ProducerSpec,
+        requested_epoch: Option<u64>,
         mut on_wait: impl FnMut(),
-    ) -> BrokerResult<()> {
-        let mut waiting: Option<Waiting<'_>> = None;
+    ) -> BrokerResult<Option<u64>> {
+        let mut waiting: Option<(Waiting<'_>, u64)> = None;
         loop {
             self.check_open()?;
             if self.publish_fenced.load(Ordering::Acquire) {
@@ -296,46 +337,143 @@ impl Topic {
                     self.name
                 )));
             }
+            if let Some(why) = self.ml.unwritable() {
+                // Refused with the reason rather than admitted into a write that must fail:
+                // the client backs off and retries; the managed ledger keeps trying to get a
+                // writable ledger (with its own backoff) and producers are admitted again once
+                // it has one.
+                return Err(BrokerError::NotReady(format!(
+                    "topic {} cannot be written now: {why}; retry later",
+                    self.name
+                )));
+            }
             let left = self.producer_left.notified();
-            {
+            let (decided, started_waiting) = {
                 let mut st = self.state();
-                if st.producers.values().any(|p| p.name == spec.name) {
-                    return Err(BrokerError::ProducerBusy(format!(
-                        "producer with name '{}' is already connected to topic {}",
-                        spec.name, self.name
-                    )));
+                let generation = waiting.as_ref().map(|(_, g)| *g);
+                let decided = self.admit(&mut st, &spec, requested_epoch, generation)?;
+                let started = (matches!(decided, Admit::Wait) && waiting.is_none()).then(|| {
+                    st.waiting_exclusive += 1;
+                    st.fence_generation
+                });
+                (decided, started)
+            };
+            let (epoch, fenced_out) = match decided {
+                Admit::Added { epoch, fenced_out } => (epoch, fenced_out),
+                Admit::Wait => {
+                    if let Some(generation) = started_waiting {
+                        waiting = Some((Waiting(self), generation));
+                    }
+                    on_wait();
+                    left.await;
+                    continue;
                 }
-                let exclusive_there = st
-                    .producers
-                    .values()
-                    .any(|p| p.mode != ProducerAccessMode::Shared);
-                let conflict = match spec.mode {
-                    ProducerAccessMode::Shared => exclusive_there || st.waiting_exclusive > 0,
-                    _ => !st.producers.is_empty(),
-                };
-                if !conflict {
-                    info!(topic = %self.name, producer = spec.producer_id, name = %spec.name,
-                        mode = ?spec.mode, "producer added");
-                    self.dedup.producer_added(&spec.name);
-                    st.producers.insert(spec.key, spec);
-                    return Ok(());
-                }
-                if spec.mode != ProducerAccessMode::WaitForExclusive {
+            };
+            for p in &fenced_out {
+                info!(topic = %self.name, producer = %p.name, "fenced out by an ExclusiveWithFencing producer");
+                self.dedup.producer_removed(&p.name);
+                p.conn
+                    .try_send_command(commands::close_producer(p.producer_id, 0));
+            }
+            if !fenced_out.is_empty() {
+                // Waiters wake, see the new fence generation and fail.
+                self.producer_left.notify_waiters();
+            }
+            if let Some(epoch) = epoch
+                && self.ml.properties().get(TOPIC_EPOCH_PROPERTY) != Some(&epoch.to_string())
+                && let Err(e) = self
+                    .ml
+                    .set_property(TOPIC_EPOCH_PROPERTY, &epoch.to_string())
+                    .await
+            {
+                self.remove_producer(spec.key);
+                return Err(e.into());
+            }
+            return Ok(epoch);
+        }
+    }
+
+    /// The access-mode decision for `spec` (see [`Topic::add_producer`]), made under the
+    /// state lock; an added producer is in `st.producers` when it returns.
+    fn admit(
+        &self,
+        st: &mut State,
+        spec: &ProducerSpec,
+        requested_epoch: Option<u64>,
+        waiting_since: Option<u64>,
+    ) -> BrokerResult<Admit> {
+        if waiting_since.is_some_and(|g| g != st.fence_generation) {
+            return Err(BrokerError::ProducerFenced(format!(
+                "fenced out of topic {} by an ExclusiveWithFencing producer",
+                self.name
+            )));
+        }
+        if st.producers.values().any(|p| p.name == spec.name) {
+            return Err(BrokerError::ProducerBusy(format!(
+                "producer with name '{}' is already connected to topic {}",
+                spec.name, self.name
+            )));
+        }
+        let exclusive = st
+            .producers
+            .values()
+            .find(|p| p.mode != ProducerAccessMode::Shared)
+            .map(|p| p.name.clone());
+        let mut fenced_out = Vec::new();
+        let epoch = match spec.mode {
+            ProducerAccessMode::Shared => {
+                if let Some(holder) = exclusive {
                     return Err(BrokerError::ProducerBusy(format!(
-                        "topic {} has an exclusive producer or others in the way of one",
+                        "topic {} has an existing exclusive producer: {holder}",
                         self.name
                     )));
                 }
-                if waiting.is_none() {
-                    st.waiting_exclusive += 1;
+                if st.waiting_exclusive > 0 {
+                    return Err(BrokerError::ProducerBusy(format!(
+                        "topic {} has a producer waiting for exclusive access",
+                        self.name
+                    )));
                 }
+                None
             }
-            if waiting.is_none() {
-                waiting = Some(Waiting(self));
+            mode => {
+                if mode == ProducerAccessMode::ExclusiveWithFencing {
+                    // Everyone else goes: waiters fail, producers are closed.
+                    st.fence_generation += 1;
+                    fenced_out = detach_all(&mut st.producers).into_values().collect();
+                } else if !st.producers.is_empty() {
+                    if mode == ProducerAccessMode::WaitForExclusive {
+                        return Ok(Admit::Wait);
+                    }
+                    return Err(BrokerError::ProducerFenced(match exclusive {
+                        Some(holder) => format!(
+                            "topic {} has an existing exclusive producer: {holder}",
+                            self.name
+                        ),
+                        None => format!("topic {} has existing shared producers", self.name),
+                    }));
+                }
+                let current = st.topic_epoch;
+                if let (Some(asked), Some(current)) = (requested_epoch, current)
+                    && asked < current
+                {
+                    return Err(BrokerError::ProducerFenced(format!(
+                        "topic {} epoch has already moved: current epoch {current}, producer \
+                         epoch {asked}",
+                        self.name
+                    )));
+                }
+                let epoch =
+                    requested_epoch.unwrap_or_else(|| current.map_or(0, |c| c.saturating_add(1)));
+                st.topic_epoch = Some(epoch);
+                Some(epoch)
             }
-            on_wait();
-            left.await;
-        }
+        };
+        info!(topic = %self.name, producer = spec.producer_id, name = %spec.name,
+            mode = ?spec.mode, epoch = ?epoch, "producer added");
+        self.dedup.producer_added(&spec.name);
+        st.producers.insert(spec.key, spec.clone());
+        Ok(Admit::Added { epoch, fenced_out })
     }
 
     pub fn remove_producer(&self, key: u64) {
@@ -370,11 +508,15 @@ impl Topic {
         }
         let cursor = match (durable, start) {
             (true, StartAt::Initial(initial)) => self.ml.open_cursor(name, initial).await?,
-            (true, StartAt::Position(_)) => {
-                self.ml.open_cursor(name, InitialPosition::Latest).await?
-            }
+            (true, StartAt::Position(_, initial)) => self.ml.open_cursor(name, initial).await?,
             (false, StartAt::Initial(initial)) => self.ml.new_non_durable_cursor(initial),
-            (false, StartAt::Position(p)) => self.ml.new_non_durable_cursor_at(p),
+            (false, StartAt::Position(p, initial)) => {
+                if self.ml.last_confirmed().is_some_and(|last| p <= last) {
+                    self.ml.new_non_durable_cursor_at(p)
+                } else {
+                    self.ml.new_non_durable_cursor(initial)
+                }
+            }
         };
         let batch = self
             .service

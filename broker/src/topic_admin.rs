@@ -553,6 +553,8 @@ impl TopicAdmin for BrokerTopicAdmin {
         subscription: &str,
         start: StartPosition,
     ) -> Result<(), TopicAdminError> {
+        crate::topic_name::validate_subscription_name(subscription)
+            .map_err(|e| TopicAdminError::Precondition(e.to_string()))?;
         let topic = self.topic(name).await?;
         let ml = topic.managed_ledger();
         if ml.cursor(subscription).is_some() {
@@ -670,7 +672,7 @@ impl TopicAdmin for BrokerTopicAdmin {
             .into_iter()
             .map(|(p, _)| p)
             .collect();
-        cursor.ack_individual(&positions);
+        cursor.ack_individual(&positions).map_err(from_ml)?;
         cursor.flush().await.map_err(from_ml)
     }
 
@@ -678,7 +680,7 @@ impl TopicAdmin for BrokerTopicAdmin {
         let topic = self.topic(name).await?;
         let cursor = Self::cursor(&topic, subscription)?;
         if let Some(last) = topic.managed_ledger().last_confirmed() {
-            cursor.ack_cumulative(last);
+            cursor.ack_cumulative(last).map_err(from_ml)?;
         }
         cursor.flush().await.map_err(from_ml)
     }

@@ -16,6 +16,8 @@ const PARTITION_SUFFIX: &str = "-partition-";
 pub enum NameError {
     #[error("invalid topic name {name:?}: {reason}")]
     Topic { name: String, reason: &'static str },
+    #[error("invalid subscription name {name:?}: {reason}")]
+    Subscription { name: String, reason: &'static str },
     #[error("invalid namespace name {name:?}: {reason}")]
     Namespace { name: String, reason: &'static str },
 }
@@ -44,6 +46,9 @@ fn valid_entity(s: &str) -> Result<(), &'static str> {
     if s.len() > NAME_SIZE_MAX_BYTES {
         return Err("part longer than 256 bytes");
     }
+    if s == "." || s == ".." {
+        return Err("'.' and '..' are not allowed as tenant or namespace names");
+    }
     if !s
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '=' | ':' | '.' | '_'))
@@ -63,10 +68,36 @@ fn valid_local(s: &str) -> Result<(), &'static str> {
     if s.contains('/') {
         return Err("'/' is not allowed in the topic's own name");
     }
+    if s == "." || s == ".." {
+        return Err("'.' and '..' are not allowed as topic names");
+    }
     if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err("control characters and whitespace are not allowed");
     }
     Ok(())
+}
+
+/// Subscription names: not empty, at most 256 bytes, no `/`, no control characters (they
+/// name cursor records and stats keys).
+pub fn validate_subscription_name(name: &str) -> Result<(), NameError> {
+    let reason = if name.is_empty() {
+        Some("empty subscription name")
+    } else if name.len() > NAME_SIZE_MAX_BYTES {
+        Some("subscription name longer than 256 bytes")
+    } else if name.contains('/') {
+        Some("'/' is not allowed in subscription names")
+    } else if name.chars().any(char::is_control) {
+        Some("control characters are not allowed in subscription names")
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(NameError::Subscription {
+            name: name.chars().take(NAME_SIZE_MAX_BYTES).collect(),
+            reason,
+        }),
+    }
 }
 
 impl NamespaceName {

@@ -22,10 +22,21 @@ impl Conn {
 
     pub(super) async fn create_consumer(&self, s: CommandSubscribe) -> BrokerResult<()> {
         let topic_name = topic_of(&s.topic)?;
+        crate::topic_name::validate_subscription_name(&s.subscription)?;
         // Resubscribing with a consumer id still in use (after the broker closed it): replace.
+        // A reader's (non-durable) subscription is kept when the same reader comes back to it —
+        // after a SEEK the broker closed the consumer and the reset cursor must survive the
+        // resubscribe, as in Pulsar (a time seek resubscribes with no start position at all).
         let old = self.state().consumers.remove(&s.consumer_id);
         if let Some(old) = old {
-            self.detach_consumer(old).await;
+            let same_reader = !old.sub.is_durable()
+                && old.sub.name() == s.subscription
+                && old.topic.name().to_string() == topic_name.to_string();
+            if same_reader {
+                old.sub.remove_consumer(old.key).await;
+            } else {
+                self.detach_consumer(old).await;
+            }
         }
         let topic = self.service.get_topic(&topic_name).await?;
         let idle = topic.managed_ledger().last_confirmed().is_none();
@@ -207,11 +218,29 @@ impl Conn {
                 },
             })
             .collect();
-        slot.sub.ack(cumulative, ids).await;
-        if let Some(request_id) = ack.request_id {
-            self.send(commands::ack_response(ack.consumer_id, request_id))
-                .await;
-        }
+        let Some(request_id) = ack.request_id else {
+            slot.sub.ack(cumulative, ids).await;
+            return;
+        };
+        // With an ack receipt the client waits for the outcome; answered off the reader loop
+        // so later frames are not held up behind the subscription's queue.
+        let conn = self.clone();
+        let consumer_id = ack.consumer_id;
+        tokio::spawn(
+            async move {
+                let answer = match slot.sub.ack_with_receipt(cumulative, ids).await {
+                    Ok(()) => commands::ack_response(consumer_id, request_id),
+                    Err(e) => commands::ack_response_error(
+                        consumer_id,
+                        request_id,
+                        e.server_error(),
+                        e.to_string(),
+                    ),
+                };
+                conn.send(answer).await;
+            }
+            .in_current_span(),
+        );
     }
 
     /// Detaches every producer and consumer of a closed connection.
@@ -236,24 +265,22 @@ impl Conn {
     }
 }
 
-/// Where a reader starts: the wire's start message id, exclusive unless it points into a batch
-/// (the client then skips the messages before its batch index itself).
+/// Where a reader (non-durable subscription) starts, as Pulsar's broker decides it: at the
+/// entry of the wire's start message id **itself** — the client drops what its exclusive or
+/// inclusive start excludes (comparing message ids, batch indexes included) — so an inclusive
+/// start gets the message it names. `-1:-1` is the earliest entry; `latest` (`i64::MAX`) and
+/// any other position past the last entry fall back to the subscription's initial position.
 pub(super) fn start_of(id: &MessageIdData, initial: InitialPosition) -> StartAt {
     const EARLIEST: u64 = u64::MAX; // -1 on the wire
-    const LATEST: u64 = i64::MAX as u64;
-    if id.ledger_id == EARLIEST && id.entry_id == EARLIEST {
+    if id.ledger_id == EARLIEST {
         return StartAt::Initial(InitialPosition::Earliest);
     }
-    if id.ledger_id == LATEST || id.ledger_id == EARLIEST {
-        return StartAt::Initial(if id.ledger_id == LATEST {
-            InitialPosition::Latest
-        } else {
-            initial
-        });
+    if id.ledger_id >= i64::MAX as u64 {
+        return StartAt::Initial(initial);
     }
-    if id.batch_index.is_some_and(|b| b >= 0) {
-        StartAt::Position(position(id))
-    } else {
-        StartAt::Position(Position::new(id.ledger_id, id.entry_id.saturating_add(1)))
+    if id.entry_id == u64::MAX {
+        // `ledger:-1`: before the ledger's first entry.
+        return StartAt::Position(Position::new(id.ledger_id, 0), initial);
     }
+    StartAt::Position(position(id), initial)
 }

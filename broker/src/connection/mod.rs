@@ -13,8 +13,9 @@
 //! commands (LOOKUP, PRODUCER, SUBSCRIBE, SEEK, …) run in their own tasks so a slow one (a topic
 //! load, a WaitForExclusive producer) does not stall the connection.
 //!
-//! A malformed or oversized frame, a protocol violation or a dead peer (no frame for twice the
-//! keep-alive interval, after a PING) closes this connection only, with the reason logged; its
+//! A malformed or oversized frame (before CONNECTED: anything over 64 KiB), a protocol
+//! violation or a dead peer (idle for the keep-alive interval, pinged, and then nothing at all
+//! received for another interval) closes this connection only, with the reason logged; its
 //! producers and consumers are detached (unacked messages go back to their subscriptions).
 //!
 //! This file holds the loops and the dispatch of frames; `producer.rs` producers, SEND and
@@ -59,6 +60,11 @@ mod producer;
 
 /// Time a new connection has to send CONNECT.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest frame accepted before CONNECTED: room for a CONNECT with an authentication token
+/// or certificate chain, far below a message's size.
+const HANDSHAKE_FRAME_SIZE_MAX: usize = 64 * 1024;
+/// Read buffer of a new connection (it grows for larger frames after CONNECTED).
+const HANDSHAKE_READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames written per flush at most.
 const WRITE_BATCH: usize = 256;
 
@@ -151,6 +157,8 @@ struct Conn {
     state: Arc<Mutex<State>>,
     /// The client's address (CONSUMER_STATS `address`).
     peer: Option<SocketAddr>,
+    /// Largest frame accepted once CONNECTED (max message size + header padding).
+    frame_size_max: usize,
 }
 
 /// Serves one accepted socket until it closes.
@@ -162,6 +170,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, service: Arc<BrokerServi
 async fn run(stream: TcpStream, service: Arc<BrokerService>) {
     let config = service.config().clone();
     let codec = PulsarCodec::for_max_message_size(config.max_message_size);
+    // Until CONNECTED, only small frames: a 4-byte length header alone must not make the broker
+    // reserve megabytes for a peer that has not even said hello.
+    let handshake_codec = PulsarCodec {
+        frame_size_max: HANDSHAKE_FRAME_SIZE_MAX.min(codec.frame_size_max),
+    };
     let peer = stream.peer_addr().ok();
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(config.outbound_queue_frames.max(1));
@@ -174,11 +187,16 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
         },
         state: Arc::default(),
         peer,
+        frame_size_max: codec.frame_size_max,
     };
     let writer = tokio::spawn(
         write_loop(FramedWrite::new(write, codec), rx, closed.clone()).in_current_span(),
     );
-    let mut frames = FramedRead::new(crate::quickack::QuickAckRead::new(read), codec);
+    let mut frames = FramedRead::with_capacity(
+        crate::quickack::QuickAckRead::new(read),
+        handshake_codec,
+        HANDSHAKE_READ_BUFFER_BYTES,
+    );
 
     let reason = conn
         .read_loop(&mut frames, &config.keepalive_interval)
@@ -293,7 +311,14 @@ impl Conn {
         info!(client = %connect.client_version, protocol = version, "connected");
         self.send(connected).await;
 
+        // Past the handshake, frames up to the advertised maximum are accepted.
+        frames.decoder_mut().frame_size_max = self.frame_size_max;
+
         let mut last_seen = Instant::now();
+        // When the broker's PING went out, if nothing arrived since: only a peer silent for a
+        // whole keep-alive interval after a PING is dead (as Pulsar's keep-alive), however
+        // late a timer fires.
+        let mut ping_unanswered: Option<Instant> = None;
         let mut ticker = tokio::time::interval(keepalive);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.service.shutdown_token().clone();
@@ -301,12 +326,19 @@ impl Conn {
             let next = tokio::select! {
                 f = frames.next() => f,
                 _ = ticker.tick() => {
-                    let idle = last_seen.elapsed();
-                    if idle >= keepalive * 2 {
-                        return Close::Error(format!("no frame for {idle:?}: peer is dead"));
+                    if let Some(sent) = ping_unanswered
+                        && sent.elapsed() >= keepalive
+                    {
+                        return Close::Error(format!(
+                            "nothing received for {:?} after a PING: peer is dead",
+                            sent.elapsed()
+                        ));
                     }
-                    if idle >= keepalive {
-                        self.tx.try_send_command(commands::ping());
+                    if ping_unanswered.is_none()
+                        && last_seen.elapsed() >= keepalive
+                        && self.tx.try_send_command(commands::ping())
+                    {
+                        ping_unanswered = Some(Instant::now());
                     }
                     continue;
                 }
@@ -324,6 +356,7 @@ impl Conn {
             // After handling: a frame held up by backpressure (a SEND waiting for the managed
             // ledger's queue) is our wait, not the peer's silence.
             last_seen = Instant::now();
+            ping_unanswered = None;
         }
     }
 

@@ -6,6 +6,17 @@ use magnetar_proto::pulsar::api::CommandSend;
 
 use super::*;
 
+/// A producer attached to its topic: what PRODUCER_SUCCESS tells the client.
+pub(super) struct Created {
+    name: String,
+    /// `None`: no schema.
+    schema_version: Option<u64>,
+    /// The last sequence id deduplication knows for the name (-1: none).
+    last_sequence_id: i64,
+    /// Exclusive modes: the topic epoch the producer holds.
+    topic_epoch: Option<u64>,
+}
+
 impl Conn {
     pub(super) async fn producer(self, c: BaseCommand) {
         let Some(p) = c.producer else { return };
@@ -41,12 +52,18 @@ impl Conn {
             return;
         }
         let answer = match created {
-            Ok((name, schema_version, last_sequence_id)) => commands::producer_success(
-                request_id,
-                name,
-                last_sequence_id,
-                schema_version.map(crate::schema::version_bytes),
-            ),
+            Ok(c) => {
+                let mut answer = commands::producer_success(
+                    request_id,
+                    c.name,
+                    c.last_sequence_id,
+                    c.schema_version.map(crate::schema::version_bytes),
+                );
+                if let Some(s) = answer.producer_success.as_mut() {
+                    s.topic_epoch = c.topic_epoch;
+                }
+                answer
+            }
             Err(e) => {
                 info!(producer = producer_id, error = %e, "producer refused");
                 commands::error(request_id, e.server_error(), e.to_string())
@@ -61,7 +78,7 @@ impl Conn {
         &self,
         p: CommandProducer,
         cancel: &CancellationToken,
-    ) -> BrokerResult<(String, Option<u64>, i64)> {
+    ) -> BrokerResult<Created> {
         let topic_name = topic_of(&p.topic)?;
         let topic = self.service.get_topic(&topic_name).await?;
         topic.refresh_dedup().await?;
@@ -76,11 +93,8 @@ impl Conn {
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| self.service.unique_name(key));
-        let mode = match ProducerAccessMode::try_from(p.producer_access_mode.unwrap_or(0)) {
-            Ok(ProducerAccessMode::ExclusiveWithFencing) => ProducerAccessMode::Exclusive,
-            Ok(m) => m,
-            Err(_) => ProducerAccessMode::Shared,
-        };
+        let mode = ProducerAccessMode::try_from(p.producer_access_mode.unwrap_or(0))
+            .unwrap_or(ProducerAccessMode::Shared);
         let spec = ProducerSpec {
             key,
             producer_id: p.producer_id,
@@ -93,7 +107,7 @@ impl Conn {
         let tx = self.tx.clone();
         let (request_id, waiting_name) = (p.request_id, name.clone());
         let mut told = false;
-        let added = topic.add_producer(spec, || {
+        let added = topic.add_producer(spec, p.topic_epoch, || {
             if !told {
                 told = true;
                 let mut c = commands::producer_success(request_id, waiting_name.clone(), -1, None);
@@ -104,12 +118,12 @@ impl Conn {
             }
         });
         // A WaitForExclusive producer may wait long: closed meanwhile, it stops waiting.
-        tokio::select! {
+        let topic_epoch = tokio::select! {
             added = added => added?,
             _ = cancel.cancelled() => {
                 return Err(BrokerError::NotReady("producer closed before it was created".into()));
             }
-        }
+        };
         let (sends, rx) = mpsc::channel(self.service.config().pending_sends_per_producer.max(1));
         let slot = ProducerSlot {
             key,
@@ -146,7 +160,12 @@ impl Conn {
             .instrument(info_span!("receipts", topic = %topic_name, producer = p.producer_id)),
         );
         let last_sequence_id = topic.dedup().last_sequence_id(&name);
-        Ok((name, schema_version, last_sequence_id))
+        Ok(Created {
+            name,
+            schema_version,
+            last_sequence_id,
+            topic_epoch,
+        })
     }
 
     pub(super) async fn close_producer(self, c: BaseCommand) {

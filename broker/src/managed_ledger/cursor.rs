@@ -228,8 +228,30 @@ impl ManagedCursor {
         }
     }
 
+    /// Refuses a position beyond the last confirmed entry: an ack there would mark messages
+    /// not yet written as consumed (Pulsar refuses it too).
+    pub fn check_ack(&self, pos: Position) -> MlResult<()> {
+        let last = self.core.shared.state().last_confirmed;
+        match last {
+            Some(last) if pos <= last => Ok(()),
+            _ => Err(ManagedLedgerError::InvalidAck {
+                name: self.core.shared.name.clone(),
+                position: pos.to_string(),
+                reason: match last {
+                    Some(last) => format!("beyond the last confirmed entry {last}"),
+                    None => "nothing was written yet".to_owned(),
+                },
+            }),
+        }
+    }
+
     /// Acknowledges single positions; the floor moves up when they close the gap above it.
-    pub fn ack_individual(&self, positions: &[Position]) {
+    /// Refused as a whole, changing nothing, when any position is beyond the last confirmed
+    /// entry.
+    pub fn ack_individual(&self, positions: &[Position]) -> MlResult<()> {
+        for &p in positions {
+            self.check_ack(p)?;
+        }
         let mut st = self.core.state();
         for &p in positions {
             if p >= st.first_unacked {
@@ -239,35 +261,41 @@ impl ManagedCursor {
         }
         self.collapse(&mut st);
         self.touch(st);
+        Ok(())
     }
 
-    /// Acknowledges everything up to and including `pos`.
-    pub fn ack_cumulative(&self, pos: Position) {
+    /// Acknowledges everything up to and including `pos` (refused beyond the last confirmed
+    /// entry).
+    pub fn ack_cumulative(&self, pos: Position) -> MlResult<()> {
+        self.check_ack(pos)?;
         let mut st = self.core.state();
         if pos.next() > st.first_unacked {
             st.first_unacked = pos.next();
         }
         self.collapse(&mut st);
         self.touch(st);
+        Ok(())
     }
 
     /// Batch-index acknowledgement of one entry: `unacked` (`BitSet` words, set bits = indexes
     /// not acknowledged) is intersected with what the entry still has unacknowledged. True when
     /// the entry is now acknowledged whole (or already was).
-    pub fn ack_batch_indexes(&self, pos: Position, unacked: &[u64]) -> bool {
+    pub fn ack_batch_indexes(&self, pos: Position, unacked: &[u64]) -> MlResult<bool> {
+        self.check_ack(pos)?;
         let mut st = self.core.state();
-        match self.ack_indexes_locked(&mut st, pos, unacked) {
+        Ok(match self.ack_indexes_locked(&mut st, pos, unacked) {
             Some(whole) => {
                 self.touch(st);
                 whole
             }
             None => false,
-        }
+        })
     }
 
     /// Cumulative acknowledgement inside a batch: every entry before `pos` is acknowledged, and
     /// of `pos` the indexes clear in `unacked`. True when `pos` is now acknowledged whole.
-    pub fn ack_cumulative_batch(&self, pos: Position, unacked: &[u64]) -> bool {
+    pub fn ack_cumulative_batch(&self, pos: Position, unacked: &[u64]) -> MlResult<bool> {
+        self.check_ack(pos)?;
         let mut st = self.core.state();
         if pos > st.first_unacked {
             st.first_unacked = pos;
@@ -277,7 +305,7 @@ impl ManagedCursor {
             .ack_indexes_locked(&mut st, pos, unacked)
             .unwrap_or(false);
         self.touch(st);
-        whole
+        Ok(whole)
     }
 
     /// `Some(whole)` when the state changed (or the entry was acknowledged already), `None`
@@ -475,8 +503,14 @@ impl ManagedCursor {
     }
 }
 
+/// Bounds of the wait before retrying a failed cursor write (doubling from the first).
+const RETRY_BACKOFF_MIN_MS: u64 = 100;
+const RETRY_BACKOFF_MAX_MS: u64 = 10_000;
+
 /// Writes the cursor's state when it changed, coalescing acks over the flush interval; answers
-/// explicit flush requests; makes a last write when the cursor is dropped or stopped.
+/// explicit flush requests; makes a last write when the cursor is dropped or stopped. A failed
+/// write is retried after a growing backoff (not every flush interval), so an unreachable
+/// metadata store is not hammered by every cursor of the broker.
 async fn flusher(
     core: Arc<Core>,
     store: RecordStore<CursorRecord>,
@@ -486,14 +520,25 @@ async fn flusher(
 ) {
     let interval = core.shared.config.cursor_flush_interval();
     let mut fenced = false;
+    let mut failures: u32 = 0;
     loop {
         tokio::select! {
             _ = core.notify.notified() => {
-                tokio::time::sleep(interval).await;
-                let _ = write_if_dirty(&core, &store, &key, &mut version, &mut fenced).await;
+                let wait = if failures == 0 {
+                    interval
+                } else {
+                    let ms = RETRY_BACKOFF_MIN_MS
+                        .saturating_mul(1 << (failures - 1).min(16))
+                        .min(RETRY_BACKOFF_MAX_MS);
+                    std::time::Duration::from_millis(ms).max(interval)
+                };
+                tokio::time::sleep(wait).await;
+                let r = write_if_dirty(&core, &store, &key, &mut version, &mut fenced).await;
+                failures = next_failures(failures, &r);
             }
             req = rx.recv() => {
                 let r = write_if_dirty(&core, &store, &key, &mut version, &mut fenced).await;
+                failures = next_failures(failures, &r);
                 match req {
                     Some(done) => { let _ = done.send(r); }
                     None => break,
@@ -502,6 +547,14 @@ async fn flusher(
         }
     }
     debug!("cursor flusher stopped");
+}
+
+fn next_failures(failures: u32, result: &MlResult<()>) -> u32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) if e.is_fenced() => failures,
+        Err(_) => failures.saturating_add(1),
+    }
 }
 
 async fn write_if_dirty(
@@ -539,26 +592,40 @@ async fn write_if_dirty(
     };
     let expected = version.map_or(Expected::Absent, Expected::Version);
     let outcome = store.put(key, &record, expected).await;
+    let fence = |fenced: &mut bool| {
+        warn!("cursor record changed by another writer: cursor fenced");
+        *fenced = true;
+        Err(ManagedLedgerError::Fenced(core.shared.name.clone()))
+    };
     match outcome {
         Ok(PutOutcome::Written(v)) => {
             *version = Some(v);
             Ok(())
         }
-        Ok(PutOutcome::Conflict { .. }) => {
-            warn!("cursor record changed by another writer: cursor fenced");
-            *fenced = true;
-            Err(ManagedLedgerError::Fenced(core.shared.name.clone()))
-        }
-        Err(e) => {
-            warn!(error = %e, "cursor write failed; will retry");
-            core.state().dirty = true;
-            core.notify.notify_one();
-            if e.is_indeterminate()
-                && let Ok(Some((_, v))) = store.get(key).await
-            {
-                *version = Some(v);
+        Ok(PutOutcome::Conflict { .. }) => fence(fenced),
+        Err(e) if e.is_indeterminate() => {
+            // The write may or may not have landed. Only a stored record equal to ours (the
+            // write timestamp included) proves it did; anything else is another writer's — a
+            // new owner's — and must never be adopted and overwritten.
+            match store.get(key).await {
+                Ok(Some((stored, v))) if stored == record => {
+                    debug!("indeterminate cursor write found stored");
+                    *version = Some(v);
+                    Ok(())
+                }
+                Ok(Some((_, v))) if Some(v) != *version => fence(fenced),
+                Ok(None) if version.is_some() => fence(fenced),
+                // Unchanged (the write did not land) or unknown: retry later.
+                _ => retry_later(core, e),
             }
-            Err(e.into())
         }
+        Err(e) => retry_later(core, e),
     }
+}
+
+fn retry_later(core: &Core, e: magnetar_metadata::MetadataError) -> MlResult<()> {
+    warn!(error = %e, "cursor write failed; will retry with backoff");
+    core.state().dirty = true;
+    core.notify.notify_one();
+    Err(e.into())
 }

@@ -26,6 +26,15 @@ pub enum ManagedLedgerError {
     /// (`suspend_appends_after_failure`). Pulsar: `ServiceNotReady` (the producer reconnects).
     #[error("appends to managed ledger {0} are suspended after a failed write")]
     AppendsSuspended(String),
+    /// An acknowledgement of a position beyond the last confirmed entry (or of an empty managed
+    /// ledger): refused as Pulsar's `ManagedCursorImpl` refuses it ("Invalid mark deleted
+    /// position"), since accepting it would skip messages not yet written.
+    #[error("invalid acknowledgement of {position} on managed ledger {name}: {reason}")]
+    InvalidAck {
+        name: String,
+        position: String,
+        reason: String,
+    },
     #[error("no cursor {cursor} on managed ledger {name}")]
     NoSuchCursor { name: String, cursor: String },
     #[error("invalid managed ledger name {0:?}")]

@@ -96,15 +96,18 @@ impl ManagedLedgerFactory {
     }
 }
 
+/// Names must be clean key paths. A cursor record lives at `{name}/cursors/{cursor}` (cursor
+/// names have no `/`), so only a name whose second-to-last part is `cursors` could collide
+/// with another ledger's cursor; a topic, tenant or namespace called `cursors` is fine.
 fn validate_name(name: &str) -> MlResult<()> {
+    let parts: Vec<&str> = name.split('/').collect();
     let ok = !name.is_empty()
         && !name.starts_with('/')
         && !name.ends_with('/')
         && !name.contains("//")
         && !name.contains('\0')
-        && !name
-            .split('/')
-            .any(|c| c == "cursors" || c == "." || c == "..");
+        && !parts.iter().any(|c| *c == "." || *c == "..")
+        && !(parts.len() >= 2 && parts[parts.len() - 2] == "cursors");
     if ok {
         Ok(())
     } else {
@@ -150,17 +153,31 @@ async fn open_managed_ledger(
         .map(|l| l.ledger_id)
         .collect();
     record.ledgers.retain(|l| l.entries > 0);
-    let writer = create_ledger(&client, config.ledger_config(&name)).await?;
-    record.ledgers.push(open_info(writer.id()));
+    // No writable ledger (too few writable bookies) does not stop the topic from loading: its
+    // history stays readable and the write actor keeps trying, with backoff.
+    let writer = match create_ledger(&client, config.ledger_config(&name)).await {
+        Ok(w) => Ok(w),
+        Err(e) if is_unavailable(&e) => {
+            warn!(error = %e, "no ledger can be created now: open for reading, writes wait");
+            Err(e)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if let Ok(w) = &writer {
+        record.ledgers.push(open_info(w.id()));
+    }
     let version = match records.put(&key, &record, expected).await {
         Ok(PutOutcome::Written(v)) => v,
         Ok(PutOutcome::Conflict { .. }) => {
-            let _ = delete_ledger(&client, writer.id()).await;
+            if let Ok(w) = &writer {
+                let _ = delete_ledger(&client, w.id()).await;
+            }
             return Err(ManagedLedgerError::BadVersion { name });
         }
         Err(e) => return Err(e.into()),
     };
-    info!(ledger = %writer.id(), ledgers = record.ledgers.len(), "managed ledger open");
+    let current = writer.as_ref().ok().map(LedgerWriter::id);
+    info!(ledger = ?current, ledgers = record.ledgers.len(), "managed ledger open");
     for id in empty {
         if let Err(e) = delete_ledger(&client, id).await {
             warn!(ledger = %id, error = %e, "could not delete an empty ledger");
@@ -177,11 +194,13 @@ async fn open_managed_ledger(
         });
     let state = State {
         ledgers: record.ledgers.clone(),
-        current: Some(writer.id()),
+        current,
         last_confirmed,
         tail: VecDeque::new(),
         status: Status::Open,
         entries_added: 0,
+        unwritable: writer.as_ref().err().map(ToString::to_string),
+        properties: record.properties.clone(),
     };
     let shared = Shared::new(name.clone(), config.clone(), client, cache, state);
     let commands = super::writer::spawn(Arc::clone(&shared), records, key, record, version, writer);
@@ -194,6 +213,17 @@ async fn open_managed_ledger(
     ml.load_cursors().await?;
     spawn_retention(&ml);
     Ok(ml)
+}
+
+/// Failures that mean "no bookies to write to right now", as opposed to broken metadata.
+fn is_unavailable(e: &LedgerError) -> bool {
+    matches!(
+        e,
+        LedgerError::NotEnoughBookies { .. }
+            | LedgerError::Bookie { .. }
+            | LedgerError::Timeout { .. }
+            | LedgerError::NotEnoughReplicas { .. }
+    )
 }
 
 // The ledger client's futures are boxed here with `Send` checked at a concrete lifetime: awaited

@@ -64,6 +64,46 @@ pub(super) enum Command {
     Close { done: oneshot::Sender<MlResult<()>> },
     /// Ends the suspension of appends after a failed write.
     Resume { done: oneshot::Sender<MlResult<()>> },
+    /// Sets one property of the managed-ledger record (stored with CAS before answering).
+    SetProperty {
+        key: String,
+        value: String,
+        done: oneshot::Sender<MlResult<()>>,
+    },
+}
+
+/// Conflicting writers tolerated while claiming one cursor record at load.
+const CURSOR_CLAIM_ATTEMPTS_MAX: u32 = 16;
+
+/// Reads a cursor record and writes it back with compare-and-set (see
+/// [`ManagedLedger::load_cursors`]); `None` when the record does not exist.
+async fn claim_cursor(
+    store: &RecordStore<CursorRecord>,
+    key: &str,
+) -> MlResult<Option<(CursorRecord, Version)>> {
+    for attempt in 0..CURSOR_CLAIM_ATTEMPTS_MAX {
+        if attempt > 0 {
+            let ms = 20u64 << attempt.min(6);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        let Some((mut record, version)) = store.get(key).await? else {
+            return Ok(None);
+        };
+        record.updated_ms = now_ms();
+        match store.put(key, &record, Expected::Version(version)).await {
+            Ok(PutOutcome::Written(v)) => return Ok(Some((record, v))),
+            Ok(PutOutcome::Conflict { .. }) => continue,
+            // Landed or not: the next read tells (a landed claim reads back as ours to claim
+            // again, which is harmless).
+            Err(e) if e.is_indeterminate() || e.is_retryable() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(magnetar_metadata::MetadataError::Contention {
+        key: key.to_owned(),
+        attempts: CURSOR_CLAIM_ATTEMPTS_MAX,
+    }
+    .into())
 }
 
 /// A topic's log. Cheap to share (`Arc`); all methods take `&self`.
@@ -173,6 +213,12 @@ impl ManagedLedger {
         self.shared.state().last_confirmed
     }
 
+    /// Why appends cannot succeed now (no ledger could be created or the current one failed;
+    /// the write actor retries with backoff); `None` while writable.
+    pub fn unwritable(&self) -> Option<String> {
+        self.shared.state().unwritable.clone()
+    }
+
     /// Follows the last confirmed position (tailing readers wait on `changed()`).
     pub fn subscribe_last_confirmed(&self) -> watch::Receiver<Option<Position>> {
         self.shared.lac_tx.subscribe()
@@ -219,32 +265,46 @@ impl ManagedLedger {
         self.cursors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Opens every stored cursor, **claiming** each record with one compare-and-set write: a
+    /// previous owner still flushing (it lost its lease but has not noticed yet) then meets a
+    /// conflict and stops writing, instead of this owner's first write meeting one and losing
+    /// the cursor's persistence. A flush that lands before the claim is simply read back.
     pub(super) async fn load_cursors(&self) -> MlResult<()> {
-        let listing = self
-            .metadata
-            .list(&cursors_prefix(&self.shared.name))
-            .await?;
         let prefix = cursors_prefix(&self.shared.name);
-        for (key, value) in listing.entries {
-            let Some(cursor) = key.strip_prefix(&prefix) else {
-                continue;
+        let listing = self.metadata.list(&prefix).await?;
+        let names: Vec<String> = listing
+            .entries
+            .iter()
+            .filter_map(|(key, _)| key.strip_prefix(&prefix))
+            .map(str::to_owned)
+            .collect();
+        let store: RecordStore<CursorRecord> = RecordStore::new(Arc::clone(&self.metadata));
+        let claims = names.iter().map(|name| {
+            let store = store.clone();
+            let key = cursor_record_key(&self.shared.name, name);
+            async move { claim_cursor(&store, &key).await }
+        });
+        let claimed = futures::future::try_join_all(claims).await?;
+        for (name, claimed) in names.into_iter().zip(claimed) {
+            let Some((record, version)) = claimed else {
+                continue; // deleted meanwhile
             };
-            let record: CursorRecord = serde_json::from_slice(&value.value).map_err(|e| {
-                magnetar_metadata::MetadataError::Corrupt {
-                    key: key.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
             let c = ManagedCursor::durable(
                 Arc::clone(&self.shared),
                 Arc::clone(&self.metadata),
-                cursor.to_owned(),
+                name.clone(),
                 record,
-                Some(value.version),
+                Some(version),
             );
-            self.cursor_map().insert(cursor.to_owned(), c);
+            self.cursor_map().insert(name, c);
         }
         Ok(())
+    }
+
+    /// Where a cursor starting at `initial` starts: the first stored entry (Earliest) or just
+    /// past the last confirmed one (Latest).
+    pub fn start_position(&self, initial: InitialPosition) -> Position {
+        self.initial(initial)
     }
 
     fn initial(&self, initial: InitialPosition) -> Position {
@@ -398,6 +458,26 @@ impl ManagedLedger {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// The managed ledger's properties as stored (Pulsar's `ManagedLedger.getProperties`).
+    pub fn properties(&self) -> BTreeMap<String, String> {
+        self.shared.state().properties.clone()
+    }
+
+    /// Stores one property in the managed-ledger record; returns once it is durable.
+    pub async fn set_property(&self, key: &str, value: &str) -> MlResult<()> {
+        self.check_open()?;
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SetProperty {
+                key: key.to_owned(),
+                value: value.to_owned(),
+                done,
+            })
+            .await
+            .map_err(|_| self.gone())?;
+        rx.await.map_err(|_| self.gone())?
     }
 
     /// Accepts appends again after a failed write suspended them

@@ -48,6 +48,11 @@ pub(crate) struct State {
     pub status: Status,
     /// Entries confirmed since this managed ledger was opened (Pulsar's entriesAddedCounter).
     pub entries_added: u64,
+    /// Why no ledger takes writes now (none could be created, or the current one failed and
+    /// its replacement waits for a backoff); `None` while writable.
+    pub unwritable: Option<String>,
+    /// The record's properties as stored.
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// A stretch of one ledger to read: entries `first..=last`.

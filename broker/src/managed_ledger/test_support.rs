@@ -10,7 +10,14 @@ use magnetar_bookie::api::{BookieId, BookieRegistration, BookieState, registrati
 use magnetar_bookie::client::{LedgerClient, LedgerClientOptions};
 use magnetar_bookie::local::LocalConnector;
 use magnetar_bookie::server::{Bookie, BookieOptions};
-use magnetar_metadata::{Expected, MemoryStore, MetadataStore};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use magnetar_metadata::{
+    DeleteOutcome, Expected, Listing, MemoryStore, MetadataError, MetadataStore, PutOutcome,
+    Session, Versioned, WatchStream,
+};
 
 use super::{ManagedLedgerFactory, MokaEntryCache};
 
@@ -82,5 +89,110 @@ impl Cluster {
         for b in &self.bookies {
             b.shutdown().await;
         }
+    }
+}
+
+/// A metadata store whose next put to a key with a given prefix fails as `Indeterminate`, with
+/// or without having been applied first — the answer lost on the way back, or the request lost
+/// on the way there.
+#[derive(Debug)]
+pub(crate) struct IndeterminateStore {
+    inner: Arc<dyn MetadataStore>,
+    next: Mutex<Option<(String, bool)>>,
+}
+
+impl IndeterminateStore {
+    pub fn new(inner: Arc<dyn MetadataStore>) -> Arc<Self> {
+        Arc::new(IndeterminateStore {
+            inner,
+            next: Mutex::new(None),
+        })
+    }
+
+    /// The next put to a key starting with `prefix` fails indeterminately (`applied`: after
+    /// being applied).
+    pub fn fail_next_put(&self, prefix: &str, applied: bool) {
+        *self.next.lock().unwrap() = Some((prefix.to_owned(), applied));
+    }
+}
+
+#[async_trait]
+impl MetadataStore for IndeterminateStore {
+    async fn get(&self, key: &str) -> magnetar_metadata::Result<Option<Versioned>> {
+        self.inner.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Expected,
+    ) -> magnetar_metadata::Result<PutOutcome> {
+        let fail = {
+            let mut next = self.next.lock().unwrap();
+            match next.as_ref() {
+                Some((prefix, applied)) if key.starts_with(prefix.as_str()) => {
+                    let applied = *applied;
+                    *next = None;
+                    Some(applied)
+                }
+                _ => None,
+            }
+        };
+        match fail {
+            None => self.inner.put(key, value, expected).await,
+            Some(applied) => {
+                if applied {
+                    let _ = self.inner.put(key, value, expected).await?;
+                }
+                Err(MetadataError::Indeterminate("injected: answer lost".into()))
+            }
+        }
+    }
+    async fn put_ephemeral(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Expected,
+        session: &Session,
+    ) -> magnetar_metadata::Result<PutOutcome> {
+        self.inner
+            .put_ephemeral(key, value, expected, session)
+            .await
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        expected: Expected,
+    ) -> magnetar_metadata::Result<DeleteOutcome> {
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self, prefix: &str) -> magnetar_metadata::Result<Listing> {
+        self.inner.list(prefix).await
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        after: magnetar_metadata::Version,
+    ) -> magnetar_metadata::Result<WatchStream> {
+        self.inner.watch(prefix, after).await
+    }
+    async fn create_session(&self, ttl: Duration) -> magnetar_metadata::Result<Session> {
+        self.inner.create_session(ttl).await
+    }
+}
+
+impl Cluster {
+    /// A broker's view whose metadata store is `metadata` (e.g. a fault-injecting wrapper of
+    /// [`Cluster::metadata`]).
+    pub fn factory_with(&self, metadata: Arc<dyn MetadataStore>) -> ManagedLedgerFactory {
+        ManagedLedgerFactory::new(
+            Arc::clone(&metadata),
+            LedgerClient::new(
+                metadata,
+                Arc::new(self.connector.clone()),
+                LedgerClientOptions::default(),
+            ),
+            MokaEntryCache::new(MokaEntryCache::DEFAULT_SIZE_BYTES_MAX),
+        )
     }
 }

@@ -154,22 +154,22 @@ async fn managed_ledger_cursor_acks_persist_across_reopen() {
 
     let read = c.read_entries(5, u64::MAX).await.unwrap();
     assert_eq!(read.len(), 5);
-    c.ack_individual(&[p[1], p[3], p[4]]);
+    c.ack_individual(&[p[1], p[3], p[4]]).unwrap();
     assert!(c.is_acked(p[3]) && !c.is_acked(p[0]));
     assert_eq!(c.mark_delete_position(), None);
     assert_eq!(c.backlog(), 17);
-    c.ack_individual(&[p[0]]);
+    c.ack_individual(&[p[0]]).unwrap();
     assert_eq!(c.mark_delete_position(), Some(p[1]));
-    c.ack_individual(&[p[2]]);
+    c.ack_individual(&[p[2]]).unwrap();
     // 0..=4 now contiguous: the ranges collapsed into the mark-delete position.
     assert_eq!(c.mark_delete_position(), Some(p[4]));
     assert_eq!(c.stats().acked_ranges, 0);
     // Across a ledger boundary (entries 7 | 8 are in different ledgers).
-    c.ack_individual(&[p[9], p[10], p[12]]);
-    c.ack_cumulative(p[8]);
+    c.ack_individual(&[p[9], p[10], p[12]]).unwrap();
+    c.ack_cumulative(p[8]).unwrap();
     assert_eq!(c.mark_delete_position(), Some(p[10]));
     assert_eq!(c.stats().acked_ranges, 1);
-    c.ack_individual(&[p[15]]);
+    c.ack_individual(&[p[15]]).unwrap();
     assert_eq!(c.backlog(), 20 - 11 - 2);
 
     // Crash: a new broker, same metadata and bookies; the old one never closed (it stays
@@ -195,7 +195,7 @@ async fn managed_ledger_cursor_acks_persist_across_reopen() {
     assert_eq!(got, want);
 
     // Coalesced writes: many acks, one flush interval later the record holds them all.
-    c.ack_cumulative(p[19]);
+    c.ack_cumulative(p[19]).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     ml.close().await.unwrap();
     drop((c, ml, factory));
@@ -207,6 +207,141 @@ async fn managed_ledger_cursor_acks_persist_across_reopen() {
     ml.delete_cursor("sub").await.unwrap();
     assert!(ml.cursor("sub").is_none());
     ml.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_cursor_refuses_acks_beyond_the_last_confirmed_entry() {
+    let cluster = Cluster::start(2).await;
+    let factory = cluster.factory();
+    let ml = factory
+        .open("t/ns/persistent/ack-range", config(100))
+        .await
+        .unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    // Nothing written yet: every ack is beyond the end.
+    assert!(matches!(
+        c.ack_cumulative(Position::new(999, 5)),
+        Err(ManagedLedgerError::InvalidAck { .. })
+    ));
+    let p = append_n(&ml, 0, 5).await;
+    let beyond = Position::new(p[4].ledger.0, p[4].entry.0 + 10);
+    assert!(matches!(
+        c.ack_cumulative(beyond),
+        Err(ManagedLedgerError::InvalidAck { .. })
+    ));
+    assert!(c.ack_individual(&[p[1], beyond]).is_err());
+    assert!(!c.is_acked(p[1]), "a refused ack changes nothing");
+    assert!(c.ack_batch_indexes(beyond, &[0b10]).is_err());
+    assert!(c.ack_cumulative_batch(beyond, &[0b10]).is_err());
+    assert_eq!(c.backlog(), 5);
+    // Messages written after the refused ack are all still delivered.
+    let later = append_n(&ml, 5, 3).await;
+    let read: Vec<Position> = c
+        .read_entries(100, u64::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(read.len(), 8);
+    assert_eq!(read.last(), later.last());
+    c.ack_cumulative(p[4]).unwrap();
+    assert_eq!(c.backlog(), 3);
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_cursor_adopts_an_indeterminate_write_only_if_it_finds_its_own_record() {
+    let cluster = Cluster::start(2).await;
+    let name = "t/ns/persistent/indeterminate";
+    let flaky = super::test_support::IndeterminateStore::new(Arc::clone(&cluster.metadata));
+    let factory = cluster.factory_with(flaky.clone());
+    let ml = factory.open(name, config(100)).await.unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 10).await;
+    let key = record::cursor_record_key(name, "sub");
+    let records: magnetar_metadata::RecordStore<CursorRecord> =
+        magnetar_metadata::RecordStore::new(Arc::clone(&cluster.metadata));
+
+    // 1. The write landed but its answer was lost: found as ours, adopted, later writes go on.
+    flaky.fail_next_put(&key, true);
+    c.ack_cumulative(p[2]).unwrap();
+    c.flush().await.unwrap();
+    c.ack_cumulative(p[3]).unwrap();
+    c.flush().await.unwrap();
+    let (stored, _) = records.get(&key).await.unwrap().unwrap();
+    assert_eq!(stored.first_unacked, p[4]);
+
+    // 2. The write was lost and a new owner wrote the record meanwhile: never adopted, never
+    //    overwritten — the cursor is fenced.
+    flaky.fail_next_put(&key, false);
+    let (mut theirs, version) = records.get(&key).await.unwrap().unwrap();
+    theirs.first_unacked = p[1];
+    theirs.updated_ms += 1;
+    let _ = records
+        .put(&key, &theirs, magnetar_metadata::Expected::Version(version))
+        .await
+        .unwrap();
+    c.ack_cumulative(p[6]).unwrap();
+    assert!(
+        c.flush().await.is_err(),
+        "the indeterminate write must not be taken as ours"
+    );
+    c.ack_cumulative(p[7]).unwrap();
+    assert!(matches!(
+        c.flush().await,
+        Err(ManagedLedgerError::Fenced(_))
+    ));
+    let (stored, _) = records.get(&key).await.unwrap().unwrap();
+    assert_eq!(stored, theirs, "the new owner's record is left alone");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_new_owner_claims_cursors_so_the_old_owner_cannot_overwrite_them() {
+    let cluster = Cluster::start(2).await;
+    let name = "t/ns/persistent/claim";
+    let old_factory = cluster.factory();
+    let old = old_factory.open(name, config(100)).await.unwrap();
+    let old_cursor = old
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&old, 0, 10).await;
+    old_cursor.ack_cumulative(p[2]).unwrap();
+    old_cursor.flush().await.unwrap();
+
+    // A new owner loads the topic while the old one has not noticed it lost it.
+    let new_factory = cluster.factory();
+    let new = new_factory.open(name, config(100)).await.unwrap();
+    let new_cursor = new.cursor("sub").unwrap();
+    assert_eq!(new_cursor.mark_delete_position(), Some(p[2]));
+
+    // The old owner's late flush meets the claim and stops; the new owner's writes go on.
+    old_cursor.ack_cumulative(p[9]).unwrap();
+    assert!(matches!(
+        old_cursor.flush().await,
+        Err(ManagedLedgerError::Fenced(_))
+    ));
+    new_cursor.ack_cumulative(p[4]).unwrap();
+    new_cursor.flush().await.unwrap();
+    let key = record::cursor_record_key(name, "sub");
+    let records: magnetar_metadata::RecordStore<CursorRecord> =
+        magnetar_metadata::RecordStore::new(Arc::clone(&cluster.metadata));
+    let (stored, _) = records.get(&key).await.unwrap().unwrap();
+    assert_eq!(
+        stored.first_unacked, p[5],
+        "the new owner's state, not the old one's"
+    );
+    new.close().await.unwrap();
     cluster.stop().await;
 }
 
@@ -227,7 +362,7 @@ async fn managed_ledger_cursor_record_keeps_the_lowest_acked_ranges_up_to_the_ca
     let p = append_n(&ml, 0, 12).await;
     // Every odd entry: six ranges (1, 3, 5, 7, 9, 11) above an unacked entry 0.
     let odd: Vec<Position> = p.iter().skip(1).step_by(2).copied().collect();
-    c.ack_individual(&odd);
+    c.ack_individual(&odd).unwrap();
     assert_eq!(c.stats().acked_ranges, 6);
     c.flush().await.unwrap();
     let _crashed = (c, ml, factory);
@@ -283,7 +418,7 @@ async fn managed_ledger_cursor_rewind_seek_initial_positions_and_readers() {
 
     let first = early.read_entries(10, u64::MAX).await.unwrap();
     assert_eq!(first.len(), 8);
-    early.ack_individual(&[p[1]]);
+    early.ack_individual(&[p[1]]).unwrap();
     early.rewind();
     let again = early.read_entries(10, u64::MAX).await.unwrap();
     assert_eq!(again.len(), 7, "acked p1 is not redelivered");
@@ -372,13 +507,13 @@ async fn managed_ledger_retention_trims_only_consumed_ledgers() {
     }
     let ledgers: Vec<_> = ml.ledgers().iter().map(|l| l.ledger_id).collect();
     assert_eq!(ledgers.len(), 5, "4 full ledgers and the current one");
-    fast.ack_cumulative(p[19]);
+    fast.ack_cumulative(p[19]).unwrap();
     assert!(
         ml.trim().await.unwrap().is_empty(),
         "slow has consumed nothing"
     );
     // slow consumed the first ledger fully and part of the second.
-    slow.ack_cumulative(p[6]);
+    slow.ack_cumulative(p[6]).unwrap();
     let trimmed = ml.trim().await.unwrap();
     assert_eq!(trimmed, vec![ledgers[0]]);
     assert!(matches!(
@@ -391,7 +526,7 @@ async fn managed_ledger_retention_trims_only_consumed_ledgers() {
     assert_eq!(all.len(), 15);
 
     // With infinite retention nothing is trimmed even when consumed.
-    slow.ack_cumulative(p[19]);
+    slow.ack_cumulative(p[19]).unwrap();
     ml.close().await.unwrap();
     let keep = ManagedLedgerConfig {
         retention_time_ms: -1,
@@ -480,6 +615,61 @@ async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_becomes_writable_again_without_appends() {
+    // The broker refuses producers while the managed ledger is unwritable, so no append comes
+    // to retry the rollover: the write actor must retry on its own once the backoff ends.
+    let cluster = Cluster::start(1).await;
+    let ml = cluster
+        .factory()
+        .open(
+            "t/ns/persistent/heals",
+            ManagedLedgerConfig {
+                ensemble_size: 1,
+                write_quorum: 1,
+                ack_quorum: 1,
+                ..config(100)
+            },
+        )
+        .await
+        .unwrap();
+    let before = append_n(&ml, 0, 2).await;
+    let bookie = Arc::clone(&cluster.bookies[0]);
+    cluster.connector.remove(bookie.id());
+    let failed = ml.append(payload(2)).await.unwrap().await;
+    assert!(failed.is_err(), "no bookie: the write fails");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ml.unwritable().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported unwritable"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A rollover attempt fails too while the bookie is away (its error replaces the write's).
+    let first = ml.unwritable();
+    while ml.unwritable() == first {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no rollover was attempted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.connector.insert(bookie.clone());
+    // No append from here until the managed ledger says it is writable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Some(why) = ml.unwritable() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still unwritable 30 s after the bookie came back: {why}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = append_n(&ml, 3, 1).await;
+    assert!(after[0] > before[1]);
+    ml.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_suspends_appends_after_a_failed_write_until_resumed() {
     let cluster = Cluster::start(1).await;
     let ml = cluster
@@ -536,18 +726,18 @@ async fn managed_ledger_cursor_batch_index_acks_persist_across_reopen() {
     let p = append_n(&ml, 0, 4).await;
     // Entry 1 (a batch of 10): indexes 0, 2 and 5 acknowledged.
     let all: u64 = 0b11_1111_1111;
-    assert!(!c.ack_batch_indexes(p[1], &[all & !0b1]));
+    assert!(!c.ack_batch_indexes(p[1], &[all & !0b1]).unwrap());
     // A consumer that rebuilt its set from the batch size still has 0 set: intersected.
-    assert!(!c.ack_batch_indexes(p[1], &[all & !0b10_0100]));
+    assert!(!c.ack_batch_indexes(p[1], &[all & !0b10_0100]).unwrap());
     assert_eq!(c.batch_ack_set(p[1]), Some(vec![all & !0b10_0101]));
     // Cumulative inside entry 2: entries 0 and 1 acknowledged, 2 keeps indexes 4..10.
-    assert!(!c.ack_cumulative_batch(p[2], &[all & !0b1111]));
+    assert!(!c.ack_cumulative_batch(p[2], &[all & !0b1111]).unwrap());
     assert_eq!(c.mark_delete_position(), Some(p[1]));
     assert_eq!(c.batch_ack_set(p[1]), None, "dropped below the floor");
     assert_eq!(c.batch_ack_set(p[2]), Some(vec![all & !0b1111]));
     // Entry 3: partially, then the rest acknowledged individually.
-    assert!(!c.ack_batch_indexes(p[3], &[0b110]));
-    assert!(c.ack_batch_indexes(p[3], &[0b001]));
+    assert!(!c.ack_batch_indexes(p[3], &[0b110]).unwrap());
+    assert!(c.ack_batch_indexes(p[3], &[0b001]).unwrap());
     assert!(c.is_acked(p[3]) && c.batch_ack_set(p[3]).is_none());
 
     // Crash after a flush: a new broker restores the sets with the cursor.
@@ -562,7 +752,7 @@ async fn managed_ledger_cursor_batch_index_acks_persist_across_reopen() {
     let read = c.read_entries(10, u64::MAX).await.unwrap();
     assert_eq!(read.iter().map(|(q, _)| *q).collect::<Vec<_>>(), vec![p[2]]);
     // The rest of entry 2 acknowledged: the floor passes it and the set is gone.
-    assert!(c.ack_batch_indexes(p[2], &[0]));
+    assert!(c.ack_batch_indexes(p[2], &[0]).unwrap());
     assert_eq!(c.mark_delete_position(), Some(p[3]));
     assert_eq!(c.batch_ack_set(p[2]), None);
     c.flush().await.unwrap();

@@ -31,24 +31,29 @@ use super::read::{Shared, Status};
 use super::record::{LedgerRecordState, ManagedLedgerRecord, now_ms};
 
 /// Starts the write actor of `shared` over `writer` (the new current ledger, already in
-/// `record` as stored at `version`); returns its command queue.
+/// `record` as stored at `version`; `Err`: none could be created, the actor keeps trying with
+/// backoff); returns its command queue.
 pub(super) fn spawn(
     shared: Arc<Shared>,
     records: RecordStore<ManagedLedgerRecord>,
     key: String,
     record: ManagedLedgerRecord,
     version: Version,
-    writer: LedgerWriter,
+    writer: Result<LedgerWriter, LedgerError>,
 ) -> mpsc::Sender<Command> {
     let (commands, rx) = mpsc::channel(shared.config.max_pending_appends.clamp(1, 4096));
     let name = shared.name.clone();
-    let actor = Actor {
+    let (writer, failure) = match writer {
+        Ok(w) => (Some(w), None),
+        Err(e) => (None, Some(e)),
+    };
+    let mut actor = Actor {
         shared,
         records,
         key,
         record,
         version,
-        writer: Some(writer),
+        writer,
         current_created: tokio::time::Instant::now(),
         enqueued_entries: 0,
         enqueued_bytes: 0,
@@ -61,6 +66,11 @@ pub(super) fn spawn(
         suspended: false,
         unsealed: None,
     };
+    if let Some(e) = failure {
+        // Opened for reading; the first ledger is created once bookies allow it.
+        actor.roll_needed = true;
+        actor.note_ledger_failure(e);
+    }
     tokio::spawn(
         actor
             .run(rx)
@@ -193,7 +203,7 @@ impl Actor {
             Command::Close { done } => {
                 let _ = done.send(Ok(()));
             }
-            Command::Resume { done } => {
+            Command::Resume { done } | Command::SetProperty { done, .. } => {
                 let _ = done.send(Err(err));
             }
         }
@@ -210,6 +220,15 @@ impl Actor {
                 let _ = done.send(r);
             }
             Command::Close { done } => self.deferred = Some(done),
+            Command::SetProperty { key, value, done } => {
+                let mut next = self.record.clone();
+                next.properties.insert(key, value);
+                let r = self.write_record(next).await;
+                if r.is_ok() {
+                    self.shared.state().properties = self.record.properties.clone();
+                }
+                let _ = done.send(r);
+            }
             Command::Resume { done } => {
                 if self.suspended {
                     info!("appends resumed");
@@ -236,11 +255,24 @@ impl Actor {
             .into()
     }
 
-    /// A ledger failed: wait longer before the next attempt.
+    /// A ledger failed: wait longer before the next attempt. Until a ledger takes writes again
+    /// the managed ledger reports itself unwritable (the broker refuses producers with the
+    /// reason, so clients back off instead of cycling).
     fn note_ledger_failure(&mut self, error: LedgerError) {
         self.backoff = (self.backoff * 2).clamp(CREATE_BACKOFF_MIN, CREATE_BACKOFF_MAX);
         self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
+        self.shared.state().unwritable = Some(error.to_string());
         self.last_error = Some(error);
+    }
+
+    /// A ledger takes writes again.
+    fn note_writable(&mut self) {
+        self.backoff = Duration::ZERO;
+        self.retry_at = None;
+        let mut st = self.shared.state();
+        if st.unwritable.take().is_some() {
+            info!("writable again");
+        }
     }
 
     /// Rolls over (creating the next ledger) unless a failure's backoff runs.
@@ -249,7 +281,9 @@ impl Actor {
             return Err(self.backoff_error());
         }
         let result = self.rollover().await;
-        if self.writer.is_none() {
+        if self.writer.is_some() {
+            self.note_writable();
+        } else {
             let error = match &result {
                 Err(ManagedLedgerError::Ledger(e)) => e.clone(),
                 _ => LedgerError::NotEnoughBookies {
@@ -258,6 +292,9 @@ impl Actor {
                 },
             };
             self.note_ledger_failure(error);
+            // Retried by the actor itself once the backoff ends: producers are refused while
+            // the managed ledger is unwritable, so no append would come to trigger it.
+            self.roll_needed = true;
         }
         result
     }
@@ -342,8 +379,7 @@ impl Actor {
             Err(e) => return self.on_writer_error(e, done),
         };
         let pos = Position { ledger, entry };
-        self.backoff = Duration::ZERO;
-        self.retry_at = None;
+        self.note_writable();
         self.shared.cache.insert(pos, payload.clone()).await;
         {
             let mut st = self.shared.state();

@@ -30,6 +30,11 @@ impl Actor {
                 }
                 () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)),
                     if wake.is_some() => {}
+                () = tokio::time::sleep_until(
+                    self.read_retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                    if self.read_retry_at.is_some() => {
+                    self.read_retry_at = None;
+                }
             }
             self.dispatch().await;
         }
@@ -57,7 +62,19 @@ impl Actor {
                     c.permits = c.permits.saturating_add(i64::from(permits));
                 }
             }
-            Command::Ack { cumulative, ids } => self.ack(cumulative, ids),
+            Command::Ack {
+                cumulative,
+                ids,
+                done,
+            } => {
+                let result = self.ack(cumulative, ids);
+                if let Err(e) = &result {
+                    warn!(error = %e, "acknowledgement refused");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
+            }
             Command::Redeliver { key, positions } => self.redeliver_for(key, positions),
             Command::Seek { target, done } => {
                 let result = self.seek(target).await;
@@ -271,16 +288,22 @@ impl Actor {
         }
     }
 
-    pub(super) fn ack(&mut self, cumulative: bool, ids: Vec<AckedId>) {
+    /// Applies an ACK. Refused as a whole, changing nothing, when a position lies beyond the
+    /// last confirmed entry (as Pulsar refuses such a mark-delete): accepting it would skip
+    /// messages not yet written and let retention trim unread ledgers.
+    pub(super) fn ack(&mut self, cumulative: bool, ids: Vec<AckedId>) -> BrokerResult<()> {
+        for id in &ids {
+            self.cursor.check_ack(id.position)?;
+        }
         if cumulative {
             if let Some(last) = ids.into_iter().max_by_key(|i| i.position) {
                 let pos = last.position;
                 // Inside a batch: the entry itself stays pending until its last index is acked.
                 let whole = if last.unacked.is_empty() {
-                    self.cursor.ack_cumulative(pos);
+                    self.cursor.ack_cumulative(pos)?;
                     true
                 } else {
-                    self.cursor.ack_cumulative_batch(pos, &last.unacked)
+                    self.cursor.ack_cumulative_batch(pos, &last.unacked)?
                 };
                 let done: Vec<Position> = self
                     .pending
@@ -302,19 +325,19 @@ impl Actor {
                     self.redeliver.remove(&p);
                 }
             }
-            return;
+            return Ok(());
         }
         let mut positions: Vec<Position> = Vec::with_capacity(ids.len());
         let mut completed: Vec<Position> = Vec::new();
         for id in ids {
             if id.unacked.is_empty() {
                 positions.push(id.position);
-            } else if self.cursor.ack_batch_indexes(id.position, &id.unacked) {
+            } else if self.cursor.ack_batch_indexes(id.position, &id.unacked)? {
                 completed.push(id.position);
             }
         }
         if !positions.is_empty() {
-            self.cursor.ack_individual(&positions);
+            self.cursor.ack_individual(&positions)?;
         }
         positions.extend(completed);
         for p in positions {
@@ -322,6 +345,7 @@ impl Actor {
             self.redeliver.remove(&p);
             self.redelivery_counts.remove(&p);
         }
+        Ok(())
     }
 
     pub(super) fn redeliver_for(&mut self, key: u64, positions: Option<Vec<Position>>) {
@@ -344,7 +368,14 @@ impl Actor {
     }
 
     pub(super) async fn seek(&mut self, target: SeekTarget) -> BrokerResult<()> {
+        let end = self.ml.start_position(InitialPosition::Latest);
         let position = match target {
+            // MessageId.earliest (-1:-1 on the wire) and anything before the first entry.
+            SeekTarget::Position(p) if p.ledger.0 == u64::MAX => {
+                self.ml.start_position(InitialPosition::Earliest)
+            }
+            // MessageId.latest (Long.MAX_VALUE) and anything past the end: the end.
+            SeekTarget::Position(p) if p > end => end,
             SeekTarget::Position(p) => p,
             SeekTarget::PublishTime(t) => self.find_by_publish_time(t).await?,
         };

@@ -5,6 +5,8 @@
 use std::collections::HashSet;
 use std::ops::Bound;
 
+use magnetar_proto::pulsar::api::MessageIdData;
+
 use super::*;
 
 impl Actor {
@@ -116,9 +118,22 @@ impl Actor {
             }
             let want = (permits as usize).min(self.batch_entries);
             let entries = match self.next_entries(want, &mut scan).await {
-                Ok(e) => e,
+                Ok(e) => {
+                    self.read_failures = 0;
+                    self.read_retry_at = None;
+                    e
+                }
                 Err(e) => {
-                    warn!(error = %e, "dispatch read failed");
+                    // Retried from the actor's loop after a growing backoff, so the consumer
+                    // resumes as soon as the data is readable again (a replica back up).
+                    self.read_failures = self.read_failures.saturating_add(1);
+                    let ms = READ_RETRY_MIN_MS
+                        .saturating_mul(1 << (self.read_failures - 1).min(10))
+                        .min(READ_RETRY_MAX_MS);
+                    self.read_retry_at =
+                        Some(tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+                    warn!(error = %e, failures = self.read_failures, retry_in_ms = ms,
+                        "dispatch read failed; will retry");
                     return;
                 }
             };
@@ -176,7 +191,12 @@ impl Actor {
                 let frame = MessageFrame {
                     command: commands::message(
                         c.spec.consumer_id,
-                        commands::message_id(position.ledger.0, position.entry.0),
+                        MessageIdData {
+                            // Clients take a message's partition from here (Pulsar's broker
+                            // sets its topic's partition index; -1 when not partitioned).
+                            partition: self.partition.and_then(|p| i32::try_from(p).ok()),
+                            ..commands::message_id(position.ledger.0, position.entry.0)
+                        },
                         redelivery_count,
                         unacked
                             .as_deref()
@@ -264,7 +284,17 @@ impl Actor {
                 self.redelivery_counts.remove(&p);
                 continue;
             }
-            let mut got = self.ml.read_entries(p, 1, READ_BYTES_MAX).await?;
+            let mut got = match self.ml.read_entries(p, 1, READ_BYTES_MAX).await {
+                Ok(got) => got,
+                Err(e) => {
+                    // Still to be delivered: back into the set for the retry.
+                    self.redeliver.insert(p);
+                    for (q, _) in &out {
+                        self.redeliver.insert(*q);
+                    }
+                    return Err(e);
+                }
+            };
             match got.pop() {
                 Some((q, entry)) if q == p => out.push((q, entry)),
                 _ => {

@@ -52,7 +52,7 @@ use crate::connection::{ConnTx, Outbound};
 use crate::delayed::{DelayedTracker, now_ms};
 use crate::error::{BrokerError, BrokerResult};
 use crate::key_shared::{KeyShared, KeySharedPolicy, sticky_hash};
-use crate::managed_ledger::{ManagedCursor, ManagedLedger, Position, batch_acks};
+use crate::managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, Position, batch_acks};
 
 mod actor;
 mod dispatch;
@@ -66,6 +66,9 @@ const COMMAND_QUEUE: usize = 1024;
 const READ_BYTES_MAX: u64 = 8 * 1024 * 1024;
 /// Entries scanned per step when seeking by publish time.
 const SEEK_SCAN_BATCH: usize = 256;
+/// Bounds of the wait before a failed dispatch read is retried (doubling from the first).
+const READ_RETRY_MIN_MS: u64 = 50;
+const READ_RETRY_MAX_MS: u64 = 5_000;
 /// Key_Shared: entries waiting for a consumer without permits, at most; beyond it no new
 /// entries are read until they drain.
 const REPLAY_MAX: usize = 10_000;
@@ -119,6 +122,8 @@ enum Command {
     Ack {
         cumulative: bool,
         ids: Vec<AckedId>,
+        /// Answered when the client asked for an ack receipt.
+        done: Option<oneshot::Sender<BrokerResult<()>>>,
     },
     Redeliver {
         key: u64,
@@ -217,6 +222,8 @@ impl Subscription {
             delayed: DelayedTracker::new(),
             msg_out: 0,
             bytes_out: 0,
+            read_failures: 0,
+            read_retry_at: None,
         };
         let span = info_span!("subscription", %topic, subscription = %name);
         tokio::spawn(actor.run(rx, lac).instrument(span));
@@ -264,8 +271,26 @@ impl Subscription {
         let _ = self.tx.send(Command::Flow { key, permits }).await;
     }
 
+    /// Acknowledges without waiting for the outcome (a refused ack is logged).
     pub async fn ack(&self, cumulative: bool, ids: Vec<AckedId>) {
-        let _ = self.tx.send(Command::Ack { cumulative, ids }).await;
+        let _ = self
+            .tx
+            .send(Command::Ack {
+                cumulative,
+                ids,
+                done: None,
+            })
+            .await;
+    }
+
+    /// Acknowledges and reports whether the ack was accepted (ack receipts).
+    pub async fn ack_with_receipt(&self, cumulative: bool, ids: Vec<AckedId>) -> BrokerResult<()> {
+        self.call(|done| Command::Ack {
+            cumulative,
+            ids,
+            done: Some(done),
+        })
+        .await?
     }
 
     /// Delivers again the given positions (`None`: every unacked message of the consumer).
@@ -335,6 +360,9 @@ struct Actor {
     /// Messages and bytes dispatched (admin stats).
     msg_out: u64,
     bytes_out: u64,
+    /// Dispatch reads failed in a row, and when the next attempt is due.
+    read_failures: u32,
+    read_retry_at: Option<tokio::time::Instant>,
 }
 
 enum Flow {

@@ -291,6 +291,25 @@ pub fn ack_response(consumer_id: u64, request_id: u64) -> BaseCommand {
     }
 }
 
+/// ACK_RESPONSE refusing an acknowledgement (the client fails that ack's future).
+pub fn ack_response_error(
+    consumer_id: u64,
+    request_id: u64,
+    error: ServerError,
+    message: impl Into<String>,
+) -> BaseCommand {
+    BaseCommand {
+        ack_response: Some(Box::new(CommandAckResponse {
+            consumer_id,
+            request_id: Some(request_id),
+            error: Some(error as i32),
+            message: Some(message.into()),
+            ..Default::default()
+        })),
+        ..base(Type::AckResponse)
+    }
+}
+
 /// MESSAGE header for dispatch; frame it with the stored entry as a
 /// [`MessageFrame`](super::frame::MessageFrame).
 pub fn message(
