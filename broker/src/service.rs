@@ -463,16 +463,29 @@ impl BrokerService {
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 };
-                for topic in service.loaded() {
-                    let gone = match &bundle {
+                // Every topic of the lost bundle stops serving now, without waiting on
+                // anything: another broker may own them already, and closing their storage
+                // can wait on the very metadata store that is unreachable. The slow half of
+                // each close then runs in a task of its own.
+                let gone: Vec<Arc<Topic>> = service
+                    .loaded()
+                    .into_iter()
+                    .filter(|topic| match &bundle {
                         Some(b) => topic.bundle() == b,
                         None => !service.ownership.is_owned(topic.bundle()),
-                    };
-                    if gone {
-                        warn!(topic = %topic.name(), "bundle lease lost: closing the topic");
-                        topic.close().await;
-                        service.forget_topic(&topic);
-                    }
+                    })
+                    .filter(|topic| topic.stop_serving())
+                    .collect();
+                if !gone.is_empty() {
+                    warn!(
+                        bundle = bundle.as_ref().map(|b| b.to_string()),
+                        topics = gone.len(),
+                        "bundle lease lost: its topics stopped serving"
+                    );
+                }
+                for topic in gone {
+                    service.forget_topic(&topic);
+                    tokio::spawn(async move { topic.finish_close().await });
                 }
             }
         });
@@ -482,9 +495,10 @@ impl BrokerService {
     /// closing the current ledgers). Bundle leases end with the caller's metadata session.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
-        for topic in self.loaded() {
-            topic.close().await;
-        }
+        // Concurrently: one topic's slow close (a bookie or the store timing out) must not
+        // hold back the others'.
+        let topics = self.loaded();
+        futures::future::join_all(topics.iter().map(|t| t.close())).await;
         self.topics().clear();
     }
 }

@@ -553,8 +553,39 @@ impl Topic {
 
     /// Tells every client to reconnect, stops the subscriptions and closes the managed ledger.
     pub async fn close(&self) {
-        if self.closed.swap(true, Ordering::AcqRel) {
+        let Some(subs) = self.begin_close() else {
             return;
+        };
+        // Graceful: each subscription handles what is queued to it (acks) before it stops.
+        for s in subs.values() {
+            s.close().await;
+        }
+        self.finish_close().await;
+    }
+
+    /// Stops serving at once, waiting on nothing (the bundle's lease is lost: another broker
+    /// may own the topic now): new work is refused, every producer is told to reconnect
+    /// (CLOSE_PRODUCER) and every subscription stops dispatching and closes its consumers, so
+    /// clients look the topic up again; the managed ledger writes nothing more
+    /// ([`ManagedLedger::abandon`]). Returns false if the topic was already closing.
+    /// [`Topic::finish_close`] then releases the rest.
+    pub fn stop_serving(&self) -> bool {
+        let Some(subs) = self.begin_close() else {
+            return false;
+        };
+        self.ml.abandon();
+        for s in subs.values() {
+            s.stop_now();
+        }
+        true
+    }
+
+    /// Marks the topic closed, detaches every producer and tells it to reconnect; returns the
+    /// subscriptions to stop (None: already closing). Never waits: a producer whose
+    /// connection's queue is full gets its CLOSE_PRODUCER from a task of its own.
+    fn begin_close(&self) -> Option<HashMap<String, Arc<Subscription>>> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return None;
         }
         let (producers, subs) = {
             let mut st = self.state();
@@ -563,15 +594,22 @@ impl Topic {
                 std::mem::take(&mut st.subscriptions),
             )
         };
-        for p in producers.values() {
-            p.conn
-                .send_command(commands::close_producer(p.producer_id, 0))
-                .await;
+        for p in producers.into_values() {
+            let close = commands::close_producer(p.producer_id, 0);
+            let conn = p.conn;
+            if !conn.try_send_command(close.clone()) && !conn.is_closed() {
+                tokio::spawn(async move {
+                    conn.send_command(close).await;
+                });
+            }
         }
         self.producer_left.notify_waiters();
-        for s in subs.values() {
-            s.close().await;
-        }
+        Some(subs)
+    }
+
+    /// The slow half of closing: snapshots deduplication state and closes the managed ledger
+    /// (cursor flushes, ledger close: metadata and bookie round trips), then forgets the topic.
+    pub(crate) async fn finish_close(&self) {
         self.dedup.snapshot_on_close();
         if let Err(e) = self.ml.close().await {
             warn!(topic = %self.name, error = %e, "closing the managed ledger failed");

@@ -57,6 +57,21 @@ impl MemoryStore {
     pub fn expire_session(&self, id: SessionId) {
         self.shared.end_session(id);
     }
+
+    /// Ends every open session, as an outage of the store longer than any ttl would.
+    pub fn expire_all_sessions(&self) {
+        let ids: Vec<SessionId> = self
+            .shared
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for id in ids {
+            self.shared.end_session(id);
+        }
+    }
 }
 
 impl Shared {

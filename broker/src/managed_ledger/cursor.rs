@@ -564,7 +564,9 @@ async fn write_if_dirty(
     version: &mut Option<Version>,
     fenced: &mut bool,
 ) -> MlResult<()> {
-    if *fenced {
+    // Fenced here or on the managed ledger (another owner, or the lease lost): any write
+    // now could only conflict with the new owner's record.
+    if *fenced || core.shared.status() == super::read::Status::Fenced {
         return Err(ManagedLedgerError::Fenced(core.shared.name.clone()));
     }
     let record = {

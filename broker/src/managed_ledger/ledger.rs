@@ -170,6 +170,18 @@ impl ManagedLedger {
         &self.shared.config
     }
 
+    /// Stops writing at once, touching no storage: the topic's lease is lost, so another
+    /// broker may own this managed ledger already, and anything written now could only
+    /// conflict with its records. Appends are refused as fenced; the writer and the cursor
+    /// flushers write nothing more (acks not yet flushed are redelivered by the new owner),
+    /// and the current ledger is left to the new owner's recovery, which fences and seals it.
+    pub fn abandon(&self) {
+        let mut st = self.shared.state();
+        if st.status == Status::Open {
+            st.status = Status::Fenced;
+        }
+    }
+
     pub fn is_fenced(&self) -> bool {
         self.shared.status() == Status::Fenced
     }

@@ -398,6 +398,10 @@ impl Actor {
 
     /// Writes `next` over the record with CAS; a conflict fences the managed ledger.
     async fn write_record(&mut self, next: ManagedLedgerRecord) -> MlResult<()> {
+        if self.status() == Status::Fenced {
+            // Fenced by a conflict or abandoned (lease lost): the record is another owner's.
+            return Err(ManagedLedgerError::Fenced(self.name()));
+        }
         match self
             .records
             .put(&self.key, &next, Expected::Version(self.version))

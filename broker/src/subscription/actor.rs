@@ -10,6 +10,7 @@ impl Actor {
         mut lac: watch::Receiver<Option<Position>>,
     ) {
         let mut lac_open = true;
+        let stop = self.stop.clone();
         loop {
             // The earliest delayed entry wakes the actor (the tracker holds future times only).
             let wake = self.delayed.next_deadline_ms().map(|at| {
@@ -17,6 +18,11 @@ impl Actor {
                     + std::time::Duration::from_millis(at.saturating_sub(now_ms()))
             });
             tokio::select! {
+                biased;
+                () = stop.cancelled() => {
+                    self.close_consumers().await;
+                    break;
+                }
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     if let Flow::Stop = self.handle(cmd).await {
@@ -39,6 +45,16 @@ impl Actor {
             self.dispatch().await;
         }
         debug!("subscription actor stopped");
+    }
+
+    /// Tells every consumer to reconnect (CLOSE_CONSUMER) and forgets it.
+    async fn close_consumers(&mut self) {
+        for c in std::mem::take(&mut self.consumers) {
+            c.spec
+                .conn
+                .send_command(commands::close_consumer(c.spec.consumer_id, 0))
+                .await;
+        }
     }
 
     pub(super) fn consumer(&mut self, key: u64) -> Option<&mut Consumer> {
@@ -110,12 +126,7 @@ impl Actor {
                 let _ = done.send(self.snapshot());
             }
             Command::Close { done } => {
-                for c in std::mem::take(&mut self.consumers) {
-                    c.spec
-                        .conn
-                        .send_command(commands::close_consumer(c.spec.consumer_id, 0))
-                        .await;
-                }
+                self.close_consumers().await;
                 let _ = done.send(());
                 return Flow::Stop;
             }

@@ -104,6 +104,9 @@ impl Actor {
     }
 
     pub(super) async fn dispatch(&mut self) {
+        if self.stop.is_cancelled() {
+            return;
+        }
         self.release_due_delayed();
         let mut scan = RedeliverScan::default();
         loop {

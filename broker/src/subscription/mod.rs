@@ -45,6 +45,7 @@ use bytes::Bytes;
 use magnetar_proto::pulsar::api::command_subscribe::SubType;
 use magnetar_proto::pulsar::{MessageFrame, Payload, commands};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::chunks::{ChunkAssignor, ChunkMeta, Route};
@@ -183,6 +184,8 @@ pub struct Subscription {
     name: String,
     durable: bool,
     tx: mpsc::Sender<Command>,
+    /// Cancelled by [`Subscription::stop_now`]: the actor stops before anything queued.
+    stop: CancellationToken,
 }
 
 fn gone(name: &str) -> BrokerError {
@@ -201,6 +204,7 @@ impl Subscription {
         batch_entries: usize,
     ) -> Arc<Self> {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let stop = CancellationToken::new();
         let durable = cursor.is_durable();
         let lac = ml.subscribe_last_confirmed();
         let actor = Actor {
@@ -224,10 +228,16 @@ impl Subscription {
             bytes_out: 0,
             read_failures: 0,
             read_retry_at: None,
+            stop: stop.clone(),
         };
         let span = info_span!("subscription", %topic, subscription = %name);
         tokio::spawn(actor.run(rx, lac).instrument(span));
-        Arc::new(Subscription { name, durable, tx })
+        Arc::new(Subscription {
+            name,
+            durable,
+            tx,
+            stop,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -323,6 +333,13 @@ impl Subscription {
     pub async fn close(&self) {
         let _ = self.call(|done| Command::Close { done }).await;
     }
+
+    /// Stops the actor without waiting and before anything queued to it (the topic's lease
+    /// is lost): it dispatches nothing more and closes its consumers (CLOSE_CONSUMER). The
+    /// cursor's state is left for the managed ledger, as with [`Subscription::close`].
+    pub fn stop_now(&self) {
+        self.stop.cancel();
+    }
 }
 
 #[derive(Debug)]
@@ -363,6 +380,8 @@ struct Actor {
     /// Dispatch reads failed in a row, and when the next attempt is due.
     read_failures: u32,
     read_retry_at: Option<tokio::time::Instant>,
+    /// See [`Subscription::stop_now`].
+    stop: CancellationToken,
 }
 
 enum Flow {

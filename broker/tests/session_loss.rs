@@ -1,0 +1,259 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
+
+//! Losing the metadata session while the metadata store is unreachable: the broker can no
+//! longer prove it owns anything, so every topic of every lost bundle stops serving at once —
+//! each producer gets CLOSE_PRODUCER and each consumer CLOSE_CONSUMER (clients look the topic
+//! up again) — even though closing the topics' storage waits on the unreachable store. Once
+//! the store is back, the broker owns the topics again.
+//!
+//! Raw client against a cluster broker ([`BrokerNode`]) over a metadata store that can be cut
+//! off ([`Partitionable`]: every call waits while it is cut, as over a partition).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::SinkExt;
+use magnetar_bookie::api::{BookieId, BookieRegistration, BookieState};
+use magnetar_bookie::local::LocalConnector;
+use magnetar_bookie::server::{Bookie, BookieOptions};
+use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
+use magnetar_metadata::{
+    DeleteOutcome, Expected, Listing, MemoryStore, MetadataError, MetadataStore, PutOutcome,
+    Session, Version, Versioned, WatchStream,
+};
+use magnetar_proto::pulsar::api::base_command::Type;
+use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
+use magnetar_proto::pulsar::api::{
+    BaseCommand, CommandProducer, CommandSend, CommandSubscribe, MessageMetadata,
+};
+use magnetar_proto::pulsar::{Frame, Payload};
+use tokio::sync::watch;
+
+mod support;
+use support::*;
+
+/// A [`MemoryStore`] whose every call waits while the store is cut off.
+#[derive(Debug)]
+struct Partitionable {
+    inner: MemoryStore,
+    cut: watch::Sender<bool>,
+}
+
+impl Partitionable {
+    async fn reachable(&self) {
+        let mut rx = self.cut.subscribe();
+        let _ = rx.wait_for(|cut| !*cut).await;
+    }
+}
+
+#[async_trait]
+impl MetadataStore for Partitionable {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, MetadataError> {
+        self.reachable().await;
+        self.inner.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Expected,
+    ) -> Result<PutOutcome, MetadataError> {
+        self.reachable().await;
+        self.inner.put(key, value, expected).await
+    }
+    async fn put_ephemeral(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Expected,
+        session: &Session,
+    ) -> Result<PutOutcome, MetadataError> {
+        self.reachable().await;
+        self.inner
+            .put_ephemeral(key, value, expected, session)
+            .await
+    }
+    async fn delete(&self, key: &str, expected: Expected) -> Result<DeleteOutcome, MetadataError> {
+        self.reachable().await;
+        self.inner.delete(key, expected).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Listing, MetadataError> {
+        self.reachable().await;
+        self.inner.list(prefix).await
+    }
+    async fn watch(&self, prefix: &str, after: Version) -> Result<WatchStream, MetadataError> {
+        self.reachable().await;
+        self.inner.watch(prefix, after).await
+    }
+    async fn create_session(&self, ttl: Duration) -> Result<Session, MetadataError> {
+        self.reachable().await;
+        self.inner.create_session(ttl).await
+    }
+}
+
+fn producer(topic: &str, request_id: u64) -> Frame {
+    Frame::command(BaseCommand {
+        producer: Some(Box::new(CommandProducer {
+            topic: topic.into(),
+            producer_id: 1,
+            request_id,
+            ..Default::default()
+        })),
+        ..cmd(Type::Producer)
+    })
+}
+
+fn subscribe(topic: &str, request_id: u64) -> Frame {
+    Frame::command(BaseCommand {
+        subscribe: Some(Box::new(CommandSubscribe {
+            topic: topic.into(),
+            subscription: "s".into(),
+            sub_type: SubType::Shared as i32,
+            consumer_id: 1,
+            request_id,
+            initial_position: Some(InitialPosition::Earliest as i32),
+            ..Default::default()
+        })),
+        ..cmd(Type::Subscribe)
+    })
+}
+
+fn send(seq: u64) -> Frame {
+    let metadata = MessageMetadata {
+        producer_name: "p".into(),
+        sequence_id: seq,
+        publish_time: 1,
+        ..Default::default()
+    };
+    let send = BaseCommand {
+        send: Some(Box::new(CommandSend {
+            producer_id: 1,
+            sequence_id: seq,
+            ..Default::default()
+        })),
+        ..cmd(Type::Send)
+    };
+    Frame::with_payload(send, Payload::new(&metadata, b"m"))
+}
+
+/// Sends `frame` until the broker answers with something other than an error (the broker
+/// answers errors while it has no session or lease); returns that answer.
+async fn until_ok(conn: &mut Conn, make: impl Fn(u64) -> Frame, request_id: &mut u64) -> Frame {
+    for _ in 0..200 {
+        *request_id += 1;
+        conn.send(make(*request_id)).await.unwrap();
+        let f = next(conn).await;
+        if f.command.error.is_none() {
+            return f;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the broker kept answering errors");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_session_stops_every_topic_at_once_while_the_store_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cut, _) = watch::channel(false);
+    let store = Arc::new(Partitionable {
+        inner: MemoryStore::new(),
+        cut,
+    });
+    let id: BookieId = "local:1".parse().unwrap();
+    let bookie = Bookie::open(BookieOptions::new(id.clone(), dir.path().join("b")))
+        .await
+        .unwrap();
+    let connector = LocalConnector::new();
+    connector.insert(bookie.clone());
+    let reg = BookieRegistration {
+        id: id.clone(),
+        state: BookieState::ReadWrite,
+        free_bytes: 1 << 40,
+        used_bytes: 0,
+        zone: None,
+        version: "test".into(),
+    };
+    let _ = store
+        .put(
+            &magnetar_bookie::api::registration_key(&id),
+            Bytes::from(serde_json::to_vec(&reg).unwrap()),
+            Expected::Any,
+        )
+        .await
+        .unwrap();
+    let node = BrokerNode::start(
+        Arc::clone(&store) as Arc<dyn MetadataStore>,
+        Arc::new(connector.clone()),
+        BrokerNodeOptions {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            advertised_host: None,
+            managed_ledger: ManagedLedgerConfig::default(),
+            session_ttl: Duration::from_secs(10),
+            schema_compatibility_strategy: Default::default(),
+        },
+    )
+    .await
+    .unwrap();
+
+    // Several topics, each with a producer that wrote and a consumer.
+    let topics: Vec<String> = (0..4)
+        .map(|i| format!("persistent://public/default/lost-{i}"))
+        .collect();
+    let mut conns = Vec::new();
+    for topic in &topics {
+        let mut conn = connect(node.local_addr()).await;
+        let mut request_id = 0;
+        let ok = until_ok(&mut conn, |r| producer(topic, r), &mut request_id).await;
+        assert!(ok.command.producer_success.is_some(), "{:?}", ok.command);
+        conn.send(send(1)).await.unwrap();
+        assert!(next(&mut conn).await.command.send_receipt.is_some());
+        let ok = until_ok(&mut conn, |r| subscribe(topic, r), &mut request_id).await;
+        assert!(ok.command.success.is_some(), "{:?}", ok.command);
+        conns.push((conn, request_id));
+    }
+
+    // The store becomes unreachable and the session ends (its ttl ran out meanwhile).
+    store.cut.send_replace(true);
+    store.inner.expire_all_sessions();
+
+    for (topic, (conn, _)) in topics.iter().zip(conns.iter_mut()) {
+        let (mut producer_closed, mut consumer_closed) = (false, false);
+        while !(producer_closed && consumer_closed) {
+            let f = next_within(conn, Duration::from_secs(10))
+                .await
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{topic} still served after the session was lost \
+                         (producer closed: {producer_closed}, consumer closed: {consumer_closed})"
+                    )
+                });
+            producer_closed |= f.command.close_producer.is_some();
+            consumer_closed |= f.command.close_consumer.is_some();
+        }
+    }
+    // A SEND for the closed producer is not served.
+    let (conn, _) = &mut conns[0];
+    conn.send(send(2)).await.unwrap();
+    if let Some(f) = next_within(conn, Duration::from_millis(500)).await {
+        assert!(f.command.send_receipt.is_none(), "{:?}", f.command);
+    }
+
+    // The store is back: the broker opens a new session and owns the topics again.
+    store.cut.send_replace(false);
+    for (topic, (conn, request_id)) in topics.iter().zip(conns.iter_mut()) {
+        let ok = until_ok(conn, |r| producer(topic, r), request_id).await;
+        assert!(ok.command.producer_success.is_some(), "{:?}", ok.command);
+        conn.send(send(3)).await.unwrap();
+        let receipt = loop {
+            let f = next(conn).await;
+            if let Some(r) = f.command.send_receipt {
+                break r;
+            }
+        };
+        assert_eq!(receipt.sequence_id, 3);
+    }
+    node.shutdown().await;
+}
