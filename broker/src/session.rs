@@ -28,6 +28,8 @@ pub struct BrokerSession {
     /// Generation of the current session: 0 for the first, +1 per renewal.
     renewed: watch::Sender<u64>,
     stop: CancellationToken,
+    /// The keeper task, awaited by [`BrokerSession::close`].
+    keeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl BrokerSession {
@@ -42,8 +44,10 @@ impl BrokerSession {
             current: Mutex::new(first),
             renewed,
             stop: CancellationToken::new(),
+            keeper: Mutex::new(None),
         });
-        tokio::spawn(keep(Arc::downgrade(&this), store, ttl, this.stop.clone()));
+        let keeper = tokio::spawn(keep(Arc::downgrade(&this), store, ttl, this.stop.clone()));
+        *this.keeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(keeper);
         Ok(this)
     }
 
@@ -61,10 +65,16 @@ impl BrokerSession {
         self.renewed.subscribe()
     }
 
-    /// Stops renewing and closes the session (its ephemeral keys go at once).
+    /// Stops renewing and closes the session (its ephemeral keys go at once); returns once
+    /// the keeper has stopped.
     pub async fn close(&self) -> Result<(), MetadataError> {
         self.stop.cancel();
-        self.current().close().await
+        let closed = self.current().close().await;
+        let keeper = self.keeper.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(keeper) = keeper {
+            let _ = keeper.await;
+        }
+        closed
     }
 }
 
@@ -78,14 +88,25 @@ async fn keep(
         let Some(lost) = this.upgrade().map(|s| s.current().lost_token()) else {
             return;
         };
+        // Closing the broker cancels `stop` and then ends the session: both branches can be
+        // ready at once, and a shutdown must not be mistaken for a lost session.
         tokio::select! {
-            _ = lost.cancelled() => {}
+            biased;
             _ = stop.cancelled() => return,
+            _ = lost.cancelled() => {}
+        }
+        if stop.is_cancelled() {
+            return;
         }
         warn!("metadata session lost: bundle leases are gone; opening a new session");
         let mut backoff = RENEW_BACKOFF_MIN;
         let session = loop {
-            match store.create_session(ttl).await {
+            let created = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                created = store.create_session(ttl) => created,
+            };
+            match created {
                 Ok(s) => break s,
                 Err(e) => {
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
@@ -117,9 +138,88 @@ async fn keep(
 
 #[cfg(test)]
 mod tests {
-    use magnetar_metadata::MemoryStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use magnetar_metadata::{
+        DeleteOutcome, Expected, Listing, MemoryStore, PutOutcome, Version, Versioned, WatchStream,
+    };
 
     use super::*;
+
+    /// A store that counts the sessions opened through it.
+    #[derive(Debug)]
+    struct Counting {
+        inner: MemoryStore,
+        sessions: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl MetadataStore for Counting {
+        async fn get(&self, key: &str) -> Result<Option<Versioned>, MetadataError> {
+            self.inner.get(key).await
+        }
+        async fn put(
+            &self,
+            key: &str,
+            value: Bytes,
+            expected: Expected,
+        ) -> Result<PutOutcome, MetadataError> {
+            self.inner.put(key, value, expected).await
+        }
+        async fn put_ephemeral(
+            &self,
+            key: &str,
+            value: Bytes,
+            expected: Expected,
+            session: &Session,
+        ) -> Result<PutOutcome, MetadataError> {
+            self.inner
+                .put_ephemeral(key, value, expected, session)
+                .await
+        }
+        async fn delete(
+            &self,
+            key: &str,
+            expected: Expected,
+        ) -> Result<DeleteOutcome, MetadataError> {
+            self.inner.delete(key, expected).await
+        }
+        async fn list(&self, prefix: &str) -> Result<Listing, MetadataError> {
+            self.inner.list(prefix).await
+        }
+        async fn watch(&self, prefix: &str, after: Version) -> Result<WatchStream, MetadataError> {
+            self.inner.watch(prefix, after).await
+        }
+        async fn create_session(&self, ttl: Duration) -> Result<Session, MetadataError> {
+            self.sessions.fetch_add(1, Ordering::SeqCst);
+            self.inner.create_session(ttl).await
+        }
+    }
+
+    #[tokio::test]
+    async fn closing_is_not_taken_for_a_lost_session() {
+        // Before the fix the keeper picked one of two ready branches at random, opening a
+        // spurious new session (and warning "session lost") on about half of the closes.
+        for _ in 0..20 {
+            let store = Arc::new(Counting {
+                inner: MemoryStore::new(),
+                sessions: AtomicUsize::new(0),
+            });
+            let dyn_store: Arc<dyn MetadataStore> = store.clone();
+            let session = BrokerSession::start(dyn_store, Duration::from_secs(5))
+                .await
+                .unwrap();
+            // close() returns once the keeper has stopped: whatever it did is counted.
+            session.close().await.unwrap();
+            assert_eq!(
+                store.sessions.load(Ordering::SeqCst),
+                1,
+                "no session after close"
+            );
+        }
+    }
 
     #[tokio::test]
     async fn a_lost_session_is_replaced_and_announced() {
