@@ -33,11 +33,8 @@ async fn metadata_store(config: &Config) -> anyhow::Result<Arc<dyn MetadataStore
              for a one-process trial)"
         ),
         MetadataBackend::Embedded => {
-            // `Config::load` resolved it already (against `standalone.data_dir`).
-            let path = m
-                .embedded_path
-                .clone()
-                .unwrap_or_else(|| config.embedded_path());
+            // Resolved against `standalone.data_dir` when relative.
+            let path = config.embedded_path();
             tracing::warn!(
                 path = %path.display(),
                 "metadata.backend is \"embedded\": this bookie registers in a file only this \

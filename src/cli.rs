@@ -43,9 +43,9 @@ pub struct Cli {
 /// The roles of the one binary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a whole cluster in one process: broker, bookies, embedded metadata, local offload.
+    /// Run a whole cluster in one process: broker, bookie and embedded metadata.
     Standalone(StandaloneArgs),
-    /// Run a stateless serving broker: Pulsar protocol on 6650, admin REST and /metrics on 8080.
+    /// Run a stateless serving broker: Pulsar protocol on 6650, admin REST on 8080.
     Broker(ServerArgs),
     /// Run a bookie: journal and entry storage for ledgers, served over gRPC.
     Bookie(BookieArgs),
@@ -62,7 +62,7 @@ pub enum Command {
 /// Flags of `magnetar standalone` (final).
 #[derive(Debug, Args)]
 pub struct StandaloneArgs {
-    /// Directory for all standalone state: metadata, journals, ledgers, offloaded data
+    /// Directory for all standalone state: metadata, journals, ledgers
     /// [config: standalone.data_dir].
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,

@@ -112,7 +112,7 @@ pub struct StandaloneConfig {
     pub bind_address: String,
     /// Pulsar binary protocol port.
     pub broker_port: u16,
-    /// Admin REST API and `/metrics` port.
+    /// Admin REST API port.
     pub admin_port: u16,
 }
 
@@ -570,7 +570,9 @@ impl Config {
         Ok(figment)
     }
 
-    /// Loads, merges and validates the configuration; `embedded_path` comes back resolved.
+    /// Loads, merges and validates the configuration. Values are kept as given, so that
+    /// `--print-config` output loads back to the same configuration: paths derived from other
+    /// keys are resolved where they are used ([`Config::embedded_path`]).
     pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config> {
         let figment = Config::figment(file, flags)?;
         let config: Config = figment.extract().map_err(|err| {
@@ -579,13 +581,7 @@ impl Config {
             anyhow::anyhow!("invalid configuration: {}", all.join("\n"))
         })?;
         config.validate()?;
-        Ok(config.resolved())
-    }
-
-    /// Fills in what is derived from other keys: `metadata.embedded_path`.
-    pub fn resolved(mut self) -> Config {
-        self.metadata.embedded_path = Some(self.embedded_path());
-        self
+        Ok(config)
     }
 
     /// Path of the embedded metadata file, resolved against `standalone.data_dir`.
@@ -742,8 +738,8 @@ mod tests {
         let config = Config::default();
         config.validate().unwrap();
         assert_eq!(
-            config.resolved().metadata.embedded_path,
-            Some(PathBuf::from("./data/metadata.redb"))
+            config.embedded_path(),
+            PathBuf::from("./data/metadata.redb")
         );
     }
 
@@ -762,10 +758,34 @@ mod tests {
 
     #[test]
     fn printed_config_parses_back_to_the_same_config() {
-        let config = Config::default().resolved();
+        let config = Config::default();
         let text = config.to_toml().unwrap();
         let parsed: Config = toml::from_str(&text).unwrap();
         assert_eq!(parsed, config);
+    }
+
+    #[test]
+    fn a_printed_config_loads_back_to_the_same_paths() {
+        // `--print-config` once wrote the resolved metadata path, which loading resolved
+        // against data_dir a second time (`./data/./data/metadata.redb`): a new, empty store.
+        let dir = tempfile::tempdir().unwrap();
+        for embedded_path in [None, Some("meta/m.redb")] {
+            let first = dir.path().join("first.toml");
+            let mut text = "[standalone]\ndata_dir = \"./rel-data\"\n".to_owned();
+            if let Some(p) = embedded_path {
+                text.push_str(&format!("[metadata]\nembedded_path = \"{p}\"\n"));
+            }
+            std::fs::write(&first, text).unwrap();
+            let loaded = Config::load(Some(&first), &FlagOverrides::default()).unwrap();
+            let printed = dir.path().join("printed.toml");
+            std::fs::write(&printed, loaded.to_toml().unwrap()).unwrap();
+            let again = Config::load(Some(&printed), &FlagOverrides::default()).unwrap();
+            assert_eq!(again, loaded);
+            assert_eq!(again.embedded_path(), loaded.embedded_path());
+            let expected =
+                PathBuf::from("./rel-data").join(embedded_path.unwrap_or("metadata.redb"));
+            assert_eq!(again.embedded_path(), expected);
+        }
     }
 
     #[test]

@@ -42,11 +42,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         .with_context(|| format!("standalone.bind_address {:?}", s.bind_address))?;
     let options = StandaloneOptions {
         data_dir: s.data_dir.clone(),
-        metadata_path: config
-            .metadata
-            .embedded_path
-            .clone()
-            .unwrap_or_else(|| config.embedded_path()),
+        metadata_path: config.embedded_path(),
         bind_address,
         broker_port: s.broker_port,
         session_ttl: Duration::from_millis(config.metadata.session_ttl_ms),

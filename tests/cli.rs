@@ -169,8 +169,83 @@ fn no_subcommand_and_unknown_flags_are_usage_errors() {
     assert_eq!(code, 2);
 }
 
+/// Starts `magnetar standalone` with `args` in `dir`; once it serves, stops it with SIGTERM
+/// and checks it exited 0. Returns its stderr as the error when it exits without serving.
+fn serve_once(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    let mut cmd = magnetar(dir);
+    cmd.arg("standalone").args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .args(["--broker-port", "0", "--admin-port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    if line.is_empty() {
+        let status = child.wait().unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_ne!(status.code(), Some(0), "exited 0 without serving: {err}");
+        return Err(err);
+    }
+    assert!(
+        line.starts_with("magnetar standalone: serving "),
+        "{line:?}"
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Drain stdout so that late lines cannot block the process on a full pipe.
+    let mut rest = String::new();
+    let _ = stdout.read_to_string(&mut rest);
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    Ok(())
+}
+
 #[test]
-fn defaults_are_printed_with_the_embedded_path_resolved() {
+fn restarting_with_the_printed_config_opens_the_same_metadata_and_a_new_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    serve_once(dir.path(), &["--data-dir", "./data"], &[]).unwrap();
+    // The printed configuration, saved and used as --config, is the same configuration: the
+    // same metadata file, which the bookie's data belongs to (its cookie says so).
+    let (code, printed, err) =
+        run(magnetar(dir.path()).args(["standalone", "--data-dir", "./data", "--print-config"]));
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(dir.path().join("saved.toml"), &printed).unwrap();
+    serve_once(dir.path(), &["--config", "saved.toml"], &[]).unwrap();
+    assert!(
+        !dir.path().join("data/data").exists(),
+        "the metadata path was resolved twice"
+    );
+    // Another (new, empty) metadata file over the same bookie data: refused, saying why.
+    let err = serve_once(
+        dir.path(),
+        &["--config", "saved.toml"],
+        &[("MAGNETAR_METADATA__EMBEDDED_PATH", "other.redb")],
+    )
+    .expect_err("started over another metadata store");
+    assert!(err.contains("refusing to start bookie"), "{err}");
+    assert!(err.contains("no cookie for this bookie"), "{err}");
+    // And the right one still works.
+    serve_once(dir.path(), &["--config", "saved.toml"], &[]).unwrap();
+}
+
+#[test]
+fn defaults_are_printed_with_the_embedded_path_left_to_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let config = printed_config(magnetar(dir.path()).arg("--print-config"));
     assert_eq!(get_str(&config, "metadata.backend"), "embedded");
@@ -183,9 +258,10 @@ fn defaults_are_printed_with_the_embedded_path_resolved() {
     );
     assert_eq!(get_str(&config, "metadata.etcd_root"), "/magnetar");
     assert_eq!(get_int(&config, "metadata.session_ttl_ms"), 10_000);
-    assert_eq!(
-        get_str(&config, "metadata.embedded_path"),
-        "./data/metadata.redb"
+    // Unset: the file is `metadata.redb` under standalone.data_dir, wherever that is.
+    assert!(
+        config["metadata"].get("embedded_path").is_none(),
+        "{config:?}"
     );
     assert_eq!(get_str(&config, "standalone.data_dir"), "./data");
     assert_eq!(get_str(&config, "standalone.bind_address"), "127.0.0.1");
@@ -227,10 +303,6 @@ level = "debug"
     assert_eq!(get_str(&config, "metadata.backend"), "etcd");
     assert_eq!(get_int(&config, "metadata.session_ttl_ms"), 5000);
     assert_eq!(get_str(&config, "standalone.data_dir"), "/from/file");
-    assert_eq!(
-        get_str(&config, "metadata.embedded_path"),
-        "/from/file/metadata.redb"
-    );
     assert_eq!(get_int(&config, "standalone.broker_port"), 7000);
     assert_eq!(
         get_int(&config, "standalone.admin_port"),
@@ -282,10 +354,6 @@ level = "debug"
             .env("MAGNETAR_METADATA__SESSION_TTL_MS", "7000"),
     );
     assert_eq!(get_str(&config, "standalone.data_dir"), "/from/flag");
-    assert_eq!(
-        get_str(&config, "metadata.embedded_path"),
-        "/from/flag/metadata.redb"
-    );
     assert_eq!(get_int(&config, "metadata.session_ttl_ms"), 7000);
     assert_eq!(get_str(&config, "metadata.backend"), "etcd");
 }
@@ -521,11 +589,14 @@ fn bookie_serves_on_a_free_port_and_stops_cleanly_on_sigterm_and_sigint() {
     use magnetar_metadata::{EntryId, LedgerId};
 
     let dir = tempfile::tempdir().unwrap();
+    // A free port first; the restart takes the same one, as the data directory's cookie
+    // names the bookie by its address.
+    let mut port = "0".to_owned();
     for signal in ["TERM", "INT"] {
         let mut bookie = BookieProcess::start(magnetar(dir.path()).args([
             "bookie",
             "--port",
-            "0",
+            &port,
             "--data-dir",
             "bk",
             "--zone",
@@ -536,6 +607,11 @@ fn bookie_serves_on_a_free_port_and_stops_cleanly_on_sigterm_and_sigint() {
             addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
             "{addr}"
         );
+        if port == "0" {
+            port = addr.rsplit(':').next().unwrap().to_owned();
+        } else {
+            assert_eq!(addr, format!("127.0.0.1:{port}"));
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

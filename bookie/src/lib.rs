@@ -8,12 +8,15 @@
 //! - [`rpc`] — the gRPC transport: a tonic server for any `BookieClient`, and a client that is one.
 //! - [`node`] — a running `magnetar bookie`: storage + gRPC server + registration in the metadata
 //!   store.
+//! - [`cookie`] — instance identity: ties a bookie's data directory to its metadata store,
+//!   checked before the storage opens.
 //! - [`local`] — the in-process transport: bookies of this process called directly.
 //! - [`client`] — the ledger client: create ledgers over ensembles with (E, Qw, Qa), pipelined
 //!   appends, ensemble change, close, reads with speculative retries, recovery with fencing.
 
 pub mod api;
 pub mod client;
+pub mod cookie;
 pub mod local;
 pub mod node;
 pub mod rpc;

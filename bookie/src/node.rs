@@ -61,6 +61,8 @@ pub enum NodeError {
     Metadata(#[from] MetadataError),
     #[error("cannot register the bookie: {0}")]
     Registration(String),
+    #[error("{0}")]
+    Cookie(#[from] crate::cookie::CookieError),
 }
 
 /// A bookie serving and registered; stop it with [`BookieNode::shutdown`].
@@ -122,6 +124,8 @@ impl BookieNode {
         let id = resolve_id(&bookie.id, local_addr)?;
         bookie.id = id.clone();
         let server_options = ServerOptions::for_entry_size(bookie.entry_size_bytes_max);
+        // Before the storage opens: data of another metadata store must not be served.
+        crate::cookie::verify(&*metadata, &bookie.data_dir, &id).await?;
         let storage = Bookie::open(bookie).await?;
 
         let stop_server = CancellationToken::new();

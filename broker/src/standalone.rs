@@ -83,6 +83,8 @@ pub enum StandaloneError {
     #[error("policies: {0}")]
     Policy(#[from] PolicyError),
     #[error("{0}")]
+    Cookie(#[from] magnetar_bookie::cookie::CookieError),
+    #[error("{0}")]
     Other(String),
 }
 
@@ -116,11 +118,11 @@ impl Standalone {
         let bookie_id: BookieId = STANDALONE_BOOKIE_ID
             .parse()
             .map_err(StandaloneError::Other)?;
-        let bookie = Bookie::open(BookieOptions::new(
-            bookie_id,
-            options.data_dir.join("bookie"),
-        ))
-        .await?;
+        let bookie_dir = options.data_dir.join("bookie");
+        // The bookie's data must belong to this metadata file (a mistyped path opens a new,
+        // empty one, whose ledger ids would alias the old data's).
+        magnetar_bookie::cookie::verify(&*store, &bookie_dir, &bookie_id).await?;
+        let bookie = Bookie::open(BookieOptions::new(bookie_id, bookie_dir)).await?;
         let local = LocalConnector::new();
         local.insert(Arc::clone(&bookie) as Arc<dyn BookieClient>);
         let registration = BookieRegistration {
