@@ -42,6 +42,7 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::policies::Policies;
 use crate::topic_name::TopicName;
 
+mod avro_resolve;
 pub mod compat;
 
 pub use compat::CompatibilityStrategy;

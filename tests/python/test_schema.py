@@ -255,6 +255,47 @@ def test_backward_allows_removing_a_field_forward_does_not(standalone, client):
     )
 
 
+@needs_avro
+def test_forward_accepts_a_required_field_in_a_renamed_record(standalone, client):
+    """As the official client's test_schema_evolve: each version is its own class, so the
+    Avro record names differ; Pulsar matches records by their fields."""
+    user1 = type("User1", (Record,), {"name": String(), "age": Integer()})
+    user2 = type(
+        "User2", (Record,), {"_sorted_fields": True, "name": String(), "age": Integer(required=True)}
+    )
+    t = topic_in(namespace_with(standalone.admin_url, "FORWARD"))
+    producer1 = client.create_producer(t, schema=AvroSchema(user1))
+    consumer = client.subscribe(t, "sub", schema=AvroSchema(user1), initial_position=EARLIEST)
+    producer2 = client.create_producer(t, schema=AvroSchema(user2))
+    for i in range(3):
+        producer1.send(user1(name=f"one-{i}", age=100 + i))
+        producer2.send(user2(name=f"two-{i}", age=200 + i))
+    got = [(m.value().name, m.value().age) for m in receive_all(consumer, 6)]
+    expected = []
+    for i in range(3):
+        expected += [(f"one-{i}", 100 + i), (f"two-{i}", 200 + i)]
+    assert got == expected
+
+
+@needs_avro
+def test_default_full_accepts_defaults_added_under_another_record_name(client, topic):
+    """As the official client's test_avro_required_default."""
+    plain = type("Example", (Record,), {"a": Integer(), "b": String(), "c": Integer(required=True)})
+    defaults = type(
+        "ExampleRequiredDefault",
+        (Record,),
+        {
+            "_sorted_fields": True,
+            "a": Integer(required_default=True),
+            "b": String(required_default=True),
+            "c": Integer(required=True, default=0, required_default=True),
+        },
+    )
+    client.create_producer(topic, schema=AvroSchema(plain)).close()
+    client.create_producer(topic, schema=AvroSchema(defaults)).close()
+    assert "ExampleRequiredDefault" in client._client.get_schema_info(topic, 1).schema()
+
+
 def test_full_transitive_checks_every_version(standalone, client):
     v0 = evo(a=String())
     v1 = evo(a=String(), b=Integer(required=True, default=0, required_default=True))

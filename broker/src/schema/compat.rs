@@ -6,7 +6,8 @@
 //!   schema of another type than the versions it is checked against;
 //! - non-transitive strategies check against the latest version, `*_TRANSITIVE` against all;
 //! - AVRO, and JSON whose definitions are Avro records, are checked with Avro schema resolution
-//!   (the `apache-avro` crate): BACKWARD = the new schema can read data written with the old,
+//!   as Pulsar's validator applies it (`avro_resolve.rs`: records match by fields, not by
+//!   name): BACKWARD = the new schema can read data written with the old,
 //!   FORWARD = the old can read data written with the new, FULL = both. A JSON definition that
 //!   does not parse as Avro is a legacy (Jackson) JSON schema, accepted as Pulsar does;
 //! - KEY_VALUE: its key and value parts (Pulsar's `KeyValueSchemaInfo` encoding) are checked
@@ -19,7 +20,6 @@ use std::fmt;
 use std::str::FromStr;
 
 use apache_avro::Schema as AvroSchema;
-use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use magnetar_proto::pulsar::api::schema::Type as SchemaType;
 use serde::{Deserialize, Serialize};
 
@@ -192,28 +192,10 @@ fn parse_avro(s: &StoredSchema, what: &str) -> Result<AvroSchema, String> {
     AvroSchema::parse_str(text).map_err(|e| format!("invalid Avro schema definition ({what}): {e}"))
 }
 
-/// `reader` can read all data written with `writer` (Avro resolution; a partial match, e.g.
-/// a union whose branches are not all readable, is incompatible as in Avro's Java checker).
+/// `reader` can read all data written with `writer`, by the resolution rules Pulsar checks
+/// (see `avro_resolve`).
 fn can_read(writer: &AvroSchema, reader: &AvroSchema) -> Result<(), String> {
-    match SchemaCompatibility::can_read(writer, reader) {
-        Ok(Compatibility::Full) => Ok(()),
-        Ok(Compatibility::Partial) => {
-            Err("only some of the values written can be read (union or enum mismatch)".to_owned())
-        }
-        Err(e) => Err(error_chain(&e)),
-    }
-}
-
-/// An error with its sources: "field `x`… : field `y` must have a default value".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    super::avro_resolve::can_read(writer, reader)
 }
 
 fn check_avro(
@@ -458,7 +440,7 @@ mod tests {
                 .err()
                 .unwrap_or_default();
             assert!(
-                err.contains("cannot read data written with version 0") && err.contains("'b'"),
+                err.contains("cannot read data written with version 0") && err.contains("`b`"),
                 "{s}: {err}"
             );
         }
@@ -488,7 +470,148 @@ mod tests {
         let err = check_new_version(&[avro(0, A_INT)], &string, S::Backward)
             .err()
             .unwrap_or_default();
-        assert!(err.contains("'a'"), "{err}");
+        assert!(err.contains("`a`"), "{err}");
+    }
+
+    fn named(version: u64, name: &str, fields: &str) -> StoredSchema {
+        of(
+            SchemaType::Avro,
+            version,
+            format!(r#"{{"type":"record","name":"{name}","fields":[{fields}]}}"#),
+        )
+    }
+
+    #[test]
+    fn records_match_by_fields_not_by_name_as_pulsar() {
+        // The official Python client's test_schema_evolve: class User1, then class User2
+        // with `age` now required, under FORWARD.
+        let user1 = named(
+            0,
+            "User1",
+            r#"{"name":"name","type":["null","string"]},{"name":"age","type":["null","int"]}"#,
+        );
+        let user2 = named(
+            1,
+            "User2",
+            r#"{"name":"age","type":"int"},{"name":"name","type":["null","string"]}"#,
+        );
+        assert!(
+            ok(std::slice::from_ref(&user1), &user2, S::Forward),
+            "{:?}",
+            check_new_version(std::slice::from_ref(&user1), &user2, S::Forward)
+        );
+        // Reading User1's data with User2 meets a null age: not BACKWARD, so not FULL.
+        assert!(!ok(std::slice::from_ref(&user1), &user2, S::Full));
+        // test_avro_required_default: the same fields, now with defaults, under FULL.
+        let sub = r#"{"type":"record","name":"MySubRecord","fields":[
+            {"name":"x","type":["null","int"]},{"name":"y","type":["null","long"]}]}"#;
+        let plain = named(
+            0,
+            "Example",
+            &format!(
+                r#"{{"name":"a","type":["null","int"]}},{{"name":"b","type":"boolean"}},
+                {{"name":"j","type":["null",{sub}]}}"#
+            ),
+        );
+        let with_defaults = named(
+            1,
+            "ExampleRequiredDefault",
+            &format!(
+                r#"{{"name":"a","type":["null","int"],"default":null}},
+                {{"name":"b","type":"boolean","default":false}},
+                {{"name":"j","type":["null",{sub}],"default":null}}"#
+            ),
+        );
+        assert!(
+            ok(std::slice::from_ref(&plain), &with_defaults, S::Full),
+            "{:?}",
+            check_new_version(std::slice::from_ref(&plain), &with_defaults, S::Full)
+        );
+    }
+
+    #[test]
+    fn unions_enums_and_fixed_resolve_as_avro() {
+        let enum_of = |name: &str, symbols: &str| {
+            named(
+                0,
+                "R",
+                &format!(
+                    r#"{{"name":"e","type":{{"type":"enum","name":"{name}","symbols":[{symbols}]}}}}"#
+                ),
+            )
+        };
+        // Enums must keep their name; symbols are not compared (as Pulsar's validator).
+        assert!(ok(
+            &[enum_of("E", r#""A","B""#)],
+            &enum_of("E", r#""A""#),
+            S::Full
+        ));
+        assert!(!ok(
+            &[enum_of("E", r#""A""#)],
+            &enum_of("F", r#""A""#),
+            S::Backward
+        ));
+        let fixed = |size: usize| {
+            named(
+                0,
+                "R",
+                &format!(r#"{{"name":"f","type":{{"type":"fixed","name":"F","size":{size}}}}}"#),
+            )
+        };
+        assert!(ok(&[fixed(4)], &fixed(4), S::Full));
+        assert!(!ok(&[fixed(4)], &fixed(8), S::Backward));
+        // A record in a union is found by structure when its name changed.
+        let in_union = |name: &str, reader_fields: &str| {
+            named(
+                0,
+                "R",
+                &format!(
+                    r#"{{"name":"u","type":["null",{{"type":"record","name":"{name}","fields":[{reader_fields}]}}]}}"#
+                ),
+            )
+        };
+        let x = r#"{"name":"x","type":"int"}"#;
+        let xy = r#"{"name":"x","type":"int"},{"name":"y","type":"long"}"#;
+        assert!(ok(&[in_union("Old", x)], &in_union("New", x), S::Full));
+        // ...but not when its fields cannot be read: y has no default.
+        assert!(!ok(
+            &[in_union("Old", x)],
+            &in_union("New", xy),
+            S::Backward
+        ));
+        // A writer union needs every branch readable; a reader union one matching branch.
+        let field = |ty: &str| named(0, "R", &format!(r#"{{"name":"v","type":{ty}}}"#));
+        assert!(ok(
+            &[field(r#""int""#)],
+            &field(r#"["null","long"]"#),
+            S::Backward
+        ));
+        assert!(!ok(
+            &[field(r#"["null","int"]"#)],
+            &field(r#""long""#),
+            S::Backward
+        ));
+        assert!(ok(&[field(r#""string""#)], &field(r#""bytes""#), S::Full));
+    }
+
+    #[test]
+    fn recursive_records_resolve() {
+        let list = |version: u64, extra: &str| {
+            named(
+                version,
+                "Node",
+                &format!(
+                    r#"{{"name":"v","type":"int"}},{{"name":"next","type":["null","Node"]}}{extra}"#
+                ),
+            )
+        };
+        let optional = r#",{"name":"w","type":["null","int"],"default":null}"#;
+        assert!(ok(&[list(0, "")], &list(1, optional), S::Full));
+        assert!(!ok(
+            &[list(0, "")],
+            &list(1, r#",{"name":"w","type":"int"}"#),
+            S::Backward
+        ));
     }
 
     #[test]
