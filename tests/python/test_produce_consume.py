@@ -88,9 +88,10 @@ def test_broker_assigns_unique_producer_names(client, topic):
     assert a.producer_name() != b.producer_name()
 
 
-def test_exclusive_producer_conflict_is_producer_busy(client, topic):
+def test_exclusive_producer_conflict_is_fenced_and_shared_ones_are_busy(client, topic):
     first = client.create_producer(topic, access_mode=pulsar.ProducerAccessMode.Exclusive)
-    with pytest.raises(pulsar.ProducerBusy):
+    # As Pulsar: another Exclusive producer is fenced, a Shared one is busy.
+    with pytest.raises(pulsar.ProducerFenced):
         client.create_producer(topic, access_mode=pulsar.ProducerAccessMode.Exclusive)
     with pytest.raises(pulsar.ProducerBusy):
         client.create_producer(topic)
