@@ -51,6 +51,8 @@ pub struct StandaloneOptions {
     pub session_ttl: Duration,
     /// The broker's default schema compatibility strategy (namespace policies override).
     pub schema_compatibility_strategy: crate::schema::CompatibilityStrategy,
+    /// Idle time after which a connection is pinged (and, silent for as long again, closed).
+    pub keepalive_interval: Duration,
 }
 
 impl StandaloneOptions {
@@ -63,6 +65,7 @@ impl StandaloneOptions {
             broker_port: 6650,
             session_ttl: Duration::from_secs(10),
             schema_compatibility_strategy: crate::schema::CompatibilityStrategy::default(),
+            keepalive_interval: BrokerConfig::new(String::new()).keepalive_interval,
         }
     }
 }
@@ -173,6 +176,7 @@ impl Standalone {
         );
         let mut config = BrokerConfig::new(service_url);
         config.schema_compatibility_strategy = options.schema_compatibility_strategy;
+        config.keepalive_interval = options.keepalive_interval;
         let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
         ensure_default_namespace(&service).await?;
         let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&service)));

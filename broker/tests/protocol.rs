@@ -216,6 +216,144 @@ async fn a_malformed_frame_closes_only_its_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_frame_before_connect_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StandaloneOptions::new(dir.path());
+    options.broker_port = 0;
+    let standalone = Standalone::start(options).await.unwrap();
+    // A 4-byte header announcing a 1 MiB frame — within the message size limit, far beyond
+    // any CONNECT: the broker must not reserve (and wait for) a megabyte for a peer that has
+    // not said hello; it closes the connection.
+    let mut stranger = TcpStream::connect(standalone.local_addr()).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stranger
+        .write_all(&(1024u32 * 1024).to_be_bytes())
+        .await
+        .unwrap();
+    stranger.write_all(&[0; 16]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stranger.read(&mut buf))
+        .await
+        .expect("the broker waited for a megabyte before CONNECT");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // After CONNECT the negotiated maximum applies: a 1 MiB message goes through.
+    let mut conn = connect(standalone.local_addr()).await;
+    conn.send(Frame::command(BaseCommand {
+        producer: Some(Box::new(CommandProducer {
+            topic: "persistent://public/default/big-after-connect".into(),
+            producer_id: 1,
+            request_id: 1,
+            ..Default::default()
+        })),
+        ..cmd(Type::Producer)
+    }))
+    .await
+    .unwrap();
+    assert!(next(&mut conn).await.command.producer_success.is_some());
+    conn.send(send(0, message(0, &vec![7u8; 1024 * 1024])))
+        .await
+        .unwrap();
+    assert!(next(&mut conn).await.command.send_receipt.is_some());
+    standalone.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_names_are_invalid_topic_name_on_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StandaloneOptions::new(dir.path());
+    options.broker_port = 0;
+    let standalone = Standalone::start(options).await.unwrap();
+    let mut conn = connect(standalone.local_addr()).await;
+    let mut request_id = 0;
+    // Topics `.` and `..`: refused at once, with the reason, not a storage failure.
+    for topic in [
+        "persistent://public/default/..",
+        "persistent://public/default/.",
+    ] {
+        request_id += 1;
+        conn.send(Frame::command(BaseCommand {
+            producer: Some(Box::new(CommandProducer {
+                topic: topic.into(),
+                producer_id: request_id,
+                request_id,
+                ..Default::default()
+            })),
+            ..cmd(Type::Producer)
+        }))
+        .await
+        .unwrap();
+        let error = next(&mut conn).await.command.error.expect("an error");
+        assert_eq!(
+            error.error,
+            ServerError::InvalidTopicName as i32,
+            "{error:?}"
+        );
+        assert!(error.message.contains("not allowed"), "{error:?}");
+    }
+    // Subscription names: empty, with '/', with NUL.
+    for name in ["", "a/b", "nul\0"] {
+        request_id += 1;
+        let mut frame = subscribe("persistent://public/default/names", 1, request_id);
+        if let Some(s) = frame.command.subscribe.as_mut() {
+            s.subscription = name.into();
+        }
+        conn.send(frame).await.unwrap();
+        let error = next(&mut conn).await.command.error.expect("an error");
+        assert_eq!(
+            error.error,
+            ServerError::InvalidTopicName as i32,
+            "{name:?}: {error:?}"
+        );
+        assert!(error.message.contains("subscription name"), "{error:?}");
+    }
+    standalone.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_keeps_a_peer_that_answers_pings_and_closes_a_silent_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StandaloneOptions::new(dir.path());
+    options.broker_port = 0;
+    options.keepalive_interval = Duration::from_millis(100);
+    let standalone = Standalone::start(options).await.unwrap();
+    // Answers every PING and says nothing else: alive for 20 intervals.
+    let mut polite = connect(standalone.local_addr()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut pings = 0;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut polite)).await {
+            Err(_) => break,
+            Ok(Some(Ok(f))) => {
+                assert_eq!(f.command_type(), Type::Ping, "{:?}", f.command);
+                pings += 1;
+                polite
+                    .send(Frame::command(magnetar_proto::pulsar::commands::pong()))
+                    .await
+                    .unwrap();
+            }
+            Ok(other) => panic!("a peer answering every PING was dropped: {other:?}"),
+        }
+    }
+    assert!(
+        pings >= 5,
+        "pinged {pings} times in 2 s at a 100 ms keep-alive"
+    );
+    // Never answers: closed after the PING goes unanswered for an interval.
+    let mut silent = connect(standalone.local_addr()).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match futures::StreamExt::next(&mut silent).await {
+                Some(Ok(f)) => assert_eq!(f.command_type(), Type::Ping),
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent peer was kept");
+    standalone.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_metadata_comes_from_the_policies() {
     use magnetar_broker::topic_name::TopicName;
     use magnetar_proto::pulsar::api::CommandPartitionedTopicMetadata;

@@ -18,7 +18,9 @@ use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
 use magnetar_broker::topic_name::TopicName;
 use magnetar_metadata::{Expected, MemoryStore, MetadataStore};
 use magnetar_proto::pulsar::api::base_command::Type;
-use magnetar_proto::pulsar::api::{BaseCommand, CommandProducer, CommandSend, MessageMetadata};
+use magnetar_proto::pulsar::api::{
+    BaseCommand, CommandProducer, CommandSend, MessageMetadata, ServerError,
+};
 use magnetar_proto::pulsar::{Frame, Payload};
 
 mod support;
@@ -76,45 +78,82 @@ async fn create_producer(conn: &mut Conn, topic: &str, request_id: &mut u64) {
     panic!("producer not created");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
-    let id: BookieId = "local:1".parse().unwrap();
-    let bookie = Bookie::open(BookieOptions::new(id.clone(), dir.path().join("b")))
-        .await
-        .unwrap();
-    let connector = LocalConnector::new();
-    connector.insert(bookie.clone());
-    let reg = BookieRegistration {
-        id: id.clone(),
-        state: BookieState::ReadWrite,
-        free_bytes: 1 << 40,
-        used_bytes: 0,
-        zone: None,
-        version: "test".into(),
-    };
-    let _ = store
-        .put(
-            &magnetar_bookie::api::registration_key(&id),
-            Bytes::from(serde_json::to_vec(&reg).unwrap()),
-            Expected::Any,
+/// One in-process bookie behind a [`LocalConnector`] (which tests take away and give back),
+/// registered in a memory store.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    store: Arc<dyn MetadataStore>,
+    id: BookieId,
+    bookie: Arc<Bookie>,
+    connector: LocalConnector,
+}
+
+impl Cluster {
+    async fn new() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
+        let id: BookieId = "local:1".parse().unwrap();
+        let bookie = Bookie::open(BookieOptions::new(id.clone(), dir.path().join("b")))
+            .await
+            .unwrap();
+        let connector = LocalConnector::new();
+        connector.insert(bookie.clone());
+        let reg = BookieRegistration {
+            id: id.clone(),
+            state: BookieState::ReadWrite,
+            free_bytes: 1 << 40,
+            used_bytes: 0,
+            zone: None,
+            version: "test".into(),
+        };
+        let _ = store
+            .put(
+                &magnetar_bookie::api::registration_key(&id),
+                Bytes::from(serde_json::to_vec(&reg).unwrap()),
+                Expected::Any,
+            )
+            .await
+            .unwrap();
+        Cluster {
+            _dir: dir,
+            store,
+            id,
+            bookie,
+            connector,
+        }
+    }
+
+    /// A broker over the cluster's store and bookie.
+    async fn node(&self) -> BrokerNode {
+        BrokerNode::start(
+            Arc::clone(&self.store),
+            Arc::new(self.connector.clone()),
+            BrokerNodeOptions {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                advertised_host: None,
+                managed_ledger: ManagedLedgerConfig::default(),
+                session_ttl: Duration::from_secs(10),
+                schema_compatibility_strategy: Default::default(),
+            },
         )
         .await
-        .unwrap();
-    let node = BrokerNode::start(
-        Arc::clone(&store),
-        Arc::new(connector.clone()),
-        BrokerNodeOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            advertised_host: None,
-            managed_ledger: ManagedLedgerConfig::default(),
-            session_ttl: Duration::from_secs(10),
-            schema_compatibility_strategy: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
+        .unwrap()
+    }
+
+    fn take_bookie_away(&self) {
+        self.connector.remove(&self.id);
+    }
+
+    fn give_bookie_back(&self) {
+        self.connector
+            .insert(self.bookie.clone() as Arc<dyn BookieClient>);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
+    let cluster = Cluster::new().await;
+    let node = cluster.node().await;
     let ns = "public/default".parse().unwrap();
     node.service()
         .policies()
@@ -135,7 +174,7 @@ async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
     }
 
     // The bookie goes away: 4 fails; 5 and 6 follow on the wire before the client hears.
-    connector.remove(&id);
+    cluster.take_bookie_away();
     for seq in 4..=6 {
         conn.send(send(seq)).await.unwrap();
     }
@@ -158,7 +197,7 @@ async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
     );
 
     // The bookie is back; the client re-creates the producer and resends 4..=6.
-    connector.insert(bookie.clone() as Arc<dyn BookieClient>);
+    cluster.give_bookie_back();
     create_producer(&mut conn, topic, &mut request_id).await;
     let mut acked = Vec::new();
     for seq in 4..=6 {
@@ -202,5 +241,165 @@ async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
         .map(|(_, e)| Payload::parse(e).unwrap().metadata().unwrap().sequence_id)
         .collect();
     assert_eq!(stored, vec![1, 2, 3, 4, 5, 6], "each once, in order");
+    node.shutdown().await;
+}
+
+/// A producer whose topic cannot be written (no bookie to write to) is refused with a
+/// retryable error naming the reason — not admitted and closed in a loop — and is admitted
+/// again, and writes, once a bookie is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_is_told_when_its_topic_cannot_be_written_and_writes_once_it_can() {
+    let cluster = Cluster::new().await;
+    let node = cluster.node().await;
+    let topic = "persistent://public/default/unwritable";
+    let mut conn = connect(node.local_addr()).await;
+    let mut request_id = 0;
+    create_producer(&mut conn, topic, &mut request_id).await;
+    conn.send(send(1)).await.unwrap();
+    let f = next_within(&mut conn, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(f.command.send_receipt.is_some(), "{:?}", f.command);
+
+    // The only bookie goes away: the next write fails and the producer is detached.
+    cluster.take_bookie_away();
+    conn.send(send(2)).await.unwrap();
+    loop {
+        let f = next_within(&mut conn, Duration::from_secs(10))
+            .await
+            .expect("the producer is closed after the failed write");
+        assert!(f.command.send_receipt.is_none(), "{:?}", f.command);
+        if f.command.close_producer.is_some() {
+            break;
+        }
+    }
+    // While no ledger can be created, PRODUCER is answered with a retryable error that says
+    // why, every time: never admitted into writes that must fail. (One admission is allowed
+    // while the managed ledger is still learning that it cannot roll over.)
+    let mut admitted = 0;
+    let mut refused = 0;
+    while refused < 3 {
+        request_id += 1;
+        conn.send(producer(topic, request_id)).await.unwrap();
+        let f = next_within(&mut conn, Duration::from_secs(10))
+            .await
+            .expect("an answer to PRODUCER");
+        if let Some(error) = f.command.error {
+            assert_eq!(
+                error.error,
+                ServerError::ServiceNotReady as i32,
+                "{error:?}"
+            );
+            assert!(error.message.contains("cannot be written"), "{error:?}");
+            refused += 1;
+            continue;
+        }
+        assert!(
+            refused == 0 && admitted == 0,
+            "admitted while unwritable: {:?}",
+            f.command
+        );
+        assert!(f.command.producer_success.is_some(), "{:?}", f.command);
+        admitted += 1;
+        conn.send(send(2)).await.unwrap();
+        loop {
+            let f = next_within(&mut conn, Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert!(f.command.send_receipt.is_none(), "{:?}", f.command);
+            if f.command.close_producer.is_some() {
+                break;
+            }
+        }
+    }
+    // The bookie is back: the producer is admitted again and writes (message 2 resent).
+    cluster.give_bookie_back();
+    create_producer(&mut conn, topic, &mut request_id).await;
+    loop {
+        conn.send(send(2)).await.unwrap();
+        let f = next_within(&mut conn, Duration::from_secs(10))
+            .await
+            .unwrap();
+        if let Some(r) = f.command.send_receipt {
+            assert_eq!(r.sequence_id, 2);
+            break;
+        }
+        assert!(f.command.close_producer.is_some(), "{:?}", f.command);
+        create_producer(&mut conn, topic, &mut request_id).await;
+    }
+    node.shutdown().await;
+}
+
+/// A dispatch read that fails (the only bookie holding the entries is away) is retried with
+/// backoff: once the bookie is back the consumer receives everything, with no new command
+/// from it to wake the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_read_is_retried_until_the_consumer_gets_its_messages() {
+    use magnetar_proto::pulsar::api::CommandSubscribe;
+    use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
+
+    let cluster = Cluster::new().await;
+    let topic = "persistent://public/default/read-retry";
+    let first = cluster.node().await;
+    let mut conn = connect(first.local_addr()).await;
+    let mut request_id = 0;
+    create_producer(&mut conn, topic, &mut request_id).await;
+    for seq in 1..=20 {
+        conn.send(send(seq)).await.unwrap();
+        let f = next_within(&mut conn, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(f.command.send_receipt.is_some(), "{:?}", f.command);
+    }
+    drop(conn);
+    first.shutdown().await;
+
+    // Another broker (an empty entry cache) serves the topic; the consumer asks for messages
+    // only once the bookie is away.
+    let node = cluster.node().await;
+    let mut conn = connect(node.local_addr()).await;
+    for attempt in 0..100 {
+        conn.send(Frame::command(BaseCommand {
+            subscribe: Some(Box::new(CommandSubscribe {
+                topic: topic.into(),
+                subscription: "s".into(),
+                sub_type: SubType::Exclusive as i32,
+                consumer_id: 1,
+                request_id: 1000 + attempt,
+                initial_position: Some(InitialPosition::Earliest as i32),
+                ..Default::default()
+            })),
+            ..cmd(Type::Subscribe)
+        }))
+        .await
+        .unwrap();
+        let f = next_within(&mut conn, Duration::from_secs(10))
+            .await
+            .unwrap();
+        if f.command.success.is_some() {
+            break;
+        }
+        assert!(f.command.error.is_some(), "{:?}", f.command);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.take_bookie_away();
+    flow(&mut conn, 1, 100).await;
+    if let Some(f) = next_within(&mut conn, Duration::from_millis(500)).await {
+        assert!(
+            f.command.message.is_none(),
+            "read while the bookie is away: {:?}",
+            f.command
+        );
+    }
+    cluster.give_bookie_back();
+    let mut got = 0;
+    while got < 20 {
+        let f = next_within(&mut conn, Duration::from_secs(10))
+            .await
+            .expect("the consumer receives its messages once the bookie is back");
+        if f.command.message.is_some() {
+            got += 1;
+        }
+    }
     node.shutdown().await;
 }

@@ -224,3 +224,25 @@ def test_magnetar_admin_cli_topic_stats(standalone, client, topic):
     assert body["msgInCounter"] == 4
     assert body["publishers"][0]["producerName"] == producer.producer_name()
     producer.close()
+
+
+def test_dot_names_are_refused_at_the_edge(standalone, client):
+    admin = standalone.admin_url
+    for path in ["/admin/v2/tenants/..", "/admin/v2/tenants/."]:
+        status, body, _ = http(admin, "PUT", path, {"allowedClusters": ["standalone"]})
+        assert status == 412, (path, status, body)
+    for path in ["/admin/v2/namespaces/public/..", "/admin/v2/namespaces/public/."]:
+        status, body, _ = http(admin, "PUT", path)
+        assert status == 412, (path, status, body)
+    # Topic and subscription names: the broker answers InvalidTopicName (the C++ client
+    # retries that result until its operation timeout, so the wire answer is checked by the
+    # raw-protocol test `bad_names_are_invalid_topic_name_on_the_wire`).
+
+
+def test_a_topic_named_cursors_is_an_ordinary_topic(client):
+    topic = "persistent://public/default/cursors"
+    consumer = client.subscribe(topic, f"s-{uuid.uuid4().hex[:6]}",
+                                initial_position=pulsar.InitialPosition.Earliest)
+    producer = client.create_producer(topic)
+    producer.send(b"x")
+    assert consumer.receive(timeout_millis=5000).data() == b"x"

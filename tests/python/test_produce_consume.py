@@ -2,6 +2,7 @@
 
 import re
 import threading
+import urllib.request
 
 import pulsar
 import pytest
@@ -157,3 +158,40 @@ def test_regex_subscription_lists_topics_of_namespace(client):
     )
     got = sorted(m.data() for m in receive_all(consumer, 3, timeout_ms=10000))
     assert got == sorted(b"hello " + n.encode() for n in names)
+
+
+def test_exclusive_with_fencing_takes_the_topic_from_the_current_producer(client, topic):
+    first = client.create_producer(topic, access_mode=pulsar.ProducerAccessMode.Exclusive)
+    first.send(b"one")
+    second = client.create_producer(
+        topic, access_mode=pulsar.ProducerAccessMode.ExclusiveWithFencing
+    )
+    second.send(b"two")
+    # The fenced producer cannot publish any more.
+    with pytest.raises(Exception):
+        first.send(b"fenced")
+    consumer = client.subscribe(topic, "sub", initial_position=pulsar.InitialPosition.Earliest)
+    assert [m.data() for m in receive_all(consumer, 2)] == [b"one", b"two"]
+
+
+def test_messages_of_a_partitioned_topic_carry_their_partition(standalone, client, topic):
+    path = "/admin/v2/persistent/" + topic[len("persistent://"):] + "/partitions"
+    req = urllib.request.Request(
+        standalone.admin_url + path, data=b"3", method="PUT",
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.status == 204
+    consumer = client.subscribe(topic, "sub", initial_position=pulsar.InitialPosition.Earliest)
+
+    def router(msg, num_partitions):
+        return int(msg.partition_key()) % num_partitions
+
+    producer = client.create_producer(topic, message_router=router, batching_enabled=False)
+    sent = {}
+    for i in range(6):
+        mid = producer.send(f"m{i}".encode(), partition_key=str(i))
+        assert mid.partition() == i % 3
+        sent[f"m{i}".encode()] = i % 3
+    got = receive_all(consumer, 6)
+    assert {m.data(): m.message_id().partition() for m in got} == sent

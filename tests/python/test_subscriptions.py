@@ -6,7 +6,7 @@ from datetime import timedelta
 import pulsar
 import pytest
 
-from conftest import receive_all, receive_none
+from conftest import make_client, receive_all, receive_none
 
 EARLIEST = pulsar.InitialPosition.Earliest
 
@@ -257,3 +257,73 @@ def test_retry_topic_as_the_java_client_drives_it(client, topic):
     assert dead_letter.data() == b"job"
     assert dead_letter.properties()["RECONSUMETIMES"] == "2"
     assert receive_none(c, 1000) is None, "nothing is delivered again once acknowledged"
+
+
+def test_seek_to_earliest_rewinds_to_the_first_message(client, topic):
+    """The client sends MessageId.earliest as ledger and entry -1; it means the beginning."""
+    c = client.subscribe(topic, "sub", initial_position=EARLIEST)
+    produce(client, topic, 3)
+    for m in receive_all(c, 3):
+        c.acknowledge(m)
+    c.seek(pulsar.MessageId.earliest)
+    assert [m.data() for m in receive_all(c, 3)] == [b"m0", b"m1", b"m2"]
+    c.seek(pulsar.MessageId.latest)
+    assert receive_none(c) is None
+    produce(client, topic, 1, prefix="after")
+    assert c.receive(timeout_millis=5000).data() == b"after0"
+
+
+def test_inclusive_reader_starts_at_the_given_message(client, topic):
+    ids = produce(client, topic, 4)
+    r = client.create_reader(topic, ids[1], start_message_id_inclusive=True)
+    assert [m.data() for m in receive_all(r, 3)] == [b"m1", b"m2", b"m3"]
+    r.close()
+    # Exclusive of it (the default), the reader starts after it.
+    r = client.create_reader(topic, ids[1])
+    assert r.read_next(5000).data() == b"m2"
+    r.close()
+    # MessageId.latest, inclusive: the last message is read (the C++ client seeks to it —
+    # GET_LAST_MESSAGE_ID, then SEEK — when asked whether a message is available).
+    r = client.create_reader(topic, pulsar.MessageId.latest, start_message_id_inclusive=True)
+    assert r.has_message_available()
+    assert r.read_next(5000).data() == b"m3"
+    # Seeking an inclusive reader to a message id delivers that message.
+    r.seek(ids[0])
+    assert r.read_next(5000).data() == b"m0"
+    r.close()
+
+
+def test_seek_on_a_shared_consumer_by_id_and_by_time(client, topic):
+    c = client.subscribe(
+        topic, "sub", consumer_type=pulsar.ConsumerType.Shared, initial_position=EARLIEST
+    )
+    ids = produce(client, topic, 3, prefix="a")
+    time.sleep(0.05)
+    cut = int(time.time() * 1000)
+    time.sleep(0.05)
+    produce(client, topic, 2, prefix="b")
+    for m in receive_all(c, 5):
+        c.acknowledge(m)
+    c.seek(ids[1])
+    got = [m.data() for m in receive_all(c, 3)]
+    assert got in ([b"a1", b"a2", b"b0"], [b"a2", b"b0", b"b1"]), got
+    c.seek(cut)
+    assert [m.data() for m in receive_all(c, 2)] == [b"b0", b"b1"]
+
+
+def test_an_ack_beyond_the_last_message_is_refused_and_skips_nothing(standalone, client, topic):
+    c = client.subscribe(topic, "sub", initial_position=EARLIEST)
+    ids = produce(client, topic, 2)
+    # An id far beyond anything written, on the topic's current ledger.
+    beyond = pulsar.MessageId(-1, ids[-1].ledger_id(), ids[-1].entry_id() + 1000, -1)
+    c.acknowledge_cumulative(beyond)
+    c.close()  # flushes the ack
+    produce(client, topic, 2, prefix="later")
+    # Another client (this one's ack tracker would filter ids below its own ack).
+    other = make_client(standalone.url)
+    try:
+        c = other.subscribe(topic, "sub", initial_position=EARLIEST)
+        got = [m.data() for m in receive_all(c, 4)]
+        assert got == [b"m0", b"m1", b"later0", b"later1"]
+    finally:
+        other.close()
