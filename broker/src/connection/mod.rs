@@ -38,7 +38,7 @@ use magnetar_proto::pulsar::api::{
 use magnetar_proto::pulsar::{Frame, MessageFrame, PROTOCOL_VERSION, PulsarCodec, commands};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -75,14 +75,84 @@ pub enum Outbound {
     Message(MessageFrame),
 }
 
+/// Why a MESSAGE was not queued (see [`ConnTx::try_send_message`]).
+#[derive(Debug)]
+pub enum NotQueued {
+    /// The client's queue is full: it is not reading fast enough. (The frame is dropped: the
+    /// entry is delivered again from the subscription's redelivery set.)
+    Full,
+    Closed,
+}
+
+/// Subscriptions waiting for room in one connection's queue, woken by its writer.
+#[derive(Debug, Default)]
+struct Waiters(Mutex<Vec<Arc<Notify>>>);
+
+/// Distinct waiters kept per connection; past it a waiter is told to retry at once.
+const WAITERS_MAX: usize = 4096;
+
+impl Waiters {
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Notify>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake_all(&self) {
+        let woken = std::mem::take(&mut *self.lock());
+        for w in woken {
+            // notify_one keeps the wake-up for a waiter not polling right now.
+            w.notify_one();
+        }
+    }
+}
+
 /// The sending side of a connection: a bounded queue to its writer task.
 #[derive(Debug, Clone)]
 pub struct ConnTx {
     tx: mpsc::Sender<Outbound>,
     closed: CancellationToken,
+    writable: Arc<Waiters>,
 }
 
 impl ConnTx {
+    /// Queues a MESSAGE only if there is room now: delivery never waits on one client, so a
+    /// client that stops reading holds up nobody else (its consumer is parked instead).
+    pub fn try_send_message(&self, frame: MessageFrame) -> Result<(), NotQueued> {
+        match self.tx.try_send(Outbound::Message(frame)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(NotQueued::Full),
+            Err(_) => Err(NotQueued::Closed),
+        }
+    }
+
+    /// Asks for `wake` to be notified once this connection's queue has drained to half.
+    /// Returns true when there is room already (the caller retries now instead: the queue
+    /// may have drained before the registration).
+    pub fn notify_when_writable(&self, wake: &Arc<Notify>) -> bool {
+        {
+            let mut waiters = self.writable.lock();
+            if waiters.len() >= WAITERS_MAX {
+                return true;
+            }
+            if !waiters.iter().any(|w| Arc::ptr_eq(w, wake)) {
+                waiters.push(Arc::clone(wake));
+            }
+        }
+        self.tx.capacity() > 0 || self.is_closed()
+    }
+
+    /// Queues a command now if there is room, else from a task of its own (the caller never
+    /// waits on a client that is not reading); dropped if the connection closes meanwhile.
+    pub fn send_command_detached(&self, command: BaseCommand) {
+        if let Err(mpsc::error::TrySendError::Full(item)) =
+            self.tx.try_send(Outbound::Command(command))
+        {
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.send(item).await;
+            });
+        }
+    }
+
     /// Queues a frame, waiting for room; false when the connection is closed.
     pub async fn send(&self, item: Outbound) -> bool {
         tokio::select! {
@@ -178,19 +248,27 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
     let peer = stream.peer_addr().ok();
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(config.outbound_queue_frames.max(1));
+    let writable = Arc::new(Waiters::default());
     let closed = CancellationToken::new();
     let conn = Conn {
         service: Arc::clone(&service),
         tx: ConnTx {
             tx,
             closed: closed.clone(),
+            writable: Arc::clone(&writable),
         },
         state: Arc::default(),
         peer,
         frame_size_max: codec.frame_size_max,
     };
     let writer = tokio::spawn(
-        write_loop(FramedWrite::new(write, codec), rx, closed.clone()).in_current_span(),
+        write_loop(
+            FramedWrite::new(write, codec),
+            rx,
+            closed.clone(),
+            Arc::clone(&writable),
+        )
+        .in_current_span(),
     );
     let mut frames = FramedRead::with_capacity(
         crate::quickack::QuickAckRead::new(read),
@@ -219,6 +297,7 @@ async fn write_loop(
     mut sink: FramedWrite<OwnedWriteHalf, PulsarCodec>,
     mut rx: mpsc::Receiver<Outbound>,
     closed: CancellationToken,
+    writable: Arc<Waiters>,
 ) {
     loop {
         let first = tokio::select! {
@@ -236,6 +315,7 @@ async fn write_loop(
             if let Err(e) = fed {
                 warn!(error = %e, "write failed");
                 closed.cancel();
+                writable.wake_all();
                 return;
             }
             n += 1;
@@ -246,9 +326,15 @@ async fn write_loop(
         if let Err(e) = SinkExt::<BaseCommand>::flush(&mut sink).await {
             debug!(error = %e, "flush failed");
             closed.cancel();
+            writable.wake_all();
             return;
         }
+        if rx.len() <= rx.max_capacity() / 2 {
+            writable.wake_all();
+        }
     }
+    // Parked consumers learn that the connection is gone (their sends now fail).
+    writable.wake_all();
     // Whatever is still queued (e.g. a CLOSE_*) is written before the socket goes.
     while let Ok(item) = rx.try_recv() {
         let _ = match item {

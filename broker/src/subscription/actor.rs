@@ -11,6 +11,7 @@ impl Actor {
     ) {
         let mut lac_open = true;
         let stop = self.stop.clone();
+        let writable = Arc::clone(&self.wake);
         loop {
             // The earliest delayed entry wakes the actor (the tracker holds future times only).
             let wake = self.delayed.next_deadline_ms().map(|at| {
@@ -23,6 +24,7 @@ impl Actor {
                     self.close_consumers().await;
                     break;
                 }
+                () = writable.notified() => self.unpark_consumers(),
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     if let Flow::Stop = self.handle(cmd).await {
@@ -52,8 +54,15 @@ impl Actor {
         for c in std::mem::take(&mut self.consumers) {
             c.spec
                 .conn
-                .send_command(commands::close_consumer(c.spec.consumer_id, 0))
-                .await;
+                .send_command_detached(commands::close_consumer(c.spec.consumer_id, 0));
+        }
+    }
+
+    /// Gives parked consumers their permits back (a connection reported room); one whose
+    /// queue is still full is parked again at its next delivery.
+    fn unpark_consumers(&mut self) {
+        for c in &mut self.consumers {
+            c.permits += std::mem::take(&mut c.parked_permits);
         }
     }
 
@@ -175,6 +184,7 @@ impl Actor {
         self.consumers.push(Consumer {
             spec: consumer,
             permits: 0,
+            parked_permits: 0,
             msg_out: 0,
             bytes_out: 0,
         });
@@ -212,7 +222,7 @@ impl Actor {
                 key: c.spec.key,
                 name: c.spec.name.clone(),
                 consumer_id: c.spec.consumer_id,
-                permits: c.permits,
+                permits: c.permits + c.parked_permits,
                 unacked: self.pending.values().filter(|k| **k == c.spec.key).count() as u64,
                 msg_out: c.msg_out,
                 bytes_out: c.bytes_out,
@@ -288,13 +298,13 @@ impl Actor {
         if self.sub_type == Some(SubType::Failover) && (changed || added) {
             for c in &self.consumers {
                 let is_active = Some(c.spec.key) == self.active;
+                // Never waits on one client: a stalled one must not hold up the change.
                 c.spec
                     .conn
-                    .send_command(commands::active_consumer_change(
+                    .send_command_detached(commands::active_consumer_change(
                         c.spec.consumer_id,
                         is_active,
-                    ))
-                    .await;
+                    ));
             }
         }
     }
@@ -403,8 +413,7 @@ impl Actor {
         for c in std::mem::take(&mut self.consumers) {
             c.spec
                 .conn
-                .send_command(commands::close_consumer(c.spec.consumer_id, 0))
-                .await;
+                .send_command_detached(commands::close_consumer(c.spec.consumer_id, 0));
         }
         self.active = None;
         Ok(())

@@ -24,6 +24,20 @@ impl Actor {
         }
     }
 
+    /// Parks consumer `i` (its connection's queue is full): its permits are set aside until
+    /// the connection reports room (`unpark_consumers`).
+    fn park(&mut self, i: usize) {
+        let wake = Arc::clone(&self.wake);
+        let Some(c) = self.consumers.get_mut(i) else {
+            return;
+        };
+        c.parked_permits += std::mem::take(&mut c.permits);
+        if c.spec.conn.notify_when_writable(&wake) {
+            // Room already (drained before the registration): try again at once.
+            wake.notify_one();
+        }
+    }
+
     pub(super) fn pick(&mut self) -> Option<usize> {
         let eligible = self.eligible();
         if eligible.is_empty() {
@@ -177,9 +191,8 @@ impl Actor {
                     self.redeliver.insert(position);
                     continue;
                 };
-                sent += 1;
                 let redelivery_count = self.redelivery_counts.get(&position).copied().unwrap_or(0);
-                let Some(c) = self.consumers.get_mut(i) else {
+                let Some(c) = self.consumers.get(i) else {
                     self.redeliver.insert(position);
                     continue;
                 };
@@ -187,10 +200,7 @@ impl Actor {
                 // only those (the client skips the rest), as Pulsar's dispatcher does.
                 let unacked = self.cursor.batch_ack_set(position);
                 let messages = batch_acks::messages_to_deliver(unacked.as_deref(), info.messages);
-                c.permits -= i64::from(messages);
                 let entry_bytes = entry.len() as u64;
-                c.msg_out += u64::from(messages);
-                c.bytes_out += entry_bytes;
                 let frame = MessageFrame {
                     command: commands::message(
                         c.spec.consumer_id,
@@ -209,7 +219,34 @@ impl Actor {
                     entry,
                 };
                 let key = c.spec.key;
-                let conn = c.spec.conn.clone();
+                match c.spec.conn.try_send_message(frame) {
+                    Ok(()) => {}
+                    Err(NotQueued::Full) => {
+                        // This client is not reading: park it until its queue drains and
+                        // give the entry to whoever can take it (redeliveries go first, so
+                        // order holds).
+                        self.redeliver.insert(position);
+                        self.park(i);
+                        scan = RedeliverScan::default();
+                        continue;
+                    }
+                    Err(NotQueued::Closed) => {
+                        // The connection is gone; it removes the consumer shortly.
+                        self.redeliver.insert(position);
+                        if let Some(c) = self.consumers.get_mut(i) {
+                            c.permits = 0;
+                        }
+                        // Another consumer may take it this very call: scan from the start.
+                        scan = RedeliverScan::default();
+                        continue;
+                    }
+                }
+                sent += 1;
+                if let Some(c) = self.consumers.get_mut(i) {
+                    c.permits -= i64::from(messages);
+                    c.msg_out += u64::from(messages);
+                    c.bytes_out += entry_bytes;
+                }
                 self.msg_out += u64::from(messages);
                 self.bytes_out += entry_bytes;
                 self.pending.insert(position, key);
@@ -220,16 +257,6 @@ impl Actor {
                     let cursor = &self.cursor;
                     self.chunks
                         .delivered(&chunk, position, key, |p| cursor.is_acked(p));
-                }
-                if !conn.send(Outbound::Message(frame)).await {
-                    // The connection is gone; it removes the consumer shortly.
-                    self.pending.remove(&position);
-                    self.redeliver.insert(position);
-                    if let Some(c) = self.consumer(key) {
-                        c.permits = 0;
-                    }
-                    // Another consumer may take it this very call: scan from the start.
-                    scan = RedeliverScan::default();
                 }
             }
             // Parked chunks and Key_Shared entries waiting for their consumer are skipped by

@@ -32,7 +32,10 @@
 //! into `redeliver` when due; Exclusive and Failover deliver them at once, as Pulsar.
 //!
 //! MESSAGE frames are the stored entry behind a MESSAGE command: the client's own bytes,
-//! checksum included, never re-encoded.
+//! checksum included, never re-encoded. Delivery never waits on a client: a consumer whose
+//! connection's queue is full is **parked** (its permits set aside, the entry back in
+//! `redeliver`) until that connection's writer reports room, so one client that stops reading
+//! holds up no other consumer of the subscription.
 //!
 //! This file holds the handle, the commands and the actor's state; `actor.rs` the command
 //! handling (consumers, acks, redelivery, seek), `dispatch.rs` the dispatcher and `entry.rs`
@@ -49,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::chunks::{ChunkAssignor, ChunkMeta, Route};
-use crate::connection::{ConnTx, Outbound};
+use crate::connection::{ConnTx, NotQueued};
 use crate::delayed::{DelayedTracker, now_ms};
 use crate::error::{BrokerError, BrokerResult};
 use crate::key_shared::{KeyShared, KeySharedPolicy, sticky_hash};
@@ -229,6 +232,7 @@ impl Subscription {
             read_failures: 0,
             read_retry_at: None,
             stop: stop.clone(),
+            wake: Arc::default(),
         };
         let span = info_span!("subscription", %topic, subscription = %name);
         tokio::spawn(actor.run(rx, lac).instrument(span));
@@ -346,6 +350,9 @@ impl Subscription {
 struct Consumer {
     spec: ConsumerSpec,
     permits: i64,
+    /// Permits set aside while the consumer is parked: its connection's queue was full, so
+    /// it gets nothing until the queue drains (the actor's `wake`), and the others go on.
+    parked_permits: i64,
     msg_out: u64,
     bytes_out: u64,
 }
@@ -382,6 +389,8 @@ struct Actor {
     read_retry_at: Option<tokio::time::Instant>,
     /// See [`Subscription::stop_now`].
     stop: CancellationToken,
+    /// Notified by a parked consumer's connection once its queue has room.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 enum Flow {

@@ -1,0 +1,174 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
+
+//! One consumer of a Shared subscription that grants permits and then stops reading its
+//! socket must not hold up the others: delivery never waits on one client. Raw clients
+//! against an in-process [`Standalone`]: the stalled one is a connection nobody polls (its
+//! socket buffers and the broker's queue for it fill up), the healthy one keeps reading.
+//! Once the stalled one reads again, every message has arrived exactly once between them.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::SinkExt;
+use magnetar_broker::standalone::{Standalone, StandaloneOptions};
+use magnetar_proto::pulsar::api::base_command::Type;
+use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
+use magnetar_proto::pulsar::api::{
+    BaseCommand, CommandProducer, CommandSend, CommandSubscribe, MessageMetadata,
+};
+use magnetar_proto::pulsar::{Frame, Payload};
+
+mod support;
+use support::*;
+
+const TOPIC: &str = "persistent://public/default/slow-consumer";
+const MESSAGES: u64 = 30_000;
+const BODY_BYTES: usize = 1024;
+
+fn subscribe(consumer_id: u64) -> Frame {
+    Frame::command(BaseCommand {
+        subscribe: Some(Box::new(CommandSubscribe {
+            topic: TOPIC.into(),
+            subscription: "shared".into(),
+            sub_type: SubType::Shared as i32,
+            consumer_id,
+            request_id: consumer_id,
+            initial_position: Some(InitialPosition::Earliest as i32),
+            ..Default::default()
+        })),
+        ..cmd(Type::Subscribe)
+    })
+}
+
+fn send(seq: u64) -> Frame {
+    let metadata = MessageMetadata {
+        producer_name: "p".into(),
+        sequence_id: seq,
+        publish_time: 1,
+        ..Default::default()
+    };
+    let send = BaseCommand {
+        send: Some(Box::new(CommandSend {
+            producer_id: 1,
+            sequence_id: seq,
+            ..Default::default()
+        })),
+        ..cmd(Type::Send)
+    };
+    Frame::with_payload(send, Payload::new(&metadata, &[7u8; BODY_BYTES]))
+}
+
+/// Receives MESSAGE frames (granting permits as it goes) until `until` says stop or nothing
+/// comes for `idle`; returns the (ledger, entry) ids received.
+async fn receive(
+    conn: &mut Conn,
+    consumer_id: u64,
+    idle: Duration,
+    got: &mut Vec<(u64, u64)>,
+    until: impl Fn(usize) -> bool,
+) {
+    let mut since_flow = 0;
+    while !until(got.len()) {
+        let Some(f) = next_within(conn, idle).await else {
+            return;
+        };
+        if let Some(m) = f.command.message {
+            got.push((m.message_id.ledger_id, m.message_id.entry_id));
+            since_flow += 1;
+            if since_flow == 500 {
+                flow(conn, consumer_id, 500).await;
+                since_flow = 0;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_stops_reading_does_not_hold_up_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StandaloneOptions::new(dir.path());
+    options.broker_port = 0;
+    let standalone = Standalone::start(options).await.unwrap();
+    let addr = standalone.local_addr();
+
+    // The stalled consumer: asks for everything, then never reads its socket.
+    let mut stalled = connect(addr).await;
+    stalled.send(subscribe(1)).await.unwrap();
+    assert!(next(&mut stalled).await.command.success.is_some());
+    flow(&mut stalled, 1, MESSAGES as u32).await;
+    // The healthy one.
+    let mut healthy = connect(addr).await;
+    healthy.send(subscribe(2)).await.unwrap();
+    assert!(next(&mut healthy).await.command.success.is_some());
+    flow(&mut healthy, 2, 1000).await;
+
+    // Publish, pipelined, from a task of its own; the healthy consumer reads meanwhile.
+    let producer = tokio::spawn(async move {
+        let mut conn = connect(addr).await;
+        conn.send(Frame::command(BaseCommand {
+            producer: Some(Box::new(CommandProducer {
+                topic: TOPIC.into(),
+                producer_id: 1,
+                request_id: 1,
+                ..Default::default()
+            })),
+            ..cmd(Type::Producer)
+        }))
+        .await
+        .unwrap();
+        assert!(next(&mut conn).await.command.producer_success.is_some());
+        for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(500) {
+            for &seq in chunk {
+                conn.feed(send(seq)).await.unwrap();
+            }
+            SinkExt::<Frame>::flush(&mut conn).await.unwrap();
+            for _ in chunk {
+                let f = next(&mut conn).await;
+                assert!(f.command.send_receipt.is_some(), "{:?}", f.command);
+            }
+        }
+    });
+
+    // The stalled consumer can absorb a few MB (socket buffers and the broker's queue for it);
+    // everything else must reach the healthy one, without a pause of 5 s.
+    let mut healthy_got = Vec::new();
+    receive(
+        &mut healthy,
+        2,
+        Duration::from_secs(5),
+        &mut healthy_got,
+        |n| n as u64 >= MESSAGES * 2 / 3,
+    )
+    .await;
+    assert!(
+        healthy_got.len() as u64 >= MESSAGES * 2 / 3,
+        "the healthy consumer got {} of {MESSAGES} messages, then nothing for 5 s: held up by \
+         the stalled one",
+        healthy_got.len()
+    );
+    producer.await.unwrap();
+    receive(
+        &mut healthy,
+        2,
+        Duration::from_secs(1),
+        &mut healthy_got,
+        |_| false,
+    )
+    .await;
+
+    // The stalled one reads again: between them, every message exactly once.
+    let mut stalled_got = Vec::new();
+    receive(
+        &mut stalled,
+        1,
+        Duration::from_secs(2),
+        &mut stalled_got,
+        |_| false,
+    )
+    .await;
+    let all: Vec<_> = healthy_got.iter().chain(&stalled_got).copied().collect();
+    let unique: HashSet<_> = all.iter().copied().collect();
+    assert_eq!(unique.len() as u64, MESSAGES, "every message delivered");
+    assert_eq!(all.len(), unique.len(), "none delivered twice");
+    standalone.shutdown().await;
+}
