@@ -62,6 +62,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
             managed_ledger,
             session_ttl: Duration::from_millis(m.session_ttl_ms),
             schema_compatibility_strategy: b.schema_compatibility_strategy,
+            limits: b.limits(),
         },
     )
     .await

@@ -149,10 +149,17 @@ pub struct BrokerServerConfig {
     /// Pulsar's `schemaCompatibilityStrategy`: the strategy of namespaces without a
     /// `schema_compatibility_strategy` policy (also used by `magnetar standalone`).
     pub schema_compatibility_strategy: magnetar_broker::schema::CompatibilityStrategy,
+    /// Pulsar's `brokerMaxConnections`: connections served at once (also standalone's).
+    pub max_connections: usize,
+    /// Requests of one connection in progress at once (LOOKUP, PRODUCER, SUBSCRIBE, …).
+    pub max_concurrent_requests_per_connection: usize,
+    /// Pulsar's `maxPendingPublishRequestsPerConnection`: unanswered SENDs of one connection.
+    pub max_pending_publish_requests_per_connection: usize,
 }
 
 impl Default for BrokerServerConfig {
     fn default() -> Self {
+        let limits = magnetar_broker::service::ConnectionLimits::default();
         BrokerServerConfig {
             bind_address: "127.0.0.1".to_owned(),
             port: 6650,
@@ -162,11 +169,25 @@ impl Default for BrokerServerConfig {
             write_quorum: 2,
             ack_quorum: 2,
             schema_compatibility_strategy: magnetar_broker::schema::CompatibilityStrategy::Full,
+            max_connections: limits.max_connections,
+            max_concurrent_requests_per_connection: limits.max_concurrent_requests_per_connection,
+            max_pending_publish_requests_per_connection: limits
+                .max_pending_publish_requests_per_connection,
         }
     }
 }
 
 impl BrokerServerConfig {
+    /// The connection limits, as the broker takes them.
+    pub fn limits(&self) -> magnetar_broker::service::ConnectionLimits {
+        magnetar_broker::service::ConnectionLimits {
+            max_connections: self.max_connections,
+            max_concurrent_requests_per_connection: self.max_concurrent_requests_per_connection,
+            max_pending_publish_requests_per_connection: self
+                .max_pending_publish_requests_per_connection,
+        }
+    }
+
     /// The address the Pulsar protocol listener binds to.
     pub fn bind(&self) -> anyhow::Result<SocketAddr> {
         let ip: IpAddr = self.bind_address.parse().map_err(|_| {
@@ -180,6 +201,21 @@ impl BrokerServerConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.bind()?;
+        for (key, v) in [
+            ("max_connections", self.max_connections),
+            (
+                "max_concurrent_requests_per_connection",
+                self.max_concurrent_requests_per_connection,
+            ),
+            (
+                "max_pending_publish_requests_per_connection",
+                self.max_pending_publish_requests_per_connection,
+            ),
+        ] {
+            if v == 0 {
+                bail!("invalid configuration: broker.{key} must be at least 1");
+            }
+        }
         if !(self.ack_quorum >= 1
             && self.write_quorum >= self.ack_quorum
             && self.ensemble_size >= self.write_quorum)

@@ -47,6 +47,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         broker_port: s.broker_port,
         session_ttl: Duration::from_millis(config.metadata.session_ttl_ms),
         schema_compatibility_strategy: config.broker.schema_compatibility_strategy,
+        limits: config.broker.limits(),
         ..StandaloneOptions::new(s.data_dir.clone())
     };
     let standalone = Standalone::start(options)

@@ -34,6 +34,8 @@ pub struct BrokerNodeOptions {
     pub session_ttl: Duration,
     /// The broker's default schema compatibility strategy (namespace policies override).
     pub schema_compatibility_strategy: crate::schema::CompatibilityStrategy,
+    /// Connections, and per connection requests and unanswered SENDs, at most.
+    pub limits: crate::service::ConnectionLimits,
 }
 
 /// A running cluster broker.
@@ -93,6 +95,7 @@ impl BrokerNode {
         let mut config = BrokerConfig::new(service_url);
         config.managed_ledger = options.managed_ledger;
         config.schema_compatibility_strategy = options.schema_compatibility_strategy;
+        config.limits = options.limits;
         let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
         ensure_default_namespace(&service).await?;
         let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&service)));

@@ -39,6 +39,8 @@ pub struct BrokerConfig {
     pub outbound_queue_frames: usize,
     /// Sends queued per producer awaiting their receipts before the connection waits.
     pub pending_sends_per_producer: usize,
+    /// Bounds on what clients can make the broker hold.
+    pub limits: ConnectionLimits,
     /// Managed-ledger settings; ensemble and quorums are overridden by namespace policies.
     pub managed_ledger: ManagedLedgerConfig,
     /// Topics are created on first use unless the namespace policy says otherwise.
@@ -60,11 +62,37 @@ impl BrokerConfig {
             keepalive_interval: Duration::from_secs(30),
             outbound_queue_frames: 1024,
             pending_sends_per_producer: 1000,
+            limits: ConnectionLimits::default(),
             managed_ledger: ManagedLedgerConfig::default(),
             allow_auto_topic_creation: true,
             dispatch_batch_entries: 100,
             dedup: crate::dedup::DedupConfig::default(),
             schema_compatibility_strategy: crate::schema::CompatibilityStrategy::Full,
+        }
+    }
+}
+
+/// Bounds on what clients can make the broker hold: connections, and per connection its
+/// requests in progress and its unanswered SENDs. At a per-connection limit the broker stops
+/// reading that connection's socket until work completes (backpressure: nothing accepted is
+/// dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections served at once (Pulsar's `brokerMaxConnections`); one more is closed as
+    /// soon as it is accepted.
+    pub max_connections: usize,
+    /// Requests of one connection handled at once (LOOKUP, PRODUCER, SUBSCRIBE, …).
+    pub max_concurrent_requests_per_connection: usize,
+    /// Unanswered SENDs of one connection (Pulsar's `maxPendingPublishRequestsPerConnection`).
+    pub max_pending_publish_requests_per_connection: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            max_connections: 10_000,
+            max_concurrent_requests_per_connection: 1000,
+            max_pending_publish_requests_per_connection: 1000,
         }
     }
 }

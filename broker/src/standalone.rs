@@ -53,6 +53,8 @@ pub struct StandaloneOptions {
     pub schema_compatibility_strategy: crate::schema::CompatibilityStrategy,
     /// Idle time after which a connection is pinged (and, silent for as long again, closed).
     pub keepalive_interval: Duration,
+    /// Connections, and per connection requests and unanswered SENDs, at most.
+    pub limits: crate::service::ConnectionLimits,
 }
 
 impl StandaloneOptions {
@@ -66,6 +68,7 @@ impl StandaloneOptions {
             session_ttl: Duration::from_secs(10),
             schema_compatibility_strategy: crate::schema::CompatibilityStrategy::default(),
             keepalive_interval: BrokerConfig::new(String::new()).keepalive_interval,
+            limits: crate::service::ConnectionLimits::default(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl Standalone {
         let mut config = BrokerConfig::new(service_url);
         config.schema_compatibility_strategy = options.schema_compatibility_strategy;
         config.keepalive_interval = options.keepalive_interval;
+        config.limits = options.limits;
         let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
         ensure_default_namespace(&service).await?;
         let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&service)));

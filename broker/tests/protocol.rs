@@ -354,6 +354,116 @@ async fn keepalive_keeps_a_peer_that_answers_pings_and_closes_a_silent_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_are_closed_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StandaloneOptions::new(dir.path());
+    options.broker_port = 0;
+    options.limits.max_connections = 2;
+    let standalone = Standalone::start(options).await.unwrap();
+    let first = connect(standalone.local_addr()).await;
+    let _second = connect(standalone.local_addr()).await;
+    use tokio::io::AsyncReadExt;
+    let mut third = TcpStream::connect(standalone.local_addr()).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("a connection past the limit was kept");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    // One leaves: there is room again.
+    drop(first);
+    let mut again = None;
+    for _ in 0..100 {
+        let stream = TcpStream::connect(standalone.local_addr()).await.unwrap();
+        let mut conn =
+            tokio_util::codec::Framed::new(stream, magnetar_proto::pulsar::PulsarCodec::default());
+        conn.send(Frame::command(BaseCommand {
+            connect: Some(Box::new(magnetar_proto::pulsar::api::CommandConnect {
+                client_version: "raw-test".into(),
+                protocol_version: Some(21),
+                ..Default::default()
+            })),
+            ..cmd(Type::Connect)
+        }))
+        .await
+        .unwrap();
+        if let Some(f) = try_next(&mut conn).await {
+            assert!(f.command.connected.is_some());
+            again = Some(conn);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "no room after a connection closed");
+    standalone.shutdown().await;
+}
+
+/// The next frame within 5 s; None on a timeout, a closed connection or a bad frame.
+async fn try_next(conn: &mut Conn) -> Option<Frame> {
+    match tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(conn)).await {
+        Ok(Some(Ok(f))) => Some(f),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_per_connection_limits_hold_work_back_and_drop_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = StandaloneOptions::new(dir.path());
+    options.broker_port = 0;
+    options.limits.max_concurrent_requests_per_connection = 1;
+    options.limits.max_pending_publish_requests_per_connection = 1;
+    let standalone = Standalone::start(options).await.unwrap();
+    let mut conn = connect(standalone.local_addr()).await;
+    // Pipelined requests: each is answered.
+    for request_id in 1..=20u64 {
+        conn.feed(Frame::command(BaseCommand {
+            lookup_topic: Some(Box::new(CommandLookupTopic {
+                topic: format!("persistent://public/default/limit-{request_id}"),
+                request_id,
+                ..Default::default()
+            })),
+            ..cmd(Type::Lookup)
+        }))
+        .await
+        .unwrap();
+    }
+    SinkExt::<Frame>::flush(&mut conn).await.unwrap();
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < 20 {
+        let f = next(&mut conn).await;
+        let r = f.command.lookup_topic_response.expect("a lookup response");
+        assert_eq!(r.response, Some(LookupType::Connect as i32), "{r:?}");
+        answered.insert(r.request_id);
+    }
+    // Pipelined SENDs with one pending at most: every one stored and answered, in order.
+    conn.send(Frame::command(BaseCommand {
+        producer: Some(Box::new(CommandProducer {
+            topic: "persistent://public/default/limit-1".into(),
+            producer_id: 1,
+            request_id: 100,
+            ..Default::default()
+        })),
+        ..cmd(Type::Producer)
+    }))
+    .await
+    .unwrap();
+    assert!(next(&mut conn).await.command.producer_success.is_some());
+    for seq in 0..200 {
+        conn.feed(send(seq, message(seq, b"x"))).await.unwrap();
+    }
+    SinkExt::<Frame>::flush(&mut conn).await.unwrap();
+    for seq in 0..200 {
+        let r = next(&mut conn)
+            .await
+            .command
+            .send_receipt
+            .expect("a receipt");
+        assert_eq!(r.sequence_id, seq);
+    }
+    standalone.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_metadata_comes_from_the_policies() {
     use magnetar_broker::topic_name::TopicName;
     use magnetar_proto::pulsar::api::CommandPartitionedTopicMetadata;

@@ -134,6 +134,7 @@ impl Cluster {
                 managed_ledger: ManagedLedgerConfig::default(),
                 session_ttl: Duration::from_secs(10),
                 schema_compatibility_strategy: Default::default(),
+                limits: Default::default(),
             },
         )
         .await

@@ -193,6 +193,7 @@ async fn a_lost_session_stops_every_topic_at_once_while_the_store_is_unreachable
             managed_ledger: ManagedLedgerConfig::default(),
             session_ttl: Duration::from_secs(10),
             schema_compatibility_strategy: Default::default(),
+            limits: Default::default(),
         },
     )
     .await

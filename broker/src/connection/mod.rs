@@ -38,7 +38,7 @@ use magnetar_proto::pulsar::api::{
 use magnetar_proto::pulsar::{Frame, MessageFrame, PROTOCOL_VERSION, PulsarCodec, commands};
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -187,6 +187,8 @@ struct PendingSend {
     append: Option<Result<AppendHandle, (ServerError, String)>>,
     /// Deduplication: the append's outcome is reported with it.
     dedup: Option<Ticket>,
+    /// One of the connection's pending-publish permits, returned with the receipt.
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +231,12 @@ struct Conn {
     peer: Option<SocketAddr>,
     /// Largest frame accepted once CONNECTED (max message size + header padding).
     frame_size_max: usize,
+    /// Requests in their own tasks (LOOKUP, PRODUCER, SUBSCRIBE, …) at most: at the limit the
+    /// read loop waits, so the client's socket is not read (backpressure, nothing dropped).
+    requests: Arc<Semaphore>,
+    /// SENDs not yet answered at most (Pulsar's `maxPendingPublishRequestsPerConnection`):
+    /// at the limit the read loop waits for receipts, as Pulsar pauses reading the socket.
+    publishes: Arc<Semaphore>,
 }
 
 /// Serves one accepted socket until it closes.
@@ -260,6 +268,15 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
         state: Arc::default(),
         peer,
         frame_size_max: codec.frame_size_max,
+        requests: Arc::new(Semaphore::new(
+            config.limits.max_concurrent_requests_per_connection.max(1),
+        )),
+        publishes: Arc::new(Semaphore::new(
+            config
+                .limits
+                .max_pending_publish_requests_per_connection
+                .max(1),
+        )),
     };
     let writer = tokio::spawn(
         write_loop(
@@ -486,29 +503,41 @@ impl Conn {
                 }
             }
             Type::Connect => return Err("second CONNECT on a connection".into()),
-            Type::Lookup => self.spawn(c, Conn::lookup),
-            Type::PartitionedMetadata => self.spawn(c, Conn::partitioned_metadata),
-            Type::GetTopicsOfNamespace => self.spawn(c, Conn::topics_of_namespace),
-            Type::Producer => self.spawn(c, Conn::producer),
-            Type::Subscribe => self.spawn(c, Conn::subscribe),
-            Type::CloseProducer => self.spawn(c, Conn::close_producer),
-            Type::CloseConsumer => self.spawn(c, Conn::close_consumer),
-            Type::Unsubscribe => self.spawn(c, Conn::unsubscribe),
-            Type::Seek => self.spawn(c, Conn::seek),
-            Type::GetLastMessageId => self.spawn(c, Conn::last_message_id),
-            Type::GetSchema => self.spawn(c, Conn::get_schema),
-            Type::GetOrCreateSchema => self.spawn(c, Conn::get_or_create_schema),
-            Type::ConsumerStats => self.spawn(c, Conn::consumer_stats),
+            Type::Lookup => self.spawn(c, Conn::lookup).await,
+            Type::PartitionedMetadata => self.spawn(c, Conn::partitioned_metadata).await,
+            Type::GetTopicsOfNamespace => self.spawn(c, Conn::topics_of_namespace).await,
+            Type::Producer => self.spawn(c, Conn::producer).await,
+            Type::Subscribe => self.spawn(c, Conn::subscribe).await,
+            Type::CloseProducer => self.spawn(c, Conn::close_producer).await,
+            Type::CloseConsumer => self.spawn(c, Conn::close_consumer).await,
+            Type::Unsubscribe => self.spawn(c, Conn::unsubscribe).await,
+            Type::Seek => self.spawn(c, Conn::seek).await,
+            Type::GetLastMessageId => self.spawn(c, Conn::last_message_id).await,
+            Type::GetSchema => self.spawn(c, Conn::get_schema).await,
+            Type::GetOrCreateSchema => self.spawn(c, Conn::get_or_create_schema).await,
+            Type::ConsumerStats => self.spawn(c, Conn::consumer_stats).await,
             other => debug!(command = ?other, "command not handled; ignored"),
         }
         Ok(())
     }
 
-    fn spawn<F, Fut>(&self, command: BaseCommand, f: F)
+    /// Runs a request in a task of its own, once one of the connection's request permits is
+    /// free (the read loop waits for it meanwhile).
+    async fn spawn<F, Fut>(&self, command: BaseCommand, f: F)
     where
         F: FnOnce(Conn, BaseCommand) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        tokio::spawn(f(self.clone(), command).in_current_span());
+        let Ok(permit) = Arc::clone(&self.requests).acquire_owned().await else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                f(this, command).await;
+                drop(permit);
+            }
+            .in_current_span(),
+        );
     }
 }

@@ -199,6 +199,9 @@ impl Conn {
             .await;
             return;
         };
+        // Before anything else: at the connection's limit of unanswered SENDs the read loop
+        // waits here for receipts, so the client's socket is not read meanwhile.
+        let permit = Arc::clone(&self.publishes).acquire_owned().await.ok();
         // Held until the append is queued: a publish fence waits for SENDs past this check.
         let _entering = slot.topic.enter_send();
         if !slot.attached.load(std::sync::atomic::Ordering::Acquire) {
@@ -255,6 +258,7 @@ impl Conn {
             highest_sequence_id: highest,
             append,
             dedup: ticket,
+            _permit: permit,
         };
         if slot.sends.send(pending).await.is_err() {
             debug!(
