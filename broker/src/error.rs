@@ -1,10 +1,14 @@
 //! [`BrokerError`]: everything a client request can fail with, mapped **once** to the Pulsar
-//! [`ServerError`] code the official clients understand ([`BrokerError::server_error`]).
+//! [`ServerError`] code the official clients understand ([`BrokerError::server_error`]) and
+//! **once** to the HTTP status of the admin API ([`BrokerError::http_status`]): retryable
+//! conditions are `ServiceNotReady` / 503, a client's mistake is a 4xx with the reason, and 500
+//! is left for the broker's own failures.
 //!
 //! The mapping respects the client traps of DESIGN decision 1: a topic this broker does not own
 //! is `ServiceNotReady` (the client retries the lookup), never a fatal code; a second exclusive
 //! producer or consumer is `ProducerBusy` / `ConsumerBusy` at once.
 
+use axum::http::StatusCode;
 use magnetar_metadata::MetadataError;
 use magnetar_proto::pulsar::api::ServerError;
 
@@ -60,6 +64,16 @@ pub enum BrokerError {
     /// The request is not supported by this broker.
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// A SEND whose payload fails its checksum.
+    #[error("checksum mismatch: {0}")]
+    Checksum(String),
+    /// The topic has no schema (GET_SCHEMA), worded as Pulsar's.
+    #[error("Topic not found or no-schema {0}")]
+    SchemaNotFound(String),
+    /// Deduplication cannot tell yet whether a SEND is a duplicate (its original is still
+    /// pending or failed): the client reconnects and resends.
+    #[error("{0}")]
+    DuplicateUndecided(String),
     /// Storage failed.
     #[error("managed ledger: {0}")]
     ManagedLedger(#[from] ManagedLedgerError),
@@ -90,6 +104,9 @@ impl BrokerError {
             BrokerError::NotAllowed(_) | BrokerError::Unsupported(_) => {
                 ServerError::NotAllowedError
             }
+            BrokerError::Checksum(_) => ServerError::ChecksumError,
+            BrokerError::SchemaNotFound(_) => ServerError::TopicNotFound,
+            BrokerError::DuplicateUndecided(_) => ServerError::PersistenceError,
             // A fenced or closed ledger means another broker took the topic over or this one
             // is unloading it: the client must look the topic up again.
             BrokerError::ManagedLedger(e) if e.is_fenced() => ServerError::ServiceNotReady,
@@ -109,6 +126,69 @@ impl BrokerError {
             BrokerError::Policy(PolicyError::NotFound(_)) => ServerError::TopicNotFound,
             BrokerError::Policy(_) => ServerError::MetadataError,
         }
+    }
+
+    /// The admin API's HTTP status for this failure (the one mapping to HTTP).
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            // Pulsar answers invalid names with 412.
+            BrokerError::InvalidTopicName(_) => StatusCode::PRECONDITION_FAILED,
+            BrokerError::NotOwner(_)
+            | BrokerError::NotReady(_)
+            | BrokerError::DuplicateUndecided(_) => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::TopicNotFound(_)
+            | BrokerError::NamespaceNotFound(_)
+            | BrokerError::SubscriptionNotFound(_)
+            | BrokerError::ConsumerNotFound(_)
+            | BrokerError::SchemaNotFound(_)
+            | BrokerError::Policy(PolicyError::NotFound(_)) => StatusCode::NOT_FOUND,
+            BrokerError::ProducerBusy(_)
+            | BrokerError::ProducerFenced(_)
+            | BrokerError::IncompatibleSchema(_)
+            | BrokerError::Policy(PolicyError::AlreadyExists(_)) => StatusCode::CONFLICT,
+            // The state forbids it (connected consumers, another consumer's ranges).
+            BrokerError::ConsumerBusy(_)
+            | BrokerError::NotAllowed(_)
+            | BrokerError::ConsumerAssign(_)
+            | BrokerError::Policy(PolicyError::Invalid(_))
+            | BrokerError::ManagedLedger(ManagedLedgerError::InvalidAck { .. }) => {
+                StatusCode::PRECONDITION_FAILED
+            }
+            BrokerError::Checksum(_) => StatusCode::BAD_REQUEST,
+            BrokerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            BrokerError::ManagedLedger(ManagedLedgerError::Metadata(m)) => metadata_status(m),
+            BrokerError::Metadata(m) | BrokerError::Policy(PolicyError::Metadata(m)) => {
+                metadata_status(m)
+            }
+            BrokerError::ManagedLedger(e)
+                if e.is_retryable()
+                    || e.is_fenced()
+                    || matches!(
+                        e,
+                        ManagedLedgerError::Closed(_) | ManagedLedgerError::AppendsSuspended(_)
+                    ) =>
+            {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            BrokerError::ManagedLedger(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The code and message of a Pulsar wire error for this failure.
+    pub fn wire(&self) -> (ServerError, String) {
+        (self.server_error(), self.to_string())
+    }
+}
+
+/// The HTTP status of a metadata-store failure: retryable ones (unreachable, outcome
+/// unknown, session lost, contention) are 503; the rest (corrupt record, invalid key) 500.
+pub fn metadata_status(e: &MetadataError) -> StatusCode {
+    match e {
+        MetadataError::Unavailable(_)
+        | MetadataError::Indeterminate(_)
+        | MetadataError::SessionLost(_)
+        | MetadataError::Contention { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -133,6 +213,51 @@ mod tests {
         assert_eq!(
             BrokerError::ConsumerBusy("t".into()).server_error(),
             ServerError::ConsumerBusy
+        );
+    }
+
+    #[test]
+    fn http_statuses_keep_500_for_the_brokers_own_failures() {
+        let retryable = [
+            BrokerError::NotReady("t".into()),
+            BrokerError::NotOwner("t".into()),
+            BrokerError::Metadata(MetadataError::Unavailable("down".into())),
+            BrokerError::ManagedLedger(ManagedLedgerError::Fenced("t".into())),
+            BrokerError::ManagedLedger(ManagedLedgerError::Closed("t".into())),
+        ];
+        for e in retryable {
+            assert_eq!(e.http_status(), StatusCode::SERVICE_UNAVAILABLE, "{e}");
+            assert_eq!(
+                e.server_error(),
+                match e {
+                    BrokerError::Metadata(_) => ServerError::MetadataError,
+                    _ => ServerError::ServiceNotReady,
+                }
+            );
+        }
+        // A client's mistake is a 4xx, never a 500.
+        for e in [
+            BrokerError::TopicNotFound("t".into()),
+            BrokerError::ConsumerNotFound(1),
+            BrokerError::ProducerBusy("t".into()),
+            BrokerError::IncompatibleSchema("x".into()),
+            BrokerError::NotAllowed("x".into()),
+            BrokerError::Checksum("x".into()),
+            BrokerError::SchemaNotFound("t".into()),
+        ] {
+            assert!(
+                e.http_status().is_client_error(),
+                "{e}: {}",
+                e.http_status()
+            );
+        }
+        assert_eq!(
+            BrokerError::Checksum("x".into()).server_error(),
+            ServerError::ChecksumError
+        );
+        assert_eq!(
+            BrokerError::SchemaNotFound("t".into()).to_string(),
+            "Topic not found or no-schema t"
         );
     }
 }

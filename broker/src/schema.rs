@@ -530,13 +530,10 @@ pub async fn answer_get_schema(registry: &SchemaRegistry, g: &CommandGetSchema) 
             .parse()
             .map_err(|e| wire_error(&BrokerError::from(e)))?;
         let version = parse_version(g.schema_version.as_deref())
-            .map_err(|m| (ServerError::IncompatibleSchema, m))?;
+            .map_err(|m| BrokerError::IncompatibleSchema(m).wire())?;
         match registry.get(&topic, version).await {
             Ok(Some(s)) => Ok(s),
-            Ok(None) => Err((
-                ServerError::TopicNotFound,
-                format!("Topic not found or no-schema {}", g.topic),
-            )),
+            Ok(None) => Err(BrokerError::SchemaNotFound(g.topic.clone()).wire()),
             Err(e) => Err(wire_error(&e)),
         }
     }
@@ -558,10 +555,10 @@ pub async fn answer_get_or_create_schema(
         match registry.put_producer_schema(&topic, Some(&g.schema)).await {
             Ok(Some(v)) => Ok(v),
             // A schemaless (BYTES) schema has no version: Pulsar answers an empty one.
-            Ok(None) => Err((
-                ServerError::IncompatibleSchema,
+            Ok(None) => Err(BrokerError::IncompatibleSchema(
                 "a BYTES schema is not registered".to_owned(),
-            )),
+            )
+            .wire()),
             Err(e) => Err(wire_error(&e)),
         }
     }

@@ -145,25 +145,22 @@ fn internal(e: impl std::fmt::Display) -> TopicAdminError {
 }
 
 fn from_broker(e: BrokerError) -> TopicAdminError {
-    match e {
-        BrokerError::TopicNotFound(_) => TopicAdminError::NotFound("Topic not found".to_owned()),
-        BrokerError::NamespaceNotFound(_) => {
-            TopicAdminError::NotFound("Namespace not found".to_owned())
-        }
-        BrokerError::SubscriptionNotFound(_) => {
-            TopicAdminError::NotFound("Subscription not found".to_owned())
-        }
-        BrokerError::InvalidTopicName(_) => TopicAdminError::Invalid(e.to_string()),
-        BrokerError::NotOwner(_) | BrokerError::NotReady(_) => {
-            TopicAdminError::Unavailable(e.to_string())
-        }
-        BrokerError::NotAllowed(_) | BrokerError::ConsumerBusy(_) => {
-            TopicAdminError::Precondition(e.to_string())
-        }
-        BrokerError::ManagedLedger(ref m) if m.is_retryable() || m.is_fenced() => {
-            TopicAdminError::Unavailable(e.to_string())
-        }
-        _ => TopicAdminError::Internal(e.to_string()),
+    use axum::http::StatusCode;
+    // Pulsar's own wording for the 404s; the error's text otherwise.
+    let reason = match &e {
+        BrokerError::TopicNotFound(_) => "Topic not found".to_owned(),
+        BrokerError::NamespaceNotFound(_) => "Namespace not found".to_owned(),
+        BrokerError::SubscriptionNotFound(_) => "Subscription not found".to_owned(),
+        e => e.to_string(),
+    };
+    // The status comes from the one mapping (`BrokerError::http_status`).
+    match e.http_status() {
+        StatusCode::NOT_FOUND => TopicAdminError::NotFound(reason),
+        StatusCode::CONFLICT => TopicAdminError::AlreadyExists(reason),
+        StatusCode::PRECONDITION_FAILED => TopicAdminError::Precondition(reason),
+        StatusCode::BAD_REQUEST => TopicAdminError::Invalid(reason),
+        StatusCode::SERVICE_UNAVAILABLE => TopicAdminError::Unavailable(reason),
+        _ => TopicAdminError::Internal(reason),
     }
 }
 

@@ -370,12 +370,7 @@ impl IntoResponse for ApiError {
 }
 
 fn metadata_status(e: &MetadataError) -> StatusCode {
-    match e {
-        MetadataError::Unavailable(_)
-        | MetadataError::Indeterminate(_)
-        | MetadataError::SessionLost(_) => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    crate::error::metadata_status(e)
 }
 
 impl From<PolicyError> for ApiError {

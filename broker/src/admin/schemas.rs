@@ -72,11 +72,12 @@ fn unprocessable(reason: impl Into<String>) -> ApiError {
 }
 
 fn broker_error(e: BrokerError) -> ApiError {
+    let status = e.http_status();
     match e {
-        BrokerError::IncompatibleSchema(m) => ApiError::conflict(m),
-        BrokerError::NotReady(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
-        BrokerError::Metadata(m) => ApiError::new(super::metadata_status(&m), m.to_string()),
-        e => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        // The bare reason: the compatibility check's explanation, the shutdown's cause.
+        BrokerError::IncompatibleSchema(m) | BrokerError::NotReady(m) => ApiError::new(status, m),
+        BrokerError::Metadata(m) => ApiError::new(status, m.to_string()),
+        e => ApiError::new(status, e.to_string()),
     }
 }
 

@@ -108,11 +108,10 @@ impl Conn {
         let Some(u) = c.unsubscribe else { return };
         let slot = self.state().consumers.get(&u.consumer_id).cloned();
         let answer = match slot {
-            None => commands::error(
-                u.request_id,
-                ServerError::ConsumerNotFound,
-                "consumer not found on this connection",
-            ),
+            None => {
+                let (code, message) = BrokerError::ConsumerNotFound(u.consumer_id).wire();
+                commands::error(u.request_id, code, message)
+            }
             Some(slot) => match slot.sub.unsubscribe(slot.key).await {
                 Ok(()) => {
                     self.state().consumers.remove(&u.consumer_id);
@@ -140,16 +139,16 @@ impl Conn {
             (None, None) => None,
         };
         let answer = match (slot, target) {
-            (None, _) => commands::error(
-                request_id,
-                ServerError::ConsumerNotFound,
-                "consumer not found on this connection",
-            ),
-            (Some(_), None) => commands::error(
-                request_id,
-                ServerError::NotAllowedError,
-                "SEEK needs a message id or a publish time",
-            ),
+            (None, _) => {
+                let (code, message) = BrokerError::ConsumerNotFound(consumer_id).wire();
+                commands::error(request_id, code, message)
+            }
+            (Some(_), None) => {
+                let (code, message) =
+                    BrokerError::NotAllowed("SEEK needs a message id or a publish time".into())
+                        .wire();
+                commands::error(request_id, code, message)
+            }
             (Some(slot), Some(target)) => match slot.sub.seek(target).await {
                 Ok(()) => commands::success(request_id),
                 Err(e) => commands::error(request_id, e.server_error(), e.to_string()),
@@ -188,11 +187,10 @@ impl Conn {
                     ctx,
                 ))
             }
-            _ => commands::consumer_stats_error(
-                s.request_id,
-                ServerError::ConsumerNotFound,
-                format!("Consumer {} not found", s.consumer_id),
-            ),
+            _ => {
+                let (code, message) = BrokerError::ConsumerNotFound(s.consumer_id).wire();
+                commands::consumer_stats_error(s.request_id, code, message)
+            }
         };
         self.send(answer).await;
     }

@@ -79,12 +79,9 @@ impl Conn {
         };
         let slot = self.state().consumers.get(&g.consumer_id).cloned();
         let Some(slot) = slot else {
-            self.send(commands::error(
-                g.request_id,
-                ServerError::ConsumerNotFound,
-                "consumer not found on this connection",
-            ))
-            .await;
+            let (code, message) = BrokerError::ConsumerNotFound(g.consumer_id).wire();
+            self.send(commands::error(g.request_id, code, message))
+                .await;
             return;
         };
         let ml = slot.topic.managed_ledger();

@@ -190,11 +190,13 @@ impl Conn {
         let slot = self.state().producers.get(&send.producer_id).cloned();
         let Some(slot) = slot else {
             debug!(producer = send.producer_id, "SEND for an unknown producer");
+            let (code, message) =
+                BrokerError::NotAllowed("producer not found on this connection".into()).wire();
             self.send(commands::send_error(
                 send.producer_id,
                 send.sequence_id,
-                ServerError::NotAllowedError,
-                "producer not found on this connection",
+                code,
+                message,
             ))
             .await;
             return;
@@ -220,10 +222,10 @@ impl Conn {
         let highest = send.highest_sequence_id.filter(|h| *h > 0);
         let mut ticket = None;
         let append = if !payload.checksum_ok() {
-            Some(Err((
-                ServerError::ChecksumError,
-                "checksum mismatch".to_owned(),
-            )))
+            Some(Err(BrokerError::Checksum(
+                "the payload does not match its checksum".into(),
+            )
+            .wire()))
         } else {
             let verdict = slot
                 .topic
@@ -303,10 +305,10 @@ pub(super) async fn receipts(
                 if dedup.await_duplicate(&name, p.sequence_id).await {
                     Ok(None)
                 } else {
-                    Err((
-                        ServerError::PersistenceError,
+                    Err(BrokerError::DuplicateUndecided(
                         "cannot tell yet whether the message is a duplicate".to_owned(),
-                    ))
+                    )
+                    .wire())
                 }
             }
         };
