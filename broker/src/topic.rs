@@ -24,12 +24,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use magnetar_proto::pulsar::api::ProducerAccessMode;
-use magnetar_proto::pulsar::commands;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::bundle::Bundle;
-use crate::connection::ConnTx;
 use crate::dedup::{DEDUP_CURSOR, Dedup};
 use crate::error::{BrokerError, BrokerResult};
 use crate::managed_ledger::{InitialPosition, ManagedLedger, Position};
@@ -45,10 +43,20 @@ pub struct ProducerSpec {
     pub producer_id: u64,
     pub name: String,
     pub mode: ProducerAccessMode,
-    pub conn: ConnTx,
+    /// The client (the protocol connection).
+    pub conn: Arc<dyn ProducerSink>,
     /// True while attached; cleared (under the topic's lock) when the topic detaches it, so the
     /// SEND path checks one atomic instead of taking the topic's lock per message.
     pub attached: Arc<AtomicBool>,
+}
+
+/// How a topic reaches one producer's client (the protocol connection implements it).
+/// Never waits on the client.
+pub trait ProducerSink: Send + Sync + std::fmt::Debug + 'static {
+    /// Tells the client the broker closed its producer (CLOSE_PRODUCER): it looks the topic up
+    /// again and re-creates it. Queued without waiting, never dropped while the client is
+    /// connected.
+    fn close_producer(&self, producer_id: u64);
 }
 
 /// Takes every producer out of `producers`, marking each detached.
@@ -286,8 +294,7 @@ impl Topic {
             "a write failed: producers detached; they resend once appends resume");
         for p in producers.values() {
             self.dedup.producer_removed(&p.name);
-            p.conn
-                .try_send_command(commands::close_producer(p.producer_id, 0));
+            p.conn.close_producer(p.producer_id);
         }
         self.producer_left.notify_waiters();
         let topic = Arc::clone(self);
@@ -372,8 +379,7 @@ impl Topic {
             for p in &fenced_out {
                 info!(topic = %self.name, producer = %p.name, "fenced out by an ExclusiveWithFencing producer");
                 self.dedup.producer_removed(&p.name);
-                p.conn
-                    .try_send_command(commands::close_producer(p.producer_id, 0));
+                p.conn.close_producer(p.producer_id);
             }
             if !fenced_out.is_empty() {
                 // Waiters wake, see the new fence generation and fail.
@@ -595,13 +601,7 @@ impl Topic {
             )
         };
         for p in producers.into_values() {
-            let close = commands::close_producer(p.producer_id, 0);
-            let conn = p.conn;
-            if !conn.try_send_command(close.clone()) && !conn.is_closed() {
-                tokio::spawn(async move {
-                    conn.send_command(close).await;
-                });
-            }
+            p.conn.close_producer(p.producer_id);
         }
         self.producer_left.notify_waiters();
         Some(subs)

@@ -64,7 +64,7 @@ impl Conn {
             priority: s.priority_level.unwrap_or(0),
             sub_type,
             key_shared,
-            conn: self.tx.clone(),
+            conn: Arc::new(self.tx.clone()),
         };
         if let Err(e) = sub.add_consumer(spec).await {
             if !durable {

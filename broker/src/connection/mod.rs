@@ -50,8 +50,10 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::key_shared::KeySharedPolicy;
 use crate::managed_ledger::{AppendHandle, InitialPosition, Position, batch_acks};
 use crate::service::BrokerService;
-use crate::subscription::{AckedId, ConsumerSpec, SeekTarget, Subscription, entry_info};
-use crate::topic::{ProducerSpec, StartAt, Topic};
+use crate::subscription::{
+    AckedId, ConsumerSink, ConsumerSpec, NotQueued, SeekTarget, Subscription, entry_info,
+};
+use crate::topic::{ProducerSink, ProducerSpec, StartAt, Topic};
 use crate::topic_name::{NamespaceName, TopicName};
 
 mod consumer;
@@ -75,15 +77,6 @@ pub enum Outbound {
     Message(MessageFrame),
 }
 
-/// Why a MESSAGE was not queued (see [`ConnTx::try_send_message`]).
-#[derive(Debug)]
-pub enum NotQueued {
-    /// The client's queue is full: it is not reading fast enough. (The frame is dropped: the
-    /// entry is delivered again from the subscription's redelivery set.)
-    Full,
-    Closed,
-}
-
 /// Subscriptions waiting for room in one connection's queue, woken by its writer.
 #[derive(Debug, Default)]
 struct Waiters(Mutex<Vec<Arc<Notify>>>);
@@ -105,29 +98,16 @@ impl Waiters {
     }
 }
 
-/// The sending side of a connection: a bounded queue to its writer task.
-#[derive(Debug, Clone)]
-pub struct ConnTx {
-    tx: mpsc::Sender<Outbound>,
-    closed: CancellationToken,
-    writable: Arc<Waiters>,
-}
-
-impl ConnTx {
-    /// Queues a MESSAGE only if there is room now: delivery never waits on one client, so a
-    /// client that stops reading holds up nobody else (its consumer is parked instead).
-    pub fn try_send_message(&self, frame: MessageFrame) -> Result<(), NotQueued> {
+impl ConsumerSink for ConnTx {
+    fn try_deliver(&self, frame: MessageFrame) -> Result<(), NotQueued> {
         match self.tx.try_send(Outbound::Message(frame)) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(NotQueued::Full),
-            Err(_) => Err(NotQueued::Closed),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(NotQueued::Closed),
         }
     }
 
-    /// Asks for `wake` to be notified once this connection's queue has drained to half.
-    /// Returns true when there is room already (the caller retries now instead: the queue
-    /// may have drained before the registration).
-    pub fn notify_when_writable(&self, wake: &Arc<Notify>) -> bool {
+    fn notify_when_writable(&self, wake: &Arc<Notify>) -> bool {
         {
             let mut waiters = self.writable.lock();
             if waiters.len() >= WAITERS_MAX {
@@ -140,6 +120,26 @@ impl ConnTx {
         self.tx.capacity() > 0 || self.is_closed()
     }
 
+    fn send_control(&self, command: BaseCommand) {
+        self.send_command_detached(command);
+    }
+}
+
+impl ProducerSink for ConnTx {
+    fn close_producer(&self, producer_id: u64) {
+        self.send_command_detached(commands::close_producer(producer_id, 0));
+    }
+}
+
+/// The sending side of a connection: a bounded queue to its writer task.
+#[derive(Debug, Clone)]
+pub struct ConnTx {
+    tx: mpsc::Sender<Outbound>,
+    closed: CancellationToken,
+    writable: Arc<Waiters>,
+}
+
+impl ConnTx {
     /// Queues a command now if there is room, else from a task of its own (the caller never
     /// waits on a client that is not reading); dropped if the connection closes meanwhile.
     pub fn send_command_detached(&self, command: BaseCommand) {

@@ -100,7 +100,7 @@ impl Conn {
             producer_id: p.producer_id,
             name: name.clone(),
             mode,
-            conn: self.tx.clone(),
+            conn: Arc::new(self.tx.clone()),
             attached: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         let attached = Arc::clone(&spec.attached);

@@ -54,7 +54,7 @@ impl Actor {
         for c in std::mem::take(&mut self.consumers) {
             c.spec
                 .conn
-                .send_command_detached(commands::close_consumer(c.spec.consumer_id, 0));
+                .send_control(commands::close_consumer(c.spec.consumer_id, 0));
         }
     }
 
@@ -299,12 +299,10 @@ impl Actor {
             for c in &self.consumers {
                 let is_active = Some(c.spec.key) == self.active;
                 // Never waits on one client: a stalled one must not hold up the change.
-                c.spec
-                    .conn
-                    .send_command_detached(commands::active_consumer_change(
-                        c.spec.consumer_id,
-                        is_active,
-                    ));
+                c.spec.conn.send_control(commands::active_consumer_change(
+                    c.spec.consumer_id,
+                    is_active,
+                ));
             }
         }
     }
@@ -413,7 +411,7 @@ impl Actor {
         for c in std::mem::take(&mut self.consumers) {
             c.spec
                 .conn
-                .send_command_detached(commands::close_consumer(c.spec.consumer_id, 0));
+                .send_control(commands::close_consumer(c.spec.consumer_id, 0));
         }
         self.active = None;
         Ok(())

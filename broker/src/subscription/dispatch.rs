@@ -219,7 +219,7 @@ impl Actor {
                     entry,
                 };
                 let key = c.spec.key;
-                match c.spec.conn.try_send_message(frame) {
+                match c.spec.conn.try_deliver(frame) {
                     Ok(()) => {}
                     Err(NotQueued::Full) => {
                         // This client is not reading: park it until its queue drains and

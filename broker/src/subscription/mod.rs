@@ -38,8 +38,8 @@
 //! holds up no other consumer of the subscription.
 //!
 //! This file holds the handle, the commands and the actor's state; `actor.rs` the command
-//! handling (consumers, acks, redelivery, seek), `dispatch.rs` the dispatcher and `entry.rs`
-//! the per-entry metadata it routes by.
+//! handling (consumers, acks, redelivery, seek), `dispatch.rs` the dispatcher, `entry.rs`
+//! the per-entry metadata it routes by and `sink.rs` the seam to the clients.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -52,7 +52,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::chunks::{ChunkAssignor, ChunkMeta, Route};
-use crate::connection::{ConnTx, NotQueued};
 use crate::delayed::{DelayedTracker, now_ms};
 use crate::error::{BrokerError, BrokerResult};
 use crate::key_shared::{KeyShared, KeySharedPolicy, sticky_hash};
@@ -61,8 +60,12 @@ use crate::managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, Posit
 mod actor;
 mod dispatch;
 mod entry;
+mod sink;
+#[cfg(test)]
+mod tests;
 
 pub use entry::{EntryInfo, entry_info};
+pub use sink::{ConsumerSink, NotQueued};
 
 /// Commands queued per subscription before connections wait.
 const COMMAND_QUEUE: usize = 1024;
@@ -89,7 +92,8 @@ pub struct ConsumerSpec {
     pub sub_type: SubType,
     /// Key_Shared: mode, STICKY ranges and out-of-order permission (CommandSubscribe.keySharedMeta).
     pub key_shared: KeySharedPolicy,
-    pub conn: ConnTx,
+    /// The client (the protocol connection; a recording sink in tests).
+    pub conn: Arc<dyn ConsumerSink>,
 }
 
 /// Where SEEK moves the subscription.
