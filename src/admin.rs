@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use clap::{ArgGroup, Args, Subcommand};
@@ -539,10 +539,7 @@ fn topics(c: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
                 let back_ms = u64::try_from(parse_seconds(&time)?)
                     .map_err(|_| anyhow!("--time must be positive, got {time:?}"))?
                     .saturating_mul(1000);
-                let now_ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis() as u64;
+                let now_ms = magnetar_metadata::clock::now_ms();
                 c.post(
                     &format!("{path}/resetcursor/{}", now_ms.saturating_sub(back_ms)),
                     None,

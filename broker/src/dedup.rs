@@ -41,7 +41,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use magnetar_proto::pulsar::Payload;
@@ -177,11 +177,7 @@ pub struct Dedup {
     transition: tokio::sync::Mutex<()>,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use magnetar_metadata::clock::now_ms;
 
 /// `(chunk_id, num_chunks_from_msg)` of a chunk, from its metadata.
 fn chunk_of(md: &MessageMetadata) -> Option<(i32, i32)> {

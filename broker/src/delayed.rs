@@ -95,11 +95,7 @@ impl DelayedTracker {
 }
 
 /// Wall-clock time in ms since the epoch (the clock `deliver_at_time` is set against).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use magnetar_metadata::clock::now_ms;
 
 #[cfg(test)]
 mod tests {

@@ -171,11 +171,7 @@ fn fnv1a(schema_type: i32, data: &[u8]) -> String {
     format!("{h:016x}")
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use magnetar_metadata::clock::now_ms;
 
 /// Whether a wire schema means "no schema" for a producer or consumer.
 fn is_schemaless(schema: &Schema) -> bool {

@@ -131,9 +131,7 @@ impl BrokerService {
             topics: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             next_id: std::sync::atomic::AtomicU64::new(1),
-            boot_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            boot_ms: magnetar_metadata::clock::now_ms(),
         });
         service.watch_lost_bundles();
         service

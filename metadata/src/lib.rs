@@ -15,6 +15,7 @@
 //! read–modify–CAS–retry loop), [`IdAllocator`] (monotonic 64-bit ids) and [`OwnershipLease`]
 //! (a key held with a fresh epoch).
 
+pub mod clock;
 mod embedded;
 mod error;
 mod etcd;

@@ -109,9 +109,4 @@ pub struct CursorRecord {
     pub batch_acks: Vec<BatchAckRecord>,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub(crate) use magnetar_metadata::clock::now_ms;
