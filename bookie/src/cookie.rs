@@ -74,13 +74,22 @@ pub async fn verify(
     data_dir: &Path,
     id: &BookieId,
 ) -> Result<(), CookieError> {
-    std::fs::create_dir_all(data_dir).map_err(io(format!("create {}", data_dir.display())))?;
     let file = data_dir.join(COOKIE_FILE);
     let refuse = |reason: String| CookieError::Mismatch {
         bookie: id.to_string(),
         reason,
     };
-    let local = read_local(&file).map_err(|e| match e {
+    // The directory's side, off the async runtime.
+    let (local, has_data) = blocking({
+        let (data_dir, file) = (data_dir.to_path_buf(), file.clone());
+        move || {
+            std::fs::create_dir_all(&data_dir)
+                .map_err(io(format!("create {}", data_dir.display())))?;
+            Ok((read_local(&file), has_entries(&data_dir)?))
+        }
+    })
+    .await?;
+    let local = local.map_err(|e| match e {
         ReadLocal::Io(source) => CookieError::Io {
             what: format!("read {}", file.display()),
             source,
@@ -100,7 +109,6 @@ pub async fn verify(
         )));
     }
     let remote = read_remote(store, id).await?;
-    let has_data = has_entries(data_dir)?;
     let instance = store
         .get(INSTANCE_ID_KEY)
         .await?
@@ -244,8 +252,7 @@ async fn get_or_create_instance(store: &dyn MetadataStore) -> Result<String, Coo
     }))
 }
 
-/// Writes the data directory's cookie (durably: temp file, fsync, rename, fsync of the
-/// directory), then the store's.
+/// Writes the data directory's cookie (durably, on the blocking pool), then the store's.
 async fn write_cookies(
     store: &dyn MetadataStore,
     file: &Path,
@@ -257,25 +264,17 @@ async fn write_cookies(
         instance_id,
         bookie_id: id.to_string(),
     };
-    let json = serde_json::to_vec(&cookie).map_err(|e| CookieError::Io {
+    let json = Bytes::from(serde_json::to_vec(&cookie).map_err(|e| CookieError::Io {
         what: "encode the cookie".into(),
         source: std::io::Error::other(e),
-    })?;
-    let tmp = file.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
-        f.write_all(&json)
-            .and_then(|()| f.sync_all())
-            .map_err(io(format!("write {}", tmp.display())))?;
-    }
-    std::fs::rename(&tmp, file).map_err(io(format!("rename to {}", file.display())))?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(format!("sync {}", dir.display())))?;
-    }
+    })?);
+    blocking({
+        let (file, json) = (file.to_path_buf(), json.clone());
+        move || write_file_durably(&file, &json)
+    })
+    .await?;
     let key = cookie_key(id);
-    match store.put(&key, Bytes::from(json), Expected::Absent).await? {
+    match store.put(&key, json, Expected::Absent).await? {
         PutOutcome::Written(_) => {}
         PutOutcome::Conflict { .. } => {
             // Written meanwhile (an interrupted earlier start, or a racing process): it
@@ -288,6 +287,36 @@ async fn write_cookies(
         }
     }
     tracing::info!(bookie = %id, instance_id = %cookie.instance_id, "cookies written");
+    Ok(())
+}
+
+/// `f` on the blocking pool (file reads, writes and fsyncs stay off the async runtime).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CookieError> + Send + 'static,
+) -> Result<T, CookieError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CookieError::Io {
+            what: "cookie file task".into(),
+            source: std::io::Error::other(e),
+        })?
+}
+
+/// Writes `file` durably: a temporary file, fsync, rename over it, fsync of the directory.
+fn write_file_durably(file: &Path, bytes: &[u8]) -> Result<(), CookieError> {
+    let tmp = file.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(io(format!("write {}", tmp.display())))?;
+    }
+    std::fs::rename(&tmp, file).map_err(io(format!("rename to {}", file.display())))?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(format!("sync {}", dir.display())))?;
+    }
     Ok(())
 }
 

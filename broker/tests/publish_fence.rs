@@ -8,53 +8,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::SinkExt;
-use magnetar_bookie::api::{BookieClient, BookieId, BookieRegistration, BookieState};
-use magnetar_bookie::local::LocalConnector;
-use magnetar_bookie::server::{Bookie, BookieOptions};
-use magnetar_broker::managed_ledger::{ManagedLedgerConfig, Position};
-use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
+use magnetar_broker::managed_ledger::Position;
 use magnetar_broker::topic_name::TopicName;
-use magnetar_metadata::{Expected, MemoryStore, MetadataStore};
-use magnetar_proto::pulsar::api::base_command::Type;
-use magnetar_proto::pulsar::api::{
-    BaseCommand, CommandProducer, CommandSend, MessageMetadata, ServerError,
-};
+use magnetar_metadata::MemoryStore;
+use magnetar_proto::pulsar::api::ServerError;
 use magnetar_proto::pulsar::{Frame, Payload};
 
 mod support;
 use support::*;
 
 fn producer(topic: &str, request_id: u64) -> Frame {
-    Frame::command(BaseCommand {
-        producer: Some(Box::new(CommandProducer {
-            topic: topic.into(),
-            producer_id: 1,
-            request_id,
-            producer_name: Some("p".into()),
-            ..Default::default()
-        })),
-        ..cmd(Type::Producer)
-    })
+    producer_frame(topic, request_id)
 }
 
 fn send(seq: u64) -> Frame {
-    let metadata = MessageMetadata {
-        producer_name: "p".into(),
-        sequence_id: seq,
-        publish_time: 1,
-        ..Default::default()
-    };
-    let send = BaseCommand {
-        send: Some(Box::new(CommandSend {
-            producer_id: 1,
-            sequence_id: seq,
-            ..Default::default()
-        })),
-        ..cmd(Type::Send)
-    };
-    Frame::with_payload(send, Payload::new(&metadata, b"m"))
+    send_frame(seq, b"m")
 }
 
 /// Creates producer 1, retrying while the broker answers an error (fence in progress).
@@ -78,82 +47,9 @@ async fn create_producer(conn: &mut Conn, topic: &str, request_id: &mut u64) {
     panic!("producer not created");
 }
 
-/// One in-process bookie behind a [`LocalConnector`] (which tests take away and give back),
-/// registered in a memory store.
-struct Cluster {
-    _dir: tempfile::TempDir,
-    store: Arc<dyn MetadataStore>,
-    id: BookieId,
-    bookie: Arc<Bookie>,
-    connector: LocalConnector,
-}
-
-impl Cluster {
-    async fn new() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
-        let id: BookieId = "local:1".parse().unwrap();
-        let bookie = Bookie::open(BookieOptions::new(id.clone(), dir.path().join("b")))
-            .await
-            .unwrap();
-        let connector = LocalConnector::new();
-        connector.insert(bookie.clone());
-        let reg = BookieRegistration {
-            id: id.clone(),
-            state: BookieState::ReadWrite,
-            free_bytes: 1 << 40,
-            used_bytes: 0,
-            zone: None,
-            version: "test".into(),
-        };
-        let _ = store
-            .put(
-                &magnetar_bookie::api::registration_key(&id),
-                Bytes::from(serde_json::to_vec(&reg).unwrap()),
-                Expected::Any,
-            )
-            .await
-            .unwrap();
-        Cluster {
-            _dir: dir,
-            store,
-            id,
-            bookie,
-            connector,
-        }
-    }
-
-    /// A broker over the cluster's store and bookie.
-    async fn node(&self) -> BrokerNode {
-        BrokerNode::start(
-            Arc::clone(&self.store),
-            Arc::new(self.connector.clone()),
-            BrokerNodeOptions {
-                bind: "127.0.0.1:0".parse().unwrap(),
-                advertised_host: None,
-                managed_ledger: ManagedLedgerConfig::default(),
-                session_ttl: Duration::from_secs(10),
-                schema_compatibility_strategy: Default::default(),
-                limits: Default::default(),
-            },
-        )
-        .await
-        .unwrap()
-    }
-
-    fn take_bookie_away(&self) {
-        self.connector.remove(&self.id);
-    }
-
-    fn give_bookie_back(&self) {
-        self.connector
-            .insert(self.bookie.clone() as Arc<dyn BookieClient>);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
-    let cluster = Cluster::new().await;
+    let cluster = LocalCluster::new(Arc::new(MemoryStore::new())).await;
     let node = cluster.node().await;
     let ns = "public/default".parse().unwrap();
     node.service()
@@ -250,7 +146,7 @@ async fn a_failed_write_is_resent_in_order_not_acknowledged_as_a_duplicate() {
 /// again, and writes, once a bookie is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_is_told_when_its_topic_cannot_be_written_and_writes_once_it_can() {
-    let cluster = Cluster::new().await;
+    let cluster = LocalCluster::new(Arc::new(MemoryStore::new())).await;
     let node = cluster.node().await;
     let topic = "persistent://public/default/unwritable";
     let mut conn = connect(node.local_addr()).await;
@@ -336,10 +232,9 @@ async fn a_producer_is_told_when_its_topic_cannot_be_written_and_writes_once_it_
 /// from it to wake the subscription.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_read_is_retried_until_the_consumer_gets_its_messages() {
-    use magnetar_proto::pulsar::api::CommandSubscribe;
-    use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
+    use magnetar_proto::pulsar::api::command_subscribe::SubType;
 
-    let cluster = Cluster::new().await;
+    let cluster = LocalCluster::new(Arc::new(MemoryStore::new())).await;
     let topic = "persistent://public/default/read-retry";
     let first = cluster.node().await;
     let mut conn = connect(first.local_addr()).await;
@@ -360,18 +255,13 @@ async fn a_failed_read_is_retried_until_the_consumer_gets_its_messages() {
     let node = cluster.node().await;
     let mut conn = connect(node.local_addr()).await;
     for attempt in 0..100 {
-        conn.send(Frame::command(BaseCommand {
-            subscribe: Some(Box::new(CommandSubscribe {
-                topic: topic.into(),
-                subscription: "s".into(),
-                sub_type: SubType::Exclusive as i32,
-                consumer_id: 1,
-                request_id: 1000 + attempt,
-                initial_position: Some(InitialPosition::Earliest as i32),
-                ..Default::default()
-            })),
-            ..cmd(Type::Subscribe)
-        }))
+        conn.send(subscribe_frame(
+            topic,
+            "s",
+            SubType::Exclusive,
+            1,
+            1000 + attempt,
+        ))
         .await
         .unwrap();
         let f = next_within(&mut conn, Duration::from_secs(10))

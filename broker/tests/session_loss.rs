@@ -6,7 +6,7 @@
 //! up again) — even though closing the topics' storage waits on the unreachable store. Once
 //! the store is back, the broker owns the topics again.
 //!
-//! Raw client against a cluster broker ([`BrokerNode`]) over a metadata store that can be cut
+//! Raw client against a cluster broker (`BrokerNode`) over a metadata store that can be cut
 //! off ([`Partitionable`]: every call waits while it is cut, as over a partition).
 
 use std::sync::Arc;
@@ -15,21 +15,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::SinkExt;
-use magnetar_bookie::api::{BookieId, BookieRegistration, BookieState};
-use magnetar_bookie::local::LocalConnector;
-use magnetar_bookie::server::{Bookie, BookieOptions};
-use magnetar_broker::managed_ledger::ManagedLedgerConfig;
-use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
 use magnetar_metadata::{
     DeleteOutcome, Expected, Listing, MemoryStore, MetadataError, MetadataStore, PutOutcome,
     Session, Version, Versioned, WatchStream,
 };
-use magnetar_proto::pulsar::api::base_command::Type;
-use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
-use magnetar_proto::pulsar::api::{
-    BaseCommand, CommandProducer, CommandSend, CommandSubscribe, MessageMetadata,
-};
-use magnetar_proto::pulsar::{Frame, Payload};
+use magnetar_proto::pulsar::Frame;
+use magnetar_proto::pulsar::api::command_subscribe::SubType;
 use tokio::sync::watch;
 
 mod support;
@@ -95,48 +86,15 @@ impl MetadataStore for Partitionable {
 }
 
 fn producer(topic: &str, request_id: u64) -> Frame {
-    Frame::command(BaseCommand {
-        producer: Some(Box::new(CommandProducer {
-            topic: topic.into(),
-            producer_id: 1,
-            request_id,
-            ..Default::default()
-        })),
-        ..cmd(Type::Producer)
-    })
+    producer_frame(topic, request_id)
 }
 
 fn subscribe(topic: &str, request_id: u64) -> Frame {
-    Frame::command(BaseCommand {
-        subscribe: Some(Box::new(CommandSubscribe {
-            topic: topic.into(),
-            subscription: "s".into(),
-            sub_type: SubType::Shared as i32,
-            consumer_id: 1,
-            request_id,
-            initial_position: Some(InitialPosition::Earliest as i32),
-            ..Default::default()
-        })),
-        ..cmd(Type::Subscribe)
-    })
+    subscribe_frame(topic, "s", SubType::Shared, 1, request_id)
 }
 
 fn send(seq: u64) -> Frame {
-    let metadata = MessageMetadata {
-        producer_name: "p".into(),
-        sequence_id: seq,
-        publish_time: 1,
-        ..Default::default()
-    };
-    let send = BaseCommand {
-        send: Some(Box::new(CommandSend {
-            producer_id: 1,
-            sequence_id: seq,
-            ..Default::default()
-        })),
-        ..cmd(Type::Send)
-    };
-    Frame::with_payload(send, Payload::new(&metadata, b"m"))
+    send_frame(seq, b"m")
 }
 
 /// Sends `frame` until the broker answers with something other than an error (the broker
@@ -156,48 +114,13 @@ async fn until_ok(conn: &mut Conn, make: impl Fn(u64) -> Frame, request_id: &mut
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_session_stops_every_topic_at_once_while_the_store_is_unreachable() {
-    let dir = tempfile::tempdir().unwrap();
     let (cut, _) = watch::channel(false);
     let store = Arc::new(Partitionable {
         inner: MemoryStore::new(),
         cut,
     });
-    let id: BookieId = "local:1".parse().unwrap();
-    let bookie = Bookie::open(BookieOptions::new(id.clone(), dir.path().join("b")))
-        .await
-        .unwrap();
-    let connector = LocalConnector::new();
-    connector.insert(bookie.clone());
-    let reg = BookieRegistration {
-        id: id.clone(),
-        state: BookieState::ReadWrite,
-        free_bytes: 1 << 40,
-        used_bytes: 0,
-        zone: None,
-        version: "test".into(),
-    };
-    let _ = store
-        .put(
-            &magnetar_bookie::api::registration_key(&id),
-            Bytes::from(serde_json::to_vec(&reg).unwrap()),
-            Expected::Any,
-        )
-        .await
-        .unwrap();
-    let node = BrokerNode::start(
-        Arc::clone(&store) as Arc<dyn MetadataStore>,
-        Arc::new(connector.clone()),
-        BrokerNodeOptions {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            advertised_host: None,
-            managed_ledger: ManagedLedgerConfig::default(),
-            session_ttl: Duration::from_secs(10),
-            schema_compatibility_strategy: Default::default(),
-            limits: Default::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let cluster = LocalCluster::new(Arc::clone(&store) as Arc<dyn MetadataStore>).await;
+    let node = cluster.node().await;
 
     // Several topics, each with a producer that wrote and a consumer.
     let topics: Vec<String> = (0..4)

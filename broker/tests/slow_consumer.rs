@@ -11,12 +11,8 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use magnetar_broker::standalone::{Standalone, StandaloneOptions};
-use magnetar_proto::pulsar::api::base_command::Type;
-use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
-use magnetar_proto::pulsar::api::{
-    BaseCommand, CommandProducer, CommandSend, CommandSubscribe, MessageMetadata,
-};
-use magnetar_proto::pulsar::{Frame, Payload};
+use magnetar_proto::pulsar::Frame;
+use magnetar_proto::pulsar::api::command_subscribe::SubType;
 
 mod support;
 use support::*;
@@ -26,36 +22,11 @@ const MESSAGES: u64 = 60_000;
 const BODY_BYTES: usize = 1024;
 
 fn subscribe(consumer_id: u64) -> Frame {
-    Frame::command(BaseCommand {
-        subscribe: Some(Box::new(CommandSubscribe {
-            topic: TOPIC.into(),
-            subscription: "shared".into(),
-            sub_type: SubType::Shared as i32,
-            consumer_id,
-            request_id: consumer_id,
-            initial_position: Some(InitialPosition::Earliest as i32),
-            ..Default::default()
-        })),
-        ..cmd(Type::Subscribe)
-    })
+    subscribe_frame(TOPIC, "shared", SubType::Shared, consumer_id, consumer_id)
 }
 
 fn send(seq: u64) -> Frame {
-    let metadata = MessageMetadata {
-        producer_name: "p".into(),
-        sequence_id: seq,
-        publish_time: 1,
-        ..Default::default()
-    };
-    let send = BaseCommand {
-        send: Some(Box::new(CommandSend {
-            producer_id: 1,
-            sequence_id: seq,
-            ..Default::default()
-        })),
-        ..cmd(Type::Send)
-    };
-    Frame::with_payload(send, Payload::new(&metadata, &[7u8; BODY_BYTES]))
+    send_frame(seq, &[7u8; BODY_BYTES])
 }
 
 /// Receives MESSAGE frames (granting permits as it goes) until `until` says stop or nothing
@@ -105,17 +76,7 @@ async fn a_consumer_that_stops_reading_does_not_hold_up_the_others() {
     // Publish, pipelined, from a task of its own; the healthy consumer reads meanwhile.
     let producer = tokio::spawn(async move {
         let mut conn = connect(addr).await;
-        conn.send(Frame::command(BaseCommand {
-            producer: Some(Box::new(CommandProducer {
-                topic: TOPIC.into(),
-                producer_id: 1,
-                request_id: 1,
-                ..Default::default()
-            })),
-            ..cmd(Type::Producer)
-        }))
-        .await
-        .unwrap();
+        conn.send(producer_frame(TOPIC, 1)).await.unwrap();
         assert!(next(&mut conn).await.command.producer_success.is_some());
         for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(500) {
             for &seq in chunk {

@@ -1,16 +1,29 @@
 //! A raw Pulsar-protocol client for the broker's wire tests: framed connection, CONNECT
-//! handshake, bounded waits for the next frame, and the commands several tests send.
-//! (Each test binary uses a part of it.)
+//! handshake, bounded waits for the next frame, and the commands several tests send; and
+//! [`LocalCluster`], a cluster broker over one in-process bookie that tests take away and
+//! give back. (Each test binary uses a part of it.)
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
+use magnetar_bookie::api::{BookieClient, BookieId, BookieRegistration, BookieState};
+use magnetar_bookie::local::LocalConnector;
+use magnetar_bookie::server::{Bookie, BookieOptions};
+use magnetar_broker::managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
+use magnetar_metadata::{Expected, MetadataStore};
 use magnetar_proto::pulsar::api::base_command::Type;
-use magnetar_proto::pulsar::api::{BaseCommand, CommandConnect, CommandConnected, CommandFlow};
-use magnetar_proto::pulsar::{Frame, PulsarCodec};
+use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
+use magnetar_proto::pulsar::api::{
+    BaseCommand, CommandConnect, CommandConnected, CommandFlow, CommandProducer, CommandSend,
+    CommandSubscribe, MessageMetadata,
+};
+use magnetar_proto::pulsar::{Frame, Payload, PulsarCodec};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
@@ -78,4 +91,131 @@ pub async fn flow(conn: &mut Conn, consumer_id: u64, permits: u32) {
     }))
     .await
     .unwrap();
+}
+
+/// PRODUCER for producer 1 on `topic`.
+pub fn producer_frame(topic: &str, request_id: u64) -> Frame {
+    Frame::command(BaseCommand {
+        producer: Some(Box::new(CommandProducer {
+            topic: topic.into(),
+            producer_id: 1,
+            request_id,
+            producer_name: Some("p".into()),
+            ..Default::default()
+        })),
+        ..cmd(Type::Producer)
+    })
+}
+
+/// SEND of message `seq` of producer 1 (named "p"), with `body`.
+pub fn send_frame(seq: u64, body: &[u8]) -> Frame {
+    let metadata = MessageMetadata {
+        producer_name: "p".into(),
+        sequence_id: seq,
+        publish_time: 1,
+        ..Default::default()
+    };
+    let send = BaseCommand {
+        send: Some(Box::new(CommandSend {
+            producer_id: 1,
+            sequence_id: seq,
+            ..Default::default()
+        })),
+        ..cmd(Type::Send)
+    };
+    Frame::with_payload(send, Payload::new(&metadata, body))
+}
+
+/// SUBSCRIBE from the earliest message.
+pub fn subscribe_frame(
+    topic: &str,
+    subscription: &str,
+    sub_type: SubType,
+    consumer_id: u64,
+    request_id: u64,
+) -> Frame {
+    Frame::command(BaseCommand {
+        subscribe: Some(Box::new(CommandSubscribe {
+            topic: topic.into(),
+            subscription: subscription.into(),
+            sub_type: sub_type as i32,
+            consumer_id,
+            request_id,
+            initial_position: Some(InitialPosition::Earliest as i32),
+            ..Default::default()
+        })),
+        ..cmd(Type::Subscribe)
+    })
+}
+
+/// One in-process bookie behind a [`LocalConnector`] (which tests take away and give back),
+/// registered in `store`; [`LocalCluster::node`] starts cluster brokers over both.
+pub struct LocalCluster {
+    _dir: tempfile::TempDir,
+    pub store: Arc<dyn MetadataStore>,
+    id: BookieId,
+    bookie: Arc<Bookie>,
+    connector: LocalConnector,
+}
+
+impl LocalCluster {
+    pub async fn new(store: Arc<dyn MetadataStore>) -> LocalCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let id: BookieId = "local:1".parse().unwrap();
+        let bookie = Bookie::open(BookieOptions::new(id.clone(), dir.path().join("b")))
+            .await
+            .unwrap();
+        let connector = LocalConnector::new();
+        connector.insert(bookie.clone());
+        let reg = BookieRegistration {
+            id: id.clone(),
+            state: BookieState::ReadWrite,
+            free_bytes: 1 << 40,
+            used_bytes: 0,
+            zone: None,
+            version: "test".into(),
+        };
+        let _ = store
+            .put(
+                &magnetar_bookie::api::registration_key(&id),
+                Bytes::from(serde_json::to_vec(&reg).unwrap()),
+                Expected::Any,
+            )
+            .await
+            .unwrap();
+        LocalCluster {
+            _dir: dir,
+            store,
+            id,
+            bookie,
+            connector,
+        }
+    }
+
+    /// A cluster broker on a free port over the cluster's store and bookie.
+    pub async fn node(&self) -> BrokerNode {
+        BrokerNode::start(
+            Arc::clone(&self.store),
+            Arc::new(self.connector.clone()),
+            BrokerNodeOptions {
+                bind: "127.0.0.1:0".parse().unwrap(),
+                advertised_host: None,
+                managed_ledger: ManagedLedgerConfig::default(),
+                session_ttl: Duration::from_secs(10),
+                schema_compatibility_strategy: Default::default(),
+                limits: Default::default(),
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    pub fn take_bookie_away(&self) {
+        self.connector.remove(&self.id);
+    }
+
+    pub fn give_bookie_back(&self) {
+        self.connector
+            .insert(self.bookie.clone() as Arc<dyn BookieClient>);
+    }
 }
