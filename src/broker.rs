@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use magnetar_bookie::rpc::{ClientOptions, GrpcConnector};
-use magnetar_broker::managed_ledger::ManagedLedgerConfig;
 use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
+use magnetar_managed_ledger::ManagedLedgerConfig;
 use magnetar_metadata::{EtcdOptions, EtcdStore, MetadataStore};
 use tokio::signal::unix::{SignalKind, signal};
 

@@ -33,7 +33,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 
 use tracing::warn;
 
-use crate::managed_ledger::Position;
+use magnetar_managed_ledger::Position;
 
 /// Chunked messages mapped to a consumer per subscription, at most.
 pub const MAPPINGS_MAX: usize = 10_000;

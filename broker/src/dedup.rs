@@ -49,7 +49,7 @@ use magnetar_proto::pulsar::api::MessageMetadata;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, MlResult, Position};
+use magnetar_managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, MlResult, Position};
 
 /// The cursor that stores deduplication snapshots (Pulsar's name; not a subscription).
 pub const DEDUP_CURSOR: &str = "pulsar.dedup";

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::managed_ledger::Position;
+use magnetar_managed_ledger::Position;
 
 /// Delayed entries kept per subscription before it stops reading ahead (about 40 bytes each).
 pub const DELAYED_MAX: usize = 100_000;

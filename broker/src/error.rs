@@ -12,9 +12,9 @@ use axum::http::StatusCode;
 use magnetar_metadata::MetadataError;
 use magnetar_proto::pulsar::api::ServerError;
 
-use crate::managed_ledger::ManagedLedgerError;
 use crate::policies::PolicyError;
 use crate::topic_name::NameError;
+use magnetar_managed_ledger::ManagedLedgerError;
 
 /// Result of broker operations.
 pub type BrokerResult<T> = Result<T, BrokerError>;

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use magnetar_proto::pulsar::api::KeySharedMeta;
 
 use crate::error::{BrokerError, BrokerResult};
-use crate::managed_ledger::Position;
+use magnetar_managed_ledger::Position;
 
 /// Size of the hash space (Pulsar's `DEFAULT_HASH_RANGE_SIZE`).
 pub const KEY_HASH_RANGE: u32 = 65_536;

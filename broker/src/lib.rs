@@ -3,8 +3,7 @@
 //!
 //! See `docs/ARCHITECTURE.md`.
 //!
-//! - [`managed_ledger`] — a topic's log on the bookie tier: ledgers with rollover, recovery
-//!   and retention, cursors with persisted acks, and the shared entry cache.
+//! Topics are stored in managed ledgers (the `magnetar-managed-ledger` crate).
 //! - [`server`], [`connection`] — the Pulsar protocol listener and one connection's reader
 //!   loop and writer task; [`error`] maps failures to Pulsar `ServerError` codes;
 //!   [`consumer_stats`] answers CONSUMER_STATS.
@@ -15,8 +14,6 @@
 //! - [`standalone`], [`node`] — the whole broker in one process, and the cluster broker;
 //!   [`topic_admin`] the admin API's topic operations on a running broker; [`registry`] the
 //!   brokers' announcements (admin URLs for redirects).
-
-pub mod managed_ledger;
 
 pub mod admin;
 pub mod bundle;

@@ -14,11 +14,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory, MokaEntryCache};
 use crate::ownership::OwnershipCache;
 use crate::service::{BrokerConfig, BrokerService};
 use crate::session::BrokerSession;
 use crate::standalone::{StandaloneError, ensure_default_namespace};
+use magnetar_managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory, MokaEntryCache};
 
 /// What a cluster broker needs.
 #[derive(Debug, Clone)]

@@ -19,12 +19,12 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::bundle::{Bundle, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
 use crate::error::{BrokerError, BrokerResult};
-use crate::managed_ledger::record::{ROOT, ledger_record_key};
-use crate::managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory};
 use crate::ownership::{Owner, OwnershipCache};
 use crate::policies::{NamespacePolicies, Policies};
 use crate::topic::Topic;
 use crate::topic_name::{NamespaceName, TopicName};
+use magnetar_managed_ledger::record::{ROOT, ledger_record_key};
+use magnetar_managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory};
 
 /// Settings of the Pulsar protocol server.
 #[derive(Clone, Debug)]
@@ -302,12 +302,12 @@ impl BrokerService {
         topic: &TopicName,
         count: u32,
     ) -> BrokerResult<()> {
-        let records: magnetar_metadata::RecordStore<crate::managed_ledger::ManagedLedgerRecord> =
+        let records: magnetar_metadata::RecordStore<magnetar_managed_ledger::ManagedLedgerRecord> =
             magnetar_metadata::RecordStore::new(Arc::clone(&self.store));
         for i in 0..count {
             let partition = topic.partition_name(i);
-            let record = crate::managed_ledger::ManagedLedgerRecord {
-                created_ms: crate::managed_ledger::record::now_ms(),
+            let record = magnetar_managed_ledger::ManagedLedgerRecord {
+                created_ms: magnetar_metadata::clock::now_ms(),
                 ..Default::default()
             };
             // An existing record (the partition was used already) is left as it is.

@@ -29,12 +29,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::managed_ledger::{ManagedLedgerFactory, MokaEntryCache};
 use crate::ownership::OwnershipCache;
 use crate::policies::{NamespacePolicies, PolicyError, TenantInfo};
 use crate::service::{BrokerConfig, BrokerService};
 use crate::session::BrokerSession;
 use crate::topic_name::NamespaceName;
+use magnetar_managed_ledger::{ManagedLedgerFactory, MokaEntryCache};
 
 /// Id of the in-process bookie: stable across restarts, since ledger metadata names it.
 pub const STANDALONE_BOOKIE_ID: &str = "standalone-bookie:0";

@@ -30,10 +30,10 @@ use tracing::{info, warn};
 use crate::bundle::Bundle;
 use crate::dedup::{DEDUP_CURSOR, Dedup};
 use crate::error::{BrokerError, BrokerResult};
-use crate::managed_ledger::{InitialPosition, ManagedLedger, Position};
 use crate::service::BrokerService;
 use crate::subscription::Subscription;
 use crate::topic_name::TopicName;
+use magnetar_managed_ledger::{InitialPosition, ManagedLedger, Position};
 
 /// A producer attached to the topic.
 #[derive(Debug, Clone)]

@@ -35,11 +35,11 @@ use crate::admin::topics::{
 use crate::admin::{TopicAdmin, TopicAdminError};
 use crate::dedup::DEDUP_CURSOR;
 use crate::error::BrokerError;
-use crate::managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, Position};
 use crate::service::BrokerService;
 use crate::subscription::{SeekTarget, SubscriptionSnapshot};
 use crate::topic::Topic;
 use crate::topic_name::{NamespaceName, TopicName};
+use magnetar_managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, Position};
 
 /// Entries read per step when scanning a backlog (skip, peek).
 const SCAN_BATCH: usize = 256;
@@ -164,7 +164,7 @@ fn from_broker(e: BrokerError) -> TopicAdminError {
     }
 }
 
-fn from_ml(e: crate::managed_ledger::ManagedLedgerError) -> TopicAdminError {
+fn from_ml(e: magnetar_managed_ledger::ManagedLedgerError) -> TopicAdminError {
     from_broker(BrokerError::from(e))
 }
 
@@ -304,7 +304,7 @@ fn peeked(position: Position, entry: Bytes) -> Result<PeekedMessage, TopicAdminE
 }
 
 /// `individuallyDeletedMessages` as the managed ledger renders it.
-fn cursor_stats(c: &crate::managed_ledger::ledger::InternalCursorStats) -> CursorStats {
+fn cursor_stats(c: &magnetar_managed_ledger::ledger::InternalCursorStats) -> CursorStats {
     CursorStats {
         mark_delete_position: c.mark_delete_position.clone(),
         read_position: c.read_position.clone(),
@@ -567,7 +567,7 @@ impl TopicAdmin for BrokerTopicAdmin {
             .open_cursor(subscription, initial)
             .await
             .map_err(|e| match e {
-                crate::managed_ledger::ManagedLedgerError::InvalidName(n) => {
+                magnetar_managed_ledger::ManagedLedgerError::InvalidName(n) => {
                     TopicAdminError::Invalid(format!("invalid subscription name {n:?}"))
                 }
                 e => from_ml(e),
@@ -614,7 +614,7 @@ impl TopicAdmin for BrokerTopicAdmin {
         }
         if cursor.is_some() {
             match topic.managed_ledger().delete_cursor(subscription).await {
-                Ok(()) | Err(crate::managed_ledger::ManagedLedgerError::NoSuchCursor { .. }) => {}
+                Ok(()) | Err(magnetar_managed_ledger::ManagedLedgerError::NoSuchCursor { .. }) => {}
                 Err(e) => return Err(from_ml(e)),
             }
         }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::SinkExt;
-use magnetar_broker::managed_ledger::Position;
 use magnetar_broker::topic_name::TopicName;
+use magnetar_managed_ledger::Position;
 use magnetar_metadata::MemoryStore;
 use magnetar_proto::pulsar::api::ServerError;
 use magnetar_proto::pulsar::{Frame, Payload};

@@ -48,13 +48,13 @@ use crate::consumer_stats;
 use crate::dedup::{self, Ticket, Verdict};
 use crate::error::{BrokerError, BrokerResult};
 use crate::key_shared::KeySharedPolicy;
-use crate::managed_ledger::{AppendHandle, InitialPosition, Position, batch_acks};
 use crate::service::BrokerService;
 use crate::subscription::{
     AckedId, ConsumerSink, ConsumerSpec, NotQueued, SeekTarget, Subscription, entry_info,
 };
 use crate::topic::{ProducerSink, ProducerSpec, StartAt, Topic};
 use crate::topic_name::{NamespaceName, TopicName};
+use magnetar_managed_ledger::{AppendHandle, InitialPosition, Position, batch_acks};
 
 mod consumer;
 mod lookup;

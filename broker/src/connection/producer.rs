@@ -290,7 +290,7 @@ pub(super) async fn receipts(
                 // (Refusals during the fence it starts are its consequence, not new failures.)
                 if !matches!(
                     e,
-                    crate::managed_ledger::ManagedLedgerError::AppendsSuspended(_)
+                    magnetar_managed_ledger::ManagedLedgerError::AppendsSuspended(_)
                 ) {
                     topic.publish_failed();
                 }

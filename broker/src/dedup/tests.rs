@@ -10,7 +10,7 @@ use magnetar_proto::pulsar::Payload;
 use magnetar_proto::pulsar::api::MessageMetadata;
 
 use super::*;
-use crate::managed_ledger::ManagedLedgerConfig;
+use magnetar_managed_ledger::ManagedLedgerConfig;
 
 fn enabled(config: DedupConfig) -> Arc<Dedup> {
     let d = Dedup::new(config);
@@ -223,7 +223,7 @@ async fn a_duplicate_wait_is_bounded() {
 
 // --- against a real managed ledger ---
 
-use crate::managed_ledger::test_support::Cluster;
+use magnetar_managed_ledger::test_support::Cluster;
 
 fn ml_config() -> ManagedLedgerConfig {
     ManagedLedgerConfig {

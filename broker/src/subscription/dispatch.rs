@@ -276,7 +276,7 @@ impl Actor {
         &mut self,
         want: usize,
         scan: &mut RedeliverScan,
-    ) -> crate::managed_ledger::MlResult<Vec<(Position, Bytes)>> {
+    ) -> magnetar_managed_ledger::MlResult<Vec<(Position, Bytes)>> {
         let mut out = Vec::new();
         while out.len() < want {
             let next = match scan.after {

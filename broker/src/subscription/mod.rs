@@ -55,7 +55,9 @@ use crate::chunks::{ChunkAssignor, ChunkMeta, Route};
 use crate::delayed::{DelayedTracker, now_ms};
 use crate::error::{BrokerError, BrokerResult};
 use crate::key_shared::{KeyShared, KeySharedPolicy, sticky_hash};
-use crate::managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, Position, batch_acks};
+use magnetar_managed_ledger::{
+    InitialPosition, ManagedCursor, ManagedLedger, Position, batch_acks,
+};
 
 mod actor;
 mod dispatch;
@@ -110,7 +112,7 @@ pub enum SeekTarget {
 pub struct AckedId {
     pub position: Position,
     /// Batch-index ack: the entry's batch indexes still unacknowledged (`BitSet` words, see
-    /// [`crate::managed_ledger::batch_acks`]); empty when the whole entry is acknowledged.
+    /// [`magnetar_managed_ledger::batch_acks`]); empty when the whole entry is acknowledged.
     pub unacked: Vec<u64>,
 }
 

@@ -13,8 +13,8 @@ use magnetar_proto::pulsar::api::{BaseCommand, MessageMetadata};
 use tokio::sync::Notify;
 
 use super::*;
-use crate::managed_ledger::ManagedLedgerConfig;
-use crate::managed_ledger::test_support::Cluster;
+use magnetar_managed_ledger::ManagedLedgerConfig;
+use magnetar_managed_ledger::test_support::Cluster;
 
 /// A client that records what it is sent; it can be made "full" (not reading).
 #[derive(Debug, Default)]

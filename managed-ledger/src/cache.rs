@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use magnetar_metadata::LedgerId;
 
-use super::Position;
+use crate::Position;
 
 /// Counters of a cache, since it was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

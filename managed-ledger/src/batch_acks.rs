@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use magnetar_metadata::{EntryId, LedgerId};
 use serde::{Deserialize, Serialize};
 
-use super::Position;
+use crate::Position;
 
 /// Entries with a partially acknowledged batch, at most.
 pub const ENTRIES_MAX: usize = 2048;

@@ -26,15 +26,15 @@
 //! individually acknowledged ranges above it, inclusive, sorted. `batch_acks` (absent when
 //! empty; records written before it existed read as empty) lists the entries of which only some
 //! batch indexes are acknowledged, with the indexes still unacknowledged as `BitSet` words
-//! (see [`super::batch_acks`]): `"batch_acks":[{"ledger":7,"entry":121,"unacked":[1018]}]`.
+//! (see [`crate::batch_acks`]): `"batch_acks":[{"ledger":7,"entry":121,"unacked":[1018]}]`.
 
 use std::collections::BTreeMap;
 
 use magnetar_metadata::LedgerId;
 use serde::{Deserialize, Serialize};
 
-use super::Position;
-pub use super::batch_acks::BatchAckRecord;
+use crate::Position;
+pub use crate::batch_acks::BatchAckRecord;
 
 /// Root of every managed-ledger key.
 pub const ROOT: &str = "/managed-ledgers";

@@ -10,7 +10,7 @@
 //! skipped).
 //!
 //! Persistence of durable cursors (record at `/managed-ledgers/{name}/cursors/{cursor}`, see
-//! [`super::record`]): acks only mark the state dirty and wake the cursor's flusher task, which
+//! [`crate::record`]): acks only mark the state dirty and wake the cursor's flusher task, which
 //! waits `cursor_flush_interval_ms` (default 100 ms) to coalesce further acks, then writes one
 //! snapshot with CAS. One task per cursor means at most one write in flight. [`ManagedCursor::flush`]
 //! writes at once (close uses it). A CAS conflict means another broker owns the cursor now: the
@@ -28,13 +28,13 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::Position;
-use super::batch_acks::{BatchAckOutcome, BatchAcks};
-use super::error::{ManagedLedgerError, MlResult};
-use super::ledger::InternalCursorStats;
-use super::ranges::RangeSet;
-use super::read::Shared;
-use super::record::{CursorRecord, cursor_record_key, now_ms};
+use crate::Position;
+use crate::batch_acks::{BatchAckOutcome, BatchAcks};
+use crate::error::{ManagedLedgerError, MlResult};
+use crate::ledger::InternalCursorStats;
+use crate::ranges::RangeSet;
+use crate::read::Shared;
+use crate::record::{CursorRecord, cursor_record_key, now_ms};
 
 /// Where a new cursor starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -392,7 +392,7 @@ impl ManagedCursor {
     }
 
     /// Read position to `pos` (acknowledgements unchanged). The dispatcher redelivers specific
-    /// positions by reading them with [`super::ManagedLedger::read_entries`] and checking
+    /// positions by reading them with [`crate::ManagedLedger::read_entries`] and checking
     /// [`ManagedCursor::is_acked`].
     pub fn seek(&self, pos: Position) {
         self.core.state().read_position = pos;
@@ -566,7 +566,7 @@ async fn write_if_dirty(
 ) -> MlResult<()> {
     // Fenced here or on the managed ledger (another owner, or the lease lost): any write
     // now could only conflict with the new owner's record.
-    if *fenced || core.shared.status() == super::read::Status::Fenced {
+    if *fenced || core.shared.status() == crate::read::Status::Fenced {
         return Err(ManagedLedgerError::Fenced(core.shared.name.clone()));
     }
     let record = {

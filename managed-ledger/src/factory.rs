@@ -18,22 +18,25 @@ use magnetar_metadata::{EntryId, Expected, LedgerId, MetadataStore, PutOutcome, 
 use tokio::sync::OnceCell;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::Position;
-use super::cache::EntryCache;
-use super::config::ManagedLedgerConfig;
-use super::error::{ManagedLedgerError, MlResult};
-use super::ledger::ManagedLedger;
-use super::read::{Shared, State, Status};
-use super::record::{
+use crate::Position;
+use crate::cache::EntryCache;
+use crate::config::ManagedLedgerConfig;
+use crate::error::{ManagedLedgerError, MlResult};
+use crate::ledger::ManagedLedger;
+use crate::read::{Shared, State, Status};
+use crate::record::{
     LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord, ledger_record_key, now_ms,
 };
+use crate::source::{BookieSources, LedgerSources};
 
-/// Opens managed ledgers over one metadata store, one ledger client and one entry cache (all
-/// shared by every topic of the broker). Opening the same name twice returns the same instance.
+/// Opens managed ledgers over one metadata store, one ledger client, one entry cache and one
+/// choice of read sources (all shared by every topic of the broker). Opening the same name
+/// twice returns the same instance.
 #[derive(Debug)]
 pub struct ManagedLedgerFactory {
     metadata: Arc<dyn MetadataStore>,
     client: LedgerClient,
+    sources: Arc<dyn LedgerSources>,
     cache: Arc<dyn EntryCache>,
     open: Mutex<HashMap<String, Arc<OnceCell<Arc<ManagedLedger>>>>>,
 }
@@ -46,10 +49,18 @@ impl ManagedLedgerFactory {
     ) -> Self {
         ManagedLedgerFactory {
             metadata,
+            sources: BookieSources::new(client.clone()),
             client,
             cache,
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Reads ledgers through `sources` instead of from the bookies alone (e.g. object storage
+    /// for offloaded ledgers).
+    pub fn with_sources(mut self, sources: Arc<dyn LedgerSources>) -> Self {
+        self.sources = sources;
+        self
     }
 
     pub fn cache(&self) -> &Arc<dyn EntryCache> {
@@ -85,6 +96,7 @@ impl ManagedLedgerFactory {
                 open_managed_ledger(
                     Arc::clone(&self.metadata),
                     self.client.clone(),
+                    Arc::clone(&self.sources),
                     Arc::clone(&self.cache),
                     name.to_owned(),
                     config,
@@ -118,6 +130,7 @@ fn validate_name(name: &str) -> MlResult<()> {
 async fn open_managed_ledger(
     metadata: Arc<dyn MetadataStore>,
     client: LedgerClient,
+    sources: Arc<dyn LedgerSources>,
     cache: Arc<dyn EntryCache>,
     name: String,
     config: ManagedLedgerConfig,
@@ -202,8 +215,8 @@ async fn open_managed_ledger(
         unwritable: writer.as_ref().err().map(ToString::to_string),
         properties: record.properties.clone(),
     };
-    let shared = Shared::new(name.clone(), config.clone(), client, cache, state);
-    let commands = super::writer::spawn(Arc::clone(&shared), records, key, record, version, writer);
+    let shared = Shared::new(name.clone(), config.clone(), client, sources, cache, state);
+    let commands = crate::writer::spawn(Arc::clone(&shared), records, key, record, version, writer);
     let ml = Arc::new(ManagedLedger {
         shared,
         commands,

@@ -1,6 +1,7 @@
 //! The read side of a managed ledger, shared by the managed ledger, its write actor and its
 //! cursors: the live ledger list, the tail of the current ledger, open readers per ledger, and
-//! `read_entries` across ledger boundaries (cache first, bookies with read-ahead otherwise).
+//! `read_entries` across ledger boundaries (cache first, otherwise the ledger's
+//! [`LedgerSource`] — chosen by where the ledger lives — with read-ahead).
 //!
 //! The current (open) ledger: a `LedgerReader` only serves entries up to the LAC the bookies
 //! report, and each entry carries the writer's LAC from when it was *sent*, so the last entries
@@ -15,16 +16,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use magnetar_bookie::client::{LedgerClient, LedgerError, LedgerReader};
+use magnetar_bookie::client::{LedgerClient, LedgerError};
 use magnetar_metadata::{EntryId, LedgerId};
 use tokio::sync::watch;
-use tracing::{Instrument, debug, debug_span};
+use tracing::{Instrument, debug_span};
 
-use super::Position;
-use super::cache::EntryCache;
-use super::config::ManagedLedgerConfig;
-use super::error::{ManagedLedgerError, MlResult};
-use super::record::LedgerInfo;
+use crate::Position;
+use crate::cache::EntryCache;
+use crate::config::ManagedLedgerConfig;
+use crate::error::{ManagedLedgerError, MlResult};
+use crate::record::LedgerInfo;
+use crate::source::{LedgerSource, LedgerSources};
 
 /// Tail length (entries) past which the current ledger's LAC is probed to trim the tail.
 pub(crate) const TAIL_PROBE_ENTRIES: usize = 256;
@@ -68,10 +70,12 @@ struct Segment {
 pub(crate) struct Shared {
     pub name: String,
     pub config: ManagedLedgerConfig,
+    /// Writes, recovery and deletion of ledgers (reads go through `sources`).
     pub client: LedgerClient,
+    sources: Arc<dyn LedgerSources>,
     pub cache: Arc<dyn EntryCache>,
     pub state: Mutex<State>,
-    readers: Mutex<HashMap<LedgerId, Arc<LedgerReader>>>,
+    readers: Mutex<HashMap<LedgerId, Arc<dyn LedgerSource>>>,
     pub lac_tx: watch::Sender<Option<Position>>,
     probing: AtomicBool,
 }
@@ -81,6 +85,7 @@ impl Shared {
         name: String,
         config: ManagedLedgerConfig,
         client: LedgerClient,
+        sources: Arc<dyn LedgerSources>,
         cache: Arc<dyn EntryCache>,
         state: State,
     ) -> Arc<Self> {
@@ -89,6 +94,7 @@ impl Shared {
             name,
             config,
             client,
+            sources,
             cache,
             state: Mutex::new(state),
             readers: Mutex::new(HashMap::new()),
@@ -101,7 +107,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn readers(&self) -> MutexGuard<'_, HashMap<LedgerId, Arc<LedgerReader>>> {
+    fn readers(&self) -> MutexGuard<'_, HashMap<LedgerId, Arc<dyn LedgerSource>>> {
         self.readers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -221,15 +227,22 @@ impl Shared {
         st.tail.front().map(|(e, _)| *e)
     }
 
-    async fn reader(&self, ledger: LedgerId) -> MlResult<Arc<LedgerReader>> {
+    /// The source of `ledger`, opened on first use from the ledger's record.
+    async fn reader(&self, ledger: LedgerId) -> MlResult<Arc<dyn LedgerSource>> {
         if let Some(r) = self.readers().get(&ledger).cloned() {
             return Ok(r);
         }
-        let client = self.client.clone();
-        let opening: futures::future::BoxFuture<'static, Result<LedgerReader, LedgerError>> =
-            Box::pin(async move { client.open_ledger(ledger).await });
-        let reader = Arc::new(opening.await?);
-        Ok(Arc::clone(self.readers().entry(ledger).or_insert(reader)))
+        let info = self
+            .state()
+            .ledgers
+            .iter()
+            .find(|l| l.ledger_id == ledger)
+            .cloned()
+            .ok_or(ManagedLedgerError::Ledger(LedgerError::NoSuchLedger(
+                ledger,
+            )))?;
+        let source = self.sources.open(&info).await?;
+        Ok(Arc::clone(self.readers().entry(ledger).or_insert(source)))
     }
 
     /// Up to `max_entries` entries from `from` on (at least one if any is readable, even when it
@@ -308,30 +321,15 @@ impl Shared {
         let span =
             debug_span!("ml_read", ml = %self.name, ledger = %seg.ledger, first = seg.first, last);
         let entries = async {
-            let reader = self.reader(seg.ledger).await?;
-            match reader.read_range(seg.first, last).await {
-                Err(LedgerError::EntryOutOfRange { .. }) => {
-                    // A reader opened while the ledger was open does not know it was closed.
-                    debug!("reader out of date: reopening");
-                    self.forget_reader(seg.ledger);
-                    let reader = self.reader(seg.ledger).await?;
-                    Ok(reader.read_range(seg.first, last).await?)
-                }
-                other => other.map_err(ManagedLedgerError::from),
-            }
+            let source = self.reader(seg.ledger).await?;
+            source.read_range(seg.first, last).await
         }
         .instrument(span)
         .await?;
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            let pos = Position {
-                ledger: e.ledger,
-                entry: e.entry,
-            };
-            self.cache.insert(pos, e.payload.clone()).await;
-            out.push((pos, e.payload));
+        for (pos, payload) in &entries {
+            self.cache.insert(*pos, payload.clone()).await;
         }
-        Ok(out)
+        Ok(entries)
     }
 
     /// Trims the tail of the current ledger to what its reader can serve, asking the bookies for
@@ -348,7 +346,7 @@ impl Shared {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
             if let Ok(reader) = shared.reader(ledger).await
-                && let Ok(lac) = reader.read_last_add_confirmed().await
+                && let Ok(lac) = reader.last_readable().await
             {
                 let mut st = shared.state();
                 if st.current == Some(ledger) {

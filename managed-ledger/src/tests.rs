@@ -10,9 +10,9 @@ use bytes::Bytes;
 use magnetar_bookie::api::BookieClient;
 use magnetar_bookie::client::LedgerError;
 
-use super::*;
+use crate::*;
 
-use super::test_support::Cluster;
+use crate::test_support::Cluster;
 
 fn config(entries_max: u64) -> ManagedLedgerConfig {
     ManagedLedgerConfig {
@@ -259,7 +259,7 @@ async fn managed_ledger_cursor_refuses_acks_beyond_the_last_confirmed_entry() {
 async fn managed_ledger_cursor_adopts_an_indeterminate_write_only_if_it_finds_its_own_record() {
     let cluster = Cluster::start(2).await;
     let name = "t/ns/persistent/indeterminate";
-    let flaky = super::test_support::IndeterminateStore::new(Arc::clone(&cluster.metadata));
+    let flaky = crate::test_support::IndeterminateStore::new(Arc::clone(&cluster.metadata));
     let factory = cluster.factory_with(flaky.clone());
     let ml = factory.open(name, config(100)).await.unwrap();
     let c = ml
@@ -756,6 +756,55 @@ async fn managed_ledger_cursor_batch_index_acks_persist_across_reopen() {
     assert_eq!(c.mark_delete_position(), Some(p[3]));
     assert_eq!(c.batch_ack_set(p[2]), None);
     c.flush().await.unwrap();
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}
+
+/// Sources that count which ledgers were opened and read, over the bookies' sources.
+#[derive(Debug)]
+struct CountingSources {
+    inner: Arc<dyn LedgerSources>,
+    opened: std::sync::Mutex<Vec<magnetar_metadata::LedgerId>>,
+}
+
+#[async_trait::async_trait]
+impl LedgerSources for CountingSources {
+    async fn open(&self, ledger: &LedgerInfo) -> MlResult<Arc<dyn LedgerSource>> {
+        self.opened.lock().unwrap().push(ledger.ledger_id);
+        self.inner.open(ledger).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_reads_each_ledger_through_the_source_chosen_for_it() {
+    let cluster = Cluster::start(2).await;
+    let writer = cluster.factory();
+    let ml = writer
+        .open("t/ns/persistent/sources", config(10))
+        .await
+        .unwrap();
+    let written = append_n(&ml, 0, 25).await;
+    ml.close().await.unwrap();
+
+    // Another broker, cold cache, its reads through counting sources.
+    let sources = Arc::new(CountingSources {
+        inner: BookieSources::new(cluster.client()),
+        opened: std::sync::Mutex::new(Vec::new()),
+    });
+    let reader = cluster
+        .factory()
+        .with_sources(Arc::clone(&sources) as Arc<dyn LedgerSources>);
+    let ml = reader
+        .open("t/ns/persistent/sources", config(10))
+        .await
+        .unwrap();
+    let all = read_all(&ml, Position::new(0, 0)).await;
+    let got: Vec<Bytes> = all.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(got, (0..25).map(payload).collect::<Vec<_>>());
+    // Every ledger that held entries was opened through the sources, once each.
+    let mut want: Vec<_> = written.iter().map(|p| p.ledger).collect();
+    want.dedup();
+    assert_eq!(*sources.opened.lock().unwrap(), want);
     ml.close().await.unwrap();
     cluster.stop().await;
 }

@@ -20,6 +20,8 @@
 //!   `writer` — its write actor (appends, rollover, trim, close).
 //! - [`cursor`] — cursors and their persistence.
 //! - [`batch_acks`] — batch-index acknowledgements of a cursor (partially acked batch entries).
+//! - [`source`] — the per-ledger read seam: each ledger is read through a [`LedgerSource`]
+//!   chosen by where it lives (the bookies today; object storage with tiered storage).
 
 pub mod batch_acks;
 pub mod cache;
@@ -32,10 +34,11 @@ pub mod position;
 mod ranges;
 mod read;
 pub mod record;
+pub mod source;
 mod writer;
 
-#[cfg(test)]
-pub(crate) mod test_support;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 #[cfg(test)]
 mod tests;
 
@@ -49,3 +52,4 @@ pub use position::Position;
 pub use record::{
     CursorRecord, LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord,
 };
+pub use source::{BookieSources, LedgerSource, LedgerSources};

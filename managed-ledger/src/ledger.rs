@@ -1,5 +1,5 @@
 //! [`ManagedLedger`]: the handle of one topic's log — appends (handed to the write actor in
-//! [`super::writer`]), reads across ledgers, cursors, trimming, close and delete, and the
+//! [`crate::writer`]), reads across ledgers, cursors, trimming, close and delete, and the
 //! stats the admin API shows.
 //!
 //! The handle is shared by every producer and subscription of the topic; all methods take
@@ -21,13 +21,13 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
-use super::Position;
-use super::config::ManagedLedgerConfig;
-use super::cursor::{CursorStats, InitialPosition, ManagedCursor};
-use super::error::{ManagedLedgerError, MlResult};
-use super::factory::delete_ledger;
-use super::read::{Shared, Status};
-use super::record::{
+use crate::Position;
+use crate::config::ManagedLedgerConfig;
+use crate::cursor::{CursorStats, InitialPosition, ManagedCursor};
+use crate::error::{ManagedLedgerError, MlResult};
+use crate::factory::delete_ledger;
+use crate::read::{Shared, Status};
+use crate::record::{
     CursorRecord, LedgerInfo, LedgerLocation, cursor_record_key, cursors_prefix, ledger_record_key,
     now_ms,
 };

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use magnetar_metadata::LedgerId;
 
-use super::Position;
-use super::record::AckedRange;
+use crate::Position;
+use crate::record::AckedRange;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RangeSet {

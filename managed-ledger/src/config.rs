@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use magnetar_bookie::client::LedgerConfig;
 
-use super::error::{ManagedLedgerError, MlResult};
+use crate::error::{ManagedLedgerError, MlResult};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct ManagedLedgerConfig {
@@ -51,7 +51,7 @@ pub struct ManagedLedgerConfig {
     /// one is resent (Pulsar fences the topic the same way). Default false: appends resume by
     /// themselves after the failure's backoff.
     ///
-    /// [`ManagedLedger::resume_appends`]: super::ManagedLedger::resume_appends
+    /// [`ManagedLedger::resume_appends`]: crate::ManagedLedger::resume_appends
     pub suspend_appends_after_failure: bool,
 }
 

@@ -1,7 +1,11 @@
 //! Test support shared by the managed-ledger and broker unit tests: real bookies in this process
 //! (temp dirs, journal fsync on) behind a [`LocalConnector`], and an in-memory metadata store.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
 
 use std::sync::Arc;
 
@@ -19,10 +23,10 @@ use magnetar_metadata::{
     Session, Versioned, WatchStream,
 };
 
-use super::{ManagedLedgerFactory, MokaEntryCache};
+use crate::{ManagedLedgerFactory, MokaEntryCache};
 
 /// Bookies and a metadata store for managed ledgers.
-pub(crate) struct Cluster {
+pub struct Cluster {
     pub metadata: Arc<dyn MetadataStore>,
     pub connector: LocalConnector,
     pub bookies: Vec<Arc<Bookie>>,
@@ -96,7 +100,7 @@ impl Cluster {
 /// or without having been applied first — the answer lost on the way back, or the request lost
 /// on the way there.
 #[derive(Debug)]
-pub(crate) struct IndeterminateStore {
+pub struct IndeterminateStore {
     inner: Arc<dyn MetadataStore>,
     next: Mutex<Option<(String, bool)>>,
 }

@@ -23,12 +23,12 @@ use magnetar_metadata::{EntryId, Expected, LedgerId, PutOutcome, RecordStore, Ve
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::Position;
-use super::error::{ManagedLedgerError, MlResult};
-use super::factory::{create_ledger, delete_ledger, open_info, recover_ledger};
-use super::ledger::Command;
-use super::read::{Shared, Status};
-use super::record::{LedgerRecordState, ManagedLedgerRecord, now_ms};
+use crate::Position;
+use crate::error::{ManagedLedgerError, MlResult};
+use crate::factory::{create_ledger, delete_ledger, open_info, recover_ledger};
+use crate::ledger::Command;
+use crate::read::{Shared, Status};
+use crate::record::{LedgerRecordState, ManagedLedgerRecord, now_ms};
 
 /// Starts the write actor of `shared` over `writer` (the new current ledger, already in
 /// `record` as stored at `version`; `Err`: none could be created, the actor keeps trying with
