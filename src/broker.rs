@@ -1,4 +1,4 @@
-//! `magnetar broker`: a cluster broker ([`magnetar_broker::node::BrokerNode`]) over etcd and
+//! `magnetar broker`: a cluster broker ([`magnetar_broker::runtime::node::BrokerNode`]) over etcd and
 //! bookies reached with gRPC. Prints `magnetar broker: serving pulsar://HOST:PORT` on stdout once
 //! it accepts connections, and runs until SIGINT or SIGTERM, then stops cleanly (topics closed,
 //! cursors flushed, bundle leases released with its metadata session).
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use magnetar_bookie::rpc::{ClientOptions, GrpcConnector};
-use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
+use magnetar_broker::runtime::node::{BrokerNode, BrokerNodeOptions};
 use magnetar_managed_ledger::ManagedLedgerConfig;
 use magnetar_metadata::{EtcdOptions, EtcdStore, MetadataStore};
 use tokio::signal::unix::{SignalKind, signal};

@@ -1,5 +1,5 @@
 //! `magnetar standalone`: the embedded metadata store, one in-process bookie (fsync on) and the
-//! broker in one process ([`magnetar_broker::standalone::Standalone`]). Prints
+//! broker in one process ([`magnetar_broker::runtime::standalone::Standalone`]). Prints
 //! `magnetar standalone: serving pulsar://HOST:PORT` on stdout once the broker accepts
 //! connections, then `magnetar standalone: admin http://HOST:PORT` once the admin REST API
 //! listens, and runs until SIGINT or SIGTERM, then stops cleanly (topics closed, cursors
@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use magnetar_broker::admin::topic_admin::BrokerTopicAdmin;
 use magnetar_broker::admin::{self, AdminState};
+use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
 use magnetar_broker::service::BrokerService;
-use magnetar_broker::standalone::{Standalone, StandaloneOptions};
-use magnetar_broker::topic_admin::BrokerTopicAdmin;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

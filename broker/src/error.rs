@@ -12,9 +12,31 @@ use axum::http::StatusCode;
 use magnetar_metadata::MetadataError;
 use magnetar_proto::pulsar::api::ServerError;
 
-use crate::policies::PolicyError;
-use crate::topic_name::NameError;
 use magnetar_managed_ledger::ManagedLedgerError;
+
+/// An invalid topic, subscription or namespace name (`topic_name` checks them).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("invalid topic name {name:?}: {reason}")]
+    Topic { name: String, reason: &'static str },
+    #[error("invalid subscription name {name:?}: {reason}")]
+    Subscription { name: String, reason: &'static str },
+    #[error("invalid namespace name {name:?}: {reason}")]
+    Namespace { name: String, reason: &'static str },
+}
+
+/// A failed read or write of tenants, namespaces and their policies (`policies`).
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} does not exist")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
 
 /// Result of broker operations.
 pub type BrokerResult<T> = Result<T, BrokerError>;

@@ -1,41 +1,29 @@
-//! The serving broker: Pulsar binary protocol on port 6650, topics on managed ledgers, cursors,
-//! dispatchers, the entry cache, bundle ownership, offload and the admin REST API.
+//! The serving broker: the Pulsar binary protocol on port 6650, topics on managed ledgers (the
+//! `magnetar-managed-ledger` crate), dispatchers, bundle ownership and the admin REST API.
+//! See `docs/ARCHITECTURE.md`. The folders follow the layers, top to bottom:
 //!
-//! See `docs/ARCHITECTURE.md`.
-//!
-//! Topics are stored in managed ledgers (the `magnetar-managed-ledger` crate).
-//! - [`server`], [`connection`] — the Pulsar protocol listener and one connection's reader
-//!   loop and writer task; [`error`] maps failures to Pulsar `ServerError` codes;
-//!   [`consumer_stats`] answers CONSUMER_STATS.
-//! - [`service`], [`topic`], [`subscription`] — loaded topics under bundle leases, producers,
-//!   and the per-subscription dispatcher actors ([`key_shared`] hash ownership and draining
-//!   hashes, [`delayed`] delayed delivery); [`schema`] the per-topic schema versions;
-//!   [`dedup`] message deduplication by producer name and sequence id.
-//! - [`standalone`], [`node`] — the whole broker in one process, and the cluster broker;
-//!   [`topic_admin`] the admin API's topic operations on a running broker; [`registry`] the
-//!   brokers' announcements (admin URLs for redirects).
+//! - [`runtime`] — assembling a broker: standalone and cluster node.
+//! - [`protocol`] — the Pulsar protocol: listener, connections, every command's handler.
+//! - [`admin`] — the admin REST API (`/admin/v2`) and its topic operations on a running broker.
+//! - [`service`] — the loaded topics under bundle leases, lookups, partition metadata.
+//! - [`topic`] — one topic: producers, publishing, deduplication.
+//! - [`subscription`] — one subscription's actor: cursor, consumers, dispatchers (Shared,
+//!   Key_Shared, chunks, delayed delivery) and the `ConsumerSink` seam to clients.
+//! - [`schema`] — per-topic schema versions and compatibility.
+//! - [`cluster`] — bundles, the broker's session, ownership leases, the broker registry.
+//! - [`policies`] — tenants, namespace policies, partitioned-topic metadata.
+//! - [`topic_name`], [`timefmt`], [`error`] — leaves: names, time formats, the one error type
+//!   and its mappings to Pulsar codes and HTTP statuses.
 
 pub mod admin;
-pub mod bundle;
-pub mod chunks;
-pub mod connection;
-pub mod consumer_stats;
-pub mod dedup;
-pub mod delayed;
+pub mod cluster;
 pub mod error;
-pub mod key_shared;
-pub mod node;
-pub mod ownership;
 pub mod policies;
-pub mod quickack;
-pub mod registry;
+pub mod protocol;
+pub mod runtime;
 pub mod schema;
-pub mod server;
 pub mod service;
-pub mod session;
-pub mod standalone;
 pub mod subscription;
 pub mod timefmt;
 pub mod topic;
-pub mod topic_admin;
 pub mod topic_name;

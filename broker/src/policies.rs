@@ -8,11 +8,11 @@
 //! - `/admin/partitioned-topics/{tenant}/{namespace}/persistent/{topic}` →
 //!   [`PartitionedTopicMetadata`]
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
-use magnetar_metadata::{
-    DeleteOutcome, Expected, MetadataError, MetadataStore, PutOutcome, RecordStore, Update,
-};
+use magnetar_metadata::{DeleteOutcome, Expected, MetadataStore, PutOutcome, RecordStore, Update};
 use serde::{Deserialize, Serialize};
 
 use crate::topic_name::{NamespaceName, TopicName};
@@ -79,7 +79,7 @@ pub struct NamespacePolicies {
     pub bundle_count: Option<u32>,
     /// Pulsar's `schema_compatibility_strategy`; `None` (UNDEFINED): the broker's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema_compatibility_strategy: Option<crate::schema::CompatibilityStrategy>,
+    pub schema_compatibility_strategy: Option<CompatibilityStrategy>,
     /// Pulsar's `is_allow_auto_update_schema`; `None`: allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_allow_auto_update_schema: Option<bool>,
@@ -91,17 +91,7 @@ pub struct PartitionedTopicMetadata {
     pub partitions: u32,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    #[error("{0} already exists")]
-    AlreadyExists(String),
-    #[error("{0} does not exist")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error(transparent)]
-    Metadata(#[from] MetadataError),
-}
+pub use crate::error::PolicyError;
 
 /// Reads and writes the administrative records.
 #[derive(Clone, Debug)]
@@ -457,5 +447,85 @@ mod tests {
             ),
             (3, 2, 2)
         );
+    }
+}
+
+/// Pulsar's `SchemaCompatibilityStrategy` (without `UNDEFINED`, which is "not set": `None`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CompatibilityStrategy {
+    AlwaysIncompatible,
+    AlwaysCompatible,
+    Backward,
+    Forward,
+    /// Pulsar's broker default (`schemaCompatibilityStrategy=FULL`).
+    #[default]
+    Full,
+    BackwardTransitive,
+    ForwardTransitive,
+    FullTransitive,
+}
+
+impl CompatibilityStrategy {
+    pub const ALL: [CompatibilityStrategy; 8] = [
+        Self::AlwaysIncompatible,
+        Self::AlwaysCompatible,
+        Self::Backward,
+        Self::Forward,
+        Self::Full,
+        Self::BackwardTransitive,
+        Self::ForwardTransitive,
+        Self::FullTransitive,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AlwaysIncompatible => "ALWAYS_INCOMPATIBLE",
+            Self::AlwaysCompatible => "ALWAYS_COMPATIBLE",
+            Self::Backward => "BACKWARD",
+            Self::Forward => "FORWARD",
+            Self::Full => "FULL",
+            Self::BackwardTransitive => "BACKWARD_TRANSITIVE",
+            Self::ForwardTransitive => "FORWARD_TRANSITIVE",
+            Self::FullTransitive => "FULL_TRANSITIVE",
+        }
+    }
+
+    /// Checked against every version, not only the latest.
+    pub fn is_transitive(self) -> bool {
+        matches!(
+            self,
+            Self::BackwardTransitive | Self::ForwardTransitive | Self::FullTransitive
+        )
+    }
+
+    /// A policy value: `None` for `UNDEFINED` (fall back to the broker default).
+    pub fn parse_policy(s: &str) -> Result<Option<Self>, String> {
+        if s.eq_ignore_ascii_case("UNDEFINED") {
+            return Ok(None);
+        }
+        s.parse().map(Some)
+    }
+}
+
+impl fmt::Display for CompatibilityStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for CompatibilityStrategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
+            .ok_or_else(|| {
+                format!(
+                    "unknown schema compatibility strategy {s:?}; one of {}",
+                    Self::ALL.map(Self::as_str).join(", ")
+                )
+            })
     }
 }

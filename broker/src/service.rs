@@ -17,11 +17,11 @@ use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::bundle::{Bundle, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
+use crate::cluster::bundle::{Bundle, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
+use crate::cluster::ownership::{Owner, OwnershipCache};
 use crate::error::{BrokerError, BrokerResult};
-use crate::ownership::{Owner, OwnershipCache};
 use crate::policies::{NamespacePolicies, Policies};
-use crate::topic::Topic;
+use crate::topic::{Topic, TopicHost};
 use crate::topic_name::{NamespaceName, TopicName};
 use magnetar_managed_ledger::record::{ROOT, ledger_record_key};
 use magnetar_managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory};
@@ -48,7 +48,7 @@ pub struct BrokerConfig {
     /// Entries read per dispatch round of a subscription.
     pub dispatch_batch_entries: usize,
     /// Message deduplication settings (the switch itself is the namespace policy).
-    pub dedup: crate::dedup::DedupConfig,
+    pub dedup: crate::topic::dedup::DedupConfig,
     /// Pulsar's `schemaCompatibilityStrategy`: for namespaces without a strategy policy.
     pub schema_compatibility_strategy: crate::schema::CompatibilityStrategy,
 }
@@ -66,7 +66,7 @@ impl BrokerConfig {
             managed_ledger: ManagedLedgerConfig::default(),
             allow_auto_topic_creation: true,
             dispatch_batch_entries: 100,
-            dedup: crate::dedup::DedupConfig::default(),
+            dedup: crate::topic::dedup::DedupConfig::default(),
             schema_compatibility_strategy: crate::schema::CompatibilityStrategy::Full,
         }
     }
@@ -210,7 +210,7 @@ impl BrokerService {
     /// The admin URL of the broker whose bundle leases name it `owner` (its service URL), if
     /// that broker registered one.
     pub async fn admin_url_of(&self, owner: &str) -> BrokerResult<Option<String>> {
-        Ok(crate::registry::lookup(&self.store, owner)
+        Ok(crate::cluster::registry::lookup(&self.store, owner)
             .await?
             .map(|r| r.web_service_url))
     }
@@ -220,15 +220,15 @@ impl BrokerService {
     /// each new session after a loss, until the broker shuts down.
     pub async fn register(
         self: &Arc<Self>,
-        session: &Arc<crate::session::BrokerSession>,
+        session: &Arc<crate::cluster::session::BrokerSession>,
         admin_url: &str,
     ) -> BrokerResult<()> {
-        let record = crate::registry::BrokerRecord {
+        let record = crate::cluster::registry::BrokerRecord {
             pulsar_service_url: self.config.service_url.clone(),
             web_service_url: admin_url.to_owned(),
         };
         let mut renewals = session.renewals();
-        crate::registry::register(&self.store, &session.current(), &record).await?;
+        crate::cluster::registry::register(&self.store, &session.current(), &record).await?;
         let (store, session, stop) = (
             Arc::clone(&self.store),
             Arc::clone(session),
@@ -242,7 +242,9 @@ impl BrokerService {
                 }
                 // A fresh session: the store is reachable again; retry briefly if not.
                 for attempt in 1..=10u32 {
-                    match crate::registry::register(&store, &session.current(), &record).await {
+                    match crate::cluster::registry::register(&store, &session.current(), &record)
+                        .await
+                    {
                         Ok(()) => break,
                         Err(e) => {
                             warn!(error = %e, attempt, "registering the broker again failed");
@@ -442,13 +444,14 @@ impl BrokerService {
         }
         let ml = self.factory.open(&topic.persistence_name(), config).await?;
         // Deduplication state is recovered before any producer can publish.
-        let dedup = crate::dedup::Dedup::new(self.config.dedup.clone());
+        let dedup = crate::topic::dedup::Dedup::new(self.config.dedup.clone());
         let dedup_on = policies
             .deduplication_enabled
             .unwrap_or(self.config.dedup.enabled_by_default);
         dedup.apply_policy(dedup_on, &ml).await?;
         info!(topic = %topic, %bundle, "topic loaded");
-        Ok(Topic::new(topic, bundle, ml, dedup, Arc::downgrade(&self)))
+        let host: Arc<dyn TopicHost> = Arc::clone(&self) as Arc<dyn TopicHost>;
+        Ok(Topic::new(topic, bundle, ml, dedup, Arc::downgrade(&host)))
     }
 
     /// Forgets a topic that closed itself (it is loaded again on next use).
@@ -526,5 +529,20 @@ impl BrokerService {
         let topics = self.loaded();
         futures::future::join_all(topics.iter().map(|t| t.close())).await;
         self.topics().clear();
+    }
+}
+
+#[async_trait::async_trait]
+impl TopicHost for BrokerService {
+    async fn dedup_enabled(&self, topic: &TopicName) -> BrokerResult<bool> {
+        BrokerService::dedup_enabled(self, topic).await
+    }
+
+    fn forget_topic(&self, topic: &Topic) {
+        BrokerService::forget_topic(self, topic);
+    }
+
+    fn dispatch_batch_entries(&self) -> usize {
+        self.config.dispatch_batch_entries
     }
 }

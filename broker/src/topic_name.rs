@@ -12,15 +12,7 @@ use std::str::FromStr;
 pub const NAME_SIZE_MAX_BYTES: usize = 256;
 const PARTITION_SUFFIX: &str = "-partition-";
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    #[error("invalid topic name {name:?}: {reason}")]
-    Topic { name: String, reason: &'static str },
-    #[error("invalid subscription name {name:?}: {reason}")]
-    Subscription { name: String, reason: &'static str },
-    #[error("invalid namespace name {name:?}: {reason}")]
-    Namespace { name: String, reason: &'static str },
-}
+pub use crate::error::NameError;
 
 /// `tenant/namespace`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use magnetar_broker::standalone::{Standalone, StandaloneOptions};
+use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
 use magnetar_proto::pulsar::api::{

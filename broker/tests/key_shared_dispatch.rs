@@ -5,8 +5,8 @@
 //! many of its own entries come first in the backlog.
 
 use futures::SinkExt;
-use magnetar_broker::key_shared::{murmur3_32, sticky_hash};
-use magnetar_broker::standalone::{Standalone, StandaloneOptions};
+use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
+use magnetar_broker::subscription::key_shared::{murmur3_32, sticky_hash};
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
 use magnetar_proto::pulsar::api::{

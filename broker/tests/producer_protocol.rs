@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use futures::SinkExt;
-use magnetar_broker::standalone::{Standalone, StandaloneOptions};
+use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
 use magnetar_broker::topic_name::TopicName;
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::{

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::SinkExt;
-use magnetar_broker::standalone::{Standalone, StandaloneOptions};
+use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_lookup_topic_response::LookupType;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};

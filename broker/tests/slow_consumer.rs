@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::SinkExt;
-use magnetar_broker::standalone::{Standalone, StandaloneOptions};
+use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
 use magnetar_proto::pulsar::Frame;
 use magnetar_proto::pulsar::api::command_subscribe::SubType;
 

@@ -18,6 +18,7 @@
 mod namespaces;
 mod persistent;
 mod schemas;
+pub mod topic_admin;
 pub mod topics;
 
 use std::future::Future;

@@ -11,7 +11,7 @@ use super::{
     AdminState, ApiError, ApiResult, json_body, namespace_name, optional_json_body,
     require_namespace,
 };
-use crate::bundle::{BUNDLE_COUNT_MAX, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
+use crate::cluster::bundle::{BUNDLE_COUNT_MAX, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
 use crate::policies::{
     AutoTopicCreation, NamespacePolicies, PersistencePolicies, PolicyError, RetentionPolicies,
     TenantInfo,

@@ -16,105 +16,23 @@
 //!   under `ALWAYS_INCOMPATIBLE`, which refuses any new definition.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use apache_avro::Schema as AvroSchema;
 use magnetar_proto::pulsar::api::schema::Type as SchemaType;
-use serde::{Deserialize, Serialize};
 
 use super::{StoredSchema, type_name};
 
-/// Pulsar's `SchemaCompatibilityStrategy` (without `UNDEFINED`, which is "not set": `None`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum CompatibilityStrategy {
-    AlwaysIncompatible,
-    AlwaysCompatible,
-    Backward,
-    Forward,
-    /// Pulsar's broker default (`schemaCompatibilityStrategy=FULL`).
-    #[default]
-    Full,
-    BackwardTransitive,
-    ForwardTransitive,
-    FullTransitive,
-}
+pub use crate::policies::CompatibilityStrategy;
 
-impl CompatibilityStrategy {
-    pub const ALL: [CompatibilityStrategy; 8] = [
-        Self::AlwaysIncompatible,
-        Self::AlwaysCompatible,
-        Self::Backward,
-        Self::Forward,
-        Self::Full,
-        Self::BackwardTransitive,
-        Self::ForwardTransitive,
-        Self::FullTransitive,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AlwaysIncompatible => "ALWAYS_INCOMPATIBLE",
-            Self::AlwaysCompatible => "ALWAYS_COMPATIBLE",
-            Self::Backward => "BACKWARD",
-            Self::Forward => "FORWARD",
-            Self::Full => "FULL",
-            Self::BackwardTransitive => "BACKWARD_TRANSITIVE",
-            Self::ForwardTransitive => "FORWARD_TRANSITIVE",
-            Self::FullTransitive => "FULL_TRANSITIVE",
-        }
-    }
-
-    /// Checked against every version, not only the latest.
-    pub fn is_transitive(self) -> bool {
-        matches!(
-            self,
-            Self::BackwardTransitive | Self::ForwardTransitive | Self::FullTransitive
-        )
-    }
-
-    /// A policy value: `None` for `UNDEFINED` (fall back to the broker default).
-    pub fn parse_policy(s: &str) -> Result<Option<Self>, String> {
-        if s.eq_ignore_ascii_case("UNDEFINED") {
-            return Ok(None);
-        }
-        s.parse().map(Some)
-    }
-
-    /// The strategy a consumer's schema is checked with (Pulsar's
-    /// `checkConsumerCompatibility`): a reader must be able to read the latest version under
-    /// BACKWARD, FORWARD, FORWARD_TRANSITIVE and FULL; the other strategies apply as they are,
-    /// against all versions.
-    fn for_consumer(self) -> (Self, bool) {
-        match self {
-            Self::Backward | Self::Forward | Self::ForwardTransitive | Self::Full => {
-                (Self::Backward, false)
-            }
-            other => (other, true),
-        }
-    }
-}
-
-impl fmt::Display for CompatibilityStrategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for CompatibilityStrategy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL
-            .into_iter()
-            .find(|c| c.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| {
-                format!(
-                    "unknown schema compatibility strategy {s:?}; one of {}",
-                    Self::ALL.map(Self::as_str).join(", ")
-                )
-            })
+/// The strategy a consumer's schema is checked with (Pulsar's
+/// `checkConsumerCompatibility`): a reader must be able to read the latest version under
+/// BACKWARD, FORWARD, FORWARD_TRANSITIVE and FULL; the other strategies apply as they are,
+/// against all versions.
+fn for_consumer(strategy: CompatibilityStrategy) -> (CompatibilityStrategy, bool) {
+    use CompatibilityStrategy as S;
+    match strategy {
+        S::Backward | S::Forward | S::ForwardTransitive | S::Full => (S::Backward, false),
+        other => (other, true),
     }
 }
 
@@ -135,7 +53,7 @@ pub fn check_consumer(
     schema: &StoredSchema,
     strategy: CompatibilityStrategy,
 ) -> Result<(), String> {
-    let (strategy, all) = strategy.for_consumer();
+    let (strategy, all) = for_consumer(strategy);
     check(existing, schema, strategy, all)
 }
 

@@ -53,5 +53,5 @@ pub fn entry_info(entry: &Bytes) -> EntryInfo {
 const NO_KEY: &[u8] = b"NONE_KEY";
 
 fn key_hash(key: &[u8]) -> u32 {
-    crate::key_shared::murmur3_32(key)
+    crate::subscription::key_shared::murmur3_32(key)
 }

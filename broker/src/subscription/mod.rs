@@ -51,17 +51,20 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::chunks::{ChunkAssignor, ChunkMeta, Route};
-use crate::delayed::{DelayedTracker, now_ms};
 use crate::error::{BrokerError, BrokerResult};
-use crate::key_shared::{KeyShared, KeySharedPolicy, sticky_hash};
+use crate::subscription::chunks::{ChunkAssignor, ChunkMeta, Route};
+use crate::subscription::delayed::{DelayedTracker, now_ms};
+use crate::subscription::key_shared::{KeyShared, KeySharedPolicy, sticky_hash};
 use magnetar_managed_ledger::{
     InitialPosition, ManagedCursor, ManagedLedger, Position, batch_acks,
 };
 
 mod actor;
+pub mod chunks;
+pub mod delayed;
 mod dispatch;
 mod entry;
+pub mod key_shared;
 mod sink;
 #[cfg(test)]
 mod tests;

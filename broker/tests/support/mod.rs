@@ -14,7 +14,7 @@ use futures::{SinkExt, StreamExt};
 use magnetar_bookie::api::{BookieClient, BookieId, BookieRegistration, BookieState};
 use magnetar_bookie::local::LocalConnector;
 use magnetar_bookie::server::{Bookie, BookieOptions};
-use magnetar_broker::node::{BrokerNode, BrokerNodeOptions};
+use magnetar_broker::runtime::node::{BrokerNode, BrokerNodeOptions};
 use magnetar_managed_ledger::ManagedLedgerConfig;
 use magnetar_metadata::{Expected, MetadataStore};
 use magnetar_proto::pulsar::api::base_command::Type;

@@ -29,10 +29,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::ownership::OwnershipCache;
+use crate::cluster::ownership::OwnershipCache;
+use crate::cluster::session::BrokerSession;
 use crate::policies::{NamespacePolicies, PolicyError, TenantInfo};
 use crate::service::{BrokerConfig, BrokerService};
-use crate::session::BrokerSession;
 use crate::topic_name::NamespaceName;
 use magnetar_managed_ledger::{ManagedLedgerFactory, MokaEntryCache};
 
@@ -183,7 +183,10 @@ impl Standalone {
         config.limits = options.limits;
         let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
         ensure_default_namespace(&service).await?;
-        let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&service)));
+        let server = tokio::spawn(crate::protocol::server::serve(
+            listener,
+            Arc::clone(&service),
+        ));
         Ok(Standalone {
             service,
             bookie,

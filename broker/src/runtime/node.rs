@@ -14,10 +14,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::ownership::OwnershipCache;
+use crate::cluster::ownership::OwnershipCache;
+use crate::cluster::session::BrokerSession;
+use crate::runtime::standalone::{StandaloneError, ensure_default_namespace};
 use crate::service::{BrokerConfig, BrokerService};
-use crate::session::BrokerSession;
-use crate::standalone::{StandaloneError, ensure_default_namespace};
 use magnetar_managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory, MokaEntryCache};
 
 /// What a cluster broker needs.
@@ -98,7 +98,10 @@ impl BrokerNode {
         config.limits = options.limits;
         let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
         ensure_default_namespace(&service).await?;
-        let server = tokio::spawn(crate::server::serve(listener, Arc::clone(&service)));
+        let server = tokio::spawn(crate::protocol::server::serve(
+            listener,
+            Arc::clone(&service),
+        ));
         info!(url = %service.config().service_url, "broker started");
         Ok(BrokerNode {
             service,

@@ -19,6 +19,8 @@
 //! failed (out of order; with deduplication the resent earlier one would even be taken for a
 //! duplicate and acknowledged without being stored).
 
+pub mod dedup;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -27,11 +29,10 @@ use magnetar_proto::pulsar::api::ProducerAccessMode;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::bundle::Bundle;
-use crate::dedup::{DEDUP_CURSOR, Dedup};
+use crate::cluster::bundle::Bundle;
 use crate::error::{BrokerError, BrokerResult};
-use crate::service::BrokerService;
 use crate::subscription::Subscription;
+use crate::topic::dedup::{DEDUP_CURSOR, Dedup};
 use crate::topic_name::TopicName;
 use magnetar_managed_ledger::{InitialPosition, ManagedLedger, Position};
 
@@ -114,13 +115,25 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// What a topic needs of the broker that loaded it (the `BrokerService`), without depending
+/// on it.
+#[async_trait::async_trait]
+pub trait TopicHost: Send + Sync + std::fmt::Debug {
+    /// Whether the topic's namespace has deduplication enabled now.
+    async fn dedup_enabled(&self, topic: &TopicName) -> BrokerResult<bool>;
+    /// The topic closed itself: it is loaded again on next use.
+    fn forget_topic(&self, topic: &Topic);
+    /// Entries a subscription reads per dispatch round.
+    fn dispatch_batch_entries(&self) -> usize;
+}
+
 /// A loaded topic. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct Topic {
     name: TopicName,
     bundle: Bundle,
     ml: Arc<ManagedLedger>,
-    service: Weak<BrokerService>,
+    host: Weak<dyn TopicHost>,
     state: Mutex<State>,
     producer_left: Notify,
     closed: AtomicBool,
@@ -153,7 +166,7 @@ impl Topic {
         bundle: Bundle,
         ml: Arc<ManagedLedger>,
         dedup: Arc<Dedup>,
-        service: Weak<BrokerService>,
+        host: Weak<dyn TopicHost>,
     ) -> Arc<Self> {
         let topic_epoch = ml
             .properties()
@@ -163,7 +176,7 @@ impl Topic {
             name,
             bundle,
             ml,
-            service,
+            host,
             state: Mutex::new(State {
                 topic_epoch,
                 ..State::default()
@@ -199,10 +212,10 @@ impl Topic {
     /// Brings deduplication in line with the namespace policy as it is now (called for each
     /// new producer, so enabling it on a loaded topic takes effect).
     pub async fn refresh_dedup(&self) -> BrokerResult<()> {
-        let Some(service) = self.service.upgrade() else {
+        let Some(host) = self.host.upgrade() else {
             return Ok(());
         };
-        let enabled = service.dedup_enabled(&self.name).await?;
+        let enabled = host.dedup_enabled(&self.name).await?;
         self.dedup.apply_policy(enabled, &self.ml).await?;
         Ok(())
     }
@@ -525,9 +538,9 @@ impl Topic {
             }
         };
         let batch = self
-            .service
+            .host
             .upgrade()
-            .map_or(100, |s| s.config().dispatch_batch_entries);
+            .map_or(100, |h| h.dispatch_batch_entries());
         let mut st = self.state();
         if let Some(s) = st.subscriptions.get(name).filter(|s| !s.is_closed()) {
             return Ok(Arc::clone(s));
@@ -615,8 +628,8 @@ impl Topic {
             warn!(topic = %self.name, error = %e, "closing the managed ledger failed");
         }
         info!(topic = %self.name, "topic closed");
-        if let Some(service) = self.service.upgrade() {
-            service.forget_topic(self);
+        if let Some(host) = self.host.upgrade() {
+            host.forget_topic(self);
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The Pulsar protocol listener: accepts TCP connections on the broker port (TCP_NODELAY) and
-//! serves each in its own task ([`crate::connection`]) until the broker shuts down, at most
+//! serves each in its own task ([`crate::protocol::connection`]) until the broker shuts down, at most
 //! `max_connections` at once (one more is closed as soon as it is accepted).
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::connection;
+use crate::protocol::connection;
 use crate::service::BrokerService;
 
 /// Accepts connections on `listener` until [`BrokerService::shutdown`] is called. A failed

@@ -3,7 +3,7 @@
 //! Bundle leases and the broker's registration are ephemeral keys of one session. The session
 //! ends when the broker cannot reach the metadata store for longer than its ttl (a network
 //! partition, a long pause of the process): every lease is lost then and the broker closes
-//! those bundles' topics (see [`crate::ownership`]). Without a new session it could never own
+//! those bundles' topics (see [`crate::cluster::ownership`]). Without a new session it could never own
 //! anything again and would answer ServiceNotReady forever; so a keeper task opens a new
 //! session as soon as the old one is lost (retrying with backoff while the store is
 //! unreachable) and announces it, so the registration is written again. Leases are then

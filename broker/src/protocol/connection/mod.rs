@@ -44,14 +44,14 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::consumer_stats;
-use crate::dedup::{self, Ticket, Verdict};
 use crate::error::{BrokerError, BrokerResult};
-use crate::key_shared::KeySharedPolicy;
+use crate::protocol::consumer_stats;
 use crate::service::BrokerService;
+use crate::subscription::key_shared::KeySharedPolicy;
 use crate::subscription::{
     AckedId, ConsumerSink, ConsumerSpec, NotQueued, SeekTarget, Subscription, entry_info,
 };
+use crate::topic::dedup::{self, Ticket, Verdict};
 use crate::topic::{ProducerSink, ProducerSpec, StartAt, Topic};
 use crate::topic_name::{NamespaceName, TopicName};
 use magnetar_managed_ledger::{AppendHandle, InitialPosition, Position, batch_acks};
@@ -288,7 +288,7 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
         .in_current_span(),
     );
     let mut frames = FramedRead::with_capacity(
-        crate::quickack::QuickAckRead::new(read),
+        crate::protocol::quickack::QuickAckRead::new(read),
         handshake_codec,
         HANDSHAKE_READ_BUFFER_BYTES,
     );
@@ -382,7 +382,7 @@ impl Conn {
 
     async fn read_loop(
         &self,
-        frames: &mut FramedRead<crate::quickack::QuickAckRead, PulsarCodec>,
+        frames: &mut FramedRead<crate::protocol::quickack::QuickAckRead, PulsarCodec>,
         keepalive: &Duration,
     ) -> Close {
         let keepalive = (*keepalive).max(Duration::from_millis(100));

@@ -4,7 +4,7 @@
 //! Every operation on one topic first checks that the topic exists (404 otherwise, never an
 //! auto-creation) and that this broker owns its bundle (taking the lease if it is free, as a
 //! lookup does); a topic another broker serves answers a 307 to the owner's admin API (from its
-//! [`crate::registry`] record; 503 naming the owner when it has none). The topic is then
+//! [`crate::cluster::registry`] record; 503 naming the owner when it has none). The topic is then
 //! loaded and the operation works on its managed ledger and cursors:
 //!
 //! - subscriptions are durable cursors; one created here starts no dispatcher until a consumer
@@ -33,11 +33,11 @@ use crate::admin::topics::{
     PublisherStats, ResetTarget, StartPosition, SubscriptionStats, TopicStats,
 };
 use crate::admin::{TopicAdmin, TopicAdminError};
-use crate::dedup::DEDUP_CURSOR;
 use crate::error::BrokerError;
 use crate::service::BrokerService;
 use crate::subscription::{SeekTarget, SubscriptionSnapshot};
 use crate::topic::Topic;
+use crate::topic::dedup::DEDUP_CURSOR;
 use crate::topic_name::{NamespaceName, TopicName};
 use magnetar_managed_ledger::{InitialPosition, ManagedCursor, ManagedLedger, Position};
 

@@ -17,8 +17,8 @@ use magnetar_metadata::{
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
-use crate::bundle::Bundle;
-use crate::session::BrokerSession;
+use crate::cluster::bundle::Bundle;
+use crate::cluster::session::BrokerSession;
 
 /// Where bundle leases live.
 pub const OWNERSHIP_PREFIX: &str = "/namespace/";
@@ -254,7 +254,7 @@ mod tests {
     use magnetar_metadata::MemoryStore;
 
     use super::*;
-    use crate::bundle::NamespaceBundles;
+    use crate::cluster::bundle::NamespaceBundles;
 
     fn bundle() -> Bundle {
         let ns = "public/default".parse().unwrap();

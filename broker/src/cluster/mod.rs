@@ -1,0 +1,11 @@
+//! The broker's place in a cluster: which bundles it owns and how it proves it.
+//!
+//! - [`bundle`] — namespace bundles (hash ranges of topic names).
+//! - [`session`] — the broker's metadata session, renewed when lost.
+//! - [`ownership`] — bundle leases on that session (`OwnershipCache`).
+//! - [`registry`] — each broker's announcement (service and admin URLs).
+
+pub mod bundle;
+pub mod ownership;
+pub mod registry;
+pub mod session;
