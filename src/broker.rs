@@ -1,4 +1,4 @@
-//! `magnetar broker`: a cluster broker ([`magnetar_broker::runtime::node::BrokerNode`]) over etcd and
+//! `magnetar broker`: a cluster broker ([`magnetar_broker::runtime::broker::Broker`]) over etcd and
 //! bookies reached with gRPC. Prints `magnetar broker: serving pulsar://HOST:PORT` on stdout once
 //! it accepts connections, and runs until SIGINT or SIGTERM, then stops cleanly (topics closed,
 //! cursors flushed, bundle leases released with its metadata session).
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use magnetar_bookie::rpc::{ClientOptions, GrpcConnector};
-use magnetar_broker::runtime::node::{BrokerNode, BrokerNodeOptions};
+use magnetar_broker::runtime::broker::{Broker, BrokerOptions};
 use magnetar_managed_ledger::ManagedLedgerConfig;
 use magnetar_metadata::{EtcdOptions, EtcdStore, MetadataStore};
 use tokio::signal::unix::{SignalKind, signal};
@@ -53,17 +53,20 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         ack_quorum: b.ack_quorum,
         ..ManagedLedgerConfig::default()
     };
-    let node = BrokerNode::start(
+    let mut options = BrokerOptions {
+        bind: b.bind()?,
+        advertised_host: b.advertised_address.clone(),
+        session_ttl: Duration::from_millis(m.session_ttl_ms),
+        ..BrokerOptions::default()
+    };
+    options.service.managed_ledger = managed_ledger;
+    options.service.schema_compatibility_strategy = b.schema_compatibility_strategy;
+    options.service.limits = b.limits();
+    let node = Broker::start(
         store,
         Arc::new(GrpcConnector::new(ClientOptions::default())),
-        BrokerNodeOptions {
-            bind: b.bind()?,
-            advertised_host: b.advertised_address.clone(),
-            managed_ledger,
-            session_ttl: Duration::from_millis(m.session_ttl_ms),
-            schema_compatibility_strategy: b.schema_compatibility_strategy,
-            limits: b.limits(),
-        },
+        None,
+        options,
     )
     .await
     .context("cannot start the broker")?;

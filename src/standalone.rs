@@ -40,16 +40,14 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         .bind_address
         .parse()
         .with_context(|| format!("standalone.bind_address {:?}", s.bind_address))?;
-    let options = StandaloneOptions {
-        data_dir: s.data_dir.clone(),
-        metadata_path: config.embedded_path(),
-        bind_address,
-        broker_port: s.broker_port,
-        session_ttl: Duration::from_millis(config.metadata.session_ttl_ms),
-        schema_compatibility_strategy: config.broker.schema_compatibility_strategy,
-        limits: config.broker.limits(),
-        ..StandaloneOptions::new(s.data_dir.clone())
-    };
+    let mut options = StandaloneOptions::new(s.data_dir.clone());
+    options.metadata_path = config.embedded_path();
+    options.broker.bind = SocketAddr::new(bind_address, s.broker_port);
+    options.broker.advertised_host = config.broker.advertised_address.clone();
+    options.broker.session_ttl = Duration::from_millis(config.metadata.session_ttl_ms);
+    options.broker.service.schema_compatibility_strategy =
+        config.broker.schema_compatibility_strategy;
+    options.broker.service.limits = config.broker.limits();
     let standalone = Standalone::start(options)
         .await
         .context("cannot start standalone")?;

@@ -103,7 +103,7 @@ async fn subscribe_shared(conn: &mut Conn, consumer_id: u64) {
 async fn chunks_wait_for_their_consumers_permits_in_order_and_move_when_it_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
 
     // Message "m" in three chunks, interleaved with plain messages x, y, z.
@@ -161,7 +161,7 @@ async fn chunks_wait_for_their_consumers_permits_in_order_and_move_when_it_leave
 async fn a_chunk_without_its_first_chunk_does_not_stall_the_subscription() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
 
     // Chunk 1 of "o" with no chunk 0 before it (as after chunk 0 was acknowledged and the

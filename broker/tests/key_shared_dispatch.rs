@@ -111,7 +111,7 @@ async fn subscribe_sticky(conn: &mut Conn, consumer_id: u64, range: (i32, i32)) 
 async fn a_consumer_without_permits_does_not_hold_back_other_keys() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
 
     // 25 messages of A's key, then one of B's: more of A's than B has permits, so every

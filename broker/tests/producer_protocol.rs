@@ -65,7 +65,7 @@ fn send(producer_id: u64, seq: u64) -> Frame {
 async fn start() -> (tempfile::TempDir, Standalone) {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
     (dir, standalone)
 }

@@ -74,7 +74,7 @@ fn subscribe(topic: &str, consumer_id: u64, request_id: u64) -> Frame {
 async fn entries_are_the_clients_bytes_and_receipts_come_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
     let topic = "persistent://public/default/raw";
     let mut conn = connect(standalone.local_addr()).await;
@@ -193,7 +193,7 @@ async fn entries_are_the_clients_bytes_and_receipts_come_in_order() {
 async fn a_malformed_frame_closes_only_its_connection() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
     let mut good = connect(standalone.local_addr()).await;
 
@@ -219,7 +219,7 @@ async fn a_malformed_frame_closes_only_its_connection() {
 async fn a_large_frame_before_connect_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
     // A 4-byte header announcing a 1 MiB frame — within the message size limit, far beyond
     // any CONNECT: the broker must not reserve (and wait for) a megabyte for a peer that has
@@ -261,7 +261,7 @@ async fn a_large_frame_before_connect_is_refused_at_once() {
 async fn bad_names_are_invalid_topic_name_on_the_wire() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
     let mut conn = connect(standalone.local_addr()).await;
     let mut request_id = 0;
@@ -313,8 +313,8 @@ async fn bad_names_are_invalid_topic_name_on_the_wire() {
 async fn keepalive_keeps_a_peer_that_answers_pings_and_closes_a_silent_one() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
-    options.keepalive_interval = Duration::from_millis(100);
+    options.broker.bind.set_port(0);
+    options.broker.service.keepalive_interval = Duration::from_millis(100);
     let standalone = Standalone::start(options).await.unwrap();
     // Answers every PING and says nothing else: alive for 20 intervals.
     let mut polite = connect(standalone.local_addr()).await;
@@ -357,8 +357,8 @@ async fn keepalive_keeps_a_peer_that_answers_pings_and_closes_a_silent_one() {
 async fn connections_past_the_limit_are_closed_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
-    options.limits.max_connections = 2;
+    options.broker.bind.set_port(0);
+    options.broker.service.limits.max_connections = 2;
     let standalone = Standalone::start(options).await.unwrap();
     let first = connect(standalone.local_addr()).await;
     let _second = connect(standalone.local_addr()).await;
@@ -409,9 +409,17 @@ async fn try_next(conn: &mut Conn) -> Option<Frame> {
 async fn tiny_per_connection_limits_hold_work_back_and_drop_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
-    options.limits.max_concurrent_requests_per_connection = 1;
-    options.limits.max_pending_publish_requests_per_connection = 1;
+    options.broker.bind.set_port(0);
+    options
+        .broker
+        .service
+        .limits
+        .max_concurrent_requests_per_connection = 1;
+    options
+        .broker
+        .service
+        .limits
+        .max_pending_publish_requests_per_connection = 1;
     let standalone = Standalone::start(options).await.unwrap();
     let mut conn = connect(standalone.local_addr()).await;
     // Pipelined requests: each is answered.
@@ -469,7 +477,7 @@ async fn partitioned_metadata_comes_from_the_policies() {
     use magnetar_proto::pulsar::api::CommandPartitionedTopicMetadata;
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
     let parts: TopicName = "persistent://public/default/parts".parse().unwrap();
     standalone
@@ -595,7 +603,7 @@ async fn consumer_stats(
 async fn batch_index_acks_and_consumer_stats_on_the_wire() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
     let topic = "persistent://public/default/raw-batch";
     let mut conn = connect(standalone.local_addr()).await;

@@ -2,7 +2,7 @@
 
 //! A failed write fences publishing: with deduplication on, a producer's messages sent while
 //! the only bookie is unreachable are neither stored out of order nor acknowledged unstored.
-//! Raw client against a cluster broker ([`BrokerNode`]) whose bookie (in this process, behind a
+//! Raw client against a cluster broker ([`Broker`](magnetar_broker::runtime::broker::Broker)) whose bookie (in this process, behind a
 //! [`LocalConnector`]) is taken away and given back.
 
 use std::sync::Arc;

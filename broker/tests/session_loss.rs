@@ -6,7 +6,7 @@
 //! up again) — even though closing the topics' storage waits on the unreachable store. Once
 //! the store is back, the broker owns the topics again.
 //!
-//! Raw client against a cluster broker (`BrokerNode`) over a metadata store that can be cut
+//! Raw client against a cluster broker (`Broker`) over a metadata store that can be cut
 //! off ([`Partitionable`]: every call waits while it is cut, as over a partition).
 
 use std::sync::Arc;

@@ -58,7 +58,7 @@ async fn receive(
 async fn a_consumer_that_stops_reading_does_not_hold_up_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let mut options = StandaloneOptions::new(dir.path());
-    options.broker_port = 0;
+    options.broker.bind.set_port(0);
     let standalone = Standalone::start(options).await.unwrap();
     let addr = standalone.local_addr();
 

@@ -14,8 +14,7 @@ use futures::{SinkExt, StreamExt};
 use magnetar_bookie::api::{BookieClient, BookieId, BookieRegistration, BookieState};
 use magnetar_bookie::local::LocalConnector;
 use magnetar_bookie::server::{Bookie, BookieOptions};
-use magnetar_broker::runtime::node::{BrokerNode, BrokerNodeOptions};
-use magnetar_managed_ledger::ManagedLedgerConfig;
+use magnetar_broker::runtime::broker::{Broker, BrokerOptions};
 use magnetar_metadata::{Expected, MetadataStore};
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
@@ -193,18 +192,14 @@ impl LocalCluster {
     }
 
     /// A cluster broker on a free port over the cluster's store and bookie.
-    pub async fn node(&self) -> BrokerNode {
-        BrokerNode::start(
+    pub async fn node(&self) -> Broker {
+        let mut options = BrokerOptions::default();
+        options.bind.set_port(0);
+        Broker::start(
             Arc::clone(&self.store),
             Arc::new(self.connector.clone()),
-            BrokerNodeOptions {
-                bind: "127.0.0.1:0".parse().unwrap(),
-                advertised_host: None,
-                managed_ledger: ManagedLedgerConfig::default(),
-                session_ttl: Duration::from_secs(10),
-                schema_compatibility_strategy: Default::default(),
-                limits: Default::default(),
-            },
+            None,
+            options,
         )
         .await
         .unwrap()

@@ -1,0 +1,229 @@
+//! The one way a broker is assembled: [`Broker::start`] wires store → session → ledger client
+//! → entry cache → managed ledgers → ownership → service → listener, for `magnetar broker`,
+//! for `magnetar standalone` (over its embedded store and in-process bookie) and for the tests.
+//! What differs between them is only what is passed in: the metadata store, how bookies are
+//! reached (a [`BookieConnector`]: gRPC or in-process) and [`BrokerOptions`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use magnetar_bookie::client::{BookieConnector, LedgerClient, LedgerClientOptions};
+use magnetar_managed_ledger::{ManagedLedgerFactory, MokaEntryCache};
+use magnetar_metadata::{MetadataError, MetadataStore};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::cluster::ownership::OwnershipCache;
+use crate::cluster::session::BrokerSession;
+use crate::error::{BrokerError, PolicyError};
+use crate::policies::{NamespacePolicies, TenantInfo};
+use crate::service::{BrokerConfig, BrokerService};
+use crate::topic_name::NamespaceName;
+
+/// Everything a broker is started with, standalone or in a cluster.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Where the Pulsar protocol listens (port 0 picks one).
+    pub bind: SocketAddr,
+    /// Host clients are told to connect to (Pulsar's `advertisedAddress`; default: the bound
+    /// IP, or 127.0.0.1 when that is unspecified).
+    pub advertised_host: Option<String>,
+    /// TTL of the broker's metadata session, hence of its bundle leases.
+    pub session_ttl: Duration,
+    /// The ledger client's timeouts and retries.
+    pub ledger_client: LedgerClientOptions,
+    /// Bytes the entry cache holds at most.
+    pub cache_size_bytes_max: u64,
+    /// The service's settings (limits, keepalive, managed-ledger defaults, schema strategy…);
+    /// its `service_url` is set from the bound address when the broker starts.
+    pub service: BrokerConfig,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            bind: SocketAddr::from(([127, 0, 0, 1], 6650)),
+            advertised_host: None,
+            session_ttl: Duration::from_secs(10),
+            ledger_client: LedgerClientOptions::default(),
+            cache_size_bytes_max: MokaEntryCache::DEFAULT_SIZE_BYTES_MAX,
+            service: BrokerConfig::new(String::new()),
+        }
+    }
+}
+
+/// Why a broker (or standalone) could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metadata store: {0}")]
+    Metadata(#[from] MetadataError),
+    #[error("bookie: {0}")]
+    Bookie(#[from] magnetar_bookie::api::BookieError),
+    #[error("policies: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Cookie(#[from] magnetar_bookie::cookie::CookieError),
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running broker: the service and its listener, under one metadata session.
+#[derive(Debug)]
+pub struct Broker {
+    service: Arc<BrokerService>,
+    session: Arc<BrokerSession>,
+    server: JoinHandle<()>,
+    local_addr: SocketAddr,
+}
+
+impl Broker {
+    /// Starts a broker over `store`, reaching bookies through `connector`, under `session`
+    /// (a new one when `None`). Returns once the listener accepts connections.
+    pub async fn start(
+        store: Arc<dyn MetadataStore>,
+        connector: Arc<dyn BookieConnector>,
+        session: Option<Arc<BrokerSession>>,
+        options: BrokerOptions,
+    ) -> Result<Broker, StartError> {
+        let session = match session {
+            Some(s) => s,
+            None => BrokerSession::start(Arc::clone(&store), options.session_ttl).await?,
+        };
+        let client = LedgerClient::new(Arc::clone(&store), connector, options.ledger_client);
+        let cache = MokaEntryCache::new(options.cache_size_bytes_max);
+        let factory = Arc::new(ManagedLedgerFactory::new(Arc::clone(&store), client, cache));
+        let listener = TcpListener::bind(options.bind)
+            .await
+            .map_err(|source| StartError::Io {
+                what: format!("cannot listen on {}", options.bind),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Io {
+            what: "cannot read the listener's address".into(),
+            source,
+        })?;
+        let service_url = service_url(options.advertised_host.as_deref(), local_addr);
+        let ownership = OwnershipCache::new(
+            Arc::clone(&store),
+            Arc::clone(&session),
+            service_url.clone(),
+        );
+        let mut config = options.service;
+        config.service_url = service_url;
+        let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
+        ensure_default_namespace(&service).await?;
+        let server = tokio::spawn(crate::protocol::server::serve(
+            listener,
+            Arc::clone(&service),
+        ));
+        info!(url = %service.config().service_url, "broker started");
+        Ok(Broker {
+            service,
+            session,
+            server,
+            local_addr,
+        })
+    }
+
+    /// Announces this broker's admin URL (once its admin server listens) so other brokers
+    /// answer admin requests for topics it owns with a 307 to it.
+    pub async fn register_admin_url(&self, admin_url: &str) -> Result<(), BrokerError> {
+        self.service.register(&self.session, admin_url).await
+    }
+
+    /// `pulsar://host:port` clients are told to connect to.
+    pub fn service_url(&self) -> &str {
+        &self.service.config().service_url
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn service(&self) -> &Arc<BrokerService> {
+        &self.service
+    }
+
+    pub fn session(&self) -> &Arc<BrokerSession> {
+        &self.session
+    }
+
+    /// Disconnects clients, closes topics (cursors flushed, ledgers closed) and ends the
+    /// metadata session, which releases the bundle leases for other brokers.
+    pub async fn shutdown(self) {
+        self.service.shutdown().await;
+        if let Err(e) = self.server.await {
+            warn!(error = %e, "broker listener task failed");
+        }
+        if let Err(e) = self.session.close().await {
+            warn!(error = %e, "closing the metadata session failed");
+        }
+        info!("broker stopped");
+    }
+}
+
+/// `pulsar://host:port` for the advertised host (else the bound IP; 127.0.0.1 for an
+/// unspecified one), IPv6 hosts bracketed.
+fn service_url(advertised_host: Option<&str>, local_addr: SocketAddr) -> String {
+    let host = advertised_host.map_or_else(
+        || {
+            if local_addr.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                local_addr.ip().to_string()
+            }
+        },
+        str::to_owned,
+    );
+    if host.contains(':') && !host.starts_with('[') {
+        format!("pulsar://[{host}]:{}", local_addr.port())
+    } else {
+        format!("pulsar://{host}:{}", local_addr.port())
+    }
+}
+
+/// Creates tenant `public` and namespace `public/default` unless they exist.
+pub async fn ensure_default_namespace(service: &BrokerService) -> Result<(), StartError> {
+    let policies = service.policies();
+    match policies
+        .create_tenant("public", &TenantInfo::default())
+        .await
+    {
+        Ok(()) | Err(PolicyError::AlreadyExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let ns =
+        NamespaceName::new("public", "default").map_err(|e| StartError::Other(e.to_string()))?;
+    match policies
+        .create_namespace(&ns, &NamespacePolicies::default())
+        .await
+    {
+        Ok(()) | Err(PolicyError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_url;
+
+    #[test]
+    fn service_url_brackets_ipv6_and_replaces_an_unspecified_ip() {
+        let v4 = "0.0.0.0:6650".parse().unwrap();
+        assert_eq!(service_url(None, v4), "pulsar://127.0.0.1:6650");
+        assert_eq!(service_url(Some("broker-0"), v4), "pulsar://broker-0:6650");
+        let v6 = "[::1]:7000".parse().unwrap();
+        assert_eq!(service_url(None, v6), "pulsar://[::1]:7000");
+        assert_eq!(service_url(Some("fd00::2"), v6), "pulsar://[fd00::2]:7000");
+    }
+}
