@@ -43,7 +43,7 @@ fn disk_baseline(dir: &std::path::Path) -> (f64, f64) {
         file.write_at(&vec![0u8; 1 << 20], i << 20).unwrap();
     }
     file.sync_all().unwrap();
-    let start = Instant::now();
+    let start = magnetar_metadata::clock::system().now();
     let mut syncs = 0u64;
     while start.elapsed() < Duration::from_secs(1) {
         file.write_at(&block, (syncs % region_blocks) * 4096)
@@ -53,7 +53,7 @@ fn disk_baseline(dir: &std::path::Path) -> (f64, f64) {
     }
     let syncs_per_s = syncs as f64 / start.elapsed().as_secs_f64();
     let big = vec![0xa5u8; 1 << 20];
-    let start = Instant::now();
+    let start = magnetar_metadata::clock::system().now();
     let mut written = 0u64;
     while start.elapsed() < Duration::from_secs(1) {
         file.write_at(&big, written).unwrap();
@@ -162,7 +162,7 @@ async fn run(
         Instant,
         Option<magnetar_bookie::client::AddHandle>,
     )>(in_flight);
-    let start = Instant::now();
+    let start = magnetar_metadata::clock::system().now();
     let collector = tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(count);
         while let Some((sent, handle)) = rx.recv().await {
@@ -175,7 +175,7 @@ async fn run(
         latencies
     });
     for _ in 0..count {
-        let sent = Instant::now();
+        let sent = magnetar_metadata::clock::system().now();
         let handle = writer.append(payload.clone()).await.unwrap();
         if in_flight == 1 {
             // Strictly one at a time: the latency floor of one add.

@@ -13,7 +13,7 @@
 mod etcd_support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
@@ -100,24 +100,24 @@ async fn latency_table(benches: &[Bench]) {
         let store = &*b.store;
         let mut version = None;
         let mut samples = Vec::with_capacity(OPS);
-        let start = Instant::now();
+        let start = magnetar_metadata::clock::system().now();
         for _ in 0..OPS {
-            let t = Instant::now();
+            let t = magnetar_metadata::clock::system().now();
             version = Some(cas(store, "/bench/table/seq", version).await);
             samples.push(t.elapsed());
         }
         report(b.name, "CAS put, 1 writer", samples, start.elapsed());
 
         let mut samples = Vec::with_capacity(OPS);
-        let start = Instant::now();
+        let start = magnetar_metadata::clock::system().now();
         for _ in 0..OPS {
-            let t = Instant::now();
+            let t = magnetar_metadata::clock::system().now();
             store.get("/bench/table/seq").await.expect("get");
             samples.push(t.elapsed());
         }
         report(b.name, "get, 1 reader", samples, start.elapsed());
 
-        let start = Instant::now();
+        let start = magnetar_metadata::clock::system().now();
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             let store = Arc::clone(&b.store);
@@ -126,7 +126,7 @@ async fn latency_table(benches: &[Bench]) {
                 let mut version = None;
                 let mut samples = Vec::with_capacity(OPS / WRITERS * 4);
                 for _ in 0..(OPS / WRITERS * 4) {
-                    let t = Instant::now();
+                    let t = magnetar_metadata::clock::system().now();
                     version = Some(cas(&*store, &key, version).await);
                     samples.push(t.elapsed());
                 }

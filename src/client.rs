@@ -8,6 +8,7 @@
 // inside one task per command (on tokio's heap), so boxing each per-message call buys nothing.
 #![allow(clippy::large_futures)]
 
+use magnetar_metadata::clock::{self, Interval};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -420,12 +421,12 @@ impl Stats {
     fn reporter(self: &Arc<Self>, what: &'static str) -> tokio::task::JoinHandle<()> {
         let stats = Arc::clone(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.tick().await;
-            let (mut last_msgs, mut last_bytes, mut last) = (0u64, 0u64, Instant::now());
+            let mut tick = Interval::new(clock::system(), Duration::from_secs(1));
+            let (mut last_msgs, mut last_bytes, mut last) =
+                (0u64, 0u64, magnetar_metadata::clock::system().now());
             loop {
                 tick.tick().await;
-                let now = Instant::now();
+                let now = magnetar_metadata::clock::system().now();
                 let secs = now.duration_since(last).as_secs_f64().max(1e-9);
                 let msgs = stats.messages.load(Ordering::Relaxed);
                 let bytes = stats.bytes.load(Ordering::Relaxed);
@@ -484,9 +485,14 @@ fn latency_line(h: &Histogram<u64>) -> String {
 /// "could not close …: Disconnected" when the runtime stops under it.
 async fn settle<T>(handle: T) {
     drop(handle);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(20))
+        .await;
 }
 
+// End-to-end latency compares a producer's and a consumer's wall clocks (two processes): the
+// system clock in microseconds is what is measured here, not time the tool schedules itself by.
+#[allow(clippy::disallowed_methods)]
 fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -539,7 +545,7 @@ fn perf_produce(args: PerfProduceArgs, config: &Config) -> anyhow::Result<u8> {
             anyhow::Ok(())
         });
 
-        let start = Instant::now();
+        let start = magnetar_metadata::clock::system().now();
         let deadline = (args.duration_s > 0).then(|| start + Duration::from_secs(args.duration_s));
         let mut payload = vec![b'x'; args.size];
         let ctrl_c = tokio::signal::ctrl_c();
@@ -547,7 +553,7 @@ fn perf_produce(args: PerfProduceArgs, config: &Config) -> anyhow::Result<u8> {
         let mut sent = 0u64;
         let result: anyhow::Result<()> = async {
             while args.count == 0 || sent < args.count {
-                let now = Instant::now();
+                let now = magnetar_metadata::clock::system().now();
                 if deadline.is_some_and(|d| now >= d) {
                     break;
                 }
@@ -555,7 +561,7 @@ fn perf_produce(args: PerfProduceArgs, config: &Config) -> anyhow::Result<u8> {
                     let due = start + Duration::from_secs_f64(sent as f64 / args.rate as f64);
                     if due > now {
                         tokio::select! {
-                            _ = tokio::time::sleep_until(due.into()) => {}
+                            _ = magnetar_metadata::clock::system().sleep_until(due) => {}
                             _ = &mut ctrl_c => break,
                         }
                     }
@@ -564,7 +570,7 @@ fn perf_produce(args: PerfProduceArgs, config: &Config) -> anyhow::Result<u8> {
                     payload[..8].copy_from_slice(PERF_MAGIC);
                     payload[8..16].copy_from_slice(&now_us().to_le_bytes());
                 }
-                let sent_at = Instant::now();
+                let sent_at = magnetar_metadata::clock::system().now();
                 let receipt = producer.send_non_blocking(payload.clone()).await?;
                 if tx.send((receipt, sent_at)).await.is_err() {
                     break; // the collector stopped on an error; it reports it below
@@ -606,8 +612,8 @@ fn perf_consume(args: PerfConsumeArgs, config: &Config) -> anyhow::Result<u8> {
             .with_context(|| format!("cannot subscribe to {}", args.topic))?;
         let stats = Stats::new()?;
         let reporter = stats.reporter("consume");
-        let start = Instant::now();
-        let sleep = tokio::time::sleep(if args.duration_s > 0 {
+        let start = magnetar_metadata::clock::system().now();
+        let sleep = magnetar_metadata::clock::system().sleep(if args.duration_s > 0 {
             Duration::from_secs(args.duration_s)
         } else {
             Duration::from_secs(365 * 24 * 3600)

@@ -10,7 +10,7 @@ mod etcd_support;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
@@ -218,12 +218,16 @@ impl Cluster {
 /// Creating a ledger right after bookies start can race the client's first view of the
 /// registrations; retry for a few seconds on too few bookies.
 async fn create(client: &LedgerClient, e: u32, qw: u32, qa: u32) -> Result<LedgerWriter> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(10);
     loop {
         match client.create_ledger(LedgerConfig::new(e, qw, qa)).await {
             Ok(w) => return Ok(w),
-            Err(LedgerError::NotEnoughBookies { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            Err(LedgerError::NotEnoughBookies { .. })
+                if magnetar_metadata::clock::system().now() < deadline =>
+            {
+                magnetar_metadata::clock::system()
+                    .sleep(Duration::from_millis(50))
+                    .await;
             }
             Err(err) => return Err(err.into()),
         }
@@ -491,7 +495,7 @@ async fn full_bookie_turns_read_only_and_adds_move_to_others() -> Result<()> {
 
     const SIZE: usize = 64 * 1024;
     let mut written = 0u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(60);
     loop {
         let handles = append_all(&writer, written..written + 16, SIZE).await?;
         expect_acked(handles, written).await?;
@@ -501,7 +505,7 @@ async fn full_bookie_turns_read_only_and_adds_move_to_others() -> Result<()> {
             break;
         }
         ensure!(
-            written < 2000 && Instant::now() < deadline,
+            written < 2000 && magnetar_metadata::clock::system().now() < deadline,
             "the small bookie never turned read-only"
         );
     }

@@ -568,13 +568,13 @@ impl BookieProcess {
 
     /// Waits for the exit code, at most `limit`.
     fn wait(&mut self, limit: std::time::Duration) -> i32 {
-        let deadline = std::time::Instant::now() + limit;
+        let deadline = magnetar_metadata::clock::system().now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().expect("killed by a signal");
             }
             assert!(
-                std::time::Instant::now() < deadline,
+                magnetar_metadata::clock::system().now() < deadline,
                 "did not exit in {limit:?}"
             );
             std::thread::sleep(std::time::Duration::from_millis(20));

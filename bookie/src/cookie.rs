@@ -233,7 +233,7 @@ async fn get_or_create_instance(store: &dyn MetadataStore) -> Result<String, Coo
         if let Some(v) = store.get(INSTANCE_ID_KEY).await? {
             return Ok(String::from_utf8_lossy(&v.value).into_owned());
         }
-        let fresh = format!("{:032x}", rand::random::<u128>());
+        let fresh = format!("{:032x}", magnetar_metadata::clock::entropy().u128());
         if let PutOutcome::Written(_) = store
             .put(
                 INSTANCE_ID_KEY,

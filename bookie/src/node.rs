@@ -9,6 +9,7 @@
 //! Shutdown deregisters first, so clients stop choosing the bookie, then stops the server
 //! (in-flight requests are answered), then closes the storage.
 
+use magnetar_metadata::clock::{self, Interval};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -301,9 +302,8 @@ impl Registrar {
 
     async fn run(mut self, stop: CancellationToken) {
         let mut states = self.bookie.state_changes();
-        let mut tick = tokio::time::interval(REGISTRATION_REFRESH);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let clock = clock::system();
+        let mut tick = Interval::new(Arc::clone(&clock), REGISTRATION_REFRESH);
         let mut retry = false;
         loop {
             let lost = self.session.clone().map(|s| s.lost_token());
@@ -321,7 +321,7 @@ impl Registrar {
                     tracing::info!(bookie = %self.id, state = state.as_str(), "bookie state changed");
                 }
                 _ = tick.tick() => {}
-                _ = tokio::time::sleep(RETRY_DELAY), if retry => {}
+                _ = clock.sleep(RETRY_DELAY), if retry => {}
             }
             retry = match self.register().await {
                 Ok(()) => false,

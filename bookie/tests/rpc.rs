@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -71,7 +71,9 @@ impl BookieClient for Fake {
         self.peak_in_flight.fetch_max(now, Ordering::SeqCst);
         // Later entries of each group of 8 finish first.
         let delay = 20 - (entry.entry.0 % 8) * 2;
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(delay))
+            .await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.completion_order.lock().unwrap().push(entry.entry.0);
         if entry.ledger == PICKY_LEDGER && entry.entry.0 % 10 == 3 {
@@ -115,7 +117,7 @@ impl BookieClient for Fake {
     }
 
     async fn read_lac(&self, _: LedgerId, previous: i64, timeout: Duration) -> BookieResult<i64> {
-        tokio::time::sleep(timeout).await;
+        magnetar_metadata::clock::system().sleep(timeout).await;
         Ok(previous)
     }
 
@@ -264,7 +266,7 @@ async fn bookie_errors_cross_the_wire_with_their_codes() {
     assert_eq!((info.free_bytes, info.used_bytes), (1, 2));
     assert_eq!(info.id, BookieId("fake:1".into()));
     // The long poll waits as asked (the fake sleeps the whole timeout).
-    let started = Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     assert_eq!(
         client
             .read_lac(LedgerId(1), 4, Duration::from_millis(300))
@@ -328,15 +330,17 @@ async fn a_killed_server_fails_pending_adds_promptly_and_a_restarted_one_is_reco
             })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(5);
     while fake.adds_seen.load(Ordering::SeqCst) < 100 {
         assert!(
-            Instant::now() < deadline,
+            magnetar_metadata::clock::system().now() < deadline,
             "the adds never reached the bookie"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(5))
+            .await;
     }
-    let killed = Instant::now();
+    let killed = magnetar_metadata::clock::system().now();
     server.kill();
     for add in pending {
         let result = add.await.unwrap();
@@ -357,13 +361,18 @@ async fn a_killed_server_fails_pending_adds_promptly_and_a_restarted_one_is_reco
     // Same address, new process: the client reconnects by itself.
     let fake = Fake::new(BookieId("fake:1".into()));
     let _server = Server::start(fake.clone(), addr).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(5);
     loop {
         match client.add(entry(1, 1, "again"), false).await {
             Ok(()) => break,
             Err(e) => {
-                assert!(Instant::now() < deadline, "never reconnected: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert!(
+                    magnetar_metadata::clock::system().now() < deadline,
+                    "never reconnected: {e}"
+                );
+                magnetar_metadata::clock::system()
+                    .sleep(Duration::from_millis(50))
+                    .await;
             }
         }
     }
@@ -392,7 +401,7 @@ async fn calls_time_out_and_an_absent_bookie_is_unavailable() {
         l.local_addr().unwrap()
     };
     let absent = GrpcBookieClient::new(BookieId(port.to_string()), options);
-    let started = Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     let result = absent.read(LedgerId(1), EntryId(0), false).await;
     assert!(
         matches!(result, Err(BookieError::Unavailable(_))),
@@ -492,7 +501,9 @@ async fn real_bookie_round_trips_over_grpc() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(100))
+        .await;
     assert!(!poll.is_finished());
     client.add(entry(l, n, "one more"), false).await.unwrap();
     assert_eq!(
@@ -503,7 +514,7 @@ async fn real_bookie_round_trips_over_grpc() {
         Ok(n as i64 - 1)
     );
     // …or with the current value when the wait ends.
-    let started = Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     assert_eq!(
         client
             .read_lac(LedgerId(l), n as i64 - 1, Duration::from_millis(200))
@@ -607,10 +618,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(10);
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            magnetar_metadata::clock::system().now() < deadline,
+            "timed out waiting for {what}"
+        );
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(20))
+            .await;
     }
 }
 
@@ -714,9 +730,11 @@ async fn graceful_shutdown_answers_adds_in_flight_and_does_not_wait_for_connecte
         tokio::spawn(async move { client.add(entry(1, 1, "y"), false).await })
     };
     while fake.adds_seen.load(Ordering::SeqCst) < 2 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(1))
+            .await;
     }
-    let started = Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     stop.cancel();
     assert_eq!(in_flight.await.unwrap(), Ok(()));
     tokio::time::timeout(Duration::from_secs(3), server)

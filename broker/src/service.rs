@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use magnetar_metadata::MetadataStore;
+use magnetar_metadata::clock::SharedClock;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
@@ -51,6 +52,9 @@ pub struct BrokerConfig {
     pub dedup: crate::topic::dedup::DedupConfig,
     /// Pulsar's `schemaCompatibilityStrategy`: for namespaces without a strategy policy.
     pub schema_compatibility_strategy: crate::schema::CompatibilityStrategy,
+    /// Time of everything the broker times itself: keepalive, redelivery, delayed delivery,
+    /// session renewal (tests pass a manual clock).
+    pub clock: SharedClock,
 }
 
 impl BrokerConfig {
@@ -68,6 +72,7 @@ impl BrokerConfig {
             dispatch_batch_entries: 100,
             dedup: crate::topic::dedup::DedupConfig::default(),
             schema_compatibility_strategy: crate::schema::CompatibilityStrategy::Full,
+            clock: magnetar_metadata::clock::system(),
         }
     }
 }
@@ -122,6 +127,7 @@ impl BrokerService {
         ownership: Arc<OwnershipCache>,
         factory: Arc<ManagedLedgerFactory>,
     ) -> Arc<Self> {
+        let boot_ms = config.clock.now_ms();
         let service = Arc::new(BrokerService {
             config,
             policies: Policies::new(Arc::clone(&store)),
@@ -131,7 +137,7 @@ impl BrokerService {
             topics: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             next_id: std::sync::atomic::AtomicU64::new(1),
-            boot_ms: magnetar_metadata::clock::now_ms(),
+            boot_ms,
         });
         service.watch_lost_bundles();
         service
@@ -229,10 +235,11 @@ impl BrokerService {
         };
         let mut renewals = session.renewals();
         crate::cluster::registry::register(&self.store, &session.current(), &record).await?;
-        let (store, session, stop) = (
+        let (store, session, stop, clock) = (
             Arc::clone(&self.store),
             Arc::clone(session),
             self.shutdown.clone(),
+            Arc::clone(&self.config.clock),
         );
         tokio::spawn(async move {
             loop {
@@ -248,7 +255,8 @@ impl BrokerService {
                         Ok(()) => break,
                         Err(e) => {
                             warn!(error = %e, attempt, "registering the broker again failed");
-                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
+                            clock
+                                .sleep(Duration::from_millis(200 * u64::from(attempt)))
                                 .await;
                         }
                     }
@@ -309,7 +317,7 @@ impl BrokerService {
         for i in 0..count {
             let partition = topic.partition_name(i);
             let record = magnetar_managed_ledger::ManagedLedgerRecord {
-                created_ms: magnetar_metadata::clock::now_ms(),
+                created_ms: self.config.clock.now_ms(),
                 ..Default::default()
             };
             // An existing record (the partition was used already) is left as it is.
@@ -444,7 +452,8 @@ impl BrokerService {
         }
         let ml = self.factory.open(&topic.persistence_name(), config).await?;
         // Deduplication state is recovered before any producer can publish.
-        let dedup = crate::topic::dedup::Dedup::new(self.config.dedup.clone());
+        let dedup =
+            crate::topic::dedup::Dedup::new(self.config.dedup.clone(), Arc::clone(ml.clock()));
         let dedup_on = policies
             .deduplication_enabled
             .unwrap_or(self.config.dedup.enabled_by_default);

@@ -145,7 +145,7 @@ async fn a_waiting_exclusive_producer_closed_by_the_client_never_takes_the_topic
     a.send(close_producer(1, 2)).await.unwrap();
     assert_eq!(next(&mut a).await.command_type(), Type::Success);
     let mut c = connect(standalone.local_addr()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(5);
     let mut request_id = 1;
     loop {
         c.send(producer(
@@ -163,11 +163,13 @@ async fn a_waiting_exclusive_producer_closed_by_the_client_never_takes_the_topic
         let err = f.command.error.expect("PRODUCER answer");
         assert_eq!(err.error, ServerError::ProducerBusy as i32);
         assert!(
-            tokio::time::Instant::now() < deadline,
+            magnetar_metadata::clock::system().now() < deadline,
             "the topic stays taken by a producer its client closed"
         );
         request_id += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(100))
+            .await;
     }
     // B's connection hears nothing more about producer 1 (no late PRODUCER_SUCCESS).
     b.send(Frame::command(commands::ping())).await.unwrap();

@@ -318,10 +318,11 @@ async fn keepalive_keeps_a_peer_that_answers_pings_and_closes_a_silent_one() {
     let standalone = Standalone::start(options).await.unwrap();
     // Answers every PING and says nothing else: alive for 20 intervals.
     let mut polite = connect(standalone.local_addr()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(2);
     let mut pings = 0;
-    while tokio::time::Instant::now() < deadline {
-        match tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut polite)).await {
+    while magnetar_metadata::clock::system().now() < deadline {
+        match tokio::time::timeout_at(deadline.into(), futures::StreamExt::next(&mut polite)).await
+        {
             Err(_) => break,
             Ok(Some(Ok(f))) => {
                 assert_eq!(f.command_type(), Type::Ping, "{:?}", f.command);
@@ -391,7 +392,9 @@ async fn connections_past_the_limit_are_closed_at_once() {
             again = Some(conn);
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(50))
+            .await;
     }
     assert!(again.is_some(), "no room after a connection closed");
     standalone.shutdown().await;

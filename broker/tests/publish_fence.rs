@@ -42,7 +42,9 @@ async fn create_producer(conn: &mut Conn, topic: &str, request_id: &mut u64) {
                 break;
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(100))
+            .await;
     }
     panic!("producer not created");
 }
@@ -271,7 +273,9 @@ async fn a_failed_read_is_retried_until_the_consumer_gets_its_messages() {
             break;
         }
         assert!(f.command.error.is_some(), "{:?}", f.command);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(100))
+            .await;
     }
     cluster.take_bookie_away();
     flow(&mut conn, 1, 100).await;

@@ -107,7 +107,9 @@ async fn until_ok(conn: &mut Conn, make: impl Fn(u64) -> Frame, request_id: &mut
         if f.command.error.is_none() {
             return f;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(50))
+            .await;
     }
     panic!("the broker kept answering errors");
 }

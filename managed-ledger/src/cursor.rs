@@ -34,7 +34,7 @@ use crate::error::{ManagedLedgerError, MlResult};
 use crate::ledger::InternalCursorStats;
 use crate::ranges::RangeSet;
 use crate::read::Shared;
-use crate::record::{CursorRecord, cursor_record_key, now_ms};
+use crate::record::{CursorRecord, cursor_record_key};
 
 /// Where a new cursor starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -532,7 +532,7 @@ async fn flusher(
                         .min(RETRY_BACKOFF_MAX_MS);
                     std::time::Duration::from_millis(ms).max(interval)
                 };
-                tokio::time::sleep(wait).await;
+                core.shared.clock.sleep(wait).await;
                 let r = write_if_dirty(&core, &store, &key, &mut version, &mut fenced).await;
                 failures = next_failures(failures, &r);
             }
@@ -588,7 +588,7 @@ async fn write_if_dirty(
             first_unacked: st.first_unacked,
             acked_ranges: st.acked.to_records(max),
             properties: st.properties.clone(),
-            updated_ms: now_ms(),
+            updated_ms: core.shared.clock.now_ms(),
             batch_acks: st.batch_acks.to_records(),
         }
     };

@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 use magnetar_bookie::client::{
     LedgerClient, LedgerConfig, LedgerError, LedgerReader, LedgerWriter,
 };
+use magnetar_metadata::clock::{Interval, SharedClock};
 use magnetar_metadata::{EntryId, Expected, LedgerId, MetadataStore, PutOutcome, RecordStore};
 use tokio::sync::OnceCell;
 use tracing::{Instrument, info, info_span, warn};
@@ -25,7 +26,7 @@ use crate::error::{ManagedLedgerError, MlResult};
 use crate::ledger::ManagedLedger;
 use crate::read::{Shared, State, Status};
 use crate::record::{
-    LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord, ledger_record_key, now_ms,
+    LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord, ledger_record_key,
 };
 use crate::source::{BookieSources, LedgerSources};
 
@@ -36,6 +37,7 @@ use crate::source::{BookieSources, LedgerSources};
 pub struct ManagedLedgerFactory {
     metadata: Arc<dyn MetadataStore>,
     client: LedgerClient,
+    clock: SharedClock,
     sources: Arc<dyn LedgerSources>,
     cache: Arc<dyn EntryCache>,
     open: Mutex<HashMap<String, Arc<OnceCell<Arc<ManagedLedger>>>>>,
@@ -50,10 +52,17 @@ impl ManagedLedgerFactory {
         ManagedLedgerFactory {
             metadata,
             sources: BookieSources::new(client.clone()),
+            clock: magnetar_metadata::clock::system(),
             client,
             cache,
             open: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Times everything (timestamps, rollover, retention, flushes) on `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Reads ledgers through `sources` instead of from the bookies alone (e.g. object storage
@@ -96,6 +105,7 @@ impl ManagedLedgerFactory {
                 open_managed_ledger(
                     Arc::clone(&self.metadata),
                     self.client.clone(),
+                    Arc::clone(&self.clock),
                     Arc::clone(&self.sources),
                     Arc::clone(&self.cache),
                     name.to_owned(),
@@ -130,6 +140,7 @@ fn validate_name(name: &str) -> MlResult<()> {
 async fn open_managed_ledger(
     metadata: Arc<dyn MetadataStore>,
     client: LedgerClient,
+    clock: SharedClock,
     sources: Arc<dyn LedgerSources>,
     cache: Arc<dyn EntryCache>,
     name: String,
@@ -141,7 +152,7 @@ async fn open_managed_ledger(
         Some((r, v)) => (r, Expected::Version(v)),
         None => (
             ManagedLedgerRecord {
-                created_ms: now_ms(),
+                created_ms: clock.now_ms(),
                 ..Default::default()
             },
             Expected::Absent,
@@ -155,7 +166,7 @@ async fn open_managed_ledger(
             info.entries = u64::try_from(meta.last_entry_id + 1).unwrap_or(0);
             info.size_bytes = meta.length_bytes;
             info.state = LedgerRecordState::Closed;
-            info.closed_ms = Some(now_ms());
+            info.closed_ms = Some(clock.now_ms());
             info!(ledger = %info.ledger_id, entries = info.entries, "recovered the last ledger");
         }
     }
@@ -177,7 +188,7 @@ async fn open_managed_ledger(
         Err(e) => return Err(e.into()),
     };
     if let Ok(w) = &writer {
-        record.ledgers.push(open_info(w.id()));
+        record.ledgers.push(open_info(w.id(), clock.now_ms()));
     }
     let version = match records.put(&key, &record, expected).await {
         Ok(PutOutcome::Written(v)) => v,
@@ -215,7 +226,15 @@ async fn open_managed_ledger(
         unwritable: writer.as_ref().err().map(ToString::to_string),
         properties: record.properties.clone(),
     };
-    let shared = Shared::new(name.clone(), config.clone(), client, sources, cache, state);
+    let shared = Shared::new(
+        name.clone(),
+        config.clone(),
+        client,
+        clock,
+        sources,
+        cache,
+        state,
+    );
     let commands = crate::writer::spawn(Arc::clone(&shared), records, key, record, version, writer);
     let ml = Arc::new(ManagedLedger {
         shared,
@@ -265,12 +284,12 @@ pub(crate) fn delete_ledger(
     Box::pin(async move { client.delete_ledger(id).await })
 }
 
-pub(super) fn open_info(id: LedgerId) -> LedgerInfo {
+pub(super) fn open_info(id: LedgerId, now_ms: u64) -> LedgerInfo {
     LedgerInfo {
         ledger_id: id,
         entries: 0,
         size_bytes: 0,
-        created_ms: now_ms(),
+        created_ms: now_ms,
         closed_ms: None,
         state: LedgerRecordState::Open,
         location: LedgerLocation::Bookies,
@@ -281,10 +300,10 @@ fn spawn_retention(ml: &Arc<ManagedLedger>) {
     let weak: Weak<ManagedLedger> = Arc::downgrade(ml);
     let every = Duration::from_millis(ml.shared.config.retention_check_interval_ms.max(10));
     let span = info_span!("ml_retention", ml = %ml.shared.name);
+    let clock = Arc::clone(&ml.shared.clock);
     tokio::spawn(
         async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
+            let mut tick = Interval::new(clock, every);
             loop {
                 tick.tick().await;
                 let Some(ml) = weak.upgrade() else { break };

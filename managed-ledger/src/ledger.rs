@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures::FutureExt;
 use magnetar_bookie::client::LedgerError;
+use magnetar_metadata::clock::Clock;
 use magnetar_metadata::{
     EntryId, Expected, LedgerId, MetadataStore, PutOutcome, RecordStore, Version,
 };
@@ -29,7 +30,6 @@ use crate::factory::delete_ledger;
 use crate::read::{Shared, Status};
 use crate::record::{
     CursorRecord, LedgerInfo, LedgerLocation, cursor_record_key, cursors_prefix, ledger_record_key,
-    now_ms,
 };
 
 /// The completion of one append: resolves to the entry's position once it is durable. Handles
@@ -80,16 +80,17 @@ const CURSOR_CLAIM_ATTEMPTS_MAX: u32 = 16;
 async fn claim_cursor(
     store: &RecordStore<CursorRecord>,
     key: &str,
+    clock: &dyn Clock,
 ) -> MlResult<Option<(CursorRecord, Version)>> {
     for attempt in 0..CURSOR_CLAIM_ATTEMPTS_MAX {
         if attempt > 0 {
             let ms = 20u64 << attempt.min(6);
-            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            clock.sleep(std::time::Duration::from_millis(ms)).await;
         }
         let Some((mut record, version)) = store.get(key).await? else {
             return Ok(None);
         };
-        record.updated_ms = now_ms();
+        record.updated_ms = clock.now_ms();
         match store.put(key, &record, Expected::Version(version)).await {
             Ok(PutOutcome::Written(v)) => return Ok(Some((record, v))),
             Ok(PutOutcome::Conflict { .. }) => continue,
@@ -162,6 +163,11 @@ pub struct InternalCursorStats {
 }
 
 impl ManagedLedger {
+    /// The clock this managed ledger runs on (its users time their own logic with it).
+    pub fn clock(&self) -> &magnetar_metadata::clock::SharedClock {
+        &self.shared.clock
+    }
+
     pub fn name(&self) -> &str {
         &self.shared.name
     }
@@ -294,7 +300,8 @@ impl ManagedLedger {
         let claims = names.iter().map(|name| {
             let store = store.clone();
             let key = cursor_record_key(&self.shared.name, name);
-            async move { claim_cursor(&store, &key).await }
+            let clock = Arc::clone(&self.shared.clock);
+            async move { claim_cursor(&store, &key, &*clock).await }
         });
         let claimed = futures::future::try_join_all(claims).await?;
         for (name, claimed) in names.into_iter().zip(claimed) {
@@ -359,7 +366,7 @@ impl ManagedLedger {
             first_unacked: self.initial(initial),
             acked_ranges: Vec::new(),
             properties: BTreeMap::new(),
-            updated_ms: now_ms(),
+            updated_ms: self.shared.clock.now_ms(),
             batch_acks: Vec::new(),
         };
         let store: RecordStore<CursorRecord> = RecordStore::new(Arc::clone(&self.metadata));

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use magnetar_bookie::client::{LedgerClient, LedgerError};
+use magnetar_metadata::clock::SharedClock;
 use magnetar_metadata::{EntryId, LedgerId};
 use tokio::sync::watch;
 use tracing::{Instrument, debug_span};
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub config: ManagedLedgerConfig,
     /// Writes, recovery and deletion of ledgers (reads go through `sources`).
     pub client: LedgerClient,
+    /// Timestamps, rollover age, retention, flush and retry timers.
+    pub clock: SharedClock,
     sources: Arc<dyn LedgerSources>,
     pub cache: Arc<dyn EntryCache>,
     pub state: Mutex<State>,
@@ -85,6 +88,7 @@ impl Shared {
         name: String,
         config: ManagedLedgerConfig,
         client: LedgerClient,
+        clock: SharedClock,
         sources: Arc<dyn LedgerSources>,
         cache: Arc<dyn EntryCache>,
         state: State,
@@ -94,6 +98,7 @@ impl Shared {
             name,
             config,
             client,
+            clock,
             sources,
             cache,
             state: Mutex::new(state),

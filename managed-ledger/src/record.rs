@@ -108,5 +108,3 @@ pub struct CursorRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batch_acks: Vec<BatchAckRecord>,
 }
-
-pub(crate) use magnetar_metadata::clock::now_ms;

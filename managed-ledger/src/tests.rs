@@ -196,7 +196,9 @@ async fn managed_ledger_cursor_acks_persist_across_reopen() {
 
     // Coalesced writes: many acks, one flush interval later the record holds them all.
     c.ack_cumulative(p[19]).unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(400))
+        .await;
     ml.close().await.unwrap();
     drop((c, ml, factory));
     let factory = cluster.factory();
@@ -503,7 +505,9 @@ async fn managed_ledger_retention_trims_only_consumed_ledgers() {
         if ml.ledgers().len() == 5 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(10))
+            .await;
     }
     let ledgers: Vec<_> = ml.ledgers().iter().map(|l| l.ledger_id).collect();
     assert_eq!(ledgers.len(), 5, "4 full ledgers and the current one");
@@ -580,10 +584,12 @@ async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
     // still be created on it, and every write to them fails.
     let id = cluster.bookies[0].id().clone();
     cluster.connector.remove(&id);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(200))
+        .await;
     let ids_before = cluster.metadata.get("/ids/ledger").await.unwrap();
     // A producer retrying hard for a second: each append fails, fast.
-    let started = std::time::Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     let mut failures = 0;
     while started.elapsed() < Duration::from_secs(1) {
         let result = match ml.append(Bytes::from_static(b"x")).await {
@@ -592,7 +598,9 @@ async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
         };
         assert!(result.is_err(), "no bookie: appends must fail");
         failures += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(5))
+            .await;
     }
     let ids_after = cluster.metadata.get("/ids/ledger").await.unwrap();
     let allocated = |v: Option<magnetar_metadata::Versioned>| {
@@ -637,32 +645,38 @@ async fn managed_ledger_becomes_writable_again_without_appends() {
     cluster.connector.remove(bookie.id());
     let failed = ml.append(payload(2)).await.unwrap().await;
     assert!(failed.is_err(), "no bookie: the write fails");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(10);
     while ml.unwritable().is_none() {
         assert!(
-            std::time::Instant::now() < deadline,
+            magnetar_metadata::clock::system().now() < deadline,
             "never reported unwritable"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(10))
+            .await;
     }
     // A rollover attempt fails too while the bookie is away (its error replaces the write's).
     let first = ml.unwritable();
     while ml.unwritable() == first {
         assert!(
-            std::time::Instant::now() < deadline,
+            magnetar_metadata::clock::system().now() < deadline,
             "no rollover was attempted"
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(10))
+            .await;
     }
     cluster.connector.insert(bookie.clone());
     // No append from here until the managed ledger says it is writable.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(30);
     while let Some(why) = ml.unwritable() {
         assert!(
-            std::time::Instant::now() < deadline,
+            magnetar_metadata::clock::system().now() < deadline,
             "still unwritable 30 s after the bookie came back: {why}"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(20))
+            .await;
     }
     let after = append_n(&ml, 3, 1).await;
     assert!(after[0] > before[1]);
@@ -693,7 +707,9 @@ async fn managed_ledger_suspends_appends_after_a_failed_write_until_resumed() {
     assert!(failed.is_err(), "no bookie: the write fails");
     // The bookie is back, the failure's backoff long over: appends stay refused.
     cluster.connector.insert(bookie.clone());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(400))
+        .await;
     let refused = ml.append(payload(3)).await.unwrap().await;
     assert!(
         matches!(refused, Err(ManagedLedgerError::AppendsSuspended(_))),

@@ -14,11 +14,12 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use magnetar_bookie::client::{LedgerError, LedgerWriter};
+use magnetar_metadata::clock::Interval;
 use magnetar_metadata::{EntryId, Expected, LedgerId, PutOutcome, RecordStore, Version};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
@@ -28,7 +29,7 @@ use crate::error::{ManagedLedgerError, MlResult};
 use crate::factory::{create_ledger, delete_ledger, open_info, recover_ledger};
 use crate::ledger::Command;
 use crate::read::{Shared, Status};
-use crate::record::{LedgerRecordState, ManagedLedgerRecord, now_ms};
+use crate::record::{LedgerRecordState, ManagedLedgerRecord};
 
 /// Starts the write actor of `shared` over `writer` (the new current ledger, already in
 /// `record` as stored at `version`; `Err`: none could be created, the actor keeps trying with
@@ -47,6 +48,7 @@ pub(super) fn spawn(
         Ok(w) => (Some(w), None),
         Err(e) => (None, Some(e)),
     };
+    let current_created = shared.clock.now();
     let mut actor = Actor {
         shared,
         records,
@@ -54,7 +56,7 @@ pub(super) fn spawn(
         record,
         version,
         writer,
-        current_created: tokio::time::Instant::now(),
+        current_created,
         enqueued_entries: 0,
         enqueued_bytes: 0,
         inflight: FuturesOrdered::new(),
@@ -101,7 +103,7 @@ struct Actor {
     record: ManagedLedgerRecord,
     version: Version,
     writer: Option<LedgerWriter>,
-    current_created: tokio::time::Instant,
+    current_created: Instant,
     /// Entries and bytes handed to the current writer (confirmed or not).
     enqueued_entries: u64,
     enqueued_bytes: u64,
@@ -114,7 +116,7 @@ struct Actor {
     /// bookies), appends fail fast until this instant instead of each creating a new ledger:
     /// the wait doubles from 100 ms up to 10 s and resets when an append succeeds, so an outage
     /// costs a few ledgers, not a ledger id and metadata writes per append.
-    retry_at: Option<tokio::time::Instant>,
+    retry_at: Option<Instant>,
     backoff: Duration,
     last_error: Option<LedgerError>,
     /// `suspend_appends_after_failure`: a write failed; appends are refused until `Resume`.
@@ -140,7 +142,8 @@ impl Actor {
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let age = Duration::from_millis(self.shared.config.ledger_age_ms_max.max(1));
-        let mut tick = tokio::time::interval(age.min(Duration::from_secs(1)));
+        let clock = Arc::clone(&self.shared.clock);
+        let mut tick = Interval::new(Arc::clone(&clock), age.min(Duration::from_secs(1)));
         let max = self.shared.config.max_pending_appends;
         loop {
             if self.inflight.is_empty() {
@@ -161,9 +164,11 @@ impl Actor {
             let accepting = self.deferred.is_none()
                 && (!self.roll_needed || backing_off)
                 && self.inflight.len() < max;
-            let retry_at = self.retry_at.unwrap_or_else(tokio::time::Instant::now);
+            let retry_at = self.retry_at;
             tokio::select! {
-                _ = tokio::time::sleep_until(retry_at), if self.roll_needed && backing_off => {}
+                // Made only when polled: no timer per loop while not backing off.
+                _ = async { clock.sleep_until(retry_at.unwrap_or_else(|| clock.now())).await },
+                    if self.roll_needed && backing_off => {}
                 cmd = rx.recv(), if accepting => match cmd {
                     Some(cmd) => self.on_command(cmd).await,
                     None => {
@@ -175,7 +180,9 @@ impl Actor {
                     self.on_completion(ledger, len, payload, result, done).await;
                 }
                 _ = tick.tick() => {
-                    if self.enqueued_entries > 0 && self.current_created.elapsed() >= age {
+                    if self.enqueued_entries > 0
+                        && clock.now().saturating_duration_since(self.current_created) >= age
+                    {
                         self.roll_needed = true;
                     }
                 }
@@ -241,8 +248,7 @@ impl Actor {
 
     /// True while the backoff after a ledger failure runs.
     fn backing_off(&self) -> bool {
-        self.retry_at
-            .is_some_and(|at| tokio::time::Instant::now() < at)
+        self.retry_at.is_some_and(|at| self.shared.clock.now() < at)
     }
 
     fn backoff_error(&self) -> ManagedLedgerError {
@@ -260,7 +266,7 @@ impl Actor {
     /// reason, so clients back off instead of cycling).
     fn note_ledger_failure(&mut self, error: LedgerError) {
         self.backoff = (self.backoff * 2).clamp(CREATE_BACKOFF_MIN, CREATE_BACKOFF_MAX);
-        self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
+        self.retry_at = Some(self.shared.clock.now() + self.backoff);
         self.shared.state().unwritable = Some(error.to_string());
         self.last_error = Some(error);
     }
@@ -464,7 +470,7 @@ impl Actor {
             info.entries = u64::try_from(meta.last_entry_id + 1).unwrap_or(0);
             info.size_bytes = meta.length_bytes;
             info.state = LedgerRecordState::Closed;
-            info.closed_ms = Some(now_ms());
+            info.closed_ms = Some(self.shared.clock.now_ms());
         }
         Ok(next)
     }
@@ -483,7 +489,8 @@ impl Actor {
             let mut create_error = None;
             let writer = match created {
                 Ok(w) => {
-                    next.ledgers.push(open_info(w.id()));
+                    next.ledgers
+                        .push(open_info(w.id(), self.shared.clock.now_ms()));
                     Some(w)
                 }
                 Err(e) => {
@@ -527,7 +534,7 @@ impl Actor {
                 let _ = delete_ledger(&self.shared.client, id).await;
             }
             self.writer = writer;
-            self.current_created = tokio::time::Instant::now();
+            self.current_created = self.shared.clock.now();
             self.enqueued_entries = 0;
             self.enqueued_bytes = 0;
             info!(from = ?old, to = ?new_id, "rolled over");
@@ -573,7 +580,7 @@ impl Actor {
         if cfg.retention_time_ms == -1 && cfg.retention_size_bytes == -1 {
             return Ok(Vec::new());
         }
-        let now = now_ms();
+        let now = self.shared.clock.now_ms();
         let total: u64 = self
             .shared
             .state()

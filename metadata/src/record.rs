@@ -70,17 +70,10 @@ pub(crate) fn encode<T: Serialize>(key: &str, record: &T) -> Result<Bytes> {
 /// Waits a little before retrying, longer each attempt, so racing writers spread out.
 pub(crate) async fn backoff(attempt: u32) {
     let base_us = 200u64 << attempt.min(8);
-    let jitter_us = rand_jitter(base_us);
-    tokio::time::sleep(Duration::from_micros(base_us + jitter_us)).await;
-}
-
-fn rand_jitter(bound: u64) -> u64 {
-    // The low bits of the clock are random enough to de-synchronise retrying writers.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u64)
-        .unwrap_or(0);
-    nanos % bound.max(1)
+    let jitter_us = crate::clock::entropy().below(base_us);
+    crate::clock::system()
+        .sleep(Duration::from_micros(base_us + jitter_us))
+        .await;
 }
 
 impl<T: Serialize + DeserializeOwned + Send> RecordStore<T> {

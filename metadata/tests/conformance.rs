@@ -75,14 +75,17 @@ impl BackendSpec {
                 // The file is locked to one process; the previous holder (a killed child, or
                 // the parent's own store whose writer thread is still winding down) may need a
                 // moment to let go of it.
-                let deadline = Instant::now() + Duration::from_secs(10);
+                let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(10);
                 loop {
                     match EmbeddedStore::open(EmbeddedOptions::new(path.clone())).await {
                         Ok(store) => break Arc::new(store),
                         Err(MetadataError::Storage(msg))
-                            if msg.contains("already open") && Instant::now() < deadline =>
+                            if msg.contains("already open")
+                                && magnetar_metadata::clock::system().now() < deadline =>
                         {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            magnetar_metadata::clock::system()
+                                .sleep(Duration::from_millis(20))
+                                .await;
                         }
                         Err(e) => return Err(e.into()),
                     }
@@ -673,7 +676,9 @@ async fn wait_gone(
                 since.elapsed()
             );
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(20))
+            .await;
     }
 }
 
@@ -693,7 +698,7 @@ async fn ephemeral_keys_vanish_when_session_dropped(b: Backend) -> Result<()> {
     wait_gone(
         &store,
         "/drop/a",
-        Instant::now(),
+        magnetar_metadata::clock::system().now(),
         ttl + Duration::from_secs(1),
     )
     .await?;
@@ -763,9 +768,9 @@ impl ChildHolder {
     }
 
     fn wait_for(&self, want: impl Fn(&str) -> bool) -> Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(20);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(magnetar_metadata::clock::system().now());
             let line = self
                 .lines
                 .recv_timeout(left)
@@ -813,7 +818,9 @@ async fn hand_over(
         BackendSpec::Embedded(_) => {
             drop(store);
             // The writer thread releases the file when the last handle is gone.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            magnetar_metadata::clock::system()
+                .sleep(Duration::from_millis(100))
+                .await;
             Ok((Some(_guard), spec, None))
         }
         _ => Ok((Some(_guard), spec, Some(store))),
@@ -830,7 +837,7 @@ async fn ephemeral_keys_vanish_when_holder_killed(b: Backend) -> Result<()> {
             "child's ephemeral key visible while it lives"
         );
     }
-    let killed_at = Instant::now();
+    let killed_at = magnetar_metadata::clock::system().now();
     child.kill()?;
     let store = match store {
         Some(s) => s,

@@ -8,7 +8,7 @@ mod etcd_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
@@ -46,6 +46,7 @@ async fn connect(endpoints: Vec<String>, root: &str) -> Result<EtcdStore> {
         root: root.to_owned(),
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(5),
+        ..EtcdOptions::default()
     })
     .await
     .with_context(|| format!("connecting to {endpoints:?}"))
@@ -183,7 +184,9 @@ async fn contract_on_one_server() -> Result<()> {
         .await?;
     // A plain put over an ephemeral key makes it persistent.
     let _ = store.put("/l/kept", bytes("p"), Expected::Any).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_secs(3))
+        .await;
     ensure!(
         store.get("/l/eph").await?.is_some() && !session.is_lost(),
         "keep-alive holds the session past its ttl"
@@ -225,13 +228,15 @@ async fn contract_on_one_server() -> Result<()> {
         .put_ephemeral("/l/dropped", bytes("d"), Expected::Any, &dropped)
         .await?;
     drop(dropped);
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(3);
     while store.get("/l/dropped").await?.is_some() {
         ensure!(
-            Instant::now() < deadline,
+            magnetar_metadata::clock::system().now() < deadline,
             "dropped session's key still there after 3 s"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(50))
+            .await;
     }
 
     // A lease revoked behind the session's back: writes under it are refused, and the session
@@ -288,7 +293,7 @@ async fn lists_10000_keys_and_1_mib_values() -> Result<()> {
     let server = EtcdServer::launch().await?;
     let store = connect(vec![server.endpoint()], &unique_root()).await?;
     const KEYS: usize = 10_000;
-    let started = Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     let writes = futures::stream::iter(0..KEYS)
         .map(|i| {
             let store = store.clone();
@@ -309,7 +314,7 @@ async fn lists_10000_keys_and_1_mib_values() -> Result<()> {
         ensure!(matches!(w?, PutOutcome::Written(_)));
     }
     eprintln!("wrote {KEYS} keys in {:?}", started.elapsed());
-    let started = Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     let listing = store.list("/many/").await?;
     eprintln!(
         "listed {} keys in {:?}",
@@ -403,7 +408,9 @@ async fn failover(victim: Victim) -> Result<()> {
     });
     while progress.load(Ordering::SeqCst) < WRITER_ROUNDS / 4 {
         ensure!(!writer.is_finished(), "writer ended early");
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(2))
+            .await;
     }
     let victim_index = match victim {
         Victim::Current => endpoints
@@ -419,7 +426,7 @@ async fn failover(victim: Victim) -> Result<()> {
         store.current_endpoint()
     );
     cluster.kill_member(victim_index)?;
-    let killed_at = Instant::now();
+    let killed_at = magnetar_metadata::clock::system().now();
     let log = writer.await??;
     eprintln!(
         "{WRITER_ROUNDS} increments and creates done, {:?} after the kill; store now talks to {}; \
@@ -479,8 +486,9 @@ async fn failover(victim: Victim) -> Result<()> {
     }
 
     // The session survived: its keep-alive moved to a live member before the ttl ran out.
-    let wait = (killed_at + 2 * session.ttl()).saturating_duration_since(Instant::now());
-    tokio::time::sleep(wait).await;
+    let wait = (killed_at + 2 * session.ttl())
+        .saturating_duration_since(magnetar_metadata::clock::system().now());
+    magnetar_metadata::clock::system().sleep(wait).await;
     ensure!(!session.is_lost(), "session lost after the kill");
     ensure!(
         store.get("/owner").await?.is_some(),
@@ -527,7 +535,9 @@ impl WriteLog {
                 Err(e) if e.is_retryable() || e.is_indeterminate() => {
                     self.indeterminate += usize::from(e.is_indeterminate());
                     eprintln!("increment attempt {attempt}: {e}; re-reading");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    magnetar_metadata::clock::system()
+                        .sleep(Duration::from_millis(100))
+                        .await;
                 }
                 Err(e) => return Err(e).context("increment"),
             }
@@ -552,7 +562,9 @@ impl WriteLog {
                 Err(e) if e.is_retryable() || e.is_indeterminate() => {
                     self.indeterminate += usize::from(e.is_indeterminate());
                     eprintln!("create {key} attempt {attempt}: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    magnetar_metadata::clock::system()
+                        .sleep(Duration::from_millis(100))
+                        .await;
                 }
                 Err(e) => return Err(e).with_context(|| format!("create {key}")),
             }
@@ -576,7 +588,9 @@ async fn read(store: &EtcdStore, key: &str) -> Result<Option<magnetar_metadata::
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() => {
                 eprintln!("get {key} attempt {attempt}: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                magnetar_metadata::clock::system()
+                    .sleep(Duration::from_millis(100))
+                    .await;
             }
             Err(e) => return Err(e).with_context(|| format!("get {key}")),
         }
@@ -606,7 +620,7 @@ async fn works_with_a_dead_first_endpoint() -> Result<()> {
     let mut cluster = EtcdCluster::launch(3).await?;
     cluster.kill_member(0)?;
     let endpoints = cluster.endpoints();
-    let started = Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     let store = connect(endpoints.clone(), &unique_root()).await?;
     eprintln!(
         "connected in {:?} with {} dead; talking to {}",
@@ -632,7 +646,9 @@ async fn works_with_a_dead_first_endpoint() -> Result<()> {
     let e1 = next_event(&mut watch, "create").await?;
     let e2 = next_event(&mut watch, "CAS").await?;
     ensure!(e1.revision == v1 && e2.revision == v2, "{e1:?} {e2:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_secs(3))
+        .await;
     ensure!(!session.is_lost() && store.get("/eph").await?.is_some());
     ensure!(
         started.elapsed() < Duration::from_secs(10),
@@ -651,6 +667,7 @@ async fn reports_unavailable_when_no_member_is_alive() -> Result<()> {
         root: unique_root(),
         connect_timeout: Duration::from_millis(500),
         request_timeout,
+        ..EtcdOptions::default()
     };
     // Nothing listens on these ports.
     let dead: Vec<String> = (0..2)
@@ -659,7 +676,7 @@ async fn reports_unavailable_when_no_member_is_alive() -> Result<()> {
             Ok(format!("http://{}", listener.local_addr()?))
         })
         .collect::<Result<_>>()?;
-    let started = Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     let result = EtcdStore::connect(options(dead)).await;
     let took = started.elapsed();
     ensure!(
@@ -673,9 +690,11 @@ async fn reports_unavailable_when_no_member_is_alive() -> Result<()> {
     let store = EtcdStore::connect(options(vec![server.endpoint()])).await?;
     let _ = store.put("/k", bytes("v"), Expected::Any).await?;
     server.kill()?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(200))
+        .await;
     for op in ["get", "put", "list", "create_session"] {
-        let started = Instant::now();
+        let started = magnetar_metadata::clock::system().now();
         let result = match op {
             "get" => store.get("/k").await.map(|_| ()),
             "put" => store.put("/k", bytes("w"), Expected::Any).await.map(|_| ()),

@@ -39,6 +39,7 @@ pub use registry::BookieConnector;
 pub use writer::{AddHandle, LedgerWriter};
 
 use crate::api::{BookieError, BookieResult, NO_ENTRY};
+use magnetar_metadata::clock::{Random, SharedClock};
 use metadata::{LedgerStore, now_ms, validate_quorums};
 use placement::choose_bookies;
 use registry::Registry;
@@ -71,6 +72,10 @@ pub struct LedgerClientOptions {
     /// Ensemble changes (or re-replication rounds in recovery) tried before giving up on one
     /// failure episode. Default 8.
     pub ensemble_change_attempts_max: u32,
+    /// Time for timeouts, speculative reads and quarantine (injected: tests use a manual clock).
+    pub clock: SharedClock,
+    /// Randomness of bookie placement (seeded in tests and simulations).
+    pub random: Arc<Random>,
 }
 
 impl Default for LedgerClientOptions {
@@ -86,6 +91,8 @@ impl Default for LedgerClientOptions {
             read_parallelism: 16,
             bookie_quarantine_ms: 30_000,
             ensemble_change_attempts_max: 8,
+            clock: magnetar_metadata::clock::system(),
+            random: magnetar_metadata::clock::entropy(),
         }
     }
 }
@@ -165,6 +172,7 @@ impl LedgerClient {
             Arc::clone(&metadata),
             connector,
             Duration::from_millis(options.bookie_quarantine_ms),
+            Arc::clone(&options.clock),
             stop.clone(),
         );
         LedgerClient {
@@ -186,6 +194,7 @@ impl LedgerClient {
             config.ensemble_size as usize,
             &[],
             &Default::default(),
+            &self.shared.options.random,
         )?;
         let id = self.shared.ledgers.allocate_id().await?;
         let meta = LedgerMetadata {

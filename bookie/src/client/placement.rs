@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use magnetar_metadata::clock::Random;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
@@ -19,8 +20,8 @@ pub(crate) fn choose_bookies(
     count: usize,
     kept_zones: &[Option<String>],
     exclude: &HashSet<BookieId>,
+    random: &Random,
 ) -> LedgerResult<Vec<BookieId>> {
-    let mut rng = rand::rng();
     let mut by_zone: BTreeMap<Option<&str>, Vec<&BookieId>> = BTreeMap::new();
     let mut available = 0;
     for reg in candidates {
@@ -41,7 +42,7 @@ pub(crate) fn choose_bookies(
     for ids in by_zone.values_mut() {
         ids.sort();
         ids.dedup();
-        ids.shuffle(&mut rng);
+        random.with(|rng| ids.shuffle(rng));
     }
     let mut used: HashMap<Option<&str>, usize> = HashMap::new();
     for zone in kept_zones {
@@ -65,7 +66,7 @@ pub(crate) fn choose_bookies(
             .filter(|(z, ids)| !ids.is_empty() && used.get(*z).copied().unwrap_or(0) == least)
             .map(|(z, _)| *z)
             .collect();
-        let zone = zones[rng.random_range(0..zones.len())];
+        let zone = zones[random.with(|rng| rng.random_range(0..zones.len()))];
         if let Some(id) = by_zone.get_mut(&zone).and_then(|ids| ids.pop()) {
             chosen.push(id.clone());
             *used.entry(zone).or_default() += 1;
@@ -98,7 +99,8 @@ mod tests {
             })
             .collect();
         for _ in 0..50 {
-            let chosen = choose_bookies(&regs, 3, &[], &HashSet::new()).unwrap();
+            let chosen =
+                choose_bookies(&regs, 3, &[], &HashSet::new(), &Random::from_seed(7)).unwrap();
             let mut zones: Vec<char> = chosen.iter().map(|b| b.0.chars().next().unwrap()).collect();
             zones.sort();
             assert_eq!(zones, vec!['a', 'b', 'c'], "{chosen:?}");
@@ -106,7 +108,8 @@ mod tests {
         // A replacement goes to the zone the kept bookies do not cover.
         let kept = vec![Some("a".to_owned()), Some("b".to_owned())];
         for _ in 0..20 {
-            let r = choose_bookies(&regs, 1, &kept, &HashSet::new()).unwrap();
+            let r =
+                choose_bookies(&regs, 1, &kept, &HashSet::new(), &Random::from_seed(7)).unwrap();
             assert!(r[0].0.starts_with('c'), "{r:?}");
         }
     }
@@ -119,15 +122,15 @@ mod tests {
             reg("c:1", None, BookieState::ReadWrite),
         ];
         let exclude: HashSet<_> = [BookieId("c:1".into())].into();
-        let chosen = choose_bookies(&regs, 1, &[], &exclude).unwrap();
+        let chosen = choose_bookies(&regs, 1, &[], &exclude, &Random::from_seed(7)).unwrap();
         assert_eq!(chosen, vec![BookieId("a:1".into())]);
-        match choose_bookies(&regs, 3, &[], &HashSet::new()) {
+        match choose_bookies(&regs, 3, &[], &HashSet::new(), &Random::from_seed(7)) {
             Err(LedgerError::NotEnoughBookies { needed, available }) => {
                 assert_eq!((needed, available), (3, 2))
             }
             other => panic!("{other:?}"),
         }
-        let two = choose_bookies(&regs, 2, &[], &HashSet::new()).unwrap();
+        let two = choose_bookies(&regs, 2, &[], &HashSet::new(), &Random::from_seed(7)).unwrap();
         assert_ne!(two[0], two[1]);
     }
 }

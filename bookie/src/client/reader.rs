@@ -110,7 +110,8 @@ impl LedgerReader {
                 async move { Shared::call(limit, client.read_lac(id, previous, wait)).await }
             })
             .collect();
-        let started = tokio::time::Instant::now();
+        let clock = &self.shared.options.clock;
+        let started = clock.now();
         let mut answered = 0;
         let mut best = known;
         while let Some(result) = calls.next().await {
@@ -137,11 +138,11 @@ impl LedgerReader {
                 debug!(ledger = %self.id, "no bookie answered a LAC read");
             }
             self.refresh().await?;
-            let rest = wait.saturating_sub(started.elapsed());
+            let rest = wait.saturating_sub(clock.now().saturating_duration_since(started));
             if !rest.is_zero() && self.last_add_confirmed() <= previous {
                 // Every bookie answered at once (none knows the ledger yet): do not let a
                 // tailing reader spin.
-                tokio::time::sleep(rest.min(IDLE_POLL_PAUSE)).await;
+                clock.sleep(rest.min(IDLE_POLL_PAUSE)).await;
             }
         }
         Ok(self.last_add_confirmed())
@@ -281,7 +282,7 @@ pub(crate) async fn read_entry(
                     }
                 }
             },
-            () = tokio::time::sleep(speculative), if next < order.len() => {
+            () = shared.options.clock.sleep(speculative), if next < order.len() => {
                 if let Some(b) = order.get(next).cloned() {
                     debug!(bookie = %b, entry, "speculative read");
                     next += 1;

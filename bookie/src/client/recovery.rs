@@ -205,7 +205,7 @@ async fn recovery_read(
                 if missing >= needed_missing {
                     // Decided: it was never acknowledged. Still give the other replicas a moment,
                     // so an unacknowledged copy that exists is kept rather than lost by a race.
-                    let grace = tokio::time::sleep(shared.options.speculative());
+                    let grace = shared.options.clock.sleep(shared.options.speculative());
                     tokio::pin!(grace);
                     loop {
                         tokio::select! {
@@ -270,7 +270,13 @@ async fn rereplicate(
                 })
                 .collect();
             let exclude: HashSet<BookieId> = current.iter().chain(failed.iter()).cloned().collect();
-            let replacements = choose_bookies(&registered, positions.len(), &kept_zones, &exclude)?;
+            let replacements = choose_bookies(
+                &registered,
+                positions.len(),
+                &kept_zones,
+                &exclude,
+                &shared.options.random,
+            )?;
             let mut next = current.clone();
             for (&p, r) in positions.iter().zip(replacements) {
                 next[p] = r;

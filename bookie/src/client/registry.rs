@@ -7,6 +7,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use magnetar_metadata::clock::SharedClock;
+
 use magnetar_metadata::{EventKind, MetadataStore};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,7 @@ pub(crate) struct Registry {
     /// Bookies that failed a request recently, with when.
     failed: Mutex<HashMap<BookieId, Instant>>,
     quarantine: Duration,
+    clock: SharedClock,
 }
 
 impl Registry {
@@ -47,6 +50,7 @@ impl Registry {
         store: Arc<dyn MetadataStore>,
         connector: Arc<dyn BookieConnector>,
         quarantine: Duration,
+        clock: SharedClock,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let (loaded, _) = watch::channel(false);
@@ -58,6 +62,7 @@ impl Registry {
             clients: Mutex::new(HashMap::new()),
             failed: Mutex::new(HashMap::new()),
             quarantine,
+            clock: Arc::clone(&clock),
         });
         let weak = Arc::downgrade(&registry);
         tokio::spawn(async move {
@@ -69,7 +74,7 @@ impl Registry {
                 }
                 drop(reg);
                 tokio::select! {
-                    () = tokio::time::sleep(RELIST_DELAY) => {}
+                    () = clock.sleep(RELIST_DELAY) => {}
                     () = shutdown.cancelled() => return,
                 }
             }
@@ -158,7 +163,7 @@ impl Registry {
 
     /// Notes that a bookie just failed a request.
     pub fn mark_failed(&self, id: &BookieId) {
-        lock(&self.failed).insert(id.clone(), Instant::now());
+        lock(&self.failed).insert(id.clone(), self.clock.now());
     }
 
     /// Notes that a bookie answered.
@@ -173,7 +178,7 @@ impl Registry {
     pub fn is_suspect(&self, id: &BookieId) -> bool {
         let mut failed = lock(&self.failed);
         match failed.get(id) {
-            Some(at) if at.elapsed() < self.quarantine => true,
+            Some(at) if self.clock.now().saturating_duration_since(*at) < self.quarantine => true,
             Some(_) => {
                 failed.remove(id);
                 false

@@ -404,14 +404,19 @@ impl Actor {
                 .collect();
             let exclude: HashSet<BookieId> =
                 current.iter().chain(self.failed.iter()).cloned().collect();
-            let replacements =
-                match choose_bookies(&registered, positions.len(), &kept_zones, &exclude) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        warn!(error = %e, "no replacement bookie: writer stops");
-                        return self.break_with(e);
-                    }
-                };
+            let replacements = match choose_bookies(
+                &registered,
+                positions.len(),
+                &kept_zones,
+                &exclude,
+                &self.shared.options.random,
+            ) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!(error = %e, "no replacement bookie: writer stops");
+                    return self.break_with(e);
+                }
+            };
             let mut next = current.clone();
             for (&p, r) in positions.iter().zip(replacements) {
                 next[p] = r;

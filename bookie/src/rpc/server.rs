@@ -11,6 +11,7 @@
 //! elsewhere), long polls answer `SHUTTING_DOWN` at once, and after
 //! [`ServerOptions::shutdown_grace`] whatever is left is dropped.
 
+use magnetar_metadata::clock;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -113,7 +114,7 @@ pub async fn serve_with(
     tracing::debug!(addr = ?local, "bookie gRPC server started");
     tokio::select! {
         result = &mut server => result,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+        _ = async { shutdown.cancelled().await; clock::system().sleep(grace).await } => {
             tracing::warn!(addr = ?local, ?grace, "bookie gRPC server did not drain in time; stopping");
             Ok(())
         }

@@ -29,6 +29,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+use magnetar_metadata::clock::{self, Interval};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -279,9 +280,7 @@ type Chore = fn(&Shared);
 /// Runs `work` on a blocking thread every `every` until cancelled.
 fn spawn_periodic(shared: Arc<Shared>, cancel: CancellationToken, every: Duration, work: Chore) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every.max(Duration::from_millis(1)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        let mut tick = Interval::new(clock::system(), every);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,

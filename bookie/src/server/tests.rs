@@ -3,7 +3,7 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -191,7 +191,7 @@ async fn pipelined_concurrent_adds_are_all_durable() -> TestResult {
     let b = Bookie::open(options(dir.path())).await?;
     const TASKS: u64 = 8;
     const PER_TASK: u64 = 1_250;
-    let start = Instant::now();
+    let start = magnetar_metadata::clock::system().now();
     let mut tasks = Vec::new();
     for t in 0..TASKS {
         let b = b.clone();
@@ -423,13 +423,15 @@ async fn lac_long_poll() -> TestResult {
         let b = b.clone();
         tokio::spawn(async move { b.read_lac(l, 0, Duration::from_secs(10)).await })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(50))
+        .await;
     assert!(!poll.is_finished());
-    let woke_after = Instant::now();
+    let woke_after = magnetar_metadata::clock::system().now();
     b.add(entry(1, 2, 1, 10), false).await?;
     assert_eq!(poll.await??, 1);
     assert!(woke_after.elapsed() < Duration::from_secs(2));
-    let started = Instant::now();
+    let started = magnetar_metadata::clock::system().now();
     assert_eq!(b.read_lac(l, 5, Duration::from_millis(100)).await?, 1);
     assert!(started.elapsed() >= Duration::from_millis(100));
     b.shutdown().await;
@@ -606,9 +608,13 @@ async fn periodic_tasks_checkpoint_on_their_own() -> TestResult {
     let b: Arc<Bookie> = Bookie::open(o).await?;
     add_all(&b, 1, 0..200, 1024).await?;
     let journal_dir = dir.path().join("journal");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while count_files(&journal_dir, ".txn") > 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(5);
+    while count_files(&journal_dir, ".txn") > 1
+        && magnetar_metadata::clock::system().now() < deadline
+    {
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(20))
+            .await;
     }
     assert_eq!(count_files(&journal_dir, ".txn"), 1);
     b.shutdown().await;

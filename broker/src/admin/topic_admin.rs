@@ -457,7 +457,7 @@ impl TopicAdmin for BrokerTopicAdmin {
         let rates = self.rates(
             &name.to_string(),
             RateSample {
-                at: Instant::now(),
+                at: self.service.config().clock.now(),
                 msg_in,
                 bytes_in,
                 msg_out,

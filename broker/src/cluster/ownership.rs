@@ -265,12 +265,20 @@ mod tests {
     async fn one_owner_per_bundle_and_loss_is_announced() {
         let store = MemoryStore::new();
         let shared: Arc<dyn MetadataStore> = Arc::new(store.clone());
-        let s1 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
-            .await
-            .unwrap();
-        let s2 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let s1 = BrokerSession::start(
+            Arc::clone(&shared),
+            Duration::from_secs(5),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
+        let s2 = BrokerSession::start(
+            Arc::clone(&shared),
+            Duration::from_secs(5),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
         let b1 = OwnershipCache::new(Arc::clone(&shared), Arc::clone(&s1), "broker-1:6650".into());
         let b2 = OwnershipCache::new(Arc::clone(&shared), s2, "broker-2:6650".into());
         let bundle = bundle();
@@ -309,9 +317,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_acquisitions_by_one_broker_all_see_it_owning() {
         let shared: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
-        let s1 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let s1 = BrokerSession::start(
+            Arc::clone(&shared),
+            Duration::from_secs(5),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
         let b1 = OwnershipCache::new(Arc::clone(&shared), s1, "b1".into());
         let bundle = bundle();
         let start = Arc::new(tokio::sync::Barrier::new(16));
@@ -342,9 +354,13 @@ mod tests {
     async fn a_broker_owns_bundles_again_after_its_session_is_renewed() {
         let store = MemoryStore::new();
         let shared: Arc<dyn MetadataStore> = Arc::new(store.clone());
-        let s1 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let s1 = BrokerSession::start(
+            Arc::clone(&shared),
+            Duration::from_secs(5),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
         let b1 = OwnershipCache::new(Arc::clone(&shared), Arc::clone(&s1), "b1".into());
         let bundle = bundle();
         let Owner::This { epoch } = b1.acquire(&bundle).await.unwrap() else {
@@ -371,9 +387,13 @@ mod tests {
     async fn a_restarted_broker_takes_over_its_own_stale_lease() {
         let store = MemoryStore::new();
         let shared: Arc<dyn MetadataStore> = Arc::new(store.clone());
-        let old_session = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(60))
-            .await
-            .unwrap();
+        let old_session = BrokerSession::start(
+            Arc::clone(&shared),
+            Duration::from_secs(60),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
         let before = OwnershipCache::new(Arc::clone(&shared), old_session, "b1:6650".into());
         let bundle = bundle();
         let Owner::This { epoch } = before.acquire(&bundle).await.unwrap() else {
@@ -382,18 +402,26 @@ mod tests {
         // The process dies; its session (and lease) outlive it until the ttl runs out. The
         // restarted broker has the same advertised identity and a new session.
         std::mem::forget(before);
-        let new_session = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(60))
-            .await
-            .unwrap();
+        let new_session = BrokerSession::start(
+            Arc::clone(&shared),
+            Duration::from_secs(60),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
         let after = OwnershipCache::new(Arc::clone(&shared), new_session, "b1:6650".into());
         match after.acquire(&bundle).await.unwrap() {
             Owner::This { epoch: again } => assert!(again > epoch, "a new tenure, a new epoch"),
             other => panic!("its own stale lease must not be taken for another owner: {other:?}"),
         }
         // Another broker still sees the restarted one as the owner.
-        let s3 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(60))
-            .await
-            .unwrap();
+        let s3 = BrokerSession::start(
+            Arc::clone(&shared),
+            Duration::from_secs(60),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
         let other = OwnershipCache::new(Arc::clone(&shared), s3, "b2:6650".into());
         assert!(matches!(
             other.acquire(&bundle).await.unwrap(),
@@ -404,12 +432,20 @@ mod tests {
     #[tokio::test]
     async fn release_hands_the_bundle_over() {
         let shared: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
-        let s1 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
-            .await
-            .unwrap();
-        let s2 = BrokerSession::start(Arc::clone(&shared), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let s1 = BrokerSession::start(
+            Arc::clone(&shared),
+            Duration::from_secs(5),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
+        let s2 = BrokerSession::start(
+            Arc::clone(&shared),
+            Duration::from_secs(5),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
         let b1 = OwnershipCache::new(Arc::clone(&shared), s1, "b1".into());
         let b2 = OwnershipCache::new(Arc::clone(&shared), s2, "b2".into());
         let bundle = bundle();

@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use magnetar_metadata::clock::SharedClock;
 use magnetar_metadata::{MetadataError, MetadataStore, Session};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,7 @@ impl BrokerSession {
     pub async fn start(
         store: Arc<dyn MetadataStore>,
         ttl: Duration,
+        clock: SharedClock,
     ) -> Result<Arc<BrokerSession>, MetadataError> {
         let first = store.create_session(ttl).await?;
         let (renewed, _) = watch::channel(0);
@@ -46,7 +48,13 @@ impl BrokerSession {
             stop: CancellationToken::new(),
             keeper: Mutex::new(None),
         });
-        let keeper = tokio::spawn(keep(Arc::downgrade(&this), store, ttl, this.stop.clone()));
+        let keeper = tokio::spawn(keep(
+            Arc::downgrade(&this),
+            store,
+            ttl,
+            clock,
+            this.stop.clone(),
+        ));
         *this.keeper.lock().unwrap_or_else(|p| p.into_inner()) = Some(keeper);
         Ok(this)
     }
@@ -82,6 +90,7 @@ async fn keep(
     this: std::sync::Weak<BrokerSession>,
     store: Arc<dyn MetadataStore>,
     ttl: Duration,
+    clock: SharedClock,
     stop: CancellationToken,
 ) {
     loop {
@@ -112,7 +121,7 @@ async fn keep(
                     warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
                         "cannot open a new metadata session");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = clock.sleep(backoff) => {}
                         _ = stop.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(RENEW_BACKOFF_MAX);
@@ -208,9 +217,13 @@ mod tests {
                 sessions: AtomicUsize::new(0),
             });
             let dyn_store: Arc<dyn MetadataStore> = store.clone();
-            let session = BrokerSession::start(dyn_store, Duration::from_secs(5))
-                .await
-                .unwrap();
+            let session = BrokerSession::start(
+                dyn_store,
+                Duration::from_secs(5),
+                magnetar_metadata::clock::system(),
+            )
+            .await
+            .unwrap();
             // close() returns once the keeper has stopped: whatever it did is counted.
             session.close().await.unwrap();
             assert_eq!(
@@ -225,9 +238,13 @@ mod tests {
     async fn a_lost_session_is_replaced_and_announced() {
         let mem = MemoryStore::new();
         let store: Arc<dyn MetadataStore> = Arc::new(mem.clone());
-        let session = BrokerSession::start(store, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let session = BrokerSession::start(
+            store,
+            Duration::from_secs(5),
+            magnetar_metadata::clock::system(),
+        )
+        .await
+        .unwrap();
         let first = session.current();
         let mut renewals = session.renewals();
         mem.expire_session(first.id());

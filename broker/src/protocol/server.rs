@@ -51,7 +51,11 @@ pub async fn serve(listener: TcpListener, service: Arc<BrokerService>) {
             }
             Err(e) => {
                 warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                service
+                    .config()
+                    .clock
+                    .sleep(std::time::Duration::from_millis(100))
+                    .await;
             }
         }
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use magnetar_bookie::client::{BookieConnector, LedgerClient, LedgerClientOptions};
 use magnetar_managed_ledger::{ManagedLedgerFactory, MokaEntryCache};
+use magnetar_metadata::clock::{self, Random, SharedClock};
 use magnetar_metadata::{MetadataError, MetadataStore};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -39,6 +40,11 @@ pub struct BrokerOptions {
     /// The service's settings (limits, keepalive, managed-ledger defaults, schema strategy…);
     /// its `service_url` is set from the bound address when the broker starts.
     pub service: BrokerConfig,
+    /// The one clock of everything this broker times (service, session, managed ledgers,
+    /// ledger client); the ones inside `service` and `ledger_client` are replaced by it.
+    pub clock: SharedClock,
+    /// Randomness of bookie placement (seeded in tests and simulations).
+    pub random: Arc<Random>,
 }
 
 impl Default for BrokerOptions {
@@ -50,6 +56,8 @@ impl Default for BrokerOptions {
             ledger_client: LedgerClientOptions::default(),
             cache_size_bytes_max: MokaEntryCache::DEFAULT_SIZE_BYTES_MAX,
             service: BrokerConfig::new(String::new()),
+            clock: clock::system(),
+            random: clock::entropy(),
         }
     }
 }
@@ -97,11 +105,24 @@ impl Broker {
     ) -> Result<Broker, StartError> {
         let session = match session {
             Some(s) => s,
-            None => BrokerSession::start(Arc::clone(&store), options.session_ttl).await?,
+            None => {
+                BrokerSession::start(
+                    Arc::clone(&store),
+                    options.session_ttl,
+                    Arc::clone(&options.clock),
+                )
+                .await?
+            }
         };
-        let client = LedgerClient::new(Arc::clone(&store), connector, options.ledger_client);
+        let mut ledger_client = options.ledger_client;
+        ledger_client.clock = Arc::clone(&options.clock);
+        ledger_client.random = Arc::clone(&options.random);
+        let client = LedgerClient::new(Arc::clone(&store), connector, ledger_client);
         let cache = MokaEntryCache::new(options.cache_size_bytes_max);
-        let factory = Arc::new(ManagedLedgerFactory::new(Arc::clone(&store), client, cache));
+        let factory = Arc::new(
+            ManagedLedgerFactory::new(Arc::clone(&store), client, cache)
+                .with_clock(Arc::clone(&options.clock)),
+        );
         let listener = TcpListener::bind(options.bind)
             .await
             .map_err(|source| StartError::Io {
@@ -120,6 +141,7 @@ impl Broker {
         );
         let mut config = options.service;
         config.service_url = service_url;
+        config.clock = options.clock;
         let service = BrokerService::new(config, Arc::clone(&store), ownership, factory);
         ensure_default_namespace(&service).await?;
         let server = tokio::spawn(crate::protocol::server::serve(

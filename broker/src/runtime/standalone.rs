@@ -75,7 +75,12 @@ impl Standalone {
             Arc::new(EmbeddedStore::open(EmbeddedOptions::new(&options.metadata_path)).await?);
         // The embedded store's sessions end only when closed, so this one is never renewed
         // and the bookie registration below lives as long as the process.
-        let session = BrokerSession::start(Arc::clone(&store), options.broker.session_ttl).await?;
+        let session = BrokerSession::start(
+            Arc::clone(&store),
+            options.broker.session_ttl,
+            Arc::clone(&options.broker.clock),
+        )
+        .await?;
 
         let bookie_id: BookieId = STANDALONE_BOOKIE_ID.parse().map_err(StartError::Other)?;
         let bookie_dir = options.data_dir.join("bookie");

@@ -14,10 +14,11 @@ impl Actor {
         let writable = Arc::clone(&self.wake);
         loop {
             // The earliest delayed entry wakes the actor (the tracker holds future times only).
+            let clock = Arc::clone(&self.clock);
             let wake = self.delayed.next_deadline_ms().map(|at| {
-                tokio::time::Instant::now()
-                    + std::time::Duration::from_millis(at.saturating_sub(now_ms()))
+                clock.now() + std::time::Duration::from_millis(at.saturating_sub(clock.now_ms()))
             });
+            let read_retry_at = self.read_retry_at;
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
@@ -36,11 +37,11 @@ impl Actor {
                         lac_open = false;
                     }
                 }
-                () = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)),
+                // Timers are made only when polled (async blocks), not on every loop.
+                () = async { clock.sleep_until(wake.unwrap_or_else(|| clock.now())).await },
                     if wake.is_some() => {}
-                () = tokio::time::sleep_until(
-                    self.read_retry_at.unwrap_or_else(tokio::time::Instant::now)),
-                    if self.read_retry_at.is_some() => {
+                () = async { clock.sleep_until(read_retry_at.unwrap_or_else(|| clock.now())).await },
+                    if read_retry_at.is_some() => {
                     self.read_retry_at = None;
                 }
             }

@@ -94,9 +94,6 @@ impl DelayedTracker {
     }
 }
 
-/// Wall-clock time in ms since the epoch (the clock `deliver_at_time` is set against).
-pub use magnetar_metadata::clock::now_ms;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,7 +112,7 @@ impl Actor {
         if self.delayed.is_empty() {
             return;
         }
-        for p in self.delayed.take_due(now_ms()) {
+        for p in self.delayed.take_due(self.clock.now_ms()) {
             self.redeliver.insert(p);
         }
     }
@@ -148,7 +148,7 @@ impl Actor {
                         .saturating_mul(1 << (self.read_failures - 1).min(10))
                         .min(READ_RETRY_MAX_MS);
                     self.read_retry_at =
-                        Some(tokio::time::Instant::now() + std::time::Duration::from_millis(ms));
+                        Some(self.clock.now() + std::time::Duration::from_millis(ms));
                     warn!(error = %e, failures = self.read_failures, retry_in_ms = ms,
                         "dispatch read failed; will retry");
                     return;
@@ -160,7 +160,7 @@ impl Actor {
             let mut sent = 0usize;
             let mut delayed = 0usize;
             let mut parked = 0usize;
-            let now = now_ms();
+            let now = self.clock.now_ms();
             for (position, entry) in entries {
                 let info = entry_info(&entry);
                 if self.delays_delivery()

@@ -53,7 +53,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::{BrokerError, BrokerResult};
 use crate::subscription::chunks::{ChunkAssignor, ChunkMeta, Route};
-use crate::subscription::delayed::{DelayedTracker, now_ms};
+use crate::subscription::delayed::DelayedTracker;
 use crate::subscription::key_shared::{KeyShared, KeySharedPolicy, sticky_hash};
 use magnetar_managed_ledger::{
     InitialPosition, ManagedCursor, ManagedLedger, Position, batch_acks,
@@ -219,6 +219,7 @@ impl Subscription {
         let stop = CancellationToken::new();
         let durable = cursor.is_durable();
         let lac = ml.subscribe_last_confirmed();
+        let clock = Arc::clone(ml.clock());
         let actor = Actor {
             name: name.clone(),
             ml,
@@ -240,6 +241,7 @@ impl Subscription {
             bytes_out: 0,
             read_failures: 0,
             read_retry_at: None,
+            clock,
             stop: stop.clone(),
             wake: Arc::default(),
         };
@@ -395,7 +397,9 @@ struct Actor {
     bytes_out: u64,
     /// Dispatch reads failed in a row, and when the next attempt is due.
     read_failures: u32,
-    read_retry_at: Option<tokio::time::Instant>,
+    read_retry_at: Option<std::time::Instant>,
+    /// The managed ledger's clock: delayed delivery and read retries.
+    clock: magnetar_metadata::clock::SharedClock,
     /// See [`Subscription::stop_now`].
     stop: CancellationToken,
     /// Notified by a parked consumer's connection once its queue has room.

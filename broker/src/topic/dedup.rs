@@ -175,9 +175,10 @@ pub struct Dedup {
     /// Serializes enable/disable transitions, which await cursor I/O and the replay; the
     /// state itself is only touched under the std mutex, never across an await.
     transition: tokio::sync::Mutex<()>,
+    clock: SharedClock,
 }
 
-use magnetar_metadata::clock::now_ms;
+use magnetar_metadata::clock::{self, SharedClock};
 
 /// `(chunk_id, num_chunks_from_msg)` of a chunk, from its metadata.
 fn chunk_of(md: &MessageMetadata) -> Option<(i32, i32)> {
@@ -196,7 +197,7 @@ pub fn payload_counts(payload: &Payload) -> bool {
 }
 
 impl Dedup {
-    pub fn new(config: DedupConfig) -> Arc<Self> {
+    pub fn new(config: DedupConfig, clock: SharedClock) -> Arc<Self> {
         Arc::new(Dedup {
             config,
             enabled: AtomicBool::new(false),
@@ -207,12 +208,13 @@ impl Dedup {
                 next_push: 0,
                 in_flight: BTreeSet::new(),
                 entries_since_snapshot: 0,
-                last_snapshot_ms: now_ms(),
+                last_snapshot_ms: clock.now_ms(),
                 max_recorded: None,
                 pending_snapshot: None,
                 cursor: None,
             }),
             changed: Notify::new(),
+            clock,
             transition: tokio::sync::Mutex::new(()),
         })
     }
@@ -285,7 +287,7 @@ impl Dedup {
                 // Everything up to `pos` is in the state now: store it, so the next load
                 // replays less.
                 st.pending_snapshot = Some((pos, st.next_push));
-                self.try_snapshot(&mut st, now_ms());
+                self.try_snapshot(&mut st, self.clock.now_ms());
             }
         }
         self.changed.notify_waiters();
@@ -295,7 +297,7 @@ impl Dedup {
         let cursor = ml
             .open_cursor(DEDUP_CURSOR, InitialPosition::Latest)
             .await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut producers = HashMap::new();
         for (name, value) in cursor.properties() {
             if let Ok(seq) = value.parse::<u64>() {
@@ -337,7 +339,13 @@ impl Dedup {
         highest_sequence_id: Option<u64>,
         counts: impl FnOnce() -> bool,
     ) -> Verdict {
-        self.check_at(producer, sequence_id, highest_sequence_id, counts, now_ms())
+        self.check_at(
+            producer,
+            sequence_id,
+            highest_sequence_id,
+            counts,
+            self.clock.now_ms(),
+        )
     }
 
     fn check_at(
@@ -377,7 +385,7 @@ impl Dedup {
     /// Records the outcome of a tracked append: its position, or `None` when it failed (then
     /// the name's pushed id falls back to the persisted one, so a resend is stored).
     pub fn completed(&self, ticket: Ticket, stored_at: Option<Position>) {
-        self.completed_at(ticket, stored_at, now_ms());
+        self.completed_at(ticket, stored_at, self.clock.now_ms());
     }
 
     fn completed_at(&self, ticket: Ticket, stored_at: Option<Position>, now: u64) {
@@ -477,7 +485,7 @@ impl Dedup {
             .is_some_and(|md| md >= pos);
         if !already {
             st.pending_snapshot = Some((pos, st.next_push));
-            self.try_snapshot(&mut st, now_ms());
+            self.try_snapshot(&mut st, self.clock.now_ms());
         }
     }
 
@@ -485,8 +493,7 @@ impl Dedup {
     /// true then; false when it failed, deduplication was turned off, or after
     /// `duplicate_wait_ms`.
     pub async fn await_duplicate(&self, producer: &str, sequence_id: u64) -> bool {
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.config.duplicate_wait_ms);
+        let deadline = self.clock.now() + Duration::from_millis(self.config.duplicate_wait_ms);
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -506,7 +513,8 @@ impl Dedup {
                     return false;
                 }
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            let left = deadline.saturating_duration_since(self.clock.now());
+            if clock::timeout(&*self.clock, left, changed).await.is_err() {
                 return false;
             }
         }
@@ -514,7 +522,7 @@ impl Dedup {
 
     /// A producer of this name attached (it is active: never purged meanwhile).
     pub fn producer_added(&self, producer: &str) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut st = self.inner();
         if st.status != Status::Enabled {
             return;
@@ -528,7 +536,7 @@ impl Dedup {
 
     /// A producer of this name detached.
     pub fn producer_removed(&self, producer: &str) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut st = self.inner();
         if let Some(p) = st.producers.get_mut(producer) {
             p.active = p.active.saturating_sub(1);

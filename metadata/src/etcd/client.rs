@@ -18,10 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, KvClient, LeaseClient, WatchClient};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::clock::SharedClock;
 use crate::{MetadataError, Result, SessionId, Version};
 
 /// Largest message the client accepts from etcd. etcd itself sends up to `i32::MAX` bytes (a
@@ -124,11 +124,17 @@ pub(super) struct Cluster {
     current: AtomicUsize,
     connect_options: ConnectOptions,
     request_timeout: Duration,
+    pub clock: SharedClock,
     pub shutdown: CancellationToken,
 }
 
 impl Cluster {
-    pub fn new(endpoints: &[String], connect_timeout: Duration, request_timeout: Duration) -> Self {
+    pub fn new(
+        endpoints: &[String],
+        connect_timeout: Duration,
+        request_timeout: Duration,
+        clock: SharedClock,
+    ) -> Self {
         let connect_options = ConnectOptions::new()
             .with_connect_timeout(connect_timeout)
             // A member cut off from the quorum refuses requests (and ends watches) at once
@@ -151,6 +157,7 @@ impl Cluster {
             current: AtomicUsize::new(0),
             connect_options,
             request_timeout,
+            clock,
             shutdown: CancellationToken::new(),
         }
     }
@@ -221,21 +228,21 @@ impl Cluster {
                 "no etcd endpoints configured".into(),
             ));
         }
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = self.clock.now() + self.request_timeout;
         let start = self.current.load(Ordering::Relaxed);
         let mut backoff = ROUND_BACKOFF_MIN;
         let mut last_error = String::from("no member was tried");
         for attempt in 0usize.. {
             if attempt > 0 && attempt % n == 0 {
                 // Every member failed once; they may be electing a leader. Pause, then go round again.
-                let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                let pause = backoff.min(deadline.saturating_duration_since(self.clock.now()));
                 backoff = (backoff * 2).min(ROUND_BACKOFF_MAX);
                 tokio::select! {
-                    () = tokio::time::sleep(pause) => {}
+                    () = self.clock.sleep(pause) => {}
                     () = self.shutdown.cancelled() => return Err(MetadataError::Closed),
                 }
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let remaining = deadline.saturating_duration_since(self.clock.now());
             if remaining.is_zero() {
                 break;
             }

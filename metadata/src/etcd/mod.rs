@@ -25,6 +25,7 @@ use etcd_client::{
 };
 
 use self::client::{Call, Cluster};
+use crate::clock::SharedClock;
 use crate::store::validate_prefix;
 use crate::{
     DeleteOutcome, Expected, Listing, MetadataError, MetadataStore, PutOutcome, Result, Session,
@@ -55,6 +56,8 @@ pub struct EtcdOptions {
     /// Longest time one store operation may take, across all its retries and members. Also
     /// bounds how long a dead cluster takes to report [`MetadataError::Unavailable`].
     pub request_timeout: Duration,
+    /// Deadlines, backoff and lease keep-alive timing.
+    pub clock: SharedClock,
 }
 
 impl Default for EtcdOptions {
@@ -64,6 +67,7 @@ impl Default for EtcdOptions {
             root: String::new(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
+            clock: crate::clock::system(),
         }
     }
 }
@@ -116,6 +120,7 @@ impl EtcdStore {
                 &options.endpoints,
                 options.connect_timeout,
                 options.request_timeout,
+                options.clock,
             ),
             root,
         });

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::Instant;
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
 use super::Core;
 use super::client::Call;
+use crate::clock;
 use crate::{MetadataError, Result, Session, SessionBackend, SessionId};
 
 /// Renewals are never sent more often than this, whatever the ttl.
@@ -26,7 +27,7 @@ const REOPEN_BACKOFF: Duration = Duration::from_millis(100);
 pub(super) async fn create(core: Arc<Core>, ttl: Duration) -> Result<Session> {
     let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
     let seconds = i64::try_from(seconds.max(1)).unwrap_or(i64::MAX);
-    let asked_at = Instant::now();
+    let asked_at = core.cluster.clock.now();
     let resp = core
         .cluster
         .run(Call::write("create_session", "lease"), |mut c| async move {
@@ -67,13 +68,13 @@ async fn keep_alive(
     let name = format!("lease {id:x}");
     loop {
         // Open a keep-alive stream; its first round trip is a renewal.
-        let asked = Instant::now();
+        let asked = core.cluster.clock.now();
         let Some(left) = (renewed_at + ttl).checked_duration_since(asked) else {
             return expire(&lost, "no renewal succeeded within the ttl");
         };
         let call = Call::read("keep_alive", &name).with_lease(id);
         let opened = tokio::select! {
-            opened = tokio::time::timeout(left, core.cluster.run(call, |mut c| async move {
+            opened = clock::timeout(&*core.cluster.clock, left, core.cluster.run(call, |mut c| async move {
                 c.lease.keep_alive(id).await
             })) => opened,
             () = lost.cancelled() => return,
@@ -90,7 +91,7 @@ async fn keep_alive(
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot renew the session; trying again");
                 tokio::select! {
-                    () = tokio::time::sleep(REOPEN_BACKOFF) => {}
+                    () = core.cluster.clock.sleep(REOPEN_BACKOFF) => {}
                     () = lost.cancelled() => return,
                 }
                 continue;
@@ -104,16 +105,16 @@ async fn keep_alive(
         );
         loop {
             tokio::select! {
-                () = tokio::time::sleep(interval) => {}
+                () = core.cluster.clock.sleep(interval) => {}
                 () = lost.cancelled() => return,
             }
-            let asked = Instant::now();
+            let asked = core.cluster.clock.now();
             let renewal = async {
                 keeper.keep_alive().await?;
                 stream.message().await
             };
             let reply = tokio::select! {
-                reply = tokio::time::timeout(interval, renewal) => reply,
+                reply = clock::timeout(&*core.cluster.clock, interval, renewal) => reply,
                 () = lost.cancelled() => return,
             };
             match reply {

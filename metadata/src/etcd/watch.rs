@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use etcd_client::{EventType, WatchOptions};
+use std::time::Instant;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, warn};
 
@@ -128,8 +128,9 @@ impl Task {
                             s
                         }
                         Err(e) if e.is_retryable() => {
-                            let since = *failing_since.get_or_insert_with(Instant::now);
-                            if since.elapsed() >= RESUME_GIVE_UP {
+                            let clock = &self.core.cluster.clock;
+                            let since = *failing_since.get_or_insert_with(|| clock.now());
+                            if clock.now().saturating_duration_since(since) >= RESUME_GIVE_UP {
                                 let e = MetadataError::Unavailable(format!(
                                     "watch {} could not be resumed for {RESUME_GIVE_UP:?}: {e}",
                                     self.prefix
@@ -138,7 +139,7 @@ impl Task {
                             }
                             warn!(error = %e, from = self.next, "watch cannot be resumed yet");
                             tokio::select! {
-                                () = tokio::time::sleep(RESUME_BACKOFF) => {}
+                                () = self.core.cluster.clock.sleep(RESUME_BACKOFF) => {}
                                 () = self.cancel.cancelled() => return self.closed(),
                             }
                             continue;

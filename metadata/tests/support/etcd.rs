@@ -168,9 +168,7 @@ impl EtcdCluster {
             .tempdir()
             .context("creating the etcd data directory")?;
         let ports = free_ports(2 * n)?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let nanos = magnetar_metadata::clock::entropy().u128();
         let token = format!(
             "magnetar-test-{}-{}-{nanos}",
             std::process::id(),
@@ -256,7 +254,7 @@ impl EtcdCluster {
 
     /// Waits until the given members answer `/health` as healthy.
     fn wait_healthy(&mut self, which: Vec<usize>) -> Result<()> {
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = magnetar_metadata::clock::system().now() + START_TIMEOUT;
         let mut pending = which;
         while !pending.is_empty() {
             for &i in &pending {
@@ -274,7 +272,7 @@ impl EtcdCluster {
             if pending.is_empty() {
                 break;
             }
-            if Instant::now() >= deadline {
+            if magnetar_metadata::clock::system().now() >= deadline {
                 let mut tails = String::new();
                 for &i in &pending {
                     let _ = writeln!(tails, "--- m{i} log tail:\n{}", self.log_tail(i));

@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use magnetar_metadata::{EntryId, Expected, LedgerId, MemoryStore, MetadataStore};
-use rand::Rng;
 use tokio::sync::watch;
 
 use crate::api::{
@@ -145,12 +144,14 @@ impl BookieClient for FakeBookie {
         };
         let ms = delay
             + if jitter > 0 {
-                rand::rng().random_range(0..jitter)
+                magnetar_metadata::clock::entropy().below(jitter)
             } else {
                 0
             };
         if ms > 0 {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+            magnetar_metadata::clock::system()
+                .sleep(Duration::from_millis(ms))
+                .await;
         }
         {
             let mut st = self.state();
@@ -221,13 +222,13 @@ impl BookieClient for FakeBookie {
     ) -> BookieResult<i64> {
         self.gate(true).await?;
         let mut rx = self.changed.subscribe();
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = magnetar_metadata::clock::system().now() + timeout;
         loop {
             let lac = Self::lac_of(&self.state(), ledger.0);
             if lac > previous || timeout.is_zero() {
                 return Ok(lac);
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
+            if tokio::time::timeout_at(deadline.into(), rx.changed())
                 .await
                 .is_err()
             {

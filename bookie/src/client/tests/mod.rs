@@ -3,7 +3,7 @@
 mod fake;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use magnetar_metadata::{EntryId, LedgerId};
@@ -253,7 +253,9 @@ async fn hanging_bookie_is_replaced_after_the_add_timeout() {
     cluster.bookie(&victim).set_mode(Mode::Hang);
     // Qa=2 of Qw=3: entries still complete; the hung bookie is replaced after the timeout.
     append_n(&w, 3, 5).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(700))
+        .await;
     append_n(&w, 8, 2).await;
     let meta = w.close().await.unwrap();
     assert!(!meta.last_ensemble().bookies.contains(&victim), "{meta:?}");
@@ -488,7 +490,7 @@ async fn speculative_read_when_the_first_replica_hangs() {
     let r = client.open_ledger(w.id()).await.unwrap();
     let first = meta.write_set_bookies(1)[0].clone();
     cluster.bookie(&first).hang_reads(true);
-    let start = Instant::now();
+    let start = magnetar_metadata::clock::system().now();
     assert_eq!(r.read(1).await.unwrap().payload, payload(1));
     assert!(
         start.elapsed() < Duration::from_secs(2),
@@ -573,7 +575,9 @@ async fn tailing_reader_follows_the_lac() {
             .unwrap();
         (lac, r)
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(50))
+        .await;
     w.append_wait(payload(3)).await.unwrap();
     let (lac, r) = poll.await.unwrap();
     assert!(lac >= 2, "{lac}");
@@ -639,7 +643,11 @@ async fn registry_follows_registrations() {
                 refused = true;
                 break;
             }
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            _ => {
+                magnetar_metadata::clock::system()
+                    .sleep(Duration::from_millis(10))
+                    .await
+            }
         }
     }
     assert!(refused, "the deregistered bookie is still used");
@@ -654,7 +662,9 @@ async fn registry_follows_registrations() {
             created = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        magnetar_metadata::clock::system()
+            .sleep(Duration::from_millis(10))
+            .await;
     }
     assert!(created, "the re-registered bookie is not used");
 }

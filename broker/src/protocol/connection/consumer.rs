@@ -77,7 +77,7 @@ impl Conn {
             topic: Arc::clone(&topic),
             sub,
             sub_type,
-            connected_since_ms: magnetar_metadata::clock::now_ms(),
+            connected_since_ms: self.service.config().clock.now_ms(),
         };
         if self.tx.is_closed() {
             self.detach_consumer(slot).await;

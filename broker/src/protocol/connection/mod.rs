@@ -36,10 +36,12 @@ use magnetar_proto::pulsar::api::{
     ProducerAccessMode, ServerError,
 };
 use magnetar_proto::pulsar::{Frame, MessageFrame, PROTOCOL_VERSION, PulsarCodec, commands};
+use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::time::Instant;
+
+use magnetar_metadata::clock::Interval;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -417,31 +419,35 @@ impl Conn {
         // Past the handshake, frames up to the advertised maximum are accepted.
         frames.decoder_mut().frame_size_max = self.frame_size_max;
 
-        let mut last_seen = Instant::now();
+        let clock = Arc::clone(&self.service.config().clock);
+        let mut last_seen = clock.now();
         // When the broker's PING went out, if nothing arrived since: only a peer silent for a
         // whole keep-alive interval after a PING is dead (as Pulsar's keep-alive), however
         // late a timer fires.
         let mut ping_unanswered: Option<Instant> = None;
-        let mut ticker = tokio::time::interval(keepalive);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticker = Interval::new(Arc::clone(&clock), keepalive);
         let shutdown = self.service.shutdown_token().clone();
         loop {
             let next = tokio::select! {
                 f = frames.next() => f,
                 _ = ticker.tick() => {
+                    let now = clock.now();
                     if let Some(sent) = ping_unanswered
-                        && sent.elapsed() >= keepalive
+                        && now.saturating_duration_since(sent) >= keepalive
                     {
                         return Close::Error(format!(
                             "nothing received for {:?} after a PING: peer is dead",
-                            sent.elapsed()
+                            now.saturating_duration_since(sent)
                         ));
                     }
                     if ping_unanswered.is_none()
-                        && last_seen.elapsed() >= keepalive
-                        && self.tx.try_send_command(commands::ping())
+                        && now.saturating_duration_since(last_seen) >= keepalive
                     {
-                        ping_unanswered = Some(Instant::now());
+                        // Counted as sent even when the queue to the peer is full: a peer
+                        // that neither reads nor writes for another interval is dead all
+                        // the same, and must not hold its queued messages forever.
+                        let _queued = self.tx.try_send_command(commands::ping());
+                        ping_unanswered = Some(now);
                     }
                     continue;
                 }
@@ -458,7 +464,7 @@ impl Conn {
             }
             // After handling: a frame held up by backpressure (a SEND waiting for the managed
             // ledger's queue) is our wait, not the peer's silence.
-            last_seen = Instant::now();
+            last_seen = clock.now();
             ping_unanswered = None;
         }
     }

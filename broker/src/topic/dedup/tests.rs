@@ -13,7 +13,7 @@ use super::*;
 use magnetar_managed_ledger::ManagedLedgerConfig;
 
 fn enabled(config: DedupConfig) -> Arc<Dedup> {
-    let d = Dedup::new(config);
+    let d = Dedup::new(config, magnetar_metadata::clock::system());
     d.reset(Status::Enabled, None, HashMap::new(), None);
     d
 }
@@ -31,7 +31,7 @@ fn is_dup(v: &Verdict) -> bool {
 
 #[test]
 fn disabled_dedup_stores_everything_untracked() {
-    let d = Dedup::new(DedupConfig::default());
+    let d = Dedup::new(DedupConfig::default(), magnetar_metadata::clock::system());
     for _ in 0..2 {
         assert!(matches!(
             d.check("p", 1, None, || true),
@@ -272,7 +272,7 @@ async fn state_is_recovered_from_snapshot_and_replay_after_a_crash() {
     let ml = f1.open(name, ml_config()).await.unwrap();
     // Stored before deduplication was on: not part of its state.
     ml.append_wait(entry("a", 100, None, None)).await.unwrap();
-    let d = Dedup::new(config.clone());
+    let d = Dedup::new(config.clone(), magnetar_metadata::clock::system());
     d.apply_policy(true, &ml).await.unwrap();
     assert_eq!(d.status(), Status::Enabled);
     assert_eq!(d.last_sequence_id("a"), -1);
@@ -296,7 +296,7 @@ async fn state_is_recovered_from_snapshot_and_replay_after_a_crash() {
     // "kill -9": no close, no snapshot; another broker opens the ledger (fencing this one).
     let f2 = cluster.factory();
     let ml2 = f2.open(name, ml_config()).await.unwrap();
-    let d2 = Dedup::new(config.clone());
+    let d2 = Dedup::new(config.clone(), magnetar_metadata::clock::system());
     d2.apply_policy(true, &ml2).await.unwrap();
     assert_eq!(d2.last_sequence_id("a"), 3);
     assert_eq!(d2.last_sequence_id("b"), 12);
