@@ -8,9 +8,7 @@
 //! percentiles nor concurrency. The etcd backend is a real `etcd` started on 127.0.0.1 (Debian
 //! package `etcd-server`); without it the etcd rows fail with a message saying how to get it.
 
-#[path = "../metadata/tests/support/etcd.rs"]
-#[allow(dead_code)]
-mod etcd_support;
+use magnetar_testkit::etcd as etcd_support;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,9 +3,7 @@
 //!
 //! Each test starts its own etcd and bookies, so tests run in parallel without sharing state.
 
-#[path = "../metadata/tests/support/etcd.rs"]
-#[allow(dead_code)]
-mod etcd_support;
+use magnetar_testkit::etcd as etcd_support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
+
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
 use magnetar_proto::pulsar::api::{
@@ -17,8 +17,8 @@ use magnetar_proto::pulsar::api::{
 };
 use magnetar_proto::pulsar::{Frame, Payload};
 
-mod support;
-use support::*;
+use magnetar_testkit::local::*;
+use magnetar_testkit::wire::*;
 
 const TOPIC: &str = "persistent://public/default/chunked-shared";
 
@@ -102,9 +102,7 @@ async fn subscribe_shared(conn: &mut Conn, consumer_id: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_wait_for_their_consumers_permits_in_order_and_move_when_it_leaves() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
 
     // Message "m" in three chunks, interleaved with plain messages x, y, z.
     let mut producer = connect(standalone.local_addr()).await;
@@ -160,9 +158,7 @@ async fn chunks_wait_for_their_consumers_permits_in_order_and_move_when_it_leave
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_without_its_first_chunk_does_not_stall_the_subscription() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
 
     // Chunk 1 of "o" with no chunk 0 before it (as after chunk 0 was acknowledged and the
     // mapping lost), then a plain message.

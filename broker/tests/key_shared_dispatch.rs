@@ -5,7 +5,7 @@
 //! many of its own entries come first in the backlog.
 
 use futures::SinkExt;
-use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
+
 use magnetar_broker::subscription::key_shared::{murmur3_32, sticky_hash};
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
@@ -15,8 +15,8 @@ use magnetar_proto::pulsar::api::{
 };
 use magnetar_proto::pulsar::{Frame, Payload};
 
-mod support;
-use support::*;
+use magnetar_testkit::local::*;
+use magnetar_testkit::wire::*;
 
 const TOPIC: &str = "persistent://public/default/key-shared-dispatch";
 /// STICKY ranges: A owns the lower half of the hash space, B the upper half.
@@ -110,9 +110,7 @@ async fn subscribe_sticky(conn: &mut Conn, consumer_id: u64, range: (i32, i32)) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_without_permits_does_not_hold_back_other_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
 
     // 25 messages of A's key, then one of B's: more of A's than B has permits, so every
     // entry of the first reads is A's.

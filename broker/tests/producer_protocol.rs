@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use futures::SinkExt;
-use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
+
 use magnetar_broker::topic_name::TopicName;
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::{
@@ -17,8 +17,9 @@ use magnetar_proto::pulsar::api::{
 };
 use magnetar_proto::pulsar::{Frame, Payload, commands};
 
-mod support;
-use support::*;
+use magnetar_broker::runtime::standalone::Standalone;
+use magnetar_testkit::local::*;
+use magnetar_testkit::wire::*;
 
 fn producer(topic: &str, id: u64, request_id: u64, mode: ProducerAccessMode) -> Frame {
     Frame::command(BaseCommand {
@@ -64,9 +65,7 @@ fn send(producer_id: u64, seq: u64) -> Frame {
 
 async fn start() -> (tempfile::TempDir, Standalone) {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
     (dir, standalone)
 }
 

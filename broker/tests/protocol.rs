@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::SinkExt;
-use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
+
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_lookup_topic_response::LookupType;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
@@ -21,12 +21,12 @@ use magnetar_proto::pulsar::api::{
 use magnetar_proto::pulsar::{Frame, Payload};
 use tokio::net::TcpStream;
 
-mod support;
-use support::*;
+use magnetar_testkit::local::*;
+use magnetar_testkit::wire::*;
 
 /// Connects; CONNECTED names the broker and carries protocol 21 and the 5 MiB limit.
 async fn connect(addr: std::net::SocketAddr) -> Conn {
-    let (conn, connected) = support::connect_reply(addr).await;
+    let (conn, connected) = magnetar_testkit::wire::connect_reply(addr).await;
     assert!(connected.server_version.starts_with("Magnetar "));
     assert_eq!(connected.protocol_version, Some(21));
     assert_eq!(connected.max_message_size, Some(5 * 1024 * 1024));
@@ -73,9 +73,7 @@ fn subscribe(topic: &str, consumer_id: u64, request_id: u64) -> Frame {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_are_the_clients_bytes_and_receipts_come_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
     let topic = "persistent://public/default/raw";
     let mut conn = connect(standalone.local_addr()).await;
 
@@ -192,9 +190,7 @@ async fn entries_are_the_clients_bytes_and_receipts_come_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_frame_closes_only_its_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
     let mut good = connect(standalone.local_addr()).await;
 
     let mut bad = TcpStream::connect(standalone.local_addr()).await.unwrap();
@@ -218,9 +214,7 @@ async fn a_malformed_frame_closes_only_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_frame_before_connect_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
     // A 4-byte header announcing a 1 MiB frame — within the message size limit, far beyond
     // any CONNECT: the broker must not reserve (and wait for) a megabyte for a peer that has
     // not said hello; it closes the connection.
@@ -260,9 +254,7 @@ async fn a_large_frame_before_connect_is_refused_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_names_are_invalid_topic_name_on_the_wire() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
     let mut conn = connect(standalone.local_addr()).await;
     let mut request_id = 0;
     // Topics `.` and `..`: refused at once, with the reason, not a storage failure.
@@ -312,10 +304,10 @@ async fn bad_names_are_invalid_topic_name_on_the_wire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_keeps_a_peer_that_answers_pings_and_closes_a_silent_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    options.broker.service.keepalive_interval = Duration::from_millis(100);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |o| {
+        o.broker.service.keepalive_interval = Duration::from_millis(100);
+    })
+    .await;
     // Answers every PING and says nothing else: alive for 20 intervals.
     let mut polite = connect(standalone.local_addr()).await;
     let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(2);
@@ -357,10 +349,10 @@ async fn keepalive_keeps_a_peer_that_answers_pings_and_closes_a_silent_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_limit_are_closed_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    options.broker.service.limits.max_connections = 2;
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |o| {
+        o.broker.service.limits.max_connections = 2;
+    })
+    .await;
     let first = connect(standalone.local_addr()).await;
     let _second = connect(standalone.local_addr()).await;
     use tokio::io::AsyncReadExt;
@@ -411,19 +403,17 @@ async fn try_next(conn: &mut Conn) -> Option<Frame> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_per_connection_limits_hold_work_back_and_drop_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    options
-        .broker
-        .service
-        .limits
-        .max_concurrent_requests_per_connection = 1;
-    options
-        .broker
-        .service
-        .limits
-        .max_pending_publish_requests_per_connection = 1;
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |o| {
+        o.broker
+            .service
+            .limits
+            .max_concurrent_requests_per_connection = 1;
+        o.broker
+            .service
+            .limits
+            .max_pending_publish_requests_per_connection = 1;
+    })
+    .await;
     let mut conn = connect(standalone.local_addr()).await;
     // Pipelined requests: each is answered.
     for request_id in 1..=20u64 {
@@ -479,9 +469,7 @@ async fn partitioned_metadata_comes_from_the_policies() {
     use magnetar_broker::topic_name::TopicName;
     use magnetar_proto::pulsar::api::CommandPartitionedTopicMetadata;
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
     let parts: TopicName = "persistent://public/default/parts".parse().unwrap();
     standalone
         .service()
@@ -605,9 +593,7 @@ async fn consumer_stats(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_index_acks_and_consumer_stats_on_the_wire() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
     let topic = "persistent://public/default/raw-batch";
     let mut conn = connect(standalone.local_addr()).await;
     conn.send(Frame::command(BaseCommand {

@@ -15,8 +15,8 @@ use magnetar_metadata::MemoryStore;
 use magnetar_proto::pulsar::api::ServerError;
 use magnetar_proto::pulsar::{Frame, Payload};
 
-mod support;
-use support::*;
+use magnetar_testkit::local::*;
+use magnetar_testkit::wire::*;
 
 fn producer(topic: &str, request_id: u64) -> Frame {
     producer_frame(topic, request_id)

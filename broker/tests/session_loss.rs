@@ -23,8 +23,8 @@ use magnetar_proto::pulsar::Frame;
 use magnetar_proto::pulsar::api::command_subscribe::SubType;
 use tokio::sync::watch;
 
-mod support;
-use support::*;
+use magnetar_testkit::local::*;
+use magnetar_testkit::wire::*;
 
 /// A [`MemoryStore`] whose every call waits while the store is cut off.
 #[derive(Debug)]

@@ -10,12 +10,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::SinkExt;
-use magnetar_broker::runtime::standalone::{Standalone, StandaloneOptions};
+
 use magnetar_proto::pulsar::Frame;
 use magnetar_proto::pulsar::api::command_subscribe::SubType;
 
-mod support;
-use support::*;
+use magnetar_testkit::local::*;
+use magnetar_testkit::wire::*;
 
 const TOPIC: &str = "persistent://public/default/slow-consumer";
 const MESSAGES: u64 = 60_000;
@@ -57,9 +57,7 @@ async fn receive(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_stops_reading_does_not_hold_up_the_others() {
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StandaloneOptions::new(dir.path());
-    options.broker.bind.set_port(0);
-    let standalone = Standalone::start(options).await.unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
     let addr = standalone.local_addr();
 
     // The stalled consumer: asks for everything, then never reads its socket.

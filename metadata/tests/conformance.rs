@@ -6,9 +6,7 @@
 //! binary can also act as the *child process* that holds a session and gets killed with SIGKILL
 //! (`MAGNETAR_CONFORMANCE_CHILD` set).
 
-#[path = "support/etcd.rs"]
-#[allow(dead_code)]
-mod etcd_support;
+use magnetar_testkit::etcd as etcd_support;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};

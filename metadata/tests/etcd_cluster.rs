@@ -3,8 +3,7 @@
 //! endpoint is dead. The general contract is the conformance suite's job; this file is about what
 //! only etcd can get wrong (root prefixes, paging, compaction, members dying).
 
-#[path = "support/etcd.rs"]
-mod etcd_support;
+use magnetar_testkit::etcd as etcd_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

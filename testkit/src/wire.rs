@@ -1,21 +1,10 @@
 //! A raw Pulsar-protocol client for the broker's wire tests: framed connection, CONNECT
-//! handshake, bounded waits for the next frame, and the commands several tests send; and
-//! [`LocalCluster`], a cluster broker over one in-process bookie that tests take away and
-//! give back. (Each test binary uses a part of it.)
-
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! handshake, bounded waits for the next frame, and the commands several tests send.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use magnetar_bookie::api::{BookieClient, BookieId, BookieRegistration, BookieState};
-use magnetar_bookie::local::LocalConnector;
-use magnetar_bookie::server::{Bookie, BookieOptions};
-use magnetar_broker::runtime::broker::{Broker, BrokerOptions};
-use magnetar_metadata::{Expected, MetadataStore};
 use magnetar_proto::pulsar::api::base_command::Type;
 use magnetar_proto::pulsar::api::command_subscribe::{InitialPosition, SubType};
 use magnetar_proto::pulsar::api::{
@@ -145,72 +134,4 @@ pub fn subscribe_frame(
         })),
         ..cmd(Type::Subscribe)
     })
-}
-
-/// One in-process bookie behind a [`LocalConnector`] (which tests take away and give back),
-/// registered in `store`; [`LocalCluster::node`] starts cluster brokers over both.
-pub struct LocalCluster {
-    _dir: tempfile::TempDir,
-    pub store: Arc<dyn MetadataStore>,
-    id: BookieId,
-    bookie: Arc<Bookie>,
-    connector: LocalConnector,
-}
-
-impl LocalCluster {
-    pub async fn new(store: Arc<dyn MetadataStore>) -> LocalCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let id: BookieId = "local:1".parse().unwrap();
-        let bookie = Bookie::open(BookieOptions::new(id.clone(), dir.path().join("b")))
-            .await
-            .unwrap();
-        let connector = LocalConnector::new();
-        connector.insert(bookie.clone());
-        let reg = BookieRegistration {
-            id: id.clone(),
-            state: BookieState::ReadWrite,
-            free_bytes: 1 << 40,
-            used_bytes: 0,
-            zone: None,
-            version: "test".into(),
-        };
-        let _ = store
-            .put(
-                &magnetar_bookie::api::registration_key(&id),
-                Bytes::from(serde_json::to_vec(&reg).unwrap()),
-                Expected::Any,
-            )
-            .await
-            .unwrap();
-        LocalCluster {
-            _dir: dir,
-            store,
-            id,
-            bookie,
-            connector,
-        }
-    }
-
-    /// A cluster broker on a free port over the cluster's store and bookie.
-    pub async fn node(&self) -> Broker {
-        let mut options = BrokerOptions::default();
-        options.bind.set_port(0);
-        Broker::start(
-            Arc::clone(&self.store),
-            Arc::new(self.connector.clone()),
-            None,
-            options,
-        )
-        .await
-        .unwrap()
-    }
-
-    pub fn take_bookie_away(&self) {
-        self.connector.remove(&self.id);
-    }
-
-    pub fn give_bookie_back(&self) {
-        self.connector
-            .insert(self.bookie.clone() as Arc<dyn BookieClient>);
-    }
 }

@@ -4,14 +4,9 @@
 //! Members are killed with SIGKILL — a crash, not a clean stop — by `kill`/`kill_member` and on
 //! drop.
 //!
-//! Self-contained so any test can include it:
-//! `#[path = "support/etcd.rs"] mod etcd_support;`
-//!
 //! The binary is `$MAGNETAR_ETCD_BIN`, else `etcd` on `PATH`, else `/usr/bin/etcd` (Debian package
 //! `etcd-server`; flags are those of etcd 3.4). Tests do not skip without it: they fail and say
 //! how to get it.
-// Each test uses part of this; `unused` (not `dead_code`, which an includer may already allow).
-#![allow(unused)]
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -20,7 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
