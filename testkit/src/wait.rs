@@ -1,13 +1,18 @@
 //! Waiting for a condition, never for a fixed time: poll until it holds, fail the test with
 //! what was awaited when it does not within a bound.
+//!
+//! The one exception is a negative assertion that only the passing of real time can show —
+//! something on a real server's clock (an etcd lease) must NOT happen — and no manual clock can
+//! be driven instead: [`holds_throughout`] checks it all through an explicit window.
 
-use std::future::Future;
 use std::time::Duration;
 
 use magnetar_metadata::clock;
 
 /// Between two polls.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Between two checks of an invariant over a window (they may ask a server).
+const HOLD_POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Polls `condition` until it holds; panics naming `what` after `within`.
 pub async fn until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
@@ -20,22 +25,17 @@ pub async fn until_some<T>(
     within: Duration,
     mut probe: impl FnMut() -> Option<T>,
 ) -> T {
-    let clock = clock::system();
-    let deadline = clock.now() + within;
-    loop {
-        if let Some(v) = probe() {
-            return v;
-        }
-        assert!(clock.now() < deadline, "not within {within:?}: {what}");
-        clock.sleep(POLL_INTERVAL).await;
-    }
+    until_async(what, within, async || probe()).await
 }
 
 /// Polls the async `probe` until it returns `Some`; panics naming `what` after `within`.
-pub async fn until_async<T, F: Future<Output = Option<T>>>(
+///
+/// `probe` may be an async closure borrowing state mutably (`async || { conn.send(..).await; .. }`)
+/// as well as a closure returning a future (`|| async { .. }`).
+pub async fn until_async<T>(
     what: &str,
     within: Duration,
-    mut probe: impl FnMut() -> F,
+    mut probe: impl AsyncFnMut() -> Option<T>,
 ) -> T {
     let clock = clock::system();
     let deadline = clock.now() + within;
@@ -55,5 +55,29 @@ pub fn until_blocking(what: &str, within: Duration, mut condition: impl FnMut() 
     while !condition() {
         assert!(clock.now() < deadline, "not within {within:?}: {what}");
         std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Checks the async `invariant` all through `window` (at its start, its end and often in
+/// between); panics naming `what` as soon as it does not hold.
+///
+/// For negative assertions only — something must NOT happen during `window`, and only real
+/// time passing can show it (e.g. a lease on a real etcd server's clock not expiring). Never use
+/// it to wait for something to happen ([`until`]), nor where the component takes a clock: drive
+/// a [`clock::ManualClock`] past the timer instead.
+pub async fn holds_throughout(
+    what: &str,
+    window: Duration,
+    mut invariant: impl AsyncFnMut() -> bool,
+) {
+    let clock = clock::system();
+    let end = clock.now() + window;
+    loop {
+        assert!(invariant().await, "no longer holds: {what}");
+        let now = clock.now();
+        if now >= end {
+            return;
+        }
+        clock.sleep(HOLD_POLL_INTERVAL.min(end - now)).await;
     }
 }
