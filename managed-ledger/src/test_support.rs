@@ -18,6 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use magnetar_metadata::clock::SharedClock;
 use magnetar_metadata::{
     DeleteOutcome, Expected, Listing, MemoryStore, MetadataError, MetadataStore, PutOutcome,
     Session, Versioned, WatchStream,
@@ -87,6 +88,26 @@ impl Cluster {
             self.client(),
             MokaEntryCache::new(MokaEntryCache::DEFAULT_SIZE_BYTES_MAX),
         )
+    }
+
+    /// A broker's view whose managed ledgers and ledger client run on `clock` (e.g. a
+    /// [`ManualClock`](magnetar_metadata::clock::ManualClock): flushes, backoff, rollover age
+    /// and retention then move only when the test advances it).
+    pub fn factory_with_clock(&self, clock: SharedClock) -> ManagedLedgerFactory {
+        let client = LedgerClient::new(
+            Arc::clone(&self.metadata),
+            Arc::new(self.connector.clone()),
+            LedgerClientOptions {
+                clock: Arc::clone(&clock),
+                ..LedgerClientOptions::default()
+            },
+        );
+        ManagedLedgerFactory::new(
+            Arc::clone(&self.metadata),
+            client,
+            MokaEntryCache::new(MokaEntryCache::DEFAULT_SIZE_BYTES_MAX),
+        )
+        .with_clock(clock)
     }
 
     pub async fn stop(self) {

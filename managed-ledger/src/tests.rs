@@ -9,10 +9,18 @@ use std::time::Duration;
 use bytes::Bytes;
 use magnetar_bookie::api::BookieClient;
 use magnetar_bookie::client::LedgerError;
+use magnetar_metadata::clock::ManualClock;
+use magnetar_testkit::wait;
 
 use crate::*;
 
+use crate::record::{CursorRecord, cursor_record_key};
 use crate::test_support::Cluster;
+
+/// A manual clock for timer-driven tests: it moves only when the test advances it.
+fn manual_clock() -> Arc<ManualClock> {
+    ManualClock::new(1_700_000_000_000)
+}
 
 fn config(entries_max: u64) -> ManagedLedgerConfig {
     ManagedLedgerConfig {
@@ -173,10 +181,12 @@ async fn managed_ledger_cursor_acks_persist_across_reopen() {
     assert_eq!(c.backlog(), 20 - 11 - 2);
 
     // Crash: a new broker, same metadata and bookies; the old one never closed (it stays
-    // around, fenced, as a partitioned broker would).
+    // around, fenced, as a partitioned broker would). The new one runs on a manual clock, so
+    // its cursor flushes happen exactly when the test moves time.
     c.flush().await.unwrap();
     let _crashed = (c, ml, factory);
-    let factory = cluster.factory();
+    let clock = manual_clock();
+    let factory = cluster.factory_with_clock(clock.clone());
     let ml = factory.open(name, config(8)).await.unwrap();
     let c = ml.cursor("sub").expect("restored");
     assert_eq!(c.mark_delete_position(), Some(p[10]));
@@ -194,13 +204,42 @@ async fn managed_ledger_cursor_acks_persist_across_reopen() {
         .collect();
     assert_eq!(got, want);
 
-    // Coalesced writes: many acks, one flush interval later the record holds them all.
+    // Coalesced writes: acks only mark the cursor dirty; no flush, no close — once a flush
+    // interval has passed the cursor's flusher has written them all to its record.
+    let key = cursor_record_key(name, "sub");
+    let stored_floor = async || {
+        let stored = cluster
+            .metadata
+            .get(&key)
+            .await
+            .unwrap()
+            .expect("cursor record");
+        serde_json::from_slice::<CursorRecord>(&stored.value)
+            .unwrap()
+            .first_unacked
+    };
+    let before = stored_floor().await;
+    c.ack_individual(&[p[11], p[13]]).unwrap();
     c.ack_cumulative(p[19]).unwrap();
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_millis(400))
-        .await;
-    ml.close().await.unwrap();
-    drop((c, ml, factory));
+    let floor = c.first_unacked();
+    assert!(floor > before);
+    assert_eq!(
+        stored_floor().await,
+        before,
+        "nothing is written before the flush interval has passed"
+    );
+    let interval = Duration::from_millis(config(8).cursor_flush_interval_ms);
+    wait::until_async(
+        "the cursor's flusher writes the acks a flush interval later",
+        Duration::from_secs(10),
+        async || {
+            clock.advance(interval);
+            (stored_floor().await == floor).then_some(())
+        },
+    )
+    .await;
+    // Crash again: only what the flusher wrote can be restored.
+    let _crashed_again = (c, ml, factory);
     let factory = cluster.factory();
     let ml = factory.open(name, config(8)).await.unwrap();
     let c = ml.cursor("sub").unwrap();
@@ -501,14 +540,12 @@ async fn managed_ledger_retention_trims_only_consumed_ledgers() {
         .unwrap();
     let p = append_n(&ml, 0, 20).await;
     // The rollover after the 20th entry runs once its append completed: wait for it.
-    for _ in 0..200 {
-        if ml.ledgers().len() == 5 {
-            break;
-        }
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(10))
-            .await;
-    }
+    wait::until(
+        "the rollover after the 20th entry",
+        Duration::from_secs(10),
+        || ml.ledgers().len() == 5,
+    )
+    .await;
     let ledgers: Vec<_> = ml.ledgers().iter().map(|l| l.ledger_id).collect();
     assert_eq!(ledgers.len(), 5, "4 full ledgers and the current one");
     fast.ack_cumulative(p[19]).unwrap();
@@ -564,9 +601,11 @@ async fn managed_ledger_retention_trims_only_consumed_ledgers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
-    // E=Qw=Qa=1 with entries_max 1: every append needs a new ledger.
+    // E=Qw=Qa=1 with entries_max 1: every append needs a new ledger. The backoff runs on a
+    // manual clock: the test decides how much time passes between appends.
     let cluster = Cluster::start(1).await;
-    let factory = cluster.factory();
+    let clock = manual_clock();
+    let factory = cluster.factory_with_clock(clock.clone());
     let ml = factory
         .open(
             "t/ns/persistent/outage",
@@ -584,24 +623,34 @@ async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
     // still be created on it, and every write to them fails.
     let id = cluster.bookies[0].id().clone();
     cluster.connector.remove(&id);
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_millis(200))
-        .await;
+    // The rollover the first append asked for (ledger creation is metadata only, so it
+    // succeeds without the bookie): counting starts once it is recorded.
+    wait::until(
+        "the rollover after the first append",
+        Duration::from_secs(10),
+        || ml.ledgers().len() == 2,
+    )
+    .await;
     let ids_before = cluster.metadata.get("/ids/ledger").await.unwrap();
-    // A producer retrying hard for a second: each append fails, fast.
-    let started = magnetar_metadata::clock::system().now();
+    // A producer retrying hard for a second, an append every 5 ms: each append fails, fast —
+    // at once, while the clock stands still (one waiting for the backoff would never end).
+    let real = magnetar_metadata::clock::system();
+    let started = real.now();
     let mut failures = 0;
-    while started.elapsed() < Duration::from_secs(1) {
-        let result = match ml.append(Bytes::from_static(b"x")).await {
-            Ok(handle) => handle.await,
-            Err(e) => Err(e),
-        };
+    for _ in 0..200 {
+        let result = magnetar_metadata::clock::timeout(&*real, Duration::from_secs(5), async {
+            match ml.append(Bytes::from_static(b"x")).await {
+                Ok(handle) => handle.await,
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .expect("a failing append answers without waiting for the clock");
         assert!(result.is_err(), "no bookie: appends must fail");
         failures += 1;
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(5))
-            .await;
+        clock.advance(Duration::from_millis(5));
     }
+    let took = started.elapsed();
     let ids_after = cluster.metadata.get("/ids/ledger").await.unwrap();
     let allocated = |v: Option<magnetar_metadata::Versioned>| {
         v.map_or(0, |v| {
@@ -613,8 +662,8 @@ async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
     };
     let attempts = allocated(ids_after) - allocated(ids_before);
     assert!(
-        failures > 50,
-        "appends fail fast during the outage ({failures})"
+        failures > 50 && took < Duration::from_secs(4),
+        "appends fail fast during the outage ({failures} in {took:?})"
     );
     assert!(
         attempts <= 6,
@@ -625,10 +674,12 @@ async fn managed_ledger_backs_off_while_no_ledger_can_be_created() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_becomes_writable_again_without_appends() {
     // The broker refuses producers while the managed ledger is unwritable, so no append comes
-    // to retry the rollover: the write actor must retry on its own once the backoff ends.
+    // to retry the rollover: the write actor must retry on its own once the backoff ends. The
+    // backoff runs on a manual clock, moved on only by the test.
     let cluster = Cluster::start(1).await;
+    let clock = manual_clock();
     let ml = cluster
-        .factory()
+        .factory_with_clock(clock.clone())
         .open(
             "t/ns/persistent/heals",
             ManagedLedgerConfig {
@@ -645,39 +696,36 @@ async fn managed_ledger_becomes_writable_again_without_appends() {
     cluster.connector.remove(bookie.id());
     let failed = ml.append(payload(2)).await.unwrap().await;
     assert!(failed.is_err(), "no bookie: the write fails");
-    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(10);
-    while ml.unwritable().is_none() {
-        assert!(
-            magnetar_metadata::clock::system().now() < deadline,
-            "never reported unwritable"
-        );
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(10))
-            .await;
-    }
-    // A rollover attempt fails too while the bookie is away (its error replaces the write's).
+    wait::until(
+        "the managed ledger reports itself unwritable",
+        Duration::from_secs(10),
+        || ml.unwritable().is_some(),
+    )
+    .await;
+    // A rollover attempt fails too while the bookie is away (its error replaces the write's):
+    // it comes once the backoff has passed on the clock.
     let first = ml.unwritable();
-    while ml.unwritable() == first {
-        assert!(
-            magnetar_metadata::clock::system().now() < deadline,
-            "no rollover was attempted"
-        );
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(10))
-            .await;
-    }
+    let step = Duration::from_millis(100);
+    wait::until(
+        "a rollover attempted once the backoff passed",
+        Duration::from_secs(10),
+        || {
+            clock.advance(step);
+            ml.unwritable() != first
+        },
+    )
+    .await;
     cluster.connector.insert(bookie.clone());
-    // No append from here until the managed ledger says it is writable.
-    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(30);
-    while let Some(why) = ml.unwritable() {
-        assert!(
-            magnetar_metadata::clock::system().now() < deadline,
-            "still unwritable 30 s after the bookie came back: {why}"
-        );
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(20))
-            .await;
-    }
+    // No append from here until the managed ledger says it is writable: only time passes.
+    wait::until(
+        "writable again once the bookie is back and the backoff passed, without an append",
+        Duration::from_secs(10),
+        || {
+            clock.advance(step);
+            ml.unwritable().is_none()
+        },
+    )
+    .await;
     let after = append_n(&ml, 3, 1).await;
     assert!(after[0] > before[1]);
     ml.close().await.unwrap();
@@ -686,8 +734,9 @@ async fn managed_ledger_becomes_writable_again_without_appends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_suspends_appends_after_a_failed_write_until_resumed() {
     let cluster = Cluster::start(1).await;
+    let clock = manual_clock();
     let ml = cluster
-        .factory()
+        .factory_with_clock(clock.clone())
         .open(
             "t/ns/persistent/suspend",
             ManagedLedgerConfig {
@@ -705,11 +754,18 @@ async fn managed_ledger_suspends_appends_after_a_failed_write_until_resumed() {
     cluster.connector.remove(bookie.id());
     let failed = ml.append(payload(2)).await.unwrap().await;
     assert!(failed.is_err(), "no bookie: the write fails");
-    // The bookie is back, the failure's backoff long over: appends stay refused.
+    // The bookie is back, the failure's backoff over and the managed ledger writable again
+    // (the write actor rolled over on its own): appends stay refused all the same.
     cluster.connector.insert(bookie.clone());
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_millis(400))
-        .await;
+    wait::until(
+        "writable again once the backoff passed",
+        Duration::from_secs(10),
+        || {
+            clock.advance(Duration::from_millis(100));
+            ml.unwritable().is_none()
+        },
+    )
+    .await;
     let refused = ml.append(payload(3)).await.unwrap().await;
     assert!(
         matches!(refused, Err(ManagedLedgerError::AppendsSuspended(_))),
