@@ -25,6 +25,7 @@ use magnetar_bookie::rpc::{ClientOptions, GrpcBookieClient, GrpcConnector, serve
 use magnetar_bookie::server::{Bookie, BookieOptions};
 use magnetar_metadata::{EntryId, LedgerId, MemoryStore, MetadataStore, SessionId};
 use magnetar_proto::bookie as pb;
+use magnetar_testkit::wait;
 use tokio_util::sync::CancellationToken;
 
 /// Ledger on which the fake's adds never complete.
@@ -330,16 +331,10 @@ async fn a_killed_server_fails_pending_adds_promptly_and_a_restarted_one_is_reco
             })
         })
         .collect();
-    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(5);
-    while fake.adds_seen.load(Ordering::SeqCst) < 100 {
-        assert!(
-            magnetar_metadata::clock::system().now() < deadline,
-            "the adds never reached the bookie"
-        );
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(5))
-            .await;
-    }
+    wait::until("the adds reach the bookie", Duration::from_secs(5), || {
+        fake.adds_seen.load(Ordering::SeqCst) >= 100
+    })
+    .await;
     let killed = magnetar_metadata::clock::system().now();
     server.kill();
     for add in pending {
@@ -361,21 +356,12 @@ async fn a_killed_server_fails_pending_adds_promptly_and_a_restarted_one_is_reco
     // Same address, new process: the client reconnects by itself.
     let fake = Fake::new(BookieId("fake:1".into()));
     let _server = Server::start(fake.clone(), addr).await;
-    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(5);
-    loop {
-        match client.add(entry(1, 1, "again"), false).await {
-            Ok(()) => break,
-            Err(e) => {
-                assert!(
-                    magnetar_metadata::clock::system().now() < deadline,
-                    "never reconnected: {e}"
-                );
-                magnetar_metadata::clock::system()
-                    .sleep(Duration::from_millis(50))
-                    .await;
-            }
-        }
-    }
+    wait::until_async(
+        "the client reconnects to the restarted server",
+        Duration::from_secs(5),
+        async || client.add(entry(1, 1, "again"), false).await.ok(),
+    )
+    .await;
     assert!(client.read(LedgerId(1), EntryId(1), false).await.is_ok());
 }
 
@@ -501,9 +487,13 @@ async fn real_bookie_round_trips_over_grpc() {
                 .await
         })
     };
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_millis(100))
-        .await;
+    // Parked at the bookie: no LAC above `lac` yet.
+    wait::until(
+        "the long poll waits at the bookie",
+        Duration::from_secs(5),
+        || bookie.lac_polls_waiting() == 1,
+    )
+    .await;
     assert!(!poll.is_finished());
     client.add(entry(l, n, "one more"), false).await.unwrap();
     assert_eq!(
@@ -613,23 +603,6 @@ async fn registration(store: &MemoryStore, id: &BookieId) -> Option<BookieRegist
     Some(serde_json::from_slice(&value.value).unwrap())
 }
 
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(
-            magnetar_metadata::clock::system().now() < deadline,
-            "timed out waiting for {what}"
-        );
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(20))
-            .await;
-    }
-}
-
 fn node_options(dir: &std::path::Path, store: &MemoryStore) -> NodeOptions {
     NodeOptions {
         bookie: options(dir),
@@ -677,8 +650,8 @@ async fn a_node_registers_serves_survives_session_loss_and_deregisters() {
     // The first session of a fresh memory store is number 1: expire it, as if keep-alives had
     // failed. The key vanishes, and the node registers again under a new session.
     store.expire_session(SessionId(1));
-    wait_for("re-registration", || async {
-        registration(&store, &id).await.is_some()
+    wait::until_async("re-registration", Duration::from_secs(10), async || {
+        registration(&store, &id).await.map(|_| ())
     })
     .await;
 
@@ -729,11 +702,12 @@ async fn graceful_shutdown_answers_adds_in_flight_and_does_not_wait_for_connecte
         let client = client.clone();
         tokio::spawn(async move { client.add(entry(1, 1, "y"), false).await })
     };
-    while fake.adds_seen.load(Ordering::SeqCst) < 2 {
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(1))
-            .await;
-    }
+    wait::until(
+        "the second add reaches the bookie",
+        Duration::from_secs(5),
+        || fake.adds_seen.load(Ordering::SeqCst) >= 2,
+    )
+    .await;
     let started = magnetar_metadata::clock::system().now();
     stop.cancel();
     assert_eq!(in_flight.await.unwrap(), Ok(()));

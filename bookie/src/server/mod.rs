@@ -423,6 +423,12 @@ impl Bookie {
         }
     }
 
+    /// LAC long polls waiting for a higher LAC now (for metrics, and for tests to know a poll
+    /// is parked before they make it return).
+    pub fn lac_polls_waiting(&self) -> usize {
+        LAC_POLLS_MAX - self.lac_polls.available_permits()
+    }
+
     /// Group-commit totals since open (for benchmarks and metrics).
     pub fn journal_stats(&self) -> JournalStats {
         let c = &self.shared.stats;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use magnetar_metadata::{EntryId, LedgerId};
+use magnetar_testkit::wait;
 
 use super::*;
 use crate::api::{BookieClient, BookieError, BookieState, Entry, FenceResult};
@@ -423,9 +424,13 @@ async fn lac_long_poll() -> TestResult {
         let b = b.clone();
         tokio::spawn(async move { b.read_lac(l, 0, Duration::from_secs(10)).await })
     };
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_millis(50))
-        .await;
+    // Parked: it found no LAC above 0 and waits for one.
+    wait::until(
+        "the long poll waits at the bookie",
+        Duration::from_secs(5),
+        || b.lac_polls_waiting() == 1,
+    )
+    .await;
     assert!(!poll.is_finished());
     let woke_after = magnetar_metadata::clock::system().now();
     b.add(entry(1, 2, 1, 10), false).await?;
@@ -608,15 +613,12 @@ async fn periodic_tasks_checkpoint_on_their_own() -> TestResult {
     let b: Arc<Bookie> = Bookie::open(o).await?;
     add_all(&b, 1, 0..200, 1024).await?;
     let journal_dir = dir.path().join("journal");
-    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(5);
-    while count_files(&journal_dir, ".txn") > 1
-        && magnetar_metadata::clock::system().now() < deadline
-    {
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(20))
-            .await;
-    }
-    assert_eq!(count_files(&journal_dir, ".txn"), 1);
+    wait::until(
+        "the periodic checkpoint trims the journal to one file",
+        Duration::from_secs(5),
+        || count_files(&journal_dir, ".txn") == 1,
+    )
+    .await;
     b.shutdown().await;
     Ok(())
 }

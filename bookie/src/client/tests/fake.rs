@@ -107,6 +107,11 @@ impl FakeBookie {
         self.state().fenced.contains(&ledger.0)
     }
 
+    /// LAC long polls waiting here for a change (each holds a receiver of `changed`).
+    pub fn lac_polls_waiting(&self) -> usize {
+        self.changed.receiver_count()
+    }
+
     fn lac_of(st: &State, ledger: u64) -> i64 {
         st.entries
             .range((ledger, 0)..=(ledger, u64::MAX))

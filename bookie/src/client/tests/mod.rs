@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use magnetar_metadata::{EntryId, LedgerId};
+use magnetar_testkit::wait;
 
 use self::fake::{Cluster, Mode, register};
 use super::metadata::write_set;
@@ -253,9 +254,15 @@ async fn hanging_bookie_is_replaced_after_the_add_timeout() {
     cluster.bookie(&victim).set_mode(Mode::Hang);
     // Qa=2 of Qw=3: entries still complete; the hung bookie is replaced after the timeout.
     append_n(&w, 3, 5).await;
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_millis(700))
-        .await;
+    wait::until_async(
+        "the hung bookie is replaced in the ensemble",
+        Duration::from_secs(10),
+        async || {
+            let meta = client.ledger_metadata(w.id()).await.unwrap();
+            (!meta.last_ensemble().bookies.contains(&victim)).then_some(())
+        },
+    )
+    .await;
     append_n(&w, 8, 2).await;
     let meta = w.close().await.unwrap();
     assert!(!meta.last_ensemble().bookies.contains(&victim), "{meta:?}");
@@ -575,9 +582,14 @@ async fn tailing_reader_follows_the_lac() {
             .unwrap();
         (lac, r)
     });
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_millis(50))
-        .await;
+    // Parked at the bookies: none has a LAC above 1 yet.
+    wait::until(
+        "the reader's long poll waits at a bookie",
+        Duration::from_secs(5),
+        || cluster.bookies.iter().any(|b| b.lac_polls_waiting() > 0),
+    )
+    .await;
+    assert!(!poll.is_finished());
     w.append_wait(payload(3)).await.unwrap();
     let (lac, r) = poll.await.unwrap();
     assert!(lac >= 2, "{lac}");
@@ -636,37 +648,32 @@ async fn registry_follows_registrations() {
         .delete(&crate::api::registration_key(&gone), Expected::Any)
         .await
         .unwrap();
-    let mut refused = false;
-    for _ in 0..100 {
-        match client.create_ledger(LedgerConfig::new(3, 3, 3)).await {
-            Err(LedgerError::NotEnoughBookies { available: 2, .. }) => {
-                refused = true;
-                break;
-            }
-            _ => {
-                magnetar_metadata::clock::system()
-                    .sleep(Duration::from_millis(10))
-                    .await
-            }
-        }
-    }
-    assert!(refused, "the deregistered bookie is still used");
+    // The client learns of the change through its watch of the registrations.
+    wait::until_async(
+        "the deregistered bookie is no longer used",
+        Duration::from_secs(10),
+        async || {
+            matches!(
+                client.create_ledger(LedgerConfig::new(3, 3, 3)).await,
+                Err(LedgerError::NotEnoughBookies { available: 2, .. })
+            )
+            .then_some(())
+        },
+    )
+    .await;
     register(&cluster.store, &gone, BookieState::ReadWrite, None).await;
-    let mut created = false;
-    for _ in 0..100 {
-        if client
-            .create_ledger(LedgerConfig::new(3, 3, 3))
-            .await
-            .is_ok()
-        {
-            created = true;
-            break;
-        }
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(10))
-            .await;
-    }
-    assert!(created, "the re-registered bookie is not used");
+    wait::until_async(
+        "the re-registered bookie is used again",
+        Duration::from_secs(10),
+        async || {
+            client
+                .create_ledger(LedgerConfig::new(3, 3, 3))
+                .await
+                .is_ok()
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
