@@ -359,7 +359,7 @@ async fn a_killed_server_fails_pending_adds_promptly_and_a_restarted_one_is_reco
     wait::until_async(
         "the client reconnects to the restarted server",
         Duration::from_secs(5),
-        async || client.add(entry(1, 1, "again"), false).await.ok(),
+        || async { client.add(entry(1, 1, "again"), false).await.ok() },
     )
     .await;
     assert!(client.read(LedgerId(1), EntryId(1), false).await.is_ok());
@@ -650,7 +650,7 @@ async fn a_node_registers_serves_survives_session_loss_and_deregisters() {
     // The first session of a fresh memory store is number 1: expire it, as if keep-alives had
     // failed. The key vanishes, and the node registers again under a new session.
     store.expire_session(SessionId(1));
-    wait::until_async("re-registration", Duration::from_secs(10), async || {
+    wait::until_async("re-registration", Duration::from_secs(10), || async {
         registration(&store, &id).await.map(|_| ())
     })
     .await;

@@ -232,9 +232,9 @@ async fn managed_ledger_cursor_acks_persist_across_reopen() {
     wait::until_async(
         "the cursor's flusher writes the acks a flush interval later",
         Duration::from_secs(10),
-        async || {
+        || {
             clock.advance(interval);
-            (stored_floor().await == floor).then_some(())
+            async { (stored_floor().await == floor).then_some(()) }
         },
     )
     .await;

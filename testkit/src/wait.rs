@@ -5,6 +5,7 @@
 //! something on a real server's clock (an etcd lease) must NOT happen — and no manual clock can
 //! be driven instead: [`holds_throughout`] checks it all through an explicit window.
 
+use std::future::Future;
 use std::time::Duration;
 
 use magnetar_metadata::clock;
@@ -25,14 +26,33 @@ pub async fn until_some<T>(
     within: Duration,
     mut probe: impl FnMut() -> Option<T>,
 ) -> T {
-    until_async(what, within, async || probe()).await
+    until_async(what, within, || std::future::ready(probe())).await
 }
 
 /// Polls the async `probe` until it returns `Some`; panics naming `what` after `within`.
+pub async fn until_async<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let clock = clock::system();
+    let deadline = clock.now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(clock.now() < deadline, "not within {within:?}: {what}");
+        clock.sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// [`until_async`] for a `probe` that is an async closure borrowing state mutably from one
+/// attempt to the next — e.g. a connection it sends a request on until the answer is the one
+/// awaited (`async || { conn.send(..).await; .. }`).
 ///
-/// `probe` may be an async closure borrowing state mutably (`async || { conn.send(..).await; .. }`)
-/// as well as a closure returning a future (`|| async { .. }`).
-pub async fn until_async<T>(
+/// Its future is not `Send` (a limitation of async closures' futures): await it in a test's
+/// body, not in a spawned or boxed-`Send` future; [`until_async`] has no such limit.
+pub async fn until_async_mut<T>(
     what: &str,
     within: Duration,
     mut probe: impl AsyncFnMut() -> Option<T>,
@@ -65,10 +85,10 @@ pub fn until_blocking(what: &str, within: Duration, mut condition: impl FnMut() 
 /// time passing can show it (e.g. a lease on a real etcd server's clock not expiring). Never use
 /// it to wait for something to happen ([`until`]), nor where the component takes a clock: drive
 /// a [`clock::ManualClock`] past the timer instead.
-pub async fn holds_throughout(
+pub async fn holds_throughout<F: Future<Output = bool>>(
     what: &str,
     window: Duration,
-    mut invariant: impl AsyncFnMut() -> bool,
+    mut invariant: impl FnMut() -> F,
 ) {
     let clock = clock::system();
     let end = clock.now() + window;

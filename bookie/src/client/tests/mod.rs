@@ -257,7 +257,7 @@ async fn hanging_bookie_is_replaced_after_the_add_timeout() {
     wait::until_async(
         "the hung bookie is replaced in the ensemble",
         Duration::from_secs(10),
-        async || {
+        || async {
             let meta = client.ledger_metadata(w.id()).await.unwrap();
             (!meta.last_ensemble().bookies.contains(&victim)).then_some(())
         },
@@ -652,7 +652,7 @@ async fn registry_follows_registrations() {
     wait::until_async(
         "the deregistered bookie is no longer used",
         Duration::from_secs(10),
-        async || {
+        || async {
             matches!(
                 client.create_ledger(LedgerConfig::new(3, 3, 3)).await,
                 Err(LedgerError::NotEnoughBookies { available: 2, .. })
@@ -665,7 +665,7 @@ async fn registry_follows_registrations() {
     wait::until_async(
         "the re-registered bookie is used again",
         Duration::from_secs(10),
-        async || {
+        || async {
             client
                 .create_ledger(LedgerConfig::new(3, 3, 3))
                 .await
