@@ -7,6 +7,7 @@
 //! (`MAGNETAR_CONFORMANCE_CHILD` set).
 
 use magnetar_testkit::etcd as etcd_support;
+use magnetar_testkit::wait;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
@@ -73,21 +74,20 @@ impl BackendSpec {
                 // The file is locked to one process; the previous holder (a killed child, or
                 // the parent's own store whose writer thread is still winding down) may need a
                 // moment to let go of it.
-                let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(10);
-                loop {
-                    match EmbeddedStore::open(EmbeddedOptions::new(path.clone())).await {
-                        Ok(store) => break Arc::new(store),
-                        Err(MetadataError::Storage(msg))
-                            if msg.contains("already open")
-                                && magnetar_metadata::clock::system().now() < deadline =>
-                        {
-                            magnetar_metadata::clock::system()
-                                .sleep(Duration::from_millis(20))
-                                .await;
+                wait::until_async(
+                    "the embedded store's file is let go by its previous holder",
+                    Duration::from_secs(10),
+                    || async move {
+                        match EmbeddedStore::open(EmbeddedOptions::new(path.clone())).await {
+                            Ok(store) => Some(Ok(Arc::new(store))),
+                            Err(MetadataError::Storage(msg)) if msg.contains("already open") => {
+                                None
+                            }
+                            Err(e) => Some(Err(e)),
                         }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
+                    },
+                )
+                .await?
             }
             BackendSpec::Etcd { endpoint, root } => Arc::new(
                 EtcdStore::connect(EtcdOptions {
@@ -658,26 +658,27 @@ async fn ephemeral_keys_vanish_when_session_closes(b: Backend) -> Result<()> {
     Ok(())
 }
 
+/// Waits until `key` is gone, at most `within` after `since` (when its holder ended); returns
+/// how long after `since` that was.
 async fn wait_gone(
     store: &Arc<dyn MetadataStore>,
     key: &str,
     since: Instant,
     within: Duration,
 ) -> Result<Duration> {
-    loop {
-        if store.get(key).await?.is_none() {
-            return Ok(since.elapsed());
-        }
-        if since.elapsed() > within {
-            bail!(
-                "{key} still present {:?} after its holder ended (limit {within:?})",
-                since.elapsed()
-            );
-        }
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(20))
-            .await;
-    }
+    wait::until_async(
+        &format!("{key} gone after its holder ended"),
+        within.saturating_sub(since.elapsed()),
+        || async move {
+            match store.get(key).await {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(Ok(())),
+                Err(e) => Some(Err(e)),
+            }
+        },
+    )
+    .await?;
+    Ok(since.elapsed())
 }
 
 async fn ephemeral_keys_vanish_when_session_dropped(b: Backend) -> Result<()> {
@@ -814,11 +815,10 @@ async fn hand_over(
     } = b;
     match spec {
         BackendSpec::Embedded(_) => {
+            // The writer thread releases the file when the last handle is gone; whoever opens
+            // it next (the child, the parent after the kill) waits for that in
+            // `BackendSpec::open`.
             drop(store);
-            // The writer thread releases the file when the last handle is gone.
-            magnetar_metadata::clock::system()
-                .sleep(Duration::from_millis(100))
-                .await;
             Ok((Some(_guard), spec, None))
         }
         _ => Ok((Some(_guard), spec, Some(store))),

@@ -4,6 +4,7 @@
 //! only etcd can get wrong (root prefixes, paging, compaction, members dying).
 
 use magnetar_testkit::etcd as etcd_support;
+use magnetar_testkit::wait;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -183,13 +184,15 @@ async fn contract_on_one_server() -> Result<()> {
         .await?;
     // A plain put over an ephemeral key makes it persistent.
     let _ = store.put("/l/kept", bytes("p"), Expected::Any).await?;
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_secs(3))
-        .await;
-    ensure!(
-        store.get("/l/eph").await?.is_some() && !session.is_lost(),
-        "keep-alive holds the session past its ttl"
-    );
+    // Observation window for a negative assertion, not a wait for a condition: etcd expires
+    // the lease on its own clock unless keep-alives renew it, so only real time past the ttl
+    // shows that they do.
+    wait::holds_throughout(
+        "keep-alive holds the session and its key past the ttl",
+        session.ttl() + Duration::from_secs(1),
+        || async { !session.is_lost() && store.get("/l/eph").await.is_ok_and(|v| v.is_some()) },
+    )
+    .await;
     session.close().await?;
     ensure!(
         store.get("/l/eph").await?.is_none(),
@@ -227,16 +230,18 @@ async fn contract_on_one_server() -> Result<()> {
         .put_ephemeral("/l/dropped", bytes("d"), Expected::Any, &dropped)
         .await?;
     drop(dropped);
-    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(3);
-    while store.get("/l/dropped").await?.is_some() {
-        ensure!(
-            magnetar_metadata::clock::system().now() < deadline,
-            "dropped session's key still there after 3 s"
-        );
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(50))
-            .await;
-    }
+    wait::until_async(
+        "the dropped session's key is deleted",
+        Duration::from_secs(3),
+        || async {
+            match store.get("/l/dropped").await {
+                Ok(Some(_)) => None,
+                Ok(None) => Some(Ok(())),
+                Err(e) => Some(Err(e)),
+            }
+        },
+    )
+    .await?;
 
     // A lease revoked behind the session's back: writes under it are refused, and the session
     // learns it is lost.
@@ -405,12 +410,16 @@ async fn failover(victim: Victim) -> Result<()> {
             anyhow::Ok(log)
         }
     });
-    while progress.load(Ordering::SeqCst) < WRITER_ROUNDS / 4 {
-        ensure!(!writer.is_finished(), "writer ended early");
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(2))
-            .await;
-    }
+    wait::until(
+        "the writer a quarter through its rounds (or ended)",
+        Duration::from_secs(30),
+        || progress.load(Ordering::SeqCst) >= WRITER_ROUNDS / 4 || writer.is_finished(),
+    )
+    .await;
+    ensure!(
+        progress.load(Ordering::SeqCst) >= WRITER_ROUNDS / 4,
+        "writer ended early"
+    );
     let victim_index = match victim {
         Victim::Current => endpoints
             .iter()
@@ -485,10 +494,15 @@ async fn failover(victim: Victim) -> Result<()> {
     }
 
     // The session survived: its keep-alive moved to a live member before the ttl ran out.
-    let wait = (killed_at + 2 * session.ttl())
+    // Observation window for a negative assertion, not a wait for a condition: etcd would
+    // expire the lease on its own clock, so only real time past two ttls after the kill shows
+    // that it did not.
+    let window = (killed_at + 2 * session.ttl())
         .saturating_duration_since(magnetar_metadata::clock::system().now());
-    magnetar_metadata::clock::system().sleep(wait).await;
-    ensure!(!session.is_lost(), "session lost after the kill");
+    wait::holds_throughout("the session is not lost after the kill", window, || async {
+        !session.is_lost()
+    })
+    .await;
     ensure!(
         store.get("/owner").await?.is_some(),
         "ephemeral key gone after the kill"
@@ -510,6 +524,15 @@ struct WriteLog {
 const ATTEMPTS_MAX: usize = 20;
 /// Rounds of the failover tests' writer: each increments the counter and creates a key.
 const WRITER_ROUNDS: u64 = 40;
+
+/// The writer's pause before it retries a request that failed while a member was dying, as
+/// any etcd client backs off while the cluster elects a leader. Not a wait for a condition:
+/// the caller's next attempt is the check, and it gives up after [`ATTEMPTS_MAX`].
+async fn retry_pause() {
+    magnetar_metadata::clock::system()
+        .sleep(Duration::from_millis(100))
+        .await;
+}
 
 impl WriteLog {
     /// Increments `/data/counter` by compare-and-set.
@@ -534,9 +557,7 @@ impl WriteLog {
                 Err(e) if e.is_retryable() || e.is_indeterminate() => {
                     self.indeterminate += usize::from(e.is_indeterminate());
                     eprintln!("increment attempt {attempt}: {e}; re-reading");
-                    magnetar_metadata::clock::system()
-                        .sleep(Duration::from_millis(100))
-                        .await;
+                    retry_pause().await;
                 }
                 Err(e) => return Err(e).context("increment"),
             }
@@ -561,9 +582,7 @@ impl WriteLog {
                 Err(e) if e.is_retryable() || e.is_indeterminate() => {
                     self.indeterminate += usize::from(e.is_indeterminate());
                     eprintln!("create {key} attempt {attempt}: {e}");
-                    magnetar_metadata::clock::system()
-                        .sleep(Duration::from_millis(100))
-                        .await;
+                    retry_pause().await;
                 }
                 Err(e) => return Err(e).with_context(|| format!("create {key}")),
             }
@@ -587,9 +606,7 @@ async fn read(store: &EtcdStore, key: &str) -> Result<Option<magnetar_metadata::
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() => {
                 eprintln!("get {key} attempt {attempt}: {e}");
-                magnetar_metadata::clock::system()
-                    .sleep(Duration::from_millis(100))
-                    .await;
+                retry_pause().await;
             }
             Err(e) => return Err(e).with_context(|| format!("get {key}")),
         }
@@ -645,10 +662,15 @@ async fn works_with_a_dead_first_endpoint() -> Result<()> {
     let e1 = next_event(&mut watch, "create").await?;
     let e2 = next_event(&mut watch, "CAS").await?;
     ensure!(e1.revision == v1 && e2.revision == v2, "{e1:?} {e2:?}");
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_secs(3))
-        .await;
-    ensure!(!session.is_lost() && store.get("/eph").await?.is_some());
+    // Observation window for a negative assertion, not a wait for a condition: etcd expires
+    // the lease on its own clock unless keep-alives (to a live member) renew it, so only real
+    // time past the ttl shows that they do.
+    wait::holds_throughout(
+        "keep-alive holds the session and its key past the ttl",
+        session.ttl() + Duration::from_secs(1),
+        || async { !session.is_lost() && store.get("/eph").await.is_ok_and(|v| v.is_some()) },
+    )
+    .await;
     ensure!(
         started.elapsed() < Duration::from_secs(10),
         "a dead first endpoint made things slow: {:?}",
@@ -689,9 +711,17 @@ async fn reports_unavailable_when_no_member_is_alive() -> Result<()> {
     let store = EtcdStore::connect(options(vec![server.endpoint()])).await?;
     let _ = store.put("/k", bytes("v"), Expected::Any).await?;
     server.kill()?;
-    magnetar_metadata::clock::system()
-        .sleep(Duration::from_millis(200))
-        .await;
+    // A request already on the connection when the member died may have reached it (a put is
+    // then Indeterminate, rightly); what is checked below is requests made once the store knows
+    // the member is gone, which a read tells.
+    wait::until_async(
+        "the store finds its only member gone",
+        Duration::from_secs(10),
+        || async {
+            matches!(store.get("/k").await, Err(MetadataError::Unavailable(_))).then_some(())
+        },
+    )
+    .await;
     for op in ["get", "put", "list", "create_session"] {
         let started = magnetar_metadata::clock::system().now();
         let result = match op {
