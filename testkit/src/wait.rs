@@ -1,9 +1,11 @@
 //! Waiting for a condition, never for a fixed time: poll until it holds, fail the test with
 //! what was awaited when it does not within a bound.
 //!
-//! The one exception is a negative assertion that only the passing of real time can show —
-//! something on a real server's clock (an etcd lease) must NOT happen — and no manual clock can
-//! be driven instead: [`holds_throughout`] checks it all through an explicit window.
+//! Two things look like waiting and are not: a client's backoff between retries of a refused
+//! request, which is the client's behaviour under test ([`retrying`]); and a negative assertion
+//! that only the passing of real time can show — something on a real server's clock (an etcd
+//! lease) must NOT happen, and no manual clock can be driven instead — which
+//! [`holds_throughout`] checks all through an explicit window.
 
 use std::future::Future;
 use std::time::Duration;
@@ -46,25 +48,31 @@ pub async fn until_async<T, F: Future<Output = Option<T>>>(
     }
 }
 
-/// [`until_async`] for a `probe` that is an async closure borrowing state mutably from one
-/// attempt to the next — e.g. a connection it sends a request on until the answer is the one
-/// awaited (`async || { conn.send(..).await; .. }`).
+/// Sends a request the way a client does until it is accepted: `attempt` sends it and returns
+/// `Some` with the accepted answer, `None` when refused with a retryable error; between two
+/// attempts the client backs off for `backoff`. Panics naming `what` after `within`.
 ///
-/// Its future is not `Send` (a limitation of async closures' futures): await it in a test's
-/// body, not in a spawned or boxed-`Send` future; [`until_async`] has no such limit.
-pub async fn until_async_mut<T>(
+/// The backoff is the client's behaviour, part of the scenario under test (a Pulsar client
+/// waits at least 100 ms before retrying; a client retrying every few milliseconds is another
+/// scenario), not a wait for a condition: each attempt is the check.
+///
+/// `attempt` is an async closure, so it can drive a connection it borrows from one attempt to
+/// the next; the future is therefore not `Send` (a limitation of async closures' futures):
+/// await it in a test's body, not in a spawned or boxed-`Send` future.
+pub async fn retrying<T>(
     what: &str,
     within: Duration,
-    mut probe: impl AsyncFnMut() -> Option<T>,
+    backoff: Duration,
+    mut attempt: impl AsyncFnMut() -> Option<T>,
 ) -> T {
     let clock = clock::system();
     let deadline = clock.now() + within;
     loop {
-        if let Some(v) = probe().await {
+        if let Some(v) = attempt().await {
             return v;
         }
         assert!(clock.now() < deadline, "not within {within:?}: {what}");
-        clock.sleep(POLL_INTERVAL).await;
+        clock.sleep(backoff).await;
     }
 }
 
