@@ -19,6 +19,7 @@ use magnetar_proto::pulsar::{Frame, Payload, commands};
 
 use magnetar_broker::runtime::standalone::Standalone;
 use magnetar_testkit::local::*;
+use magnetar_testkit::wait;
 use magnetar_testkit::wire::*;
 
 fn producer(topic: &str, id: u64, request_id: u64, mode: ProducerAccessMode) -> Frame {
@@ -144,32 +145,31 @@ async fn a_waiting_exclusive_producer_closed_by_the_client_never_takes_the_topic
     a.send(close_producer(1, 2)).await.unwrap();
     assert_eq!(next(&mut a).await.command_type(), Type::Success);
     let mut c = connect(standalone.local_addr()).await;
-    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(5);
-    let mut request_id = 1;
-    loop {
-        c.send(producer(
-            topic,
-            1,
-            request_id,
-            ProducerAccessMode::Exclusive,
-        ))
-        .await
-        .unwrap();
-        let f = next(&mut c).await;
-        if f.command.producer_success.is_some() {
-            break;
-        }
-        let err = f.command.error.expect("PRODUCER answer");
-        assert_eq!(err.error, ServerError::ProducerBusy as i32);
-        assert!(
-            magnetar_metadata::clock::system().now() < deadline,
-            "the topic stays taken by a producer its client closed"
-        );
-        request_id += 1;
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(100))
-            .await;
-    }
+    let mut request_id = 0;
+    wait::retrying(
+        "the topic is free for C (not held by a producer its client closed)",
+        Duration::from_secs(5),
+        Duration::from_millis(100),
+        async || {
+            request_id += 1;
+            c.send(producer(
+                topic,
+                1,
+                request_id,
+                ProducerAccessMode::Exclusive,
+            ))
+            .await
+            .unwrap();
+            let f = next(&mut c).await;
+            if f.command.producer_success.is_some() {
+                return Some(());
+            }
+            let err = f.command.error.expect("PRODUCER answer");
+            assert_eq!(err.error, ServerError::ProducerBusy as i32);
+            None
+        },
+    )
+    .await;
     // B's connection hears nothing more about producer 1 (no late PRODUCER_SUCCESS).
     b.send(Frame::command(commands::ping())).await.unwrap();
     assert_eq!(next(&mut b).await.command_type(), Type::Pong);

@@ -16,6 +16,7 @@ use magnetar_proto::pulsar::api::ServerError;
 use magnetar_proto::pulsar::{Frame, Payload};
 
 use magnetar_testkit::local::*;
+use magnetar_testkit::wait;
 use magnetar_testkit::wire::*;
 
 fn producer(topic: &str, request_id: u64) -> Frame {
@@ -26,27 +27,30 @@ fn send(seq: u64) -> Frame {
     send_frame(seq, b"m")
 }
 
-/// Creates producer 1, retrying while the broker answers an error (fence in progress).
+/// Creates producer 1, retrying while the broker answers an error (fence in progress) after
+/// 100 ms, as a Pulsar client backs off.
 async fn create_producer(conn: &mut Conn, topic: &str, request_id: &mut u64) {
-    for _ in 0..100 {
-        *request_id += 1;
-        conn.send(producer(topic, *request_id)).await.unwrap();
-        loop {
-            let f = next_within(conn, Duration::from_secs(10))
-                .await
-                .expect("an answer");
-            if f.command.producer_success.is_some() {
-                return;
+    wait::retrying(
+        "producer 1 created",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || {
+            *request_id += 1;
+            conn.send(producer(topic, *request_id)).await.unwrap();
+            loop {
+                let f = next_within(conn, Duration::from_secs(10))
+                    .await
+                    .expect("an answer");
+                if f.command.producer_success.is_some() {
+                    return Some(());
+                }
+                if f.command.error.is_some() {
+                    return None;
+                }
             }
-            if f.command.error.is_some() {
-                break;
-            }
-        }
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(100))
-            .await;
-    }
-    panic!("producer not created");
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,27 +260,33 @@ async fn a_failed_read_is_retried_until_the_consumer_gets_its_messages() {
     // only once the bookie is away.
     let node = cluster.node().await;
     let mut conn = connect(node.local_addr()).await;
-    for attempt in 0..100 {
-        conn.send(subscribe_frame(
-            topic,
-            "s",
-            SubType::Exclusive,
-            1,
-            1000 + attempt,
-        ))
-        .await
-        .unwrap();
-        let f = next_within(&mut conn, Duration::from_secs(10))
+    let mut request_id = 1000;
+    wait::retrying(
+        "the consumer subscribed",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || {
+            request_id += 1;
+            conn.send(subscribe_frame(
+                topic,
+                "s",
+                SubType::Exclusive,
+                1,
+                request_id,
+            ))
             .await
             .unwrap();
-        if f.command.success.is_some() {
-            break;
-        }
-        assert!(f.command.error.is_some(), "{:?}", f.command);
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(100))
-            .await;
-    }
+            let f = next_within(&mut conn, Duration::from_secs(10))
+                .await
+                .unwrap();
+            if f.command.success.is_some() {
+                return Some(());
+            }
+            assert!(f.command.error.is_some(), "{:?}", f.command);
+            None
+        },
+    )
+    .await;
     cluster.take_bookie_away();
     flow(&mut conn, 1, 100).await;
     if let Some(f) = next_within(&mut conn, Duration::from_millis(500)).await {

@@ -24,6 +24,7 @@ use magnetar_proto::pulsar::api::command_subscribe::SubType;
 use tokio::sync::watch;
 
 use magnetar_testkit::local::*;
+use magnetar_testkit::wait;
 use magnetar_testkit::wire::*;
 
 /// A [`MemoryStore`] whose every call waits while the store is cut off.
@@ -98,20 +99,21 @@ fn send(seq: u64) -> Frame {
 }
 
 /// Sends `frame` until the broker answers with something other than an error (the broker
-/// answers errors while it has no session or lease); returns that answer.
+/// answers errors while it has no session or lease), backing off 50 ms between attempts as a
+/// client does; returns that answer.
 async fn until_ok(conn: &mut Conn, make: impl Fn(u64) -> Frame, request_id: &mut u64) -> Frame {
-    for _ in 0..200 {
-        *request_id += 1;
-        conn.send(make(*request_id)).await.unwrap();
-        let f = next(conn).await;
-        if f.command.error.is_none() {
-            return f;
-        }
-        magnetar_metadata::clock::system()
-            .sleep(Duration::from_millis(50))
-            .await;
-    }
-    panic!("the broker kept answering errors");
+    wait::retrying(
+        "the broker answers without an error",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        async || {
+            *request_id += 1;
+            conn.send(make(*request_id)).await.unwrap();
+            let f = next(conn).await;
+            f.command.error.is_none().then_some(f)
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,7 +170,15 @@ async fn a_lost_session_stops_every_topic_at_once_while_the_store_is_unreachable
     }
 
     // The store is back: the broker opens a new session and owns the topics again.
+    let renewals = node.session().renewals();
+    let lost_generation = *renewals.borrow();
     store.cut.send_replace(false);
+    wait::until(
+        "the broker opens a new session",
+        Duration::from_secs(20),
+        || *renewals.borrow() > lost_generation,
+    )
+    .await;
     for (topic, (conn, request_id)) in topics.iter().zip(conns.iter_mut()) {
         let ok = until_ok(conn, |r| producer(topic, r), request_id).await;
         assert!(ok.command.producer_success.is_some(), "{:?}", ok.command);
