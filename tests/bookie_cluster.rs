@@ -4,6 +4,7 @@
 //! Each test starts its own etcd and bookies, so tests run in parallel without sharing state.
 
 use magnetar_testkit::etcd as etcd_support;
+use magnetar_testkit::wait;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -214,22 +215,21 @@ impl Cluster {
 }
 
 /// Creating a ledger right after bookies start can race the client's first view of the
-/// registrations; retry for a few seconds on too few bookies.
+/// registrations: creates it once the client sees enough bookies (a refusal for too few is the
+/// only one retried).
 async fn create(client: &LedgerClient, e: u32, qw: u32, qa: u32) -> Result<LedgerWriter> {
-    let deadline = magnetar_metadata::clock::system().now() + Duration::from_secs(10);
-    loop {
-        match client.create_ledger(LedgerConfig::new(e, qw, qa)).await {
-            Ok(w) => return Ok(w),
-            Err(LedgerError::NotEnoughBookies { .. })
-                if magnetar_metadata::clock::system().now() < deadline =>
-            {
-                magnetar_metadata::clock::system()
-                    .sleep(Duration::from_millis(50))
-                    .await;
+    let writer = wait::until_async(
+        "the client sees enough bookies to create a ledger",
+        Duration::from_secs(10),
+        || async {
+            match client.create_ledger(LedgerConfig::new(e, qw, qa)).await {
+                Err(LedgerError::NotEnoughBookies { .. }) => None,
+                other => Some(other),
             }
-            Err(err) => return Err(err.into()),
-        }
-    }
+        },
+    )
+    .await?;
+    Ok(writer)
 }
 
 fn payload(i: u64, size: usize) -> Bytes {
