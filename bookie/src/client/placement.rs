@@ -75,6 +75,38 @@ pub(crate) fn choose_bookies(
     Ok(chosen)
 }
 
+/// The ensemble `current` with each of its bookies in `failed` replaced, in place (the others
+/// keep their positions): replacements are writable, neither in the ensemble nor failed, and
+/// go to zones the kept bookies do not cover. The one choice of replacements, for the writer's
+/// ensemble change and for recovery's re-replication alike.
+pub(crate) fn replace_failed(
+    registered: &[BookieRegistration],
+    current: &[BookieId],
+    failed: &HashSet<BookieId>,
+    random: &Random,
+) -> LedgerResult<Vec<BookieId>> {
+    let positions: Vec<usize> = (0..current.len())
+        .filter(|&p| failed.contains(&current[p]))
+        .collect();
+    let kept_zones: Vec<Option<String>> = current
+        .iter()
+        .filter(|b| !failed.contains(*b))
+        .map(|b| {
+            registered
+                .iter()
+                .find(|r| &r.id == b)
+                .and_then(|r| r.zone.clone())
+        })
+        .collect();
+    let exclude: HashSet<BookieId> = current.iter().chain(failed.iter()).cloned().collect();
+    let replacements = choose_bookies(registered, positions.len(), &kept_zones, &exclude, random)?;
+    let mut next = current.to_vec();
+    for (&p, r) in positions.iter().zip(replacements) {
+        next[p] = r;
+    }
+    Ok(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,5 +164,48 @@ mod tests {
         }
         let two = choose_bookies(&regs, 2, &[], &HashSet::new(), &Random::from_seed(7)).unwrap();
         assert_ne!(two[0], two[1]);
+    }
+
+    #[test]
+    fn replace_failed_keeps_positions_and_picks_new_zones() {
+        let regs: Vec<BookieRegistration> = [
+            ("a", "z1"),
+            ("b", "z2"),
+            ("c", "z3"),
+            ("d", "z1"),
+            ("e", "z3"),
+        ]
+        .into_iter()
+        .map(|(id, zone)| BookieRegistration {
+            id: format!("{id}:1").parse().unwrap(),
+            state: BookieState::ReadWrite,
+            free_bytes: 1 << 30,
+            used_bytes: 0,
+            zone: Some(zone.into()),
+            version: "t".into(),
+        })
+        .collect();
+        let id = |s: &str| -> BookieId { format!("{s}:1").parse().unwrap() };
+        let current = vec![id("a"), id("b"), id("c")];
+        let failed: HashSet<BookieId> = [id("b")].into_iter().collect();
+        for seed in 0..20 {
+            let next = replace_failed(&regs, &current, &failed, &Random::from_seed(seed)).unwrap();
+            assert_eq!(next.len(), 3);
+            assert_eq!(
+                (&next[0], &next[2]),
+                (&id("a"), &id("c")),
+                "kept bookies keep their places"
+            );
+            // Zones z1 and z3 are kept; the only other writable bookies are d (z1) and e (z3):
+            // the replacement is one of them, never a kept or failed bookie.
+            assert!(next[1] == id("d") || next[1] == id("e"), "{next:?}");
+        }
+        // Nothing failed: the same ensemble.
+        let same = replace_failed(&regs, &current, &HashSet::new(), &Random::from_seed(1)).unwrap();
+        assert_eq!(same, current);
+        // The same seed, the same choice.
+        let a = replace_failed(&regs, &current, &failed, &Random::from_seed(9)).unwrap();
+        let b = replace_failed(&regs, &current, &failed, &Random::from_seed(9)).unwrap();
+        assert_eq!(a, b);
     }
 }

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use super::Shared;
 use super::error::{LedgerError, LedgerResult};
 use super::metadata::{LedgerMetadata, LedgerState, write_set};
-use super::placement::choose_bookies;
+use super::placement::replace_failed;
 use super::reader::payload_bytes;
 use crate::api::{BookieError, BookieId, Entry};
 
@@ -83,7 +83,8 @@ async fn attempt(
     let limit = shared.options.read_timeout();
     let answers = join_all(ensemble.iter().map(|b| {
         let client = shared.registry.client(b);
-        async move { Shared::call(limit, client.fence(id)).await }
+        let timer = shared.options.clock.sleep(limit);
+        async move { Shared::call(limit, timer, client.fence(id)).await }
     }))
     .await;
     let mut fenced = vec![false; ensemble.len()];
@@ -183,11 +184,12 @@ async fn recovery_read(
         .iter()
         .map(|b| {
             let client = shared.registry.client(b);
+            let timer = shared.options.clock.sleep(limit);
             let bookie = b.clone();
             async move {
                 (
                     bookie,
-                    Shared::call(limit, client.read(id, EntryId(entry), true)).await,
+                    Shared::call(limit, timer, client.read(id, EntryId(entry), true)).await,
                 )
             }
         })
@@ -255,32 +257,8 @@ async fn rereplicate(
     for _ in 0..shared.options.ensemble_change_attempts_max.max(1) {
         let current = meta.last_ensemble().bookies.clone();
         if current.iter().any(|b| failed.contains(b)) {
-            let positions: Vec<usize> = (0..current.len())
-                .filter(|&p| failed.contains(&current[p]))
-                .collect();
             let registered = shared.registry.registered().await?;
-            let kept_zones: Vec<Option<String>> = current
-                .iter()
-                .filter(|b| !failed.contains(*b))
-                .map(|b| {
-                    registered
-                        .iter()
-                        .find(|r| &r.id == b)
-                        .and_then(|r| r.zone.clone())
-                })
-                .collect();
-            let exclude: HashSet<BookieId> = current.iter().chain(failed.iter()).cloned().collect();
-            let replacements = choose_bookies(
-                &registered,
-                positions.len(),
-                &kept_zones,
-                &exclude,
-                &shared.options.random,
-            )?;
-            let mut next = current.clone();
-            for (&p, r) in positions.iter().zip(replacements) {
-                next[p] = r;
-            }
+            let next = replace_failed(&registered, &current, &failed, &shared.options.random)?;
             meta.set_ensemble_from(first, next);
             match shared.ledgers.write(id, &meta, version).await? {
                 Some(v) => version = v,
@@ -299,10 +277,15 @@ async fn rereplicate(
                     .filter(|b| !done.contains(&(entry.entry.0, b.clone())))
                     .map(|b| {
                         let client = shared.registry.client(&b);
+                        let timer = shared.options.clock.sleep(limit);
                         let entry = entry.clone();
                         async move {
                             let n = entry.entry.0;
-                            (n, b, Shared::call(limit, client.add(entry, true)).await)
+                            (
+                                n,
+                                b,
+                                Shared::call(limit, timer, client.add(entry, true)).await,
+                            )
                         }
                     })
                     .collect::<Vec<_>>()

@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::Shared;
 use super::error::{LedgerError, LedgerResult};
 use super::metadata::{LedgerMetadata, LedgerState, write_set};
-use super::placement::choose_bookies;
+use super::placement::replace_failed;
 use crate::api::{BookieClient, BookieError, BookieId, BookieResult, Entry, NO_ENTRY};
 
 /// Writes one ledger. Dropping it without [`LedgerWriter::close`] leaves the ledger open (a
@@ -289,9 +289,10 @@ impl Actor {
         };
         let entry = entry.clone();
         let limit = self.shared.options.add_timeout();
+        let timer = self.shared.options.clock.sleep(limit);
         self.inflight.push(Box::pin(async move {
             let id = entry.entry.0;
-            let result = Shared::call(limit, client.add(entry, false)).await;
+            let result = Shared::call(limit, timer, client.add(entry, false)).await;
             AddOutcome {
                 entry: id,
                 bookie,
@@ -382,45 +383,25 @@ impl Actor {
         let attempts = self.shared.options.ensemble_change_attempts_max.max(1);
         for _ in 0..attempts {
             let current = self.meta.last_ensemble().bookies.clone();
-            let positions: Vec<usize> = (0..current.len())
-                .filter(|&p| self.failed.contains(&current[p]))
-                .collect();
-            if positions.is_empty() {
+            if !current.iter().any(|b| self.failed.contains(b)) {
                 return;
             }
             let registered = match self.shared.registry.registered().await {
                 Ok(r) => r,
                 Err(e) => return self.break_with(e),
             };
-            let kept_zones: Vec<Option<String>> = current
-                .iter()
-                .filter(|b| !self.failed.contains(*b))
-                .map(|b| {
-                    registered
-                        .iter()
-                        .find(|r| &r.id == b)
-                        .and_then(|r| r.zone.clone())
-                })
-                .collect();
-            let exclude: HashSet<BookieId> =
-                current.iter().chain(self.failed.iter()).cloned().collect();
-            let replacements = match choose_bookies(
+            let next = match replace_failed(
                 &registered,
-                positions.len(),
-                &kept_zones,
-                &exclude,
+                &current,
+                &self.failed,
                 &self.shared.options.random,
             ) {
-                Ok(r) => r,
+                Ok(next) => next,
                 Err(e) => {
                     warn!(error = %e, "no replacement bookie: writer stops");
                     return self.break_with(e);
                 }
             };
-            let mut next = current.clone();
-            for (&p, r) in positions.iter().zip(replacements) {
-                next[p] = r;
-            }
             let first = (self.lac + 1) as u64;
             let mut proposed = self.meta.clone();
             proposed.set_ensemble_from(first, next.clone());
