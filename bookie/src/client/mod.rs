@@ -39,7 +39,7 @@ pub use registry::BookieConnector;
 pub use writer::{AddHandle, LedgerWriter};
 
 use crate::api::{BookieError, BookieResult, NO_ENTRY};
-use magnetar_metadata::clock::{Random, SharedClock};
+use magnetar_metadata::clock::{Random, SharedClock, Sleep};
 use metadata::{LedgerStore, now_ms, validate_quorums};
 use placement::choose_bookies;
 use registry::Registry;
@@ -141,13 +141,16 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// A bookie call bounded by `limit`; an elapsed limit is the bookie's [`BookieError::Timeout`].
+    /// `timer` is the client clock's sleep of `limit`, made when the call is.
     pub async fn call<T>(
         limit: Duration,
+        timer: Sleep,
         fut: impl Future<Output = BookieResult<T>>,
     ) -> BookieResult<T> {
-        match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(BookieError::Timeout(limit)),
+        tokio::select! {
+            biased;
+            r = fut => r,
+            () = timer => Err(BookieError::Timeout(limit)),
         }
     }
 }
@@ -254,8 +257,9 @@ impl LedgerClient {
                 let limit = self.shared.options.read_timeout();
                 let calls = meta.all_bookies().into_iter().map(|bookie| {
                     let client = self.shared.registry.client(&bookie);
+                    let timer = self.shared.options.clock.sleep(limit);
                     async move {
-                        match Shared::call(limit, client.delete_ledger(id)).await {
+                        match Shared::call(limit, timer, client.delete_ledger(id)).await {
                             Ok(()) | Err(BookieError::NoSuchLedger(_)) => {}
                             Err(e) => warn!(%bookie, error = %e,
                                 "bookie did not delete the ledger; it keeps garbage"),

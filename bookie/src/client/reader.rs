@@ -106,8 +106,9 @@ impl LedgerReader {
             .iter()
             .map(|b| {
                 let client = self.shared.registry.client(b);
+                let timer = self.shared.options.clock.sleep(limit);
                 let id = self.id;
-                async move { Shared::call(limit, client.read_lac(id, previous, wait)).await }
+                async move { Shared::call(limit, timer, client.read_lac(id, previous, wait)).await }
             })
             .collect();
         let clock = &self.shared.options.clock;
@@ -306,8 +307,9 @@ fn read_from(
     limit: Duration,
 ) -> impl Future<Output = (BookieId, Result<ReadResult, BookieError>)> + use<> {
     let client = shared.registry.client(&bookie);
+    let timer = shared.options.clock.sleep(limit);
     async move {
-        let r = Shared::call(limit, client.read(ledger, EntryId(entry), false)).await;
+        let r = Shared::call(limit, timer, client.read(ledger, EntryId(entry), false)).await;
         (bookie, r)
     }
 }
@@ -346,6 +348,7 @@ pub(crate) async fn read_entries(
         let client = shared.registry.client(&bookie);
         let answer = Shared::call(
             shared.options.read_timeout(),
+            shared.options.clock.sleep(shared.options.read_timeout()),
             client.read_range(
                 ledger,
                 EntryId(cur),
