@@ -186,62 +186,6 @@ fn access_mode_name(m: ProducerAccessMode) -> &'static str {
     }
 }
 
-/// Entry index `i` (0-based over the stored ledgers) as a position.
-fn position_at(ledgers: &[(u64, u64)], mut i: u64) -> Option<Position> {
-    for &(id, entries) in ledgers {
-        if i < entries {
-            return Some(Position::new(id, i));
-        }
-        i -= entries;
-    }
-    None
-}
-
-/// Publish time of the entry at `p` (None: not readable as a message).
-async fn publish_time_at(ml: &ManagedLedger, p: Position) -> Result<Option<u64>, TopicAdminError> {
-    let got = ml
-        .read_entries(p, 1, SCAN_BYTES_MAX)
-        .await
-        .map_err(from_ml)?;
-    Ok(got
-        .into_iter()
-        .next()
-        .and_then(|(_, entry)| Payload::parse(entry).ok())
-        .and_then(|payload| payload.metadata().ok())
-        .map(|m| m.publish_time))
-}
-
-/// The first stored entry published at or after `ts` (binary search over entry indexes;
-/// publish times grow with positions), or the position after the last entry.
-async fn find_by_publish_time(ml: &ManagedLedger, ts: u64) -> Result<Position, TopicAdminError> {
-    let ledgers: Vec<(u64, u64)> = ml
-        .ledgers()
-        .iter()
-        .filter(|l| l.entries > 0)
-        .map(|l| (l.ledger_id.0, l.entries))
-        .collect();
-    let total: u64 = ledgers.iter().map(|(_, n)| n).sum();
-    let (mut lo, mut hi) = (0u64, total);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let Some(p) = position_at(&ledgers, mid) else {
-            break;
-        };
-        // An unreadable entry counts as published at 0 (before any timestamp).
-        if publish_time_at(ml, p).await?.unwrap_or(0) >= ts {
-            hi = mid;
-        } else {
-            lo = mid + 1;
-        }
-    }
-    match position_at(&ledgers, lo) {
-        Some(p) => Ok(p),
-        None => Ok(ml
-            .last_confirmed()
-            .map_or(Position::new(0, 0), |p| p.next())),
-    }
-}
-
 /// Up to `n` unacknowledged entries of `cursor` from its floor on, oldest first.
 async fn unacked_entries(
     ml: &ManagedLedger,
@@ -631,7 +575,9 @@ impl TopicAdmin for BrokerTopicAdmin {
         let cursor = Self::cursor(&topic, subscription)?;
         let ml = topic.managed_ledger();
         let position = match target {
-            ResetTarget::Timestamp(ts) => find_by_publish_time(ml, ts).await?,
+            ResetTarget::Timestamp(ts) => crate::subscription::find_by_publish_time(ml, ts)
+                .await
+                .map_err(from_ml)?,
             ResetTarget::MessageId {
                 ledger_id,
                 entry_id,

@@ -397,7 +397,7 @@ impl Actor {
             // MessageId.latest (Long.MAX_VALUE) and anything past the end: the end.
             SeekTarget::Position(p) if p > end => end,
             SeekTarget::Position(p) => p,
-            SeekTarget::PublishTime(t) => self.find_by_publish_time(t).await?,
+            SeekTarget::PublishTime(t) => super::entry::find_by_publish_time(&self.ml, t).await?,
         };
         info!(%position, "seek: consumers are disconnected and resubscribe");
         self.pending.clear();
@@ -416,25 +416,5 @@ impl Actor {
         }
         self.active = None;
         Ok(())
-    }
-
-    /// The first entry whose publish time is ≥ `t` (after the last entry if none).
-    pub(super) async fn find_by_publish_time(&self, t: u64) -> BrokerResult<Position> {
-        let mut from = self.ml.first_position().unwrap_or(Position::new(0, 0));
-        loop {
-            let batch = self
-                .ml
-                .read_entries(from, SEEK_SCAN_BATCH, READ_BYTES_MAX)
-                .await?;
-            let Some(&(last, _)) = batch.last() else {
-                return Ok(self.ml.last_confirmed().map_or(from, |p| p.next()));
-            };
-            for (p, entry) in &batch {
-                if entry_info(entry).publish_time >= t {
-                    return Ok(*p);
-                }
-            }
-            from = last.next();
-        }
     }
 }

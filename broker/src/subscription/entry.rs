@@ -1,6 +1,8 @@
 //! What the dispatcher reads from a stored entry's metadata: message count, publish time, key
 //! hash, delivery time and chunk fields — parsed once per entry.
 
+use magnetar_managed_ledger::MlResult;
+
 use super::*;
 
 /// What the dispatcher needs from an entry's metadata.
@@ -54,4 +56,50 @@ const NO_KEY: &[u8] = b"NONE_KEY";
 
 fn key_hash(key: &[u8]) -> u32 {
     crate::subscription::key_shared::murmur3_32(key)
+}
+
+/// The first stored entry published at or after `ts`, or the position after the last entry
+/// when none is: a binary search over entry indexes, as Pulsar's message finder (publish times
+/// grow with positions). An unreadable entry counts as published at 0. The one search by
+/// publish time, for SEEK and for the admin API's reset-cursor alike.
+pub async fn find_by_publish_time(ml: &ManagedLedger, ts: u64) -> MlResult<Position> {
+    let ledgers: Vec<(u64, u64)> = ml
+        .ledgers()
+        .iter()
+        .filter(|l| l.entries > 0)
+        .map(|l| (l.ledger_id.0, l.entries))
+        .collect();
+    let total: u64 = ledgers.iter().map(|(_, n)| n).sum();
+    let (mut lo, mut hi) = (0u64, total);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let Some(p) = position_at(&ledgers, mid) else {
+            break;
+        };
+        let published = ml
+            .read_entries(p, 1, READ_BYTES_MAX)
+            .await?
+            .first()
+            .map_or(0, |(_, entry)| entry_info(entry).publish_time);
+        if published >= ts {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(position_at(&ledgers, lo).unwrap_or_else(|| {
+        ml.last_confirmed()
+            .map_or(Position::new(0, 0), |p| p.next())
+    }))
+}
+
+/// Entry index `i` (0-based over the stored ledgers) as a position.
+fn position_at(ledgers: &[(u64, u64)], mut i: u64) -> Option<Position> {
+    for &(id, entries) in ledgers {
+        if i < entries {
+            return Some(Position::new(id, i));
+        }
+        i -= entries;
+    }
+    None
 }

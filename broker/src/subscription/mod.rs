@@ -64,6 +64,7 @@ pub mod chunks;
 pub mod delayed;
 mod dispatch;
 mod entry;
+pub use entry::find_by_publish_time;
 pub mod key_shared;
 mod sink;
 #[cfg(test)]
@@ -76,8 +77,6 @@ pub use sink::{ConsumerSink, NotQueued};
 const COMMAND_QUEUE: usize = 1024;
 /// Bytes read per dispatch round at most (at least one entry is always read).
 const READ_BYTES_MAX: u64 = 8 * 1024 * 1024;
-/// Entries scanned per step when seeking by publish time.
-const SEEK_SCAN_BATCH: usize = 256;
 /// Bounds of the wait before a failed dispatch read is retried (doubling from the first).
 const READ_RETRY_MIN_MS: u64 = 50;
 const READ_RETRY_MAX_MS: u64 = 5_000;
