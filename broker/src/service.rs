@@ -9,6 +9,7 @@
 //! closed and their clients disconnected.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use magnetar_metadata::MetadataStore;
 use magnetar_metadata::clock::SharedClock;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::cluster::bundle::{Bundle, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
@@ -102,6 +104,9 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Longest wait at shutdown for the broker's tasks to end.
+const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
+
 type TopicCell = Arc<OnceCell<Arc<Topic>>>;
 
 /// One broker's shared state. Cheap to share (`Arc`).
@@ -114,6 +119,9 @@ pub struct BrokerService {
     factory: Arc<ManagedLedgerFactory>,
     topics: Mutex<HashMap<String, TopicCell>>,
     shutdown: CancellationToken,
+    /// Every task the broker runs for clients and for itself — connections, their requests,
+    /// writers and receipt queues, background loops — so shutdown can wait for them to end.
+    tasks: TaskTracker,
     next_id: std::sync::atomic::AtomicU64,
     /// Start time (ms) of this broker: makes generated names unique across restarts.
     boot_ms: u64,
@@ -136,6 +144,7 @@ impl BrokerService {
             factory,
             topics: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             next_id: std::sync::atomic::AtomicU64::new(1),
             boot_ms,
         });
@@ -241,7 +250,7 @@ impl BrokerService {
             self.shutdown.clone(),
             Arc::clone(&self.config.clock),
         );
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             loop {
                 tokio::select! {
                     changed = renewals.changed() => if changed.is_err() { return },
@@ -487,7 +496,7 @@ impl BrokerService {
         let mut lost = self.ownership.lost_bundles();
         let weak = Arc::downgrade(self);
         let stop = self.shutdown.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             loop {
                 let bundle = tokio::select! {
                     _ = stop.cancelled() => return,
@@ -523,7 +532,9 @@ impl BrokerService {
                 }
                 for topic in gone {
                     service.forget_topic(&topic);
-                    tokio::spawn(async move { topic.finish_close().await });
+                    service
+                        .tasks
+                        .spawn(async move { topic.finish_close().await });
                 }
             }
         });
@@ -538,6 +549,40 @@ impl BrokerService {
         let topics = self.loaded();
         futures::future::join_all(topics.iter().map(|t| t.close())).await;
         self.topics().clear();
+        // Connections saw the cancellation and close; their requests and receipt queues end
+        // with them. Wait for all of it, within a bound (a stuck task is reported, not waited
+        // for forever).
+        self.tasks.close();
+        let drained = magnetar_metadata::clock::timeout(
+            &*self.config.clock,
+            SHUTDOWN_DRAIN_MAX,
+            self.tasks.wait(),
+        )
+        .await;
+        if drained.is_err() {
+            warn!(
+                running = self.tasks.len(),
+                "broker tasks still running after the shutdown drain"
+            );
+        }
+    }
+
+    /// Runs `task` as one of the broker's tasks (waited for by [`BrokerService::shutdown`]).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// The broker's task tracker (connections hand it to their sending side).
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Tasks running now: connections, their requests and queues, background loops.
+    pub fn running_tasks(&self) -> usize {
+        self.tasks.len()
     }
 }
 

@@ -687,3 +687,62 @@ async fn batch_index_acks_and_consumer_stats_on_the_wire() {
     assert_eq!(stats.unacked_messages, Some(0), "nothing redelivered");
     standalone.shutdown().await;
 }
+
+/// Reads frames until the broker closes the connection; false if it is still open after 5 s.
+async fn closed_by_broker(conn: &mut Conn) -> bool {
+    let clock = magnetar_metadata::clock::system();
+    let deadline = clock.now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(clock.now());
+        match tokio::time::timeout(left, futures::StreamExt::next(conn)).await {
+            Err(_) => return false,
+            Ok(None | Some(Err(_))) => return true,
+            Ok(Some(Ok(_))) => {} // CLOSE_PRODUCER / CLOSE_CONSUMER first
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_connection_and_waits_for_all_broker_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let standalone = standalone(dir.path(), |_| {}).await;
+    let service = std::sync::Arc::clone(standalone.service());
+    let topic = "persistent://public/default/drain";
+    // A producer with receipts answered, a consumer with messages delivered and unacked, and
+    // an idle connection: each has tasks running in the broker.
+    let mut producer = connect(standalone.local_addr()).await;
+    producer.send(producer_frame(topic, 1)).await.unwrap();
+    assert!(next(&mut producer).await.command.producer_success.is_some());
+    for seq in 0..10 {
+        producer.send(send_frame(seq, b"m")).await.unwrap();
+        assert!(next(&mut producer).await.command.send_receipt.is_some());
+    }
+    let mut consumer = connect(standalone.local_addr()).await;
+    consumer
+        .send(subscribe_frame(topic, "s", SubType::Shared, 1, 2))
+        .await
+        .unwrap();
+    assert!(next(&mut consumer).await.command.success.is_some());
+    flow(&mut consumer, 1, 5).await;
+    assert!(next(&mut consumer).await.command.message.is_some());
+    let mut idle = connect(standalone.local_addr()).await;
+    assert!(
+        service.running_tasks() >= 3,
+        "connections run as broker tasks: {}",
+        service.running_tasks()
+    );
+
+    standalone.shutdown().await;
+    assert_eq!(
+        service.running_tasks(),
+        0,
+        "shutdown returned with broker tasks still running"
+    );
+    for (name, conn) in [
+        ("producer", &mut producer),
+        ("consumer", &mut consumer),
+        ("idle", &mut idle),
+    ] {
+        assert!(closed_by_broker(conn).await, "{name} connection left open");
+    }
+}

@@ -43,9 +43,9 @@ pub async fn serve(listener: TcpListener, service: Arc<BrokerService>) {
                 if let Err(e) = stream.set_nodelay(true) {
                     warn!(%peer, error = %e, "cannot set TCP_NODELAY");
                 }
-                let service = Arc::clone(&service);
-                tokio::spawn(async move {
-                    connection::serve(stream, peer, service).await;
+                let conn_service = Arc::clone(&service);
+                service.spawn(async move {
+                    connection::serve(stream, peer, conn_service).await;
                     drop(permit);
                 });
             }

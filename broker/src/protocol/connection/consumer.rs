@@ -224,7 +224,7 @@ impl Conn {
         // so later frames are not held up behind the subscription's queue.
         let conn = self.clone();
         let consumer_id = ack.consumer_id;
-        tokio::spawn(
+        self.service.spawn(
             async move {
                 let answer = match slot.sub.ack_with_receipt(cumulative, ids).await {
                     Ok(()) => commands::ack_response(consumer_id, request_id),

@@ -44,6 +44,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use magnetar_metadata::clock::Interval;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::error::{BrokerError, BrokerResult};
@@ -139,6 +140,8 @@ pub struct ConnTx {
     tx: mpsc::Sender<Outbound>,
     closed: CancellationToken,
     writable: Arc<Waiters>,
+    /// The broker's tasks: sends that must wait for room run there.
+    tasks: TaskTracker,
 }
 
 impl ConnTx {
@@ -149,7 +152,7 @@ impl ConnTx {
             self.tx.try_send(Outbound::Command(command))
         {
             let this = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 this.send(item).await;
             });
         }
@@ -266,6 +269,7 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
             tx,
             closed: closed.clone(),
             writable: Arc::clone(&writable),
+            tasks: service.tasks().clone(),
         },
         state: Arc::default(),
         peer,
@@ -280,7 +284,7 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
                 .max(1),
         )),
     };
-    let writer = tokio::spawn(
+    let writer = service.tasks().spawn(
         write_loop(
             FramedWrite::new(write, codec),
             rx,
@@ -538,7 +542,7 @@ impl Conn {
             return;
         };
         let this = self.clone();
-        tokio::spawn(
+        self.service.spawn(
             async move {
                 f(this, command).await;
                 drop(permit);

@@ -148,7 +148,7 @@ impl Conn {
         if let Some(old) = old {
             old.topic.remove_producer(old.key);
         }
-        tokio::spawn(
+        self.service.spawn(
             receipts(
                 p.producer_id,
                 rx,
