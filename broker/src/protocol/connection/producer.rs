@@ -221,40 +221,51 @@ impl Conn {
         }
         let highest = send.highest_sequence_id.filter(|h| *h > 0);
         let mut ticket = None;
-        let append = if !payload.checksum_ok() {
-            Some(Err(BrokerError::Checksum(
-                "the payload does not match its checksum".into(),
-            )
-            .wire()))
-        } else {
-            let verdict = slot
-                .topic
-                .dedup()
-                .check(&slot.name, send.sequence_id, highest, || {
-                    dedup::payload_counts(&payload)
-                });
-            match verdict {
-                Verdict::Duplicate => None,
-                Verdict::Publish(t) => {
-                    ticket = t;
-                    let messages = send
-                        .num_messages
-                        .map_or(1, |n| u64::try_from(n).unwrap_or(1));
+        let append =
+            if !payload.checksum_ok() {
+                Some(Err(BrokerError::Checksum(
+                    "the payload does not match its checksum".into(),
+                )
+                .wire()))
+            } else {
+                let verdict =
                     slot.topic
-                        .record_publish(messages, payload.payload_range().len() as u64);
-                    Some(
+                        .dedup()
+                        .check(&slot.name, send.sequence_id, highest, || {
+                            dedup::payload_counts(&payload)
+                        });
+                match verdict {
+                    Verdict::Duplicate => None,
+                    Verdict::Publish(t) => {
+                        ticket = t;
+                        let messages = send
+                            .num_messages
+                            .map_or(1, |n| u64::try_from(n).unwrap_or(1));
                         slot.topic
-                            .managed_ledger()
-                            .append(payload.entry())
-                            .await
-                            .map_err(|e| {
-                                let e = BrokerError::from(e);
-                                (e.server_error(), e.to_string())
-                            }),
-                    )
+                            .record_publish(messages, payload.payload_range().len() as u64);
+                        Some(
+                            slot.topic
+                                .managed_ledger()
+                                .append(payload.entry())
+                                .await
+                                .map_err(|e| {
+                                    if matches!(
+                                    e,
+                                    magnetar_managed_ledger::ManagedLedgerError::AppendsSuspended(_)
+                                ) {
+                                        // A write failed and the fence it starts is not up yet
+                                        // (its receipt is still on the way): start it now, so
+                                        // this producer is detached and resends (CLOSE_PRODUCER)
+                                        // rather than told SEND_ERROR. Idempotent while fenced.
+                                        slot.topic.publish_failed();
+                                    }
+                                    let e = BrokerError::from(e);
+                                    (e.server_error(), e.to_string())
+                                }),
+                        )
+                    }
                 }
-            }
-        };
+            };
         let pending = PendingSend {
             sequence_id: send.sequence_id,
             highest_sequence_id: highest,
