@@ -4,12 +4,13 @@
 //! process on 127.0.0.1 (metadata in memory, no topic service).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 
 use magnetar_broker::admin::{self, AdminState};
 use magnetar_broker::policies::Policies;
 use magnetar_metadata::MemoryStore;
+use magnetar_testkit::process::{self, run};
 
 struct Server {
     url: String,
@@ -33,22 +34,7 @@ fn start() -> Server {
 
 /// The built binary with an empty environment, run in `dir`.
 fn magnetar(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_magnetar"));
-    cmd.env_clear().current_dir(dir);
-    cmd
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    (
-        status.code().expect("magnetar was killed by a signal"),
-        String::from_utf8(stdout).unwrap(),
-        String::from_utf8(stderr).unwrap(),
-    )
+    process::command(env!("CARGO_BIN_EXE_magnetar"), dir)
 }
 
 impl Server {

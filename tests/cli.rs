@@ -4,7 +4,9 @@
 //! (defaults < file < environment < flags) observed through `--print-config`.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+
+use magnetar_testkit::process::{self, Server, run};
 
 const SUBCOMMANDS: [&str; 7] = [
     "standalone",
@@ -19,22 +21,7 @@ const SUBCOMMANDS: [&str; 7] = [
 /// The built binary with an empty environment (no stray `MAGNETAR_*` or `RUST_LOG` from the
 /// caller), run in `dir`.
 fn magnetar(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_magnetar"));
-    cmd.env_clear().current_dir(dir);
-    cmd
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().unwrap();
-    (
-        status.code().expect("magnetar was killed by a signal"),
-        String::from_utf8(stdout).unwrap(),
-        String::from_utf8(stderr).unwrap(),
-    )
+    process::command(env!("CARGO_BIN_EXE_magnetar"), dir)
 }
 
 /// Runs and parses `--print-config` output, which must succeed.
@@ -125,36 +112,21 @@ fn broker_refuses_a_metadata_store_it_cannot_share() {
 
 #[test]
 fn standalone_serves_and_stops_cleanly_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
+    const SERVING: &str = "magnetar standalone: serving ";
     let dir = tempfile::tempdir().unwrap();
-    let mut child = magnetar(dir.path())
-        .args(["standalone", "--data-dir", "d", "--broker-port", "0"])
-        .args(["--admin-port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    // Kept open until the end: standalone prints more lines (the admin URL), and a closed pipe
-    // would fail its write.
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("magnetar standalone: serving ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    let mut server = Server::start(
+        magnetar(dir.path())
+            .args(["standalone", "--data-dir", "d", "--broker-port", "0"])
+            .args(["--admin-port", "0"]),
+        SERVING,
+    );
+    let url = server.address(SERVING);
     let addr = url.strip_prefix("pulsar://").unwrap();
     assert!(std::net::TcpStream::connect(addr).is_ok(), "{addr}");
     assert!(dir.path().join("d/metadata.redb").exists());
     assert!(dir.path().join("d/bookie").is_dir());
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(std::time::Duration::from_secs(20)), 0);
 }
 
 #[test]
@@ -172,47 +144,26 @@ fn no_subcommand_and_unknown_flags_are_usage_errors() {
 /// Starts `magnetar standalone` with `args` in `dir`; once it serves, stops it with SIGTERM
 /// and checks it exited 0. Returns its stderr as the error when it exits without serving.
 fn serve_once(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
-    use std::io::{BufRead, BufReader, Read};
-    use std::process::Stdio;
     let mut cmd = magnetar(dir);
     cmd.arg("standalone").args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd
-        .args(["--broker-port", "0", "--admin-port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    if line.is_empty() {
-        let status = child.wait().unwrap();
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        assert_ne!(status.code(), Some(0), "exited 0 without serving: {err}");
-        return Err(err);
-    }
-    assert!(
-        line.starts_with("magnetar standalone: serving "),
-        "{line:?}"
-    );
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    // Drain stdout so that late lines cannot block the process on a full pipe.
-    let mut rest = String::new();
-    let _ = stdout.read_to_string(&mut rest);
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    cmd.args(["--broker-port", "0", "--admin-port", "0"]);
+    let mut server = match Server::try_start_capturing(&mut cmd, "magnetar standalone: serving ") {
+        Ok(server) => server,
+        Err(e) => {
+            assert!(
+                e.first_line.is_empty(),
+                "unexpected first line {:?}",
+                e.first_line
+            );
+            assert_ne!(e.code, Some(0), "exited 0 without serving: {}", e.stderr);
+            return Err(e.stderr);
+        }
+    };
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(std::time::Duration::from_secs(20)), 0);
     Ok(())
 }
 
@@ -522,66 +473,6 @@ fn a_missing_config_file_is_an_error_not_the_defaults() {
     assert!(err.contains("nowhere.toml"), "{err}");
 }
 
-/// A `magnetar bookie` process; killed if the test fails before stopping it.
-struct BookieProcess {
-    child: std::process::Child,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl Drop for BookieProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl BookieProcess {
-    fn start(cmd: &mut Command) -> BookieProcess {
-        use std::process::Stdio;
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        BookieProcess { child, stdout }
-    }
-
-    /// The address in the `serving` line.
-    fn serving(&mut self) -> String {
-        use std::io::BufRead;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        let addr = line
-            .strip_prefix("magnetar bookie: serving ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"));
-        addr.split_whitespace().next().unwrap().to_owned()
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the exit code, at most `limit`.
-    fn wait(&mut self, limit: std::time::Duration) -> i32 {
-        let deadline = magnetar_metadata::clock::system().now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code().expect("killed by a signal");
-            }
-            assert!(
-                magnetar_metadata::clock::system().now() < deadline,
-                "did not exit in {limit:?}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-}
-
 #[test]
 fn bookie_serves_on_a_free_port_and_stops_cleanly_on_sigterm_and_sigint() {
     use magnetar_bookie::api::{BookieClient, BookieId, BookieState, Entry};
@@ -593,16 +484,19 @@ fn bookie_serves_on_a_free_port_and_stops_cleanly_on_sigterm_and_sigint() {
     // names the bookie by its address.
     let mut port = "0".to_owned();
     for signal in ["TERM", "INT"] {
-        let mut bookie = BookieProcess::start(magnetar(dir.path()).args([
-            "bookie",
-            "--port",
-            &port,
-            "--data-dir",
-            "bk",
-            "--zone",
-            "z1",
-        ]));
-        let addr = bookie.serving();
+        let mut bookie = Server::start(
+            magnetar(dir.path()).args([
+                "bookie",
+                "--port",
+                &port,
+                "--data-dir",
+                "bk",
+                "--zone",
+                "z1",
+            ]),
+            "magnetar bookie: serving ",
+        );
+        let addr = bookie.address("magnetar bookie: serving ");
         assert!(
             addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
             "{addr}"
@@ -639,7 +533,7 @@ fn bookie_serves_on_a_free_port_and_stops_cleanly_on_sigterm_and_sigint() {
         drop(runtime);
         bookie.signal(signal);
         assert_eq!(
-            bookie.wait(std::time::Duration::from_secs(8)),
+            bookie.wait_exit(std::time::Duration::from_secs(8)),
             0,
             "SIG{signal}"
         );

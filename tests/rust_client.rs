@@ -4,11 +4,12 @@
 //! producers with compression, Exclusive and Shared subscriptions with acks, a resumed
 //! subscription, and the `magnetar produce` / `magnetar consume` commands.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
+use magnetar_testkit::process::{self, Server};
 use pulsar::compression::{Compression, CompressionLz4, CompressionZstd};
 use pulsar::consumer::InitialPosition;
 use pulsar::message::proto::command_subscribe::SubType;
@@ -18,51 +19,33 @@ const SERVING: &str = "magnetar standalone: serving ";
 
 /// A `magnetar standalone` on a free port; killed when dropped.
 struct Standalone {
-    child: Child,
+    _server: Server,
     url: String,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Standalone {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// The built binary in the current directory, logging warnings only.
 fn magnetar() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_magnetar"));
-    cmd.env_clear().env("RUST_LOG", "warn");
+    let mut cmd = process::command(env!("CARGO_BIN_EXE_magnetar"), Path::new("."));
+    cmd.env("RUST_LOG", "warn");
     cmd
 }
 
 fn standalone() -> Standalone {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = magnetar()
-        .current_dir(dir.path())
-        .args(["standalone", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(["--broker-port", "0"])
-        // The admin API on a free port too (the key exists with or without the flag).
-        .env("MAGNETAR_STANDALONE__ADMIN_PORT", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let url = line
-        .strip_prefix(SERVING)
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    // Keep draining stdout so the process never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    let server = Server::start(
+        process::command(env!("CARGO_BIN_EXE_magnetar"), dir.path())
+            .env("RUST_LOG", "warn")
+            .args(["standalone", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--broker-port", "0"])
+            // The admin API on a free port too (the key exists with or without the flag).
+            .env("MAGNETAR_STANDALONE__ADMIN_PORT", "0"),
+        SERVING,
+    );
+    let url = server.address(SERVING);
     Standalone {
-        child,
+        _server: server,
         url,
         _dir: dir,
     }

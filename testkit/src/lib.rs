@@ -5,6 +5,8 @@
 //!   test without etcd fails and says how to get it.
 //! - [`local`] — in-process parts: a metadata store with a bookie the test can take away and
 //!   give back, cluster brokers and standalones on free ports.
+//! - [`process`] — the `magnetar` binary: run to completion, or as a server that is ready
+//!   once it prints its serving line, killed on drop.
 //! - [`wire`] — a raw Pulsar-protocol client (handshake, frames, bounded waits).
 //! - [`wait`] — waiting for a condition with a bound and a message.
 
@@ -18,5 +20,6 @@
 
 pub mod etcd;
 pub mod local;
+pub mod process;
 pub mod wait;
 pub mod wire;

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use super::*;
 use magnetar_managed_ledger::ManagedLedgerConfig;
 use magnetar_managed_ledger::test_support::Cluster;
+use magnetar_metadata::clock::Clock as _;
 
 /// A client that records what it is sent; it can be made "full" (not reading).
 #[derive(Debug, Default)]
@@ -89,6 +90,11 @@ struct Fixture {
 }
 
 async fn fixture(name: &str) -> Fixture {
+    fixture_on(name, magnetar_metadata::clock::system()).await
+}
+
+/// A fixture whose managed ledger, hence subscription, runs on `clock`.
+async fn fixture_on(name: &str, clock: magnetar_metadata::clock::SharedClock) -> Fixture {
     let cluster = Cluster::start(1).await;
     let config = ManagedLedgerConfig {
         ensemble_size: 1,
@@ -98,6 +104,7 @@ async fn fixture(name: &str) -> Fixture {
     };
     let ml = cluster
         .factory()
+        .with_clock(clock)
         .open(&format!("public/default/persistent/{name}"), config)
         .await
         .unwrap();
@@ -288,4 +295,54 @@ async fn a_full_consumer_is_parked_and_the_others_get_everything() {
         .collect();
     news.sort();
     assert_eq!(news, more);
+}
+
+/// Writes one message to be delivered at `deliver_at_ms` (none: at once).
+async fn publish_at(ml: &ManagedLedger, seq: u64, deliver_at_ms: Option<u64>) -> Position {
+    let metadata = MessageMetadata {
+        producer_name: "p".into(),
+        sequence_id: seq,
+        publish_time: 1,
+        deliver_at_time: deliver_at_ms.map(|t| i64::try_from(t).unwrap()),
+        ..Default::default()
+    };
+    let payload = Payload::new(&metadata, format!("m{seq}").as_bytes());
+    ml.append_wait(payload.entry()).await.unwrap()
+}
+
+#[tokio::test]
+async fn delayed_messages_come_exactly_when_the_manual_clock_reaches_their_time() {
+    let clock = magnetar_metadata::clock::ManualClock::new(1_700_000_000_000);
+    let f = fixture_on("delayed", clock.clone()).await;
+    let c = consumer(&f.sub, 1, SubType::Shared, 100).await;
+    let t0 = clock.now_ms();
+    let later = publish_at(&f.ml, 0, Some(t0 + 10_000)).await;
+    let latest = publish_at(&f.ml, 1, Some(t0 + 20_000)).await;
+    let now = publish_at(&f.ml, 2, None).await;
+    c.until("the message without a delay", |s| s.delivered() == [now])
+        .await;
+
+    // Just before its time: a message written now is dispatched (the dispatcher runs, and
+    // due delayed entries go first), the delayed one is not.
+    clock.advance(Duration::from_millis(9_999));
+    let probe = publish_at(&f.ml, 3, None).await;
+    c.until("the probe", |s| s.delivered().contains(&probe))
+        .await;
+    assert_eq!(c.delivered(), [now, probe], "nothing delayed is early");
+
+    clock.advance(Duration::from_millis(1));
+    c.until("the first delayed message, at its time", |s| {
+        s.delivered().contains(&later)
+    })
+    .await;
+    assert!(
+        !c.delivered().contains(&latest),
+        "the second is not due yet"
+    );
+    clock.advance(Duration::from_secs(10));
+    c.until("the second delayed message", |s| {
+        s.delivered().contains(&latest)
+    })
+    .await;
+    assert_eq!(c.delivered(), [now, probe, later, latest]);
 }
