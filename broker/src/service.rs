@@ -40,6 +40,10 @@ pub struct BrokerConfig {
     pub keepalive_interval: Duration,
     /// Frames queued for one connection's writer before senders wait (backpressure).
     pub outbound_queue_frames: usize,
+    /// Bytes of MESSAGE entries queued for one connection's writer (past it, plus the one
+    /// entry that crossed it): a consumer is parked until the client reads (as Pulsar pauses dispatch while a channel is not
+    /// writable), so a slow client holds at most this much of the broker's memory.
+    pub outbound_queue_bytes_max: usize,
     /// Sends queued per producer awaiting their receipts before the connection waits.
     pub pending_sends_per_producer: usize,
     /// Bounds on what clients can make the broker hold.
@@ -67,6 +71,7 @@ impl BrokerConfig {
             max_message_size: magnetar_proto::pulsar::DEFAULT_MAX_MESSAGE_SIZE,
             keepalive_interval: Duration::from_secs(30),
             outbound_queue_frames: 1024,
+            outbound_queue_bytes_max: 8 * 1024 * 1024,
             pending_sends_per_producer: 1000,
             limits: ConnectionLimits::default(),
             managed_ledger: ManagedLedgerConfig::default(),

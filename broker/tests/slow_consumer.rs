@@ -132,3 +132,71 @@ async fn a_consumer_that_stops_reading_does_not_hold_up_the_others() {
     assert_eq!(all.len(), unique.len(), "none delivered twice");
     standalone.shutdown().await;
 }
+
+/// Large messages: what a stalled consumer holds is bounded in bytes (the broker's queue for
+/// its connection holds at most `outbound_queue_bytes_max` of entries), not only by frames —
+/// 1,024 frames of large batches could otherwise pin gigabytes of broker memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_consumer_holds_a_bounded_number_of_bytes() {
+    const BIG: usize = 256 * 1024;
+    const COUNT: u64 = 256; // 64 MiB in all
+    let dir = tempfile::tempdir().unwrap();
+    let standalone = standalone(dir.path(), |o| {
+        o.broker.service.outbound_queue_bytes_max = 1024 * 1024;
+    })
+    .await;
+    let addr = standalone.local_addr();
+    let topic = "persistent://public/default/slow-consumer-bytes";
+    let sub = |id: u64| subscribe_frame(topic, "shared", SubType::Shared, id, id);
+    let mut stalled = connect(addr).await;
+    stalled.send(sub(1)).await.unwrap();
+    assert!(next(&mut stalled).await.command.success.is_some());
+    flow(&mut stalled, 1, COUNT as u32).await;
+    let mut healthy = connect(addr).await;
+    healthy.send(sub(2)).await.unwrap();
+    assert!(next(&mut healthy).await.command.success.is_some());
+    flow(&mut healthy, 2, COUNT as u32).await;
+
+    let mut producer = connect(addr).await;
+    producer.send(producer_frame(topic, 1)).await.unwrap();
+    assert!(next(&mut producer).await.command.producer_success.is_some());
+    for seq in 0..COUNT {
+        producer.send(send_frame(seq, &[9u8; BIG])).await.unwrap();
+        assert!(next(&mut producer).await.command.send_receipt.is_some());
+    }
+    // The stalled one can hold 1 MiB in the broker's queue plus both sockets' buffers (up to
+    // ~10 MB with Linux's defaults): about 44 messages of 256 KiB. Round robin with a queue
+    // bounded only by its 1,024 frames would have given it every other message (128).
+    let mut healthy_got = Vec::new();
+    receive(
+        &mut healthy,
+        2,
+        Duration::from_secs(5),
+        &mut healthy_got,
+        |n| n as u64 >= COUNT - 64,
+    )
+    .await;
+    assert!(
+        healthy_got.len() as u64 >= COUNT - 64,
+        "the healthy consumer got only {} of {COUNT}: the stalled one holds too much",
+        healthy_got.len()
+    );
+    // The stalled client goes away with its queue full: what it held comes to the healthy
+    // one (its consumer is removed although its queue never drained).
+    drop(stalled);
+    receive(
+        &mut healthy,
+        2,
+        Duration::from_secs(10),
+        &mut healthy_got,
+        |n| n as u64 >= COUNT,
+    )
+    .await;
+    let unique: HashSet<_> = healthy_got.iter().copied().collect();
+    assert_eq!(
+        unique.len() as u64,
+        COUNT,
+        "after the stalled client left, the healthy one has every message"
+    );
+    standalone.shutdown().await;
+}

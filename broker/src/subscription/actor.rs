@@ -59,11 +59,14 @@ impl Actor {
         }
     }
 
-    /// Gives parked consumers their permits back (a connection reported room); one whose
-    /// queue is still full is parked again at its next delivery.
+    /// Gives parked consumers whose connection has room their permits back (some connection
+    /// reported room, not necessarily theirs); the others stay parked, registered again for
+    /// their own connection's wake-up, so no entry is read for a client that cannot take it.
     fn unpark_consumers(&mut self) {
         for c in &mut self.consumers {
-            c.permits += std::mem::take(&mut c.parked_permits);
+            if c.parked_permits != 0 && c.spec.conn.notify_when_writable(&self.wake) {
+                c.permits += std::mem::take(&mut c.parked_permits);
+            }
         }
     }
 

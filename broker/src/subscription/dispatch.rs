@@ -278,7 +278,10 @@ impl Actor {
         scan: &mut RedeliverScan,
     ) -> magnetar_managed_ledger::MlResult<Vec<(Position, Bytes)>> {
         let mut out = Vec::new();
-        while out.len() < want {
+        // Redeliveries are read one by one; like a read from the cursor, a round holds at
+        // most `READ_BYTES_MAX` of them (large entries would otherwise make it hundreds of MB).
+        let mut out_bytes = 0u64;
+        while out.len() < want && out_bytes < READ_BYTES_MAX {
             let next = match scan.after {
                 None => self.redeliver.first(),
                 Some(after) => self
@@ -326,7 +329,10 @@ impl Actor {
                 }
             };
             match got.pop() {
-                Some((q, entry)) if q == p => out.push((q, entry)),
+                Some((q, entry)) if q == p => {
+                    out_bytes += entry.len() as u64;
+                    out.push((q, entry));
+                }
                 _ => {
                     self.redelivery_counts.remove(&p);
                     debug!(position = %p, "redelivery of an entry no longer stored skipped");

@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -80,6 +81,41 @@ pub enum Outbound {
     Message(MessageFrame),
 }
 
+/// Bytes of MESSAGE entries in one connection's queue, bounded: delivery reserves, the writer
+/// releases once written.
+#[derive(Debug)]
+struct QueuedBytes {
+    bytes: AtomicUsize,
+    max: usize,
+}
+
+impl QueuedBytes {
+    /// Takes room for `len` bytes; false when the queue holds its maximum already. An entry
+    /// goes whenever the queue is below its maximum, so the queue holds at most the maximum
+    /// plus one entry — and "room" means the same here as in [`QueuedBytes::has_room`], which
+    /// a parked consumer is told: it never retries into a refusal (no busy loop).
+    fn reserve(&self, len: usize) -> bool {
+        self.bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < self.max).then_some(q + len)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::AcqRel);
+    }
+
+    fn has_room(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) < self.max
+    }
+
+    /// Drained to half: parked consumers may go on.
+    fn below_half(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) <= self.max / 2
+    }
+}
+
 /// Subscriptions waiting for room in one connection's queue, woken by its writer.
 #[derive(Debug, Default)]
 struct Waiters(Mutex<Vec<Arc<Notify>>>);
@@ -103,10 +139,24 @@ impl Waiters {
 
 impl ConsumerSink for ConnTx {
     fn try_deliver(&self, frame: MessageFrame) -> Result<(), NotQueued> {
+        // Closed before full: a dead connection's queue never drains, and "full" would park
+        // its consumer (woken at once because the connection is closed) over and over.
+        if self.is_closed() {
+            return Err(NotQueued::Closed);
+        }
+        let len = frame.entry.len();
+        if !self.queued.reserve(len) {
+            return Err(NotQueued::Full);
+        }
         match self.tx.try_send(Outbound::Message(frame)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(NotQueued::Full),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(NotQueued::Closed),
+            Err(e) => {
+                self.queued.release(len);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => NotQueued::Full,
+                    mpsc::error::TrySendError::Closed(_) => NotQueued::Closed,
+                })
+            }
         }
     }
 
@@ -120,7 +170,7 @@ impl ConsumerSink for ConnTx {
                 waiters.push(Arc::clone(wake));
             }
         }
-        self.tx.capacity() > 0 || self.is_closed()
+        (self.tx.capacity() > 0 && self.queued.has_room()) || self.is_closed()
     }
 
     fn send_control(&self, command: BaseCommand) {
@@ -140,6 +190,7 @@ pub struct ConnTx {
     tx: mpsc::Sender<Outbound>,
     closed: CancellationToken,
     writable: Arc<Waiters>,
+    queued: Arc<QueuedBytes>,
     /// The broker's tasks: sends that must wait for room run there.
     tasks: TaskTracker,
 }
@@ -262,6 +313,10 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::channel(config.outbound_queue_frames.max(1));
     let writable = Arc::new(Waiters::default());
+    let queued = Arc::new(QueuedBytes {
+        bytes: AtomicUsize::new(0),
+        max: config.outbound_queue_bytes_max.max(1),
+    });
     let closed = CancellationToken::new();
     let conn = Conn {
         service: Arc::clone(&service),
@@ -269,6 +324,7 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
             tx,
             closed: closed.clone(),
             writable: Arc::clone(&writable),
+            queued: Arc::clone(&queued),
             tasks: service.tasks().clone(),
         },
         state: Arc::default(),
@@ -290,6 +346,7 @@ async fn run(stream: TcpStream, service: Arc<BrokerService>) {
             rx,
             closed.clone(),
             Arc::clone(&writable),
+            queued,
         )
         .in_current_span(),
     );
@@ -321,6 +378,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
     closed: CancellationToken,
     writable: Arc<Waiters>,
+    queued: Arc<QueuedBytes>,
 ) {
     loop {
         let first = tokio::select! {
@@ -333,7 +391,12 @@ async fn write_loop(
         while let Some(next) = item.take() {
             let fed = match next {
                 Outbound::Command(c) => sink.feed(c).await,
-                Outbound::Message(m) => sink.feed(m).await,
+                Outbound::Message(m) => {
+                    let len = m.entry.len();
+                    let fed = sink.feed(m).await;
+                    queued.release(len);
+                    fed
+                }
             };
             if let Err(e) = fed {
                 warn!(error = %e, "write failed");
@@ -352,7 +415,7 @@ async fn write_loop(
             writable.wake_all();
             return;
         }
-        if rx.len() <= rx.max_capacity() / 2 {
+        if rx.len() <= rx.max_capacity() / 2 && queued.below_half() {
             writable.wake_all();
         }
     }
