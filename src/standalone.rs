@@ -48,6 +48,9 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     options.broker.service.schema_compatibility_strategy =
         config.broker.schema_compatibility_strategy;
     options.broker.service.limits = config.broker.limits();
+    // The in-process bookie honours the bookie section's disk thresholds, as `magnetar bookie`.
+    options.disk_usage_threshold = config.bookie.disk_usage_threshold;
+    options.disk_usage_lwm = config.bookie.disk_usage_lwm;
     let standalone = Standalone::start(options)
         .await
         .context("cannot start standalone")?;

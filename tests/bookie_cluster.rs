@@ -47,6 +47,9 @@ impl BookieProcess {
             ])
             .arg("--data-dir")
             .arg(&self.data_dir)
+            // The host's disk fill must not decide tests: only a storage cap would.
+            .env("MAGNETAR_BOOKIE__DISK_USAGE_THRESHOLD", "1.0")
+            .env("MAGNETAR_BOOKIE__DISK_USAGE_LWM", "1.0")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("MAGNETAR_LOG__LEVEL", "warn")
             .stdout(Stdio::piped())

@@ -419,6 +419,9 @@ fn options(dir: &std::path::Path) -> BookieOptions {
     let mut o = BookieOptions::new(BookieId("127.0.0.1:0".into()), dir);
     o.journal_file_size_bytes = 1024 * 1024;
     o.entry_size_bytes_max = 64 * 1024;
+    // The host's disk fill must not decide tests: only a storage cap would.
+    o.disk_usage_threshold = 1.0;
+    o.disk_usage_lwm = 1.0;
     o
 }
 

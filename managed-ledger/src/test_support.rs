@@ -45,6 +45,9 @@ impl Cluster {
             let id: BookieId = format!("local:{}", i + 1).parse().unwrap();
             let mut opts = BookieOptions::new(id.clone(), dir.path().join(format!("b{i}")));
             opts.journal_file_size_bytes = 4 * 1024 * 1024;
+            // The host's disk fill must not decide tests: only a storage cap would.
+            opts.disk_usage_threshold = 1.0;
+            opts.disk_usage_lwm = 1.0;
             let bookie = Bookie::open(opts).await.unwrap();
             connector.insert(bookie.clone());
             let reg = BookieRegistration {

@@ -21,6 +21,10 @@ pub async fn standalone(
 ) -> Standalone {
     let mut options = StandaloneOptions::new(data_dir);
     options.broker.bind.set_port(0);
+    // The host's disk fill must not decide tests (a CI disk above 95% turned every bookie
+    // read-only); tests of a full bookie use its storage cap.
+    options.disk_usage_threshold = 1.0;
+    options.disk_usage_lwm = 1.0;
     configure(&mut options);
     Standalone::start(options).await.expect("standalone starts")
 }
@@ -39,9 +43,11 @@ impl LocalCluster {
     pub async fn new(store: Arc<dyn MetadataStore>) -> LocalCluster {
         let dir = tempfile::tempdir().unwrap();
         let id: BookieId = "local:1".parse().unwrap();
-        let bookie = Bookie::open(BookieOptions::new(id.clone(), dir.path().join("b")))
-            .await
-            .unwrap();
+        let mut options = BookieOptions::new(id.clone(), dir.path().join("b"));
+        // The host's disk fill must not decide tests (see `standalone`).
+        options.disk_usage_threshold = 1.0;
+        options.disk_usage_lwm = 1.0;
+        let bookie = Bookie::open(options).await.unwrap();
         let connector = LocalConnector::new();
         connector.insert(bookie.clone());
         let reg = BookieRegistration {

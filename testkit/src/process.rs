@@ -8,6 +8,13 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+/// Disk-usage fractions a served bookie (standalone's or `magnetar bookie`) ignores the host's
+/// disk fill at: only its storage cap turns it read-only in tests.
+const HOST_DISK_ENV: [&str; 2] = [
+    "MAGNETAR_BOOKIE__DISK_USAGE_THRESHOLD",
+    "MAGNETAR_BOOKIE__DISK_USAGE_LWM",
+];
+
 /// `bin` (the test's `env!("CARGO_BIN_EXE_magnetar")`) with an empty environment (no stray
 /// `MAGNETAR_*` or `RUST_LOG` from the caller), run in `dir`.
 pub fn command(bin: impl AsRef<Path>, dir: &Path) -> Command {
@@ -68,6 +75,13 @@ impl Server {
     }
 
     fn try_start(cmd: &mut Command, ready: &str, capture: bool) -> Result<Server, NotReady> {
+        // The host's disk fill must not decide tests (a CI disk above 95% makes every bookie
+        // read-only, as it should in production); a test may still set its own values.
+        for key in HOST_DISK_ENV {
+            if !cmd.get_envs().any(|(k, _)| k == key) {
+                cmd.env(key, "1.0");
+            }
+        }
         let stderr = if capture {
             Stdio::piped()
         } else {

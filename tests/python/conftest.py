@@ -42,6 +42,10 @@ class Standalone:
         log = open(self.log_path, "ab")
         env = dict(os.environ)
         env.setdefault("RUST_LOG", "info")
+        # The host's disk fill must not decide the tests (a CI disk above 95% makes every
+        # bookie read-only, as it should in production).
+        env.setdefault("MAGNETAR_BOOKIE__DISK_USAGE_THRESHOLD", "1.0")
+        env.setdefault("MAGNETAR_BOOKIE__DISK_USAGE_LWM", "1.0")
         self.proc = subprocess.Popen(
             [BIN, "standalone", "--data-dir", self.data_dir, "--broker-port", "0",
              "--admin-port", "0"],

@@ -82,6 +82,9 @@ class Cluster:
             "MAGNETAR_METADATA__ETCD_ENDPOINTS": f"http://127.0.0.1:{client_port}",
             "MAGNETAR_METADATA__ETCD_ROOT": f"/test-{uuid.uuid4().hex[:8]}",
             "MAGNETAR_METADATA__SESSION_TTL_MS": "3000",
+            # The host's disk fill must not decide the tests (see conftest.py).
+            "MAGNETAR_BOOKIE__DISK_USAGE_THRESHOLD": "1.0",
+            "MAGNETAR_BOOKIE__DISK_USAGE_LWM": "1.0",
             "RUST_LOG": "info",
         }
         for i in range(3):

@@ -40,6 +40,10 @@ pub struct StandaloneOptions {
     pub metadata_path: PathBuf,
     /// The broker's options, as a cluster broker has them.
     pub broker: BrokerOptions,
+    /// The in-process bookie's disk-usage fractions: read-only above the threshold, back to
+    /// read-write below the low-water mark (defaults 0.95 / 0.90, as a bookie's).
+    pub disk_usage_threshold: f64,
+    pub disk_usage_lwm: f64,
 }
 
 impl StandaloneOptions {
@@ -49,6 +53,8 @@ impl StandaloneOptions {
             metadata_path: data_dir.join("metadata.redb"),
             data_dir,
             broker: BrokerOptions::default(),
+            disk_usage_threshold: 0.95,
+            disk_usage_lwm: 0.90,
         }
     }
 }
@@ -87,7 +93,10 @@ impl Standalone {
         // The bookie's data must belong to this metadata file (a mistyped path opens a new,
         // empty one, whose ledger ids would alias the old data's).
         magnetar_bookie::cookie::verify(&*store, &bookie_dir, &bookie_id).await?;
-        let bookie = Bookie::open(BookieOptions::new(bookie_id, bookie_dir)).await?;
+        let mut bookie_options = BookieOptions::new(bookie_id, bookie_dir);
+        bookie_options.disk_usage_threshold = options.disk_usage_threshold;
+        bookie_options.disk_usage_lwm = options.disk_usage_lwm;
+        let bookie = Bookie::open(bookie_options).await?;
         let local = LocalConnector::new();
         local.insert(Arc::clone(&bookie) as Arc<dyn BookieClient>);
         let registration = BookieRegistration {
