@@ -265,6 +265,8 @@ pub struct BookieConfig {
     pub disk_usage_lwm: f64,
     pub storage_size_bytes_max: Option<u64>,
     pub entry_size_bytes_max: u64,
+    /// Page cache of the on-disk entry index: bounds the index's memory whatever is stored.
+    pub index_cache_size_bytes: u64,
     /// Start even when journal replay finds a damaged record that synced records follow,
     /// skipping it (an operator's decision after reading the error; the entries are lost
     /// on this replica and must come back from the others).
@@ -290,6 +292,7 @@ impl Default for BookieConfig {
             disk_usage_lwm: o.disk_usage_lwm,
             storage_size_bytes_max: o.storage_size_bytes_max,
             entry_size_bytes_max: o.entry_size_bytes_max as u64,
+            index_cache_size_bytes: o.index_cache_size_bytes as u64,
             journal_skip_damaged_records: o.journal_skip_damaged_records,
         }
     }
@@ -345,6 +348,8 @@ impl BookieConfig {
         o.disk_usage_lwm = self.disk_usage_lwm;
         o.storage_size_bytes_max = self.storage_size_bytes_max;
         o.entry_size_bytes_max = usize::try_from(self.entry_size_bytes_max).unwrap_or(usize::MAX);
+        o.index_cache_size_bytes =
+            usize::try_from(self.index_cache_size_bytes).unwrap_or(usize::MAX);
         o.journal_skip_damaged_records = self.journal_skip_damaged_records;
         o
     }

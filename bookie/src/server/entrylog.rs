@@ -89,6 +89,14 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// (ledger, entry, payload length) of a record header, if it has the magic.
+pub(crate) fn parse_header(h: &[u8]) -> Option<(LedgerId, EntryId, u32)> {
+    if h.len() < HEADER_BYTES as usize || le_u32(h, 0) != MAGIC {
+        return None;
+    }
+    Some((LedgerId(le_u64(h, 8)), EntryId(le_u64(h, 16)), le_u32(h, 4)))
+}
+
 /// Reads the whole record at `loc` (header + payload), raw, for compaction or a read.
 pub(crate) fn read_raw(file: &File, loc: Loc) -> io::Result<BytesMut> {
     let mut buf = BytesMut::zeroed(loc.record_bytes() as usize);

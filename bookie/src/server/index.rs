@@ -1,44 +1,60 @@
 //! The persistent index (`data_dir/ledgers/index.redb`) and the checkpoint that writes it.
 //!
+//! The index is the only complete record of where entries are: memory holds just what was
+//! written since the last checkpoint (`ledgers.rs`), and lookups of older entries read redb's
+//! B-tree through its page cache, bounded by `index_cache_size_bytes`. So memory and start-up
+//! time do not grow with stored entries: opening loads the per-ledger states and per-log live
+//! byte counts, then replays the journal since the checkpoint.
+//!
 //! Why redb rather than per-ledger index files: one transaction makes a whole checkpoint atomic
-//! — index entries of many ledgers, ledger states (fenced, LAC, last entry), deletions, and the
-//! journal position they correspond to — so no crash can leave an index that disagrees with the
-//! recorded journal position; per-ledger files would need their own commit protocol to get that.
-//! redb is already a dependency (the embedded metadata store) and its copy-on-write B-tree
-//! commits cost one or two fsyncs per checkpoint, once a second, off the write path.
+//! — index entries of many ledgers, ledger states (fenced, LAC, last entry), deletions, live
+//! bytes per entry log, and the journal position they correspond to — so no crash can leave an
+//! index that disagrees with the recorded journal position; per-ledger files would need their
+//! own commit protocol to get that. Its copy-on-write B-tree commits cost one or two fsyncs per
+//! checkpoint, once a second, off the write path; readers see the last commit without locks.
 //!
 //! Tables: `entries` (ledger, entry) → (log, offset, payload length); `ledgers` ledger →
-//! (fenced, LAC, last entry); `meta` "checkpoint" → (journal generation, offset).
+//! (fenced, LAC, last entry); `logs` log → live bytes; `meta` "checkpoint" → (journal
+//! generation, offset). An index written before `logs` existed gets it computed once at open.
 //!
 //! Checkpoint order, which is what makes trimming the journal safe: take the changes and the
 //! applied journal position under the store lock → fdatasync the entry logs written since the
 //! last checkpoint (and their directory) → commit the index with the position → retire the
 //! journal files wholly before that position.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use magnetar_metadata::{EntryId, LedgerId};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::Shared;
 use super::entrylog::Loc;
 use super::journal::{self, JournalPos};
-use super::ledgers::{IndexOp, PersistedState};
+use super::ledgers::{Drained, PersistedState};
 
 const ENTRIES: TableDefinition<(u64, u64), (u32, u64, u32)> = TableDefinition::new("entries");
 const LEDGERS: TableDefinition<u64, (u8, i64, i64)> = TableDefinition::new("ledgers");
+const LOGS: TableDefinition<u32, u64> = TableDefinition::new("logs");
 const META: TableDefinition<&str, (u32, u64)> = TableDefinition::new("meta");
 const CHECKPOINT_KEY: &str = "checkpoint";
+/// Present once `logs` holds every log's live bytes.
+const LOGS_KEY: &str = "logs";
 
 fn err(e: impl std::fmt::Display) -> String {
     format!("index: {e}")
 }
 
+fn loc_of((log, offset, len): (u32, u64, u32)) -> Loc {
+    Loc { log, offset, len }
+}
+
 /// What the index held at open.
 #[derive(Debug, Default)]
 pub(crate) struct Loaded {
-    pub ledgers: HashMap<LedgerId, (PersistedState, BTreeMap<u64, Loc>)>,
+    pub ledgers: HashMap<LedgerId, PersistedState>,
+    /// Live bytes per entry log, as of the checkpoint.
+    pub live: HashMap<u32, u64>,
     pub checkpoint: JournalPos,
 }
 
@@ -47,10 +63,40 @@ pub(crate) struct Index {
     db: Database,
 }
 
+/// A consistent view of the index as of its last commit, for lookups.
+pub(crate) struct Snapshot {
+    entries: ReadOnlyTable<(u64, u64), (u32, u64, u32)>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("index::Snapshot")
+    }
+}
+
+impl Snapshot {
+    pub fn get(&self, ledger: LedgerId, entry: EntryId) -> Result<Option<Loc>, String> {
+        Ok(self
+            .entries
+            .get((ledger.0, entry.0))
+            .map_err(err)?
+            .map(|v| loc_of(v.value())))
+    }
+}
+
 impl Index {
-    pub fn open(path: &Path) -> Result<Index, String> {
-        Ok(Index {
-            db: Database::create(path).map_err(err)?,
+    pub fn open(path: &Path, cache_size_bytes: usize) -> Result<Index, String> {
+        let db = Database::builder()
+            .set_cache_size(cache_size_bytes)
+            .create(path)
+            .map_err(err)?;
+        Ok(Index { db })
+    }
+
+    pub fn snapshot(&self) -> Result<Snapshot, String> {
+        let txn = self.db.begin_read().map_err(err)?;
+        Ok(Snapshot {
+            entries: txn.open_table(ENTRIES).map_err(err)?,
         })
     }
 
@@ -68,26 +114,29 @@ impl Index {
                     lac,
                     last_entry,
                 };
-                loaded
-                    .ledgers
-                    .insert(LedgerId(k.value()), (state, BTreeMap::new()));
+                loaded.ledgers.insert(LedgerId(k.value()), state);
             }
             let entries = txn.open_table(ENTRIES).map_err(err)?;
-            for row in entries.iter().map_err(err)? {
-                let (k, v) = row.map_err(err)?;
-                let (ledger, entry) = k.value();
-                let (log, offset, len) = v.value();
-                let (_, map) = loaded.ledgers.entry(LedgerId(ledger)).or_insert_with(|| {
-                    let state = PersistedState {
-                        fenced: false,
-                        lac: crate::api::NO_ENTRY,
-                        last_entry: crate::api::NO_ENTRY,
-                    };
-                    (state, BTreeMap::new())
-                });
-                map.insert(entry, Loc { log, offset, len });
+            let mut logs = txn.open_table(LOGS).map_err(err)?;
+            let mut meta = txn.open_table(META).map_err(err)?;
+            if meta.get(LOGS_KEY).map_err(err)?.is_none() {
+                // An index from before per-log live bytes were kept: count them once.
+                let mut live: HashMap<u32, u64> = HashMap::new();
+                for row in entries.iter().map_err(err)? {
+                    let (_, v) = row.map_err(err)?;
+                    let loc = loc_of(v.value());
+                    *live.entry(loc.log).or_default() += loc.record_bytes();
+                }
+                for (log, bytes) in &live {
+                    logs.insert(*log, *bytes).map_err(err)?;
+                }
+                meta.insert(LOGS_KEY, (1, 0)).map_err(err)?;
+                tracing::info!(logs = live.len(), "index: per-log live bytes computed once");
             }
-            let meta = txn.open_table(META).map_err(err)?;
+            for row in logs.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                loaded.live.insert(k.value(), v.value());
+            }
             if let Some(v) = meta.get(CHECKPOINT_KEY).map_err(err)? {
                 let (generation, offset) = v.value();
                 loaded.checkpoint = JournalPos { generation, offset };
@@ -97,32 +146,33 @@ impl Index {
         Ok(loaded)
     }
 
-    /// One atomic, durable checkpoint of the changes since the last one.
-    pub fn commit(
-        &self,
-        ops: &[IndexOp],
-        states: &[(LedgerId, Option<PersistedState>)],
-        pos: JournalPos,
-    ) -> Result<(), String> {
+    /// One atomic, durable checkpoint of the drained changes. Returns the bytes per entry log
+    /// that became dead because their rows were overwritten or deleted.
+    pub fn commit(&self, d: &Drained, pos: JournalPos) -> Result<HashMap<u32, u64>, String> {
+        let mut dead: HashMap<u32, u64> = HashMap::new();
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(err)?;
-            for op in ops {
-                match *op {
-                    IndexOp::Put(ledger, EntryId(entry), loc) => {
-                        entries
-                            .insert((ledger.0, entry), (loc.log, loc.offset, loc.len))
-                            .map_err(err)?;
-                    }
-                    IndexOp::DeleteLedger(ledger) => {
-                        entries
-                            .retain_in((ledger.0, 0)..=(ledger.0, u64::MAX), |_, _| false)
-                            .map_err(err)?;
-                    }
+            for ledger in &d.deletes {
+                entries
+                    .retain_in((ledger.0, 0)..=(ledger.0, u64::MAX), |_, v| {
+                        let loc = loc_of(v);
+                        *dead.entry(loc.log).or_default() += loc.record_bytes();
+                        false
+                    })
+                    .map_err(err)?;
+            }
+            for (key, loc) in d.puts.iter() {
+                let old = entries
+                    .insert(*key, (loc.log, loc.offset, loc.len))
+                    .map_err(err)?
+                    .map(|v| loc_of(v.value()));
+                if let Some(old) = old.filter(|old| old != loc) {
+                    *dead.entry(old.log).or_default() += old.record_bytes();
                 }
             }
             let mut ledgers = txn.open_table(LEDGERS).map_err(err)?;
-            for (ledger, state) in states {
+            for (ledger, state) in &d.states {
                 match state {
                     Some(s) => {
                         ledgers
@@ -134,12 +184,32 @@ impl Index {
                     }
                 }
             }
+            let mut logs = txn.open_table(LOGS).map_err(err)?;
+            logs.retain(|_, _| false).map_err(err)?;
+            for (log, live) in &d.live {
+                let bytes = live.saturating_sub(dead.get(log).copied().unwrap_or(0));
+                logs.insert(*log, bytes).map_err(err)?;
+            }
             let mut meta = txn.open_table(META).map_err(err)?;
             meta.insert(CHECKPOINT_KEY, (pos.generation, pos.offset))
                 .map_err(err)?;
         }
-        txn.commit().map_err(err)
+        txn.commit().map_err(err)?;
+        Ok(dead)
     }
+}
+
+/// Turns an index into one from before `logs` existed (tests of the one-time count at open).
+#[cfg(test)]
+pub(crate) fn forget_live_bytes(path: &Path) -> Result<(), String> {
+    let db = Database::create(path).map_err(err)?;
+    let txn = db.begin_write().map_err(err)?;
+    txn.delete_table(LOGS).map_err(err)?;
+    txn.open_table(META)
+        .map_err(err)?
+        .remove(LOGS_KEY)
+        .map_err(err)?;
+    txn.commit().map_err(err)
 }
 
 /// Makes everything applied so far durable outside the journal, then trims the journal.
@@ -151,14 +221,9 @@ pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
         // declared durable (index committed, journal trimmed) until a restart replays.
         return Err("a sync failed earlier: no checkpoint until the bookie restarts".to_owned());
     }
-    let (ops, states, files, pos) = {
+    let (drained, files, pos) = {
         let mut st = shared.write_store();
-        let ops = std::mem::take(&mut st.ops);
-        let dirty: Vec<LedgerId> = st.dirty_ledgers.drain().collect();
-        let states: Vec<(LedgerId, Option<PersistedState>)> = dirty
-            .into_iter()
-            .map(|l| (l, st.ledgers.get(&l).map(|s| s.persisted())))
-            .collect();
+        let drained = st.drain();
         let mut files = Vec::new();
         for (id, meta) in st.logs.iter_mut() {
             if meta.unsynced {
@@ -166,16 +231,20 @@ pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
                 files.push((*id, meta.file.clone()));
             }
         }
-        (ops, states, files, st.applied)
+        (drained, files, st.applied)
     };
-    if ops.is_empty() && states.is_empty() && files.is_empty() && pos == *last {
+    if drained.puts.is_empty()
+        && drained.deletes.is_empty()
+        && drained.states.is_empty()
+        && files.is_empty()
+        && pos == *last
+    {
+        shared.write_store().flushed(&HashMap::new());
         return Ok(());
     }
-    let restore = |why: String| {
-        // Put the changes back in front so the next checkpoint retries them in order.
+    let restore = |drained: Drained, why: String| {
         let mut st = shared.write_store();
-        st.ops.splice(0..0, ops.iter().copied());
-        st.dirty_ledgers.extend(states.iter().map(|(l, _)| *l));
+        st.restore(drained);
         for (id, _) in &files {
             if let Some(meta) = st.logs.get_mut(id) {
                 meta.unsynced = true;
@@ -184,9 +253,9 @@ pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
         tracing::error!(error = %why, "checkpoint failed");
         why
     };
-    let sync_failed = |why: String| {
+    let sync_failed = |drained: Drained, why: String| {
         shared.sync_failed(&why);
-        restore(why)
+        restore(drained, why)
     };
     for (id, file) in &files {
         #[cfg(test)]
@@ -194,28 +263,29 @@ pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
             .inject_log_sync_failure
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
-            return Err(sync_failed(format!(
-                "fdatasync of entry log {id:08x}: injected EIO"
-            )));
+            let why = format!("fdatasync of entry log {id:08x}: injected EIO");
+            return Err(sync_failed(drained, why));
         }
         if let Err(e) = rustix::fs::fdatasync(&**file) {
-            return Err(sync_failed(format!("fdatasync of entry log {id:08x}: {e}")));
+            let why = format!("fdatasync of entry log {id:08x}: {e}");
+            return Err(sync_failed(drained, why));
         }
     }
     if !files.is_empty()
         && let Err(e) = journal::sync_dir(&shared.ledgers_dir)
     {
-        return Err(sync_failed(format!("fsync of the ledgers directory: {e}")));
+        let why = format!("fsync of the ledgers directory: {e}");
+        return Err(sync_failed(drained, why));
     }
-    let committed = match shared.lock_index().as_ref() {
-        Some(index) => index.commit(&ops, &states, pos).map_err(|e| (e, true)),
+    let committed = match shared.index() {
+        Some(index) => index.commit(&drained, pos).map_err(|e| (e, true)),
         None => Err(("index: closed (bookie shut down)".to_owned(), false)),
     };
     match committed {
-        Ok(()) => {}
+        Ok(dead) => shared.write_store().flushed(&dead),
         // The index store's own commit syncs; its failure is a sync failure too.
-        Err((e, true)) => return Err(sync_failed(e)),
-        Err((e, false)) => return Err(restore(e)),
+        Err((e, true)) => return Err(sync_failed(drained, e)),
+        Err((e, false)) => return Err(restore(drained, e)),
     }
     *last = pos;
     drop(last);

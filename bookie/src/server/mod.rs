@@ -46,7 +46,7 @@ use crate::api::{
     ReadResult,
 };
 use disk::DiskStatus;
-use entrylog::Appender;
+use entrylog::{Appender, Loc};
 use index::Index;
 use journal::JournalPos;
 use ledgers::Store;
@@ -93,6 +93,9 @@ pub struct BookieOptions {
     pub disk_usage_lwm: f64,
     /// Read-only when the bookie's own files exceed this many bytes (none: no cap).
     pub storage_size_bytes_max: Option<u64>,
+    /// Memory for the on-disk index's page cache (redb), in bytes: what bounds the index's
+    /// memory however many entries are stored. Default 64 MiB.
+    pub index_cache_size_bytes: usize,
     /// Largest entry accepted. Default 5 MiB + 64 KiB (Pulsar's 5 MiB message plus headers).
     pub entry_size_bytes_max: usize,
     /// A journal damaged in the middle (not a torn tail) makes the bookie refuse to start
@@ -116,6 +119,7 @@ impl BookieOptions {
             disk_usage_threshold: 0.95,
             disk_usage_lwm: 0.90,
             storage_size_bytes_max: None,
+            index_cache_size_bytes: 64 * 1024 * 1024,
             entry_size_bytes_max: 5 * 1024 * 1024 + 64 * 1024,
             journal_skip_damaged_records: false,
         }
@@ -146,8 +150,9 @@ pub(crate) struct Shared {
     store: RwLock<Store>,
     appender: Mutex<Appender>,
     /// `None` once shut down: closing the database releases its lock, so the directory can be
-    /// opened again in the same process.
-    index: Mutex<Option<Index>>,
+    /// opened again in the same process. Lookups and checkpoints clone the `Arc` and release the
+    /// mutex at once: redb serves concurrent readers by itself.
+    index: Mutex<Option<Arc<Index>>>,
     /// The last checkpointed journal position; the lock also serializes checkpoints.
     checkpoint_pos: Mutex<JournalPos>,
     disk: Mutex<DiskStatus>,
@@ -190,8 +195,23 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
-    fn lock_index(&self) -> MutexGuard<'_, Option<Index>> {
+    fn lock_index(&self) -> MutexGuard<'_, Option<Arc<Index>>> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn index(&self) -> Option<Arc<Index>> {
+        self.lock_index().clone()
+    }
+
+    /// Where an entry is: written since the last checkpoint (memory) or in the index (disk).
+    /// Blocking when it reaches the index.
+    fn lookup(&self, ledger: LedgerId, entry: EntryId) -> Result<Option<Loc>, String> {
+        if let Some(loc) = self.read_store().recent(ledger, entry) {
+            return Ok(Some(loc));
+        }
+        match self.index() {
+            Some(index) => index.snapshot()?.get(ledger, entry),
+            None => Err("index: closed (bookie shut down)".to_owned()),
+        }
     }
     fn lock_disk(&self) -> MutexGuard<'_, DiskStatus> {
         self.disk.lock().unwrap_or_else(|e| e.into_inner())
@@ -362,6 +382,13 @@ impl Bookie {
         self.shared.state.subscribe()
     }
 
+    /// Entry locations held in memory (written since the last checkpoint): the part of the
+    /// index that is not on disk yet.
+    pub fn index_entries_in_memory(&self) -> usize {
+        let store = self.shared.read_store();
+        store.pending.len() + store.flushing.len()
+    }
+
     /// Stops accepting requests, finishes what is queued, checkpoints, and closes files.
     /// Idempotent; later requests get `ShuttingDown`.
     pub async fn shutdown(&self) {
@@ -440,10 +467,11 @@ impl Bookie {
     }
 
     /// The entry log file holding an entry and the byte offset of its payload in it (for
-    /// fault-injection tests).
+    /// fault-injection tests). Blocking: it may read the index.
     pub fn locate(&self, ledger: LedgerId, entry: EntryId) -> Option<(PathBuf, u64)> {
+        let loc = self.shared.lookup(ledger, entry).ok()??;
         let store = self.shared.read_store();
-        let loc = *store.ledgers.get(&ledger)?.entries.get(&entry.0)?;
+        store.ledgers.get(&ledger)?;
         let meta = store.logs.get(&loc.log)?;
         Some((meta.path.clone(), loc.offset + entrylog::HEADER_BYTES))
     }
@@ -469,7 +497,8 @@ impl Bookie {
         answer.await.map_err(|_| BookieError::ShuttingDown)?
     }
 
-    /// Looks up consecutive entries and reads them on a blocking thread.
+    /// Looks up consecutive entries and reads them, both on a blocking thread (the lookup may
+    /// read the on-disk index).
     async fn read_entries(
         &self,
         ledger: LedgerId,
@@ -478,51 +507,115 @@ impl Bookie {
         entries_max: u32,
         bytes_max: u64,
     ) -> BookieResult<(Vec<Entry>, i64)> {
-        let (wanted, lac) = {
-            let store = self.shared.read_store();
-            let state = store
-                .ledgers
-                .get(&ledger)
-                .ok_or(BookieError::NoSuchLedger(ledger))?;
-            let mut wanted = Vec::new();
-            let mut bytes = 0u64;
-            for (id, loc) in state.entries.range(first.0..=last.0) {
-                let next = bytes + u64::from(loc.len);
-                if wanted.len() as u64 != id - first.0
-                    || wanted.len() >= entries_max as usize
-                    || (!wanted.is_empty() && next > bytes_max)
-                {
-                    break;
-                }
-                bytes = next;
-                let meta = store.logs.get(&loc.log).ok_or_else(|| {
-                    tracing::error!(%ledger, entry = id, log = loc.log, "entry log missing");
-                    BookieError::Internal(format!("entry log {:08x} missing", loc.log))
-                })?;
-                wanted.push((EntryId(*id), *loc, meta.file.clone()));
-            }
-            (wanted, state.lac)
-        };
-        if wanted.is_empty() {
-            return Err(BookieError::NoSuchEntry {
-                ledger,
-                entry: first,
-            });
+        if !self.shared.read_store().ledgers.contains_key(&ledger) {
+            return Err(BookieError::NoSuchLedger(ledger));
         }
         let _slot = self
             .reads
             .acquire()
             .await
             .map_err(|_| BookieError::ShuttingDown)?;
-        let entries = tokio::task::spawn_blocking(move || {
-            wanted
-                .into_iter()
-                .map(|(entry, loc, file)| entrylog::read_entry(&file, loc, ledger, entry))
-                .collect::<BookieResult<Vec<Entry>>>()
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            read_blocking(&shared, ledger, first, last, entries_max, bytes_max)
         })
         .await
-        .map_err(internal)??;
-        Ok((entries, lac))
+        .map_err(internal)?
+    }
+}
+
+/// Lookups of a consecutive run of entries, then their reads. Blocking.
+///
+/// Locations come from memory (written since the last checkpoint, taken first) and from one
+/// index snapshot (taken after, so it holds everything the checkpoint moved out of memory in
+/// between). If compaction retired a log between the lookup and the read, the lookup is
+/// repeated: compaction commits the new locations before it removes a log.
+fn read_blocking(
+    shared: &Shared,
+    ledger: LedgerId,
+    first: EntryId,
+    last: EntryId,
+    entries_max: u32,
+    bytes_max: u64,
+) -> BookieResult<(Vec<Entry>, i64)> {
+    const LOOKUP_ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (recent, lac) = {
+            let store = shared.read_store();
+            let state = store
+                .ledgers
+                .get(&ledger)
+                .ok_or(BookieError::NoSuchLedger(ledger))?;
+            let range = (ledger.0, first.0)..=(ledger.0, last.0);
+            let mut recent: std::collections::BTreeMap<u64, entrylog::Loc> = store
+                .flushing
+                .range(range.clone())
+                .map(|((_, e), loc)| (*e, *loc))
+                .collect();
+            recent.extend(store.pending.range(range).map(|((_, e), loc)| (*e, *loc)));
+            (recent, state.lac)
+        };
+        let index = shared
+            .index()
+            .ok_or(BookieError::ShuttingDown)?
+            .snapshot()
+            .map_err(BookieError::Internal)?;
+        let mut wanted = Vec::new();
+        let mut bytes = 0u64;
+        let mut id = first.0;
+        while id <= last.0 && wanted.len() < entries_max as usize {
+            let loc = match recent.get(&id) {
+                Some(loc) => *loc,
+                None => match index
+                    .get(ledger, EntryId(id))
+                    .map_err(BookieError::Internal)?
+                {
+                    Some(loc) => loc,
+                    None => break,
+                },
+            };
+            let next = bytes + u64::from(loc.len);
+            if !wanted.is_empty() && next > bytes_max {
+                break;
+            }
+            bytes = next;
+            wanted.push((EntryId(id), loc));
+            if id == u64::MAX {
+                break;
+            }
+            id += 1;
+        }
+        drop(index);
+        if wanted.is_empty() {
+            return Err(BookieError::NoSuchEntry {
+                ledger,
+                entry: first,
+            });
+        }
+        let files: Option<Vec<_>> = {
+            let store = shared.read_store();
+            wanted
+                .iter()
+                .map(|(_, loc)| store.logs.get(&loc.log).map(|m| m.file.clone()))
+                .collect()
+        };
+        let Some(files) = files else {
+            if attempt < LOOKUP_ATTEMPTS {
+                continue;
+            }
+            tracing::error!(%ledger, entry = %first, "index points at a missing entry log");
+            return Err(BookieError::Internal(format!(
+                "entry {ledger}:{first}: its entry log is missing"
+            )));
+        };
+        let entries = wanted
+            .into_iter()
+            .zip(files)
+            .map(|((entry, loc), file)| entrylog::read_entry(&file, loc, ledger, entry))
+            .collect::<BookieResult<Vec<Entry>>>()?;
+        return Ok((entries, lac));
     }
 }
 
@@ -562,8 +655,9 @@ impl BookieClient for Bookie {
                 if state.fenced && !recovery {
                     return Err(BookieError::Fenced(ledger));
                 }
-                if state.entries.contains_key(&id.0) {
-                    // Already durable: a retried add is idempotent.
+                if store.recent(ledger, id).is_some() {
+                    // Already durable: a retried add is idempotent. (Older copies are not
+                    // looked up on disk here; storing one again only makes the old one dead.)
                     return Ok(());
                 }
             }

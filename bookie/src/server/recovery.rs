@@ -1,7 +1,8 @@
-//! Opening the storage: load the persistent index, rebuild the in-memory state and the entry
-//! log accounting from it, replay the journal after the checkpoint into a fresh entry log
-//! (idempotently: records the index already has are skipped), start a new journal file, and
-//! checkpoint so the replayed journal can be retired.
+//! Opening the storage: load the ledger states and per-log live bytes from the persistent index
+//! (never its entries: start-up time does not grow with stored data), replay the journal after
+//! the checkpoint into a fresh entry log, start a new journal file, and checkpoint so the
+//! replayed journal can be retired. Replay is idempotent: a record the index already has is
+//! indexed again at its new copy and the old copy counted dead.
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -45,7 +46,7 @@ pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile),
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     journal::sync_dir(&opts.data_dir).map_err(|e| format!("fsync of data dir: {e}"))?;
-    let index = Index::open(&ledgers_dir.join("index.redb"))?;
+    let index = Index::open(&ledgers_dir.join("index.redb"), opts.index_cache_size_bytes)?;
     let loaded = index.load()?;
 
     let mut store = Store::default();
@@ -73,18 +74,23 @@ pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile),
         };
         store.logs.insert(id, meta);
     }
-    for (ledger, (persisted, entries)) in loaded.ledgers {
-        for (entry, loc) in &entries {
-            match store.logs.get_mut(&loc.log) {
-                Some(meta) => meta.live_bytes += loc.record_bytes(),
-                None => {
-                    tracing::error!(%ledger, entry, log = loc.log, "index points at a missing entry log")
-                }
+    for (log, live) in &loaded.live {
+        match store.logs.get_mut(log) {
+            Some(meta) => meta.live_bytes = *live,
+            None if *live > 0 => {
+                tracing::error!(
+                    log,
+                    live_bytes = live,
+                    "index points at a missing entry log"
+                )
             }
+            None => {}
         }
-        let mut state = LedgerState::new(persisted.fenced, persisted.lac, persisted.last_entry);
-        state.entries = entries;
-        store.ledgers.insert(ledger, state);
+    }
+    for (ledger, p) in loaded.ledgers {
+        store
+            .ledgers
+            .insert(ledger, LedgerState::new(p.fenced, p.lac, p.last_entry));
     }
     store.applied = loaded.checkpoint;
     // Always a fresh current log: the previous one may end in a torn, unindexed tail.
@@ -106,7 +112,7 @@ pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile),
         ledgers_dir,
         store: RwLock::new(store),
         appender: Mutex::new(app),
-        index: Mutex::new(Some(index)),
+        index: Mutex::new(Some(Arc::new(index))),
         checkpoint_pos: Mutex::new(loaded.checkpoint),
         disk: Mutex::new(DiskStatus::default()),
         state,

@@ -526,6 +526,134 @@ async fn delete_and_gc_reclaim_entry_logs() -> TestResult {
     Ok(())
 }
 
+/// Adds `range` of `ledger` with many in flight (group commit), as a writer pipelines them.
+async fn add_many(
+    b: &Bookie,
+    ledger: u64,
+    range: std::ops::Range<u64>,
+    len: usize,
+    recovery: bool,
+) -> TestResult {
+    let results: Vec<_> = futures::stream::iter(range)
+        .map(|e| b.add(entry(ledger, e, e as i64 - 1, len), recovery))
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+async fn assert_range(b: &Bookie, ledger: u64, count: u64, len: usize) -> TestResult {
+    let mut next = 0;
+    while next < count {
+        let got = b
+            .read_range(LedgerId(ledger), EntryId(next), EntryId(count - 1), 0, 0)
+            .await?;
+        for e in &got {
+            assert_eq!(
+                *e,
+                entry(ledger, next, next as i64 - 1, len),
+                "{ledger}:{next}"
+            );
+            next += 1;
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_is_on_disk_and_memory_holds_only_entries_since_the_checkpoint() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path());
+    // A cache far smaller than the index: lookups must work from the file.
+    o.index_cache_size_bytes = 64 * 1024;
+    let b = Bookie::open(o.clone()).await?;
+    for l in 1..=3 {
+        add_many(&b, l, 0..2_000, 16, false).await?;
+    }
+    assert_eq!(b.index_entries_in_memory(), 6_000);
+    b.checkpoint_now().await?;
+    assert_eq!(
+        b.index_entries_in_memory(),
+        0,
+        "checkpointed locations leave memory"
+    );
+    for l in 1..=3 {
+        assert_range(&b, l, 2_000, 16).await?;
+    }
+    // New entries are found in memory, older ones on disk, in one range.
+    add_many(&b, 1, 2_000..2_100, 16, false).await?;
+    assert_eq!(b.index_entries_in_memory(), 100);
+    assert_range(&b, 1, 2_100, 16).await?;
+    b.shutdown().await;
+    drop(b);
+
+    let b = Bookie::open(o).await?;
+    assert_eq!(
+        b.index_entries_in_memory(),
+        0,
+        "opening loads no entry locations (nothing to replay after a clean shutdown)"
+    );
+    assert_range(&b, 1, 2_100, 16).await?;
+    assert_range(&b, 3, 2_000, 16).await?;
+    assert_eq!(
+        b.read(LedgerId(2), EntryId(2_000), false).await,
+        Err(BookieError::NoSuchEntry {
+            ledger: LedgerId(2),
+            entry: EntryId(2_000)
+        })
+    );
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_stored_again_leave_their_old_copies_to_gc() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path());
+    o.entry_log_size_bytes_max = 64 * 1024;
+    let b = Bookie::open(o.clone()).await?;
+    add_many(&b, 1, 0..100, 1024, false).await?;
+    b.checkpoint_now().await?;
+    let (first_log, _) = b
+        .locate(LedgerId(1), EntryId(0))
+        .ok_or(anyhow::anyhow!("entry not located"))?;
+    // Recovery re-replicates every entry: each is stored again, the first copies turn dead.
+    add_many(&b, 1, 0..100, 1024, true).await?;
+    b.checkpoint_now().await?;
+    let (moved_to, _) = b
+        .locate(LedgerId(1), EntryId(0))
+        .ok_or(anyhow::anyhow!("entry not located"))?;
+    assert_ne!(moved_to, first_log, "the index points at the newer copy");
+    b.gc_now().await;
+    assert!(
+        !first_log.exists(),
+        "a log of only superseded copies is reclaimed"
+    );
+    assert_range(&b, 1, 100, 1024).await?;
+    b.shutdown().await;
+    drop(b);
+
+    // An index written before per-log live bytes were kept gets them counted at open.
+    index::forget_live_bytes(&dir.path().join("ledgers").join("index.redb"))
+        .map_err(anyhow::Error::msg)?;
+    let b = Bookie::open(o).await?;
+    assert_range(&b, 1, 100, 1024).await?;
+    b.delete_ledger(LedgerId(1)).await?;
+    let ledgers_dir = dir.path().join("ledgers");
+    let before = count_files(&ledgers_dir, ".log");
+    b.gc_now().await;
+    let after = count_files(&ledgers_dir, ".log");
+    assert_eq!(
+        after, 1,
+        "every log but the current one reclaimed ({before} before)"
+    );
+    b.shutdown().await;
+    Ok(())
+}
+
 #[tokio::test]
 async fn read_only_past_the_storage_limit() -> TestResult {
     let dir = tempfile::tempdir()?;

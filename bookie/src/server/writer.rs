@@ -299,8 +299,8 @@ fn write_journal(
 }
 
 /// Applies journaled records, in order, to the entry log and the index; `pos` is the journal
-/// position just past them. Duplicates (a retried add, or replay of records the index already
-/// has) are skipped: this is idempotent. Fences and deletes apply even if the entry log write
+/// position just past them. Idempotent: an entry written since the last checkpoint is skipped;
+/// an older one is stored again and its previous copy counted dead. Fences and deletes apply even if the entry log write
 /// fails; the adds of this call are then not indexed and the error is returned.
 pub(crate) fn apply(
     shared: &Shared,
@@ -318,8 +318,8 @@ pub(crate) fn apply(
         for r in records {
             match r {
                 Record::Add(e) => {
-                    let known =
-                        !deleted_here.contains(&e.ledger) && store.contains(e.ledger, e.entry);
+                    let known = !deleted_here.contains(&e.ledger)
+                        && store.recent(e.ledger, e.entry).is_some();
                     if known {
                         locs.push(None);
                         continue;
