@@ -47,19 +47,35 @@ pub struct Entry {
     pub entry: EntryId,
     /// The writer's last-add-confirmed when it sent this entry (-1: none).
     pub lac: i64,
+    /// Payload bytes of the ledger's entries 0..=this one, as BookKeeper's entries carry it:
+    /// recovery learns a ledger's length from its last entry instead of reading them all.
+    /// `None` for entries stored before the field existed.
+    pub length: Option<u64>,
     pub crc32c: u32,
     /// The client's bytes, never copied on the way.
     pub payload: Bytes,
 }
 
 impl Entry {
-    /// An entry with its checksum computed.
+    /// An entry without a running length, with its checksum computed.
     pub fn new(ledger: LedgerId, entry: EntryId, lac: i64, payload: Bytes) -> Self {
-        let crc32c = entry_crc(ledger, entry, lac, &payload);
+        Self::with_length(ledger, entry, lac, None, payload)
+    }
+
+    /// An entry carrying the ledger's running length, with its checksum computed.
+    pub fn with_length(
+        ledger: LedgerId,
+        entry: EntryId,
+        lac: i64,
+        length: Option<u64>,
+        payload: Bytes,
+    ) -> Self {
+        let crc32c = entry_crc(ledger, entry, lac, length, &payload);
         Entry {
             ledger,
             entry,
             lac,
+            length,
             crc32c,
             payload,
         }
@@ -67,16 +83,33 @@ impl Entry {
 
     /// True when the stored checksum matches the contents.
     pub fn is_intact(&self) -> bool {
-        entry_crc(self.ledger, self.entry, self.lac, &self.payload) == self.crc32c
+        entry_crc(
+            self.ledger,
+            self.entry,
+            self.lac,
+            self.length,
+            &self.payload,
+        ) == self.crc32c
     }
 }
 
-/// CRC32C over ledger id, entry id and LAC (big-endian 8 bytes each), then the payload.
-pub fn entry_crc(ledger: LedgerId, entry: EntryId, lac: i64, payload: &[u8]) -> u32 {
-    let mut header = BytesMut::with_capacity(24);
+/// CRC32C over ledger id, entry id, LAC and — when the entry carries it — the running length
+/// (big-endian 8 bytes each), then the payload. Entries without a length keep the checksum
+/// they were stored with.
+pub fn entry_crc(
+    ledger: LedgerId,
+    entry: EntryId,
+    lac: i64,
+    length: Option<u64>,
+    payload: &[u8],
+) -> u32 {
+    let mut header = BytesMut::with_capacity(32);
     header.put_u64(ledger.0);
     header.put_u64(entry.0);
     header.put_i64(lac);
+    if let Some(length) = length {
+        header.put_u64(length);
+    }
     crc32c::crc32c_append(crc32c::crc32c(&header), payload)
 }
 
@@ -253,6 +286,7 @@ impl From<Entry> for pb::Entry {
             ledger_id: e.ledger.0,
             entry_id: e.entry.0,
             last_add_confirmed: e.lac,
+            length: e.length,
             crc32c: e.crc32c,
             payload: e.payload,
         }
@@ -265,6 +299,7 @@ impl From<pb::Entry> for Entry {
             ledger: LedgerId(e.ledger_id),
             entry: EntryId(e.entry_id),
             lac: e.last_add_confirmed,
+            length: e.length,
             crc32c: e.crc32c,
             payload: e.payload,
         }
@@ -282,8 +317,17 @@ mod tests {
         let mut flipped = e.clone();
         flipped.lac = 0;
         assert!(!flipped.is_intact());
-        let mut flipped = e;
+        let mut flipped = e.clone();
         flipped.payload = Bytes::from_static(b"hellp");
+        assert!(!flipped.is_intact());
+        // The running length is covered too, and an entry without one keeps the old checksum.
+        let long = Entry::with_length(LedgerId(1), EntryId(2), 1, Some(12), e.payload.clone());
+        assert!(long.is_intact());
+        assert_ne!(long.crc32c, e.crc32c);
+        let mut flipped = long;
+        flipped.length = Some(13);
+        assert!(!flipped.is_intact());
+        flipped.length = None;
         assert!(!flipped.is_intact());
     }
 

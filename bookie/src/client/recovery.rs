@@ -16,8 +16,10 @@
 //! 4. **Re-replicate** each recovered entry to its whole write set with recovery adds (accepted
 //!    on fenced ledgers); a bookie that fails is replaced by an ensemble change from the first
 //!    recovered entry, recorded with CAS.
-//! 5. CAS the state to closed with the last entry and the length. If another recoverer won,
-//!    its result stands.
+//! 5. CAS the state to closed with the last entry and the length. The length is the running
+//!    total the last entry carries (the last recovered one, else the entry at LAC: one read,
+//!    whatever the ledger's size); only a ledger written before entries carried it is summed
+//!    by reading it whole. If another recoverer won, its result stands.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use super::Shared;
 use super::error::{LedgerError, LedgerResult};
 use super::metadata::{LedgerMetadata, LedgerState, write_set};
 use super::placement::replace_failed;
-use super::reader::payload_bytes;
+use super::reader::{payload_bytes, read_entry};
 use crate::api::{BookieError, BookieId, Entry};
 
 /// Whole recovery attempts (each starts from a fresh read of the metadata) before giving up.
@@ -151,8 +153,7 @@ async fn attempt(
     }
 
     // 5. Close.
-    let tail_bytes: u64 = recovered.iter().map(|e| e.payload.len() as u64).sum();
-    let length = payload_bytes(shared, id, &meta, lac).await? + tail_bytes;
+    let length = ledger_length(shared, id, &meta, lac, &recovered).await?;
     meta.state = LedgerState::Closed;
     meta.last_entry_id = last_entry;
     meta.length_bytes = length;
@@ -167,6 +168,33 @@ async fn attempt(
         }
         None => Ok(Step::Retry),
     }
+}
+
+/// Payload bytes of entries 0..=last recovered, from the running length the entries carry.
+async fn ledger_length(
+    shared: &Shared,
+    id: LedgerId,
+    meta: &LedgerMetadata,
+    lac: i64,
+    recovered: &[Entry],
+) -> LedgerResult<u64> {
+    if let Some(length) = recovered.last().and_then(|e| e.length) {
+        return Ok(length);
+    }
+    let tail_bytes: u64 = recovered.iter().map(|e| e.payload.len() as u64).sum();
+    if lac < 0 {
+        return Ok(tail_bytes);
+    }
+    if recovered.is_empty()
+        && let Some(length) = read_entry(shared, id, meta, lac as u64).await?.length
+    {
+        return Ok(length);
+    }
+    warn!(
+        lac,
+        "entries carry no running length (written by an older version): summing the ledger"
+    );
+    Ok(payload_bytes(shared, id, meta, lac).await? + tail_bytes)
 }
 
 /// Reads `entry` with fencing reads from its whole write set: `Some` if any replica has it

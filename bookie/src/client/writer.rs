@@ -91,6 +91,7 @@ impl LedgerWriter {
             next_entry: 0,
             lac: NO_ENTRY,
             length: 0,
+            sent_length: 0,
             pending: VecDeque::new(),
             inflight: FuturesUnordered::new(),
             failed: HashSet::new(),
@@ -193,7 +194,11 @@ struct Actor {
     clients: Vec<Arc<dyn BookieClient>>,
     next_entry: u64,
     lac: i64,
+    /// Payload bytes confirmed (entries 0..=LAC).
     length: u64,
+    /// Payload bytes sent (entries 0..next_entry): each entry carries it, so recovery learns
+    /// the ledger's length from the last entry it finds.
+    sent_length: u64,
     /// Entries LAC+1 .. next_entry, in order.
     pending: VecDeque<Pending>,
     inflight: FuturesUnordered<BoxFuture<'static, AddOutcome>>,
@@ -252,7 +257,14 @@ impl Actor {
                     let _ = done.send(Err(LedgerError::LedgerClosed(self.id)));
                     return;
                 }
-                let entry = Entry::new(self.id, EntryId(self.next_entry), self.lac, payload);
+                self.sent_length += payload.len() as u64;
+                let entry = Entry::with_length(
+                    self.id,
+                    EntryId(self.next_entry),
+                    self.lac,
+                    Some(self.sent_length),
+                    payload,
+                );
                 self.next_entry += 1;
                 for pos in write_set(
                     entry.entry.0,

@@ -84,23 +84,18 @@ fn compact(shared: &Shared, id: u32, path: &PathBuf, total: u64) -> Result<bool,
     let mut buf: Vec<u8> = Vec::new();
     let mut moved: Vec<Moved> = Vec::new();
     let mut offset = 0u64;
-    let mut header = [0u8; entrylog::HEADER_BYTES as usize];
-    while offset + entrylog::HEADER_BYTES <= total {
+    let mut header = [0u8; entrylog::HEADER_MIN_BYTES as usize];
+    while offset + entrylog::HEADER_MIN_BYTES <= total {
         if reader.read_exact(&mut header).is_err() {
             break;
         }
-        let Some((ledger, entry, len)) = entrylog::parse_header(&header) else {
+        let Some((ledger, entry, loc)) = entrylog::parse_header(&header, id, offset) else {
             tracing::warn!(
                 log = id,
                 offset,
                 "entry log scan stopped at an invalid record"
             );
             break;
-        };
-        let loc = Loc {
-            log: id,
-            offset,
-            len,
         };
         if offset + loc.record_bytes() > total {
             break;
@@ -166,10 +161,11 @@ fn copy_chunk(shared: &Shared, buf: &[u8], moved: &[Moved]) -> Result<(), String
     let mut store = shared.write_store();
     store.wrote(app.id, buf.len() as u64);
     for (ledger, entry, old, rel) in moved {
+        // Copied verbatim: the record keeps its format.
         let new = Loc {
             log: app.id,
             offset: base + rel,
-            len: old.len,
+            ..*old
         };
         store.relocate(*ledger, *entry, *old, new);
     }

@@ -45,8 +45,8 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("index: {e}")
 }
 
-fn loc_of((log, offset, len): (u32, u64, u32)) -> Loc {
-    Loc { log, offset, len }
+fn loc_of(row: (u32, u64, u32)) -> Loc {
+    Loc::from_row(row)
 }
 
 /// What the index held at open.
@@ -164,7 +164,7 @@ impl Index {
             }
             for (key, loc) in d.puts.iter() {
                 let old = entries
-                    .insert(*key, (loc.log, loc.offset, loc.len))
+                    .insert(*key, loc.to_row())
                     .map_err(err)?
                     .map(|v| loc_of(v.value()));
                 if let Some(old) = old.filter(|old| old != loc) {

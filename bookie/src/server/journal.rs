@@ -14,9 +14,11 @@
 //! 0  u32 body length in bytes
 //! 4  u32 CRC32C over bytes 0..4, 8..16 and the body's fixed part (see below)
 //! 8  u32 generation of the file the record was written to
-//! 12 u8  type: 1 Add, 2 Fence, 3 Delete;  13..16 reserved, 0
-//! 16 body — Add:    u64 ledger, u64 entry, i64 LAC, u32 entry CRC32C, u32 flags (1: recovery),
-//!                   then the payload (fixed part: the first 32 bytes)
+//! 12 u8  type: 4 Add, 2 Fence, 3 Delete (1: the Add of older files);  13..16 reserved, 0
+//! 16 body — Add:    u64 ledger, u64 entry, i64 LAC, u32 entry CRC32C,
+//!                   u32 flags (1: recovery, 2: has running length), u64 running length,
+//!                   then the payload (fixed part: the first 40 bytes)
+//!           Add(1): as Add without the running length (fixed part: 32 bytes), still replayed
 //!           Fence:  u64 ledger          Delete: u64 ledger   (fixed part: all 8 bytes)
 //! ```
 //!
@@ -35,12 +37,15 @@ use magnetar_metadata::{EntryId, LedgerId};
 use crate::api::Entry;
 
 pub(crate) const HEADER_BYTES: usize = 16;
-const ADD_FIXED_BYTES: usize = 32;
+const ADD_FIXED_BYTES: usize = 40;
+const ADD_V1_FIXED_BYTES: usize = 32;
 const LEDGER_OP_BYTES: usize = 8;
-const TYPE_ADD: u8 = 1;
+const TYPE_ADD_V1: u8 = 1;
 const TYPE_FENCE: u8 = 2;
 const TYPE_DELETE: u8 = 3;
+const TYPE_ADD: u8 = 4;
 const FLAG_RECOVERY: u32 = 1;
+const FLAG_HAS_LENGTH: u32 = 2;
 
 /// A point in the journal: generation and byte offset within that file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -89,8 +94,12 @@ pub(crate) fn encode_add(buf: &mut Vec<u8>, generation: u32, e: &Entry, recovery
     buf.extend_from_slice(&e.entry.0.to_le_bytes());
     buf.extend_from_slice(&e.lac.to_le_bytes());
     buf.extend_from_slice(&e.crc32c.to_le_bytes());
-    let flags = if recovery { FLAG_RECOVERY } else { 0 };
+    let mut flags = if recovery { FLAG_RECOVERY } else { 0 };
+    if e.length.is_some() {
+        flags |= FLAG_HAS_LENGTH;
+    }
     buf.extend_from_slice(&flags.to_le_bytes());
+    buf.extend_from_slice(&e.length.unwrap_or(0).to_le_bytes());
     seal(buf, start, ADD_FIXED_BYTES);
     buf.extend_from_slice(&e.payload);
 }
@@ -144,6 +153,7 @@ fn record_at(data: &Bytes, generation: u32, off: usize) -> Option<(Record, usize
     let kind = data[off + 12];
     let fixed = match kind {
         TYPE_ADD => ADD_FIXED_BYTES,
+        TYPE_ADD_V1 => ADD_V1_FIXED_BYTES,
         TYPE_FENCE | TYPE_DELETE => LEDGER_OP_BYTES,
         _ => return None,
     };
@@ -157,13 +167,15 @@ fn record_at(data: &Bytes, generation: u32, off: usize) -> Option<(Record, usize
     let b = off + HEADER_BYTES;
     let ledger = LedgerId(le_u64(data, b));
     let record = match kind {
-        TYPE_ADD => {
+        TYPE_ADD | TYPE_ADD_V1 => {
+            let has_length = kind == TYPE_ADD && le_u32(data, b + 28) & FLAG_HAS_LENGTH != 0;
             let e = Entry {
                 ledger,
                 entry: EntryId(le_u64(data, b + 8)),
                 lac: le_u64(data, b + 16) as i64,
+                length: has_length.then(|| le_u64(data, b + 32)),
                 crc32c: le_u32(data, b + 24),
-                payload: data.slice(b + ADD_FIXED_BYTES..end),
+                payload: data.slice(b + fixed..end),
             };
             if !e.is_intact() {
                 return None;
@@ -184,8 +196,10 @@ fn next_valid_record(data: &Bytes, generation: u32, from: usize) -> Option<usize
     // A header's first non-zero byte may be any of its first 12 (a short body length).
     let mut off = first_nonzero.saturating_sub(HEADER_BYTES).max(from);
     while off + HEADER_BYTES <= data.len() {
-        if matches!(data[off + 12], TYPE_ADD | TYPE_FENCE | TYPE_DELETE)
-            && le_u32(data, off + 8) == generation
+        if matches!(
+            data[off + 12],
+            TYPE_ADD | TYPE_ADD_V1 | TYPE_FENCE | TYPE_DELETE
+        ) && le_u32(data, off + 8) == generation
             && record_at(data, generation, off).is_some()
         {
             return Some(off);
@@ -372,6 +386,41 @@ mod tests {
         // A cut-off record is ignored.
         buf.truncate(good + 20);
         assert_eq!(parse(&Bytes::from(buf), 5, 0, 0).records.len(), 2);
+    }
+
+    #[test]
+    fn adds_keep_their_running_length_and_older_records_still_replay() {
+        let with = Entry::with_length(
+            LedgerId(2),
+            EntryId(4),
+            3,
+            Some(500),
+            Bytes::from_static(b"five"),
+        );
+        let without = Entry::new(LedgerId(2), EntryId(5), 4, Bytes::from_static(b"six"));
+        let mut buf = Vec::new();
+        encode_add(&mut buf, 1, &with, false);
+        encode_add(&mut buf, 1, &without, false);
+        // An Add as older versions wrote it: type 1, a 32-byte fixed part, no length.
+        let old = Entry::new(LedgerId(2), EntryId(6), 5, Bytes::from_static(b"seven"));
+        let start = buf.len();
+        put_header(&mut buf, ADD_V1_FIXED_BYTES + 5, 1, TYPE_ADD_V1);
+        buf.extend_from_slice(&old.ledger.0.to_le_bytes());
+        buf.extend_from_slice(&old.entry.0.to_le_bytes());
+        buf.extend_from_slice(&old.lac.to_le_bytes());
+        buf.extend_from_slice(&old.crc32c.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        seal(&mut buf, start, ADD_V1_FIXED_BYTES);
+        buf.extend_from_slice(&old.payload);
+        let records: Vec<Record> = parse(&Bytes::from(buf), 1, 0, 0)
+            .records
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert_eq!(
+            records,
+            vec![Record::Add(with), Record::Add(without), Record::Add(old)]
+        );
     }
 
     #[test]

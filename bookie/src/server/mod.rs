@@ -473,7 +473,7 @@ impl Bookie {
         let store = self.shared.read_store();
         store.ledgers.get(&ledger)?;
         let meta = store.logs.get(&loc.log)?;
-        Some((meta.path.clone(), loc.offset + entrylog::HEADER_BYTES))
+        Some((meta.path.clone(), loc.offset + loc.header_bytes()))
     }
 
     fn check_open(&self) -> BookieResult<()> {

@@ -324,11 +324,7 @@ pub(crate) fn apply(
                         locs.push(None);
                         continue;
                     }
-                    let loc = Loc {
-                        log: app.id,
-                        offset: app.len + ebuf.len() as u64,
-                        len: e.payload.len() as u32,
-                    };
+                    let loc = Loc::new(app.id, app.len + ebuf.len() as u64, e.payload.len() as u32);
                     entrylog::encode(ebuf, e);
                     locs.push(Some(loc));
                 }

@@ -36,6 +36,8 @@ struct State {
     hang_reads: bool,
     add_delay_ms: u64,
     add_jitter_ms: u64,
+    /// Entries returned by reads, to check what recovery reads.
+    entries_read: u64,
 }
 
 #[derive(Debug)]
@@ -101,6 +103,10 @@ impl FakeBookie {
             .keys()
             .filter(|(l, _)| *l == ledger.0)
             .count()
+    }
+
+    pub fn entries_read(&self) -> u64 {
+        self.state().entries_read
     }
 
     pub fn is_fenced(&self, ledger: LedgerId) -> bool {
@@ -184,11 +190,11 @@ impl BookieClient for FakeBookie {
             st.fenced.insert(ledger.0);
         }
         let lac = Self::lac_of(&st, ledger.0);
-        match st.entries.get(&(ledger.0, entry.0)) {
-            Some(e) => Ok(ReadResult {
-                entry: e.clone(),
-                lac,
-            }),
+        match st.entries.get(&(ledger.0, entry.0)).cloned() {
+            Some(e) => {
+                st.entries_read += 1;
+                Ok(ReadResult { entry: e, lac })
+            }
             None => Err(BookieError::NoSuchEntry { ledger, entry }),
         }
     }
@@ -202,7 +208,7 @@ impl BookieClient for FakeBookie {
         _max_bytes: u64,
     ) -> BookieResult<Vec<Entry>> {
         self.gate(true).await?;
-        let st = self.state();
+        let mut st = self.state();
         let mut out = Vec::new();
         for n in first.0..=last.0 {
             match st.entries.get(&(ledger.0, n)) {
@@ -216,6 +222,7 @@ impl BookieClient for FakeBookie {
                 entry: first,
             });
         }
+        st.entries_read += out.len() as u64;
         Ok(out)
     }
 

@@ -362,6 +362,45 @@ async fn recovery_fences_a_live_writer_and_keeps_every_acked_entry() {
 }
 
 #[tokio::test]
+async fn recovery_learns_the_length_from_the_tail_without_reading_the_ledger() {
+    let cluster = Cluster::new(3).await;
+    let w = cluster
+        .client()
+        .create_ledger(LedgerConfig::new(3, 2, 2))
+        .await
+        .unwrap();
+    // In rounds of 50 pipelined appends: entries carry the LAC of when they were sent, so the
+    // unconfirmed tail recovery must read is at most one round.
+    for round in 0..40 {
+        append_n(&w, round * 50, 50).await;
+    }
+    let id = w.id();
+    drop(w);
+    let before: u64 = cluster.bookies.iter().map(|b| b.entries_read()).sum();
+    let r = cluster
+        .client()
+        .open_ledger_with_recovery(id)
+        .await
+        .unwrap();
+    let read: u64 = cluster
+        .bookies
+        .iter()
+        .map(|b| b.entries_read())
+        .sum::<u64>()
+        - before;
+    let meta = r.metadata();
+    assert_eq!(meta.last_entry_id, 1999);
+    assert_eq!(meta.length_bytes, total_len(2000));
+    // The tail from LAC+1 on (one round), from each replica of its write set, plus the
+    // not-found probe past the end: never the 2000 entries before it.
+    assert!(
+        read <= 2 * 51,
+        "recovery read {read} entries of a 2000-entry ledger"
+    );
+    check_all(&r, 2000).await;
+}
+
+#[tokio::test]
 async fn recovery_rereplicates_a_tail_entry_found_on_one_replica() {
     let cluster = Cluster::new(3).await;
     let client = cluster.client();
