@@ -15,7 +15,7 @@ use magnetar_bookie::client::{
     LedgerClient, LedgerConfig, LedgerError, LedgerReader, LedgerWriter,
 };
 use magnetar_metadata::clock::{Interval, SharedClock};
-use magnetar_metadata::{EntryId, Expected, LedgerId, MetadataStore, PutOutcome, RecordStore};
+use magnetar_metadata::{EntryId, Expected, LedgerId, MetadataStore, PutOutcome};
 use tokio::sync::OnceCell;
 use tracing::{Instrument, info, info_span, warn};
 
@@ -24,10 +24,9 @@ use crate::cache::EntryCache;
 use crate::config::ManagedLedgerConfig;
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::ledger::ManagedLedger;
+use crate::ledger_list::LedgerList;
 use crate::read::{Shared, State, Status};
-use crate::record::{
-    LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord, ledger_record_key,
-};
+use crate::record::{LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord};
 use crate::source::{BookieSources, LedgerSources};
 
 /// Opens managed ledgers over one metadata store, one ledger client, one entry cache and one
@@ -119,8 +118,9 @@ impl ManagedLedgerFactory {
 }
 
 /// Names must be clean key paths. A cursor record lives at `{name}/cursors/{cursor}` (cursor
-/// names have no `/`), so only a name whose second-to-last part is `cursors` could collide
-/// with another ledger's cursor; a topic, tenant or namespace called `cursors` is fine.
+/// names have no `/`) and a ledger-list chunk at `{name}/ledgers/{chunk}`, so only a name whose
+/// second-to-last part is `cursors` or `ledgers` could collide with another ledger's keys; a
+/// topic, tenant or namespace called so is fine.
 fn validate_name(name: &str) -> MlResult<()> {
     let parts: Vec<&str> = name.split('/').collect();
     let ok = !name.is_empty()
@@ -129,7 +129,7 @@ fn validate_name(name: &str) -> MlResult<()> {
         && !name.contains("//")
         && !name.contains('\0')
         && !parts.iter().any(|c| *c == "." || *c == "..")
-        && !(parts.len() >= 2 && parts[parts.len() - 2] == "cursors");
+        && !(parts.len() >= 2 && matches!(parts[parts.len() - 2], "cursors" | "ledgers"));
     if ok {
         Ok(())
     } else {
@@ -146,9 +146,8 @@ async fn open_managed_ledger(
     name: String,
     config: ManagedLedgerConfig,
 ) -> MlResult<Arc<ManagedLedger>> {
-    let records: RecordStore<ManagedLedgerRecord> = RecordStore::new(Arc::clone(&metadata));
-    let key = ledger_record_key(&name);
-    let (mut record, expected) = match records.get(&key).await? {
+    let mut list = LedgerList::new(Arc::clone(&metadata), &name);
+    let (mut record, expected) = match list.load().await? {
         Some((r, v)) => (r, Expected::Version(v)),
         None => (
             ManagedLedgerRecord {
@@ -190,7 +189,7 @@ async fn open_managed_ledger(
     if let Ok(w) = &writer {
         record.ledgers.push(open_info(w.id(), clock.now_ms()));
     }
-    let version = match records.put(&key, &record, expected).await {
+    let version = match list.write(&record, expected).await {
         Ok(PutOutcome::Written(v)) => v,
         Ok(PutOutcome::Conflict { .. }) => {
             if let Ok(w) = &writer {
@@ -198,10 +197,14 @@ async fn open_managed_ledger(
             }
             return Err(ManagedLedgerError::BadVersion { name });
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     let current = writer.as_ref().ok().map(LedgerWriter::id);
     info!(ledger = ?current, ledgers = record.ledgers.len(), "managed ledger open");
+    // Our head write fenced every earlier writer's: chunks it does not refer to are garbage.
+    if let Err(e) = list.delete_orphans().await {
+        warn!(error = %e, "could not delete unreferenced ledger-list chunks");
+    }
     for id in empty {
         if let Err(e) = delete_ledger(&client, id).await {
             warn!(ledger = %id, error = %e, "could not delete an empty ledger");
@@ -235,7 +238,7 @@ async fn open_managed_ledger(
         cache,
         state,
     );
-    let commands = crate::writer::spawn(Arc::clone(&shared), records, key, record, version, writer);
+    let commands = crate::writer::spawn(Arc::clone(&shared), list, record, version, writer);
     let ml = Arc::new(ManagedLedger {
         shared,
         commands,

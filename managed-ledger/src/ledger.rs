@@ -28,9 +28,7 @@ use crate::cursor::{CursorStats, InitialPosition, ManagedCursor};
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::factory::delete_ledger;
 use crate::read::{Shared, Status};
-use crate::record::{
-    CursorRecord, LedgerInfo, LedgerLocation, cursor_record_key, cursors_prefix, ledger_record_key,
-};
+use crate::record::{CursorRecord, LedgerInfo, LedgerLocation, cursor_record_key, cursors_prefix};
 
 /// The completion of one append: resolves to the entry's position once it is durable. Handles
 /// of one managed ledger resolve in append order.
@@ -521,8 +519,9 @@ impl ManagedLedger {
         for id in ids {
             self.drop_ledger_data(id).await;
         }
-        let key = ledger_record_key(&self.shared.name);
-        let _ = self.metadata.delete(&key, Expected::Any).await?;
+        crate::ledger_list::LedgerList::new(Arc::clone(&self.metadata), &self.shared.name)
+            .delete_all()
+            .await?;
         self.shared.state().status = Status::Closed;
         info!(ml = %self.shared.name, "managed ledger deleted");
         Ok(())

@@ -18,6 +18,8 @@
 //! - [`cache`] — the [`EntryCache`] trait and its moka implementation.
 //! - [`factory`] — opening with recovery; [`ledger`] — the managed ledger's handle and stats;
 //!   `writer` — its write actor (appends, rollover, trim, close).
+//! - [`ledger_list`] — how the list of ledgers is stored: a head plus immutable chunks, so a
+//!   topic with any number of ledgers can still roll over.
 //! - [`cursor`] — cursors and their persistence.
 //! - [`batch_acks`] — batch-index acknowledgements of a cursor (partially acked batch entries).
 //! - [`source`] — the per-ledger read seam: each ledger is read through a [`LedgerSource`]
@@ -30,6 +32,7 @@ pub mod cursor;
 mod error;
 pub mod factory;
 pub mod ledger;
+pub mod ledger_list;
 pub mod position;
 mod ranges;
 mod read;

@@ -130,10 +130,10 @@ impl Shared {
     pub fn normalize(&self, pos: Position) -> Position {
         let st = self.state();
         let mut p = pos;
-        for l in &st.ledgers {
-            if l.ledger_id < p.ledger {
-                continue;
-            }
+        // Ledgers are sorted by id: start at the first that can hold `pos` (a topic may list
+        // many thousands of ledgers).
+        let start = st.ledgers.partition_point(|l| l.ledger_id < pos.ledger);
+        for l in &st.ledgers[start..] {
             if l.ledger_id > p.ledger {
                 p = Position {
                     ledger: l.ledger_id,
@@ -173,8 +173,9 @@ impl Shared {
         let st = self.state();
         let mut total = 0;
         let mut spans = Vec::new();
-        for l in &st.ledgers {
-            if l.ledger_id < from.ledger || l.entries == 0 {
+        let start = st.ledgers.partition_point(|l| l.ledger_id < from.ledger);
+        for l in &st.ledgers[start..] {
+            if l.entries == 0 {
                 continue;
             }
             let first = if l.ledger_id == from.ledger {
@@ -192,8 +193,9 @@ impl Shared {
 
     fn segment_at(&self, pos: Position) -> Option<Segment> {
         let st = self.state();
-        for l in &st.ledgers {
-            if l.ledger_id < pos.ledger || l.entries == 0 {
+        let start = st.ledgers.partition_point(|l| l.ledger_id < pos.ledger);
+        for l in &st.ledgers[start..] {
+            if l.entries == 0 {
                 continue;
             }
             let first = if l.ledger_id == pos.ledger {
@@ -237,15 +239,16 @@ impl Shared {
         if let Some(r) = self.readers().get(&ledger).cloned() {
             return Ok(r);
         }
-        let info = self
-            .state()
-            .ledgers
-            .iter()
-            .find(|l| l.ledger_id == ledger)
-            .cloned()
-            .ok_or(ManagedLedgerError::Ledger(LedgerError::NoSuchLedger(
-                ledger,
-            )))?;
+        let info = {
+            let st = self.state();
+            st.ledgers
+                .binary_search_by_key(&ledger, |l| l.ledger_id)
+                .ok()
+                .map(|i| st.ledgers[i].clone())
+        }
+        .ok_or(ManagedLedgerError::Ledger(LedgerError::NoSuchLedger(
+            ledger,
+        )))?;
         let source = self.sources.open(&info).await?;
         Ok(Arc::clone(self.readers().entry(ledger).or_insert(source)))
     }

@@ -10,7 +10,9 @@
 //!  "created_ms":1700000000000,"properties":{}}
 //! ```
 //!
-//! Only the last ledger may be `open`; its `entries`/`size_bytes` are filled in when it is closed
+//! That is the whole list as the managed ledger holds it in memory; stored, only the newest
+//! ledgers stay in this key and older ones move to chunks (see [`crate::ledger_list`], which
+//! adds a `chunks` field here). Only the last ledger may be `open`; its `entries`/`size_bytes` are filled in when it is closed
 //! (by rollover, close, or the next owner's recovery). `location` says where the ledger's data
 //! lives — `bookies` for now; tiered storage will add an offloaded variant.
 //!

@@ -880,3 +880,100 @@ async fn managed_ledger_reads_each_ledger_through_the_source_chosen_for_it() {
     ml.close().await.unwrap();
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_with_100000_ledgers_still_rolls_over_trims_and_reads() {
+    use crate::ledger_list::{LedgerList, chunks_prefix};
+    use crate::record::{LedgerRecordState, ManagedLedgerRecord, ledger_record_key};
+    use magnetar_metadata::{EntryId, Expected, LedgerId};
+
+    const NAME: &str = "t/ns/persistent/history";
+    let cluster = Cluster::start(2).await;
+    // Years of retention: 100,000 closed ledgers (far past the ~6,000 one 1 MiB value held).
+    // Their data is not on this test's bookies; new ledgers get higher ids.
+    let history = ManagedLedgerRecord {
+        ledgers: (1..=100_000u64)
+            .map(|id| LedgerInfo {
+                ledger_id: LedgerId(id),
+                entries: 1,
+                size_bytes: 100,
+                created_ms: 1_600_000_000_000 + id,
+                closed_ms: Some(1_600_000_000_000 + id),
+                state: LedgerRecordState::Closed,
+                location: LedgerLocation::Bookies,
+            })
+            .collect(),
+        created_ms: 1_600_000_000_000,
+        properties: Default::default(),
+    };
+    let mut list = LedgerList::new(Arc::clone(&cluster.metadata), NAME);
+    let seeded = list.write(&history, Expected::Absent).await.unwrap();
+    assert!(seeded.written().is_some());
+    let _ = cluster
+        .metadata
+        .put(
+            magnetar_bookie::client::metadata::LEDGER_ID_KEY,
+            Bytes::from_static(b"100000"),
+            Expected::Any,
+        )
+        .await
+        .unwrap();
+
+    let keep = ManagedLedgerConfig {
+        retention_time_ms: -1,
+        retention_size_bytes: -1,
+        ..config(10)
+    };
+    let ml = cluster.factory().open(NAME, keep.clone()).await.unwrap();
+    let p = append_n(&ml, 0, 35).await;
+    wait::until("three rollovers", Duration::from_secs(10), || {
+        ml.ledgers().len() == 100_004
+    })
+    .await;
+    assert!(p[0].ledger > LedgerId(100_000));
+    let all = read_all(&ml, p[0]).await;
+    assert_eq!(all.len(), 35);
+    assert_eq!(all.last().map(|(_, b)| b.clone()), Some(payload(34)));
+    let head = cluster
+        .metadata
+        .get(&ledger_record_key(NAME))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        head.value.len() < 1024 * 1024 / 2,
+        "head {} bytes",
+        head.value.len()
+    );
+    ml.close().await.unwrap();
+
+    // A new owner loads the whole list and goes on.
+    let ml = cluster.factory().open(NAME, keep).await.unwrap();
+    let ledgers = ml.ledgers();
+    assert_eq!(
+        ledgers.len(),
+        100_005,
+        "3 full, 1 closed at close, the new current"
+    );
+    assert_eq!(ledgers[0].ledger_id, LedgerId(1));
+    assert_eq!(read_all(&ml, p[0]).await.len(), 35);
+    ml.close().await.unwrap();
+
+    // Retention 0 and no cursor: every closed ledger is trimmed, chunks and all.
+    let ml = cluster.factory().open(NAME, config(10)).await.unwrap();
+    let trimmed = ml.trim().await.unwrap();
+    assert_eq!(trimmed.len(), 100_004);
+    assert_eq!(ml.ledgers().len(), 1);
+    let chunks = cluster.metadata.list(&chunks_prefix(NAME)).await.unwrap();
+    assert!(
+        chunks.entries.is_empty(),
+        "{} chunks left",
+        chunks.entries.len()
+    );
+    assert_eq!(ml.first_position(), None);
+    let q = append_n(&ml, 100, 1).await;
+    assert_eq!(read_all(&ml, Position::new(0, 0)).await.len(), 1);
+    assert_eq!(q[0].entry, EntryId(0));
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use magnetar_bookie::client::{LedgerError, LedgerWriter};
 use magnetar_metadata::clock::Interval;
-use magnetar_metadata::{EntryId, Expected, LedgerId, PutOutcome, RecordStore, Version};
+use magnetar_metadata::{EntryId, Expected, LedgerId, PutOutcome, Version};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -28,6 +28,7 @@ use crate::Position;
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::factory::{create_ledger, delete_ledger, open_info, recover_ledger};
 use crate::ledger::Command;
+use crate::ledger_list::LedgerList;
 use crate::read::{Shared, Status};
 use crate::record::{LedgerRecordState, ManagedLedgerRecord};
 
@@ -36,8 +37,7 @@ use crate::record::{LedgerRecordState, ManagedLedgerRecord};
 /// backoff); returns its command queue.
 pub(super) fn spawn(
     shared: Arc<Shared>,
-    records: RecordStore<ManagedLedgerRecord>,
-    key: String,
+    list: LedgerList,
     record: ManagedLedgerRecord,
     version: Version,
     writer: Result<LedgerWriter, LedgerError>,
@@ -51,8 +51,7 @@ pub(super) fn spawn(
     let current_created = shared.clock.now();
     let mut actor = Actor {
         shared,
-        records,
-        key,
+        list,
         record,
         version,
         writer,
@@ -97,8 +96,7 @@ type Completion = Pin<
 
 struct Actor {
     shared: Arc<Shared>,
-    records: RecordStore<ManagedLedgerRecord>,
-    key: String,
+    list: LedgerList,
     /// The record as stored at `version`.
     record: ManagedLedgerRecord,
     version: Version,
@@ -389,7 +387,8 @@ impl Actor {
         self.shared.cache.insert(pos, payload.clone()).await;
         {
             let mut st = self.shared.state();
-            if let Some(info) = st.ledgers.iter_mut().find(|l| l.ledger_id == ledger) {
+            // The current ledger is the last: search from the end.
+            if let Some(info) = st.ledgers.iter_mut().rev().find(|l| l.ledger_id == ledger) {
                 info.entries = info.entries.max(entry.0 + 1);
                 info.size_bytes += len;
             }
@@ -409,8 +408,8 @@ impl Actor {
             return Err(ManagedLedgerError::Fenced(self.name()));
         }
         match self
-            .records
-            .put(&self.key, &next, Expected::Version(self.version))
+            .list
+            .write(&next, Expected::Version(self.version))
             .await
         {
             Ok(PutOutcome::Written(v)) => {
@@ -422,15 +421,17 @@ impl Actor {
                 self.fence("the managed-ledger record changed under us");
                 Err(ManagedLedgerError::Fenced(self.name()))
             }
-            Err(e) if e.is_indeterminate() => match self.records.get(&self.key).await? {
-                Some((stored, v)) if stored == next => {
-                    self.record = next;
-                    self.version = v;
-                    Ok(())
+            Err(ManagedLedgerError::Metadata(e)) if e.is_indeterminate() => {
+                match self.list.load().await? {
+                    Some((stored, v)) if stored == next => {
+                        self.record = next;
+                        self.version = v;
+                        Ok(())
+                    }
+                    _ => Err(ManagedLedgerError::Metadata(e)),
                 }
-                _ => Err(e.into()),
-            },
-            Err(e) => Err(e.into()),
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -466,7 +467,7 @@ impl Actor {
             return Ok(next);
         };
         self.unsealed = None;
-        if let Some(info) = next.ledgers.iter_mut().find(|l| l.ledger_id == id) {
+        if let Some(info) = next.ledgers.iter_mut().rev().find(|l| l.ledger_id == id) {
             info.entries = u64::try_from(meta.last_entry_id + 1).unwrap_or(0);
             info.size_bytes = meta.length_bytes;
             info.state = LedgerRecordState::Closed;
@@ -617,12 +618,14 @@ impl Actor {
         if remove.is_empty() {
             return Ok(remove);
         }
+        // Trimmed ledgers are a prefix of the list (a set, so lists of any length stay cheap).
+        let removed: std::collections::HashSet<LedgerId> = remove.iter().copied().collect();
         let mut next = self.record.clone();
-        next.ledgers.retain(|l| !remove.contains(&l.ledger_id));
+        next.ledgers.retain(|l| !removed.contains(&l.ledger_id));
         self.write_record(next).await?;
         {
             let mut st = self.shared.state();
-            st.ledgers.retain(|l| !remove.contains(&l.ledger_id));
+            st.ledgers.retain(|l| !removed.contains(&l.ledger_id));
         }
         info!(ledgers = ?remove, "trimmed consumed ledgers");
         Ok(remove)
