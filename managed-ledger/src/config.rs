@@ -45,6 +45,13 @@ pub struct ManagedLedgerConfig {
     /// the cap hold in memory; after a restart those messages are delivered again (never lost).
     /// Default 10 000 (~40 bytes each as JSON).
     pub cursor_acked_ranges_persist_max: usize,
+    /// A cursor ledger (where a durable cursor's state snapshots go) is rolled over after this
+    /// many snapshots; each rollover is one metadata write. Default 50 000 (Pulsar's
+    /// `managedLedgerCursorMaxEntriesPerLedger`).
+    pub cursor_ledger_entries_max: u64,
+    /// … or once it is this old. Default 4 h (Pulsar's
+    /// `managedLedgerCursorRolloverTimeInSeconds`).
+    pub cursor_ledger_age_ms_max: u64,
     /// After a failed write (other than fencing), refuse every append with
     /// [`ManagedLedgerError::AppendsSuspended`] until [`ManagedLedger::resume_appends`]: the
     /// broker uses it to stop a producer's later messages from being stored before the failed
@@ -71,6 +78,8 @@ impl Default for ManagedLedgerConfig {
             read_ahead_entries: 100,
             cursor_flush_interval_ms: 100,
             cursor_acked_ranges_persist_max: 10_000,
+            cursor_ledger_entries_max: 50_000,
+            cursor_ledger_age_ms_max: 4 * 60 * 60 * 1000,
             suspend_appends_after_failure: false,
         }
     }

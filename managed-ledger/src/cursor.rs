@@ -9,32 +9,33 @@
 //! unacknowledged entry, so nothing unacked is lost and acked entries above the floor are
 //! skipped).
 //!
-//! Persistence of durable cursors (record at `/managed-ledgers/{name}/cursors/{cursor}`, see
-//! [`crate::record`]): acks only mark the state dirty and wake the cursor's flusher task, which
-//! waits `cursor_flush_interval_ms` (default 100 ms) to coalesce further acks, then writes one
-//! snapshot with CAS. One task per cursor means at most one write in flight. [`ManagedCursor::flush`]
-//! writes at once (close uses it). A CAS conflict means another broker owns the cursor now: the
-//! flusher stops writing and `flush` reports [`ManagedLedgerError::Fenced`]. The record keeps at
-//! most `cursor_acked_ranges_persist_max` acked ranges (the lowest), so a subscription acking
-//! sparsely cannot grow it past the metadata store's value limit; acks beyond are redelivered
-//! after a restart.
+//! Persistence of durable cursors ([`crate::cursor_store`]: snapshots appended to a cursor
+//! ledger of their own, the metadata record only naming it): acks only mark the state dirty and
+//! wake the cursor's flusher task, which waits `cursor_flush_interval_ms` (default 100 ms) to
+//! coalesce further acks, then persists one snapshot. One task per cursor means at most one
+//! write in flight. [`ManagedCursor::flush`] writes at once (close uses it). Fencing (another
+//! broker owns the cursor now: its record changed, or its ledger was fenced by recovery) stops
+//! the flusher and `flush` reports [`ManagedLedgerError::Fenced`]. A snapshot keeps at most
+//! `cursor_acked_ranges_persist_max` acked ranges (the lowest), so a subscription acking
+//! sparsely cannot grow it without bound; acks beyond are redelivered after a restart.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use magnetar_metadata::{EntryId, Expected, MetadataStore, PutOutcome, RecordStore, Version};
+use magnetar_metadata::EntryId;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::Position;
 use crate::batch_acks::{BatchAckOutcome, BatchAcks};
+use crate::cursor_store::CursorStore;
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::ledger::InternalCursorStats;
 use crate::ranges::RangeSet;
 use crate::read::Shared;
-use crate::record::{CursorRecord, cursor_record_key};
+use crate::record::CursorRecord;
 
 /// Where a new cursor starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +66,8 @@ struct CursorState {
     read_position: Position,
     properties: BTreeMap<String, String>,
     dirty: bool,
+    /// The cursor was deleted (unsubscribed): nothing more is written, its ledger goes.
+    deleted: bool,
 }
 
 #[derive(Debug)]
@@ -90,15 +93,18 @@ pub struct ManagedCursor {
     /// Durable cursors: explicit flush requests to the flusher task. Dropping it stops the task
     /// after a last write.
     flush_tx: Mutex<Option<mpsc::Sender<FlushRequest>>>,
+    /// The flusher task (durable cursors), awaited when the cursor stops.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ManagedCursor {
+    /// A durable cursor in the state `record` holds (recovered by the caller), persisted
+    /// through `store`.
     pub(crate) fn durable(
         shared: Arc<Shared>,
-        metadata: Arc<dyn MetadataStore>,
         name: String,
         record: CursorRecord,
-        version: Option<Version>,
+        store: CursorStore,
     ) -> Arc<Self> {
         let mut acked = RangeSet::from_records(&record.acked_ranges);
         acked.remove_below(record.first_unacked);
@@ -113,27 +119,19 @@ impl ManagedCursor {
                 read_position: record.first_unacked,
                 properties: record.properties,
                 dirty: false,
+                deleted: false,
             }),
             notify: Notify::new(),
             shared,
         });
         let (tx, rx) = mpsc::channel(8);
-        let key = cursor_record_key(&core.shared.name, &name);
         let span = info_span!("ml_cursor", ml = %core.shared.name, cursor = %name);
-        tokio::spawn(
-            flusher(
-                Arc::clone(&core),
-                RecordStore::new(metadata),
-                key,
-                version,
-                rx,
-            )
-            .instrument(span),
-        );
+        let task = tokio::spawn(flusher(Arc::clone(&core), store, rx).instrument(span));
         Arc::new(ManagedCursor {
             core,
             durable: true,
             flush_tx: Mutex::new(Some(tx)),
+            task: Mutex::new(Some(task)),
         })
     }
 
@@ -148,12 +146,14 @@ impl ManagedCursor {
                     read_position: start,
                     properties: BTreeMap::new(),
                     dirty: false,
+                    deleted: false,
                 }),
                 notify: Notify::new(),
                 shared,
             }),
             durable: false,
             flush_tx: Mutex::new(None),
+            task: Mutex::new(None),
         })
     }
 
@@ -447,13 +447,30 @@ impl ManagedCursor {
         rx.await.unwrap_or(Ok(()))
     }
 
-    /// Flushes and stops the flusher (cursor deleted or managed ledger closed).
+    /// Flushes and stops the flusher, which seals the cursor ledger (managed ledger closed).
     pub(crate) async fn stop(&self) {
         let _ = self.flush().await;
-        self.flush_tx
+        self.stop_flusher().await;
+    }
+
+    /// Stops the flusher without a last write; it deletes the cursor ledger (unsubscribe).
+    pub(crate) async fn stop_deleted(&self) {
+        self.core.state().deleted = true;
+        self.stop_flusher().await;
+    }
+
+    /// Drops the flush queue and waits until the flusher has finished with the cursor ledger.
+    async fn stop_flusher(&self) {
+        let tx = self
+            .flush_tx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        drop(tx);
+        let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     pub fn stats(&self) -> CursorStats {
@@ -511,15 +528,8 @@ const RETRY_BACKOFF_MAX_MS: u64 = 10_000;
 /// explicit flush requests; makes a last write when the cursor is dropped or stopped. A failed
 /// write is retried after a growing backoff (not every flush interval), so an unreachable
 /// metadata store is not hammered by every cursor of the broker.
-async fn flusher(
-    core: Arc<Core>,
-    store: RecordStore<CursorRecord>,
-    key: String,
-    mut version: Option<Version>,
-    mut rx: mpsc::Receiver<FlushRequest>,
-) {
+async fn flusher(core: Arc<Core>, mut store: CursorStore, mut rx: mpsc::Receiver<FlushRequest>) {
     let interval = core.shared.config.cursor_flush_interval();
-    let mut fenced = false;
     let mut failures: u32 = 0;
     loop {
         tokio::select! {
@@ -533,11 +543,11 @@ async fn flusher(
                     std::time::Duration::from_millis(ms).max(interval)
                 };
                 core.shared.clock.sleep(wait).await;
-                let r = write_if_dirty(&core, &store, &key, &mut version, &mut fenced).await;
+                let r = write_if_dirty(&core, &mut store).await;
                 failures = next_failures(failures, &r);
             }
             req = rx.recv() => {
-                let r = write_if_dirty(&core, &store, &key, &mut version, &mut fenced).await;
+                let r = write_if_dirty(&core, &mut store).await;
                 failures = next_failures(failures, &r);
                 match req {
                     Some(done) => { let _ = done.send(r); }
@@ -545,6 +555,11 @@ async fn flusher(
                 }
             }
         }
+    }
+    if core.state().deleted {
+        store.delete_ledger().await;
+    } else {
+        store.close().await;
     }
     debug!("cursor flusher stopped");
 }
@@ -557,21 +572,15 @@ fn next_failures(failures: u32, result: &MlResult<()>) -> u32 {
     }
 }
 
-async fn write_if_dirty(
-    core: &Core,
-    store: &RecordStore<CursorRecord>,
-    key: &str,
-    version: &mut Option<Version>,
-    fenced: &mut bool,
-) -> MlResult<()> {
+async fn write_if_dirty(core: &Core, store: &mut CursorStore) -> MlResult<()> {
     // Fenced here or on the managed ledger (another owner, or the lease lost): any write
-    // now could only conflict with the new owner's record.
-    if *fenced || core.shared.status() == crate::read::Status::Fenced {
+    // now could only conflict with the new owner's state.
+    if store.is_fenced() || core.shared.status() == crate::read::Status::Fenced {
         return Err(ManagedLedgerError::Fenced(core.shared.name.clone()));
     }
-    let record = {
+    let snapshot = {
         let mut st = core.state();
-        if !st.dirty {
+        if !st.dirty || st.deleted {
             return Ok(());
         }
         st.dirty = false;
@@ -581,7 +590,7 @@ async fn write_if_dirty(
             // Acks above the cap hold in memory only: redelivered after a restart, never lost.
             debug!(
                 ranges,
-                max, "cursor record keeps only the lowest acked ranges"
+                max, "cursor snapshot keeps only the lowest acked ranges"
             );
         }
         CursorRecord {
@@ -590,44 +599,17 @@ async fn write_if_dirty(
             properties: st.properties.clone(),
             updated_ms: core.shared.clock.now_ms(),
             batch_acks: st.batch_acks.to_records(),
+            cursor_ledger: None,
         }
     };
-    let expected = version.map_or(Expected::Absent, Expected::Version);
-    let outcome = store.put(key, &record, expected).await;
-    let fence = |fenced: &mut bool| {
-        warn!("cursor record changed by another writer: cursor fenced");
-        *fenced = true;
-        Err(ManagedLedgerError::Fenced(core.shared.name.clone()))
-    };
-    match outcome {
-        Ok(PutOutcome::Written(v)) => {
-            *version = Some(v);
-            Ok(())
+    match store.persist(&snapshot).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_fenced() => Err(e),
+        Err(e) => {
+            warn!(error = %e, "cursor write failed; will retry with backoff");
+            core.state().dirty = true;
+            core.notify.notify_one();
+            Err(e)
         }
-        Ok(PutOutcome::Conflict { .. }) => fence(fenced),
-        Err(e) if e.is_indeterminate() => {
-            // The write may or may not have landed. Only a stored record equal to ours (the
-            // write timestamp included) proves it did; anything else is another writer's — a
-            // new owner's — and must never be adopted and overwritten.
-            match store.get(key).await {
-                Ok(Some((stored, v))) if stored == record => {
-                    debug!("indeterminate cursor write found stored");
-                    *version = Some(v);
-                    Ok(())
-                }
-                Ok(Some((_, v))) if Some(v) != *version => fence(fenced),
-                Ok(None) if version.is_some() => fence(fenced),
-                // Unchanged (the write did not land) or unknown: retry later.
-                _ => retry_later(core, e),
-            }
-        }
-        Err(e) => retry_later(core, e),
     }
-}
-
-fn retry_later(core: &Core, e: magnetar_metadata::MetadataError) -> MlResult<()> {
-    warn!(error = %e, "cursor write failed; will retry with backoff");
-    core.state().dirty = true;
-    core.notify.notify_one();
-    Err(e.into())
 }

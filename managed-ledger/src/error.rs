@@ -37,6 +37,17 @@ pub enum ManagedLedgerError {
     },
     #[error("no cursor {cursor} on managed ledger {name}")]
     NoSuchCursor { name: String, cursor: String },
+    /// A cursor's state ledger is gone or unreadable: the cursor is not silently moved.
+    /// Pulsar: `PersistenceError`.
+    #[error(
+        "cursor {cursor} of managed ledger {name}: its state ledger {ledger} cannot be read: {reason}"
+    )]
+    CursorLedger {
+        name: String,
+        cursor: String,
+        ledger: magnetar_metadata::LedgerId,
+        reason: String,
+    },
     #[error("invalid managed ledger name {0:?}")]
     InvalidName(String),
     #[error("invalid managed ledger configuration: {0}")]

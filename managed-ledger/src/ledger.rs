@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::Position;
 use crate::config::ManagedLedgerConfig;
 use crate::cursor::{CursorStats, InitialPosition, ManagedCursor};
+use crate::cursor_store::CursorStore;
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::factory::delete_ledger;
 use crate::read::{Shared, Status};
@@ -302,17 +303,27 @@ impl ManagedLedger {
             async move { claim_cursor(&store, &key, &*clock).await }
         });
         let claimed = futures::future::try_join_all(claims).await?;
-        for (name, claimed) in names.into_iter().zip(claimed) {
-            let Some((record, version)) = claimed else {
-                continue; // deleted meanwhile
-            };
-            let c = ManagedCursor::durable(
+        let claimed: Vec<(String, CursorRecord, Version)> = names
+            .into_iter()
+            .zip(claimed)
+            .filter_map(|(name, c)| c.map(|(record, version)| (name, record, version)))
+            .collect();
+        // Recovering each cursor ledger fences a previous owner still appending to it.
+        let states = claimed.iter().map(|(name, record, _)| {
+            crate::cursor_store::recover_state(&self.shared, name, record.clone())
+        });
+        let states = futures::future::try_join_all(states).await?;
+        for ((name, record, version), state) in claimed.into_iter().zip(states) {
+            let cursor_store = CursorStore::new(
                 Arc::clone(&self.shared),
-                Arc::clone(&self.metadata),
-                name.clone(),
-                record,
+                &name,
+                store.clone(),
+                cursor_record_key(&self.shared.name, &name),
                 Some(version),
+                record.cursor_ledger,
             );
+            let c =
+                ManagedCursor::durable(Arc::clone(&self.shared), name.clone(), state, cursor_store);
             self.cursor_map().insert(name, c);
         }
         Ok(())
@@ -366,6 +377,7 @@ impl ManagedLedger {
             properties: BTreeMap::new(),
             updated_ms: self.shared.clock.now_ms(),
             batch_acks: Vec::new(),
+            cursor_ledger: None,
         };
         let store: RecordStore<CursorRecord> = RecordStore::new(Arc::clone(&self.metadata));
         let key = cursor_record_key(&self.shared.name, name);
@@ -380,12 +392,19 @@ impl ManagedLedger {
         let version = (version != Version::ZERO).then_some(version);
         let mut map = self.cursor_map();
         let c = map.entry(name.to_owned()).or_insert_with(|| {
+            let cursor_store = CursorStore::new(
+                Arc::clone(&self.shared),
+                name,
+                store.clone(),
+                key.clone(),
+                version,
+                record.cursor_ledger,
+            );
             ManagedCursor::durable(
                 Arc::clone(&self.shared),
-                Arc::clone(&self.metadata),
                 name.to_owned(),
                 record,
-                version,
+                cursor_store,
             )
         });
         Ok(Arc::clone(c))
@@ -417,9 +436,11 @@ impl ManagedLedger {
                 cursor: name.to_owned(),
             });
         };
-        c.stop().await;
+        // The record goes first: a crash after it leaves only a ledger for garbage collection,
+        // never a record naming a deleted ledger.
         let key = cursor_record_key(&self.shared.name, name);
         let _ = self.metadata.delete(&key, Expected::Any).await?;
+        c.stop_deleted().await;
         Ok(())
     }
 
@@ -467,6 +488,8 @@ impl ManagedLedger {
             if let Err(e) = c.flush().await {
                 first_err.get_or_insert(e);
             }
+            // Seals the cursor ledger: the next owner reads it without recovery.
+            c.stop().await;
         }
         let (done, rx) = oneshot::channel();
         if self.commands.send(Command::Close { done }).await.is_ok()

@@ -20,7 +20,7 @@
 //!   `writer` — its write actor (appends, rollover, trim, close).
 //! - [`ledger_list`] — how the list of ledgers is stored: a head plus immutable chunks, so a
 //!   topic with any number of ledgers can still roll over.
-//! - [`cursor`] — cursors and their persistence.
+//! - [`cursor`] — cursors; `cursor_store` — their persistence in cursor ledgers.
 //! - [`batch_acks`] — batch-index acknowledgements of a cursor (partially acked batch entries).
 //! - [`source`] — the per-ledger read seam: each ledger is read through a [`LedgerSource`]
 //!   chosen by where it lives (the bookies today; object storage with tiered storage).
@@ -29,6 +29,7 @@ pub mod batch_acks;
 pub mod cache;
 pub mod config;
 pub mod cursor;
+mod cursor_store;
 mod error;
 pub mod factory;
 pub mod ledger;

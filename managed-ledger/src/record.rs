@@ -23,6 +23,10 @@
 //!  "acked_ranges":[{"ledger":7,"first":122,"last":130}],"properties":{},"updated_ms":1700000000000}
 //! ```
 //!
+//! With a cursor ledger (`"cursor_ledger":12`, see [`crate::cursor_store`]) the record holds only
+//! the floor and properties as of that ledger's start, and the ledger's last entry — a record
+//! of this same shape — holds the current state.
+//!
 //! `first_unacked` is the exclusive mark-delete floor: every position below it is acknowledged
 //! (Pulsar's mark-delete position is the entry just before it). `acked_ranges` are the
 //! individually acknowledged ranges above it, inclusive, sorted. `batch_acks` (absent when
@@ -109,4 +113,8 @@ pub struct CursorRecord {
     /// Partially acknowledged batch entries above the floor.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub batch_acks: Vec<BatchAckRecord>,
+    /// The cursor ledger holding the state's snapshots (see [`crate::cursor_store`]); absent
+    /// when the record holds the whole state itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor_ledger: Option<LedgerId>,
 }

@@ -302,7 +302,12 @@ async fn managed_ledger_cursor_adopts_an_indeterminate_write_only_if_it_finds_it
     let name = "t/ns/persistent/indeterminate";
     let flaky = crate::test_support::IndeterminateStore::new(Arc::clone(&cluster.metadata));
     let factory = cluster.factory_with(flaky.clone());
-    let ml = factory.open(name, config(100)).await.unwrap();
+    // A new cursor ledger (and so a record write) at every flush.
+    let every_flush = ManagedLedgerConfig {
+        cursor_ledger_entries_max: 1,
+        ..config(100)
+    };
+    let ml = factory.open(name, every_flush).await.unwrap();
     let c = ml
         .open_cursor("sub", InitialPosition::Earliest)
         .await
@@ -975,5 +980,134 @@ async fn managed_ledger_with_100000_ledgers_still_rolls_over_trims_and_reads() {
     assert_eq!(read_all(&ml, Position::new(0, 0)).await.len(), 1);
     assert_eq!(q[0].entry, EntryId(0));
     ml.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_cursor_state_goes_to_a_cursor_ledger_not_to_the_metadata_store() {
+    let cluster = Cluster::start(2).await;
+    let client = cluster.client();
+    let name = "t/ns/persistent/cursor-ledger";
+    let cfg = ManagedLedgerConfig {
+        cursor_ledger_entries_max: 10,
+        ..config(1000)
+    };
+    let ml = cluster.factory().open(name, cfg.clone()).await.unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 100).await;
+    let key = record::cursor_record_key(name, "sub");
+    let version = |v: magnetar_metadata::Versioned| v.version;
+    let created = version(cluster.metadata.get(&key).await.unwrap().unwrap());
+
+    // 35 flushes: the first starts a cursor ledger, every 10th snapshot rolls it over. The
+    // record is written only then — 4 times, not 35.
+    let mut ledgers = Vec::new();
+    let mut writes = 0;
+    let mut last_version = created;
+    for (i, pos) in p.iter().enumerate().take(35) {
+        if i % 2 == 0 {
+            c.ack_cumulative(*pos).unwrap();
+        } else {
+            c.ack_individual(&[p[i + 1]]).unwrap();
+        }
+        c.flush().await.unwrap();
+        let v = cluster.metadata.get(&key).await.unwrap().unwrap();
+        if v.version != last_version {
+            writes += 1;
+            last_version = v.version;
+            let r: CursorRecord = serde_json::from_slice(&v.value).unwrap();
+            ledgers.push(r.cursor_ledger.expect("the record names the cursor ledger"));
+        }
+    }
+    assert_eq!(writes, 4, "record writes for 35 snapshots, 10 per cursor ledger");
+    // Rolled-over cursor ledgers are deleted; the current one holds the state.
+    for old in &ledgers[..ledgers.len() - 1] {
+        assert!(matches!(
+            client.ledger_metadata(*old).await,
+            Err(LedgerError::NoSuchLedger(_))
+        ));
+    }
+    let expected_floor = c.first_unacked();
+    let expected_acked: Vec<bool> = p.iter().map(|q| c.is_acked(*q)).collect();
+
+    // A new owner (the old one crashed: nothing sealed) recovers the state from the ledger.
+    let other = cluster.factory();
+    let ml2 = other.open(name, cfg.clone()).await.unwrap();
+    let c2 = ml2.cursor("sub").unwrap();
+    assert_eq!(c2.first_unacked(), expected_floor);
+    assert_eq!(
+        p.iter().map(|q| c2.is_acked(*q)).collect::<Vec<_>>(),
+        expected_acked
+    );
+    // ... and the old owner's next snapshot meets the fenced cursor ledger.
+    c.ack_cumulative(p[60]).unwrap();
+    assert!(matches!(c.flush().await, Err(ManagedLedgerError::Fenced(_))));
+    assert_eq!(c2.first_unacked(), expected_floor);
+
+    // Unsubscribing deletes the record and the cursor ledger.
+    c2.ack_cumulative(p[70]).unwrap();
+    c2.flush().await.unwrap();
+    let r: CursorRecord = serde_json::from_slice(
+        &cluster.metadata.get(&key).await.unwrap().unwrap().value,
+    )
+    .unwrap();
+    let current = r.cursor_ledger.unwrap();
+    ml2.delete_cursor("sub").await.unwrap();
+    assert!(cluster.metadata.get(&key).await.unwrap().is_none());
+    assert!(matches!(
+        client.ledger_metadata(current).await,
+        Err(LedgerError::NoSuchLedger(_))
+    ));
+    ml2.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_with_a_lost_cursor_ledger_fails_to_load_naming_it() {
+    let cluster = Cluster::start(2).await;
+    let client = cluster.client();
+    let name = "t/ns/persistent/lost-cursor-ledger";
+    let ml = cluster.factory().open(name, config(100)).await.unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 5).await;
+    c.ack_cumulative(p[3]).unwrap();
+    ml.close().await.unwrap();
+    let key = record::cursor_record_key(name, "sub");
+    let r: CursorRecord = serde_json::from_slice(
+        &cluster.metadata.get(&key).await.unwrap().unwrap().value,
+    )
+    .unwrap();
+    let lost = r.cursor_ledger.expect("the record names the cursor ledger");
+    // Closing sealed it: the next owner reads it without recovery.
+    assert!(client.ledger_metadata(lost).await.unwrap().is_closed());
+    client.delete_ledger(lost).await.unwrap();
+
+    let err = cluster
+        .factory()
+        .open(name, config(100))
+        .await
+        .unwrap_err();
+    match &err {
+        ManagedLedgerError::CursorLedger { cursor, ledger, .. } => {
+            assert_eq!((cursor.as_str(), *ledger), ("sub", lost));
+        }
+        other => panic!("expected a cursor-ledger error, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(name) && text.contains(&lost.to_string()), "{text}");
+    // The rest keeps serving.
+    let other = cluster
+        .factory()
+        .open("t/ns/persistent/unrelated", config(100))
+        .await
+        .unwrap();
+    append_n(&other, 0, 3).await;
+    other.close().await.unwrap();
     cluster.stop().await;
 }
