@@ -57,8 +57,15 @@ def wait_listening(port, deadline_s=120):
     raise SystemExit(f"port {port} not listening after {deadline_s} s")
 
 
+def quiet():
+    try:
+        return pulsar.ConsoleLogger(pulsar.LoggerLevel.Error)
+    except AttributeError:  # older clients
+        return None
+
+
 def fill(url, size_mib):
-    client = pulsar.Client(url, operation_timeout_seconds=60)
+    client = pulsar.Client(url, operation_timeout_seconds=60, logger=quiet())
     producer = client.create_producer(
         TOPIC, batching_enabled=True, batching_max_publish_delay_ms=5,
         batching_max_messages=64, batching_max_allowed_size_in_bytes=4 * 1024 * 1024,
@@ -79,7 +86,8 @@ def last_ledger_bytes(admin_port):
 
 
 def first_write(url):
-    client = pulsar.Client(url, operation_timeout_seconds=60, connection_timeout_ms=60000)
+    client = pulsar.Client(url, operation_timeout_seconds=60, connection_timeout_ms=60000,
+                           logger=quiet())
     producer = client.create_producer(TOPIC, batching_enabled=False)
     producer.send(b"after failover")
     client.close()

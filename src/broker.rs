@@ -62,6 +62,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     options.service.managed_ledger = managed_ledger;
     options.service.schema_compatibility_strategy = b.schema_compatibility_strategy;
     options.service.limits = b.limits();
+    options.service.inactive_topics = b.inactive_topics();
     let node = Broker::start(
         store,
         Arc::new(GrpcConnector::new(ClientOptions::default())),

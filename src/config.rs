@@ -155,6 +155,14 @@ pub struct BrokerServerConfig {
     pub max_concurrent_requests_per_connection: usize,
     /// Pulsar's `maxPendingPublishRequestsPerConnection`: unanswered SENDs of one connection.
     pub max_pending_publish_requests_per_connection: usize,
+    /// Pulsar's `brokerDeleteInactiveTopicsEnabled`.
+    pub delete_inactive_topics_enabled: bool,
+    /// Pulsar's `brokerDeleteInactiveTopicsFrequencySeconds`.
+    pub delete_inactive_topics_frequency_s: u64,
+    /// Pulsar's `brokerDeleteInactiveTopicsMode`.
+    pub delete_inactive_topics_mode: magnetar_broker::policies::InactiveTopicDeleteMode,
+    /// Pulsar's `brokerDeleteInactiveTopicsMaxInactiveDurationSeconds`; unset: the frequency.
+    pub delete_inactive_topics_max_inactive_duration_s: Option<u64>,
 }
 
 impl Default for BrokerServerConfig {
@@ -173,6 +181,11 @@ impl Default for BrokerServerConfig {
             max_concurrent_requests_per_connection: limits.max_concurrent_requests_per_connection,
             max_pending_publish_requests_per_connection: limits
                 .max_pending_publish_requests_per_connection,
+            delete_inactive_topics_enabled: true,
+            delete_inactive_topics_frequency_s: 60,
+            delete_inactive_topics_mode:
+                magnetar_broker::policies::InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
+            delete_inactive_topics_max_inactive_duration_s: None,
         }
     }
 }
@@ -185,6 +198,18 @@ impl BrokerServerConfig {
             max_concurrent_requests_per_connection: self.max_concurrent_requests_per_connection,
             max_pending_publish_requests_per_connection: self
                 .max_pending_publish_requests_per_connection,
+        }
+    }
+
+    /// Inactive-topic deletion, as the broker takes it.
+    pub fn inactive_topics(&self) -> magnetar_broker::service::InactiveTopicsConfig {
+        magnetar_broker::service::InactiveTopicsConfig {
+            enabled: self.delete_inactive_topics_enabled,
+            frequency: std::time::Duration::from_secs(self.delete_inactive_topics_frequency_s),
+            mode: self.delete_inactive_topics_mode,
+            max_inactive: self
+                .delete_inactive_topics_max_inactive_duration_s
+                .map(std::time::Duration::from_secs),
         }
     }
 
@@ -210,6 +235,10 @@ impl BrokerServerConfig {
             (
                 "max_pending_publish_requests_per_connection",
                 self.max_pending_publish_requests_per_connection,
+            ),
+            (
+                "delete_inactive_topics_frequency_s",
+                usize::try_from(self.delete_inactive_topics_frequency_s).unwrap_or(usize::MAX),
             ),
         ] {
             if v == 0 {
@@ -259,6 +288,7 @@ pub struct BookieConfig {
     pub entry_log_size_bytes_max: u64,
     pub checkpoint_interval_ms: u64,
     pub gc_interval_ms: u64,
+    pub deleted_ledgers_scan_interval_ms: u64,
     pub gc_live_ratio_min: f64,
     pub disk_check_interval_ms: u64,
     pub disk_usage_threshold: f64,
@@ -286,6 +316,7 @@ impl Default for BookieConfig {
             entry_log_size_bytes_max: o.entry_log_size_bytes_max,
             checkpoint_interval_ms: o.checkpoint_interval_ms,
             gc_interval_ms: o.gc_interval_ms,
+            deleted_ledgers_scan_interval_ms: o.deleted_ledgers_scan_interval_ms,
             gc_live_ratio_min: o.gc_live_ratio_min,
             disk_check_interval_ms: o.disk_check_interval_ms,
             disk_usage_threshold: o.disk_usage_threshold,
@@ -342,6 +373,7 @@ impl BookieConfig {
         o.entry_log_size_bytes_max = self.entry_log_size_bytes_max;
         o.checkpoint_interval_ms = self.checkpoint_interval_ms;
         o.gc_interval_ms = self.gc_interval_ms;
+        o.deleted_ledgers_scan_interval_ms = self.deleted_ledgers_scan_interval_ms;
         o.gc_live_ratio_min = self.gc_live_ratio_min;
         o.disk_check_interval_ms = self.disk_check_interval_ms;
         o.disk_usage_threshold = self.disk_usage_threshold;
@@ -375,6 +407,10 @@ impl BookieConfig {
             ("entry_log_size_bytes_max", self.entry_log_size_bytes_max),
             ("checkpoint_interval_ms", self.checkpoint_interval_ms),
             ("gc_interval_ms", self.gc_interval_ms),
+            (
+                "deleted_ledgers_scan_interval_ms",
+                self.deleted_ledgers_scan_interval_ms,
+            ),
             ("disk_check_interval_ms", self.disk_check_interval_ms),
             ("entry_size_bytes_max", self.entry_size_bytes_max),
         ] {

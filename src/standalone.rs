@@ -48,6 +48,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     options.broker.service.schema_compatibility_strategy =
         config.broker.schema_compatibility_strategy;
     options.broker.service.limits = config.broker.limits();
+    options.broker.service.inactive_topics = config.broker.inactive_topics();
     // The in-process bookie honours the bookie section's disk thresholds, as `magnetar bookie`.
     options.disk_usage_threshold = config.bookie.disk_usage_threshold;
     options.disk_usage_lwm = config.bookie.disk_usage_lwm;

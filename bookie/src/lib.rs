@@ -11,6 +11,8 @@
 //! - [`cookie`] — instance identity: ties a bookie's data directory to its metadata store,
 //!   checked before the storage opens.
 //! - [`local`] — the in-process transport: bookies of this process called directly.
+//! - [`orphans`] — collection of ledgers deleted while this bookie was down (scan and compare
+//!   with the metadata store).
 //! - [`client`] — the ledger client: create ledgers over ensembles with (E, Qw, Qa), pipelined
 //!   appends, ensemble change, close, reads with speculative retries, recovery with fencing.
 
@@ -19,5 +21,6 @@ pub mod client;
 pub mod cookie;
 pub mod local;
 pub mod node;
+pub mod orphans;
 pub mod rpc;
 pub mod server;

@@ -127,6 +127,7 @@ impl BookieNode {
         let server_options = ServerOptions::for_entry_size(bookie.entry_size_bytes_max);
         // Before the storage opens: data of another metadata store must not be served.
         crate::cookie::verify(&*metadata, &bookie.data_dir, &id).await?;
+        let scan_interval = Duration::from_millis(bookie.deleted_ledgers_scan_interval_ms);
         let storage = Bookie::open(bookie).await?;
 
         let stop_server = CancellationToken::new();
@@ -157,6 +158,14 @@ impl BookieNode {
         }
         tracing::info!(bookie = %id, %local_addr, "bookie serving and registered");
         let stop_registration = CancellationToken::new();
+        // Ended with the registration: a bookie leaving stops comparing itself with the store.
+        let _collector = crate::orphans::spawn_collector(
+            storage.clone(),
+            Arc::clone(&registrar.metadata),
+            clock::system(),
+            scan_interval,
+            stop_registration.clone(),
+        );
         let registration = tokio::spawn(registrar.run(stop_registration.clone()));
         Ok(BookieNode {
             id,

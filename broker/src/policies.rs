@@ -51,6 +51,42 @@ pub struct PersistencePolicies {
     pub managed_ledger_max_mark_delete_rate: f64,
 }
 
+/// Pulsar's `InactiveTopicDeleteMode`: which topics count as inactive.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InactiveTopicDeleteMode {
+    /// Inactive: no producers, no connected consumers and no subscriptions.
+    #[default]
+    DeleteWhenNoSubscriptions,
+    /// Inactive: no producers, no connected consumers, and every subscription caught up (no
+    /// backlog); its subscriptions are deleted with it.
+    DeleteWhenSubscriptionsCaughtUp,
+}
+
+impl FromStr for InactiveTopicDeleteMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "delete_when_no_subscriptions" => Ok(Self::DeleteWhenNoSubscriptions),
+            "delete_when_subscriptions_caught_up" => Ok(Self::DeleteWhenSubscriptionsCaughtUp),
+            other => Err(format!(
+                "unknown inactive topic delete mode {other:?}: delete_when_no_subscriptions or \
+                 delete_when_subscriptions_caught_up"
+            )),
+        }
+    }
+}
+
+/// Pulsar's `InactiveTopicPolicies` (namespace policy `inactiveTopicPolicies`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InactiveTopicPolicies {
+    #[serde(default)]
+    pub inactive_topic_delete_mode: InactiveTopicDeleteMode,
+    pub max_inactive_duration_seconds: i32,
+    pub delete_while_inactive: bool,
+}
+
 /// Pulsar's `AutoTopicCreationOverride`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -83,6 +119,9 @@ pub struct NamespacePolicies {
     /// Pulsar's `is_allow_auto_update_schema`; `None`: allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_allow_auto_update_schema: Option<bool>,
+    /// Pulsar's `inactive_topic_policies`; `None`: the broker's `delete_inactive_topics_*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_topic_policies: Option<InactiveTopicPolicies>,
 }
 
 /// Pulsar's `PartitionedTopicMetadata`.

@@ -58,6 +58,9 @@ pub struct BrokerConfig {
     pub dedup: crate::topic::dedup::DedupConfig,
     /// Pulsar's `schemaCompatibilityStrategy`: for namespaces without a strategy policy.
     pub schema_compatibility_strategy: crate::schema::CompatibilityStrategy,
+    /// Pulsar's `brokerDeleteInactiveTopics*`: for namespaces without an
+    /// `inactiveTopicPolicies` policy.
+    pub inactive_topics: InactiveTopicsConfig,
     /// Time of everything the broker times itself: keepalive, redelivery, delayed delivery,
     /// session renewal (tests pass a manual clock).
     pub clock: SharedClock,
@@ -79,8 +82,50 @@ impl BrokerConfig {
             dispatch_batch_entries: 100,
             dedup: crate::topic::dedup::DedupConfig::default(),
             schema_compatibility_strategy: crate::schema::CompatibilityStrategy::Full,
+            inactive_topics: InactiveTopicsConfig::default(),
             clock: magnetar_metadata::clock::system(),
         }
+    }
+}
+
+/// Deletion of inactive topics, as Pulsar's `brokerDeleteInactiveTopicsEnabled`,
+/// `brokerDeleteInactiveTopicsFrequencySeconds`, `brokerDeleteInactiveTopicsMode` and
+/// `brokerDeleteInactiveTopicsMaxInactiveDurationSeconds` (same defaults).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InactiveTopicsConfig {
+    pub enabled: bool,
+    /// How often loaded topics are checked.
+    pub frequency: Duration,
+    pub mode: crate::policies::InactiveTopicDeleteMode,
+    /// How long a topic must be inactive; `None`: `frequency`.
+    pub max_inactive: Option<Duration>,
+}
+
+impl Default for InactiveTopicsConfig {
+    fn default() -> Self {
+        InactiveTopicsConfig {
+            enabled: true,
+            frequency: Duration::from_secs(60),
+            mode: crate::policies::InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
+            max_inactive: None,
+        }
+    }
+}
+
+impl InactiveTopicsConfig {
+    /// The policy in force for a namespace with `policy` (its own, if set).
+    pub fn effective(
+        &self,
+        policy: Option<crate::policies::InactiveTopicPolicies>,
+    ) -> crate::policies::InactiveTopicPolicies {
+        policy.unwrap_or(crate::policies::InactiveTopicPolicies {
+            inactive_topic_delete_mode: self.mode,
+            max_inactive_duration_seconds: i32::try_from(
+                self.max_inactive.unwrap_or(self.frequency).as_secs(),
+            )
+            .unwrap_or(i32::MAX),
+            delete_while_inactive: self.enabled,
+        })
     }
 }
 
@@ -154,7 +199,85 @@ impl BrokerService {
             boot_ms,
         });
         service.watch_lost_bundles();
+        service.delete_inactive_topics_periodically();
         service
+    }
+
+    /// Every `inactive_topics.frequency`, deletes the loaded topics that have been inactive
+    /// longer than their namespace's policy allows (Pulsar's `checkGC`).
+    fn delete_inactive_topics_periodically(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let stop = self.shutdown.clone();
+        let every = self
+            .config
+            .inactive_topics
+            .frequency
+            .max(Duration::from_millis(100));
+        let clock = Arc::clone(&self.config.clock);
+        self.tasks.spawn(async move {
+            let mut tick = magnetar_metadata::clock::Interval::new(clock, every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
+                service.delete_inactive_topics().await;
+            }
+        });
+    }
+
+    /// One pass of inactive-topic deletion over the loaded topics.
+    pub async fn delete_inactive_topics(&self) {
+        let now_ms = self.config.clock.now_ms();
+        let mut policies: HashMap<String, crate::policies::InactiveTopicPolicies> = HashMap::new();
+        for topic in self.loaded() {
+            let ns = topic.name().namespace();
+            let key = ns.to_string();
+            let policy = match policies.get(&key) {
+                Some(p) => *p,
+                None => {
+                    let own = match self.policies.namespace(ns).await {
+                        Ok(p) => p.and_then(|p| p.inactive_topic_policies),
+                        Err(e) => {
+                            warn!(namespace = %ns, error = %e, "inactive-topic check skipped");
+                            continue;
+                        }
+                    };
+                    let p = self.config.inactive_topics.effective(own);
+                    policies.insert(key, p);
+                    p
+                }
+            };
+            if !policy.delete_while_inactive || topic.is_closed() {
+                continue;
+            }
+            if topic.is_active(policy.inactive_topic_delete_mode).await {
+                topic.touch();
+                continue;
+            }
+            let max_ms = u64::try_from(policy.max_inactive_duration_seconds)
+                .unwrap_or(0)
+                .saturating_mul(1000);
+            let idle_ms = now_ms.saturating_sub(topic.last_active_ms());
+            if idle_ms < max_ms {
+                continue;
+            }
+            // Checked again right before: a producer or consumer may have come meanwhile.
+            if topic.is_active(policy.inactive_topic_delete_mode).await {
+                topic.touch();
+                continue;
+            }
+            topic.close().await;
+            match topic.managed_ledger().delete().await {
+                Ok(()) => info!(topic = %topic.name(), idle_ms, "inactive topic deleted"),
+                Err(e) => {
+                    warn!(topic = %topic.name(), error = %e, "deleting an inactive topic failed")
+                }
+            }
+        }
     }
 
     pub fn config(&self) -> &BrokerConfig {

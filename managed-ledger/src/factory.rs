@@ -39,7 +39,26 @@ pub struct ManagedLedgerFactory {
     clock: SharedClock,
     sources: Arc<dyn LedgerSources>,
     cache: Arc<dyn EntryCache>,
-    open: Mutex<HashMap<String, Arc<OnceCell<Arc<ManagedLedger>>>>>,
+    /// Managed ledgers open here, by name. A managed ledger removes itself when it closes, so
+    /// a broker that served many topics over time holds only those it serves now.
+    open: Arc<OpenMap>,
+}
+
+/// One cell per name, so concurrent opens of a name share one recovery.
+pub(crate) type OpenMap = Mutex<HashMap<String, Arc<OnceCell<Arc<ManagedLedger>>>>>;
+
+/// Removes `ml` from the map it was opened through, if it is still the instance there.
+pub(crate) fn forget(map: &std::sync::Weak<OpenMap>, ml: &ManagedLedger) {
+    let Some(map) = map.upgrade() else { return };
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    let name = &ml.shared.name;
+    if map
+        .get(name)
+        .and_then(|c| c.get())
+        .is_some_and(|open| std::ptr::eq(Arc::as_ptr(open), ml))
+    {
+        map.remove(name);
+    }
 }
 
 impl ManagedLedgerFactory {
@@ -54,7 +73,7 @@ impl ManagedLedgerFactory {
             clock: magnetar_metadata::clock::system(),
             client,
             cache,
-            open: Mutex::new(HashMap::new()),
+            open: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -77,6 +96,11 @@ impl ManagedLedgerFactory {
 
     fn cells(&self) -> MutexGuard<'_, HashMap<String, Arc<OnceCell<Arc<ManagedLedger>>>>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Managed ledgers open here now.
+    pub fn open_count(&self) -> usize {
+        self.cells().values().filter(|c| c.get().is_some()).count()
     }
 
     /// Opens (recovering if needed) the managed ledger `name`, e.g. `tenant/ns/persistent/topic`.
@@ -102,6 +126,7 @@ impl ManagedLedgerFactory {
         let ml = cell
             .get_or_try_init(|| {
                 open_managed_ledger(
+                    Arc::downgrade(&self.open),
                     Arc::clone(&self.metadata),
                     self.client.clone(),
                     Arc::clone(&self.clock),
@@ -137,7 +162,9 @@ fn validate_name(name: &str) -> MlResult<()> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn open_managed_ledger(
+    registry: std::sync::Weak<OpenMap>,
     metadata: Arc<dyn MetadataStore>,
     client: LedgerClient,
     clock: SharedClock,
@@ -244,6 +271,7 @@ async fn open_managed_ledger(
         commands,
         metadata: Arc::clone(&metadata),
         cursors: Mutex::new(BTreeMap::new()),
+        registry,
     });
     ml.load_cursors().await?;
     spawn_retention(&ml);

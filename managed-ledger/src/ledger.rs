@@ -113,6 +113,8 @@ pub struct ManagedLedger {
     pub(super) commands: mpsc::Sender<Command>,
     pub(super) metadata: Arc<dyn MetadataStore>,
     pub(super) cursors: Mutex<BTreeMap<String, Arc<ManagedCursor>>>,
+    /// The factory's map of open managed ledgers, left at close.
+    pub(super) registry: std::sync::Weak<crate::factory::OpenMap>,
 }
 
 /// Summary counters (Pulsar topic stats).
@@ -497,6 +499,7 @@ impl ManagedLedger {
         {
             first_err.get_or_insert(e);
         }
+        crate::factory::forget(&self.registry, self);
         first_err.map_or(Ok(()), Err)
     }
 

@@ -127,6 +127,8 @@ impl Cluster {
 pub struct IndeterminateStore {
     inner: Arc<dyn MetadataStore>,
     next: Mutex<Option<(String, bool)>>,
+    /// Puts seen (for measuring metadata write rates).
+    puts: std::sync::atomic::AtomicU64,
 }
 
 impl IndeterminateStore {
@@ -134,7 +136,13 @@ impl IndeterminateStore {
         Arc::new(IndeterminateStore {
             inner,
             next: Mutex::new(None),
+            puts: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Puts made through this store so far.
+    pub fn puts(&self) -> u64 {
+        self.puts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The next put to a key starting with `prefix` fails indeterminately (`applied`: after
@@ -155,6 +163,7 @@ impl MetadataStore for IndeterminateStore {
         value: Bytes,
         expected: Expected,
     ) -> magnetar_metadata::Result<PutOutcome> {
+        self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fail = {
             let mut next = self.next.lock().unwrap();
             match next.as_ref() {

@@ -1022,7 +1022,10 @@ async fn managed_ledger_cursor_state_goes_to_a_cursor_ledger_not_to_the_metadata
             ledgers.push(r.cursor_ledger.expect("the record names the cursor ledger"));
         }
     }
-    assert_eq!(writes, 4, "record writes for 35 snapshots, 10 per cursor ledger");
+    assert_eq!(
+        writes, 4,
+        "record writes for 35 snapshots, 10 per cursor ledger"
+    );
     // Rolled-over cursor ledgers are deleted; the current one holds the state.
     for old in &ledgers[..ledgers.len() - 1] {
         assert!(matches!(
@@ -1044,16 +1047,17 @@ async fn managed_ledger_cursor_state_goes_to_a_cursor_ledger_not_to_the_metadata
     );
     // ... and the old owner's next snapshot meets the fenced cursor ledger.
     c.ack_cumulative(p[60]).unwrap();
-    assert!(matches!(c.flush().await, Err(ManagedLedgerError::Fenced(_))));
+    assert!(matches!(
+        c.flush().await,
+        Err(ManagedLedgerError::Fenced(_))
+    ));
     assert_eq!(c2.first_unacked(), expected_floor);
 
     // Unsubscribing deletes the record and the cursor ledger.
     c2.ack_cumulative(p[70]).unwrap();
     c2.flush().await.unwrap();
-    let r: CursorRecord = serde_json::from_slice(
-        &cluster.metadata.get(&key).await.unwrap().unwrap().value,
-    )
-    .unwrap();
+    let r: CursorRecord =
+        serde_json::from_slice(&cluster.metadata.get(&key).await.unwrap().unwrap().value).unwrap();
     let current = r.cursor_ledger.unwrap();
     ml2.delete_cursor("sub").await.unwrap();
     assert!(cluster.metadata.get(&key).await.unwrap().is_none());
@@ -1079,20 +1083,14 @@ async fn managed_ledger_with_a_lost_cursor_ledger_fails_to_load_naming_it() {
     c.ack_cumulative(p[3]).unwrap();
     ml.close().await.unwrap();
     let key = record::cursor_record_key(name, "sub");
-    let r: CursorRecord = serde_json::from_slice(
-        &cluster.metadata.get(&key).await.unwrap().unwrap().value,
-    )
-    .unwrap();
+    let r: CursorRecord =
+        serde_json::from_slice(&cluster.metadata.get(&key).await.unwrap().unwrap().value).unwrap();
     let lost = r.cursor_ledger.expect("the record names the cursor ledger");
     // Closing sealed it: the next owner reads it without recovery.
     assert!(client.ledger_metadata(lost).await.unwrap().is_closed());
     client.delete_ledger(lost).await.unwrap();
 
-    let err = cluster
-        .factory()
-        .open(name, config(100))
-        .await
-        .unwrap_err();
+    let err = cluster.factory().open(name, config(100)).await.unwrap_err();
     match &err {
         ManagedLedgerError::CursorLedger { cursor, ledger, .. } => {
             assert_eq!((cursor.as_str(), *ledger), ("sub", lost));
@@ -1100,7 +1098,10 @@ async fn managed_ledger_with_a_lost_cursor_ledger_fails_to_load_naming_it() {
         other => panic!("expected a cursor-ledger error, got {other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains(name) && text.contains(&lost.to_string()), "{text}");
+    assert!(
+        text.contains(name) && text.contains(&lost.to_string()),
+        "{text}"
+    );
     // The rest keeps serving.
     let other = cluster
         .factory()
@@ -1109,5 +1110,40 @@ async fn managed_ledger_with_a_lost_cursor_ledger_fails_to_load_naming_it() {
         .unwrap();
     append_n(&other, 0, 3).await;
     other.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_managed_ledgers_and_their_tasks_are_released() {
+    let cluster = Cluster::start(2).await;
+    let factory = cluster.factory();
+    let mut weak = Vec::new();
+    for i in 0..20 {
+        let ml = factory
+            .open(&format!("t/ns/persistent/released-{i}"), config(5))
+            .await
+            .unwrap();
+        let c = ml
+            .open_cursor("sub", InitialPosition::Earliest)
+            .await
+            .unwrap();
+        let p = append_n(&ml, 0, 7).await;
+        c.ack_cumulative(p[3]).unwrap();
+        weak.push(Arc::downgrade(&ml.shared));
+        ml.close().await.unwrap();
+    }
+    assert_eq!(
+        factory.open_count(),
+        0,
+        "closed managed ledgers leave the factory"
+    );
+    // With the handles gone, the write actors, cursor flushers and retention tasks end and
+    // drop every reference to the shared state.
+    wait::until(
+        "every closed managed ledger's state freed",
+        Duration::from_secs(10),
+        || weak.iter().all(|w| w.upgrade().is_none()),
+    )
+    .await;
     cluster.stop().await;
 }

@@ -83,6 +83,10 @@ pub struct BookieOptions {
     pub checkpoint_interval_ms: u64,
     /// Garbage collection runs this often. Default 60,000 ms.
     pub gc_interval_ms: u64,
+    /// The ledgers stored here are compared with the metadata store this often, and those
+    /// deleted while the bookie was down are deleted here too (see `orphans`; run by the
+    /// process serving the bookie). Default 900,000 ms (15 min).
+    pub deleted_ledgers_scan_interval_ms: u64,
     /// Entry logs whose live fraction is below this are compacted. Default 0.5.
     pub gc_live_ratio_min: f64,
     /// Disk usage is checked this often. Default 2,000 ms.
@@ -114,6 +118,7 @@ impl BookieOptions {
             entry_log_size_bytes_max: 256 * 1024 * 1024,
             checkpoint_interval_ms: 1_000,
             gc_interval_ms: 60_000,
+            deleted_ledgers_scan_interval_ms: 900_000,
             gc_live_ratio_min: 0.5,
             disk_check_interval_ms: 2_000,
             disk_usage_threshold: 0.95,
@@ -380,6 +385,13 @@ impl Bookie {
     /// Changes of read-write / read-only state, for the registration.
     pub fn state_changes(&self) -> watch::Receiver<BookieState> {
         self.shared.state.subscribe()
+    }
+
+    /// The ledgers this bookie stores (for comparing with the metadata store).
+    pub fn ledger_ids(&self) -> Vec<LedgerId> {
+        let mut ids: Vec<LedgerId> = self.shared.read_store().ledgers.keys().copied().collect();
+        ids.sort();
+        ids
     }
 
     /// Entry locations held in memory (written since the last checkpoint): the part of the

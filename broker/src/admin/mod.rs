@@ -153,6 +153,12 @@ pub fn router(state: AdminState) -> Router {
             get(namespaces::get_allow_auto_update_schema)
                 .post(namespaces::set_allow_auto_update_schema),
         )
+        .route(
+            &format!("{NS}/inactiveTopicPolicies"),
+            get(namespaces::get_inactive_topic_policies)
+                .post(namespaces::set_inactive_topic_policies)
+                .delete(namespaces::remove_inactive_topic_policies),
+        )
         .route(&format!("{NS}/bundles"), get(namespaces::get_bundles))
         .route(&format!("{NS}/topics"), get(persistent::list_topics))
         .route(

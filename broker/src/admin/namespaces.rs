@@ -13,8 +13,8 @@ use super::{
 };
 use crate::cluster::bundle::{BUNDLE_COUNT_MAX, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
 use crate::policies::{
-    AutoTopicCreation, NamespacePolicies, PersistencePolicies, PolicyError, RetentionPolicies,
-    TenantInfo,
+    AutoTopicCreation, InactiveTopicPolicies, NamespacePolicies, PersistencePolicies, PolicyError,
+    RetentionPolicies, TenantInfo,
 };
 use crate::schema::CompatibilityStrategy;
 use crate::topic_name::NamespaceName;
@@ -73,6 +73,8 @@ pub struct NamespacePoliciesView {
     pub schema_compatibility_strategy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_allow_auto_update_schema: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive_topic_policies: Option<InactiveTopicPolicies>,
 }
 
 impl NamespacePoliciesView {
@@ -90,6 +92,7 @@ impl NamespacePoliciesView {
                 .schema_compatibility_strategy
                 .map(|c| c.as_str().to_owned()),
             is_allow_auto_update_schema: p.is_allow_auto_update_schema,
+            inactive_topic_policies: p.inactive_topic_policies,
         }
     }
 
@@ -117,6 +120,7 @@ impl NamespacePoliciesView {
                 .transpose()?
                 .flatten(),
             is_allow_auto_update_schema: self.is_allow_auto_update_schema,
+            inactive_topic_policies: self.inactive_topic_policies,
         })
     }
 }
@@ -408,6 +412,41 @@ pub(super) async fn remove_retention(
     Path((tenant, namespace)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     write_policy(&s, &tenant, &namespace, |p| p.retention_policies = None).await
+}
+
+pub(super) async fn get_inactive_topic_policies(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    read_policy(&s, &tenant, &namespace, |p| p.inactive_topic_policies).await
+}
+
+pub(super) async fn set_inactive_topic_policies(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let p: InactiveTopicPolicies = json_body(&body)?;
+    if p.max_inactive_duration_seconds < 0 {
+        return Err(ApiError::precondition(
+            "Invalid inactive topic policy: maxInactiveDurationSeconds must be 0 or more",
+        ));
+    }
+    write_policy(&s, &tenant, &namespace, |n| {
+        n.inactive_topic_policies = Some(p)
+    })
+    .await
+}
+
+pub(super) async fn remove_inactive_topic_policies(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    write_policy(&s, &tenant, &namespace, |n| {
+        n.inactive_topic_policies = None
+    })
+    .await
 }
 
 pub(super) async fn get_deduplication(

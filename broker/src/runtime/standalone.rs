@@ -15,6 +15,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use magnetar_bookie::api::{
@@ -23,6 +24,7 @@ use magnetar_bookie::api::{
 use magnetar_bookie::local::LocalConnector;
 use magnetar_bookie::server::{Bookie, BookieOptions};
 use magnetar_metadata::{EmbeddedOptions, EmbeddedStore, Expected, MetadataStore};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cluster::session::BrokerSession;
@@ -64,6 +66,8 @@ impl StandaloneOptions {
 pub struct Standalone {
     broker: Broker,
     bookie: Arc<Bookie>,
+    /// Stops the bookie's scan for ledgers deleted while it was down.
+    stop: CancellationToken,
 }
 
 impl Standalone {
@@ -96,6 +100,7 @@ impl Standalone {
         let mut bookie_options = BookieOptions::new(bookie_id, bookie_dir);
         bookie_options.disk_usage_threshold = options.disk_usage_threshold;
         bookie_options.disk_usage_lwm = options.disk_usage_lwm;
+        let scan_interval = Duration::from_millis(bookie_options.deleted_ledgers_scan_interval_ms);
         let bookie = Bookie::open(bookie_options).await?;
         let local = LocalConnector::new();
         local.insert(Arc::clone(&bookie) as Arc<dyn BookieClient>);
@@ -117,8 +122,20 @@ impl Standalone {
                 &session.current(),
             )
             .await?;
+        let stop = CancellationToken::new();
+        let _collector = magnetar_bookie::orphans::spawn_collector(
+            Arc::clone(&bookie),
+            Arc::clone(&store),
+            Arc::clone(&options.broker.clock),
+            scan_interval,
+            stop.clone(),
+        );
         let broker = Broker::start(store, Arc::new(local), Some(session), options.broker).await?;
-        Ok(Standalone { broker, bookie })
+        Ok(Standalone {
+            broker,
+            bookie,
+            stop,
+        })
     }
 
     /// `pulsar://host:port` of the broker.
@@ -137,6 +154,7 @@ impl Standalone {
     /// Clean stop: clients are disconnected, topics closed (cursors flushed, ledgers closed),
     /// the metadata session closed, the bookie's journal synced.
     pub async fn shutdown(self) {
+        self.stop.cancel();
         self.broker.shutdown().await;
         self.bookie.shutdown().await;
         info!("standalone stopped");

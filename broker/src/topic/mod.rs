@@ -146,6 +146,9 @@ pub struct Topic {
     /// SENDs between their producer check and their hand-over to the managed ledger.
     sends_entering: AtomicU64,
     sends_drained: Notify,
+    /// When the topic was last seen active (ms, the managed ledger's clock): loaded, a
+    /// producer or subscription added or removed, or active at an inactive-topic check.
+    last_active_ms: AtomicU64,
 }
 
 /// Marks one SEND on its way into the managed ledger (see [`Topic::enter_send`]).
@@ -175,7 +178,6 @@ impl Topic {
         Arc::new(Topic {
             name,
             bundle,
-            ml,
             host,
             state: Mutex::new(State {
                 topic_epoch,
@@ -189,11 +191,51 @@ impl Topic {
             publish_fenced: AtomicBool::new(false),
             sends_entering: AtomicU64::new(0),
             sends_drained: Notify::new(),
+            last_active_ms: AtomicU64::new(ml.clock().now_ms()),
+            ml,
         })
     }
 
     pub fn name(&self) -> &TopicName {
         &self.name
+    }
+
+    /// Marks the topic active now (inactive-topic deletion counts from the last such mark).
+    pub fn touch(&self) {
+        self.last_active_ms
+            .store(self.ml.clock().now_ms(), Ordering::Relaxed);
+    }
+
+    pub fn last_active_ms(&self) -> u64 {
+        self.last_active_ms.load(Ordering::Relaxed)
+    }
+
+    /// Pulsar's `isActive` for inactive-topic deletion: producers or connected consumers
+    /// always make a topic active; by `mode`, so does any subscription, or any subscription
+    /// with a backlog.
+    pub async fn is_active(&self, mode: crate::policies::InactiveTopicDeleteMode) -> bool {
+        if !self.producers().is_empty() {
+            return true;
+        }
+        for sub in self.loaded_subscriptions() {
+            if sub
+                .snapshot()
+                .await
+                .is_some_and(|s| !s.consumers.is_empty())
+            {
+                return true;
+            }
+        }
+        let cursors = self.ml.stats().cursors;
+        let mut subscriptions = cursors.iter().filter(|(n, _)| n.as_str() != DEDUP_CURSOR);
+        match mode {
+            crate::policies::InactiveTopicDeleteMode::DeleteWhenNoSubscriptions => {
+                subscriptions.next().is_some()
+            }
+            crate::policies::InactiveTopicDeleteMode::DeleteWhenSubscriptionsCaughtUp => {
+                subscriptions.any(|(_, c)| c.backlog > 0)
+            }
+        }
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -492,10 +534,12 @@ impl Topic {
             mode = ?spec.mode, epoch = ?epoch, "producer added");
         self.dedup.producer_added(&spec.name);
         st.producers.insert(spec.key, spec.clone());
+        self.touch();
         Ok(Admit::Added { epoch, fenced_out })
     }
 
     pub fn remove_producer(&self, key: u64) {
+        self.touch();
         let removed = self.state().producers.remove(&key);
         if let Some(spec) = removed {
             spec.attached.store(false, Ordering::Release);
@@ -554,11 +598,14 @@ impl Topic {
             batch,
         );
         st.subscriptions.insert(name.to_owned(), Arc::clone(&sub));
+        drop(st);
+        self.touch();
         Ok(sub)
     }
 
     /// Forgets a subscription (unsubscribed, or a reader that left) and stops it.
     pub async fn drop_subscription(&self, name: &str) {
+        self.touch();
         let sub = self.state().subscriptions.remove(name);
         if let Some(sub) = sub {
             sub.close().await;
