@@ -472,11 +472,11 @@ impl BrokerService {
     /// The persistent topics of `ns` (each partition listed as its own topic, as Pulsar does).
     pub async fn topics_of_namespace(&self, ns: &NamespaceName) -> BrokerResult<Vec<String>> {
         let prefix = format!("{ROOT}/{ns}/persistent/");
-        let listing = self.store.list(&prefix).await?;
-        let mut topics: Vec<String> = listing
-            .entries
+        // Keys only: the cursor records and ledger-list chunks under each topic stay unread.
+        let keys = self.store.list_keys(&prefix).await?;
+        let mut topics: Vec<String> = keys
             .iter()
-            .filter_map(|(key, _)| key.strip_prefix(&prefix))
+            .filter_map(|key| key.strip_prefix(&prefix))
             .filter(|rest| !rest.contains('/'))
             .map(|local| format!("persistent://{ns}/{local}"))
             .collect();

@@ -290,11 +290,10 @@ impl ManagedLedger {
     /// the cursor's persistence. A flush that lands before the claim is simply read back.
     pub(super) async fn load_cursors(&self) -> MlResult<()> {
         let prefix = cursors_prefix(&self.shared.name);
-        let listing = self.metadata.list(&prefix).await?;
-        let names: Vec<String> = listing
-            .entries
+        let keys = self.metadata.list_keys(&prefix).await?;
+        let names: Vec<String> = keys
             .iter()
-            .filter_map(|(key, _)| key.strip_prefix(&prefix))
+            .filter_map(|key| key.strip_prefix(&prefix))
             .map(str::to_owned)
             .collect();
         let store: RecordStore<CursorRecord> = RecordStore::new(Arc::clone(&self.metadata));

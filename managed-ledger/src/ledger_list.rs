@@ -248,13 +248,12 @@ impl LedgerList {
     /// Deletes the chunks under this list's prefix that the stored head does not refer to.
     /// Call only as the owner, after a successful head write.
     pub async fn delete_orphans(&self) -> MlResult<usize> {
-        let listing = self.store.list(&chunks_prefix(&self.name)).await?;
         let prefix = chunks_prefix(&self.name);
+        let keys = self.store.list_keys(&prefix).await?;
         let referred: HashSet<&str> = self.chunks.iter().map(|c| c.r.chunk.as_str()).collect();
-        let orphans: Vec<String> = listing
-            .entries
+        let orphans: Vec<String> = keys
             .iter()
-            .filter_map(|(k, _)| k.strip_prefix(&prefix))
+            .filter_map(|k| k.strip_prefix(&prefix))
             .filter(|c| !referred.contains(c))
             .map(str::to_owned)
             .collect();
@@ -268,9 +267,8 @@ impl LedgerList {
     /// Deletes the head and every chunk (the managed ledger is being deleted).
     pub async fn delete_all(&mut self) -> MlResult<()> {
         let _ = self.store.delete(&self.head_key(), Expected::Any).await?;
-        let listing = self.store.list(&chunks_prefix(&self.name)).await?;
-        for (key, _) in &listing.entries {
-            let _ = self.store.delete(key, Expected::Any).await?;
+        for key in self.store.list_keys(&chunks_prefix(&self.name)).await? {
+            let _ = self.store.delete(&key, Expected::Any).await?;
         }
         self.chunks.clear();
         Ok(())

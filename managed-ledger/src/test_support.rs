@@ -206,6 +206,9 @@ impl MetadataStore for IndeterminateStore {
     async fn list(&self, prefix: &str) -> magnetar_metadata::Result<Listing> {
         self.inner.list(prefix).await
     }
+    async fn list_keys(&self, prefix: &str) -> magnetar_metadata::Result<Vec<String>> {
+        self.inner.list_keys(prefix).await
+    }
     async fn watch(
         &self,
         prefix: &str,

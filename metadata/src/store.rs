@@ -187,6 +187,19 @@ pub trait MetadataStore: Send + Sync + fmt::Debug + 'static {
     /// Every key starting with `prefix`, sorted, as one consistent snapshot.
     async fn list(&self, prefix: &str) -> Result<Listing>;
 
+    /// The keys of [`MetadataStore::list`] without their values (a backend with remote values
+    /// does not transfer them: listing a namespace's topics must not read every chunk and
+    /// cursor record under it).
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list(prefix)
+            .await?
+            .entries
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
     /// Every change to keys starting with `prefix` with a revision above `after`, in order.
     async fn watch(&self, prefix: &str, after: Version) -> Result<WatchStream>;
 

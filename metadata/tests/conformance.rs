@@ -524,6 +524,11 @@ async fn list_by_prefix_over_10000_keys(b: Backend) -> Result<()> {
         .put("/many0/x", bytes("sibling"), Expected::Any)
         .await?;
     let listing = store.list("/many/").await?;
+    let keys = store.list_keys("/many/").await?;
+    ensure!(
+        keys.iter().eq(listing.entries.iter().map(|(k, _)| k)),
+        "list_keys must list exactly the keys of list"
+    );
     ensure!(
         listing.entries.len() == KEYS,
         "listed {} keys, want {KEYS}",

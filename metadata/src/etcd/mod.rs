@@ -393,7 +393,7 @@ impl MetadataStore for EtcdStore {
         validate_prefix(prefix)?;
         let mut restarts = 0;
         loop {
-            match list_snapshot(self.core(), prefix).await {
+            match list_snapshot(self.core(), prefix, false).await {
                 Err(MetadataError::Compacted { .. }) if restarts < LIST_RESTARTS_MAX => {
                     restarts += 1;
                     tracing::debug!(
@@ -402,6 +402,19 @@ impl MetadataStore for EtcdStore {
                     );
                 }
                 other => return other,
+            }
+        }
+    }
+
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        validate_prefix(prefix)?;
+        let mut restarts = 0;
+        loop {
+            match list_snapshot(self.core(), prefix, true).await {
+                Err(MetadataError::Compacted { .. }) if restarts < LIST_RESTARTS_MAX => {
+                    restarts += 1;
+                }
+                other => return other.map(|l| l.entries.into_iter().map(|(k, _)| k).collect()),
             }
         }
     }
@@ -417,7 +430,9 @@ impl MetadataStore for EtcdStore {
 }
 
 /// Reads every key under `prefix` in pages, all at the revision of the first page.
-async fn list_snapshot(core: &Core, prefix: &str) -> Result<Listing> {
+/// The keys under `prefix` at one revision, paged; with `keys_only` the values are left empty
+/// (not transferred).
+async fn list_snapshot(core: &Core, prefix: &str, keys_only: bool) -> Result<Listing> {
     let (mut from, end) = core.prefix_range(prefix);
     let mut entries = Vec::new();
     let mut snapshot: Option<i64> = None;
@@ -425,6 +440,9 @@ async fn list_snapshot(core: &Core, prefix: &str) -> Result<Listing> {
     let (mut keys_read, mut bytes_read) = (0usize, 0usize);
     loop {
         let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+        if keys_only {
+            options = options.with_keys_only();
+        }
         let mut call = Call::read("list", prefix);
         if let Some(revision) = snapshot {
             options = options.with_revision(revision);
