@@ -332,20 +332,19 @@ fn spawn_retention(ml: &Arc<ManagedLedger>) {
     let every = Duration::from_millis(ml.shared.config.retention_check_interval_ms.max(10));
     let span = info_span!("ml_retention", ml = %ml.shared.name);
     let clock = Arc::clone(&ml.shared.clock);
-    tokio::spawn(
-        async move {
-            let mut tick = Interval::new(clock, every);
-            loop {
-                tick.tick().await;
-                let Some(ml) = weak.upgrade() else { break };
-                if ml.shared.status() != Status::Open {
-                    break;
-                }
-                if let Err(e) = ml.trim().await {
-                    warn!(error = %e, "retention trim failed");
-                }
+    let fut = async move {
+        let mut tick = Interval::new(clock, every);
+        loop {
+            tick.tick().await;
+            let Some(ml) = weak.upgrade() else { break };
+            if ml.shared.status() != Status::Open {
+                break;
+            }
+            if let Err(e) = ml.trim().await {
+                warn!(error = %e, "retention trim failed");
             }
         }
-        .instrument(span),
-    );
+    }
+    .instrument(span);
+    tokio::spawn(fut);
 }

@@ -72,11 +72,10 @@ pub(super) fn spawn(
         actor.roll_needed = true;
         actor.note_ledger_failure(e);
     }
-    tokio::spawn(
-        actor
-            .run(rx)
-            .instrument(info_span!("ml_writer", ml = %name)),
-    );
+    let fut = actor
+        .run(rx)
+        .instrument(info_span!("ml_writer", ml = %name));
+    tokio::spawn(fut);
     commands
 }
 
@@ -146,13 +145,13 @@ impl Actor {
         loop {
             if self.inflight.is_empty() {
                 if let Some(done) = self.deferred.take() {
-                    let r = self.close_current().await;
+                    let r = Box::pin(self.close_current()).await;
                     let _ = done.send(r);
                     break;
                 }
                 if self.roll_needed && self.status() == Status::Open && !self.backing_off() {
                     self.roll_needed = false;
-                    if let Err(e) = self.rollover_with_backoff().await {
+                    if let Err(e) = Box::pin(self.rollover_with_backoff()).await {
                         warn!(error = %e, "rollover failed");
                     }
                 }
@@ -221,14 +220,14 @@ impl Actor {
         match cmd {
             Command::Append { payload, done } => self.append(payload, done).await,
             Command::Trim { slowest, done } => {
-                let r = self.trim(slowest).await;
+                let r = Box::pin(self.trim(slowest)).await;
                 let _ = done.send(r);
             }
             Command::Close { done } => self.deferred = Some(done),
             Command::SetProperty { key, value, done } => {
                 let mut next = self.record.clone();
                 next.properties.insert(key, value);
-                let r = self.write_record(next).await;
+                let r = Box::pin(self.write_record(next)).await;
                 if r.is_ok() {
                     self.shared.state().properties = self.record.properties.clone();
                 }
@@ -313,7 +312,7 @@ impl Actor {
             return;
         }
         if self.writer.is_none()
-            && let Err(e) = self.rollover_with_backoff().await
+            && let Err(e) = Box::pin(self.rollover_with_backoff()).await
         {
             let _ = done.send(Err(e));
             return;

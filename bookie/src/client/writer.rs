@@ -101,11 +101,10 @@ impl LedgerWriter {
             close_requested: false,
             shared_lac: Arc::clone(&lac),
         };
-        tokio::spawn(
-            actor
-                .run(rx)
-                .instrument(info_span!("ledger_writer", ledger = %id)),
-        );
+        let fut = actor
+            .run(rx)
+            .instrument(info_span!("ledger_writer", ledger = %id));
+        tokio::spawn(fut);
         LedgerWriter {
             id,
             commands,
@@ -219,7 +218,7 @@ impl Actor {
         let mut rx_open = true;
         loop {
             if !self.closing.is_empty() && (self.pending.is_empty() || self.broken.is_some()) {
-                self.finish_close().await;
+                Box::pin(self.finish_close()).await;
             }
             if !rx_open && self.pending.is_empty() {
                 break;
@@ -343,7 +342,7 @@ impl Actor {
                 self.shared.registry.mark_failed(&out.bookie);
                 self.failed.insert(out.bookie.clone());
                 if self.meta.last_ensemble().bookies.contains(&out.bookie) {
-                    self.change_ensemble().await;
+                    Box::pin(self.change_ensemble()).await;
                 }
             }
             Err(e) => {
