@@ -110,7 +110,9 @@ async fn claim_cursor(
 #[derive(Debug)]
 pub struct ManagedLedger {
     pub(crate) shared: Arc<Shared>,
-    pub(super) commands: mpsc::Sender<Command>,
+    /// Commands go boxed: an idle topic's channel then holds a block of pointers, not of
+    /// 56-byte commands (tokio allocates a channel's first block of 32 slots up front).
+    pub(super) commands: mpsc::Sender<Box<Command>>,
     pub(super) metadata: Arc<dyn MetadataStore>,
     pub(super) cursors: Mutex<BTreeMap<String, Arc<ManagedCursor>>>,
     /// The factory's map of open managed ledgers, left at close.
@@ -214,7 +216,7 @@ impl ManagedLedger {
         self.check_open()?;
         let (done, rx) = oneshot::channel();
         self.commands
-            .send(Command::Append { payload, done })
+            .send(Box::new(Command::Append { payload, done }))
             .await
             .map_err(|_| self.gone())?;
         Ok(AppendHandle {
@@ -461,7 +463,7 @@ impl ManagedLedger {
         let slowest = self.slowest_floor();
         let (done, rx) = oneshot::channel();
         self.commands
-            .send(Command::Trim { slowest, done })
+            .send(Box::new(Command::Trim { slowest, done }))
             .await
             .map_err(|_| self.gone())?;
         let removed = rx.await.map_err(|_| self.gone())??;
@@ -493,7 +495,11 @@ impl ManagedLedger {
             c.stop().await;
         }
         let (done, rx) = oneshot::channel();
-        if self.commands.send(Command::Close { done }).await.is_ok()
+        if self
+            .commands
+            .send(Box::new(Command::Close { done }))
+            .await
+            .is_ok()
             && let Ok(Err(e)) = rx.await
         {
             first_err.get_or_insert(e);
@@ -512,11 +518,11 @@ impl ManagedLedger {
         self.check_open()?;
         let (done, rx) = oneshot::channel();
         self.commands
-            .send(Command::SetProperty {
+            .send(Box::new(Command::SetProperty {
                 key: key.to_owned(),
                 value: value.to_owned(),
                 done,
-            })
+            }))
             .await
             .map_err(|_| self.gone())?;
         rx.await.map_err(|_| self.gone())?
@@ -527,7 +533,7 @@ impl ManagedLedger {
     pub async fn resume_appends(&self) -> MlResult<()> {
         let (done, rx) = oneshot::channel();
         self.commands
-            .send(Command::Resume { done })
+            .send(Box::new(Command::Resume { done }))
             .await
             .map_err(|_| self.gone())?;
         rx.await.map_err(|_| self.gone())?

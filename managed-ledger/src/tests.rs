@@ -1147,3 +1147,42 @@ async fn closed_managed_ledgers_and_their_tasks_are_released() {
     .await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_rolls_over_by_age_only_when_its_ledger_holds_entries() {
+    let cluster = Cluster::start(2).await;
+    let clock = manual_clock();
+    let factory = cluster.factory_with_clock(clock.clone());
+    let cfg = ManagedLedgerConfig {
+        ledger_age_ms_max: 60_000,
+        retention_time_ms: -1,
+        retention_size_bytes: -1,
+        ..config(1000)
+    };
+    let ml = factory.open("t/ns/persistent/aged", cfg).await.unwrap();
+    // An empty current ledger has no age timer: idle, it stays.
+    clock.advance(Duration::from_secs(600));
+    assert_eq!(ml.ledgers().len(), 1);
+    // Its first entry finds it past the limit (counted from its creation): rolled over.
+    append_n(&ml, 0, 1).await;
+    wait::until("the rollover by age", Duration::from_secs(10), || {
+        ml.ledgers().len() == 2
+    })
+    .await;
+    // The next ledger rolls over once it is 60 s old, not before.
+    append_n(&ml, 1, 1).await;
+    clock.advance(Duration::from_secs(59));
+    append_n(&ml, 2, 1).await;
+    assert_eq!(ml.ledgers().len(), 2, "59 s old: not yet");
+    clock.advance(Duration::from_secs(2));
+    wait::until(
+        "the second rollover by age",
+        Duration::from_secs(10),
+        || ml.ledgers().len() == 3,
+    )
+    .await;
+    let entries: Vec<u64> = ml.ledgers().iter().map(|l| l.entries).collect();
+    assert_eq!(entries, vec![1, 2, 0]);
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use magnetar_bookie::client::{LedgerError, LedgerWriter};
-use magnetar_metadata::clock::Interval;
 use magnetar_metadata::{EntryId, Expected, LedgerId, PutOutcome, Version};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
@@ -41,7 +40,7 @@ pub(super) fn spawn(
     record: ManagedLedgerRecord,
     version: Version,
     writer: Result<LedgerWriter, LedgerError>,
-) -> mpsc::Sender<Command> {
+) -> mpsc::Sender<Box<Command>> {
     let (commands, rx) = mpsc::channel(shared.config.max_pending_appends.clamp(1, 4096));
     let name = shared.name.clone();
     let (writer, failure) = match writer {
@@ -137,11 +136,14 @@ impl Actor {
         self.shared.status()
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Box<Command>>) {
         let age = Duration::from_millis(self.shared.config.ledger_age_ms_max.max(1));
         let clock = Arc::clone(&self.shared.clock);
-        let mut tick = Interval::new(Arc::clone(&clock), age.min(Duration::from_secs(1)));
         let max = self.shared.config.max_pending_appends;
+        // The age limit's timer, armed only while the current ledger holds entries (for that
+        // ledger's deadline): an idle topic whose ledger is empty sleeps on its queue alone, so
+        // many idle topics cost no wake-ups.
+        let mut age_timer: Option<(Instant, magnetar_metadata::clock::Sleep)> = None;
         loop {
             if self.inflight.is_empty() {
                 if let Some(done) = self.deferred.take() {
@@ -162,12 +164,19 @@ impl Actor {
                 && (!self.roll_needed || backing_off)
                 && self.inflight.len() < max;
             let retry_at = self.retry_at;
+            let deadline = (self.enqueued_entries > 0 && !self.roll_needed)
+                .then(|| self.current_created + age);
+            match (&age_timer, deadline) {
+                (Some((armed, _)), Some(want)) if *armed == want => {}
+                (_, Some(want)) => age_timer = Some((want, clock.sleep_until(want))),
+                (_, None) => age_timer = None,
+            }
             tokio::select! {
                 // Made only when polled: no timer per loop while not backing off.
                 _ = async { clock.sleep_until(retry_at.unwrap_or_else(|| clock.now())).await },
                     if self.roll_needed && backing_off => {}
                 cmd = rx.recv(), if accepting => match cmd {
-                    Some(cmd) => self.on_command(cmd).await,
+                    Some(cmd) => self.on_command(*cmd).await,
                     None => {
                         self.deferred = Some(oneshot::channel().0);
                     }
@@ -176,18 +185,19 @@ impl Actor {
                     if !self.inflight.is_empty() => {
                     self.on_completion(ledger, len, payload, result, done).await;
                 }
-                _ = tick.tick() => {
-                    if self.enqueued_entries > 0
-                        && clock.now().saturating_duration_since(self.current_created) >= age
-                    {
-                        self.roll_needed = true;
+                () = async {
+                    match age_timer.as_mut() {
+                        Some((_, timer)) => timer.await,
+                        None => std::future::pending().await,
                     }
+                }, if age_timer.is_some() => {
+                    self.roll_needed = true;
                 }
             }
         }
         rx.close();
         while let Some(cmd) = rx.recv().await {
-            self.refuse(cmd);
+            self.refuse(*cmd);
         }
     }
 

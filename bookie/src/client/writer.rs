@@ -37,7 +37,9 @@ use crate::api::{BookieClient, BookieError, BookieId, BookieResult, Entry, NO_EN
 #[derive(Debug)]
 pub struct LedgerWriter {
     id: LedgerId,
-    commands: mpsc::UnboundedSender<Command>,
+    /// Boxed: an idle ledger's channel then holds a block of pointers, not of 56-byte
+    /// commands (tokio allocates a channel's first block of 32 slots up front).
+    commands: mpsc::UnboundedSender<Box<Command>>,
     room: Arc<Semaphore>,
     lac: Arc<AtomicI64>,
 }
@@ -133,11 +135,11 @@ impl LedgerWriter {
             .map_err(|_| LedgerError::WriterStopped(self.id))?;
         let (done, rx) = oneshot::channel();
         self.commands
-            .send(Command::Append {
+            .send(Box::new(Command::Append {
                 payload,
                 done,
                 permit,
-            })
+            }))
             .map_err(|_| LedgerError::WriterStopped(self.id))?;
         Ok(AddHandle {
             ledger: self.id,
@@ -156,7 +158,7 @@ impl LedgerWriter {
     pub async fn close(&self) -> LedgerResult<LedgerMetadata> {
         let (done, rx) = oneshot::channel();
         self.commands
-            .send(Command::Close { done })
+            .send(Box::new(Command::Close { done }))
             .map_err(|_| LedgerError::WriterStopped(self.id))?;
         rx.await.unwrap_or(Err(LedgerError::WriterStopped(self.id)))
     }
@@ -214,7 +216,7 @@ struct Actor {
 }
 
 impl Actor {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Box<Command>>) {
         let mut rx_open = true;
         loop {
             if !self.closing.is_empty() && (self.pending.is_empty() || self.broken.is_some()) {
@@ -225,7 +227,7 @@ impl Actor {
             }
             tokio::select! {
                 cmd = rx.recv(), if rx_open => match cmd {
-                    Some(cmd) => self.on_command(cmd),
+                    Some(cmd) => self.on_command(*cmd),
                     None => rx_open = false,
                 },
                 Some(outcome) = self.inflight.next(), if !self.inflight.is_empty() => {
