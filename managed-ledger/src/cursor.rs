@@ -532,7 +532,10 @@ async fn flusher(core: Arc<Core>, mut store: CursorStore, mut rx: mpsc::Receiver
     let interval = core.shared.config.cursor_flush_interval();
     let mut failures: u32 = 0;
     loop {
-        tokio::select! {
+        // `None`: the coalescing wait after an ack ended; `Some(req)`: an explicit flush (or the
+        // queue closed), which is answered at once — also in the middle of that wait, so a close
+        // never waits out the flush interval or a failure's backoff.
+        let req = tokio::select! {
             _ = core.notify.notified() => {
                 let wait = if failures == 0 {
                     interval
@@ -542,18 +545,21 @@ async fn flusher(core: Arc<Core>, mut store: CursorStore, mut rx: mpsc::Receiver
                         .min(RETRY_BACKOFF_MAX_MS);
                     std::time::Duration::from_millis(ms).max(interval)
                 };
-                core.shared.clock.sleep(wait).await;
-                let r = write_if_dirty(&core, &mut store).await;
-                failures = next_failures(failures, &r);
-            }
-            req = rx.recv() => {
-                let r = write_if_dirty(&core, &mut store).await;
-                failures = next_failures(failures, &r);
-                match req {
-                    Some(done) => { let _ = done.send(r); }
-                    None => break,
+                tokio::select! {
+                    () = core.shared.clock.sleep(wait) => None,
+                    req = rx.recv() => Some(req),
                 }
             }
+            req = rx.recv() => Some(req),
+        };
+        let r = write_if_dirty(&core, &mut store).await;
+        failures = next_failures(failures, &r);
+        match req {
+            None => {}
+            Some(Some(done)) => {
+                let _ = done.send(r);
+            }
+            Some(None) => break,
         }
     }
     if core.state().deleted {

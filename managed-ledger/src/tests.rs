@@ -1186,3 +1186,42 @@ async fn managed_ledger_rolls_over_by_age_only_when_its_ledger_holds_entries() {
     ml.close().await.unwrap();
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_trims_periodically_and_close_does_not_wait_out_the_cursor_flush_interval() {
+    let cluster = Cluster::start(2).await;
+    let clock = manual_clock();
+    let factory = cluster.factory_with_clock(clock.clone());
+    let ml = factory
+        .open("t/ns/persistent/periodic", config(5))
+        .await
+        .unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 12).await;
+    wait::until("two rollovers", Duration::from_secs(10), || {
+        ml.ledgers().len() == 3
+    })
+    .await;
+    c.ack_cumulative(p[9]).unwrap();
+    // The retention check (every 60 s by default) trims the two consumed ledgers on its own.
+    clock.advance(Duration::from_secs(61));
+    wait::until("the periodic trim", Duration::from_secs(10), || {
+        ml.ledgers().len() == 1
+    })
+    .await;
+    // The ack leaves the cursor's flusher in its coalescing wait, on a clock that no longer
+    // moves: close's flush is answered at once all the same, and the acks are stored.
+    c.ack_cumulative(p[10]).unwrap();
+    ml.close().await.unwrap();
+    let reopened = cluster
+        .factory()
+        .open("t/ns/persistent/periodic", config(5))
+        .await
+        .unwrap();
+    assert_eq!(reopened.cursor("sub").unwrap().first_unacked(), p[11]);
+    reopened.close().await.unwrap();
+    cluster.stop().await;
+}
