@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use magnetar_metadata::clock::{Interval, SharedClock};
-use magnetar_metadata::{LedgerId, MetadataError, MetadataStore};
+use magnetar_metadata::{IdAllocator, LedgerId, MetadataError, MetadataStore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -31,18 +31,12 @@ const SCAN_PARALLELISM: usize = 16;
 /// Deletes the ledgers stored here whose metadata no longer exists; returns them.
 pub async fn collect_deleted_ledgers(
     bookie: &Bookie,
-    store: &dyn MetadataStore,
+    store: &Arc<dyn MetadataStore>,
 ) -> Result<Vec<LedgerId>, MetadataError> {
-    let Some(counter) = store.get(LEDGER_ID_KEY).await? else {
+    let ids = IdAllocator::new(Arc::clone(store), LEDGER_ID_KEY);
+    let Some(allocated) = ids.last().await? else {
         return Ok(Vec::new()); // no ledger was ever created through this store
     };
-    let allocated: u64 = std::str::from_utf8(&counter.value)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| MetadataError::Corrupt {
-            key: LEDGER_ID_KEY.to_owned(),
-            reason: "id counter is not a decimal u64".into(),
-        })?;
     let candidates: Vec<LedgerId> = bookie
         .ledger_ids()
         .into_iter()
@@ -85,7 +79,7 @@ pub fn spawn_collector(
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = collect_deleted_ledgers(&bookie, &*store).await {
+            if let Err(e) = collect_deleted_ledgers(&bookie, &store).await {
                 warn!(error = %e, "scan for deleted ledgers failed; retried at the next interval");
             }
         }
@@ -111,7 +105,7 @@ mod tests {
         opts.disk_usage_threshold = 1.0;
         opts.disk_usage_lwm = 1.0;
         let bookie = Bookie::open(opts).await.unwrap();
-        let store = MemoryStore::new();
+        let store: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
         for ledger in 1..=4u64 {
             let e = Entry::new(LedgerId(ledger), EntryId(0), -1, Bytes::from_static(b"x"));
             bookie.add(e, false).await.unwrap();
@@ -128,7 +122,7 @@ mod tests {
         // Ledgers 1 and 3 still have metadata; 2 was deleted while this bookie was down; 4 is
         // above the id counter (not allocated as far as this store knows) and stays.
         let put = |k: String, v: &'static [u8]| {
-            let store = &store;
+            let store = Arc::clone(&store);
             async move {
                 let _ = store
                     .put(&k, Bytes::from_static(v), Expected::Any)

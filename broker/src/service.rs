@@ -270,8 +270,7 @@ impl BrokerService {
                 topic.touch();
                 continue;
             }
-            topic.close().await;
-            match topic.managed_ledger().delete().await {
+            match topic.delete().await {
                 Ok(()) => info!(topic = %topic.name(), idle_ms, "inactive topic deleted"),
                 Err(e) => {
                     warn!(topic = %topic.name(), error = %e, "deleting an inactive topic failed")

@@ -63,6 +63,15 @@ impl IdAllocator {
         })
     }
 
+    /// The highest id handed out so far (`None`: none yet). Every id ever allocated is at most
+    /// this.
+    pub async fn last(&self) -> Result<Option<u64>> {
+        match self.store.get(&self.key).await? {
+            None => Ok(None),
+            Some(v) => self.parse(&v.value).map(Some),
+        }
+    }
+
     fn parse(&self, bytes: &[u8]) -> Result<u64> {
         std::str::from_utf8(bytes)
             .ok()

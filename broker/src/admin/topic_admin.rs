@@ -322,9 +322,7 @@ impl TopicAdmin for BrokerTopicAdmin {
                 }
             }
         }
-        // Clients are told to reconnect; the managed ledger goes with its ledgers and cursors.
-        topic.close().await;
-        topic.managed_ledger().delete().await.map_err(from_ml)?;
+        topic.delete().await.map_err(from_ml)?;
         Ok(())
     }
 

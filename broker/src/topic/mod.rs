@@ -617,6 +617,13 @@ impl Topic {
         self.ml.last_confirmed()
     }
 
+    /// Closes the topic (clients are told to reconnect), then deletes its managed ledger with
+    /// its ledgers and cursors.
+    pub async fn delete(&self) -> Result<(), magnetar_managed_ledger::ManagedLedgerError> {
+        self.close().await;
+        self.ml.delete().await
+    }
+
     /// Tells every client to reconnect, stops the subscriptions and closes the managed ledger.
     pub async fn close(&self) {
         let Some(subs) = self.begin_close() else {
