@@ -60,9 +60,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         ..BrokerOptions::default()
     };
     options.service.managed_ledger = managed_ledger;
-    options.service.schema_compatibility_strategy = b.schema_compatibility_strategy;
-    options.service.limits = b.limits();
-    options.service.inactive_topics = b.inactive_topics();
+    b.apply(&mut options.service);
     let node = Broker::start(
         store,
         Arc::new(GrpcConnector::new(ClientOptions::default())),

@@ -163,6 +163,23 @@ pub struct BrokerServerConfig {
     pub delete_inactive_topics_mode: magnetar_broker::policies::InactiveTopicDeleteMode,
     /// Pulsar's `brokerDeleteInactiveTopicsMaxInactiveDurationSeconds`; unset: the frequency.
     pub delete_inactive_topics_max_inactive_duration_s: Option<u64>,
+    /// Pulsar's `enableBrokerSideSubscriptionPatternEvaluation`: topic lists asked for by
+    /// pattern consumers are filtered by their pattern on the broker.
+    pub enable_broker_side_subscription_pattern_evaluation: bool,
+    /// Pulsar's `subscriptionPatternMaxLength`: longer patterns are left to the client.
+    pub subscription_pattern_max_length: usize,
+    /// Pulsar's `managedLedgerMaxEntriesPerLedger`: a topic's ledger rolls over at this many
+    /// entries.
+    pub managed_ledger_max_entries_per_ledger: u64,
+    /// Pulsar's `managedLedgerMaxSizePerLedgerMbytes`: … or at this many MiB.
+    pub managed_ledger_max_size_per_ledger_mbytes: u64,
+    /// Pulsar's `managedLedgerMaxLedgerRolloverTimeMinutes`: … or at this age (with entries).
+    pub managed_ledger_max_ledger_rollover_time_minutes: u64,
+    /// Pulsar's `managedLedgerCursorMaxEntriesPerLedger`: a cursor ledger rolls over after
+    /// this many state snapshots (each rollover is one metadata write).
+    pub managed_ledger_cursor_max_entries_per_ledger: u64,
+    /// Pulsar's `managedLedgerCursorRolloverTimeInSeconds`: … or at this age.
+    pub managed_ledger_cursor_rollover_time_in_seconds: u64,
 }
 
 impl Default for BrokerServerConfig {
@@ -186,6 +203,13 @@ impl Default for BrokerServerConfig {
             delete_inactive_topics_mode:
                 magnetar_broker::policies::InactiveTopicDeleteMode::DeleteWhenNoSubscriptions,
             delete_inactive_topics_max_inactive_duration_s: None,
+            enable_broker_side_subscription_pattern_evaluation: true,
+            subscription_pattern_max_length: 50,
+            managed_ledger_max_entries_per_ledger: 50_000,
+            managed_ledger_max_size_per_ledger_mbytes: 2048,
+            managed_ledger_max_ledger_rollover_time_minutes: 240,
+            managed_ledger_cursor_max_entries_per_ledger: 50_000,
+            managed_ledger_cursor_rollover_time_in_seconds: 4 * 3600,
         }
     }
 }
@@ -199,6 +223,29 @@ impl BrokerServerConfig {
             max_pending_publish_requests_per_connection: self
                 .max_pending_publish_requests_per_connection,
         }
+    }
+
+    /// Sets what this section configures of the broker service (shared by `magnetar broker`
+    /// and `magnetar standalone`).
+    pub fn apply(&self, service: &mut magnetar_broker::service::BrokerConfig) {
+        service.schema_compatibility_strategy = self.schema_compatibility_strategy;
+        service.limits = self.limits();
+        service.inactive_topics = self.inactive_topics();
+        service.broker_side_pattern_evaluation =
+            self.enable_broker_side_subscription_pattern_evaluation;
+        service.subscription_pattern_length_max = self.subscription_pattern_max_length;
+        let ml = &mut service.managed_ledger;
+        ml.ledger_entries_max = self.managed_ledger_max_entries_per_ledger;
+        ml.ledger_size_bytes_max = self
+            .managed_ledger_max_size_per_ledger_mbytes
+            .saturating_mul(1024 * 1024);
+        ml.ledger_age_ms_max = self
+            .managed_ledger_max_ledger_rollover_time_minutes
+            .saturating_mul(60_000);
+        ml.cursor_ledger_entries_max = self.managed_ledger_cursor_max_entries_per_ledger;
+        ml.cursor_ledger_age_ms_max = self
+            .managed_ledger_cursor_rollover_time_in_seconds
+            .saturating_mul(1000);
     }
 
     /// Inactive-topic deletion, as the broker takes it.
@@ -239,6 +286,30 @@ impl BrokerServerConfig {
             (
                 "delete_inactive_topics_frequency_s",
                 usize::try_from(self.delete_inactive_topics_frequency_s).unwrap_or(usize::MAX),
+            ),
+            (
+                "managed_ledger_max_entries_per_ledger",
+                usize::try_from(self.managed_ledger_max_entries_per_ledger).unwrap_or(usize::MAX),
+            ),
+            (
+                "managed_ledger_max_size_per_ledger_mbytes",
+                usize::try_from(self.managed_ledger_max_size_per_ledger_mbytes)
+                    .unwrap_or(usize::MAX),
+            ),
+            (
+                "managed_ledger_max_ledger_rollover_time_minutes",
+                usize::try_from(self.managed_ledger_max_ledger_rollover_time_minutes)
+                    .unwrap_or(usize::MAX),
+            ),
+            (
+                "managed_ledger_cursor_max_entries_per_ledger",
+                usize::try_from(self.managed_ledger_cursor_max_entries_per_ledger)
+                    .unwrap_or(usize::MAX),
+            ),
+            (
+                "managed_ledger_cursor_rollover_time_in_seconds",
+                usize::try_from(self.managed_ledger_cursor_rollover_time_in_seconds)
+                    .unwrap_or(usize::MAX),
             ),
         ] {
             if v == 0 {

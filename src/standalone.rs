@@ -45,10 +45,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     options.broker.bind = SocketAddr::new(bind_address, s.broker_port);
     options.broker.advertised_host = config.broker.advertised_address.clone();
     options.broker.session_ttl = Duration::from_millis(config.metadata.session_ttl_ms);
-    options.broker.service.schema_compatibility_strategy =
-        config.broker.schema_compatibility_strategy;
-    options.broker.service.limits = config.broker.limits();
-    options.broker.service.inactive_topics = config.broker.inactive_topics();
+    config.broker.apply(&mut options.broker.service);
     // The in-process bookie honours the bookie section's disk thresholds, as `magnetar bookie`.
     options.disk_usage_threshold = config.bookie.disk_usage_threshold;
     options.disk_usage_lwm = config.bookie.disk_usage_lwm;

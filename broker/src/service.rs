@@ -61,6 +61,12 @@ pub struct BrokerConfig {
     /// Pulsar's `brokerDeleteInactiveTopics*`: for namespaces without an
     /// `inactiveTopicPolicies` policy.
     pub inactive_topics: InactiveTopicsConfig,
+    /// Pulsar's `enableBrokerSideSubscriptionPatternEvaluation`: GET_TOPICS_OF_NAMESPACE
+    /// filters the list by the client's pattern. Default true.
+    pub broker_side_pattern_evaluation: bool,
+    /// Pulsar's `subscriptionPatternMaxLength`: longer patterns are left to the client.
+    /// Default 50.
+    pub subscription_pattern_length_max: usize,
     /// Time of everything the broker times itself: keepalive, redelivery, delayed delivery,
     /// session renewal (tests pass a manual clock).
     pub clock: SharedClock,
@@ -83,6 +89,8 @@ impl BrokerConfig {
             dedup: crate::topic::dedup::DedupConfig::default(),
             schema_compatibility_strategy: crate::schema::CompatibilityStrategy::Full,
             inactive_topics: InactiveTopicsConfig::default(),
+            broker_side_pattern_evaluation: true,
+            subscription_pattern_length_max: 50,
             clock: magnetar_metadata::clock::system(),
         }
     }

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use magnetar_bookie::client::{LedgerError, LedgerWriter};
+use magnetar_metadata::crash_point;
 use magnetar_metadata::{Expected, LedgerId, PutOutcome, RecordStore, Version};
 use tracing::{debug, info, warn};
 
@@ -138,6 +139,7 @@ impl CursorStore {
         let (record, new_writer) = match created {
             Ok(w) => match w.append_wait(encode(snapshot)?).await {
                 Ok(_) => {
+                    crash_point::reached(crash_point::CURSOR_LEDGER_CREATED);
                     let record = CursorRecord {
                         first_unacked: snapshot.first_unacked,
                         acked_ranges: Vec::new(),
@@ -171,6 +173,9 @@ impl CursorStore {
                 }
                 return Err(e);
             }
+        }
+        if record.cursor_ledger.is_some() {
+            crash_point::reached(crash_point::CURSOR_LEDGER_RECORDED);
         }
         let previous = std::mem::replace(&mut self.stored_ledger, record.cursor_ledger);
         let old_writer = std::mem::replace(&mut self.writer, new_writer);

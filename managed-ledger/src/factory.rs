@@ -1,22 +1,23 @@
 //! [`ManagedLedgerFactory`]: opens managed ledgers — recovery of the previous owner's last
 //! ledger (fenced and closed through the ledger client), a new ledger recorded with one CAS,
 //! the write actor started — and the helpers the writer shares (create, recover and delete
-//! ledgers) plus the periodic retention task.
+//! ledgers). The periodic retention check of everything a factory opened is one task
+//! (`retention`), started with the first open.
 //!
 //! Opening the same name twice returns the same instance (one `OnceCell` per name), so
 //! concurrent loads of one topic share one recovery.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
 use magnetar_bookie::client::{
     LedgerClient, LedgerConfig, LedgerError, LedgerReader, LedgerWriter,
 };
-use magnetar_metadata::clock::{Interval, SharedClock};
+use magnetar_metadata::clock::SharedClock;
 use magnetar_metadata::{EntryId, Expected, LedgerId, MetadataStore, PutOutcome};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::Position;
@@ -42,6 +43,9 @@ pub struct ManagedLedgerFactory {
     /// Managed ledgers open here, by name. A managed ledger removes itself when it closes, so
     /// a broker that served many topics over time holds only those it serves now.
     open: Arc<OpenMap>,
+    /// Wakes the retention task when a managed ledger opens; the task starts with the first.
+    retention_wake: Arc<Notify>,
+    retention_started: std::sync::Once,
 }
 
 /// One cell per name, so concurrent opens of a name share one recovery.
@@ -74,6 +78,8 @@ impl ManagedLedgerFactory {
             client,
             cache,
             open: Arc::new(Mutex::new(HashMap::new())),
+            retention_wake: Arc::new(Notify::new()),
+            retention_started: std::sync::Once::new(),
         }
     }
 
@@ -138,6 +144,14 @@ impl ManagedLedgerFactory {
                 .instrument(info_span!("ml_open", ml = %name))
             })
             .await?;
+        self.retention_started.call_once(|| {
+            crate::retention::spawn(
+                Arc::downgrade(&self.open),
+                Arc::clone(&self.clock),
+                Arc::clone(&self.retention_wake),
+            );
+        });
+        self.retention_wake.notify_one();
         Ok(Arc::clone(ml))
     }
 }
@@ -256,6 +270,7 @@ async fn open_managed_ledger(
         unwritable: writer.as_ref().err().map(ToString::to_string),
         properties: record.properties.clone(),
     };
+    let opened_ms = clock.now_ms();
     let shared = Shared::new(
         name.clone(),
         config.clone(),
@@ -272,9 +287,9 @@ async fn open_managed_ledger(
         metadata: Arc::clone(&metadata),
         cursors: Mutex::new(BTreeMap::new()),
         registry,
+        next_trim_ms: AtomicU64::new(opened_ms + config.retention_check_interval_ms.max(10)),
     });
     ml.load_cursors().await?;
-    spawn_retention(&ml);
     Ok(ml)
 }
 
@@ -325,26 +340,4 @@ pub(super) fn open_info(id: LedgerId, now_ms: u64) -> LedgerInfo {
         state: LedgerRecordState::Open,
         location: LedgerLocation::Bookies,
     }
-}
-
-fn spawn_retention(ml: &Arc<ManagedLedger>) {
-    let weak: Weak<ManagedLedger> = Arc::downgrade(ml);
-    let every = Duration::from_millis(ml.shared.config.retention_check_interval_ms.max(10));
-    let span = info_span!("ml_retention", ml = %ml.shared.name);
-    let clock = Arc::clone(&ml.shared.clock);
-    let fut = async move {
-        let mut tick = Interval::new(clock, every);
-        loop {
-            tick.tick().await;
-            let Some(ml) = weak.upgrade() else { break };
-            if ml.shared.status() != Status::Open {
-                break;
-            }
-            if let Err(e) = ml.trim().await {
-                warn!(error = %e, "retention trim failed");
-            }
-        }
-    }
-    .instrument(span);
-    tokio::spawn(fut);
 }

@@ -117,6 +117,8 @@ pub struct ManagedLedger {
     pub(super) cursors: Mutex<BTreeMap<String, Arc<ManagedCursor>>>,
     /// The factory's map of open managed ledgers, left at close.
     pub(super) registry: std::sync::Weak<crate::factory::OpenMap>,
+    /// When the factory's retention task checks this managed ledger next (ms, its clock).
+    pub(crate) next_trim_ms: std::sync::atomic::AtomicU64,
 }
 
 /// Summary counters (Pulsar topic stats).

@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::try_join_all;
+use magnetar_metadata::crash_point;
 use magnetar_metadata::{
     DeleteOutcome, Expected, LedgerId, MetadataError, MetadataStore, PutOutcome, Version,
 };
@@ -209,6 +210,9 @@ impl LedgerList {
                 }
             }
         }
+        if !fresh.is_empty() {
+            crash_point::reached(crash_point::LEDGER_LIST_CHUNKS_WRITTEN);
+        }
         let head = StoredHead {
             chunks: chunks.iter().map(|c| c.r.clone()).collect(),
             ledgers: inline.to_vec(),
@@ -230,6 +234,7 @@ impl LedgerList {
         };
         match outcome {
             PutOutcome::Written(_) => {
+                crash_point::reached(crash_point::LEDGER_LIST_HEAD_WRITTEN);
                 let keep: HashSet<&str> = chunks.iter().map(|c| c.r.chunk.as_str()).collect();
                 let gone: Vec<String> = self
                     .chunks

@@ -17,7 +17,8 @@
 //! - [`config`] — [`ManagedLedgerConfig`] with documented defaults.
 //! - [`cache`] — the [`EntryCache`] trait and its moka implementation.
 //! - [`factory`] — opening with recovery; [`ledger`] — the managed ledger's handle and stats;
-//!   `writer` — its write actor (appends, rollover, trim, close).
+//!   `writer` — its write actor (appends, rollover, trim, close); `retention` — the one task
+//!   per factory that runs every open managed ledger's periodic retention check.
 //! - [`ledger_list`] — how the list of ledgers is stored: a head plus immutable chunks, so a
 //!   topic with any number of ledgers can still roll over.
 //! - [`cursor`] — cursors; `cursor_store` — their persistence in cursor ledgers.
@@ -38,6 +39,7 @@ pub mod position;
 mod ranges;
 mod read;
 pub mod record;
+mod retention;
 pub mod source;
 mod writer;
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{FuturesOrdered, StreamExt};
 use magnetar_bookie::client::{LedgerError, LedgerWriter};
+use magnetar_metadata::crash_point;
 use magnetar_metadata::{EntryId, Expected, LedgerId, PutOutcome, Version};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
@@ -499,6 +500,7 @@ impl Actor {
             let mut create_error = None;
             let writer = match created {
                 Ok(w) => {
+                    crash_point::reached(crash_point::ROLLOVER_LEDGER_CREATED);
                     next.ledgers
                         .push(open_info(w.id(), self.shared.clock.now_ms()));
                     Some(w)

@@ -13,9 +13,11 @@
 //! Every backend passes the same conformance suite (`metadata/tests/conformance.rs`).
 //! On top of the trait sit the helpers later crates use: [`RecordStore`] (typed records with a
 //! read–modify–CAS–retry loop), [`IdAllocator`] (monotonic 64-bit ids) and [`OwnershipLease`]
-//! (a key held with a fresh epoch).
+//! (a key held with a fresh epoch). Shared by every crate above: [`clock`] (injected time and
+//! seeded randomness) and [`crash_point`] (named places where tests kill the process).
 
 pub mod clock;
+pub mod crash_point;
 mod embedded;
 mod error;
 mod etcd;

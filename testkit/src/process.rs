@@ -140,6 +140,25 @@ impl Server {
         assert!(status.success(), "kill -{name} failed");
     }
 
+    /// The signal that ended it, waiting at most `within` (a normal exit fails the test).
+    pub fn wait_killed(&mut self, within: Duration) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        let mut status = None;
+        crate::wait::until_blocking("the process ends", within, || {
+            status = self.child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        let status = status.expect("ended");
+        status
+            .signal()
+            .unwrap_or_else(|| panic!("exited with {status} instead of being killed"))
+    }
+
+    /// Whether it has ended (without waiting).
+    pub fn has_ended(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
+    }
+
     /// Its exit code, waiting at most `within` (killed by a signal fails the test).
     pub fn wait_exit(&mut self, within: Duration) -> i32 {
         let mut code = None;

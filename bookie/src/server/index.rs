@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use magnetar_metadata::crash_point;
 use magnetar_metadata::{EntryId, LedgerId};
 use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -277,6 +278,7 @@ pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
         let why = format!("fsync of the ledgers directory: {e}");
         return Err(sync_failed(drained, why));
     }
+    crash_point::reached(crash_point::CHECKPOINT_LOGS_SYNCED);
     let committed = match shared.index() {
         Some(index) => index.commit(&drained, pos).map_err(|e| (e, true)),
         None => Err(("index: closed (bookie shut down)".to_owned(), false)),
@@ -287,6 +289,7 @@ pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
         Err((e, true)) => return Err(sync_failed(drained, e)),
         Err((e, false)) => return Err(restore(drained, e)),
     }
+    crash_point::reached(crash_point::CHECKPOINT_INDEX_COMMITTED);
     *last = pos;
     drop(last);
     trim_journal(shared, pos);

@@ -8,8 +8,10 @@
 //!   whose queue implements the topic's `ProducerSink` and the subscription's `ConsumerSink`.
 //! - [`consumer_stats`] — CONSUMER_STATS.
 //! - [`quickack`] — TCP_QUICKACK on the connection socket.
+//! - [`topic_list`] — GET_TOPICS_OF_NAMESPACE's answer: pattern filtering and the list hash.
 
 pub mod connection;
 pub mod consumer_stats;
 pub mod quickack;
 pub mod server;
+pub mod topic_list;

@@ -262,18 +262,21 @@ pub fn get_last_message_id_response(
 }
 
 /// GET_TOPICS_OF_NAMESPACE_RESPONSE. `filtered`: the list is already filtered by the client's
-/// pattern.
+/// pattern; `changed` false: the list hashes to the client's `topics_hash` and is left out.
 pub fn get_topics_of_namespace_response(
     request_id: u64,
     topics: Vec<String>,
     filtered: bool,
+    topics_hash: String,
+    changed: bool,
 ) -> BaseCommand {
     BaseCommand {
         get_topics_of_namespace_response: Some(Box::new(CommandGetTopicsOfNamespaceResponse {
             request_id,
             topics,
             filtered: Some(filtered),
-            ..Default::default()
+            topics_hash: Some(topics_hash),
+            changed: Some(changed),
         })),
         ..base(Type::GetTopicsOfNamespaceResponse)
     }

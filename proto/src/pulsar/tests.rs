@@ -159,7 +159,13 @@ fn constructed_commands_round_trip() -> TestResult {
         commands::close_consumer(2, 9),
         commands::active_consumer_change(2, true),
         commands::get_last_message_id_response(10, id.clone(), Some(id.clone())),
-        commands::get_topics_of_namespace_response(11, vec!["persistent://a/b/c".into()], true),
+        commands::get_topics_of_namespace_response(
+            11,
+            vec!["persistent://a/b/c".into()],
+            true,
+            "0a1b2c3d".into(),
+            true,
+        ),
         commands::ack_response(2, 12),
     ];
     for command in all {

@@ -2,6 +2,7 @@
 //! PARTITIONED_METADATA, GET_TOPICS_OF_NAMESPACE, GET_LAST_MESSAGE_ID and the schema requests.
 
 use super::*;
+use crate::protocol::topic_list;
 
 impl Conn {
     pub(super) async fn lookup(self, c: BaseCommand) {
@@ -48,12 +49,46 @@ impl Conn {
         let Some(g) = c.get_topics_of_namespace else {
             return;
         };
+        use magnetar_proto::pulsar::api::command_get_topics_of_namespace::Mode;
         let result = match g.namespace.parse::<NamespaceName>() {
+            // Magnetar has no non-persistent topics.
+            Ok(_) if g.mode == Some(Mode::NonPersistent as i32) => Ok(Vec::new()),
             Ok(ns) => self.service.topics_of_namespace(&ns).await,
             Err(e) => Err(e.into()),
         };
-        let answer = match result {
-            Ok(topics) => commands::get_topics_of_namespace_response(g.request_id, topics, false),
+        let config = self.service.config();
+        let answer = match result.map(|topics| {
+            topic_list::answer(
+                topics,
+                g.topics_pattern.as_deref(),
+                config
+                    .broker_side_pattern_evaluation
+                    .then_some(config.subscription_pattern_length_max),
+                g.topics_hash.as_deref(),
+            )
+        }) {
+            // One frame carries the answer: a list beyond the frame limit is refused with a
+            // reason, rather than sent as a frame the client would drop the connection for.
+            Ok(a) if topic_list::encoded_len(&a.topics) > config.max_message_size => {
+                commands::error(
+                    g.request_id,
+                    ServerError::NotAllowedError,
+                    format!(
+                        "namespace {} has {} matching topics, too many for one answer of at most \
+                         {} bytes; subscribe with a pattern that matches fewer",
+                        g.namespace,
+                        a.topics.len(),
+                        config.max_message_size
+                    ),
+                )
+            }
+            Ok(a) => commands::get_topics_of_namespace_response(
+                g.request_id,
+                a.topics,
+                a.filtered,
+                a.hash,
+                a.changed,
+            ),
             Err(e) => commands::error(g.request_id, e.server_error(), e.to_string()),
         };
         self.send(answer).await;
