@@ -8,6 +8,11 @@
 //! 100 B and 1 KiB × (E,Qw,Qa) = (1,1,1) and (3,2,2) × transport in-process (standalone's path)
 //! and gRPC over loopback (a cluster's path). Three bookies share this machine's one disk, so
 //! (3,2,2) does twice the disk work of (1,1,1) on the same device.
+//!
+//! `cargo bench --bench bookie -- gc [quick]`: the add path while garbage collection compacts.
+//! One bookie is filled with 40 interleaved ledgers of 1 KiB entries in 16 MiB entry logs, 32 of
+//! them are deleted (every log becomes 80 % dead), then 1 KiB adds are timed one at a time at
+//! 1,000/s — first with no GC, then while one GC pass compacts every log.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -206,6 +211,151 @@ async fn run(
     }
 }
 
+/// Times one add at a time at `rate_per_s` until `until` says stop; latencies sorted.
+async fn paced_adds(
+    writer: &magnetar_bookie::client::LedgerWriter,
+    rate_per_s: u32,
+    mut until: impl FnMut(usize) -> bool,
+) -> Vec<Duration> {
+    let clock = magnetar_metadata::clock::system();
+    let payload = Bytes::from(vec![b'y'; 1024]);
+    let period = Duration::from_secs(1) / rate_per_s;
+    let mut next = clock.now();
+    let mut latencies = Vec::new();
+    while !until(latencies.len()) {
+        next += period;
+        clock.sleep_until(next).await;
+        let sent = clock.now();
+        writer.append_wait(payload.clone()).await.unwrap();
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort_unstable();
+    latencies
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
+    }
+    total
+}
+
+async fn gc_scenario(quick: bool) {
+    const LEDGERS: usize = 40;
+    let per_ledger = if quick { 1_000 } else { 5_000 };
+    let dir = tempfile::tempdir().unwrap();
+    let metadata: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
+    let local = LocalConnector::new();
+    let mut options = BookieOptions::new("127.0.0.1:1".parse().unwrap(), dir.path().join("b"));
+    options.entry_log_size_bytes_max = 16 << 20;
+    // Only the pass this benchmark starts runs.
+    options.gc_interval_ms = 24 * 3600 * 1000;
+    let bookie = Bookie::open(options).await.unwrap();
+    local.insert(bookie.clone());
+    let registration = BookieRegistration {
+        id: bookie.id().clone(),
+        state: BookieState::ReadWrite,
+        free_bytes: 1 << 40,
+        used_bytes: 0,
+        zone: None,
+        version: "bench".into(),
+    };
+    let _ = metadata
+        .put(
+            &registration_key(bookie.id()),
+            Bytes::from(serde_json::to_vec(&registration).unwrap()),
+            Expected::Any,
+        )
+        .await
+        .unwrap();
+    let client = LedgerClient::new(
+        metadata,
+        Arc::new(local),
+        LedgerClientOptions {
+            max_pending_adds: IN_FLIGHT * 2,
+            ..LedgerClientOptions::default()
+        },
+    );
+    let mut writers = Vec::new();
+    for _ in 0..LEDGERS {
+        writers.push(
+            client
+                .create_ledger(LedgerConfig::new(1, 1, 1))
+                .await
+                .unwrap(),
+        );
+    }
+    let payload = Bytes::from(vec![b'x'; 1024]);
+    let mut pending = std::collections::VecDeque::new();
+    for _ in 0..per_ledger {
+        for w in &writers {
+            pending.push_back(w.append(payload.clone()).await.unwrap());
+            if pending.len() >= IN_FLIGHT {
+                pending.pop_front().unwrap().await.unwrap();
+            }
+        }
+    }
+    for h in pending {
+        h.await.unwrap();
+    }
+    let ids: Vec<_> = writers.iter().map(|w| w.id()).collect();
+    for w in &writers {
+        w.close().await.unwrap();
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if i % 5 != 0 {
+            client.delete_ledger(*id).await.unwrap();
+        }
+    }
+    bookie.checkpoint_now().await.unwrap();
+    let before_bytes = dir_bytes(dir.path());
+    let probe = client
+        .create_ledger(LedgerConfig::new(1, 1, 1))
+        .await
+        .unwrap();
+    let samples = if quick { 1_000 } else { 5_000 };
+    let quiet = paced_adds(&probe, 1_000, |n| n >= samples).await;
+    let clock = magnetar_metadata::clock::system();
+    let gc_started = clock.now();
+    let gc = tokio::spawn({
+        let bookie = bookie.clone();
+        async move { bookie.gc_now().await }
+    });
+    let during = paced_adds(&probe, 1_000, |_| gc.is_finished()).await;
+    let gc_took = gc_started.elapsed();
+    gc.await.unwrap();
+    let after_bytes = dir_bytes(dir.path());
+    println!(
+        "filled {} MB in {LEDGERS} ledgers, deleted 32; GC pass took {gc_took:.2?}, data dir {} MB → {} MB",
+        (LEDGERS * per_ledger * 1024) >> 20,
+        before_bytes >> 20,
+        after_bytes >> 20
+    );
+    println!("phase          adds   p50        p99        p99.9      max");
+    for (name, l) in [("no GC", &quiet), ("during GC", &during)] {
+        if l.is_empty() {
+            println!("{name:<13} no add completed in this phase");
+            continue;
+        }
+        println!(
+            "{name:<13} {:>5}   {:>8.2?}   {:>8.2?}   {:>8.2?}   {:>8.2?}",
+            l.len(),
+            percentile(l, 0.5),
+            percentile(l, 0.99),
+            percentile(l, 0.999),
+            l.last().copied().unwrap_or_default()
+        );
+    }
+    probe.close().await.unwrap();
+    bookie.shutdown().await;
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     // `cargo bench` passes --bench; `cargo test --benches` does not: then just check it starts.
@@ -216,6 +366,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if std::env::args().any(|a| a == "gc") {
+        rt.block_on(gc_scenario(quick));
+        return;
+    }
     rt.block_on(async {
         let probe = tempfile::tempdir().unwrap();
         let (syncs_per_s, mb_per_s) = disk_baseline(probe.path());

@@ -133,6 +133,7 @@ impl ManagedLedgerFactory {
             .get_or_try_init(|| {
                 open_managed_ledger(
                     Arc::downgrade(&self.open),
+                    Arc::clone(&self.retention_wake),
                     Arc::clone(&self.metadata),
                     self.client.clone(),
                     Arc::clone(&self.clock),
@@ -179,6 +180,7 @@ fn validate_name(name: &str) -> MlResult<()> {
 #[allow(clippy::too_many_arguments)]
 async fn open_managed_ledger(
     registry: std::sync::Weak<OpenMap>,
+    timers: Arc<Notify>,
     metadata: Arc<dyn MetadataStore>,
     client: LedgerClient,
     clock: SharedClock,
@@ -279,6 +281,7 @@ async fn open_managed_ledger(
         sources,
         cache,
         state,
+        timers,
     );
     let commands = crate::writer::spawn(Arc::clone(&shared), list, record, version, writer);
     let ml = Arc::new(ManagedLedger {

@@ -19,7 +19,7 @@ use magnetar_metadata::{
     EntryId, Expected, LedgerId, MetadataStore, PutOutcome, RecordStore, Version,
 };
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::Position;
@@ -69,6 +69,8 @@ pub(super) enum Command {
         value: String,
         done: oneshot::Sender<MlResult<()>>,
     },
+    /// The current ledger's age limit may have passed (sent by the factory's periodic task).
+    RollIfAged,
 }
 
 /// Conflicting writers tolerated while claiming one cursor record at load.
@@ -112,7 +114,7 @@ pub struct ManagedLedger {
     pub(crate) shared: Arc<Shared>,
     /// Commands go boxed: an idle topic's channel then holds a block of pointers, not of
     /// 56-byte commands (tokio allocates a channel's first block of 32 slots up front).
-    pub(super) commands: mpsc::Sender<Box<Command>>,
+    pub(super) commands: crate::writer::Commands,
     pub(super) metadata: Arc<dyn MetadataStore>,
     pub(super) cursors: Mutex<BTreeMap<String, Arc<ManagedCursor>>>,
     /// The factory's map of open managed ledgers, left at close.

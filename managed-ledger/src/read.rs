@@ -12,14 +12,14 @@
 //! the current ledger therefore never fail on an entry that was confirmed to a producer.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use magnetar_bookie::client::{LedgerClient, LedgerError};
 use magnetar_metadata::clock::SharedClock;
 use magnetar_metadata::{EntryId, LedgerId};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug_span};
 
 use crate::Position;
@@ -81,6 +81,11 @@ pub(crate) struct Shared {
     readers: Mutex<HashMap<LedgerId, Arc<dyn LedgerSource>>>,
     pub lac_tx: watch::Sender<Option<Position>>,
     probing: AtomicBool,
+    /// When the current ledger reaches its age limit (ms, wall time of `clock`); `u64::MAX`
+    /// while it holds no entries. The factory's periodic task sends `RollIfAged` then.
+    pub roll_due_ms: AtomicU64,
+    /// Wakes the factory's periodic task (when `roll_due_ms` is set).
+    pub timers: Arc<Notify>,
 }
 
 impl Shared {
@@ -92,6 +97,7 @@ impl Shared {
         sources: Arc<dyn LedgerSources>,
         cache: Arc<dyn EntryCache>,
         state: State,
+        timers: Arc<Notify>,
     ) -> Arc<Self> {
         let (lac_tx, _) = watch::channel(state.last_confirmed);
         Arc::new(Shared {
@@ -105,6 +111,8 @@ impl Shared {
             readers: Mutex::new(HashMap::new()),
             lac_tx,
             probing: AtomicBool::new(false),
+            roll_due_ms: AtomicU64::new(u64::MAX),
+            timers,
         })
     }
 

@@ -1,12 +1,15 @@
-//! The periodic retention check of every managed ledger open in one factory. One task per
-//! factory walks the factory's map of open managed ledgers and trims those whose
-//! `retention_check_interval_ms` has passed — rather than one timer task per managed ledger,
-//! which every idle topic of a broker would pay for in memory.
+//! The periodic work of every managed ledger open in one factory. One task per factory walks
+//! the factory's map of open managed ledgers: it trims those whose
+//! `retention_check_interval_ms` has passed, and asks those whose current ledger passed its
+//! age limit (`Shared::roll_due_ms`) to roll over — rather than timers per managed ledger, which
+//! every idle topic of a broker would pay for in memory (its write actor then parks with no
+//! task at all).
 //!
 //! The task starts with the factory's first open and ends when the factory is dropped. It wakes
 //! at the earliest check due, but at most every [`WAKE_INTERVAL_MS_MIN`] (so many topics with
 //! staggered due times cost one walk per second, not one wake-up per topic), and at once when a
-//! managed ledger is opened (its interval may be shorter than the current wait).
+//! managed ledger is opened (its interval may be shorter than the current wait) or its current
+//! ledger takes its first entry (its age limit starts).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -18,7 +21,7 @@ use tokio::sync::Notify;
 use tracing::{Instrument, info_span, warn};
 
 use crate::factory::OpenMap;
-use crate::ledger::ManagedLedger;
+use crate::ledger::{Command, ManagedLedger};
 use crate::read::Status;
 
 /// The task sleeps at least this long between walks unless a managed ledger's own interval is
@@ -43,6 +46,12 @@ pub(crate) fn spawn(open: Weak<OpenMap>, clock: SharedClock, wake: Arc<Notify>) 
             drop(map);
             let now = clock.now_ms();
             let (due, next_due_ms) = select_due(&mls, now);
+            for ml in &mls {
+                if ml.shared.roll_due_ms.load(Ordering::Acquire) <= now {
+                    // A full queue means a busy actor: asked again at the next walk.
+                    let _ = ml.commands.try_send(Box::new(Command::RollIfAged));
+                }
+            }
             drop(mls);
             futures::stream::iter(due)
                 .for_each_concurrent(TRIMS_CONCURRENT_MAX, |ml| async move {
@@ -74,6 +83,10 @@ fn select_due(mls: &[Arc<ManagedLedger>], now: u64) -> (Vec<Arc<ManagedLedger>>,
     for ml in mls {
         let interval = ml.shared.config.retention_check_interval_ms.max(10);
         floor_ms = floor_ms.min(interval);
+        let roll_at = ml.shared.roll_due_ms.load(Ordering::Acquire);
+        if roll_at > now {
+            next_ms = next_ms.min(roll_at);
+        }
         let at = ml.next_trim_ms.load(Ordering::Acquire);
         if at <= now {
             ml.next_trim_ms.store(now + interval, Ordering::Release);

@@ -1188,6 +1188,64 @@ async fn managed_ledger_rolls_over_by_age_only_when_its_ledger_holds_entries() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_managed_ledger_runs_no_task_and_wakes_for_every_command() {
+    let cluster = Cluster::start(2).await;
+    let factory = cluster.factory();
+    let ml = factory
+        .open("t/ns/persistent/parked", config(3))
+        .await
+        .unwrap();
+    // Opened with an empty ledger: the write actor is parked from the start.
+    assert!(ml.commands.is_idle());
+    // Appends from several tasks, each awaiting its own before the next, so the actor parks
+    // and is woken while others queue; rollovers (every 3 entries) run in between.
+    let mut tasks = Vec::new();
+    for t in 0..4u8 {
+        let ml = Arc::clone(&ml);
+        tasks.push(tokio::spawn(async move {
+            let mut positions = Vec::new();
+            for i in 0..30u8 {
+                positions.push(ml.append_wait(Bytes::from(vec![t, i])).await.unwrap());
+                tokio::task::yield_now().await;
+            }
+            positions
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let p = t.await.unwrap();
+        assert!(p.windows(2).all(|w| w[0] < w[1]), "{p:?}");
+        all.extend(p);
+    }
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 120);
+    assert_eq!(ml.ledgers().iter().map(|l| l.entries).sum::<u64>(), 120);
+    wait::until("the actor parks again", Duration::from_secs(10), || {
+        ml.commands.is_idle()
+    })
+    .await;
+    // A property write and a close each wake it.
+    ml.set_property("k", "v").await.unwrap();
+    ml.close().await.unwrap();
+    let reopened = cluster
+        .factory()
+        .open("t/ns/persistent/parked", config(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        reopened.properties().get("k").map(String::as_str),
+        Some("v")
+    );
+    assert_eq!(
+        reopened.ledgers().iter().map(|l| l.entries).sum::<u64>(),
+        120
+    );
+    reopened.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_trims_periodically_and_close_does_not_wait_out_the_cursor_flush_interval() {
     let cluster = Cluster::start(2).await;
     let clock = manual_clock();

@@ -10,10 +10,17 @@
 //! over: the managed ledger becomes fenced and every later append fails with
 //! [`ManagedLedgerError::Fenced`]. After a ledger failure appends fail fast for a backoff that
 //! doubles from 100 ms to 10 s.
+//!
+//! The actor is a task only while it has work. Idle — nothing in flight, no rollover or close
+//! pending, an empty queue — it parks in its [`Commands`] and the next command spawns it again,
+//! so an idle topic costs no task. It keeps no timer either: the age limit of the current
+//! ledger is published in `Shared::roll_due_ms` and the factory's periodic task sends
+//! `RollIfAged` when it passes.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +28,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use magnetar_bookie::client::{LedgerError, LedgerWriter};
 use magnetar_metadata::crash_point;
 use magnetar_metadata::{EntryId, Expected, LedgerId, PutOutcome, Version};
+use tokio::sync::mpsc::error::{SendError, TryRecvError, TrySendError};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -32,6 +40,60 @@ use crate::ledger_list::LedgerList;
 use crate::read::{Shared, Status};
 use crate::record::{LedgerRecordState, ManagedLedgerRecord};
 
+/// The write actor's queue, held by the managed ledger. Sending queues the command and runs
+/// the actor if it is parked.
+pub(crate) struct Commands {
+    tx: mpsc::Sender<Box<Command>>,
+    /// The actor and its receiver while idle (no task runs then).
+    parked: Arc<Mutex<Option<Parked>>>,
+}
+
+struct Parked {
+    actor: Actor,
+    rx: mpsc::Receiver<Box<Command>>,
+}
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commands")
+            .field("parked", &lock(&self.parked).is_some())
+            .finish()
+    }
+}
+
+fn lock(parked: &Mutex<Option<Parked>>) -> std::sync::MutexGuard<'_, Option<Parked>> {
+    parked.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Commands {
+    /// Queues `cmd` (waiting while the queue is full) and wakes the actor.
+    pub(crate) async fn send(&self, cmd: Box<Command>) -> Result<(), SendError<Box<Command>>> {
+        self.tx.send(cmd).await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Queues `cmd` unless the queue is full or closed.
+    pub(crate) fn try_send(&self, cmd: Box<Command>) -> Result<(), TrySendError<Box<Command>>> {
+        self.tx.try_send(cmd)?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Whether the actor is parked (idle, no task).
+    pub(crate) fn is_idle(&self) -> bool {
+        lock(&self.parked).is_some()
+    }
+
+    fn wake(&self) {
+        let parked = lock(&self.parked).take();
+        if let Some(Parked { actor, rx }) = parked {
+            let span = info_span!("ml_writer", ml = %actor.shared.name);
+            tokio::spawn(actor.run(rx).instrument(span));
+        }
+    }
+}
+
 /// Starts the write actor of `shared` over `writer` (the new current ledger, already in
 /// `record` as stored at `version`; `Err`: none could be created, the actor keeps trying with
 /// backoff); returns its command queue.
@@ -41,14 +103,15 @@ pub(super) fn spawn(
     record: ManagedLedgerRecord,
     version: Version,
     writer: Result<LedgerWriter, LedgerError>,
-) -> mpsc::Sender<Box<Command>> {
-    let (commands, rx) = mpsc::channel(shared.config.max_pending_appends.clamp(1, 4096));
-    let name = shared.name.clone();
+) -> Commands {
+    let (tx, rx) = mpsc::channel(shared.config.max_pending_appends.clamp(1, 4096));
+    let parked = Arc::new(Mutex::new(None));
     let (writer, failure) = match writer {
         Ok(w) => (Some(w), None),
         Err(e) => (None, Some(e)),
     };
     let current_created = shared.clock.now();
+    let current_created_ms = shared.clock.now_ms();
     let mut actor = Actor {
         shared,
         list,
@@ -56,6 +119,7 @@ pub(super) fn spawn(
         version,
         writer,
         current_created,
+        current_created_ms,
         enqueued_entries: 0,
         enqueued_bytes: 0,
         inflight: FuturesOrdered::new(),
@@ -66,16 +130,21 @@ pub(super) fn spawn(
         last_error: None,
         suspended: false,
         unsealed: None,
+        parked_slot: Arc::downgrade(&parked),
     };
     if let Some(e) = failure {
         // Opened for reading; the first ledger is created once bookies allow it.
         actor.roll_needed = true;
         actor.note_ledger_failure(e);
     }
-    let fut = actor
-        .run(rx)
-        .instrument(info_span!("ml_writer", ml = %name));
-    tokio::spawn(fut);
+    let commands = Commands { tx, parked };
+    if actor.roll_needed {
+        // Retrying the first ledger is work: run now.
+        let span = info_span!("ml_writer", ml = %actor.shared.name);
+        tokio::spawn(actor.run(rx).instrument(span));
+    } else {
+        *lock(&commands.parked) = Some(Parked { actor, rx });
+    }
     commands
 }
 
@@ -101,6 +170,8 @@ struct Actor {
     version: Version,
     writer: Option<LedgerWriter>,
     current_created: Instant,
+    /// The same instant as wall time (ms), for the age limit the factory's task watches.
+    current_created_ms: u64,
     /// Entries and bytes handed to the current writer (confirmed or not).
     enqueued_entries: u64,
     enqueued_bytes: u64,
@@ -122,6 +193,8 @@ struct Actor {
     /// unreachable): sealing is retried at the next rollover. Until then the record still
     /// lists it open, without its length — it must not be recorded like that.
     unsealed: Option<LedgerId>,
+    /// Where the actor parks when idle; gone once the managed ledger is dropped.
+    parked_slot: Weak<Mutex<Option<Parked>>>,
 }
 
 /// Bounds of the wait between attempts to create a ledger after a failure.
@@ -138,13 +211,8 @@ impl Actor {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Box<Command>>) {
-        let age = Duration::from_millis(self.shared.config.ledger_age_ms_max.max(1));
         let clock = Arc::clone(&self.shared.clock);
         let max = self.shared.config.max_pending_appends;
-        // The age limit's timer, armed only while the current ledger holds entries (for that
-        // ledger's deadline): an idle topic whose ledger is empty sleeps on its queue alone, so
-        // many idle topics cost no wake-ups.
-        let mut age_timer: Option<(Instant, magnetar_metadata::clock::Sleep)> = None;
         loop {
             if self.inflight.is_empty() {
                 if let Some(done) = self.deferred.take() {
@@ -159,19 +227,37 @@ impl Actor {
                     }
                 }
             }
+            if self.inflight.is_empty()
+                && self.deferred.is_none()
+                && !self.roll_needed
+                && let Some(slot) = self.parked_slot.upgrade()
+            {
+                // Idle: park unless a command arrived. Senders queue before they look for a
+                // parked actor and both sides look under the slot's lock, so a command queued
+                // meanwhile is either taken here or finds the actor parked.
+                let next = {
+                    let mut parked = lock(&slot);
+                    match rx.try_recv() {
+                        Ok(cmd) => Some(cmd),
+                        Err(TryRecvError::Empty) => {
+                            *parked = Some(Parked { actor: self, rx });
+                            return;
+                        }
+                        Err(TryRecvError::Disconnected) => None,
+                    }
+                };
+                match next {
+                    Some(cmd) => self.on_command(*cmd).await,
+                    None => self.deferred = Some(oneshot::channel().0),
+                }
+                continue;
+            }
             let backing_off = self.backing_off();
             // While backing off, appends are taken and refused at once rather than left waiting.
             let accepting = self.deferred.is_none()
                 && (!self.roll_needed || backing_off)
                 && self.inflight.len() < max;
             let retry_at = self.retry_at;
-            let deadline = (self.enqueued_entries > 0 && !self.roll_needed)
-                .then(|| self.current_created + age);
-            match (&age_timer, deadline) {
-                (Some((armed, _)), Some(want)) if *armed == want => {}
-                (_, Some(want)) => age_timer = Some((want, clock.sleep_until(want))),
-                (_, None) => age_timer = None,
-            }
             tokio::select! {
                 // Made only when polled: no timer per loop while not backing off.
                 _ = async { clock.sleep_until(retry_at.unwrap_or_else(|| clock.now())).await },
@@ -185,14 +271,6 @@ impl Actor {
                 Some((ledger, len, payload, result, done)) = self.inflight.next(),
                     if !self.inflight.is_empty() => {
                     self.on_completion(ledger, len, payload, result, done).await;
-                }
-                () = async {
-                    match age_timer.as_mut() {
-                        Some((_, timer)) => timer.await,
-                        None => std::future::pending().await,
-                    }
-                }, if age_timer.is_some() => {
-                    self.roll_needed = true;
                 }
             }
         }
@@ -221,6 +299,7 @@ impl Actor {
             Command::Resume { done } | Command::SetProperty { done, .. } => {
                 let _ = done.send(Err(err));
             }
+            Command::RollIfAged => {}
         }
     }
 
@@ -251,6 +330,36 @@ impl Actor {
                 self.suspended = false;
                 let _ = done.send(Ok(()));
             }
+            Command::RollIfAged => {
+                if self.enqueued_entries > 0 && self.aged() {
+                    self.roll_needed = true;
+                    self.shared.roll_due_ms.store(u64::MAX, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// The current ledger reached its age limit.
+    fn aged(&self) -> bool {
+        self.shared.clock.now_ms() >= self.age_due_ms()
+    }
+
+    fn age_due_ms(&self) -> u64 {
+        self.current_created_ms
+            .saturating_add(self.shared.config.ledger_age_ms_max.max(1))
+    }
+
+    /// The current ledger took its first entry: from now on its age counts. Past the limit
+    /// already, it rolls over once this entry completes; otherwise the factory's periodic task
+    /// is told when.
+    fn arm_age_limit(&mut self) {
+        if self.aged() {
+            self.roll_needed = true;
+        } else {
+            self.shared
+                .roll_due_ms
+                .store(self.age_due_ms(), Ordering::Release);
+            self.shared.timers.notify_one();
         }
     }
 
@@ -338,6 +447,9 @@ impl Actor {
             Ok(handle) => {
                 self.enqueued_entries += 1;
                 self.enqueued_bytes += len;
+                if self.enqueued_entries == 1 {
+                    self.arm_age_limit();
+                }
                 let cfg = &self.shared.config;
                 if self.enqueued_entries >= cfg.ledger_entries_max
                     || self.enqueued_bytes >= cfg.ledger_size_bytes_max
@@ -547,6 +659,8 @@ impl Actor {
             }
             self.writer = writer;
             self.current_created = self.shared.clock.now();
+            self.current_created_ms = self.shared.clock.now_ms();
+            self.shared.roll_due_ms.store(u64::MAX, Ordering::Release);
             self.enqueued_entries = 0;
             self.enqueued_bytes = 0;
             info!(from = ?old, to = ?new_id, "rolled over");

@@ -10,12 +10,16 @@
 //! - a `Fenced` answer, or metadata showing the ledger is no longer open, fails every pending and
 //!   later append with [`LedgerError::Fenced`];
 //! - at most `max_pending_adds` appends are pending: `append` waits for room (backpressure).
+//!
+//! The task runs only while there is work: with nothing pending and nothing queued the actor
+//! parks itself in the writer (no task, no timer) and the next append or close spawns it again.
+//! A broker holds one open ledger per topic, so most idle topics' ledgers cost no task.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -23,6 +27,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use magnetar_metadata::{EntryId, LedgerId, Version};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -42,6 +47,22 @@ pub struct LedgerWriter {
     commands: mpsc::UnboundedSender<Box<Command>>,
     room: Arc<Semaphore>,
     lac: Arc<AtomicI64>,
+    /// The actor and its queue while it has nothing to do (no task runs then). Whoever queues
+    /// a command takes them out and spawns the task; the actor puts itself back when idle.
+    parked: Arc<Mutex<Option<Parked>>>,
+}
+
+struct Parked {
+    actor: Actor,
+    rx: mpsc::UnboundedReceiver<Box<Command>>,
+}
+
+impl std::fmt::Debug for Parked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parked")
+            .field("ledger", &self.actor.id)
+            .finish()
+    }
 }
 
 /// The completion of one append: resolves to the entry's id once it is durable on an ack quorum
@@ -84,6 +105,7 @@ impl LedgerWriter {
         let room = Arc::new(Semaphore::new(shared.options.max_pending_adds.max(1)));
         let lac = Arc::new(AtomicI64::new(NO_ENTRY));
         let clients = clients_for(&shared, &meta);
+        let parked = Arc::new(Mutex::new(None));
         let actor = Actor {
             shared,
             id,
@@ -102,21 +124,35 @@ impl LedgerWriter {
             closed: None,
             close_requested: false,
             shared_lac: Arc::clone(&lac),
+            parked_slot: Arc::downgrade(&parked),
         };
-        let fut = actor
-            .run(rx)
-            .instrument(info_span!("ledger_writer", ledger = %id));
-        tokio::spawn(fut);
+        // Parked from the start: a ledger that is never written never runs a task.
+        *lock(&parked) = Some(Parked { actor, rx });
         LedgerWriter {
             id,
             commands,
             room,
             lac,
+            parked,
+        }
+    }
+
+    /// Runs the actor if it is parked (after a command was queued for it).
+    fn wake(&self) {
+        let parked = lock(&self.parked).take();
+        if let Some(Parked { actor, rx }) = parked {
+            let span = info_span!("ledger_writer", ledger = %self.id);
+            tokio::spawn(actor.run(rx).instrument(span));
         }
     }
 
     pub fn id(&self) -> LedgerId {
         self.id
+    }
+
+    /// Whether the writer's task is parked (nothing pending, no task running).
+    pub fn is_idle(&self) -> bool {
+        lock(&self.parked).is_some()
     }
 
     /// The last entry completed (-1: none yet).
@@ -141,6 +177,7 @@ impl LedgerWriter {
                 permit,
             }))
             .map_err(|_| LedgerError::WriterStopped(self.id))?;
+        self.wake();
         Ok(AddHandle {
             ledger: self.id,
             rx,
@@ -160,8 +197,13 @@ impl LedgerWriter {
         self.commands
             .send(Box::new(Command::Close { done }))
             .map_err(|_| LedgerError::WriterStopped(self.id))?;
+        self.wake();
         rx.await.unwrap_or(Err(LedgerError::WriterStopped(self.id)))
     }
+}
+
+fn lock(parked: &Mutex<Option<Parked>>) -> std::sync::MutexGuard<'_, Option<Parked>> {
+    parked.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn clients_for(shared: &Shared, meta: &LedgerMetadata) -> Vec<Arc<dyn BookieClient>> {
@@ -213,6 +255,8 @@ struct Actor {
     /// Set by the first `close`: later appends are refused even if sealing fails.
     close_requested: bool,
     shared_lac: Arc<AtomicI64>,
+    /// Where the actor parks when idle (the writer's); gone once the writer is dropped.
+    parked_slot: Weak<Mutex<Option<Parked>>>,
 }
 
 impl Actor {
@@ -224,6 +268,29 @@ impl Actor {
             }
             if !rx_open && self.pending.is_empty() {
                 break;
+            }
+            if rx_open
+                && self.pending.is_empty()
+                && self.inflight.is_empty()
+                && self.closing.is_empty()
+                && let Some(slot) = self.parked_slot.upgrade()
+            {
+                // Idle: park, unless a command arrived. Senders queue before they look for a
+                // parked actor, and both sides hold the slot's lock to look, so a command
+                // queued meanwhile is either seen here or finds the actor parked.
+                let mut parked = lock(&slot);
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        drop(parked);
+                        self.on_command(*cmd);
+                        continue;
+                    }
+                    Err(TryRecvError::Empty) => {
+                        *parked = Some(Parked { actor: self, rx });
+                        return;
+                    }
+                    Err(TryRecvError::Disconnected) => rx_open = false,
+                }
             }
             tokio::select! {
                 cmd = rx.recv(), if rx_open => match cmd {

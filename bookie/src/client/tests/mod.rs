@@ -118,6 +118,63 @@ async fn empty_ledger_closes_with_no_entries() {
     assert!(r.read_range(0, 0).await.is_err());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_writer_parks_and_every_append_racing_its_parking_completes() {
+    let cluster = Cluster::new(3).await;
+    let client = cluster.client();
+    let w = Arc::new(
+        client
+            .create_ledger(LedgerConfig::new(3, 2, 2))
+            .await
+            .unwrap(),
+    );
+    // Never written: no task at all.
+    assert!(w.is_idle());
+    assert_eq!(w.append_wait(payload(0)).await.unwrap(), EntryId(0));
+    wait::until(
+        "the writer parks once idle",
+        Duration::from_secs(10),
+        || w.is_idle(),
+    )
+    .await;
+    // Appends from several tasks, each waiting for its own completion, so the actor parks
+    // and is woken again and again while others queue: every append completes, in order.
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (w, next) = (Arc::clone(&w), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..150 {
+                let h = w
+                    .append(payload(
+                        next.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                    ))
+                    .await
+                    .unwrap();
+                ids.push(h.await.unwrap());
+                tokio::task::yield_now().await;
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        let ids = t.await.unwrap();
+        assert!(ids.windows(2).all(|p| p[0] < p[1]), "{ids:?}");
+        all.extend(ids);
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=600).map(EntryId).collect::<Vec<_>>());
+    wait::until("parked again", Duration::from_secs(10), || w.is_idle()).await;
+    // Close wakes it; closing again answers from the parked actor.
+    let meta = w.close().await.unwrap();
+    assert_eq!(meta.last_entry_id, 600);
+    assert_eq!(w.close().await.unwrap().last_entry_id, 600);
+    let r = client.open_ledger(w.id()).await.unwrap();
+    assert_eq!(r.read_range(0, 600).await.unwrap().len(), 601);
+}
+
 #[tokio::test]
 async fn invalid_quorums_are_refused() {
     let cluster = Cluster::new(3).await;
