@@ -12,7 +12,8 @@
 //! `cargo bench --bench bookie -- gc [quick]`: the add path while garbage collection compacts.
 //! One bookie is filled with 40 interleaved ledgers of 1 KiB entries in 16 MiB entry logs, 32 of
 //! them are deleted (every log becomes 80 % dead), then 1 KiB adds are timed one at a time at
-//! 1,000/s — first with no GC, then while one GC pass compacts every log.
+//! 1,000/s — first with no GC, then while one GC pass compacts every log (`unpaced`: with
+//! `gc_compaction_rate_bytes_per_s` = 0; `rate-mib=N`: at N MiB/s).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -256,6 +257,22 @@ async fn gc_scenario(quick: bool) {
     options.entry_log_size_bytes_max = 16 << 20;
     // Only the pass this benchmark starts runs.
     options.gc_interval_ms = 24 * 3600 * 1000;
+    if std::env::args().any(|a| a == "unpaced") {
+        options.gc_compaction_rate_bytes_per_s = 0;
+    }
+    if let Some(mib) = std::env::args().find_map(|a| {
+        a.strip_prefix("rate-mib=")
+            .and_then(|r| r.parse::<u64>().ok())
+    }) {
+        options.gc_compaction_rate_bytes_per_s = mib << 20;
+    }
+    println!(
+        "compaction rate: {}",
+        match options.gc_compaction_rate_bytes_per_s {
+            0 => "unpaced".to_owned(),
+            r => format!("{} MiB/s", r >> 20),
+        }
+    );
     let bookie = Bookie::open(options).await.unwrap();
     local.insert(bookie.clone());
     let registration = BookieRegistration {

@@ -7,7 +7,7 @@ standalone). Loads N topics with the official client (LOOKUP + PRODUCER, then th
 closed: the topic stays loaded, idle, with its managed ledger open), then reads the broker's
 VmRSS. Inactive-topic deletion is off for the run.
 
-Usage: scripts/bench-idle-topics.py [--magnetar target/release/magnetar] [-n 10000]
+Usage: scripts/bench-idle-topics.py [--magnetar target/release/magnetar] [-n 10000] [--send]
 Needs etcd (apt-get install -y etcd-server) and python3 -m pip install pulsar-client.
 """
 
@@ -58,6 +58,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--magnetar", default="target/release/magnetar")
     ap.add_argument("-n", type=int, default=10_000)
+    ap.add_argument("--send", action="store_true",
+                    help="send one message per topic before closing its producer (idle topics "
+                         "whose current ledger holds data, with its age limit running)")
     args = ap.parse_args()
     if ETCD is None:
         sys.exit("etcd is missing: apt-get install -y etcd-server")
@@ -95,13 +98,19 @@ def main():
         url = broker.stdout.readline().decode().split()[-1]
         client = pulsar.Client(url, operation_timeout_seconds=60,
                                logger=pulsar.ConsoleLogger(pulsar.LoggerLevel.Error))
+        def load(name):
+            p = client.create_producer(name)
+            if args.send:
+                p.send(b"x" * 100)
+            p.close()
+
         for i in range(200):  # warm-up: first-use allocations are not per topic
-            client.create_producer(f"persistent://public/default/warm-{i}").close()
+            load(f"persistent://public/default/warm-{i}")
         time.sleep(1)
         before = rss_bytes(broker.pid)
         t0 = time.monotonic()
         for i in range(args.n):
-            client.create_producer(f"persistent://public/default/idle-{i}").close()
+            load(f"persistent://public/default/idle-{i}")
         load_s = time.monotonic() - t0
         time.sleep(2)
         after = rss_bytes(broker.pid)

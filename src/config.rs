@@ -361,6 +361,9 @@ pub struct BookieConfig {
     pub gc_interval_ms: u64,
     pub deleted_ledgers_scan_interval_ms: u64,
     pub gc_live_ratio_min: f64,
+    /// BookKeeper's `compactionRateByBytes`: entry-log bytes compaction scans per second;
+    /// 0: unpaced.
+    pub gc_compaction_rate_bytes_per_s: u64,
     pub disk_check_interval_ms: u64,
     pub disk_usage_threshold: f64,
     pub disk_usage_lwm: f64,
@@ -389,6 +392,7 @@ impl Default for BookieConfig {
             gc_interval_ms: o.gc_interval_ms,
             deleted_ledgers_scan_interval_ms: o.deleted_ledgers_scan_interval_ms,
             gc_live_ratio_min: o.gc_live_ratio_min,
+            gc_compaction_rate_bytes_per_s: o.gc_compaction_rate_bytes_per_s,
             disk_check_interval_ms: o.disk_check_interval_ms,
             disk_usage_threshold: o.disk_usage_threshold,
             disk_usage_lwm: o.disk_usage_lwm,
@@ -446,6 +450,7 @@ impl BookieConfig {
         o.gc_interval_ms = self.gc_interval_ms;
         o.deleted_ledgers_scan_interval_ms = self.deleted_ledgers_scan_interval_ms;
         o.gc_live_ratio_min = self.gc_live_ratio_min;
+        o.gc_compaction_rate_bytes_per_s = self.gc_compaction_rate_bytes_per_s;
         o.disk_check_interval_ms = self.disk_check_interval_ms;
         o.disk_usage_threshold = self.disk_usage_threshold;
         o.disk_usage_lwm = self.disk_usage_lwm;

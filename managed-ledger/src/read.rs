@@ -89,6 +89,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)] // one call site (the factory), every part distinct
     pub fn new(
         name: String,
         config: ManagedLedgerConfig,

@@ -81,6 +81,7 @@ impl Commands {
     }
 
     /// Whether the actor is parked (idle, no task).
+    #[cfg(test)]
     pub(crate) fn is_idle(&self) -> bool {
         lock(&self.parked).is_some()
     }

@@ -5,13 +5,19 @@
 //! live fraction is below `gc_live_ratio_min` is compacted: after a checkpoint (so every entry
 //! in it is in the index), the log is read sequentially and each record whose index row still
 //! points at it is copied, CRC-checked, to the current log in chunks (taking the appender lock
-//! per chunk so adds interleave), re-pointed only if it did not change meanwhile, then a
-//! checkpoint makes the new locations durable, and only after that is the old file deleted —
-//! and only if its live byte count reached zero. A crash anywhere in between leaves either the
+//! per chunk so adds interleave), re-pointed only if it did not change meanwhile; once every
+//! candidate is copied, one checkpoint makes the new locations durable, and only after that are
+//! the old files deleted — each only if its live byte count reached zero. A crash anywhere in between leaves either the
 //! old or the new location indexed, both intact.
 //!
 //! Nothing here walks the index or holds the store lock for more than a chunk's map updates:
-//! the journal thread's adds are never stalled behind compaction.
+//! the journal thread's adds are never stalled behind compaction. Nor behind the disk: each
+//! copied chunk's writeback starts at once (outside every lock, without an fsync), so no
+//! checkpoint has to write out megabytes of compaction output while the journal waits for its
+//! fdatasync behind it; one checkpoint per pass (not per log) makes the copies durable;
+//! and scanning is paced to `gc_compaction_rate_bytes_per_s` (BookKeeper's
+//! `compactionRateByBytes`) so compaction takes a bounded share of the disk and CPU. Dead
+//! records are skipped unread.
 //!
 //! If a live entry in the old log fails its CRC, that log is left alone (logged): deleting it
 //! would turn "corrupt" into "missing" for that entry, and the reader's retry on another replica
@@ -51,11 +57,29 @@ pub(crate) fn gc_pass(shared: &Shared) -> Result<usize, String> {
             .map(|(id, m)| (*id, m.path.clone(), m.total_bytes))
             .collect()
     };
-    let mut reclaimed = 0;
+    // Every candidate is copied first, then one checkpoint makes all new locations durable
+    // and one directory sync covers every deletion: a pass costs two checkpoints, not two per
+    // log (each checkpoint's fsyncs delay the journal's on the same disk).
+    let mut compacted = Vec::new();
     for (id, path, total) in candidates {
-        if compact(shared, id, &path, total)? {
+        if copy_live(shared, id, &path, total)? {
+            compacted.push(id);
+        }
+    }
+    if compacted.is_empty() {
+        return Ok(0);
+    }
+    // The new locations must be durable before the old bytes go; the commit also counts the
+    // old copies dead.
+    index::checkpoint(shared)?;
+    let mut reclaimed = 0;
+    for id in compacted {
+        if remove_if_dead(shared, id)? {
             reclaimed += 1;
         }
+    }
+    if reclaimed > 0 {
+        let _ = super::journal::sync_dir(&shared.ledgers_dir);
     }
     Ok(reclaimed)
 }
@@ -63,7 +87,9 @@ pub(crate) fn gc_pass(shared: &Shared) -> Result<usize, String> {
 /// A record the scan found still live, with its raw bytes.
 type Moved = (LedgerId, EntryId, Loc, u64);
 
-fn compact(shared: &Shared, id: u32, path: &PathBuf, total: u64) -> Result<bool, String> {
+/// Copies the live records of log `id` to the current log; false if the log must stay (a
+/// corrupt live entry).
+fn copy_live(shared: &Shared, id: u32, path: &PathBuf, total: u64) -> Result<bool, String> {
     let live_before = shared
         .read_store()
         .logs
@@ -83,6 +109,7 @@ fn compact(shared: &Shared, id: u32, path: &PathBuf, total: u64) -> Result<bool,
         .snapshot()?;
     let mut buf: Vec<u8> = Vec::new();
     let mut moved: Vec<Moved> = Vec::new();
+    let mut pace = Pace::new(shared.opts.gc_compaction_rate_bytes_per_s);
     let mut offset = 0u64;
     let mut header = [0u8; entrylog::HEADER_MIN_BYTES as usize];
     while offset + entrylog::HEADER_MIN_BYTES <= total {
@@ -100,15 +127,21 @@ fn compact(shared: &Shared, id: u32, path: &PathBuf, total: u64) -> Result<bool,
         if offset + loc.record_bytes() > total {
             break;
         }
+        offset += loc.record_bytes();
+        pace.advance(loc.record_bytes());
+        if snapshot.get(ledger, entry)? != Some(loc) {
+            // Dead: skipped unread (most of a log worth compacting).
+            let rest = i64::try_from(loc.record_bytes() - header.len() as u64).unwrap_or(i64::MAX);
+            reader
+                .seek_relative(rest)
+                .map_err(|e| format!("compaction scan of log {id:08x}: {e}"))?;
+            continue;
+        }
         let mut raw = vec![0u8; loc.record_bytes() as usize];
         raw[..header.len()].copy_from_slice(&header);
         reader
             .read_exact(&mut raw[header.len()..])
             .map_err(|e| format!("compaction read of log {id:08x}: {e}"))?;
-        offset += loc.record_bytes();
-        if snapshot.get(ledger, entry)? != Some(loc) {
-            continue;
-        }
         let raw = Bytes::from(raw);
         if entrylog::decode(raw.clone(), loc, ledger, entry).is_none() {
             tracing::error!(%ledger, %entry, log = id, "corrupt entry; log not compacted");
@@ -126,9 +159,12 @@ fn compact(shared: &Shared, id: u32, path: &PathBuf, total: u64) -> Result<bool,
     if !buf.is_empty() {
         copy_chunk(shared, &buf, &moved)?;
     }
-    // The new locations must be durable before the old bytes go; the commit also counts the
-    // old copies dead.
-    index::checkpoint(shared)?;
+    Ok(true)
+}
+
+/// Deletes log `id` if nothing in it is live any more (after the checkpoint that followed its
+/// copy); true if deleted.
+fn remove_if_dead(shared: &Shared, id: u32) -> Result<bool, String> {
     let meta = {
         let mut store = shared.write_store();
         if let Some(live) = store.logs.get(&id).map(|m| m.live_bytes).filter(|l| *l > 0) {
@@ -145,15 +181,76 @@ fn compact(shared: &Shared, id: u32, path: &PathBuf, total: u64) -> Result<bool,
     if let Some(meta) = meta {
         std::fs::remove_file(&meta.path)
             .map_err(|e| format!("removing entry log {}: {e}", meta.path.display()))?;
-        let _ = super::journal::sync_dir(&shared.ledgers_dir);
         tracing::info!(log = id, "entry log reclaimed");
     }
     Ok(true)
 }
 
-/// Appends one chunk of live records to the current log and re-points them.
+/// Holds compaction to a rate of bytes scanned: sleeps (on the GC's own blocking thread) while
+/// it is ahead of the rate since it started, checking every [`PACE_STEP_BYTES`] so that it
+/// works and rests in short slices (a 2-core bookie's journal thread then never waits a whole
+/// scheduler slice behind it).
+struct Pace {
+    rate_bytes_per_s: u64,
+    started: std::time::Instant,
+    bytes: u64,
+    unchecked: u64,
+}
+
+const PACE_STEP_BYTES: u64 = 256 * 1024;
+
+impl Pace {
+    fn new(rate_bytes_per_s: u64) -> Self {
+        Pace {
+            rate_bytes_per_s,
+            started: magnetar_metadata::clock::system().now(),
+            bytes: 0,
+            unchecked: 0,
+        }
+    }
+
+    fn advance(&mut self, n: u64) {
+        if self.rate_bytes_per_s == 0 {
+            return;
+        }
+        self.bytes += n;
+        self.unchecked += n;
+        if self.unchecked < PACE_STEP_BYTES {
+            return;
+        }
+        self.unchecked = 0;
+        let due =
+            std::time::Duration::from_secs_f64(self.bytes as f64 / self.rate_bytes_per_s as f64);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
+
+/// Appends one chunk of live records to the current log and re-points them, then flushes the
+/// chunk (outside the locks) so compaction output never piles up for a checkpoint to flush.
 fn copy_chunk(shared: &Shared, buf: &[u8], moved: &[Moved]) -> Result<(), String> {
+    let (file, at) = copy_and_relocate(shared, buf, moved)?;
+    // Starts the chunk's writeback now without waiting for it and without an fsync (which would
+    // commit the file system's journal and hold the bookie journal's fdatasync behind it); the
+    // pages of moved old entries leave the cache too. The checkpoint after compaction syncs.
+    let _ = rustix::fs::fadvise(
+        &*file,
+        at,
+        std::num::NonZeroU64::new(buf.len() as u64),
+        rustix::fs::Advice::DontNeed,
+    );
+    Ok(())
+}
+
+/// The copy itself; returns the log written and where, to flush.
+fn copy_and_relocate(
+    shared: &Shared,
+    buf: &[u8],
+    moved: &[Moved],
+) -> Result<(std::sync::Arc<File>, u64), String> {
     let mut app = shared.lock_appender();
+    let written = app.file.clone();
     let base = app
         .append(buf)
         .map_err(|e| format!("compaction write: {e}"))?;
@@ -173,5 +270,5 @@ fn copy_chunk(shared: &Shared, buf: &[u8], moved: &[Moved]) -> Result<(), String
         store.logs.insert(next.id, meta);
         *app = next;
     }
-    Ok(())
+    Ok((written, base))
 }

@@ -89,6 +89,9 @@ pub struct BookieOptions {
     pub deleted_ledgers_scan_interval_ms: u64,
     /// Entry logs whose live fraction is below this are compacted. Default 0.5.
     pub gc_live_ratio_min: f64,
+    /// Compaction scans at most this many entry-log bytes a second (BookKeeper's
+    /// `compactionRateByBytes`); 0: unpaced. Default 8 MiB/s.
+    pub gc_compaction_rate_bytes_per_s: u64,
     /// Disk usage is checked this often. Default 2,000 ms.
     pub disk_check_interval_ms: u64,
     /// Read-only above this fraction of the filesystem in use. Default 0.95.
@@ -120,6 +123,7 @@ impl BookieOptions {
             gc_interval_ms: 60_000,
             deleted_ledgers_scan_interval_ms: 900_000,
             gc_live_ratio_min: 0.5,
+            gc_compaction_rate_bytes_per_s: 8 * 1024 * 1024,
             disk_check_interval_ms: 2_000,
             disk_usage_threshold: 0.95,
             disk_usage_lwm: 0.90,
