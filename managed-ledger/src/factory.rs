@@ -17,7 +17,7 @@ use magnetar_bookie::client::{
 };
 use magnetar_metadata::clock::SharedClock;
 use magnetar_metadata::{EntryId, Expected, LedgerId, MetadataStore, PutOutcome};
-use tokio::sync::{Notify, OnceCell};
+use tokio::sync::OnceCell;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::Position;
@@ -44,7 +44,7 @@ pub struct ManagedLedgerFactory {
     /// a broker that served many topics over time holds only those it serves now.
     open: Arc<OpenMap>,
     /// Wakes the retention task when a managed ledger opens; the task starts with the first.
-    retention_wake: Arc<Notify>,
+    retention_timers: Arc<crate::retention::Timers>,
     retention_started: std::sync::Once,
 }
 
@@ -78,7 +78,7 @@ impl ManagedLedgerFactory {
             client,
             cache,
             open: Arc::new(Mutex::new(HashMap::new())),
-            retention_wake: Arc::new(Notify::new()),
+            retention_timers: Arc::new(crate::retention::Timers::new()),
             retention_started: std::sync::Once::new(),
         }
     }
@@ -133,7 +133,7 @@ impl ManagedLedgerFactory {
             .get_or_try_init(|| {
                 open_managed_ledger(
                     Arc::downgrade(&self.open),
-                    Arc::clone(&self.retention_wake),
+                    Arc::clone(&self.retention_timers),
                     Arc::clone(&self.metadata),
                     self.client.clone(),
                     Arc::clone(&self.clock),
@@ -149,10 +149,11 @@ impl ManagedLedgerFactory {
             crate::retention::spawn(
                 Arc::downgrade(&self.open),
                 Arc::clone(&self.clock),
-                Arc::clone(&self.retention_wake),
+                Arc::clone(&self.retention_timers),
             );
         });
-        self.retention_wake.notify_one();
+        self.retention_timers
+            .due_at(ml.next_trim_ms.load(std::sync::atomic::Ordering::Acquire));
         Ok(Arc::clone(ml))
     }
 }
@@ -180,7 +181,7 @@ fn validate_name(name: &str) -> MlResult<()> {
 #[allow(clippy::too_many_arguments)]
 async fn open_managed_ledger(
     registry: std::sync::Weak<OpenMap>,
-    timers: Arc<Notify>,
+    timers: Arc<crate::retention::Timers>,
     metadata: Arc<dyn MetadataStore>,
     client: LedgerClient,
     clock: SharedClock,

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use magnetar_bookie::client::{LedgerClient, LedgerError};
 use magnetar_metadata::clock::SharedClock;
 use magnetar_metadata::{EntryId, LedgerId};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tracing::{Instrument, debug_span};
 
 use crate::Position;
@@ -84,8 +84,8 @@ pub(crate) struct Shared {
     /// When the current ledger reaches its age limit (ms, wall time of `clock`); `u64::MAX`
     /// while it holds no entries. The factory's periodic task sends `RollIfAged` then.
     pub roll_due_ms: AtomicU64,
-    /// Wakes the factory's periodic task (when `roll_due_ms` is set).
-    pub timers: Arc<Notify>,
+    /// Tells the factory's periodic task when `roll_due_ms` is set.
+    pub timers: Arc<crate::retention::Timers>,
 }
 
 impl Shared {
@@ -98,7 +98,7 @@ impl Shared {
         sources: Arc<dyn LedgerSources>,
         cache: Arc<dyn EntryCache>,
         state: State,
-        timers: Arc<Notify>,
+        timers: Arc<crate::retention::Timers>,
     ) -> Arc<Self> {
         let (lac_tx, _) = watch::channel(state.last_confirmed);
         Arc::new(Shared {

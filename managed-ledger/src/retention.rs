@@ -7,11 +7,11 @@
 //!
 //! The task starts with the factory's first open and ends when the factory is dropped. It wakes
 //! at the earliest check due, but at most every [`WAKE_INTERVAL_MS_MIN`] (so many topics with
-//! staggered due times cost one walk per second, not one wake-up per topic), and at once when a
-//! managed ledger is opened (its interval may be shorter than the current wait) or its current
-//! ledger takes its first entry (its age limit starts).
+//! staggered due times cost one walk per second, not one wake-up per topic), and early only when
+//! a managed ledger reports a due time before its planned wake ([`Timers`]): a newly opened one
+//! with a shorter interval, or a current ledger whose age limit starts.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -32,10 +32,38 @@ const WAKE_INTERVAL_MS_IDLE: u64 = 60_000;
 /// Trims run concurrently up to this many: a slow bookie delete delays only its own topic.
 const TRIMS_CONCURRENT_MAX: usize = 8;
 
+/// How managed ledgers tell the factory's task about a new due time. The task publishes when
+/// it plans to wake next; a due time earlier than that wakes it, any other costs one atomic
+/// load — so opening many topics does not make the task walk all of them once per open.
+#[derive(Debug)]
+pub(crate) struct Timers {
+    wake: Notify,
+    /// When the task wakes next (ms, the factory clock's wall time); 0 while it walks.
+    next_wake_ms: AtomicU64,
+}
+
+impl Timers {
+    pub(crate) fn new() -> Self {
+        Timers {
+            wake: Notify::new(),
+            next_wake_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Something is due at `at_ms`: wakes the task if it would sleep past that.
+    pub(crate) fn due_at(&self, at_ms: u64) {
+        if at_ms < self.next_wake_ms.load(Ordering::Acquire) {
+            self.wake.notify_one();
+        }
+    }
+}
+
 /// Starts the retention task of the factory whose open map is `open`.
-pub(crate) fn spawn(open: Weak<OpenMap>, clock: SharedClock, wake: Arc<Notify>) {
+pub(crate) fn spawn(open: Weak<OpenMap>, clock: SharedClock, timers: Arc<Timers>) {
     let fut = async move {
         loop {
+            // Walking: a due time set meanwhile is seen by this walk or wakes the next.
+            timers.next_wake_ms.store(0, Ordering::Release);
             let Some(map) = open.upgrade() else { break };
             let mls: Vec<Arc<ManagedLedger>> = map
                 .lock()
@@ -63,10 +91,11 @@ pub(crate) fn spawn(open: Weak<OpenMap>, clock: SharedClock, wake: Arc<Notify>) 
                     }
                 })
                 .await;
+            timers.next_wake_ms.store(next_due_ms, Ordering::Release);
             let wait_ms = next_due_ms.saturating_sub(clock.now_ms());
             tokio::select! {
                 () = clock.sleep(Duration::from_millis(wait_ms)) => {}
-                () = wake.notified() => {}
+                () = timers.wake.notified() => {}
             }
         }
     }

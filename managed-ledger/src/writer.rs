@@ -357,10 +357,9 @@ impl Actor {
         if self.aged() {
             self.roll_needed = true;
         } else {
-            self.shared
-                .roll_due_ms
-                .store(self.age_due_ms(), Ordering::Release);
-            self.shared.timers.notify_one();
+            let due = self.age_due_ms();
+            self.shared.roll_due_ms.store(due, Ordering::Release);
+            self.shared.timers.due_at(due);
         }
     }
 
