@@ -540,3 +540,56 @@ async fn full_bookie_turns_read_only_and_adds_move_to_others() -> Result<()> {
     }
     read_back(&client, ledger, written, SIZE).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bookie_whose_index_outgrows_its_cache_restarts_after_kill_9_with_every_entry()
+-> Result<()> {
+    let mut cluster = Cluster::start(0).await?;
+    // Checkpoints while the data goes in; an index cache far smaller than the index.
+    cluster
+        .add_bookie(&[
+            ("MAGNETAR_BOOKIE__CHECKPOINT_INTERVAL_MS", "200"),
+            ("MAGNETAR_BOOKIE__INDEX_CACHE_SIZE_BYTES", "65536"),
+        ])
+        .await?;
+    let client = cluster.client().await?;
+    const LEDGERS: u64 = 10;
+    const PER_LEDGER: u64 = 5_000;
+    let mut ledgers = Vec::new();
+    for _ in 0..LEDGERS {
+        let writer = create(&client, 1, 1, 1).await?;
+        let handles = append_all(&writer, 0..PER_LEDGER, 64).await?;
+        expect_acked(handles, 0).await?;
+        writer.close().await?;
+        ledgers.push(writer.id());
+    }
+    let index = cluster.bookies[0]
+        .data_dir
+        .join("ledgers")
+        .join("index.redb");
+    wait::until(
+        "the index holds the checkpointed entries",
+        Duration::from_secs(30),
+        || std::fs::metadata(&index).is_ok_and(|m| m.len() > 4 * 65_536),
+    )
+    .await;
+    // More entries after the last checkpoint, still open: only the journal holds their index.
+    let open = create(&client, 1, 1, 1).await?;
+    let handles = append_all(&open, 0..2_000, 64).await?;
+    expect_acked(handles, 0).await?;
+    cluster.bookies[0].kill9().await?;
+    cluster.bookies[0].spawn().await?;
+
+    let client = cluster.client().await?;
+    for ledger in ledgers {
+        read_back(&client, ledger, PER_LEDGER, 64).await?;
+    }
+    // The open ledger is recovered (fenced, closed at its last entry) and read whole.
+    let recovered = client.open_ledger_with_recovery(open.id()).await?;
+    ensure!(
+        recovered.metadata().last_entry_id == 1_999,
+        "recovered the open ledger at {}",
+        recovered.metadata().last_entry_id
+    );
+    read_back(&client, open.id(), 2_000, 64).await
+}
