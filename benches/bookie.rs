@@ -79,6 +79,26 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+/// Registers `bookie` as writable with plenty of room, as a running bookie does.
+async fn register(metadata: &Arc<dyn MetadataStore>, bookie: &Bookie) {
+    let registration = BookieRegistration {
+        id: bookie.id().clone(),
+        state: BookieState::ReadWrite,
+        free_bytes: 1 << 40,
+        used_bytes: 0,
+        zone: None,
+        version: "bench".into(),
+    };
+    let _ = metadata
+        .put(
+            &registration_key(bookie.id()),
+            Bytes::from(serde_json::to_vec(&registration).unwrap()),
+            Expected::Any,
+        )
+        .await
+        .unwrap();
+}
+
 async fn cluster(grpc: bool) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let metadata: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
@@ -100,22 +120,7 @@ async fn cluster(grpc: bool) -> Cluster {
         } else {
             local.insert(bookie.clone());
         }
-        let registration = BookieRegistration {
-            id: bookie.id().clone(),
-            state: BookieState::ReadWrite,
-            free_bytes: 1 << 40,
-            used_bytes: 0,
-            zone: None,
-            version: "bench".into(),
-        };
-        let _ = metadata
-            .put(
-                &registration_key(bookie.id()),
-                Bytes::from(serde_json::to_vec(&registration).unwrap()),
-                Expected::Any,
-            )
-            .await
-            .unwrap();
+        register(&metadata, &bookie).await;
         bookies.push(bookie);
     }
     let connector: Arc<dyn BookieConnector> = if grpc {
@@ -275,22 +280,7 @@ async fn gc_scenario(quick: bool) {
     );
     let bookie = Bookie::open(options).await.unwrap();
     local.insert(bookie.clone());
-    let registration = BookieRegistration {
-        id: bookie.id().clone(),
-        state: BookieState::ReadWrite,
-        free_bytes: 1 << 40,
-        used_bytes: 0,
-        zone: None,
-        version: "bench".into(),
-    };
-    let _ = metadata
-        .put(
-            &registration_key(bookie.id()),
-            Bytes::from(serde_json::to_vec(&registration).unwrap()),
-            Expected::Any,
-        )
-        .await
-        .unwrap();
+    register(&metadata, &bookie).await;
     let client = LedgerClient::new(
         metadata,
         Arc::new(local),
