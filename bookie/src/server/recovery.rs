@@ -46,8 +46,30 @@ pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile),
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     journal::sync_dir(&opts.data_dir).map_err(|e| format!("fsync of data dir: {e}"))?;
-    let index = Index::open(&ledgers_dir.join("index.redb"), opts.index_cache_size_bytes)?;
-    let loaded = index.load()?;
+    let index_path = ledgers_dir.join("index.redb");
+    // The index store panics on some corrupt pages instead of returning an error: the bookie
+    // refuses to start with a message naming the file, rather than a bare "task panicked".
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let index = Index::open(&index_path, opts.index_cache_size_bytes)?;
+        let loaded = index.load()?;
+        Ok::<_, String>((index, loaded))
+    }));
+    let (index, loaded) = match opened {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(e)) => return Err(format!("entry index {}: {e}", index_path.display())),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            return Err(format!(
+                "entry index {} is corrupt ({why}): the bookie does not start on it; restore \
+                 the file, or retire this bookie (with Qw > 1 its entries have copies on others)",
+                index_path.display()
+            ));
+        }
+    };
 
     let mut store = Store::default();
     let mut max_log: Option<u32> = None;
