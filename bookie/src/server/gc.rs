@@ -128,7 +128,7 @@ fn copy_live(shared: &Shared, id: u32, path: &PathBuf, total: u64) -> Result<boo
             break;
         }
         offset += loc.record_bytes();
-        pace.advance(loc.record_bytes());
+        pace.advance(shared, loc.record_bytes())?;
         if snapshot.get(ledger, entry)? != Some(loc) {
             // Dead: skipped unread (most of a log worth compacting).
             let rest = i64::try_from(loc.record_bytes() - header.len() as u64).unwrap_or(i64::MAX);
@@ -209,21 +209,41 @@ impl Pace {
         }
     }
 
-    fn advance(&mut self, n: u64) {
+    fn advance(&mut self, shared: &Shared, n: u64) -> Result<(), String> {
         if self.rate_bytes_per_s == 0 {
-            return;
+            return Ok(());
         }
         self.bytes += n;
         self.unchecked += n;
         if self.unchecked < PACE_STEP_BYTES {
-            return;
+            return Ok(());
         }
         self.unchecked = 0;
         let due =
             std::time::Duration::from_secs_f64(self.bytes as f64 / self.rate_bytes_per_s as f64);
         if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
-            std::thread::sleep(ahead);
+            wait_unless_closed(shared, ahead)?;
         }
+        Ok(())
+    }
+}
+
+/// Waits `total` on the GC's own blocking thread (never the async runtime), in short slices so
+/// that a bookie shutting down (its index closed) ends a paced pass at once instead of having it
+/// copy on for seconds.
+fn wait_unless_closed(shared: &Shared, total: std::time::Duration) -> Result<(), String> {
+    const SLICE: std::time::Duration = std::time::Duration::from_millis(50);
+    let clock = magnetar_metadata::clock::system();
+    let until = clock.now() + total;
+    loop {
+        if shared.index().is_none() {
+            return Err("compaction stopped: the bookie is shutting down".to_owned());
+        }
+        let left = until.saturating_duration_since(clock.now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(SLICE));
     }
 }
 
