@@ -46,6 +46,15 @@ fn err(e: impl std::fmt::Display) -> String {
     format!("index: {e}")
 }
 
+/// The text of a caught panic, when it carried one.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}
+
 fn loc_of(row: (u32, u64, u32)) -> Loc {
     Loc::from_row(row)
 }
@@ -76,12 +85,23 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
+    /// Where an entry is on disk. The index store panics on some corrupt tree pages instead of
+    /// returning an error: the panic becomes an error naming the entry, so the read fails
+    /// cleanly and the bookie keeps serving every entry whose pages are intact.
     pub fn get(&self, ledger: LedgerId, entry: EntryId) -> Result<Option<Loc>, String> {
-        Ok(self
-            .entries
-            .get((ledger.0, entry.0))
-            .map_err(err)?
-            .map(|v| loc_of(v.value())))
+        let looked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.entries
+                .get((ledger.0, entry.0))
+                .map(|found| found.map(|v| loc_of(v.value())))
+        }));
+        match looked {
+            Ok(found) => found.map_err(|e| format!("index: ledger {ledger} entry {entry}: {e}")),
+            Err(panic) => Err(format!(
+                "index: the page holding ledger {ledger} entry {entry} is corrupt ({}): this \
+                 bookie cannot serve it; its replicas on other bookies can",
+                panic_message(panic.as_ref())
+            )),
+        }
     }
 }
 
@@ -95,9 +115,17 @@ impl Index {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot, String> {
-        let txn = self.db.begin_read().map_err(err)?;
-        Ok(Snapshot {
-            entries: txn.open_table(ENTRIES).map_err(err)?,
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let txn = self.db.begin_read().map_err(err)?;
+            Ok(Snapshot {
+                entries: txn.open_table(ENTRIES).map_err(err)?,
+            })
+        }));
+        opened.unwrap_or_else(|panic| {
+            Err(format!(
+                "index: its root pages are corrupt ({})",
+                panic_message(panic.as_ref())
+            ))
         })
     }
 

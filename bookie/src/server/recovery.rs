@@ -58,11 +58,7 @@ pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile),
         Ok(Ok(opened)) => opened,
         Ok(Err(e)) => return Err(format!("entry index {}: {e}", index_path.display())),
         Err(panic) => {
-            let why = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let why = index::panic_message(panic.as_ref());
             return Err(format!(
                 "entry index {} is corrupt ({why}): the bookie does not start on it; restore \
                  the file, or retire this bookie (with Qw > 1 its entries have copies on others)",

@@ -966,3 +966,63 @@ async fn a_corrupt_index_refuses_to_start_naming_the_file() -> TestResult {
     assert!(message.contains("corrupt"), "{message}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_index_page_corrupted_while_running_fails_only_its_reads_naming_the_ledger() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let mut o = options(dir.path());
+    // A small page cache, so lookups read the index's pages from the file.
+    o.index_cache_size_bytes = 16 * 1024;
+    let b = Bookie::open(o).await?;
+    for l in 1..=20u64 {
+        add_all(&b, l, 0..500, 100).await?;
+    }
+    b.checkpoint_now().await?;
+    let index = dir.path().join("ledgers").join("index.redb");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&index)?;
+    let mut all = vec![0u8; usize::try_from(file.metadata()?.len())?];
+    file.read_exact_at(&mut all, 0)?;
+    let written: Vec<usize> = (0..all.len() / 4096)
+        .filter(|p| all[p * 4096..(p + 1) * 4096].iter().any(|b| *b != 0))
+        .collect();
+    for p in written.iter().skip(written.len() / 2).take(4) {
+        file.write_all_at(&[0xa5u8; 4096], (*p * 4096) as u64)?;
+    }
+    drop(file);
+
+    let (mut served, mut failed) = (0u32, 0u32);
+    for l in 1..=20u64 {
+        for e in 0..500u64 {
+            match b.read(LedgerId(l), EntryId(e), false).await {
+                Ok(got) => {
+                    // Whatever is served is the entry asked for, intact.
+                    assert_eq!(
+                        (got.entry.ledger, got.entry.entry),
+                        (LedgerId(l), EntryId(e))
+                    );
+                    assert!(got.entry.is_intact(), "{l}:{e} served damaged");
+                    served += 1;
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    assert!(
+                        message.contains(&format!("ledger {l}"))
+                            || message.contains(&format!("{l}:{e}")),
+                        "the error names neither the ledger nor the entry: {message}"
+                    );
+                    failed += 1;
+                }
+            }
+        }
+    }
+    assert!(failed > 0, "no read met the corrupt pages");
+    assert!(served > 0, "no read was served around the corrupt pages");
+    // The bookie keeps taking and serving writes.
+    add_all(&b, 99, 0..10, 100).await?;
+    assert_readable(&b, 99, 0..10, 100).await?;
+    Ok(())
+}
