@@ -218,25 +218,27 @@ async fn run(
 }
 
 /// Times one add at a time at `rate_per_s` until `until` says stop; latencies sorted.
+/// Adds one 1 KiB entry at a time at `rate_per_s` until `until(adds so far)`; returns each add's
+/// (time sent since the phase began, latency), in the order sent.
 async fn paced_adds(
     writer: &magnetar_bookie::client::LedgerWriter,
     rate_per_s: u32,
     mut until: impl FnMut(usize) -> bool,
-) -> Vec<Duration> {
+) -> Vec<(Duration, Duration)> {
     let clock = magnetar_metadata::clock::system();
     let payload = Bytes::from(vec![b'y'; 1024]);
     let period = Duration::from_secs(1) / rate_per_s;
-    let mut next = clock.now();
-    let mut latencies = Vec::new();
-    while !until(latencies.len()) {
+    let began = clock.now();
+    let mut next = began;
+    let mut adds = Vec::new();
+    while !until(adds.len()) {
         next += period;
         clock.sleep_until(next).await;
         let sent = clock.now();
         writer.append_wait(payload.clone()).await.unwrap();
-        latencies.push(sent.elapsed());
+        adds.push((sent - began, sent.elapsed()));
     }
-    latencies.sort_unstable();
-    latencies
+    adds
 }
 
 fn dir_bytes(dir: &std::path::Path) -> u64 {
@@ -253,6 +255,11 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 }
 
 async fn gc_scenario(quick: bool) {
+    // The pass logs each log it compacts and its phases' times.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::stderr)
+        .try_init();
     const LEDGERS: usize = 40;
     let per_ledger = if quick { 1_000 } else { 5_000 };
     let dir = tempfile::tempdir().unwrap();
@@ -326,8 +333,11 @@ async fn gc_scenario(quick: bool) {
         .create_ledger(LedgerConfig::new(1, 1, 1))
         .await
         .unwrap();
-    let samples = if quick { 1_000 } else { 5_000 };
-    let quiet = paced_adds(&probe, 1_000, |n| n >= samples).await;
+    // As many adds before and after the pass as during it (at the default pace), so the three
+    // phases' tails are estimated from like samples and the disk's own jitter shows in the
+    // before/after pair.
+    let samples = if quick { 1_000 } else { 20_000 };
+    let before = paced_adds(&probe, 1_000, |n| n >= samples).await;
     let clock = magnetar_metadata::clock::system();
     let gc_started = clock.now();
     let gc = tokio::spawn({
@@ -337,6 +347,7 @@ async fn gc_scenario(quick: bool) {
     let during = paced_adds(&probe, 1_000, |_| gc.is_finished()).await;
     let gc_took = gc_started.elapsed();
     gc.await.unwrap();
+    let after = paced_adds(&probe, 1_000, |n| n >= samples).await;
     let after_bytes = dir_bytes(dir.path());
     println!(
         "filled {} MB in {LEDGERS} ledgers, deleted 32; GC pass took {gc_took:.2?}, data dir {} MB → {} MB",
@@ -345,7 +356,9 @@ async fn gc_scenario(quick: bool) {
         after_bytes >> 20
     );
     println!("phase          adds   p50        p99        p99.9      max");
-    for (name, l) in [("no GC", &quiet), ("during GC", &during)] {
+    for (name, adds) in [("before GC", &before), ("during GC", &during), ("after GC", &after)] {
+        let mut l: Vec<Duration> = adds.iter().map(|(_, took)| *took).collect();
+        l.sort_unstable();
         if l.is_empty() {
             println!("{name:<13} no add completed in this phase");
             continue;
@@ -353,12 +366,22 @@ async fn gc_scenario(quick: bool) {
         println!(
             "{name:<13} {:>5}   {:>8.2?}   {:>8.2?}   {:>8.2?}   {:>8.2?}",
             l.len(),
-            percentile(l, 0.5),
-            percentile(l, 0.99),
-            percentile(l, 0.999),
+            percentile(&l, 0.5),
+            percentile(&l, 0.99),
+            percentile(&l, 0.999),
             l.last().copied().unwrap_or_default()
         );
     }
+    // Where in the pass the slowest adds fell: a cluster at its end points at the final
+    // checkpoint and the file deletions, a spread at the copying.
+    let mut slowest = during.clone();
+    slowest.sort_unstable_by_key(|(_, took)| std::cmp::Reverse(*took));
+    let at: Vec<String> = slowest
+        .iter()
+        .take(10)
+        .map(|(sent, took)| format!("{took:.1?} at {:.0}%", 100.0 * sent.as_secs_f64() / gc_took.as_secs_f64()))
+        .collect();
+    println!("slowest adds during GC (when sent, as a share of the pass): {}", at.join(", "));
     probe.close().await.unwrap();
     bookie.shutdown().await;
 }

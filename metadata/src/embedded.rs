@@ -452,7 +452,7 @@ impl MetadataStore for EmbeddedStore {
 
     async fn put(&self, key: &str, value: Bytes, expected: Expected) -> Result<PutOutcome> {
         validate_key(key)?;
-        validate_value(&value)?;
+        validate_value(key, &value)?;
         self.shared
             .submit(|reply| Op::Put {
                 key: key.to_owned(),
@@ -472,7 +472,7 @@ impl MetadataStore for EmbeddedStore {
         session: &Session,
     ) -> Result<PutOutcome> {
         validate_key(key)?;
-        validate_value(&value)?;
+        validate_value(key, &value)?;
         if session.is_lost() {
             return Err(MetadataError::SessionLost(session.id()));
         }

@@ -24,8 +24,10 @@ pub enum MetadataError {
     Compacted { requested: Version, oldest: Version },
     #[error("invalid key {key:?}: {reason}")]
     InvalidKey { key: String, reason: &'static str },
-    #[error("value of {size_bytes} bytes exceeds the limit of {size_bytes_max} bytes")]
+    /// The key names what was too large (a topic's record, a cursor's, …).
+    #[error("value of {size_bytes} bytes for {key} exceeds the limit of {size_bytes_max} bytes")]
     ValueTooLarge {
+        key: String,
         size_bytes: usize,
         size_bytes_max: usize,
     },

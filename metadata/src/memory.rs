@@ -130,7 +130,7 @@ impl MetadataStore for MemoryStore {
 
     async fn put(&self, key: &str, value: Bytes, expected: Expected) -> Result<PutOutcome> {
         validate_key(key)?;
-        validate_value(&value)?;
+        validate_value(key, &value)?;
         self.shared
             .write(|ks, batch| batch.put(ks, key, value, expected, None))
     }
@@ -143,7 +143,7 @@ impl MetadataStore for MemoryStore {
         session: &Session,
     ) -> Result<PutOutcome> {
         validate_key(key)?;
-        validate_value(&value)?;
+        validate_value(key, &value)?;
         if session.is_lost() {
             return Err(MetadataError::SessionLost(session.id()));
         }

@@ -228,9 +228,10 @@ pub fn validate_key(key: &str) -> Result<()> {
 }
 
 /// Checks a value against [`VALUE_SIZE_MAX_BYTES`].
-pub fn validate_value(value: &[u8]) -> Result<()> {
+pub fn validate_value(key: &str, value: &[u8]) -> Result<()> {
     if value.len() > VALUE_SIZE_MAX_BYTES {
         return Err(MetadataError::ValueTooLarge {
+            key: key.chars().take(256).collect(),
             size_bytes: value.len(),
             size_bytes_max: VALUE_SIZE_MAX_BYTES,
         });

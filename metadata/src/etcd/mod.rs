@@ -166,7 +166,7 @@ impl EtcdStore {
         lease: Option<i64>,
     ) -> Result<PutOutcome> {
         validate_key(key)?;
-        validate_value(&value)?;
+        validate_value(key, &value)?;
         let core = self.core();
         let full = core.full_key(key);
         let value = Vec::from(value);
