@@ -17,7 +17,9 @@
 //! fdatasync behind it; one checkpoint per pass (not per log) makes the copies durable;
 //! and scanning is paced to `gc_compaction_rate_bytes_per_s` (BookKeeper's
 //! `compactionRateByBytes`) so compaction takes a bounded share of the disk and CPU. Dead
-//! records are skipped unread.
+//! records are skipped unread; the pages the scan read leave the cache as it goes, and the old
+//! logs are unlinked apart, so no burst of page freeing and file-system journal commits holds
+//! adds at the end of a pass.
 //!
 //! If a live entry in the old log fails its CRC, that log is left alone (logged): deleting it
 //! would turn "corrupt" into "missing" for that entry, and the reader's retry on another replica
