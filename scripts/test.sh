@@ -68,6 +68,17 @@ else
   python3 -m pip install --quiet 'pulsar-client[avro]' pytest \
     || fail "cannot install the Python test dependencies: run \"python3 -m pip install 'pulsar-client[avro]' pytest\", then rerun"
 fi
+# An S3-compatible server for the tiered-storage tests (moto's server, started by the harness).
+if command -v moto_server >/dev/null 2>&1 || [[ -n "${MAGNETAR_MOTO_BIN:-}" ]] \
+  || python3 -c 'import moto.server' >/dev/null 2>&1; then
+  echo "moto_server: present"
+else
+  echo "moto_server: missing; installing moto[server] with pip"
+  python3 -m pip install --quiet 'moto[server]' \
+    || fail "cannot install moto: run \"python3 -m pip install 'moto[server]'\", then rerun"
+  python3 -c 'import moto.server' >/dev/null 2>&1 \
+    || fail "moto[server] was installed but python3 cannot import moto.server"
+fi
 # Later parts, installed here when their tests arrive (not yet):
 #   - promtool, to check /metrics:                                apt-get install -y prometheus
 cargo --version

@@ -7,6 +7,8 @@
 //!   give back, cluster brokers and standalones on free ports.
 //! - [`process`] — the `magnetar` binary: run to completion, or as a server that is ready
 //!   once it prints its serving line, killed on drop.
+//! - [`s3`] — a real S3-compatible server (moto) on a free port; a test without it fails
+//!   and says how to get it.
 //! - [`wire`] — a raw Pulsar-protocol client (handshake, frames, bounded waits).
 //! - [`wait`] — waiting for a condition with a bound and a message.
 
@@ -21,5 +23,6 @@
 pub mod etcd;
 pub mod local;
 pub mod process;
+pub mod s3;
 pub mod wait;
 pub mod wire;

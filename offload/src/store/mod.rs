@@ -1,0 +1,326 @@
+//! The object store of tiered storage: one `Arc<dyn ObjectStore>` built from the configured
+//! driver (S3 and S3-compatible stores, GCS, Azure Blob, a local directory — object_store's
+//! drivers, no client of our own), wrapped by behaviour that implements the same trait:
+//! [`faults::FaultyStore`] (tests), [`retry::RetryingStore`], [`metered::MeteredStore`].
+//! [`OffloadStore`] carries the wrapped store with the names an error must mention (driver,
+//! bucket) and the root prefix every object of this cluster lives under.
+
+pub mod faults;
+pub mod metered;
+pub mod retry;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use magnetar_metadata::clock::Clock;
+use object_store::ObjectStore;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{OffloadError, OffloadResult, StoreError};
+use faults::{Faults, FaultyStore};
+use metered::{MeteredStore, StoreCounters};
+use retry::{RetryPolicy, RetryingStore};
+
+/// Which object store (Pulsar's `managedLedgerOffloadDriver` values are accepted too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Driver {
+    /// A directory on a local file system (standalone's default).
+    #[serde(alias = "file-system")]
+    Filesystem,
+    /// Amazon S3 or an S3-compatible store (MinIO, Ceph, …).
+    #[serde(alias = "aws-s3", alias = "S3")]
+    S3,
+    #[serde(alias = "google-cloud-storage")]
+    Gcs,
+    #[serde(alias = "azure-blob")]
+    Azureblob,
+}
+
+impl Driver {
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Filesystem => "filesystem",
+            Driver::S3 => "s3",
+            Driver::Gcs => "gcs",
+            Driver::Azureblob => "azureblob",
+        }
+    }
+
+    pub fn parse(s: &str) -> OffloadResult<Driver> {
+        match s.to_ascii_lowercase().as_str() {
+            "filesystem" | "file-system" => Ok(Driver::Filesystem),
+            "s3" | "aws-s3" => Ok(Driver::S3),
+            "gcs" | "google-cloud-storage" => Ok(Driver::Gcs),
+            "azureblob" | "azure-blob" => Ok(Driver::Azureblob),
+            other => Err(OffloadError::Config(format!(
+                "unknown offload driver {other:?}: use s3 (aws-s3), gcs \
+                 (google-cloud-storage), azureblob or filesystem"
+            ))),
+        }
+    }
+}
+
+/// Where offloaded ledgers go. Credentials not given here come from each cloud's standard
+/// chain (for S3: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, web identity
+/// `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN` as Kubernetes service accounts give them,
+/// container and instance credentials).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DriverConfig {
+    pub driver: Driver,
+    /// Bucket (S3, GCS) or container (Azure).
+    pub bucket: String,
+    pub region: Option<String>,
+    /// A custom endpoint (an S3-compatible store); `http://` ones are allowed.
+    pub service_endpoint: Option<String>,
+    /// S3 path-style addressing (`endpoint/bucket/key`), what most S3-compatible stores want;
+    /// false for virtual-hosted style (`bucket.endpoint/key`).
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// GCS: the service-account key file.
+    pub service_account_path: Option<String>,
+    /// Azure: the storage account and its key.
+    pub azure_account: Option<String>,
+    pub azure_access_key: Option<String>,
+    /// The directory of the `filesystem` driver.
+    pub directory: PathBuf,
+    /// Every object of this cluster lives under this prefix in the bucket.
+    pub prefix: String,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            driver: Driver::Filesystem,
+            bucket: String::new(),
+            region: None,
+            service_endpoint: None,
+            path_style: true,
+            access_key_id: None,
+            secret_access_key: None,
+            service_account_path: None,
+            azure_account: None,
+            azure_access_key: None,
+            directory: PathBuf::from("offload"),
+            prefix: "magnetar".to_owned(),
+        }
+    }
+}
+
+/// Installs the TLS provider reqwest uses for the cloud drivers (ring, as the rest of the
+/// binary); a no-op when one is installed already.
+fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn config_err(driver: Driver, bucket: &str, e: impl std::fmt::Display) -> OffloadError {
+    OffloadError::Config(format!(
+        "{} object store ({}): {e}",
+        driver.name(),
+        if bucket.is_empty() {
+            "no bucket"
+        } else {
+            bucket
+        }
+    ))
+}
+
+/// The store the driver names, unwrapped.
+pub fn build_base(cfg: &DriverConfig) -> OffloadResult<Arc<dyn ObjectStore>> {
+    let err = |e: object_store::Error| config_err(cfg.driver, &cfg.bucket, e);
+    let need_bucket = || {
+        if cfg.bucket.is_empty() {
+            Err(config_err(cfg.driver, "", "a bucket is required"))
+        } else {
+            Ok(())
+        }
+    };
+    match cfg.driver {
+        Driver::Filesystem => {
+            std::fs::create_dir_all(&cfg.directory)
+                .map_err(|e| config_err(cfg.driver, &cfg.directory.display().to_string(), e))?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&cfg.directory)
+                .map_err(err)?;
+            Ok(Arc::new(fs))
+        }
+        Driver::S3 => {
+            need_bucket()?;
+            install_tls_provider();
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(&cfg.bucket)
+                .with_virtual_hosted_style_request(!cfg.path_style);
+            if let Some(region) = &cfg.region {
+                b = b.with_region(region);
+            }
+            if let Some(endpoint) = &cfg.service_endpoint {
+                b = b
+                    .with_endpoint(endpoint)
+                    .with_allow_http(endpoint.starts_with("http://"));
+            }
+            if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+                b = b.with_access_key_id(id).with_secret_access_key(secret);
+            }
+            Ok(Arc::new(b.build().map_err(err)?))
+        }
+        Driver::Gcs => {
+            need_bucket()?;
+            install_tls_provider();
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(&cfg.bucket);
+            if let Some(path) = &cfg.service_account_path {
+                b = b.with_service_account_path(path);
+            }
+            Ok(Arc::new(b.build().map_err(err)?))
+        }
+        Driver::Azureblob => {
+            need_bucket()?;
+            install_tls_provider();
+            let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(&cfg.bucket);
+            if let Some(account) = &cfg.azure_account {
+                b = b.with_account(account);
+            }
+            if let Some(key) = &cfg.azure_access_key {
+                b = b.with_access_key(key);
+            }
+            if let Some(endpoint) = &cfg.service_endpoint {
+                b = b
+                    .with_endpoint(endpoint.clone())
+                    .with_allow_http(endpoint.starts_with("http://"));
+            }
+            Ok(Arc::new(b.build().map_err(err)?))
+        }
+    }
+}
+
+/// The wrapped store of tiered storage, with what its errors must name.
+#[derive(Clone, Debug)]
+pub struct OffloadStore {
+    store: Arc<dyn ObjectStore>,
+    driver: &'static str,
+    bucket: String,
+    prefix: Path,
+    counters: Arc<StoreCounters>,
+    faults: Arc<Faults>,
+}
+
+impl OffloadStore {
+    /// Builds the configured store: base → faults (inactive unless a test sets them) →
+    /// retries → counters.
+    pub fn build(
+        cfg: &DriverConfig,
+        retry: RetryPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> OffloadResult<OffloadStore> {
+        let bucket = match cfg.driver {
+            Driver::Filesystem => cfg.directory.display().to_string(),
+            _ => cfg.bucket.clone(),
+        };
+        Ok(Self::wrap(
+            build_base(cfg)?,
+            cfg.driver.name(),
+            bucket,
+            &cfg.prefix,
+            retry,
+            clock,
+        ))
+    }
+
+    /// Wraps a store built elsewhere (tests: an in-memory store).
+    pub fn wrap(
+        base: Arc<dyn ObjectStore>,
+        driver: &'static str,
+        bucket: String,
+        prefix: &str,
+        retry: RetryPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> OffloadStore {
+        let faulty = FaultyStore::new(base, Arc::clone(&clock));
+        let faults = faulty.faults();
+        let retrying = RetryingStore::new(Arc::new(faulty), retry, clock);
+        let metered = MeteredStore::new(Arc::new(retrying));
+        let counters = metered.counters();
+        OffloadStore {
+            store: Arc::new(metered),
+            driver,
+            bucket,
+            prefix: Path::from(prefix),
+            counters,
+            faults,
+        }
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn driver(&self) -> &'static str {
+        self.driver
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    pub fn counters(&self) -> &Arc<StoreCounters> {
+        &self.counters
+    }
+
+    /// The fault switches (tests).
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    /// An error of request `op` on `path`, naming the driver and bucket.
+    pub fn error(
+        &self,
+        op: &'static str,
+        path: &Path,
+        source: object_store::Error,
+    ) -> OffloadError {
+        OffloadError::Store(Box::new(StoreError {
+            driver: self.driver,
+            bucket: self.bucket.clone(),
+            op,
+            path: path.to_string(),
+            source,
+        }))
+    }
+
+    /// One listing under the prefix: wrong credentials, a missing bucket or an unreachable
+    /// endpoint show here (at start-up) with the driver and bucket named, not at the first
+    /// offload hours later.
+    pub async fn check(&self) -> OffloadResult<()> {
+        self.store
+            .list_with_delimiter(Some(&self.prefix))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.error("list", &self.prefix, e))
+    }
+
+    /// Every object under `prefix` (relative to nothing: full paths).
+    pub async fn list(&self, prefix: &Path) -> OffloadResult<Vec<object_store::ObjectMeta>> {
+        self.store
+            .list(Some(prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.error("list", prefix, e))
+    }
+
+    /// Deletes `path`; an object already gone counts as deleted.
+    pub async fn delete(&self, path: &Path) -> OffloadResult<()> {
+        use object_store::ObjectStoreExt;
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("delete", path, e)),
+        }
+    }
+}
