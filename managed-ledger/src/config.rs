@@ -60,6 +60,16 @@ pub struct ManagedLedgerConfig {
     ///
     /// [`ManagedLedger::resume_appends`]: crate::ManagedLedger::resume_appends
     pub suspend_appends_after_failure: bool,
+    /// Tiered storage: keep at most this many bytes on the bookies, offloading older closed
+    /// ledgers; -1 off (Pulsar's `managedLedgerOffloadThresholdInBytes` /
+    /// `managedLedgerOffloadAutoTriggerSizeThresholdBytes`). Default -1.
+    pub offload_threshold_bytes: i64,
+    /// … and offload closed ledgers older than this; -1 off (Pulsar's
+    /// `managedLedgerOffloadThresholdInSeconds`). Default -1.
+    pub offload_threshold_ms: i64,
+    /// The bookies' copy of an offloaded ledger is deleted this long after the offload
+    /// completed; -1 never (Pulsar's `managedLedgerOffloadDeletionLagMs`). Default 4 h.
+    pub offload_deletion_lag_ms: i64,
 }
 
 impl Default for ManagedLedgerConfig {
@@ -81,6 +91,9 @@ impl Default for ManagedLedgerConfig {
             cursor_ledger_entries_max: 50_000,
             cursor_ledger_age_ms_max: 4 * 60 * 60 * 1000,
             suspend_appends_after_failure: false,
+            offload_threshold_bytes: -1,
+            offload_threshold_ms: -1,
+            offload_deletion_lag_ms: 4 * 3600 * 1000,
         }
     }
 }

@@ -58,6 +58,20 @@ pub enum ManagedLedgerError {
     /// Pulsar: `PersistenceError`.
     #[error("ledger: {0}")]
     Ledger(#[from] LedgerError),
+    /// An operation that the managed ledger's state does not allow now (offloading the ledger
+    /// being written; completing an offload attempt that another one superseded).
+    #[error("{0}")]
+    InvalidState(String),
+    /// Tiered storage failed (object store down, throttling, a corrupt object).
+    /// Pulsar: `PersistenceError`.
+    #[error("offload: {0}")]
+    Offload(Arc<magnetar_offload::OffloadError>),
+}
+
+impl From<magnetar_offload::OffloadError> for ManagedLedgerError {
+    fn from(e: magnetar_offload::OffloadError) -> Self {
+        ManagedLedgerError::Offload(Arc::new(e))
+    }
 }
 
 impl From<MetadataError> for ManagedLedgerError {
@@ -72,6 +86,7 @@ impl ManagedLedgerError {
         match self {
             ManagedLedgerError::Metadata(e) => e.is_retryable(),
             ManagedLedgerError::Ledger(e) => e.is_retryable(),
+            ManagedLedgerError::Offload(e) => e.is_retryable(),
             _ => false,
         }
     }

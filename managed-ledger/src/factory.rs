@@ -26,6 +26,7 @@ use crate::config::ManagedLedgerConfig;
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::ledger::ManagedLedger;
 use crate::ledger_list::LedgerList;
+use crate::offload::Offloader;
 use crate::read::{Shared, State, Status};
 use crate::record::{LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord};
 use crate::source::{BookieSources, LedgerSources};
@@ -46,6 +47,8 @@ pub struct ManagedLedgerFactory {
     /// Wakes the retention task when a managed ledger opens; the task starts with the first.
     retention_timers: Arc<crate::retention::Timers>,
     retention_started: std::sync::Once,
+    /// Tiered storage, when the broker configures an offload driver.
+    offloader: Option<Arc<Offloader>>,
 }
 
 /// One cell per name, so concurrent opens of a name share one recovery.
@@ -80,6 +83,7 @@ impl ManagedLedgerFactory {
             open: Arc::new(Mutex::new(HashMap::new())),
             retention_timers: Arc::new(crate::retention::Timers::new()),
             retention_started: std::sync::Once::new(),
+            offloader: None,
         }
     }
 
@@ -94,6 +98,18 @@ impl ManagedLedgerFactory {
     pub fn with_sources(mut self, sources: Arc<dyn LedgerSources>) -> Self {
         self.sources = sources;
         self
+    }
+
+    /// Offloads closed ledgers through `offloader` (by policy and on request), and reads
+    /// offloaded ledgers from its store.
+    pub fn with_offloader(mut self, offloader: Arc<Offloader>) -> Self {
+        self.sources = BookieSources::with_offload(self.client.clone(), offloader.reader().clone());
+        self.offloader = Some(offloader);
+        self
+    }
+
+    pub fn offloader(&self) -> Option<&Arc<Offloader>> {
+        self.offloader.as_ref()
     }
 
     pub fn cache(&self) -> &Arc<dyn EntryCache> {
@@ -139,6 +155,7 @@ impl ManagedLedgerFactory {
                     Arc::clone(&self.clock),
                     Arc::clone(&self.sources),
                     Arc::clone(&self.cache),
+                    self.offloader.clone(),
                     name.to_owned(),
                     config,
                 )
@@ -187,6 +204,7 @@ async fn open_managed_ledger(
     clock: SharedClock,
     sources: Arc<dyn LedgerSources>,
     cache: Arc<dyn EntryCache>,
+    offloader: Option<Arc<Offloader>>,
     name: String,
     config: ManagedLedgerConfig,
 ) -> MlResult<Arc<ManagedLedger>> {
@@ -292,6 +310,8 @@ async fn open_managed_ledger(
         cursors: Mutex::new(BTreeMap::new()),
         registry,
         next_trim_ms: AtomicU64::new(opened_ms + config.retention_check_interval_ms.max(10)),
+        offloader,
+        offload: crate::offload::OffloadSlot::default(),
     });
     ml.load_cursors().await?;
     Ok(ml)
@@ -343,5 +363,6 @@ pub(super) fn open_info(id: LedgerId, now_ms: u64) -> LedgerInfo {
         closed_ms: None,
         state: LedgerRecordState::Open,
         location: LedgerLocation::Bookies,
+        offload: None,
     }
 }

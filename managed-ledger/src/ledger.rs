@@ -29,7 +29,7 @@ use crate::cursor_store::CursorStore;
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::factory::delete_ledger;
 use crate::read::{Shared, Status};
-use crate::record::{CursorRecord, LedgerInfo, LedgerLocation, cursor_record_key, cursors_prefix};
+use crate::record::{CursorRecord, LedgerInfo, cursor_record_key, cursors_prefix};
 
 /// The completion of one append: resolves to the entry's position once it is durable. Handles
 /// of one managed ledger resolve in append order.
@@ -71,7 +71,17 @@ pub(super) enum Command {
     },
     /// The current ledger's age limit may have passed (sent by the factory's periodic task).
     RollIfAged,
+    /// Changes one closed ledger's entry in the record (stored with CAS before answering);
+    /// `update` refuses by returning an error, and nothing is written then.
+    UpdateLedger {
+        ledger: LedgerId,
+        update: LedgerUpdate,
+        done: oneshot::Sender<MlResult<LedgerInfo>>,
+    },
 }
+
+/// A change to one ledger's record entry, run by the write actor on its current record.
+pub(crate) type LedgerUpdate = Box<dyn FnOnce(&mut LedgerInfo) -> MlResult<()> + Send>;
 
 /// Conflicting writers tolerated while claiming one cursor record at load.
 const CURSOR_CLAIM_ATTEMPTS_MAX: u32 = 16;
@@ -121,6 +131,9 @@ pub struct ManagedLedger {
     pub(super) registry: std::sync::Weak<crate::factory::OpenMap>,
     /// When the factory's retention task checks this managed ledger next (ms, its clock).
     pub(crate) next_trim_ms: std::sync::atomic::AtomicU64,
+    /// Tiered storage of this broker, if configured.
+    pub(crate) offloader: Option<Arc<crate::offload::Offloader>>,
+    pub(crate) offload: crate::offload::OffloadSlot,
 }
 
 /// Summary counters (Pulsar topic stats).
@@ -465,6 +478,14 @@ impl ManagedLedger {
     pub async fn trim(&self) -> MlResult<Vec<LedgerId>> {
         self.check_open()?;
         let slowest = self.slowest_floor();
+        let with_objects: std::collections::HashSet<LedgerId> = self
+            .shared
+            .state()
+            .ledgers
+            .iter()
+            .filter(|l| l.offload.is_some())
+            .map(|l| l.ledger_id)
+            .collect();
         let (done, rx) = oneshot::channel();
         self.commands
             .send(Box::new(Command::Trim { slowest, done }))
@@ -473,8 +494,21 @@ impl ManagedLedger {
         let removed = rx.await.map_err(|_| self.gone())??;
         for &id in &removed {
             self.drop_ledger_data(id).await;
+            if with_objects.contains(&id) {
+                self.drop_ledger_objects(id).await;
+            }
         }
         Ok(removed)
+    }
+
+    /// Deletes a trimmed ledger's objects in object storage (every attempt's).
+    async fn drop_ledger_objects(&self, id: LedgerId) {
+        if let Some(o) = &self.offloader
+            && let Err(e) = o.delete_ledger_objects(&self.shared.name, id).await
+        {
+            warn!(ml = %self.shared.name, ledger = %id, error = %e,
+                "could not delete a trimmed ledger's offloaded objects; the cleaner retries");
+        }
     }
 
     async fn drop_ledger_data(&self, id: LedgerId) {
@@ -554,6 +588,10 @@ impl ManagedLedger {
         for id in ids {
             self.drop_ledger_data(id).await;
         }
+        if let Some(o) = &self.offloader {
+            // Everything under the managed ledger's prefix: failed attempts' objects too.
+            o.delete_all_objects(&self.shared.name).await?;
+        }
         crate::ledger_list::LedgerList::new(Arc::clone(&self.metadata), &self.shared.name)
             .delete_all()
             .await?;
@@ -615,7 +653,7 @@ impl ManagedLedger {
                     ledger_id: l.ledger_id.0,
                     entries: l.entries,
                     size: l.size_bytes,
-                    offloaded: l.location != LedgerLocation::Bookies,
+                    offloaded: l.offloaded().is_some(),
                 })
                 .collect(),
             cursors,

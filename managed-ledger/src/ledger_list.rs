@@ -395,6 +395,7 @@ mod tests {
             closed_ms: Some(1_700_000_000_500 + id),
             state: LedgerRecordState::Closed,
             location: LedgerLocation::Bookies,
+            offload: None,
         }
     }
 

@@ -35,6 +35,7 @@ mod error;
 pub mod factory;
 pub mod ledger;
 pub mod ledger_list;
+pub mod offload;
 pub mod position;
 mod ranges;
 mod read;
@@ -43,6 +44,8 @@ mod retention;
 pub mod source;
 mod writer;
 
+#[cfg(test)]
+mod offload_tests;
 #[cfg(any(test, feature = "test-support"))]
 pub mod test_support;
 #[cfg(test)]
@@ -54,6 +57,7 @@ pub use cursor::{CursorStats, InitialPosition, ManagedCursor};
 pub use error::{ManagedLedgerError, MlResult};
 pub use factory::ManagedLedgerFactory;
 pub use ledger::{AppendHandle, InternalStats, ManagedLedger, ManagedLedgerStats};
+pub use offload::{OffloadRun, OffloadStatus, Offloader};
 pub use position::Position;
 pub use record::{
     CursorRecord, LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord,

@@ -258,7 +258,7 @@ impl Shared {
         .ok_or(ManagedLedgerError::Ledger(LedgerError::NoSuchLedger(
             ledger,
         )))?;
-        let source = self.sources.open(&info).await?;
+        let source = self.sources.open(&self.name, &info).await?;
         Ok(Arc::clone(self.readers().entry(ledger).or_insert(source)))
     }
 

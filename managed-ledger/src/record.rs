@@ -71,6 +71,8 @@ pub enum LedgerRecordState {
 pub enum LedgerLocation {
     #[default]
     Bookies,
+    /// Only in object storage: offloaded, and the bookies' copy deleted after the lag.
+    Offloaded,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +86,37 @@ pub struct LedgerInfo {
     pub state: LedgerRecordState,
     #[serde(default)]
     pub location: LedgerLocation,
+    /// Tiered storage: the ledger's copy in object storage, once an offload began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload: Option<OffloadState>,
+}
+
+impl LedgerInfo {
+    /// The ledger's complete copy in object storage, if it has one.
+    pub fn offloaded(&self) -> Option<&OffloadState> {
+        self.offload.as_ref().filter(|o| o.complete)
+    }
+}
+
+/// A ledger's offload, as recorded by compare-and-set: the attempt id is written *before*
+/// anything is uploaded (objects are named from it, so no upload is ever unaccounted for), and
+/// `complete` only after both objects were read back and verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffloadState {
+    /// The attempt's unique id.
+    pub uid: String,
+    /// Which store holds the objects (`s3`, `gcs`, `azureblob`, `filesystem`) and where: what
+    /// reads and the cleaner need even after the broker's configuration changed.
+    pub driver: String,
+    pub bucket: String,
+    pub began_ms: u64,
+    #[serde(default)]
+    pub complete: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_ms: Option<u64>,
+    /// The bookies' copy was deleted (after the deletion lag).
+    #[serde(default)]
+    pub bookies_deleted: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -89,6 +89,8 @@ pub(crate) fn spawn(open: Weak<OpenMap>, clock: SharedClock, timers: Arc<Timers>
                     if let Err(e) = ml.trim().await {
                         warn!(ml = %ml.shared.name, error = %e, "retention trim failed");
                     }
+                    // Starts a background run when the thresholds select ledgers (never waits).
+                    ml.offload_due();
                 })
                 .await;
             timers.next_wake_ms.store(next_due_ms, Ordering::Release);

@@ -19,6 +19,7 @@ use tracing::debug;
 use crate::Position;
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::record::{LedgerInfo, LedgerLocation};
+use magnetar_offload::{ObjectNames, OffloadReader};
 
 /// Reads the entries of one ledger.
 #[async_trait]
@@ -35,34 +36,117 @@ pub trait LedgerSource: Send + Sync + Debug {
 /// Opens the [`LedgerSource`] of a ledger from its record.
 #[async_trait]
 pub trait LedgerSources: Send + Sync + Debug {
-    async fn open(&self, ledger: &LedgerInfo) -> MlResult<Arc<dyn LedgerSource>>;
+    /// The source of `ledger` of managed ledger `managed_ledger`.
+    async fn open(
+        &self,
+        managed_ledger: &str,
+        ledger: &LedgerInfo,
+    ) -> MlResult<Arc<dyn LedgerSource>>;
 }
 
-/// Ledgers whose entries live on the bookies, read through the ledger client.
+/// Ledgers on the bookies, read through the ledger client; with tiered storage, offloaded
+/// ledgers from the object store (a complete offload is read from there even while the
+/// bookies still hold a copy, so that copy can be deleted at any moment under a reader).
 #[derive(Debug, Clone)]
 pub struct BookieSources {
     client: LedgerClient,
+    offload: Option<OffloadReader>,
 }
 
 impl BookieSources {
     pub fn new(client: LedgerClient) -> Arc<Self> {
-        Arc::new(BookieSources { client })
+        Arc::new(BookieSources {
+            client,
+            offload: None,
+        })
+    }
+
+    pub fn with_offload(client: LedgerClient, offload: OffloadReader) -> Arc<Self> {
+        Arc::new(BookieSources {
+            client,
+            offload: Some(offload),
+        })
     }
 }
 
 #[async_trait]
 impl LedgerSources for BookieSources {
-    async fn open(&self, ledger: &LedgerInfo) -> MlResult<Arc<dyn LedgerSource>> {
-        match ledger.location {
-            LedgerLocation::Bookies => {
-                let reader = open_reader(&self.client, ledger.ledger_id).await?;
-                Ok(Arc::new(BookieSource {
-                    client: self.client.clone(),
-                    ledger: ledger.ledger_id,
-                    reader: Mutex::new(Arc::new(reader)),
-                }))
+    async fn open(
+        &self,
+        managed_ledger: &str,
+        ledger: &LedgerInfo,
+    ) -> MlResult<Arc<dyn LedgerSource>> {
+        if let Some(state) = ledger.offloaded() {
+            let store = self.offload.as_ref().filter(|r| {
+                r.store().driver() == state.driver && r.store().bucket() == state.bucket
+            });
+            match (store, &ledger.location) {
+                (Some(reader), _) => {
+                    let names = ObjectNames::new(
+                        reader.store().prefix(),
+                        managed_ledger,
+                        ledger.ledger_id,
+                        &state.uid,
+                    );
+                    return Ok(Arc::new(OffloadedSource {
+                        reader: reader.clone(),
+                        names,
+                        ledger: ledger.ledger_id,
+                        entries: ledger.entries,
+                    }));
+                }
+                (None, LedgerLocation::Offloaded) => {
+                    return Err(ManagedLedgerError::InvalidState(format!(
+                        "ledger {} of {managed_ledger} is offloaded to {} ({}), which this \
+                         broker is not configured for",
+                        ledger.ledger_id, state.driver, state.bucket
+                    )));
+                }
+                // Not this broker's store, but the bookies still have it.
+                (None, LedgerLocation::Bookies) => {}
             }
         }
+        let reader = open_reader(&self.client, ledger.ledger_id).await?;
+        Ok(Arc::new(BookieSource {
+            client: self.client.clone(),
+            ledger: ledger.ledger_id,
+            reader: Mutex::new(Arc::new(reader)),
+        }))
+    }
+}
+
+/// One offloaded ledger, read from its objects.
+#[derive(Debug)]
+struct OffloadedSource {
+    reader: OffloadReader,
+    names: ObjectNames,
+    ledger: LedgerId,
+    entries: u64,
+}
+
+#[async_trait]
+impl LedgerSource for OffloadedSource {
+    async fn read_range(&self, first: u64, last: u64) -> MlResult<Vec<(Position, Bytes)>> {
+        let got = self
+            .reader
+            .read(self.ledger, &self.names, first, last)
+            .await?;
+        Ok(got
+            .into_iter()
+            .map(|(entry, payload)| {
+                (
+                    Position {
+                        ledger: self.ledger,
+                        entry: magnetar_metadata::EntryId(entry),
+                    },
+                    payload,
+                )
+            })
+            .collect())
+    }
+
+    async fn last_readable(&self) -> MlResult<i64> {
+        Ok(self.entries as i64 - 1)
     }
 }
 

@@ -846,9 +846,9 @@ struct CountingSources {
 
 #[async_trait::async_trait]
 impl LedgerSources for CountingSources {
-    async fn open(&self, ledger: &LedgerInfo) -> MlResult<Arc<dyn LedgerSource>> {
+    async fn open(&self, name: &str, ledger: &LedgerInfo) -> MlResult<Arc<dyn LedgerSource>> {
         self.opened.lock().unwrap().push(ledger.ledger_id);
-        self.inner.open(ledger).await
+        self.inner.open(name, ledger).await
     }
 }
 
@@ -906,6 +906,7 @@ async fn managed_ledger_with_100000_ledgers_still_rolls_over_trims_and_reads() {
                 closed_ms: Some(1_600_000_000_000 + id),
                 state: LedgerRecordState::Closed,
                 location: LedgerLocation::Bookies,
+                offload: None,
             })
             .collect(),
         created_ms: 1_600_000_000_000,

@@ -38,7 +38,7 @@ use crate::factory::{create_ledger, delete_ledger, open_info, recover_ledger};
 use crate::ledger::Command;
 use crate::ledger_list::LedgerList;
 use crate::read::{Shared, Status};
-use crate::record::{LedgerRecordState, ManagedLedgerRecord};
+use crate::record::{LedgerInfo, LedgerRecordState, ManagedLedgerRecord};
 
 /// The write actor's queue, held by the managed ledger. Sending queues the command and runs
 /// the actor if it is parked.
@@ -300,6 +300,9 @@ impl Actor {
             Command::Resume { done } | Command::SetProperty { done, .. } => {
                 let _ = done.send(Err(err));
             }
+            Command::UpdateLedger { done, .. } => {
+                let _ = done.send(Err(err));
+            }
             Command::RollIfAged => {}
         }
     }
@@ -330,6 +333,14 @@ impl Actor {
                 }
                 self.suspended = false;
                 let _ = done.send(Ok(()));
+            }
+            Command::UpdateLedger {
+                ledger,
+                update,
+                done,
+            } => {
+                let r = Box::pin(self.update_ledger(ledger, update)).await;
+                let _ = done.send(r);
             }
             Command::RollIfAged => {
                 if self.enqueued_entries > 0 && self.aged() {
@@ -699,6 +710,34 @@ impl Actor {
         }
         info!("managed ledger closed");
         result
+    }
+
+    /// Applies `update` to closed ledger `ledger` of the record and stores it.
+    async fn update_ledger(
+        &mut self,
+        ledger: LedgerId,
+        update: crate::ledger::LedgerUpdate,
+    ) -> MlResult<LedgerInfo> {
+        let mut next = self.record.clone();
+        let at = next
+            .ledgers
+            .binary_search_by_key(&ledger, |l| l.ledger_id)
+            .map_err(|_| ManagedLedgerError::Ledger(LedgerError::NoSuchLedger(ledger)))?;
+        let info = &mut next.ledgers[at];
+        if info.state != LedgerRecordState::Closed {
+            return Err(ManagedLedgerError::InvalidState(format!(
+                "ledger {ledger} of {} is not closed",
+                self.name()
+            )));
+        }
+        update(info)?;
+        let updated = info.clone();
+        self.write_record(next).await?;
+        let mut st = self.shared.state();
+        if let Ok(i) = st.ledgers.binary_search_by_key(&ledger, |l| l.ledger_id) {
+            st.ledgers[i] = updated.clone();
+        }
+        Ok(updated)
     }
 
     async fn trim(&mut self, slowest: Option<Position>) -> MlResult<Vec<LedgerId>> {

@@ -1,0 +1,541 @@
+//! Offloading a managed ledger's closed ledgers to object storage, and the protocol that keeps
+//! the record and the bucket consistent.
+//!
+//! One ledger's offload, each step able to fail or crash:
+//! 1. **Begin** — a new attempt id is written into the ledger's record entry by CAS (the write
+//!    actor's `UpdateLedger`) *before* anything is uploaded: every object ever uploaded is named
+//!    from an id some record held. An earlier incomplete attempt's objects are deleted then.
+//! 2. **Upload** the data and index objects (`magnetar_offload::upload_ledger`), reading the
+//!    ledger from the bookies in batches; **verify** by reading both back.
+//! 3. **Complete** — `complete = true` by CAS, only if the record still holds this attempt's id.
+//!    Only a stored CAS counts (Pulsar's PR #9306 marked `complete` locally after a failed
+//!    metadata write). A failure before it deletes this attempt's objects (best effort; an
+//!    attempt that crashed leaves its id in the record, and the next attempt deletes them).
+//!
+//! Reads of a complete ledger go to object storage (the sources re-open it), and after the
+//! deletion lag the bookies' copy is deleted (`bookies_deleted` recorded after). Nothing here
+//! runs on the append path: offloads run in their own tasks, one at a time per managed ledger
+//! and at most `offload_concurrent_max` per broker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use magnetar_bookie::client::LedgerClient;
+use magnetar_metadata::LedgerId;
+use magnetar_metadata::clock::Random;
+use magnetar_offload::{ObjectNames, OffloadReader, OffloadStore, UploadOptions};
+use serde::Serialize;
+use tokio::sync::{Semaphore, oneshot};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::error::{ManagedLedgerError, MlResult};
+use crate::ledger::{Command, LedgerUpdate, ManagedLedger};
+use crate::record::{LedgerInfo, LedgerRecordState, OffloadState};
+use crate::{LedgerLocation, Position};
+
+/// Entries read from the bookies per request while uploading.
+const READ_BATCH_ENTRIES: u64 = 256;
+
+/// The object store side of one broker's tiered storage, shared by its managed ledgers.
+#[derive(Debug)]
+pub struct Offloader {
+    store: OffloadStore,
+    reader: OffloadReader,
+    upload: UploadOptions,
+    permits: Semaphore,
+    random: Arc<Random>,
+}
+
+impl Offloader {
+    /// `concurrent_max` offloads run at once on this broker (Pulsar's
+    /// `managedLedgerOffloadMaxThreads`).
+    pub fn new(
+        reader: OffloadReader,
+        upload: UploadOptions,
+        concurrent_max: usize,
+        random: Arc<Random>,
+    ) -> Arc<Self> {
+        Arc::new(Offloader {
+            store: reader.store().clone(),
+            reader,
+            upload,
+            permits: Semaphore::new(concurrent_max.max(1)),
+            random,
+        })
+    }
+
+    pub fn store(&self) -> &OffloadStore {
+        &self.store
+    }
+
+    pub fn reader(&self) -> &OffloadReader {
+        &self.reader
+    }
+
+    /// The objects of `ledger`'s attempt `uid` in managed ledger `name`.
+    pub fn names(&self, name: &str, ledger: LedgerId, uid: &str) -> ObjectNames {
+        ObjectNames::new(self.store.prefix(), name, ledger, uid)
+    }
+
+    /// Whether `state` was written to this broker's store (driver and bucket).
+    pub fn holds(&self, state: &OffloadState) -> bool {
+        state.driver == self.store.driver() && state.bucket == self.store.bucket()
+    }
+
+    fn new_uid(&self) -> String {
+        let (a, b) = self.random.with(|r| {
+            use rand::Rng;
+            (r.random::<u64>(), r.random::<u64>())
+        });
+        format!("{a:016x}{b:016x}")
+    }
+
+    /// Deletes every object of `ledger` (all attempts).
+    pub(crate) async fn delete_ledger_objects(&self, name: &str, ledger: LedgerId) -> MlResult<()> {
+        let dir = magnetar_offload::upload::ledger_dir(self.store.prefix(), name, ledger);
+        self.delete_under(&dir).await
+    }
+
+    /// Deletes every object of managed ledger `name`.
+    pub(crate) async fn delete_all_objects(&self, name: &str) -> MlResult<()> {
+        let dir = magnetar_offload::upload::managed_ledger_dir(self.store.prefix(), name);
+        self.delete_under(&dir).await
+    }
+
+    async fn delete_under(&self, dir: &object_store::path::Path) -> MlResult<()> {
+        for meta in self.store.list(dir).await? {
+            self.store.delete(&meta.location).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Pulsar's `OffloadProcessStatus.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum OffloadRun {
+    NotRun,
+    Running,
+    Success,
+    Error,
+}
+
+/// The last manual or automatic offload run of a managed ledger (Pulsar's
+/// `OffloadProcessStatus`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffloadStatus {
+    pub status: OffloadRun,
+    pub last_error: String,
+    /// The first position not offloaded after the last successful run.
+    pub first_unoffloaded: Option<Position>,
+}
+
+/// A managed ledger's offload runs: at most one at a time.
+#[derive(Debug)]
+pub(crate) struct OffloadSlot {
+    running: AtomicBool,
+    status: std::sync::Mutex<OffloadStatus>,
+}
+
+impl Default for OffloadSlot {
+    fn default() -> Self {
+        OffloadSlot {
+            running: AtomicBool::new(false),
+            status: std::sync::Mutex::new(OffloadStatus {
+                status: OffloadRun::NotRun,
+                last_error: String::new(),
+                first_unoffloaded: None,
+            }),
+        }
+    }
+}
+
+impl OffloadSlot {
+    fn set(&self, status: OffloadStatus) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
+    }
+
+    pub(crate) fn get(&self) -> OffloadStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl ManagedLedger {
+    fn offloader(&self) -> MlResult<&Arc<Offloader>> {
+        self.offloader.as_ref().ok_or_else(|| {
+            ManagedLedgerError::InvalidState(
+                "tiered storage is not configured on this broker (no offload driver)".to_owned(),
+            )
+        })
+    }
+
+    /// The last offload run's outcome.
+    pub fn offload_status(&self) -> OffloadStatus {
+        self.offload.get()
+    }
+
+    /// Starts offloading every closed ledger before the one holding `up_to` (Pulsar's
+    /// `PUT .../offload`); returns once the run started. Refused while a run is in progress.
+    pub fn offload_up_to(self: &Arc<Self>, up_to: Position) -> MlResult<()> {
+        self.offloader()?;
+        let candidates: Vec<LedgerId> = self
+            .ledgers()
+            .iter()
+            .filter(|l| l.ledger_id < up_to.ledger && self.offloadable(l))
+            .map(|l| l.ledger_id)
+            .collect();
+        self.start_run(candidates, true)
+    }
+
+    /// The automatic trigger (the factory's periodic task): offloads what the size and time
+    /// thresholds select, and deletes bookie copies whose deletion lag has passed.
+    pub(crate) fn offload_due(self: &Arc<Self>) {
+        if self.offloader.is_none() {
+            return;
+        }
+        let cfg = &self.shared.config;
+        let now = self.shared.clock.now_ms();
+        let ledgers = self.ledgers();
+        let mut chosen = Vec::new();
+        // Size: keep at most `threshold` bytes on the bookies, newest first.
+        if cfg.offload_threshold_bytes >= 0 {
+            let mut kept = 0u64;
+            for l in ledgers.iter().rev() {
+                if l.offloaded().is_some() {
+                    continue;
+                }
+                kept += l.size_bytes;
+                if kept > cfg.offload_threshold_bytes as u64 && self.offloadable(l) {
+                    chosen.push(l.ledger_id);
+                }
+            }
+        }
+        // Time: closed ledgers older than the threshold.
+        if cfg.offload_threshold_ms >= 0 {
+            for l in &ledgers {
+                let closed = l.closed_ms.unwrap_or(l.created_ms);
+                if self.offloadable(l)
+                    && now.saturating_sub(closed) >= cfg.offload_threshold_ms as u64
+                    && !chosen.contains(&l.ledger_id)
+                {
+                    chosen.push(l.ledger_id);
+                }
+            }
+        }
+        chosen.sort_unstable();
+        let lagged = ledgers.iter().any(|l| self.bookie_copy_due(l, now));
+        if !chosen.is_empty() || lagged {
+            let _ = self.start_run(chosen, false);
+        }
+    }
+
+    /// Closed, not the ledger being written, not offloaded yet, holding entries.
+    fn offloadable(&self, l: &LedgerInfo) -> bool {
+        l.state == LedgerRecordState::Closed
+            && l.offloaded().is_none()
+            && l.entries > 0
+            && self.shared.state().current != Some(l.ledger_id)
+    }
+
+    fn bookie_copy_due(&self, l: &LedgerInfo, now: u64) -> bool {
+        let lag = self.shared.config.offload_deletion_lag_ms;
+        l.offloaded().is_some_and(|o| {
+            !o.bookies_deleted
+                && lag >= 0
+                && now.saturating_sub(o.completed_ms.unwrap_or(now)) >= lag as u64
+        })
+    }
+
+    fn start_run(self: &Arc<Self>, ledgers: Vec<LedgerId>, manual: bool) -> MlResult<()> {
+        if self
+            .offload
+            .running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(ManagedLedgerError::InvalidState(format!(
+                "an offload of {} is already in progress",
+                self.shared.name
+            )));
+        }
+        if manual || !ledgers.is_empty() {
+            self.offload.set(OffloadStatus {
+                status: OffloadRun::Running,
+                last_error: String::new(),
+                first_unoffloaded: None,
+            });
+        }
+        let ml = Arc::clone(self);
+        let span = info_span!("offload", ml = %self.shared.name);
+        tokio::spawn(
+            async move {
+                let result = ml.run(&ledgers).await;
+                let first_unoffloaded =
+                    ml.ledgers()
+                        .iter()
+                        .find(|l| l.offloaded().is_none())
+                        .map(|l| Position {
+                            ledger: l.ledger_id,
+                            entry: magnetar_metadata::EntryId(0),
+                        });
+                if manual || !ledgers.is_empty() {
+                    ml.offload.set(match &result {
+                        Ok(()) => OffloadStatus {
+                            status: OffloadRun::Success,
+                            last_error: String::new(),
+                            first_unoffloaded,
+                        },
+                        Err(e) => OffloadStatus {
+                            status: OffloadRun::Error,
+                            last_error: e.to_string(),
+                            first_unoffloaded,
+                        },
+                    });
+                }
+                ml.offload.running.store(false, Ordering::Release);
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+
+    async fn run(self: &Arc<Self>, ledgers: &[LedgerId]) -> MlResult<()> {
+        let offloader = Arc::clone(self.offloader()?);
+        let mut first_err = None;
+        for &id in ledgers {
+            if self.shared.status() != crate::read::Status::Open {
+                break;
+            }
+            let result = {
+                let _permit = offloader
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| ManagedLedgerError::Closed(self.shared.name.clone()))?;
+                self.offload_ledger(&offloader, id).await
+            };
+            if let Err(e) = result {
+                warn!(ledger = %id, error = %e, "offload failed; the bookies keep the ledger");
+                first_err.get_or_insert(e);
+            }
+        }
+        self.delete_lagged_bookie_copies().await;
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn update_ledger(&self, ledger: LedgerId, update: LedgerUpdate) -> MlResult<LedgerInfo> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Box::new(Command::UpdateLedger {
+                ledger,
+                update,
+                done,
+            }))
+            .await
+            .map_err(|_| ManagedLedgerError::Closed(self.shared.name.clone()))?;
+        rx.await
+            .map_err(|_| ManagedLedgerError::Closed(self.shared.name.clone()))?
+    }
+
+    /// Offloads one closed ledger (the protocol in the module doc).
+    async fn offload_ledger(&self, offloader: &Offloader, id: LedgerId) -> MlResult<()> {
+        let name = self.shared.name.clone();
+        let Some(info) = self.ledgers().into_iter().find(|l| l.ledger_id == id) else {
+            return Ok(()); // trimmed meanwhile
+        };
+        if !self.offloadable(&info) {
+            return Ok(());
+        }
+        let uid = offloader.new_uid();
+        let now = self.shared.clock.now_ms();
+        let state = OffloadState {
+            uid: uid.clone(),
+            driver: offloader.store.driver().to_owned(),
+            bucket: offloader.store.bucket().to_owned(),
+            began_ms: now,
+            complete: false,
+            completed_ms: None,
+            bookies_deleted: false,
+        };
+        // 1. Begin.
+        let previous = info.offload.clone();
+        self.update_ledger(
+            id,
+            Box::new(move |l: &mut LedgerInfo| {
+                if l.offloaded().is_some() {
+                    return Err(ManagedLedgerError::InvalidState(format!(
+                        "ledger {} is offloaded already",
+                        l.ledger_id
+                    )));
+                }
+                l.offload = Some(state);
+                Ok(())
+            }),
+        )
+        .await?;
+        if let Some(prev) = previous.filter(|p| offloader.holds(p)) {
+            // A crashed or failed attempt: its objects are nobody's now.
+            let old = offloader.names(&name, id, &prev.uid);
+            for path in [&old.data, &old.index] {
+                let _ = offloader.store.delete(path).await;
+            }
+        }
+        let names = offloader.names(&name, id, &uid);
+        info!(ledger = %id, attempt = %uid, entries = info.entries, bytes = info.size_bytes,
+            "offloading ledger");
+        // 2. Upload and verify.
+        let uploaded = async {
+            let source = self.bookie_entries(id, info.entries).await?;
+            let up = magnetar_offload::upload_ledger(
+                &offloader.store,
+                &names,
+                id,
+                info.entries,
+                info.size_bytes,
+                source,
+                offloader.upload,
+            )
+            .await?;
+            magnetar_offload::verify(&offloader.store, &names, &up.index).await?;
+            if up.index.payload_bytes != info.size_bytes {
+                return Err(ManagedLedgerError::InvalidState(format!(
+                    "ledger {id}: {} bytes uploaded, the record says {}",
+                    up.index.payload_bytes, info.size_bytes
+                )));
+            }
+            Ok::<_, ManagedLedgerError>(())
+        }
+        .await;
+        // 3. Complete.
+        let completed = match uploaded {
+            Ok(()) => {
+                let uid = uid.clone();
+                let now = self.shared.clock.now_ms();
+                self.update_ledger(
+                    id,
+                    Box::new(move |l: &mut LedgerInfo| match &mut l.offload {
+                        Some(o) if o.uid == uid => {
+                            o.complete = true;
+                            o.completed_ms = Some(now);
+                            Ok(())
+                        }
+                        _ => Err(ManagedLedgerError::InvalidState(format!(
+                            "offload attempt {uid} of ledger {} was superseded",
+                            l.ledger_id
+                        ))),
+                    }),
+                )
+                .await
+                .map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = completed {
+            for path in [&names.data, &names.index] {
+                let _ = offloader.store.delete(path).await;
+            }
+            return Err(e);
+        }
+        // Reads of this ledger go to object storage from now on.
+        self.shared.forget_reader(id);
+        info!(ledger = %id, attempt = %uid, "ledger offloaded");
+        Ok(())
+    }
+
+    /// The ledger's entries from the bookies, in order, read in batches.
+    async fn bookie_entries(
+        &self,
+        id: LedgerId,
+        entries: u64,
+    ) -> MlResult<
+        impl futures::Stream<Item = magnetar_offload::OffloadResult<(u64, Bytes)>> + Send + use<>,
+    > {
+        let reader = Arc::new(open_reader(&self.shared.client, id).await?);
+        let batches = futures::stream::unfold(0u64, move |next| {
+            let reader = Arc::clone(&reader);
+            async move {
+                if next >= entries {
+                    return None;
+                }
+                let last = (next + READ_BATCH_ENTRIES - 1).min(entries - 1);
+                let batch = reader
+                    .read_range(next, last)
+                    .await
+                    .map(|es| {
+                        es.into_iter()
+                            .map(|e| Ok((e.entry.0, e.payload)))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_else(|e| {
+                        vec![Err(magnetar_offload::OffloadError::Source(format!(
+                            "ledger {id} entries {next}..={last}: {e}"
+                        )))]
+                    });
+                Some((futures::stream::iter(batch), last + 1))
+            }
+        });
+        Ok(batches.flatten())
+    }
+
+    /// Deletes the bookies' copy of offloaded ledgers whose deletion lag has passed.
+    async fn delete_lagged_bookie_copies(&self) {
+        let now = self.shared.clock.now_ms();
+        let due: Vec<LedgerInfo> = self
+            .ledgers()
+            .into_iter()
+            .filter(|l| self.bookie_copy_due(l, now))
+            .collect();
+        for l in due {
+            let id = l.ledger_id;
+            self.shared.forget_reader(id);
+            match delete_bookie_copy(&self.shared.client, id).await {
+                Ok(()) => {}
+                Err(e) => {
+                    warn!(ledger = %id, error = %e, "deleting the bookies' copy of an offloaded ledger failed; retried later");
+                    continue;
+                }
+            }
+            let marked = self
+                .update_ledger(
+                    id,
+                    Box::new(|l: &mut LedgerInfo| {
+                        if let Some(o) = &mut l.offload {
+                            o.bookies_deleted = true;
+                        }
+                        l.location = LedgerLocation::Offloaded;
+                        Ok(())
+                    }),
+                )
+                .await;
+            match marked {
+                Ok(_) => info!(ledger = %id, "bookies' copy of an offloaded ledger deleted"),
+                Err(e) => warn!(ledger = %id, error = %e, "recording a deleted bookie copy failed"),
+            }
+        }
+    }
+}
+
+async fn open_reader(
+    client: &LedgerClient,
+    ledger: LedgerId,
+) -> MlResult<magnetar_bookie::client::LedgerReader> {
+    let client = client.clone();
+    let opening: futures::future::BoxFuture<'static, _> =
+        Box::pin(async move { client.open_ledger(ledger).await });
+    Ok(opening.await?)
+}
+
+async fn delete_bookie_copy(client: &LedgerClient, ledger: LedgerId) -> MlResult<()> {
+    let client = client.clone();
+    let deleting: futures::future::BoxFuture<'static, _> =
+        Box::pin(async move { client.delete_ledger(ledger).await });
+    match deleting.await {
+        Ok(()) | Err(magnetar_bookie::client::LedgerError::NoSuchLedger(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
