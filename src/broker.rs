@@ -61,6 +61,8 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     };
     options.service.managed_ledger = managed_ledger;
     b.apply(&mut options.service);
+    config.offload.apply(&mut options.service.managed_ledger);
+    options.offload = config.offload.options(None)?;
     let node = Broker::start(
         store,
         Arc::new(GrpcConnector::new(ClientOptions::default())),

@@ -53,6 +53,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// `[client]`: `magnetar produce`, `consume` and `perf`.
     pub client: ClientConfig,
+    /// `[offload]`: tiered storage, for `magnetar broker` and `magnetar standalone`.
+    pub offload: OffloadConfig,
 }
 
 /// Which metadata-store backend to use.
@@ -545,6 +547,138 @@ impl Default for ClientConfig {
         ClientConfig {
             service_url: "pulsar://127.0.0.1:6650".to_owned(),
         }
+    }
+}
+
+/// `[offload]`: tiered storage — closed ledgers copied to object storage (Pulsar's
+/// `managedLedgerOffload*` and `s3ManagedLedgerOffload*` settings). Credentials not set here
+/// come from each cloud's standard chain (for S3: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`,
+/// web identity `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN`, container and instance roles).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OffloadConfig {
+    /// `s3` (or `aws-s3`), `gcs` (`google-cloud-storage`), `azureblob`, `filesystem`, or `none`.
+    /// Unset: `magnetar standalone` offloads to `<data_dir>/offload`; a broker does not offload.
+    pub driver: Option<String>,
+    /// Bucket (S3, GCS) or container (Azure).
+    pub bucket: String,
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible store (`http://` allowed) or of Azure.
+    pub service_endpoint: Option<String>,
+    /// S3 path-style addressing (what most S3-compatible stores want); false: virtual-hosted.
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// GCS service-account key file.
+    pub service_account_path: Option<String>,
+    pub azure_account: Option<String>,
+    pub azure_access_key: Option<String>,
+    /// The `filesystem` driver's directory (standalone default: `<data_dir>/offload`).
+    pub directory: Option<PathBuf>,
+    /// Every object of this cluster lives under this prefix.
+    pub prefix: String,
+    /// Offloads at once per broker (`managedLedgerOffloadMaxThreads`).
+    pub max_threads: usize,
+    /// Keep at most this many bytes of a topic on the bookies; -1 off
+    /// (`managedLedgerOffloadAutoTriggerSizeThresholdBytes`). Namespace policies override it.
+    pub threshold_bytes: i64,
+    /// Offload closed ledgers older than this; -1 off (`managedLedgerOffloadThresholdInSeconds`).
+    pub threshold_seconds: i64,
+    /// Delete the bookies' copy this long after an offload completed; -1 never
+    /// (`managedLedgerOffloadDeletionLagMs`).
+    pub deletion_lag_ms: i64,
+    /// Size of an upload part (`s3ManagedLedgerOffloadMaxBlockSizeInBytes`; at least 5 MiB).
+    pub max_block_size_bytes: u64,
+    /// Bytes per ranged read and cached block (`s3ManagedLedgerOffloadReadBufferSizeInBytes`).
+    pub read_buffer_size_bytes: u64,
+    /// Blocks read ahead of a reader, in parallel.
+    pub read_prefetch_blocks: u64,
+    /// The block cache's bound (bytes, shared by all readers of the broker).
+    pub read_cache_size_bytes: u64,
+}
+
+impl Default for OffloadConfig {
+    fn default() -> Self {
+        OffloadConfig {
+            driver: None,
+            bucket: String::new(),
+            region: None,
+            service_endpoint: None,
+            path_style: true,
+            access_key_id: None,
+            secret_access_key: None,
+            service_account_path: None,
+            azure_account: None,
+            azure_access_key: None,
+            directory: None,
+            prefix: "magnetar".to_owned(),
+            max_threads: 2,
+            threshold_bytes: -1,
+            threshold_seconds: -1,
+            deletion_lag_ms: 4 * 3600 * 1000,
+            max_block_size_bytes: 64 * 1024 * 1024,
+            read_buffer_size_bytes: 1024 * 1024,
+            read_prefetch_blocks: 4,
+            read_cache_size_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl OffloadConfig {
+    /// The broker's offload options; `standalone_data_dir` is given for `magnetar standalone`,
+    /// whose default is the `filesystem` driver under its data directory.
+    pub fn options(
+        &self,
+        standalone_data_dir: Option<&Path>,
+    ) -> anyhow::Result<Option<magnetar_broker::runtime::broker::OffloadOptions>> {
+        use magnetar_offload::{Driver, DriverConfig};
+        let driver = match (self.driver.as_deref(), standalone_data_dir) {
+            (Some("none") | Some(""), _) | (None, None) => return Ok(None),
+            (Some(name), _) => {
+                Driver::parse(name).map_err(|e| anyhow::anyhow!("offload.driver: {e}"))?
+            }
+            (None, Some(_)) => Driver::Filesystem,
+        };
+        let directory = match (&self.directory, standalone_data_dir) {
+            (Some(d), _) => d.clone(),
+            (None, Some(data)) => data.join("offload"),
+            (None, None) if driver == Driver::Filesystem => {
+                bail!("offload.directory is required with the filesystem driver")
+            }
+            (None, None) => PathBuf::new(),
+        };
+        let cfg = DriverConfig {
+            driver,
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            service_endpoint: self.service_endpoint.clone(),
+            path_style: self.path_style,
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            service_account_path: self.service_account_path.clone(),
+            azure_account: self.azure_account.clone(),
+            azure_access_key: self.azure_access_key.clone(),
+            directory,
+            prefix: self.prefix.clone(),
+        };
+        let mut o = magnetar_broker::runtime::broker::OffloadOptions::new(cfg);
+        o.max_threads = self.max_threads.max(1);
+        o.upload.part_size_bytes = usize::try_from(self.max_block_size_bytes).unwrap_or(usize::MAX);
+        o.read.block_size_bytes = self.read_buffer_size_bytes;
+        o.read.prefetch_blocks = self.read_prefetch_blocks;
+        o.read.cache_size_bytes = self.read_cache_size_bytes;
+        Ok(Some(o))
+    }
+
+    /// The broker-wide thresholds every managed ledger starts from.
+    pub fn apply(&self, ml: &mut magnetar_managed_ledger::ManagedLedgerConfig) {
+        ml.offload_threshold_bytes = self.threshold_bytes;
+        ml.offload_threshold_ms = if self.threshold_seconds < 0 {
+            -1
+        } else {
+            self.threshold_seconds.saturating_mul(1000)
+        };
+        ml.offload_deletion_lag_ms = self.deletion_lag_ms;
     }
 }
 

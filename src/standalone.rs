@@ -46,6 +46,10 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     options.broker.advertised_host = config.broker.advertised_address.clone();
     options.broker.session_ttl = Duration::from_millis(config.metadata.session_ttl_ms);
     config.broker.apply(&mut options.broker.service);
+    config
+        .offload
+        .apply(&mut options.broker.service.managed_ledger);
+    options.broker.offload = config.offload.options(Some(&s.data_dir))?;
     // The in-process bookie honours the bookie section's disk thresholds, as `magnetar bookie`.
     options.disk_usage_threshold = config.bookie.disk_usage_threshold;
     options.disk_usage_lwm = config.bookie.disk_usage_lwm;

@@ -122,6 +122,97 @@ pub struct NamespacePolicies {
     /// Pulsar's `inactive_topic_policies`; `None`: the broker's `delete_inactive_topics_*`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inactive_topic_policies: Option<InactiveTopicPolicies>,
+    /// Pulsar's `offload_threshold`: bytes kept on the bookies per topic before older ledgers
+    /// are offloaded (negative: off); `None`: the broker's `offload.threshold_bytes`.
+    #[serde(
+        default,
+        rename = "offload_threshold",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub offload_threshold: Option<i64>,
+    /// Pulsar's `offload_threshold_in_seconds`.
+    #[serde(
+        default,
+        rename = "offload_threshold_in_seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub offload_threshold_in_seconds: Option<i64>,
+    /// Pulsar's `offload_deletion_lag_ms` (negative: never delete the bookies' copy).
+    #[serde(
+        default,
+        rename = "offload_deletion_lag_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub offload_deletion_lag_ms: Option<i64>,
+    /// Pulsar's `offload_policies`.
+    #[serde(
+        default,
+        rename = "offload_policies",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub offload_policies: Option<OffloadPolicies>,
+}
+
+/// Pulsar's `OffloadPolicies`: the fields this broker acts on are typed; every other field a
+/// client sends is kept as given and returned by GET.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OffloadPolicies {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_driver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_threshold_in_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_threshold_in_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_deletion_lag_in_millis: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_ledger_offload_bucket: Option<String>,
+    #[serde(
+        default,
+        rename = "s3ManagedLedgerOffloadBucket",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub s3_bucket: Option<String>,
+    #[serde(
+        default,
+        rename = "gcsManagedLedgerOffloadBucket",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gcs_bucket: Option<String>,
+    #[serde(flatten)]
+    pub other: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+impl OffloadPolicies {
+    /// Pulsar's checks of `POST offloadPolicies` (412 with these messages).
+    pub fn validate(&self) -> Result<(), String> {
+        const DRIVERS: &str = "S3,aws-s3,google-cloud-storage,filesystem,azureblob,aliyun-oss";
+        let Some(driver) = &self.managed_ledger_offload_driver else {
+            return Err(format!(
+                "The driver is not supported, support value: {DRIVERS}"
+            ));
+        };
+        let lower = driver.to_ascii_lowercase();
+        if !DRIVERS.to_ascii_lowercase().split(',').any(|d| d == lower) {
+            return Err(format!(
+                "The driver is not supported, support value: {DRIVERS}"
+            ));
+        }
+        let bucket = self
+            .managed_ledger_offload_bucket
+            .as_ref()
+            .or(match lower.as_str() {
+                "s3" | "aws-s3" => self.s3_bucket.as_ref(),
+                "google-cloud-storage" => self.gcs_bucket.as_ref(),
+                _ => None,
+            })
+            .filter(|b| !b.is_empty());
+        if lower != "filesystem" && bucket.is_none() {
+            return Err("The bucket must be specified for namespace offload.".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// Pulsar's `PartitionedTopicMetadata`.

@@ -594,6 +594,27 @@ impl BrokerService {
                 r.retention_size_in_mb.saturating_mul(1024 * 1024)
             };
         }
+        // Offload thresholds and lag: the offload policies' values, then the namespace's
+        // single-value policies, then the broker's.
+        let offload = policies.offload_policies.as_ref();
+        if let Some(v) = offload
+            .and_then(|o| o.managed_ledger_offload_threshold_in_bytes)
+            .or(policies.offload_threshold)
+        {
+            config.offload_threshold_bytes = v;
+        }
+        if let Some(v) = offload
+            .and_then(|o| o.managed_ledger_offload_threshold_in_seconds)
+            .or(policies.offload_threshold_in_seconds)
+        {
+            config.offload_threshold_ms = if v < 0 { -1 } else { v.saturating_mul(1000) };
+        }
+        if let Some(v) = offload
+            .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
+            .or(policies.offload_deletion_lag_ms)
+        {
+            config.offload_deletion_lag_ms = v;
+        }
         let ml = self.factory.open(&topic.persistence_name(), config).await?;
         // Deduplication state is recovered before any producer can publish.
         let dedup =

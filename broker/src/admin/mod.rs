@@ -29,7 +29,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use bytes::Bytes;
 use magnetar_metadata::MetadataError;
 use serde::de::DeserializeOwned;
@@ -159,6 +159,29 @@ pub fn router(state: AdminState) -> Router {
                 .post(namespaces::set_inactive_topic_policies)
                 .delete(namespaces::remove_inactive_topic_policies),
         )
+        .route(
+            &format!("{NS}/offloadThreshold"),
+            get(namespaces::get_offload_threshold).put(namespaces::set_offload_threshold),
+        )
+        .route(
+            &format!("{NS}/offloadThresholdInSeconds"),
+            get(namespaces::get_offload_threshold_in_seconds)
+                .put(namespaces::set_offload_threshold_in_seconds),
+        )
+        .route(
+            &format!("{NS}/offloadDeletionLagMs"),
+            get(namespaces::get_offload_deletion_lag)
+                .put(namespaces::set_offload_deletion_lag)
+                .delete(namespaces::clear_offload_deletion_lag),
+        )
+        .route(
+            &format!("{NS}/offloadPolicies"),
+            get(namespaces::get_offload_policies).post(namespaces::set_offload_policies),
+        )
+        .route(
+            &format!("{NS}/removeOffloadPolicies"),
+            delete(namespaces::remove_offload_policies),
+        )
         .route(&format!("{NS}/bundles"), get(namespaces::get_bundles))
         .route(&format!("{NS}/topics"), get(persistent::list_topics))
         .route(
@@ -196,6 +219,10 @@ pub fn router(state: AdminState) -> Router {
         .route(
             &format!("{TOPIC}/internalStats"),
             get(persistent::internal_stats),
+        )
+        .route(
+            &format!("{TOPIC}/offload"),
+            get(persistent::offload_status).put(persistent::trigger_offload),
         )
         .route(
             &format!("{TOPIC}/subscriptions"),

@@ -13,8 +13,8 @@ use super::{
 };
 use crate::cluster::bundle::{BUNDLE_COUNT_MAX, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
 use crate::policies::{
-    AutoTopicCreation, InactiveTopicPolicies, NamespacePolicies, PersistencePolicies, PolicyError,
-    RetentionPolicies, TenantInfo,
+    AutoTopicCreation, InactiveTopicPolicies, NamespacePolicies, OffloadPolicies,
+    PersistencePolicies, PolicyError, RetentionPolicies, TenantInfo,
 };
 use crate::schema::CompatibilityStrategy;
 use crate::topic_name::NamespaceName;
@@ -75,6 +75,14 @@ pub struct NamespacePoliciesView {
     pub is_allow_auto_update_schema: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inactive_topic_policies: Option<InactiveTopicPolicies>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_threshold: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_threshold_in_seconds: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_deletion_lag_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offload_policies: Option<OffloadPolicies>,
 }
 
 impl NamespacePoliciesView {
@@ -93,6 +101,10 @@ impl NamespacePoliciesView {
                 .map(|c| c.as_str().to_owned()),
             is_allow_auto_update_schema: p.is_allow_auto_update_schema,
             inactive_topic_policies: p.inactive_topic_policies,
+            offload_threshold: p.offload_threshold,
+            offload_threshold_in_seconds: p.offload_threshold_in_seconds,
+            offload_deletion_lag_ms: p.offload_deletion_lag_ms,
+            offload_policies: p.offload_policies.clone(),
         }
     }
 
@@ -121,6 +133,10 @@ impl NamespacePoliciesView {
                 .flatten(),
             is_allow_auto_update_schema: self.is_allow_auto_update_schema,
             inactive_topic_policies: self.inactive_topic_policies,
+            offload_threshold: self.offload_threshold,
+            offload_threshold_in_seconds: self.offload_threshold_in_seconds,
+            offload_deletion_lag_ms: self.offload_deletion_lag_ms,
+            offload_policies: self.offload_policies,
         })
     }
 }
@@ -596,4 +612,151 @@ pub(super) async fn set_allow_auto_update_schema(
         p.is_allow_auto_update_schema = Some(allow)
     })
     .await
+}
+
+/// `GET offloadThreshold`: bytes (the offload policies' value first, as Pulsar answers).
+pub(super) async fn get_offload_threshold(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Json<i64>> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    let p = policies_of(&s, &ns).await?;
+    Ok(Json(
+        p.offload_policies
+            .and_then(|o| o.managed_ledger_offload_threshold_in_bytes)
+            .or(p.offload_threshold)
+            .unwrap_or(-1),
+    ))
+}
+
+pub(super) async fn set_offload_threshold(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let v: i64 = json_body(&body)?;
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.offload_threshold = Some(v);
+        p.offload_policies
+            .get_or_insert_with(Default::default)
+            .managed_ledger_offload_threshold_in_bytes = Some(v);
+    })
+    .await
+}
+
+pub(super) async fn get_offload_threshold_in_seconds(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Json<i64>> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    let p = policies_of(&s, &ns).await?;
+    Ok(Json(
+        p.offload_policies
+            .and_then(|o| o.managed_ledger_offload_threshold_in_seconds)
+            .or(p.offload_threshold_in_seconds)
+            .unwrap_or(-1),
+    ))
+}
+
+pub(super) async fn set_offload_threshold_in_seconds(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let v: i64 = json_body(&body)?;
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.offload_threshold_in_seconds = Some(v);
+        p.offload_policies
+            .get_or_insert_with(Default::default)
+            .managed_ledger_offload_threshold_in_seconds = Some(v);
+    })
+    .await
+}
+
+/// `GET offloadDeletionLagMs`: the lag, or no content when unset (the broker's applies).
+pub(super) async fn get_offload_deletion_lag(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    read_policy(&s, &tenant, &namespace, |p| {
+        p.offload_policies
+            .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
+            .or(p.offload_deletion_lag_ms)
+    })
+    .await
+}
+
+pub(super) async fn set_offload_deletion_lag(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let v: i64 = json_body(&body)?;
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.offload_deletion_lag_ms = Some(v);
+        p.offload_policies
+            .get_or_insert_with(Default::default)
+            .managed_ledger_offload_deletion_lag_in_millis = Some(v);
+    })
+    .await
+}
+
+pub(super) async fn clear_offload_deletion_lag(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    write_policy(&s, &tenant, &namespace, |p| {
+        p.offload_deletion_lag_ms = None;
+        if let Some(o) = &mut p.offload_policies {
+            o.managed_ledger_offload_deletion_lag_in_millis = None;
+        }
+    })
+    .await
+}
+
+pub(super) async fn get_offload_policies(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    read_policy(&s, &tenant, &namespace, |p| p.offload_policies).await
+}
+
+pub(super) async fn set_offload_policies(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(&tenant, &namespace)?;
+    let Some(o) = optional_json_body::<OffloadPolicies>(&body)? else {
+        return Err(ApiError::precondition(
+            "The offloadPolicies must be specified for namespace offload.",
+        ));
+    };
+    o.validate().map_err(ApiError::precondition)?;
+    write_policy(&s, &tenant, &namespace, |p| {
+        // Unset thresholds and lag come from the namespace's older single-value policies.
+        let mut o = o.clone();
+        if o.managed_ledger_offload_threshold_in_bytes.is_none() {
+            o.managed_ledger_offload_threshold_in_bytes = p.offload_threshold;
+        } else {
+            p.offload_threshold = o.managed_ledger_offload_threshold_in_bytes;
+        }
+        if o.managed_ledger_offload_deletion_lag_in_millis.is_none() {
+            o.managed_ledger_offload_deletion_lag_in_millis = p.offload_deletion_lag_ms;
+        } else {
+            p.offload_deletion_lag_ms = o.managed_ledger_offload_deletion_lag_in_millis;
+        }
+        p.offload_policies = Some(o);
+    })
+    .await
+}
+
+pub(super) async fn remove_offload_policies(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    write_policy(&s, &tenant, &namespace, |p| p.offload_policies = None).await
 }

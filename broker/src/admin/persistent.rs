@@ -11,8 +11,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::topics::{
-    PartitionedTopicStats, PeekedMessage, PersistentTopicInternalStats, ResetTarget, StartPosition,
-    TopicAdminError, TopicStats,
+    OffloadProcessStatus, PartitionedTopicStats, PeekedMessage, PersistentTopicInternalStats,
+    ResetTarget, StartPosition, TopicAdminError, TopicStats,
 };
 use super::{
     AdminState, ApiError, ApiResult, PARTITIONS_MAX, json_body, namespace_name, optional_json_body,
@@ -511,4 +511,33 @@ fn peek_response(m: PeekedMessage) -> Response {
         HeaderValue::from_static("application/octet-stream"),
     );
     (StatusCode::OK, headers, m.payload).into_response()
+}
+
+/// `PUT .../offload`: offload the closed ledgers before the given message's ledger.
+pub(super) async fn trigger_offload(
+    State(s): State<AdminState>,
+    Path(p): TopicPath,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let Some(id) = optional_json_body::<MessageIdData>(&body)? else {
+        return Err(ApiError::bad_request("messageId is null"));
+    };
+    let Ok(ledger) = u64::try_from(id.ledger_id) else {
+        return Err(ApiError::bad_request(format!(
+            "invalid message id {}:{}",
+            id.ledger_id, id.entry_id
+        )));
+    };
+    let topic = topic_in_namespace(&s, &p).await?;
+    s.topics.offload(&topic, ledger).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET .../offload`: the last offload run.
+pub(super) async fn offload_status(
+    State(s): State<AdminState>,
+    Path(p): TopicPath,
+) -> ApiResult<Json<OffloadProcessStatus>> {
+    let topic = topic_in_namespace(&s, &p).await?;
+    Ok(Json(s.topics.offload_status(&topic).await?))
 }

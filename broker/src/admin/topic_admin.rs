@@ -29,8 +29,9 @@ use magnetar_proto::pulsar::api::command_subscribe::SubType;
 use magnetar_proto::pulsar::api::{CompressionType, ProducerAccessMode};
 
 use crate::admin::topics::{
-    ConsumerStats, CursorStats, LedgerInfo, PeekedMessage, PersistentTopicInternalStats,
-    PublisherStats, ResetTarget, StartPosition, SubscriptionStats, TopicStats,
+    ConsumerStats, CursorStats, LedgerInfo, MessageIdJson, OffloadProcessStatus, PeekedMessage,
+    PersistentTopicInternalStats, PublisherStats, ResetTarget, StartPosition, SubscriptionStats,
+    TopicStats,
 };
 use crate::admin::{TopicAdmin, TopicAdminError};
 use crate::error::BrokerError;
@@ -437,6 +438,54 @@ impl TopicAdmin for BrokerTopicAdmin {
             subscriptions,
             deduplication_status: topic.dedup().status().as_str().to_owned(),
             ..TopicStats::default()
+        })
+    }
+
+    async fn offload(&self, name: &TopicName, ledger: u64) -> Result<(), TopicAdminError> {
+        let topic = self.topic(name).await?;
+        let ml = topic.managed_ledger();
+        let up_to = magnetar_managed_ledger::Position {
+            ledger: magnetar_metadata::LedgerId(ledger),
+            entry: magnetar_metadata::EntryId(0),
+        };
+        ml.offload_up_to(up_to).map_err(|e| match e {
+            magnetar_managed_ledger::ManagedLedgerError::InvalidState(m)
+                if m.contains("already in progress") =>
+            {
+                TopicAdminError::AlreadyExists("Offload already in progress".to_owned())
+            }
+            magnetar_managed_ledger::ManagedLedgerError::InvalidState(m) => {
+                TopicAdminError::Precondition(m)
+            }
+            other => internal(other),
+        })
+    }
+
+    async fn offload_status(
+        &self,
+        name: &TopicName,
+    ) -> Result<OffloadProcessStatus, TopicAdminError> {
+        use magnetar_managed_ledger::OffloadRun;
+        let topic = self.topic(name).await?;
+        let s = topic.managed_ledger().offload_status();
+        let first = match (s.status, s.first_unoffloaded) {
+            (OffloadRun::Success, Some(p)) => MessageIdJson {
+                ledger_id: p.ledger.0 as i64,
+                entry_id: p.entry.0 as i64,
+                partition_index: -1,
+            },
+            _ => MessageIdJson::EARLIEST,
+        };
+        Ok(OffloadProcessStatus {
+            status: match s.status {
+                OffloadRun::NotRun => "NOT_RUN",
+                OffloadRun::Running => "RUNNING",
+                OffloadRun::Success => "SUCCESS",
+                OffloadRun::Error => "ERROR",
+            }
+            .to_owned(),
+            last_error: s.last_error,
+            first_unoffloaded_message: first,
         })
     }
 

@@ -71,6 +71,33 @@ pub enum ResetTarget {
     },
 }
 
+/// Pulsar's `OffloadProcessStatus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OffloadProcessStatus {
+    /// `NOT_RUN`, `RUNNING`, `SUCCESS` or `ERROR`.
+    pub status: String,
+    pub last_error: String,
+    pub first_unoffloaded_message: MessageIdJson,
+}
+
+/// Pulsar's `MessageIdImpl` as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageIdJson {
+    pub ledger_id: i64,
+    pub entry_id: i64,
+    pub partition_index: i32,
+}
+
+impl MessageIdJson {
+    pub const EARLIEST: MessageIdJson = MessageIdJson {
+        ledger_id: -1,
+        entry_id: -1,
+        partition_index: -1,
+    };
+}
+
 /// One message read by peek: the ledger entry's payload and its metadata, which the REST layer
 /// turns into Pulsar's `X-Pulsar-*` response headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -168,6 +195,18 @@ pub trait TopicAdmin: Send + Sync + fmt::Debug {
         subscription: &str,
         position: u64,
     ) -> Result<PeekedMessage, TopicAdminError>;
+    /// Starts offloading the topic's closed ledgers before `ledger` (Pulsar's
+    /// `PUT .../offload`); 409 while a run is in progress.
+    async fn offload(&self, _topic: &TopicName, _ledger: u64) -> Result<(), TopicAdminError> {
+        not_running()
+    }
+    /// The last offload run (Pulsar's `GET .../offload`).
+    async fn offload_status(
+        &self,
+        _topic: &TopicName,
+    ) -> Result<OffloadProcessStatus, TopicAdminError> {
+        not_running()
+    }
 }
 
 /// The [`TopicAdmin`] of a router without a broker service: every call answers 503.

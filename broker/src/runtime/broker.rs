@@ -45,6 +45,31 @@ pub struct BrokerOptions {
     pub clock: SharedClock,
     /// Randomness of bookie placement (seeded in tests and simulations).
     pub random: Arc<Random>,
+    /// Tiered storage; `None`: no offload driver (ledgers stay on the bookies).
+    pub offload: Option<OffloadOptions>,
+}
+
+/// Where and how closed ledgers are offloaded.
+#[derive(Clone, Debug)]
+pub struct OffloadOptions {
+    pub driver: magnetar_offload::DriverConfig,
+    pub upload: magnetar_offload::UploadOptions,
+    pub read: magnetar_offload::ReadOptions,
+    pub retry: magnetar_offload::RetryPolicy,
+    /// Offloads running at once on this broker (Pulsar's `managedLedgerOffloadMaxThreads`).
+    pub max_threads: usize,
+}
+
+impl OffloadOptions {
+    pub fn new(driver: magnetar_offload::DriverConfig) -> Self {
+        OffloadOptions {
+            driver,
+            upload: magnetar_offload::UploadOptions::default(),
+            read: magnetar_offload::ReadOptions::default(),
+            retry: magnetar_offload::RetryPolicy::default(),
+            max_threads: 2,
+        }
+    }
 }
 
 impl Default for BrokerOptions {
@@ -58,6 +83,7 @@ impl Default for BrokerOptions {
             service: BrokerConfig::new(String::new()),
             clock: clock::system(),
             random: clock::entropy(),
+            offload: None,
         }
     }
 }
@@ -82,7 +108,41 @@ pub enum StartError {
     #[error("{0}")]
     Broker(#[from] BrokerError),
     #[error("{0}")]
+    Offload(#[from] magnetar_offload::OffloadError),
+    #[error("{0}")]
     Other(String),
+}
+
+/// Builds the offload store (a configuration it cannot use refuses the start, naming driver
+/// and bucket) and checks that it answers: an unreachable store or wrong credentials are
+/// logged now, naming the bucket, and the broker serves anyway — offload runs then report the
+/// error in their status and retry, while publishing never waits on them.
+async fn start_offloader(
+    offload: &OffloadOptions,
+    clock: SharedClock,
+    random: Arc<Random>,
+) -> Result<Arc<magnetar_managed_ledger::Offloader>, StartError> {
+    let store =
+        magnetar_offload::OffloadStore::build(&offload.driver, offload.retry.clone(), clock)?;
+    match store.check().await {
+        Ok(()) => info!(
+            driver = store.driver(),
+            bucket = store.bucket(),
+            "offload store ready"
+        ),
+        Err(e) => tracing::error!(
+            driver = store.driver(),
+            bucket = store.bucket(),
+            error = %e,
+            "the offload store does not answer: offloads fail until it does"
+        ),
+    }
+    Ok(magnetar_managed_ledger::Offloader::new(
+        magnetar_offload::OffloadReader::new(store, offload.read),
+        offload.upload,
+        offload.max_threads,
+        random,
+    ))
 }
 
 /// A running broker: the service and its listener, under one metadata session.
@@ -119,10 +179,18 @@ impl Broker {
         ledger_client.random = Arc::clone(&options.random);
         let client = LedgerClient::new(Arc::clone(&store), connector, ledger_client);
         let cache = MokaEntryCache::new(options.cache_size_bytes_max);
-        let factory = Arc::new(
-            ManagedLedgerFactory::new(Arc::clone(&store), client, cache)
-                .with_clock(Arc::clone(&options.clock)),
-        );
+        let mut factory = ManagedLedgerFactory::new(Arc::clone(&store), client, cache)
+            .with_clock(Arc::clone(&options.clock));
+        if let Some(offload) = &options.offload {
+            let offloader = start_offloader(
+                offload,
+                Arc::clone(&options.clock),
+                Arc::clone(&options.random),
+            )
+            .await?;
+            factory = factory.with_offloader(offloader);
+        }
+        let factory = Arc::new(factory);
         let listener = TcpListener::bind(options.bind)
             .await
             .map_err(|source| StartError::Io {
