@@ -182,6 +182,69 @@ pub enum NamespacesCommand {
     GetAutoTopicCreation { namespace: String },
     /// Remove the auto topic creation override.
     RemoveAutoTopicCreation { namespace: String },
+    /// Offload a topic's older ledgers once it keeps more than --size on the bookies, or once
+    /// they are older than --time (-1: off).
+    SetOffloadThreshold {
+        namespace: String,
+        /// Bytes kept on the bookies, e.g. 10M, 5G (-1: off).
+        #[arg(short = 's', long, default_value = "-1", allow_hyphen_values = true)]
+        size: String,
+        /// Age of a closed ledger, e.g. 10m, 5h, 3d, 2w (-1: off).
+        #[arg(short = 't', long, default_value = "-1", allow_hyphen_values = true)]
+        time: String,
+    },
+    /// Show the offload thresholds.
+    GetOffloadThreshold { namespace: String },
+    /// Delete the bookies' copy of an offloaded ledger this long after its offload, e.g. 4h.
+    SetOffloadDeletionLag {
+        namespace: String,
+        #[arg(short = 'l', long)]
+        lag: String,
+    },
+    /// Show the offload deletion lag.
+    GetOffloadDeletionLag { namespace: String },
+    /// Remove the offload deletion lag (back to the broker's).
+    ClearOffloadDeletionLag { namespace: String },
+    /// Set the offload policies.
+    SetOffloadPolicies {
+        namespace: String,
+        /// s3, aws-s3, google-cloud-storage, filesystem, azureblob.
+        #[arg(short = 'd', long)]
+        driver: String,
+        #[arg(short = 'b', long)]
+        bucket: Option<String>,
+        #[arg(short = 'r', long)]
+        region: Option<String>,
+        #[arg(short = 'e', long)]
+        endpoint: Option<String>,
+        /// Upload part size, e.g. 64M.
+        #[arg(long = "maxBlockSize", visible_alias = "mbs")]
+        max_block_size: Option<String>,
+        /// Ranged-read size, e.g. 1M.
+        #[arg(long = "readBufferSize", visible_alias = "rbs")]
+        read_buffer_size: Option<String>,
+        /// Bytes kept on the bookies before offloading (e.g. 10M; -1 off).
+        #[arg(
+            long = "offloadAfterThreshold",
+            visible_alias = "oat",
+            allow_hyphen_values = true
+        )]
+        offload_after_threshold: Option<String>,
+        /// Age after which closed ledgers are offloaded (e.g. 1h; -1 off).
+        #[arg(
+            long = "offloadAfterThresholdInSeconds",
+            visible_alias = "oats",
+            allow_hyphen_values = true
+        )]
+        offload_after_threshold_in_seconds: Option<String>,
+        /// Deletion lag of the bookies' copy (e.g. 4h).
+        #[arg(long = "offloadAfterElapsed", visible_alias = "oae")]
+        offload_after_elapsed: Option<String>,
+    },
+    /// Show the offload policies.
+    GetOffloadPolicies { namespace: String },
+    /// Remove the offload policies.
+    RemoveOffloadPolicies { namespace: String },
 }
 
 #[derive(Debug, Args)]
@@ -282,6 +345,20 @@ pub enum TopicsCommand {
         topic: String,
         #[arg(short = 'p', long)]
         partitions: u32,
+    },
+    /// Offload the topic's older ledgers, keeping at most --size-threshold on the bookies.
+    Offload {
+        topic: String,
+        /// Bytes to keep on the bookies, e.g. 10M, 5G.
+        #[arg(short = 's', long)]
+        size_threshold: String,
+    },
+    /// Show the last offload of a topic.
+    OffloadStatus {
+        topic: String,
+        /// Wait until a running offload ends.
+        #[arg(short = 'w', long)]
+        wait_complete: bool,
     },
     /// Show a partitioned topic's partition count (0: not partitioned).
     GetPartitionedTopicMetadata { topic: String },
@@ -480,6 +557,126 @@ fn namespaces(c: &Client, cmd: NamespacesCommand) -> anyhow::Result<()> {
         N::RemoveAutoTopicCreation { namespace } => {
             c.delete(&format!("{}/autoTopicCreation", ns(&namespace)?))?
         }
+        N::SetOffloadThreshold {
+            namespace,
+            size,
+            time,
+        } => {
+            let path = ns(&namespace)?;
+            c.put(
+                &format!("{path}/offloadThreshold"),
+                Some(parse_bytes(&size)?.to_string()),
+            )?;
+            c.put(
+                &format!("{path}/offloadThresholdInSeconds"),
+                Some(parse_seconds(&time)?.to_string()),
+            )?
+        }
+        N::GetOffloadThreshold { namespace } => {
+            let path = ns(&namespace)?;
+            let bytes = c.get(&format!("{path}/offloadThreshold"))?;
+            let secs = c.get(&format!("{path}/offloadThresholdInSeconds"))?;
+            println!(
+                "offloadThresholdInBytes: {}",
+                String::from_utf8_lossy(&bytes.body).trim()
+            );
+            println!(
+                "offloadThresholdInSeconds: {}",
+                String::from_utf8_lossy(&secs.body).trim()
+            );
+            return Ok(());
+        }
+        N::SetOffloadDeletionLag { namespace, lag } => c.put(
+            &format!("{}/offloadDeletionLagMs", ns(&namespace)?),
+            Some(parse_seconds(&lag)?.saturating_mul(1000).to_string()),
+        )?,
+        N::GetOffloadDeletionLag { namespace } => {
+            let reply = c.get(&format!("{}/offloadDeletionLagMs", ns(&namespace)?))?;
+            match serde_json::from_slice::<i64>(&reply.body) {
+                Ok(ms) => println!("{} minute(s)", ms / 60_000),
+                Err(_) => println!("Unset for namespace. Defaulting to broker setting."),
+            }
+            return Ok(());
+        }
+        N::ClearOffloadDeletionLag { namespace } => {
+            c.delete(&format!("{}/offloadDeletionLagMs", ns(&namespace)?))?
+        }
+        N::SetOffloadPolicies {
+            namespace,
+            driver,
+            bucket,
+            region,
+            endpoint,
+            max_block_size,
+            read_buffer_size,
+            offload_after_threshold,
+            offload_after_threshold_in_seconds,
+            offload_after_elapsed,
+        } => {
+            let s3 = matches!(driver.to_ascii_lowercase().as_str(), "s3" | "aws-s3");
+            let mut body = json!({"managedLedgerOffloadDriver": driver});
+            let mut both = |generic: &str, specific: &str, v: Value| {
+                body[generic] = v.clone();
+                if s3 {
+                    body[format!("s3{specific}")] = v;
+                }
+            };
+            if let Some(b) = bucket {
+                both(
+                    "managedLedgerOffloadBucket",
+                    "ManagedLedgerOffloadBucket",
+                    json!(b),
+                );
+            }
+            if let Some(r) = region {
+                both(
+                    "managedLedgerOffloadRegion",
+                    "ManagedLedgerOffloadRegion",
+                    json!(r),
+                );
+            }
+            if let Some(e) = endpoint {
+                both(
+                    "managedLedgerOffloadServiceEndpoint",
+                    "ManagedLedgerOffloadServiceEndpoint",
+                    json!(e),
+                );
+            }
+            if let Some(m) = max_block_size {
+                both(
+                    "managedLedgerOffloadMaxBlockSizeInBytes",
+                    "ManagedLedgerOffloadMaxBlockSizeInBytes",
+                    json!(parse_bytes(&m)?),
+                );
+            }
+            if let Some(r) = read_buffer_size {
+                both(
+                    "managedLedgerOffloadReadBufferSizeInBytes",
+                    "ManagedLedgerOffloadReadBufferSizeInBytes",
+                    json!(parse_bytes(&r)?),
+                );
+            }
+            if let Some(t) = offload_after_threshold {
+                body["managedLedgerOffloadThresholdInBytes"] = json!(parse_bytes(&t)?);
+            }
+            if let Some(t) = offload_after_threshold_in_seconds {
+                body["managedLedgerOffloadThresholdInSeconds"] = json!(parse_seconds(&t)?);
+            }
+            if let Some(l) = offload_after_elapsed {
+                body["managedLedgerOffloadDeletionLagInMillis"] =
+                    json!(parse_seconds(&l)?.saturating_mul(1000));
+            }
+            c.post(
+                &format!("{}/offloadPolicies", ns(&namespace)?),
+                Some(body.to_string()),
+            )?
+        }
+        N::GetOffloadPolicies { namespace } => {
+            c.get(&format!("{}/offloadPolicies", ns(&namespace)?))?
+        }
+        N::RemoveOffloadPolicies { namespace } => {
+            c.delete(&format!("{}/removeOffloadPolicies", ns(&namespace)?))?
+        }
     }
     .print();
     Ok(())
@@ -575,6 +772,52 @@ fn topics(c: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
             &format!("{}/partitions", topic_path(&topic)?),
             Some(partitions.to_string()),
         )?,
+        T::Offload {
+            topic,
+            size_threshold,
+        } => {
+            let keep = parse_bytes(&size_threshold)?;
+            let path = topic_path(&topic)?;
+            let stats: Value =
+                serde_json::from_slice(&c.get(&format!("{path}/internalStats"))?.body)?;
+            match offload_target(&stats, keep)? {
+                None => println!("Nothing to offload"),
+                Some(ledger) => {
+                    let body = json!({"ledgerId": ledger, "entryId": 0, "partitionIndex": -1});
+                    c.put(&format!("{path}/offload"), Some(body.to_string()))?;
+                    println!("Offload triggered for {topic} for messages before {ledger}:0:-1");
+                }
+            }
+            return Ok(());
+        }
+        T::OffloadStatus {
+            topic,
+            wait_complete,
+        } => {
+            let path = format!("{}/offload", topic_path(&topic)?);
+            loop {
+                let status: Value = serde_json::from_slice(&c.get(&path)?.body)?;
+                match status["status"].as_str().unwrap_or_default() {
+                    "RUNNING" if wait_complete => {
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                    "RUNNING" => println!("Offload is currently running"),
+                    "NOT_RUN" => {
+                        println!("Offload has not been run for {topic} since broker startup")
+                    }
+                    "SUCCESS" => println!("Offload was a success"),
+                    _ => {
+                        println!("Error in offload");
+                        bail!(
+                            "Error offloading: {}",
+                            status["lastError"].as_str().unwrap_or_default()
+                        );
+                    }
+                }
+                return Ok(());
+            }
+        }
         T::GetPartitionedTopicMetadata { topic } => {
             c.get(&format!("{}/partitions", topic_path(&topic)?))?
         }
@@ -592,6 +835,57 @@ fn topics(c: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
     }
     .print();
     Ok(())
+}
+
+/// The ledger before which `topics offload -s KEEP` offloads, from internal stats: walking
+/// from the newest ledger back, the first ledger that takes the total past `keep` bytes is
+/// offloaded with everything older (pulsar-admin's rule); `None` when everything fits.
+fn offload_target(stats: &Value, keep: i64) -> anyhow::Result<Option<u64>> {
+    let ledgers = stats["ledgers"]
+        .as_array()
+        .filter(|l| !l.is_empty())
+        .ok_or_else(|| anyhow!("Topic doesn't have any data"))?;
+    let current_size = stats["currentLedgerSize"].as_i64().unwrap_or(0);
+    let mut total = 0i64;
+    // Starts at the newest ledger: a threshold the current ledger alone passes offloads
+    // everything before it.
+    let mut newer = ledgers.last().and_then(|l| l["ledgerId"].as_u64());
+    for (i, l) in ledgers.iter().enumerate().rev() {
+        let size = if i == ledgers.len() - 1 {
+            current_size
+        } else {
+            l["size"].as_i64().unwrap_or(0)
+        };
+        total = total.saturating_add(size);
+        if total > keep {
+            return Ok(newer);
+        }
+        newer = l["ledgerId"].as_u64();
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod offload_target_tests {
+    use super::*;
+
+    #[test]
+    fn the_offload_target_keeps_at_most_the_threshold_on_the_bookies() {
+        // Three ledgers of 1000, 2000 and 3000 bytes (the last one current).
+        let stats = json!({
+            "currentLedgerSize": 3000,
+            "ledgers": [
+                {"ledgerId": 0, "size": 1000},
+                {"ledgerId": 1, "size": 2000},
+                {"ledgerId": 2, "size": 0},
+            ],
+        });
+        assert_eq!(offload_target(&stats, i64::MAX).unwrap(), None);
+        assert_eq!(offload_target(&stats, 0).unwrap(), Some(2));
+        assert_eq!(offload_target(&stats, 1000).unwrap(), Some(2));
+        assert_eq!(offload_target(&stats, 5000).unwrap(), Some(1));
+        assert!(offload_target(&json!({"ledgers": []}), 0).is_err());
+    }
 }
 
 /// `ledgerId:entryId`.

@@ -9,6 +9,7 @@ original id. Deleting the topic deletes its objects.
 
 import json
 import socket
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +17,7 @@ import urllib.request
 import pulsar
 import pytest
 
-from conftest import Standalone, make_client, wait_for
+from conftest import BIN, Standalone, make_client, wait_for
 
 MESSAGES = 550
 PER_LEDGER = 100
@@ -97,6 +98,11 @@ def test_offloaded_topic_reads_back_whole_after_the_bookie_copies_are_deleted(tm
         st = admin(s, "GET", f"{path}/offload")[1]
         assert st["status"] == "SUCCESS", st
         assert st["firstUnoffloadedMessage"]["ledgerId"] == last.ledger_id(), st
+
+        # The CLI reads the same status, as pulsar-admin prints it.
+        out = subprocess.run([BIN, "admin", "--url", s.admin_url, "topics", "offload-status", topic],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "Offload was a success" in out.stdout, out
 
         stats = admin(s, "GET", f"{path}/internalStats")[1]
         offloaded = [l for l in stats["ledgers"] if l["offloaded"]]
