@@ -356,7 +356,11 @@ async fn gc_scenario(quick: bool) {
         after_bytes >> 20
     );
     println!("phase          adds   p50        p99        p99.9      max");
-    for (name, adds) in [("before GC", &before), ("during GC", &during), ("after GC", &after)] {
+    for (name, adds) in [
+        ("before GC", &before),
+        ("during GC", &during),
+        ("after GC", &after),
+    ] {
         let mut l: Vec<Duration> = adds.iter().map(|(_, took)| *took).collect();
         l.sort_unstable();
         if l.is_empty() {
@@ -379,9 +383,17 @@ async fn gc_scenario(quick: bool) {
     let at: Vec<String> = slowest
         .iter()
         .take(10)
-        .map(|(sent, took)| format!("{took:.1?} at {:.0}%", 100.0 * sent.as_secs_f64() / gc_took.as_secs_f64()))
+        .map(|(sent, took)| {
+            format!(
+                "{took:.1?} at {:.0}%",
+                100.0 * sent.as_secs_f64() / gc_took.as_secs_f64()
+            )
+        })
         .collect();
-    println!("slowest adds during GC (when sent, as a share of the pass): {}", at.join(", "));
+    println!(
+        "slowest adds during GC (when sent, as a share of the pass): {}",
+        at.join(", ")
+    );
     probe.close().await.unwrap();
     bookie.shutdown().await;
 }

@@ -595,6 +595,10 @@ pub struct OffloadConfig {
     pub read_prefetch_blocks: u64,
     /// The block cache's bound (bytes, shared by all readers of the broker).
     pub read_cache_size_bytes: u64,
+    /// How often the cleaner deletes objects no topic references (0: never).
+    pub cleaner_interval_seconds: u64,
+    /// … once they are this old.
+    pub cleaner_grace_period_seconds: u64,
 }
 
 impl Default for OffloadConfig {
@@ -620,6 +624,8 @@ impl Default for OffloadConfig {
             read_buffer_size_bytes: 1024 * 1024,
             read_prefetch_blocks: 4,
             read_cache_size_bytes: 256 * 1024 * 1024,
+            cleaner_interval_seconds: 3600,
+            cleaner_grace_period_seconds: 3600,
         }
     }
 }
@@ -667,6 +673,8 @@ impl OffloadConfig {
         o.read.block_size_bytes = self.read_buffer_size_bytes;
         o.read.prefetch_blocks = self.read_prefetch_blocks;
         o.read.cache_size_bytes = self.read_cache_size_bytes;
+        o.cleaner_interval = std::time::Duration::from_secs(self.cleaner_interval_seconds);
+        o.cleaner_grace = std::time::Duration::from_secs(self.cleaner_grace_period_seconds);
         Ok(Some(o))
     }
 

@@ -341,3 +341,19 @@ async fn crash_during_a_cursor_ledger_rollover_after_the_new_ledger_was_written(
 async fn crash_during_a_cursor_ledger_rollover_after_the_record_points_at_it() {
     crash_and_recover(crash_point::CURSOR_LEDGER_RECORDED, &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_an_offload_after_the_upload_before_it_is_recorded() {
+    // Every closed ledger is offloaded (to the standalone's directory) and its bookie copy
+    // deleted at once; the process dies after the second ledger's objects are uploaded and
+    // verified. After the restart, the first ledger is read from object storage and the
+    // second from the bookies (its offload never counted), each message once and in order.
+    crash_and_recover(
+        &format!("{}:2", crash_point::OFFLOAD_UPLOADED),
+        &[
+            ("MAGNETAR_OFFLOAD__THRESHOLD_BYTES", "0"),
+            ("MAGNETAR_OFFLOAD__DELETION_LAG_MS", "0"),
+        ],
+    )
+    .await;
+}

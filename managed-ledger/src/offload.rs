@@ -402,6 +402,9 @@ impl ManagedLedger {
             )
             .await?;
             magnetar_offload::verify(&offloader.store, &names, &up.index).await?;
+            magnetar_metadata::crash_point::reached(
+                magnetar_metadata::crash_point::OFFLOAD_UPLOADED,
+            );
             if up.index.payload_bytes != info.size_bytes {
                 return Err(ManagedLedgerError::InvalidState(format!(
                     "ledger {id}: {} bytes uploaded, the record says {}",
@@ -538,4 +541,94 @@ async fn delete_bookie_copy(client: &LedgerClient, ledger: LedgerId) -> MlResult
         Ok(()) | Err(magnetar_bookie::client::LedgerError::NoSuchLedger(_)) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// What one pass of the cleaner did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CleanReport {
+    pub objects_seen: usize,
+    pub objects_deleted: usize,
+}
+
+/// The cleaner: deletes objects under the offload prefix that no managed-ledger record
+/// references — those of failed or crashed attempts, of trimmed ledgers and deleted topics
+/// whose deletion did not finish — once older than `grace_ms`.
+///
+/// Objects are listed *before* the records are read: an attempt's id is recorded before its
+/// first upload, so an object that exists when the listing is taken and is absent from a
+/// record read afterwards belongs to no attempt that can still complete. The grace period is a
+/// second guard (clock skew between brokers and the store, slow listings).
+pub async fn clean_orphans(
+    offloader: &Offloader,
+    metadata: &Arc<dyn magnetar_metadata::MetadataStore>,
+    grace_ms: u64,
+    now_ms: u64,
+) -> MlResult<CleanReport> {
+    let prefix = offloader.store.prefix().clone();
+    let listed = offloader.store.list(&prefix).await?;
+    let mut report = CleanReport {
+        objects_seen: listed.len(),
+        ..CleanReport::default()
+    };
+    // managed ledger → its objects' (ledger, attempt, path).
+    let mut by_ml: std::collections::BTreeMap<
+        String,
+        Vec<(u64, String, object_store::path::Path)>,
+    > = std::collections::BTreeMap::new();
+    for meta in listed {
+        let age_ms = now_ms.saturating_sub(meta.last_modified.timestamp_millis().max(0) as u64);
+        if age_ms < grace_ms {
+            continue;
+        }
+        let Some((ml, ledger, attempt)) = parse_object(&prefix, &meta.location) else {
+            continue; // not one of ours: left alone
+        };
+        by_ml
+            .entry(ml)
+            .or_default()
+            .push((ledger, attempt, meta.location));
+    }
+    for (ml, objects) in by_ml {
+        let record = crate::ledger_list::LedgerList::new(Arc::clone(metadata), &ml)
+            .load()
+            .await?;
+        let referenced: std::collections::HashSet<(u64, String)> = record
+            .map(|(r, _)| {
+                r.ledgers
+                    .iter()
+                    .filter_map(|l| l.offload.as_ref().map(|o| (l.ledger_id.0, o.uid.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (ledger, attempt, path) in objects {
+            if referenced.contains(&(ledger, attempt)) {
+                continue;
+            }
+            offloader.store.delete(&path).await?;
+            report.objects_deleted += 1;
+            info!(object = %path, "cleaner deleted an unreferenced offload object");
+        }
+    }
+    Ok(report)
+}
+
+/// `{prefix}/{managed ledger…}/{ledger}/{attempt}.data|.index` → its three parts.
+fn parse_object(
+    prefix: &object_store::path::Path,
+    path: &object_store::path::Path,
+) -> Option<(String, u64, String)> {
+    let mut parts: Vec<String> = path
+        .prefix_match(prefix)?
+        .map(|p| p.as_ref().to_owned())
+        .collect();
+    let file = parts.pop()?;
+    let ledger: u64 = parts.pop()?.parse().ok()?;
+    let attempt = file
+        .strip_suffix(".data")
+        .or_else(|| file.strip_suffix(".index"))?
+        .to_owned();
+    if parts.is_empty() {
+        return None;
+    }
+    Some((parts.join("/"), ledger, attempt))
 }

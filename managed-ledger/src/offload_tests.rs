@@ -272,3 +272,66 @@ async fn retention_trimming_an_offloaded_ledger_deletes_its_objects() {
     ml.close().await.unwrap();
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleaner_deletes_only_objects_no_record_references() {
+    use object_store::ObjectStoreExt;
+    let cluster = Cluster::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let o = offloader(dir.path());
+    let factory = cluster.factory().with_offloader(Arc::clone(&o));
+    let ml = factory
+        .open("t/ns/persistent/clean", config(10, 3_600_000))
+        .await
+        .unwrap();
+    let written = append_n(&ml, 0, 15).await;
+    ml.offload_up_to(*written.last().unwrap()).unwrap();
+    assert_eq!(wait_run(&ml).await.status, OffloadRun::Success);
+    let kept = objects(&o).await;
+    assert_eq!(kept.len(), 2);
+    // Orphans: a crashed attempt of the same ledger, a ledger no record holds, a deleted
+    // topic's objects, and something that is not ours at all.
+    let ledger = ml.ledgers()[0].ledger_id;
+    let root = o.store().prefix().clone();
+    let orphans = [
+        format!("t/ns/persistent/clean/{ledger}/deadbeef.data"),
+        format!("t/ns/persistent/clean/{ledger}/deadbeef.index"),
+        "t/ns/persistent/clean/999999/abc.data".to_owned(),
+        "t/ns/persistent/gone/5/abc.index".to_owned(),
+    ];
+    for p in &orphans {
+        let path = object_store::path::Path::parse(format!("{root}/{p}")).unwrap();
+        o.store()
+            .object_store()
+            .put(&path, Bytes::from_static(b"x").into())
+            .await
+            .unwrap();
+    }
+    let foreign = object_store::path::Path::parse(format!("{root}/README")).unwrap();
+    o.store()
+        .object_store()
+        .put(&foreign, Bytes::from_static(b"x").into())
+        .await
+        .unwrap();
+
+    // Within the grace period nothing goes.
+    let now = clock::system().now_ms();
+    let r = offload::clean_orphans(&o, &cluster.metadata, 3_600_000, now)
+        .await
+        .unwrap();
+    assert_eq!(r.objects_deleted, 0);
+    let r = offload::clean_orphans(&o, &cluster.metadata, 0, now + 1_000)
+        .await
+        .unwrap();
+    assert_eq!(r.objects_deleted, orphans.len(), "{r:?}");
+    let mut left = objects(&o).await;
+    left.sort();
+    let mut want = kept.clone();
+    want.push(foreign.to_string());
+    want.sort();
+    assert_eq!(left, want);
+    // The offloaded ledger still reads.
+    assert_eq!(read_all(&ml).await.len(), 15);
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}

@@ -86,6 +86,8 @@ pub(crate) struct Shared {
     pub roll_due_ms: AtomicU64,
     /// Tells the factory's periodic task when `roll_due_ms` is set.
     pub timers: Arc<crate::retention::Timers>,
+    /// A ledger closed since the factory's task last looked: check the offload thresholds.
+    pub offload_check: AtomicBool,
 }
 
 impl Shared {
@@ -114,6 +116,7 @@ impl Shared {
             probing: AtomicBool::new(false),
             roll_due_ms: AtomicU64::new(u64::MAX),
             timers,
+            offload_check: AtomicBool::new(false),
         })
     }
 

@@ -79,6 +79,9 @@ pub(crate) fn spawn(open: Weak<OpenMap>, clock: SharedClock, timers: Arc<Timers>
                     // A full queue means a busy actor: asked again at the next walk.
                     let _ = ml.commands.try_send(Box::new(Command::RollIfAged));
                 }
+                if ml.shared.offload_check.swap(false, Ordering::AcqRel) {
+                    ml.offload_due();
+                }
             }
             drop(mls);
             futures::stream::iter(due)

@@ -674,6 +674,12 @@ impl Actor {
             self.shared.roll_due_ms.store(u64::MAX, Ordering::Release);
             self.enqueued_entries = 0;
             self.enqueued_bytes = 0;
+            if old.is_some() {
+                // A ledger closed: the offload thresholds may select it (Pulsar checks them at
+                // rollover too). The factory's task looks at its next walk.
+                self.shared.offload_check.store(true, Ordering::Release);
+                self.shared.timers.due_at(self.shared.clock.now_ms());
+            }
             info!(from = ?old, to = ?new_id, "rolled over");
             match (new_id, create_error) {
                 (Some(_), _) => Ok(()),

@@ -31,8 +31,11 @@ pub const CURSOR_LEDGER_CREATED: &str = "cursor_ledger.created";
 /// Cursor-ledger rollover: the record points at the new ledger, the old one not yet deleted.
 pub const CURSOR_LEDGER_RECORDED: &str = "cursor_ledger.recorded";
 
+/// Offload: both objects uploaded and verified, the ledger not yet marked offloaded.
+pub const OFFLOAD_UPLOADED: &str = "offload.uploaded";
+
 /// Every point, for tests that go through them all.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     CHECKPOINT_LOGS_SYNCED,
     CHECKPOINT_INDEX_COMMITTED,
     ROLLOVER_LEDGER_CREATED,
@@ -40,6 +43,7 @@ pub const ALL: [&str; 7] = [
     LEDGER_LIST_HEAD_WRITTEN,
     CURSOR_LEDGER_CREATED,
     CURSOR_LEDGER_RECORDED,
+    OFFLOAD_UPLOADED,
 ];
 
 struct Armed {

@@ -589,7 +589,10 @@ async fn values_of_1_mib(b: Backend) -> Result<()> {
     let too_big = Bytes::from(vec![0u8; VALUE_SIZE_MAX_BYTES + 1]);
     match store.put("/big/too", too_big, Expected::Any).await {
         Err(e @ MetadataError::ValueTooLarge { .. }) => {
-            ensure!(e.to_string().contains("/big/too"), "the error names no key: {e}");
+            ensure!(
+                e.to_string().contains("/big/too"),
+                "the error names no key: {e}"
+            );
         }
         other => bail!("a value over 1 MiB must be refused, got {other:?}"),
     }

@@ -26,7 +26,10 @@ pub fn moto_command() -> Result<Command> {
         if path.is_file() {
             return Ok(Command::new(path));
         }
-        bail!("{MOTO_BIN_ENV}={} is not a file. {HOW_TO_GET_IT}", path.display());
+        bail!(
+            "{MOTO_BIN_ENV}={} is not a file. {HOW_TO_GET_IT}",
+            path.display()
+        );
     }
     let on_path = std::env::var_os("PATH")
         .map(|paths| {
@@ -51,7 +54,9 @@ pub fn moto_command() -> Result<Command> {
         c.args(["-m", "moto.server"]);
         return Ok(c);
     }
-    Err(anyhow!("moto_server not found on PATH, nor the moto.server module. {HOW_TO_GET_IT}"))
+    Err(anyhow!(
+        "moto_server not found on PATH, nor the moto.server module. {HOW_TO_GET_IT}"
+    ))
 }
 
 /// One S3-compatible server.

@@ -58,6 +58,10 @@ pub struct OffloadOptions {
     pub retry: magnetar_offload::RetryPolicy,
     /// Offloads running at once on this broker (Pulsar's `managedLedgerOffloadMaxThreads`).
     pub max_threads: usize,
+    /// How often the cleaner looks for objects no record references (0: never).
+    pub cleaner_interval: Duration,
+    /// … and how old such an object must be before it is deleted.
+    pub cleaner_grace: Duration,
 }
 
 impl OffloadOptions {
@@ -68,6 +72,8 @@ impl OffloadOptions {
             read: magnetar_offload::ReadOptions::default(),
             retry: magnetar_offload::RetryPolicy::default(),
             max_threads: 2,
+            cleaner_interval: Duration::from_secs(3600),
+            cleaner_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -145,6 +151,45 @@ async fn start_offloader(
     ))
 }
 
+/// Runs the offload cleaner every `cleaner_interval` while the offloader lives.
+fn spawn_cleaner(
+    offloader: std::sync::Weak<magnetar_managed_ledger::Offloader>,
+    metadata: Arc<dyn MetadataStore>,
+    clock: SharedClock,
+    offload: &OffloadOptions,
+) {
+    if offload.cleaner_interval.is_zero() {
+        return;
+    }
+    let (every, grace_ms) = (
+        offload.cleaner_interval,
+        u64::try_from(offload.cleaner_grace.as_millis()).unwrap_or(u64::MAX),
+    );
+    tokio::spawn(async move {
+        loop {
+            clock.sleep(every).await;
+            let Some(o) = offloader.upgrade() else { break };
+            match magnetar_managed_ledger::offload::clean_orphans(
+                &o,
+                &metadata,
+                grace_ms,
+                clock.now_ms(),
+            )
+            .await
+            {
+                Ok(r) => info!(
+                    seen = r.objects_seen,
+                    deleted = r.objects_deleted,
+                    "offload cleaner pass"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, "offload cleaner pass failed; retried at the next")
+                }
+            }
+        }
+    });
+}
+
 /// A running broker: the service and its listener, under one metadata session.
 #[derive(Debug)]
 pub struct Broker {
@@ -188,6 +233,12 @@ impl Broker {
                 Arc::clone(&options.random),
             )
             .await?;
+            spawn_cleaner(
+                Arc::downgrade(&offloader),
+                Arc::clone(&store),
+                Arc::clone(&options.clock),
+                offload,
+            );
             factory = factory.with_offloader(offloader);
         }
         let factory = Arc::new(factory);
