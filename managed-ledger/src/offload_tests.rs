@@ -335,3 +335,43 @@ async fn the_cleaner_deletes_only_objects_no_record_references() {
     ml.close().await.unwrap();
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_stored_completion_counts() {
+    use crate::test_support::IndeterminateStore;
+    let cluster = Cluster::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let o = offloader(dir.path());
+    let store = IndeterminateStore::new(Arc::clone(&cluster.metadata));
+    let factory = cluster
+        .factory_with(store.clone())
+        .with_offloader(Arc::clone(&o));
+    let name = "t/ns/persistent/cas";
+    let ml = factory.open(name, config(10, 3_600_000)).await.unwrap();
+    let written = append_n(&ml, 0, 15).await;
+    let key = record::ledger_record_key(name);
+
+    // The completion write is lost on its way (not applied): nothing counts as offloaded, the
+    // attempt's objects are deleted, the bookies keep the ledger, reads are unaffected.
+    store.fail_nth_put(&key, 1, false);
+    ml.offload_up_to(*written.last().unwrap()).unwrap();
+    let status = wait_run(&ml).await;
+    assert_eq!(status.status, OffloadRun::Error, "{status:?}");
+    let l = ml.ledgers()[0].clone();
+    assert!(
+        l.offloaded().is_none() && l.offload.as_ref().is_some_and(|o| !o.complete),
+        "{l:?}"
+    );
+    assert!(objects(&o).await.is_empty(), "{:?}", objects(&o).await);
+    assert_eq!(read_all(&ml).await.len(), 15);
+
+    // Its answer is lost (applied): the re-read record shows it stored, so it counts.
+    store.fail_nth_put(&key, 1, true);
+    ml.offload_up_to(*written.last().unwrap()).unwrap();
+    assert_eq!(wait_run(&ml).await.status, OffloadRun::Success);
+    assert!(ml.ledgers()[0].offloaded().is_some());
+    assert_eq!(objects(&o).await.len(), 2);
+    assert_eq!(read_all(&ml).await.len(), 15);
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}

@@ -126,7 +126,8 @@ impl Cluster {
 #[derive(Debug)]
 pub struct IndeterminateStore {
     inner: Arc<dyn MetadataStore>,
-    next: Mutex<Option<(String, bool)>>,
+    /// (key prefix, applied, matching puts to let through first).
+    next: Mutex<Option<(String, bool, u32)>>,
     /// Puts seen (for measuring metadata write rates).
     puts: std::sync::atomic::AtomicU64,
 }
@@ -148,7 +149,12 @@ impl IndeterminateStore {
     /// The next put to a key starting with `prefix` fails indeterminately (`applied`: after
     /// being applied).
     pub fn fail_next_put(&self, prefix: &str, applied: bool) {
-        *self.next.lock().unwrap() = Some((prefix.to_owned(), applied));
+        self.fail_nth_put(prefix, 0, applied);
+    }
+
+    /// Lets `skip` puts to keys starting with `prefix` through, then fails the next one.
+    pub fn fail_nth_put(&self, prefix: &str, skip: u32, applied: bool) {
+        *self.next.lock().unwrap() = Some((prefix.to_owned(), applied, skip));
     }
 }
 
@@ -166,8 +172,12 @@ impl MetadataStore for IndeterminateStore {
         self.puts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fail = {
             let mut next = self.next.lock().unwrap();
-            match next.as_ref() {
-                Some((prefix, applied)) if key.starts_with(prefix.as_str()) => {
+            match next.as_mut() {
+                Some((prefix, _, skip)) if key.starts_with(prefix.as_str()) && *skip > 0 => {
+                    *skip -= 1;
+                    None
+                }
+                Some((prefix, applied, _)) if key.starts_with(prefix.as_str()) => {
                     let applied = *applied;
                     *next = None;
                     Some(applied)

@@ -614,19 +614,81 @@ pub(super) async fn set_allow_auto_update_schema(
     .await
 }
 
+/// One of the namespace's single-value offload policies. Each is kept twice, as Pulsar keeps
+/// it: in its own field and in `offload_policies`; reads prefer the latter.
+#[derive(Clone, Copy)]
+enum OffloadSetting {
+    ThresholdBytes,
+    ThresholdSeconds,
+    DeletionLagMs,
+}
+
+impl OffloadSetting {
+    fn get(self, p: &NamespacePolicies) -> Option<i64> {
+        let o = p.offload_policies.as_ref();
+        match self {
+            OffloadSetting::ThresholdBytes => o
+                .and_then(|o| o.managed_ledger_offload_threshold_in_bytes)
+                .or(p.offload_threshold),
+            OffloadSetting::ThresholdSeconds => o
+                .and_then(|o| o.managed_ledger_offload_threshold_in_seconds)
+                .or(p.offload_threshold_in_seconds),
+            OffloadSetting::DeletionLagMs => o
+                .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
+                .or(p.offload_deletion_lag_ms),
+        }
+    }
+
+    /// Sets (or with `None` clears) both copies; setting creates `offload_policies`.
+    fn set(self, p: &mut NamespacePolicies, v: Option<i64>) {
+        let (own, in_policies) = match self {
+            OffloadSetting::ThresholdBytes => (&mut p.offload_threshold, {
+                let o = p.offload_policies.get_or_insert_with(Default::default);
+                &mut o.managed_ledger_offload_threshold_in_bytes
+            }),
+            OffloadSetting::ThresholdSeconds => (&mut p.offload_threshold_in_seconds, {
+                let o = p.offload_policies.get_or_insert_with(Default::default);
+                &mut o.managed_ledger_offload_threshold_in_seconds
+            }),
+            OffloadSetting::DeletionLagMs => (&mut p.offload_deletion_lag_ms, {
+                let o = p.offload_policies.get_or_insert_with(Default::default);
+                &mut o.managed_ledger_offload_deletion_lag_in_millis
+            }),
+        };
+        *own = v;
+        *in_policies = v;
+    }
+}
+
+/// A threshold: its value, -1 (off) when unset.
+async fn get_offload_threshold_of(
+    s: &AdminState,
+    tenant: &str,
+    namespace: &str,
+    setting: OffloadSetting,
+) -> ApiResult<Json<i64>> {
+    let ns = namespace_name(tenant, namespace)?;
+    Ok(Json(setting.get(&policies_of(s, &ns).await?).unwrap_or(-1)))
+}
+
+async fn set_offload_setting(
+    s: &AdminState,
+    tenant: &str,
+    namespace: &str,
+    setting: OffloadSetting,
+    body: &Bytes,
+) -> ApiResult<StatusCode> {
+    namespace_name(tenant, namespace)?;
+    let v: i64 = json_body(body)?;
+    write_policy(s, tenant, namespace, |p| setting.set(p, Some(v))).await
+}
+
 /// `GET offloadThreshold`: bytes (the offload policies' value first, as Pulsar answers).
 pub(super) async fn get_offload_threshold(
     State(s): State<AdminState>,
     Path((tenant, namespace)): Path<(String, String)>,
 ) -> ApiResult<Json<i64>> {
-    let ns = namespace_name(&tenant, &namespace)?;
-    let p = policies_of(&s, &ns).await?;
-    Ok(Json(
-        p.offload_policies
-            .and_then(|o| o.managed_ledger_offload_threshold_in_bytes)
-            .or(p.offload_threshold)
-            .unwrap_or(-1),
-    ))
+    get_offload_threshold_of(&s, &tenant, &namespace, OffloadSetting::ThresholdBytes).await
 }
 
 pub(super) async fn set_offload_threshold(
@@ -634,14 +696,13 @@ pub(super) async fn set_offload_threshold(
     Path((tenant, namespace)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    namespace_name(&tenant, &namespace)?;
-    let v: i64 = json_body(&body)?;
-    write_policy(&s, &tenant, &namespace, |p| {
-        p.offload_threshold = Some(v);
-        p.offload_policies
-            .get_or_insert_with(Default::default)
-            .managed_ledger_offload_threshold_in_bytes = Some(v);
-    })
+    set_offload_setting(
+        &s,
+        &tenant,
+        &namespace,
+        OffloadSetting::ThresholdBytes,
+        &body,
+    )
     .await
 }
 
@@ -649,14 +710,7 @@ pub(super) async fn get_offload_threshold_in_seconds(
     State(s): State<AdminState>,
     Path((tenant, namespace)): Path<(String, String)>,
 ) -> ApiResult<Json<i64>> {
-    let ns = namespace_name(&tenant, &namespace)?;
-    let p = policies_of(&s, &ns).await?;
-    Ok(Json(
-        p.offload_policies
-            .and_then(|o| o.managed_ledger_offload_threshold_in_seconds)
-            .or(p.offload_threshold_in_seconds)
-            .unwrap_or(-1),
-    ))
+    get_offload_threshold_of(&s, &tenant, &namespace, OffloadSetting::ThresholdSeconds).await
 }
 
 pub(super) async fn set_offload_threshold_in_seconds(
@@ -664,14 +718,13 @@ pub(super) async fn set_offload_threshold_in_seconds(
     Path((tenant, namespace)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    namespace_name(&tenant, &namespace)?;
-    let v: i64 = json_body(&body)?;
-    write_policy(&s, &tenant, &namespace, |p| {
-        p.offload_threshold_in_seconds = Some(v);
-        p.offload_policies
-            .get_or_insert_with(Default::default)
-            .managed_ledger_offload_threshold_in_seconds = Some(v);
-    })
+    set_offload_setting(
+        &s,
+        &tenant,
+        &namespace,
+        OffloadSetting::ThresholdSeconds,
+        &body,
+    )
     .await
 }
 
@@ -681,9 +734,7 @@ pub(super) async fn get_offload_deletion_lag(
     Path((tenant, namespace)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     read_policy(&s, &tenant, &namespace, |p| {
-        p.offload_policies
-            .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
-            .or(p.offload_deletion_lag_ms)
+        OffloadSetting::DeletionLagMs.get(&p)
     })
     .await
 }
@@ -693,14 +744,13 @@ pub(super) async fn set_offload_deletion_lag(
     Path((tenant, namespace)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    namespace_name(&tenant, &namespace)?;
-    let v: i64 = json_body(&body)?;
-    write_policy(&s, &tenant, &namespace, |p| {
-        p.offload_deletion_lag_ms = Some(v);
-        p.offload_policies
-            .get_or_insert_with(Default::default)
-            .managed_ledger_offload_deletion_lag_in_millis = Some(v);
-    })
+    set_offload_setting(
+        &s,
+        &tenant,
+        &namespace,
+        OffloadSetting::DeletionLagMs,
+        &body,
+    )
     .await
 }
 
@@ -709,9 +759,10 @@ pub(super) async fn clear_offload_deletion_lag(
     Path((tenant, namespace)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     write_policy(&s, &tenant, &namespace, |p| {
-        p.offload_deletion_lag_ms = None;
-        if let Some(o) = &mut p.offload_policies {
-            o.managed_ledger_offload_deletion_lag_in_millis = None;
+        if p.offload_policies.is_some() {
+            OffloadSetting::DeletionLagMs.set(p, None);
+        } else {
+            p.offload_deletion_lag_ms = None;
         }
     })
     .await
