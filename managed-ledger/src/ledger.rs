@@ -478,14 +478,18 @@ impl ManagedLedger {
     pub async fn trim(&self) -> MlResult<Vec<LedgerId>> {
         self.check_open()?;
         let slowest = self.slowest_floor();
-        let with_objects: std::collections::HashSet<LedgerId> = self
-            .shared
-            .state()
-            .ledgers
-            .iter()
-            .filter(|l| l.offload.is_some())
-            .map(|l| l.ledger_id)
-            .collect();
+        // Only with tiered storage is there anything in object storage to delete.
+        let with_objects: std::collections::HashSet<LedgerId> = match &self.offloader {
+            None => std::collections::HashSet::new(),
+            Some(_) => self
+                .shared
+                .state()
+                .ledgers
+                .iter()
+                .filter(|l| l.offload.is_some())
+                .map(|l| l.ledger_id)
+                .collect(),
+        };
         let (done, rx) = oneshot::channel();
         self.commands
             .send(Box::new(Command::Trim { slowest, done }))

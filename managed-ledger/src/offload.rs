@@ -183,52 +183,65 @@ impl ManagedLedger {
     /// `PUT .../offload`); returns once the run started. Refused while a run is in progress.
     pub fn offload_up_to(self: &Arc<Self>, up_to: Position) -> MlResult<()> {
         self.offloader()?;
-        let candidates: Vec<LedgerId> = self
-            .ledgers()
-            .iter()
-            .filter(|l| l.ledger_id < up_to.ledger && self.offloadable(l))
-            .map(|l| l.ledger_id)
-            .collect();
+        let candidates: Vec<LedgerId> = {
+            let st = self.shared.state();
+            st.ledgers
+                .iter()
+                .filter(|l| l.ledger_id < up_to.ledger && Self::offloadable_given(l, st.current))
+                .map(|l| l.ledger_id)
+                .collect()
+        };
         self.start_run(candidates, true)
     }
 
     /// The automatic trigger (the factory's periodic task): offloads what the size and time
     /// thresholds select, and deletes bookie copies whose deletion lag has passed.
     pub(crate) fn offload_due(self: &Arc<Self>) {
-        if self.offloader.is_none() {
+        let cfg = &self.shared.config;
+        let nothing_to_check = cfg.offload_threshold_bytes < 0
+            && cfg.offload_threshold_ms < 0
+            && cfg.offload_deletion_lag_ms < 0;
+        if self.offloader.is_none()
+            || nothing_to_check
+            || self.offload.running.load(Ordering::Acquire)
+        {
             return;
         }
-        let cfg = &self.shared.config;
         let now = self.shared.clock.now_ms();
-        let ledgers = self.ledgers();
-        let mut chosen = Vec::new();
-        // Size: keep at most `threshold` bytes on the bookies, newest first.
-        if cfg.offload_threshold_bytes >= 0 {
-            let mut kept = 0u64;
-            for l in ledgers.iter().rev() {
-                if l.offloaded().is_some() {
-                    continue;
-                }
-                kept += l.size_bytes;
-                if kept > cfg.offload_threshold_bytes as u64 && self.offloadable(l) {
-                    chosen.push(l.ledger_id);
-                }
-            }
-        }
-        // Time: closed ledgers older than the threshold.
-        if cfg.offload_threshold_ms >= 0 {
-            for l in &ledgers {
-                let closed = l.closed_ms.unwrap_or(l.created_ms);
-                if self.offloadable(l)
-                    && now.saturating_sub(closed) >= cfg.offload_threshold_ms as u64
-                    && !chosen.contains(&l.ledger_id)
-                {
-                    chosen.push(l.ledger_id);
+        // One pass under the state lock, no copy of the list (a topic may hold 100,000 ledgers
+        // and this runs at every rollover).
+        let (chosen, lagged) = {
+            let st = self.shared.state();
+            let offloadable = |l: &LedgerInfo| Self::offloadable_given(l, st.current);
+            let mut chosen = Vec::new();
+            // Size: keep at most `threshold` bytes on the bookies, newest first.
+            if cfg.offload_threshold_bytes >= 0 {
+                let mut kept = 0u64;
+                for l in st.ledgers.iter().rev().filter(|l| l.offloaded().is_none()) {
+                    kept += l.size_bytes;
+                    if kept > cfg.offload_threshold_bytes as u64 && offloadable(l) {
+                        chosen.push(l.ledger_id);
+                    }
                 }
             }
-        }
-        chosen.sort_unstable();
-        let lagged = ledgers.iter().any(|l| self.bookie_copy_due(l, now));
+            // Time: closed ledgers older than the threshold.
+            if cfg.offload_threshold_ms >= 0 {
+                chosen.extend(
+                    st.ledgers
+                        .iter()
+                        .filter(|l| {
+                            let closed = l.closed_ms.unwrap_or(l.created_ms);
+                            offloadable(l)
+                                && now.saturating_sub(closed) >= cfg.offload_threshold_ms as u64
+                        })
+                        .map(|l| l.ledger_id),
+                );
+            }
+            chosen.sort_unstable();
+            chosen.dedup();
+            let lagged = st.ledgers.iter().any(|l| self.bookie_copy_due(l, now));
+            (chosen, lagged)
+        };
         if !chosen.is_empty() || lagged {
             let _ = self.start_run(chosen, false);
         }
@@ -236,10 +249,14 @@ impl ManagedLedger {
 
     /// Closed, not the ledger being written, not offloaded yet, holding entries.
     fn offloadable(&self, l: &LedgerInfo) -> bool {
+        Self::offloadable_given(l, self.shared.state().current)
+    }
+
+    fn offloadable_given(l: &LedgerInfo, current: Option<LedgerId>) -> bool {
         l.state == LedgerRecordState::Closed
             && l.offloaded().is_none()
             && l.entries > 0
-            && self.shared.state().current != Some(l.ledger_id)
+            && current != Some(l.ledger_id)
     }
 
     fn bookie_copy_due(&self, l: &LedgerInfo, now: u64) -> bool {

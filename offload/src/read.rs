@@ -126,7 +126,7 @@ impl OffloadReader {
             (first_block..=last_block).map(|b| self.block(&names.data, b, index.data_bytes)),
         )
         .await?;
-        let mut raw = BytesMut::with_capacity((range.end - range.start) as usize);
+        let mut pieces = Vec::with_capacity(wanted.len());
         for (i, bytes) in wanted.iter().enumerate() {
             let at = (first_block + i as u64) * block;
             let from = range.start.saturating_sub(at) as usize;
@@ -140,15 +140,27 @@ impl OffloadReader {
                     ),
                 });
             }
-            raw.extend_from_slice(&bytes[from..to]);
+            pieces.push(bytes.slice(from..to));
         }
+        // Within one block the entries are slices of the cached block; only a read that spans
+        // blocks is copied into one buffer.
+        let raw = match pieces.len() {
+            1 => pieces.pop().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity((range.end - range.start) as usize);
+                for p in &pieces {
+                    joined.extend_from_slice(p);
+                }
+                joined.freeze()
+            }
+        };
         if raw.len() as u64 != range.end - range.start {
             return Err(OffloadError::Corrupt {
                 ledger,
                 what: "the data object is shorter than its index says".to_owned(),
             });
         }
-        format::decode_records(ledger, first, raw.freeze())
+        format::decode_records(ledger, first, raw)
     }
 
     /// Block `b` of a data object (cached; one request for concurrent misses).

@@ -933,17 +933,9 @@ async fn damage_in_the_middle_of_the_journal_refuses_to_start_unless_skipped() -
     Ok(())
 }
 
-#[tokio::test]
-async fn a_corrupt_index_refuses_to_start_naming_the_file() -> TestResult {
-    let dir = tempfile::tempdir()?;
-    let b = Bookie::open(options(dir.path())).await?;
-    for l in 1..=20u64 {
-        add_all(&b, l, 0..500, 100).await?;
-    }
-    b.checkpoint_now().await?;
-    b.shutdown().await;
-    // Overwrite four of the index's written pages in its second half (its tree pages).
-    let index = dir.path().join("ledgers").join("index.redb");
+/// Overwrites four of the index's written pages in its second half (its tree pages).
+fn corrupt_index_pages(data_dir: &Path) -> TestResult {
+    let index = data_dir.join("ledgers").join("index.redb");
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -956,7 +948,19 @@ async fn a_corrupt_index_refuses_to_start_naming_the_file() -> TestResult {
     for p in written.iter().skip(written.len() / 2).take(4) {
         file.write_all_at(&[0xa5u8; 4096], (*p * 4096) as u64)?;
     }
-    drop(file);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_corrupt_index_refuses_to_start_naming_the_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let b = Bookie::open(options(dir.path())).await?;
+    for l in 1..=20u64 {
+        add_all(&b, l, 0..500, 100).await?;
+    }
+    b.checkpoint_now().await?;
+    b.shutdown().await;
+    corrupt_index_pages(dir.path())?;
     let err = Bookie::open(options(dir.path()))
         .await
         .err()
@@ -979,20 +983,7 @@ async fn an_index_page_corrupted_while_running_fails_only_its_reads_naming_the_l
         add_all(&b, l, 0..500, 100).await?;
     }
     b.checkpoint_now().await?;
-    let index = dir.path().join("ledgers").join("index.redb");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&index)?;
-    let mut all = vec![0u8; usize::try_from(file.metadata()?.len())?];
-    file.read_exact_at(&mut all, 0)?;
-    let written: Vec<usize> = (0..all.len() / 4096)
-        .filter(|p| all[p * 4096..(p + 1) * 4096].iter().any(|b| *b != 0))
-        .collect();
-    for p in written.iter().skip(written.len() / 2).take(4) {
-        file.write_all_at(&[0xa5u8; 4096], (*p * 4096) as u64)?;
-    }
-    drop(file);
+    corrupt_index_pages(dir.path())?;
 
     let (mut served, mut failed) = (0u32, 0u32);
     for l in 1..=20u64 {
