@@ -26,7 +26,8 @@ use magnetar_metadata::EntryId;
 use magnetar_metadata::clock::{self, Random};
 use magnetar_offload::store::Driver;
 use magnetar_offload::{
-    DriverConfig, OffloadReader, OffloadStore, ReadOptions, RetryPolicy, UploadOptions,
+    DriverConfig, OffloadReader, OffloadStore, OffloadTargets, ReadOptions, RetryPolicy,
+    UploadOptions,
 };
 
 const ENTRY_BYTES: usize = 16 * 1024;
@@ -60,7 +61,12 @@ fn read_options() -> ReadOptions {
 fn offloader(cfg: &DriverConfig) -> Arc<Offloader> {
     let store = OffloadStore::build(cfg, RetryPolicy::default(), clock::system()).unwrap();
     Offloader::new(
-        OffloadReader::new(store, read_options()),
+        OffloadTargets::new(
+            cfg.clone(),
+            OffloadReader::new(store, read_options()),
+            RetryPolicy::default(),
+            clock::system(),
+        ),
         UploadOptions::default(),
         2,
         Random::from_seed(1),

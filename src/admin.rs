@@ -208,43 +208,50 @@ pub enum NamespacesCommand {
     /// Set the offload policies.
     SetOffloadPolicies {
         namespace: String,
-        /// s3, aws-s3, google-cloud-storage, filesystem, azureblob.
-        #[arg(short = 'd', long)]
-        driver: String,
-        #[arg(short = 'b', long)]
-        bucket: Option<String>,
-        #[arg(short = 'r', long)]
-        region: Option<String>,
-        #[arg(short = 'e', long)]
-        endpoint: Option<String>,
-        /// Upload part size, e.g. 64M.
-        #[arg(long = "maxBlockSize", visible_alias = "mbs")]
-        max_block_size: Option<String>,
-        /// Ranged-read size, e.g. 1M.
-        #[arg(long = "readBufferSize", visible_alias = "rbs")]
-        read_buffer_size: Option<String>,
-        /// Bytes kept on the bookies before offloading (e.g. 10M; -1 off).
-        #[arg(
-            long = "offloadAfterThreshold",
-            visible_alias = "oat",
-            allow_hyphen_values = true
-        )]
-        offload_after_threshold: Option<String>,
-        /// Age after which closed ledgers are offloaded (e.g. 1h; -1 off).
-        #[arg(
-            long = "offloadAfterThresholdInSeconds",
-            visible_alias = "oats",
-            allow_hyphen_values = true
-        )]
-        offload_after_threshold_in_seconds: Option<String>,
-        /// Deletion lag of the bookies' copy (e.g. 4h).
-        #[arg(long = "offloadAfterElapsed", visible_alias = "oae")]
-        offload_after_elapsed: Option<String>,
+        #[command(flatten)]
+        policy: OffloadPolicyArgs,
     },
     /// Show the offload policies.
     GetOffloadPolicies { namespace: String },
     /// Remove the offload policies.
     RemoveOffloadPolicies { namespace: String },
+}
+
+/// The options of `set-offload-policies` (namespaces and topics alike).
+#[derive(Debug, Args)]
+pub struct OffloadPolicyArgs {
+    /// s3, aws-s3, google-cloud-storage, filesystem, azureblob.
+    #[arg(short = 'd', long)]
+    driver: String,
+    #[arg(short = 'b', long)]
+    bucket: Option<String>,
+    #[arg(short = 'r', long)]
+    region: Option<String>,
+    #[arg(short = 'e', long)]
+    endpoint: Option<String>,
+    /// Upload part size, e.g. 64M.
+    #[arg(long = "maxBlockSize", visible_alias = "mbs")]
+    max_block_size: Option<String>,
+    /// Ranged-read size, e.g. 1M.
+    #[arg(long = "readBufferSize", visible_alias = "rbs")]
+    read_buffer_size: Option<String>,
+    /// Bytes kept on the bookies before offloading (e.g. 10M; -1 off).
+    #[arg(
+        long = "offloadAfterThreshold",
+        visible_alias = "oat",
+        allow_hyphen_values = true
+    )]
+    offload_after_threshold: Option<String>,
+    /// Age after which closed ledgers are offloaded (e.g. 1h; -1 off).
+    #[arg(
+        long = "offloadAfterThresholdInSeconds",
+        visible_alias = "oats",
+        allow_hyphen_values = true
+    )]
+    offload_after_threshold_in_seconds: Option<String>,
+    /// Deletion lag of the bookies' copy (e.g. 4h).
+    #[arg(long = "offloadAfterElapsed", visible_alias = "oae")]
+    offload_after_elapsed: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -353,6 +360,20 @@ pub enum TopicsCommand {
         #[arg(short = 's', long)]
         size_threshold: String,
     },
+    /// Set the topic's own offload policies (over its namespace's).
+    SetOffloadPolicies {
+        topic: String,
+        #[command(flatten)]
+        policy: OffloadPolicyArgs,
+    },
+    /// Show the topic's own offload policies; with --applied, the settings in force.
+    GetOffloadPolicies {
+        topic: String,
+        #[arg(short = 'a', long)]
+        applied: bool,
+    },
+    /// Remove the topic's own offload policies (back to its namespace's).
+    RemoveOffloadPolicies { topic: String },
     /// Show the last offload of a topic.
     OffloadStatus {
         topic: String,
@@ -601,71 +622,8 @@ fn namespaces(c: &Client, cmd: NamespacesCommand) -> anyhow::Result<()> {
         N::ClearOffloadDeletionLag { namespace } => {
             c.delete(&format!("{}/offloadDeletionLagMs", ns(&namespace)?))?
         }
-        N::SetOffloadPolicies {
-            namespace,
-            driver,
-            bucket,
-            region,
-            endpoint,
-            max_block_size,
-            read_buffer_size,
-            offload_after_threshold,
-            offload_after_threshold_in_seconds,
-            offload_after_elapsed,
-        } => {
-            let s3 = matches!(driver.to_ascii_lowercase().as_str(), "s3" | "aws-s3");
-            let mut body = json!({"managedLedgerOffloadDriver": driver});
-            let mut both = |generic: &str, specific: &str, v: Value| {
-                body[generic] = v.clone();
-                if s3 {
-                    body[format!("s3{specific}")] = v;
-                }
-            };
-            if let Some(b) = bucket {
-                both(
-                    "managedLedgerOffloadBucket",
-                    "ManagedLedgerOffloadBucket",
-                    json!(b),
-                );
-            }
-            if let Some(r) = region {
-                both(
-                    "managedLedgerOffloadRegion",
-                    "ManagedLedgerOffloadRegion",
-                    json!(r),
-                );
-            }
-            if let Some(e) = endpoint {
-                both(
-                    "managedLedgerOffloadServiceEndpoint",
-                    "ManagedLedgerOffloadServiceEndpoint",
-                    json!(e),
-                );
-            }
-            if let Some(m) = max_block_size {
-                both(
-                    "managedLedgerOffloadMaxBlockSizeInBytes",
-                    "ManagedLedgerOffloadMaxBlockSizeInBytes",
-                    json!(parse_bytes(&m)?),
-                );
-            }
-            if let Some(r) = read_buffer_size {
-                both(
-                    "managedLedgerOffloadReadBufferSizeInBytes",
-                    "ManagedLedgerOffloadReadBufferSizeInBytes",
-                    json!(parse_bytes(&r)?),
-                );
-            }
-            if let Some(t) = offload_after_threshold {
-                body["managedLedgerOffloadThresholdInBytes"] = json!(parse_bytes(&t)?);
-            }
-            if let Some(t) = offload_after_threshold_in_seconds {
-                body["managedLedgerOffloadThresholdInSeconds"] = json!(parse_seconds(&t)?);
-            }
-            if let Some(l) = offload_after_elapsed {
-                body["managedLedgerOffloadDeletionLagInMillis"] =
-                    json!(parse_seconds(&l)?.saturating_mul(1000));
-            }
+        N::SetOffloadPolicies { namespace, policy } => {
+            let body = offload_policies_body(policy)?;
             c.post(
                 &format!("{}/offloadPolicies", ns(&namespace)?),
                 Some(body.to_string()),
@@ -680,6 +638,76 @@ fn namespaces(c: &Client, cmd: NamespacesCommand) -> anyhow::Result<()> {
     }
     .print();
     Ok(())
+}
+
+/// Pulsar's `OffloadPolicies` body from the options, with the S3-specific fields set too for
+/// S3 drivers, as pulsar-admin sends it.
+fn offload_policies_body(p: OffloadPolicyArgs) -> anyhow::Result<Value> {
+    let OffloadPolicyArgs {
+        driver,
+        bucket,
+        region,
+        endpoint,
+        max_block_size,
+        read_buffer_size,
+        offload_after_threshold,
+        offload_after_threshold_in_seconds,
+        offload_after_elapsed,
+    } = p;
+    let s3 = matches!(driver.to_ascii_lowercase().as_str(), "s3" | "aws-s3");
+    let mut body = json!({"managedLedgerOffloadDriver": driver});
+    let mut both = |generic: &str, specific: &str, v: Value| {
+        body[generic] = v.clone();
+        if s3 {
+            body[format!("s3{specific}")] = v;
+        }
+    };
+    if let Some(b) = bucket {
+        both(
+            "managedLedgerOffloadBucket",
+            "ManagedLedgerOffloadBucket",
+            json!(b),
+        );
+    }
+    if let Some(r) = region {
+        both(
+            "managedLedgerOffloadRegion",
+            "ManagedLedgerOffloadRegion",
+            json!(r),
+        );
+    }
+    if let Some(e) = endpoint {
+        both(
+            "managedLedgerOffloadServiceEndpoint",
+            "ManagedLedgerOffloadServiceEndpoint",
+            json!(e),
+        );
+    }
+    if let Some(m) = max_block_size {
+        both(
+            "managedLedgerOffloadMaxBlockSizeInBytes",
+            "ManagedLedgerOffloadMaxBlockSizeInBytes",
+            json!(parse_bytes(&m)?),
+        );
+    }
+    if let Some(r) = read_buffer_size {
+        both(
+            "managedLedgerOffloadReadBufferSizeInBytes",
+            "ManagedLedgerOffloadReadBufferSizeInBytes",
+            json!(parse_bytes(&r)?),
+        );
+    }
+    if let Some(t) = offload_after_threshold {
+        body["managedLedgerOffloadThresholdInBytes"] = json!(parse_bytes(&t)?);
+    }
+    if let Some(t) = offload_after_threshold_in_seconds {
+        body["managedLedgerOffloadThresholdInSeconds"] = json!(parse_seconds(&t)?);
+    }
+    if let Some(l) = offload_after_elapsed {
+        body["managedLedgerOffloadDeletionLagInMillis"] =
+            json!(parse_seconds(&l)?.saturating_mul(1000));
+    }
+    Ok(body)
 }
 
 fn topics(c: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
@@ -789,6 +817,18 @@ fn topics(c: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
                 }
             }
             return Ok(());
+        }
+        T::SetOffloadPolicies { topic, policy } => c.post(
+            &format!("{}/offloadPolicies", topic_path(&topic)?),
+            Some(offload_policies_body(policy)?.to_string()),
+        )?,
+        T::GetOffloadPolicies { topic, applied } => c.get(&format!(
+            "{}/offloadPolicies{}",
+            topic_path(&topic)?,
+            if applied { "?applied=true" } else { "" }
+        ))?,
+        T::RemoveOffloadPolicies { topic } => {
+            c.delete(&format!("{}/offloadPolicies", topic_path(&topic)?))?
         }
         T::OffloadStatus {
             topic,

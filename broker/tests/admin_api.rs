@@ -574,6 +574,7 @@ impl TopicAdmin for FakeTopics {
                 size: 1000,
                 offloaded: false,
                 under_replicated: false,
+                ..LedgerInfo::default()
             }],
             cursors,
             ..PersistentTopicInternalStats::default()

@@ -70,6 +70,9 @@ pub struct ManagedLedgerConfig {
     /// The bookies' copy of an offloaded ledger is deleted this long after the offload
     /// completed; -1 never (Pulsar's `managedLedgerOffloadDeletionLagMs`). Default 4 h.
     pub offload_deletion_lag_ms: i64,
+    /// Where this managed ledger offloads: `None` the broker's store; a namespace's or topic's
+    /// offload policy may name another driver or bucket.
+    pub offload_driver: Option<magnetar_offload::DriverConfig>,
 }
 
 impl Default for ManagedLedgerConfig {
@@ -94,6 +97,7 @@ impl Default for ManagedLedgerConfig {
             offload_threshold_bytes: -1,
             offload_threshold_ms: -1,
             offload_deletion_lag_ms: 4 * 3600 * 1000,
+            offload_driver: None,
         }
     }
 }

@@ -103,7 +103,7 @@ impl ManagedLedgerFactory {
     /// Offloads closed ledgers through `offloader` (by policy and on request), and reads
     /// offloaded ledgers from its store.
     pub fn with_offloader(mut self, offloader: Arc<Offloader>) -> Self {
-        self.sources = BookieSources::with_offload(self.client.clone(), offloader.reader().clone());
+        self.sources = BookieSources::with_offload(self.client.clone(), offloader.targets());
         self.offloader = Some(offloader);
         self
     }
@@ -311,7 +311,7 @@ async fn open_managed_ledger(
         registry,
         next_trim_ms: AtomicU64::new(opened_ms + config.retention_check_interval_ms.max(10)),
         offloader,
-        offload: crate::offload::OffloadSlot::default(),
+        offload: crate::offload::OffloadSlot::new(crate::offload::OffloadPolicy::of(&config)),
     });
     ml.load_cursors().await?;
     Ok(ml)

@@ -169,6 +169,10 @@ pub struct InternalLedgerInfo {
     pub entries: u64,
     pub size: u64,
     pub offloaded: bool,
+    /// Where an offloaded ledger is (`s3://bucket/prefix`).
+    pub offloaded_to: Option<String>,
+    /// The bookies no longer hold an offloaded ledger (its deletion lag passed).
+    pub bookie_copy_deleted: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -479,17 +483,17 @@ impl ManagedLedger {
         self.check_open()?;
         let slowest = self.slowest_floor();
         // Only with tiered storage is there anything in object storage to delete.
-        let with_objects: std::collections::HashSet<LedgerId> = match &self.offloader {
-            None => std::collections::HashSet::new(),
-            Some(_) => self
-                .shared
-                .state()
-                .ledgers
-                .iter()
-                .filter(|l| l.offload.is_some())
-                .map(|l| l.ledger_id)
-                .collect(),
-        };
+        let with_objects: std::collections::HashMap<LedgerId, crate::record::OffloadState> =
+            match &self.offloader {
+                None => std::collections::HashMap::new(),
+                Some(_) => self
+                    .shared
+                    .state()
+                    .ledgers
+                    .iter()
+                    .filter_map(|l| l.offload.clone().map(|o| (l.ledger_id, o)))
+                    .collect(),
+            };
         let (done, rx) = oneshot::channel();
         self.commands
             .send(Box::new(Command::Trim { slowest, done }))
@@ -498,18 +502,24 @@ impl ManagedLedger {
         let removed = rx.await.map_err(|_| self.gone())??;
         for &id in &removed {
             self.drop_ledger_data(id).await;
-            if with_objects.contains(&id) {
-                self.drop_ledger_objects(id).await;
+            if let Some(state) = with_objects.get(&id) {
+                self.drop_ledger_objects(id, state).await;
             }
         }
         Ok(removed)
     }
 
     /// Deletes a trimmed ledger's objects in object storage (every attempt's).
-    async fn drop_ledger_objects(&self, id: LedgerId) {
-        if let Some(o) = &self.offloader
-            && let Err(e) = o.delete_ledger_objects(&self.shared.name, id).await
-        {
+    async fn drop_ledger_objects(&self, id: LedgerId, state: &crate::record::OffloadState) {
+        let Some(o) = &self.offloader else { return };
+        let deleted = match o.target_of(state) {
+            Ok(t) => {
+                crate::offload::Offloader::delete_ledger_objects(t.store(), &self.shared.name, id)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
             warn!(ml = %self.shared.name, ledger = %id, error = %e,
                 "could not delete a trimmed ledger's offloaded objects; the cleaner retries");
         }
@@ -588,13 +598,23 @@ impl ManagedLedger {
         for n in names {
             self.delete_cursor(&n).await?;
         }
-        let ids: Vec<LedgerId> = self.ledgers().iter().map(|l| l.ledger_id).collect();
-        for id in ids {
-            self.drop_ledger_data(id).await;
+        let ledgers = self.ledgers();
+        for l in &ledgers {
+            self.drop_ledger_data(l.ledger_id).await;
         }
         if let Some(o) = &self.offloader {
-            // Everything under the managed ledger's prefix: failed attempts' objects too.
-            o.delete_all_objects(&self.shared.name).await?;
+            // Everything under the managed ledger's prefix (failed attempts' objects too) in
+            // the cluster's store and every store one of its ledgers went to.
+            let mut stores = vec![o.store().clone()];
+            for state in ledgers.iter().filter_map(|l| l.offload.as_ref()) {
+                let t = o.target_of(state)?;
+                if !stores.iter().any(|s| s.location() == t.store().location()) {
+                    stores.push(t.store().clone());
+                }
+            }
+            for store in &stores {
+                crate::offload::Offloader::delete_all_objects(store, &self.shared.name).await?;
+            }
         }
         crate::ledger_list::LedgerList::new(Arc::clone(&self.metadata), &self.shared.name)
             .delete_all()
@@ -658,6 +678,8 @@ impl ManagedLedger {
                     entries: l.entries,
                     size: l.size_bytes,
                     offloaded: l.offloaded().is_some(),
+                    offloaded_to: l.offloaded().map(|o| o.describe()),
+                    bookie_copy_deleted: l.location == crate::LedgerLocation::Offloaded,
                 })
                 .collect(),
             cursors,

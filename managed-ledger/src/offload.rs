@@ -25,7 +25,9 @@ use futures::StreamExt;
 use magnetar_bookie::client::LedgerClient;
 use magnetar_metadata::LedgerId;
 use magnetar_metadata::clock::Random;
-use magnetar_offload::{ObjectNames, OffloadReader, OffloadStore, UploadOptions};
+use magnetar_offload::{
+    DriverConfig, ObjectNames, OffloadReader, OffloadStore, OffloadTargets, UploadOptions,
+};
 use serde::Serialize;
 use tokio::sync::{Semaphore, oneshot};
 use tracing::{Instrument, info, info_span, warn};
@@ -38,11 +40,11 @@ use crate::{LedgerLocation, Position};
 /// Entries read from the bookies per request while uploading.
 const READ_BATCH_ENTRIES: u64 = 256;
 
-/// The object store side of one broker's tiered storage, shared by its managed ledgers.
+/// The object store side of one broker's tiered storage, shared by its managed ledgers: the
+/// cluster's store and those offload policies name ([`OffloadTargets`]).
 #[derive(Debug)]
 pub struct Offloader {
-    store: OffloadStore,
-    reader: OffloadReader,
+    targets: Arc<OffloadTargets>,
     upload: UploadOptions,
     permits: Semaphore,
     random: Arc<Random>,
@@ -52,36 +54,37 @@ impl Offloader {
     /// `concurrent_max` offloads run at once on this broker (Pulsar's
     /// `managedLedgerOffloadMaxThreads`).
     pub fn new(
-        reader: OffloadReader,
+        targets: OffloadTargets,
         upload: UploadOptions,
         concurrent_max: usize,
         random: Arc<Random>,
     ) -> Arc<Self> {
         Arc::new(Offloader {
-            store: reader.store().clone(),
-            reader,
+            targets: Arc::new(targets),
             upload,
             permits: Semaphore::new(concurrent_max.max(1)),
             random,
         })
     }
 
+    /// The cluster's store.
     pub fn store(&self) -> &OffloadStore {
-        &self.store
+        self.targets.default_reader().store()
     }
 
+    /// Reads of the cluster's store.
     pub fn reader(&self) -> &OffloadReader {
-        &self.reader
+        self.targets.default_reader()
     }
 
-    /// The objects of `ledger`'s attempt `uid` in managed ledger `name`.
-    pub fn names(&self, name: &str, ledger: LedgerId, uid: &str) -> ObjectNames {
-        ObjectNames::new(self.store.prefix(), name, ledger, uid)
+    pub fn targets(&self) -> Arc<OffloadTargets> {
+        Arc::clone(&self.targets)
     }
 
-    /// Whether `state` was written to this broker's store (driver and bucket).
-    pub fn holds(&self, state: &OffloadState) -> bool {
-        state.driver == self.store.driver() && state.bucket == self.store.bucket()
+    /// The store an attempt recorded as `state` wrote to.
+    pub(crate) fn target_of(&self, state: &OffloadState) -> MlResult<OffloadReader> {
+        let at = state.location(self.store().location())?;
+        Ok(self.targets.for_location(&at)?)
     }
 
     fn new_uid(&self) -> String {
@@ -92,23 +95,51 @@ impl Offloader {
         format!("{a:016x}{b:016x}")
     }
 
-    /// Deletes every object of `ledger` (all attempts).
-    pub(crate) async fn delete_ledger_objects(&self, name: &str, ledger: LedgerId) -> MlResult<()> {
-        let dir = magnetar_offload::upload::ledger_dir(self.store.prefix(), name, ledger);
-        self.delete_under(&dir).await
+    /// Deletes every object of `ledger` (all attempts) in `store`.
+    pub(crate) async fn delete_ledger_objects(
+        store: &OffloadStore,
+        name: &str,
+        ledger: LedgerId,
+    ) -> MlResult<()> {
+        let dir = magnetar_offload::upload::ledger_dir(store.prefix(), name, ledger);
+        Self::delete_under(store, &dir).await
     }
 
-    /// Deletes every object of managed ledger `name`.
-    pub(crate) async fn delete_all_objects(&self, name: &str) -> MlResult<()> {
-        let dir = magnetar_offload::upload::managed_ledger_dir(self.store.prefix(), name);
-        self.delete_under(&dir).await
+    /// Deletes every object of managed ledger `name` in `store`.
+    pub(crate) async fn delete_all_objects(store: &OffloadStore, name: &str) -> MlResult<()> {
+        let dir = magnetar_offload::upload::managed_ledger_dir(store.prefix(), name);
+        Self::delete_under(store, &dir).await
     }
 
-    async fn delete_under(&self, dir: &object_store::path::Path) -> MlResult<()> {
-        for meta in self.store.list(dir).await? {
-            self.store.delete(&meta.location).await?;
+    async fn delete_under(store: &OffloadStore, dir: &object_store::path::Path) -> MlResult<()> {
+        for meta in store.list(dir).await? {
+            store.delete(&meta.location).await?;
         }
         Ok(())
+    }
+}
+
+/// What decides a managed ledger's offloads: set from its configuration when it opens and
+/// replaced whenever its namespace's or topic's policy changes
+/// ([`ManagedLedger::set_offload_policy`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OffloadPolicy {
+    /// See [`ManagedLedgerConfig`](crate::ManagedLedgerConfig)'s fields of the same names.
+    pub threshold_bytes: i64,
+    pub threshold_ms: i64,
+    pub deletion_lag_ms: i64,
+    /// `None`: the broker's store.
+    pub driver: Option<DriverConfig>,
+}
+
+impl OffloadPolicy {
+    pub fn of(cfg: &crate::ManagedLedgerConfig) -> OffloadPolicy {
+        OffloadPolicy {
+            threshold_bytes: cfg.offload_threshold_bytes,
+            threshold_ms: cfg.offload_threshold_ms,
+            deletion_lag_ms: cfg.offload_deletion_lag_ms,
+            driver: cfg.offload_driver.clone(),
+        }
     }
 }
 
@@ -137,12 +168,14 @@ pub struct OffloadStatus {
 pub(crate) struct OffloadSlot {
     running: AtomicBool,
     status: std::sync::Mutex<OffloadStatus>,
+    policy: std::sync::Mutex<Arc<OffloadPolicy>>,
 }
 
-impl Default for OffloadSlot {
-    fn default() -> Self {
+impl OffloadSlot {
+    pub(crate) fn new(policy: OffloadPolicy) -> Self {
         OffloadSlot {
             running: AtomicBool::new(false),
+            policy: std::sync::Mutex::new(Arc::new(policy)),
             status: std::sync::Mutex::new(OffloadStatus {
                 status: OffloadRun::NotRun,
                 last_error: String::new(),
@@ -153,6 +186,10 @@ impl Default for OffloadSlot {
 }
 
 impl OffloadSlot {
+    fn policy(&self) -> Arc<OffloadPolicy> {
+        Arc::clone(&self.policy.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn set(&self, status: OffloadStatus) {
         *self.status.lock().unwrap_or_else(|p| p.into_inner()) = status;
     }
@@ -179,6 +216,26 @@ impl ManagedLedger {
         self.offload.get()
     }
 
+    /// The thresholds, lag and store in force.
+    pub fn offload_policy(&self) -> Arc<OffloadPolicy> {
+        self.offload.policy()
+    }
+
+    /// Replaces the offload policy (a namespace or topic policy changed); the next periodic
+    /// check applies it. Ledgers offloaded already stay where they are.
+    pub fn set_offload_policy(&self, policy: OffloadPolicy) {
+        let mut current = self
+            .offload
+            .policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if **current != policy {
+            info!(ml = %self.shared.name, ?policy, "offload policy changed");
+            *current = Arc::new(policy);
+            self.shared.offload_check.store(true, Ordering::Release);
+        }
+    }
+
     /// Starts offloading every closed ledger before the one holding `up_to` (Pulsar's
     /// `PUT .../offload`); returns once the run started. Refused while a run is in progress.
     pub fn offload_up_to(self: &Arc<Self>, up_to: Position) -> MlResult<()> {
@@ -197,10 +254,9 @@ impl ManagedLedger {
     /// The automatic trigger (the factory's periodic task): offloads what the size and time
     /// thresholds select, and deletes bookie copies whose deletion lag has passed.
     pub(crate) fn offload_due(self: &Arc<Self>) {
-        let cfg = &self.shared.config;
-        let nothing_to_check = cfg.offload_threshold_bytes < 0
-            && cfg.offload_threshold_ms < 0
-            && cfg.offload_deletion_lag_ms < 0;
+        let policy = self.offload.policy();
+        let nothing_to_check =
+            policy.threshold_bytes < 0 && policy.threshold_ms < 0 && policy.deletion_lag_ms < 0;
         if self.offloader.is_none()
             || nothing_to_check
             || self.offload.running.load(Ordering::Acquire)
@@ -215,31 +271,34 @@ impl ManagedLedger {
             let offloadable = |l: &LedgerInfo| Self::offloadable_given(l, st.current);
             let mut chosen = Vec::new();
             // Size: keep at most `threshold` bytes on the bookies, newest first.
-            if cfg.offload_threshold_bytes >= 0 {
+            if policy.threshold_bytes >= 0 {
                 let mut kept = 0u64;
                 for l in st.ledgers.iter().rev().filter(|l| l.offloaded().is_none()) {
                     kept += l.size_bytes;
-                    if kept > cfg.offload_threshold_bytes as u64 && offloadable(l) {
+                    if kept > policy.threshold_bytes as u64 && offloadable(l) {
                         chosen.push(l.ledger_id);
                     }
                 }
             }
             // Time: closed ledgers older than the threshold.
-            if cfg.offload_threshold_ms >= 0 {
+            if policy.threshold_ms >= 0 {
                 chosen.extend(
                     st.ledgers
                         .iter()
                         .filter(|l| {
                             let closed = l.closed_ms.unwrap_or(l.created_ms);
                             offloadable(l)
-                                && now.saturating_sub(closed) >= cfg.offload_threshold_ms as u64
+                                && now.saturating_sub(closed) >= policy.threshold_ms as u64
                         })
                         .map(|l| l.ledger_id),
                 );
             }
             chosen.sort_unstable();
             chosen.dedup();
-            let lagged = st.ledgers.iter().any(|l| self.bookie_copy_due(l, now));
+            let lagged = st
+                .ledgers
+                .iter()
+                .any(|l| Self::bookie_copy_due(l, policy.deletion_lag_ms, now));
             (chosen, lagged)
         };
         if !chosen.is_empty() || lagged {
@@ -259,8 +318,7 @@ impl ManagedLedger {
             && current != Some(l.ledger_id)
     }
 
-    fn bookie_copy_due(&self, l: &LedgerInfo, now: u64) -> bool {
-        let lag = self.shared.config.offload_deletion_lag_ms;
+    fn bookie_copy_due(l: &LedgerInfo, lag: i64, now: u64) -> bool {
         l.offloaded().is_some_and(|o| {
             !o.bookies_deleted
                 && lag >= 0
@@ -368,12 +426,20 @@ impl ManagedLedger {
         if !self.offloadable(&info) {
             return Ok(());
         }
+        let target = offloader
+            .targets
+            .for_config(self.offload.policy().driver.as_ref())?;
+        let store = target.store();
         let uid = offloader.new_uid();
         let now = self.shared.clock.now_ms();
+        let at = store.location();
         let state = OffloadState {
             uid: uid.clone(),
-            driver: offloader.store.driver().to_owned(),
-            bucket: offloader.store.bucket().to_owned(),
+            driver: store.driver().to_owned(),
+            bucket: store.bucket().to_owned(),
+            region: at.region.clone(),
+            service_endpoint: at.service_endpoint.clone(),
+            prefix: Some(at.prefix.clone()),
             began_ms: now,
             complete: false,
             completed_ms: None,
@@ -395,21 +461,24 @@ impl ManagedLedger {
             }),
         )
         .await?;
-        if let Some(prev) = previous.filter(|p| offloader.holds(p)) {
+        if let Some(prev) = previous
+            && let Ok(old_target) = offloader.target_of(&prev)
+        {
             // A crashed or failed attempt: its objects are nobody's now.
-            let old = offloader.names(&name, id, &prev.uid);
+            let old_store = old_target.store();
+            let old = ObjectNames::new(old_store.prefix(), &name, id, &prev.uid);
             for path in [&old.data, &old.index] {
-                let _ = offloader.store.delete(path).await;
+                let _ = old_store.delete(path).await;
             }
         }
-        let names = offloader.names(&name, id, &uid);
+        let names = ObjectNames::new(store.prefix(), &name, id, &uid);
         info!(ledger = %id, attempt = %uid, entries = info.entries, bytes = info.size_bytes,
             "offloading ledger");
         // 2. Upload and verify.
         let uploaded = async {
             let source = self.bookie_entries(id, info.entries).await?;
             let up = magnetar_offload::upload_ledger(
-                &offloader.store,
+                store,
                 &names,
                 id,
                 info.entries,
@@ -418,7 +487,7 @@ impl ManagedLedger {
                 offloader.upload,
             )
             .await?;
-            magnetar_offload::verify(&offloader.store, &names, &up.index).await?;
+            magnetar_offload::verify(store, &names, &up.index).await?;
             magnetar_metadata::crash_point::reached(
                 magnetar_metadata::crash_point::OFFLOAD_UPLOADED,
             );
@@ -457,13 +526,13 @@ impl ManagedLedger {
         };
         if let Err(e) = completed {
             for path in [&names.data, &names.index] {
-                let _ = offloader.store.delete(path).await;
+                let _ = store.delete(path).await;
             }
             return Err(e);
         }
         // Reads of this ledger go to object storage from now on.
         self.shared.forget_reader(id);
-        info!(ledger = %id, attempt = %uid, "ledger offloaded");
+        info!(ledger = %id, attempt = %uid, to = %store.location().bucket, "ledger offloaded");
         Ok(())
     }
 
@@ -505,10 +574,11 @@ impl ManagedLedger {
     /// Deletes the bookies' copy of offloaded ledgers whose deletion lag has passed.
     async fn delete_lagged_bookie_copies(&self) {
         let now = self.shared.clock.now_ms();
+        let lag = self.offload.policy().deletion_lag_ms;
         let due: Vec<LedgerInfo> = self
             .ledgers()
             .into_iter()
-            .filter(|l| self.bookie_copy_due(l, now))
+            .filter(|l| Self::bookie_copy_due(l, lag, now))
             .collect();
         for l in due {
             let id = l.ledger_id;
@@ -575,14 +645,40 @@ pub struct CleanReport {
 /// first upload, so an object that exists when the listing is taken and is absent from a
 /// record read afterwards belongs to no attempt that can still complete. The grace period is a
 /// second guard (clock skew between brokers and the store, slow listings).
+///
+/// Every store in use is scanned: the cluster's and those policies named since start-up.
 pub async fn clean_orphans(
     offloader: &Offloader,
     metadata: &Arc<dyn magnetar_metadata::MetadataStore>,
     grace_ms: u64,
     now_ms: u64,
 ) -> MlResult<CleanReport> {
-    let prefix = offloader.store.prefix().clone();
-    let listed = offloader.store.list(&prefix).await?;
+    let mut report = CleanReport::default();
+    let mut first_err = None;
+    for target in offloader.targets.all() {
+        match clean_store(target.store(), metadata, grace_ms, now_ms).await {
+            Ok(r) => {
+                report.objects_seen += r.objects_seen;
+                report.objects_deleted += r.objects_deleted;
+            }
+            Err(e) => {
+                warn!(driver = target.store().driver(), bucket = target.store().bucket(),
+                    error = %e, "offload cleaner: a store failed; the others are cleaned");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    first_err.map_or(Ok(report), Err)
+}
+
+async fn clean_store(
+    store: &OffloadStore,
+    metadata: &Arc<dyn magnetar_metadata::MetadataStore>,
+    grace_ms: u64,
+    now_ms: u64,
+) -> MlResult<CleanReport> {
+    let prefix = store.prefix().clone();
+    let listed = store.list(&prefix).await?;
     let mut report = CleanReport {
         objects_seen: listed.len(),
         ..CleanReport::default()
@@ -621,7 +717,7 @@ pub async fn clean_orphans(
             if referenced.contains(&(ledger, attempt)) {
                 continue;
             }
-            offloader.store.delete(&path).await?;
+            store.delete(&path).await?;
             report.objects_deleted += 1;
             info!(object = %path, "cleaner deleted an unreferenced offload object");
         }

@@ -15,7 +15,8 @@ use magnetar_metadata::EntryId;
 use magnetar_metadata::clock::{self, Random};
 use magnetar_offload::store::Driver;
 use magnetar_offload::{
-    DriverConfig, OffloadReader, OffloadStore, ReadOptions, RetryPolicy, UploadOptions,
+    DriverConfig, OffloadReader, OffloadStore, OffloadTargets, ReadOptions, RetryPolicy,
+    UploadOptions,
 };
 use magnetar_testkit::wait;
 
@@ -51,15 +52,16 @@ fn offloader(dir: &std::path::Path) -> Arc<Offloader> {
         delay_max: Duration::from_millis(10),
         ..RetryPolicy::default()
     };
-    let store = OffloadStore::build(&cfg, retry, clock::system()).unwrap();
+    let store = OffloadStore::build(&cfg, retry.clone(), clock::system()).unwrap();
+    let reader = OffloadReader::new(
+        store,
+        ReadOptions {
+            block_size_bytes: 8 * 1024,
+            ..ReadOptions::default()
+        },
+    );
     Offloader::new(
-        OffloadReader::new(
-            store,
-            ReadOptions {
-                block_size_bytes: 8 * 1024,
-                ..ReadOptions::default()
-            },
-        ),
+        OffloadTargets::new(cfg, reader, retry, clock::system()),
         UploadOptions::default(),
         2,
         Random::from_seed(7),
@@ -373,5 +375,77 @@ async fn only_a_stored_completion_counts() {
     assert_eq!(objects(&o).await.len(), 2);
     assert_eq!(read_all(&ml).await.len(), 15);
     ml.close().await.unwrap();
+    cluster.stop().await;
+}
+
+/// Every object under `dir`'s prefix, as a filesystem store `cfg` sees it.
+async fn objects_in(cfg: &DriverConfig) -> Vec<String> {
+    let store = OffloadStore::build(cfg, RetryPolicy::default(), clock::system()).unwrap();
+    store
+        .list(store.prefix())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_naming_another_store_offloads_there_and_reads_and_deletes_from_there() {
+    let cluster = Cluster::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let o = offloader(dir.path());
+    let other = DriverConfig {
+        driver: Driver::Filesystem,
+        directory: dir.path().join("other-bucket"),
+        ..DriverConfig::default()
+    };
+    let factory = cluster.factory().with_offloader(Arc::clone(&o));
+    let name = "t/ns/persistent/elsewhere";
+    let ml = factory.open(name, config(10, 0)).await.unwrap();
+    let written = append_n(&ml, 0, 25).await;
+    let before = read_all(&ml).await;
+
+    // The policy changes while the managed ledger is open (as a namespace or topic policy
+    // update reaches a loaded topic).
+    let mut policy = (*ml.offload_policy()).clone();
+    policy.driver = Some(other.clone());
+    ml.set_offload_policy(policy);
+    ml.offload_up_to(*written.last().unwrap()).unwrap();
+    let status = wait_run(&ml).await;
+    assert_eq!(status.status, OffloadRun::Success, "{status:?}");
+    assert!(
+        objects(&o).await.is_empty(),
+        "nothing in the broker's store"
+    );
+    assert_eq!(
+        objects_in(&other).await.len(),
+        4,
+        "two ledgers, two objects each"
+    );
+    let stats = ml.internal_stats();
+    let offloaded: Vec<_> = stats.ledgers.iter().filter(|l| l.offloaded).collect();
+    assert_eq!(offloaded.len(), 2);
+    for l in offloaded {
+        let to = l.offloaded_to.as_deref().unwrap_or_default();
+        assert!(to.contains("other-bucket"), "{to}");
+        assert!(l.bookie_copy_deleted, "{l:?}");
+    }
+
+    // Read back from there, also by a new owner whose policy names the broker's store again
+    // (the record says where each ledger is).
+    assert_eq!(read_all(&ml).await, before);
+    ml.close().await.unwrap();
+    let again = cluster.factory().with_offloader(Arc::clone(&o));
+    let ml = again.open(name, config(10, 0)).await.unwrap();
+    assert_eq!(read_all(&ml).await[..25], before[..]);
+
+    // Deleting the managed ledger deletes its objects there too.
+    ml.delete().await.unwrap();
+    assert!(
+        objects_in(&other).await.is_empty(),
+        "{:?}",
+        objects_in(&other).await
+    );
     cluster.stop().await;
 }

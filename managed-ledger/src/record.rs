@@ -109,6 +109,14 @@ pub struct OffloadState {
     /// reads and the cleaner need even after the broker's configuration changed.
     pub driver: String,
     pub bucket: String,
+    /// The rest of the place (absent in records written before policies could name stores:
+    /// those went to the broker's store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
     pub began_ms: u64,
     #[serde(default)]
     pub complete: bool,
@@ -117,6 +125,39 @@ pub struct OffloadState {
     /// The bookies' copy was deleted (after the deletion lag).
     #[serde(default)]
     pub bookies_deleted: bool,
+}
+
+impl OffloadState {
+    /// Where the attempt's objects are; `default` is the broker's store (for records
+    /// without a prefix).
+    pub fn location(
+        &self,
+        default: &magnetar_offload::Location,
+    ) -> magnetar_offload::OffloadResult<magnetar_offload::Location> {
+        let driver = magnetar_offload::Driver::parse(&self.driver)?;
+        if self.prefix.is_none() && driver == default.driver && self.bucket == default.bucket {
+            return Ok(default.clone());
+        }
+        Ok(magnetar_offload::Location {
+            driver,
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            service_endpoint: self.service_endpoint.clone(),
+            prefix: self
+                .prefix
+                .clone()
+                .unwrap_or_else(|| default.prefix.clone()),
+        })
+    }
+
+    /// `s3://bucket/prefix`, for people.
+    pub fn describe(&self) -> String {
+        let prefix = self.prefix.as_deref().unwrap_or_default();
+        match &self.service_endpoint {
+            Some(e) => format!("{}://{}/{prefix} ({e})", self.driver, self.bucket),
+            None => format!("{}://{}/{prefix}", self.driver, self.bucket),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

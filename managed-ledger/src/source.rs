@@ -14,12 +14,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use magnetar_bookie::client::{LedgerClient, LedgerError, LedgerReader};
 use magnetar_metadata::LedgerId;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::Position;
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::record::{LedgerInfo, LedgerLocation};
-use magnetar_offload::{ObjectNames, OffloadReader};
+use magnetar_offload::{ObjectNames, OffloadReader, OffloadTargets};
 
 /// Reads the entries of one ledger.
 #[async_trait]
@@ -50,7 +50,7 @@ pub trait LedgerSources: Send + Sync + Debug {
 #[derive(Debug, Clone)]
 pub struct BookieSources {
     client: LedgerClient,
-    offload: Option<OffloadReader>,
+    offload: Option<Arc<OffloadTargets>>,
 }
 
 impl BookieSources {
@@ -61,7 +61,7 @@ impl BookieSources {
         })
     }
 
-    pub fn with_offload(client: LedgerClient, offload: OffloadReader) -> Arc<Self> {
+    pub fn with_offload(client: LedgerClient, offload: Arc<OffloadTargets>) -> Arc<Self> {
         Arc::new(BookieSources {
             client,
             offload: Some(offload),
@@ -77,8 +77,16 @@ impl LedgerSources for BookieSources {
         ledger: &LedgerInfo,
     ) -> MlResult<Arc<dyn LedgerSource>> {
         if let Some(state) = ledger.offloaded() {
-            let store = self.offload.as_ref().filter(|r| {
-                r.store().driver() == state.driver && r.store().bucket() == state.bucket
+            let store = self.offload.as_ref().and_then(|targets| {
+                let at = state.location(targets.default_reader().store().location());
+                match at.and_then(|at| targets.for_location(&at)) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        warn!(ledger = %ledger.ledger_id, error = %e,
+                            "cannot open the store an offloaded ledger is in");
+                        None
+                    }
+                }
             });
             match (store, &ledger.location) {
                 (Some(reader), _) => {
@@ -97,9 +105,10 @@ impl LedgerSources for BookieSources {
                 }
                 (None, LedgerLocation::Offloaded) => {
                     return Err(ManagedLedgerError::InvalidState(format!(
-                        "ledger {} of {managed_ledger} is offloaded to {} ({}), which this \
-                         broker is not configured for",
-                        ledger.ledger_id, state.driver, state.bucket
+                        "ledger {} of {managed_ledger} is offloaded to {}, which this \
+                         broker cannot open",
+                        ledger.ledger_id,
+                        state.describe()
                     )));
                 }
                 // Not this broker's store, but the bookies still have it.

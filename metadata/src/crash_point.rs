@@ -31,11 +31,13 @@ pub const CURSOR_LEDGER_CREATED: &str = "cursor_ledger.created";
 /// Cursor-ledger rollover: the record points at the new ledger, the old one not yet deleted.
 pub const CURSOR_LEDGER_RECORDED: &str = "cursor_ledger.recorded";
 
+/// Offload, mid-upload: the data object written, its index not yet.
+pub const OFFLOAD_DATA_WRITTEN: &str = "offload.data_written";
 /// Offload: both objects uploaded and verified, the ledger not yet marked offloaded.
 pub const OFFLOAD_UPLOADED: &str = "offload.uploaded";
 
 /// Every point, for tests that go through them all.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     CHECKPOINT_LOGS_SYNCED,
     CHECKPOINT_INDEX_COMMITTED,
     ROLLOVER_LEDGER_CREATED,
@@ -43,6 +45,7 @@ pub const ALL: [&str; 8] = [
     LEDGER_LIST_HEAD_WRITTEN,
     CURSOR_LEDGER_CREATED,
     CURSOR_LEDGER_RECORDED,
+    OFFLOAD_DATA_WRITTEN,
     OFFLOAD_UPLOADED,
 ];
 

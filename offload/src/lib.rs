@@ -5,16 +5,19 @@
 //! a ledger becomes there ([`format`]: a data object and a dense index object), writing and
 //! verifying one ([`upload`]) and reading entries back ([`read`]: ranged GETs, parallel
 //! prefetch, a byte-weighted block cache). Which ledgers go, when, and how their state is
-//! recorded (attempt ids and completion by compare-and-set) is the managed ledger's.
+//! recorded (attempt ids and completion by compare-and-set) is the managed ledger's;
+//! [`targets`] keeps the stores policies name besides the cluster's.
 
 pub mod error;
 pub mod format;
 pub mod read;
 pub mod store;
+pub mod targets;
 pub mod upload;
 
 pub use error::{OffloadError, OffloadResult};
 pub use read::{OffloadReader, ReadOptions};
 pub use store::retry::RetryPolicy;
-pub use store::{Driver, DriverConfig, OffloadStore};
+pub use store::{Driver, DriverConfig, Location, OffloadStore};
+pub use targets::OffloadTargets;
 pub use upload::{ObjectNames, UploadOptions, Uploaded, upload_ledger, verify};

@@ -50,9 +50,11 @@ impl Default for ReadOptions {
 #[derive(Clone, Debug)]
 pub struct OffloadReader {
     store: OffloadStore,
+    /// Tells this store's objects apart from another's of the same path in the shared caches.
+    store_id: u32,
     opts: ReadOptions,
-    indexes: Cache<Path, Arc<Index>>,
-    blocks: Cache<(Path, u64), Bytes>,
+    indexes: Cache<(u32, Path), Arc<Index>>,
+    blocks: Cache<(u32, Path, u64), Bytes>,
 }
 
 impl OffloadReader {
@@ -63,6 +65,7 @@ impl OffloadReader {
         };
         OffloadReader {
             store,
+            store_id: 0,
             opts,
             indexes: Cache::builder()
                 .weigher(|_, i: &Arc<Index>| u32::try_from(i.size_bytes()).unwrap_or(u32::MAX))
@@ -71,7 +74,21 @@ impl OffloadReader {
             blocks: Cache::builder()
                 .weigher(|_, b: &Bytes| u32::try_from(b.len()).unwrap_or(u32::MAX))
                 .max_capacity(opts.cache_size_bytes)
+                .support_invalidation_closures()
                 .build(),
+        }
+    }
+
+    /// A reader of `store` sharing this reader's caches (and so their bound): one broker
+    /// reads from every store its topics' policies name through one cache budget.
+    /// `store_id` must differ between the stores sharing the caches.
+    pub fn for_store(&self, store: OffloadStore, store_id: u32) -> OffloadReader {
+        OffloadReader {
+            store,
+            store_id,
+            opts: self.opts,
+            indexes: self.indexes.clone(),
+            blocks: self.blocks.clone(),
         }
     }
 
@@ -84,7 +101,7 @@ impl OffloadReader {
         let store = self.store.clone();
         let path = names.index.clone();
         self.indexes
-            .try_get_with(names.index.clone(), async move {
+            .try_get_with((self.store_id, names.index.clone()), async move {
                 let raw = store
                     .object_store()
                     .get(&path)
@@ -170,7 +187,7 @@ impl OffloadReader {
         let store = self.store.clone();
         let p = path.clone();
         self.blocks
-            .try_get_with((path.clone(), b), async move {
+            .try_get_with((self.store_id, path.clone(), b), async move {
                 store
                     .object_store()
                     .get_range(&p, range)
@@ -183,11 +200,13 @@ impl OffloadReader {
 
     /// Forgets what is cached of a ledger's objects (deleted, or re-offloaded).
     pub async fn forget(&self, names: &ObjectNames) {
-        self.indexes.invalidate(&names.index).await;
-        let data = names.data.clone();
+        self.indexes
+            .invalidate(&(self.store_id, names.index.clone()))
+            .await;
+        let (id, data) = (self.store_id, names.data.clone());
         let _ = self
             .blocks
-            .invalidate_entries_if(move |(p, _), _| *p == data);
+            .invalidate_entries_if(move |(i, p, _), _| *i == id && *p == data);
     }
 }
 

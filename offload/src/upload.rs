@@ -137,6 +137,7 @@ where
         return Err(e);
     }
     writer.finish().await?;
+    magnetar_metadata::crash_point::reached(magnetar_metadata::crash_point::OFFLOAD_DATA_WRITTEN);
     offsets.push(offset);
     let index = Index::new(ledger, offsets, payload_bytes, crc);
     let encoded = index.encode();

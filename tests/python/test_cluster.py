@@ -53,8 +53,9 @@ def first_line(proc, timeout=30.0):
 
 
 class Cluster:
-    def __init__(self, base):
+    def __init__(self, base, broker_env=None):
         self.base = base
+        self.broker_env = broker_env or {}
         self.procs = []
         self.bookies = []
 
@@ -97,10 +98,13 @@ class Cluster:
         self.broker, self.url, self.admin_url = self.start_broker("broker.log")
         return self
 
-    def start_broker(self, log):
-        """Starts one more `magnetar broker`; returns (process, pulsar URL, admin URL)."""
+    def start_broker(self, log, env=None):
+        """Starts one more `magnetar broker` (with the cluster's broker settings, then `env`);
+        returns (process, pulsar URL, admin URL)."""
         broker = self.spawn([BIN, "broker"], env={
             **self.env,
+            **self.broker_env,
+            **(env or {}),
             "MAGNETAR_BROKER__PORT": "0",
             "MAGNETAR_BROKER__ADMIN_PORT": "0",
             "MAGNETAR_BROKER__ENSEMBLE_SIZE": "2",

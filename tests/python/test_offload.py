@@ -180,3 +180,66 @@ def test_offload_policies_are_validated_and_round_trip(standalone):
     assert admin(s, "GET", f"{ns}/offloadThresholdInSeconds")[1] == 3600
     assert admin(s, "DELETE", f"{ns}/removeOffloadPolicies")[0] == 204
     assert admin(s, "GET", f"{ns}/offloadPolicies")[0] == 204
+
+
+def test_a_topic_policy_sends_its_ledgers_to_another_bucket_applied_live(tmp_path, monkeypatch, s3):
+    """The standalone offloads to its data directory; a topic-level policy set while the topic
+    is loaded sends that topic's ledgers to an S3 bucket instead, by the size threshold alone
+    (no manual trigger), and everything reads back from there."""
+    endpoint, s3_client = s3
+    # Credentials of the policy's store come from the standard AWS chain.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("MAGNETAR_BROKER__MANAGED_LEDGER_MAX_ENTRIES_PER_LEDGER", "50")
+    s = Standalone(tmp_path / "data", tmp_path / "standalone.log").start()
+    topic = "persistent://public/default/own-bucket"
+    path = "/admin/v2/persistent/public/default/own-bucket"
+    try:
+        status, _ = admin(s, "GET", "/admin/v2/persistent/public/default/no-such-topic/offloadPolicies")
+        assert status == 404
+        client = make_client(s.url)
+        client.subscribe(topic, "hold").close()
+        producer = client.create_producer(topic, batching_enabled=False)
+        for i in range(220):
+            producer.send(f"p-{i:04d}".encode())
+        assert admin(s, "GET", f"{path}/offloadPolicies")[0] == 204
+
+        out = subprocess.run(
+            [BIN, "admin", "--url", s.admin_url, "topics", "set-offload-policies", topic,
+             "-d", "aws-s3", "-b", BUCKET, "-e", endpoint, "-r", "us-east-1",
+             "--offloadAfterThreshold", "0", "--offloadAfterElapsed", "0"],
+            capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out
+        own = admin(s, "GET", f"{path}/offloadPolicies")[1]
+        assert own["managedLedgerOffloadDriver"] == "aws-s3" and own["s3ManagedLedgerOffloadBucket"] == BUCKET, own
+        applied = admin(s, "GET", f"{path}/offloadPolicies?applied=true")[1]
+        assert applied["managedLedgerOffloadDriver"] == "s3", applied
+        assert applied["managedLedgerOffloadBucket"] == BUCKET, applied
+        assert applied["managedLedgerOffloadThresholdInBytes"] == 0, applied
+
+        # Four closed ledgers of 50: all offloaded by the threshold, to the topic's bucket.
+        def offloaded():
+            ledgers = admin(s, "GET", f"{path}/internalStats")[1]["ledgers"]
+            return [l for l in ledgers if l["offloaded"]]
+        assert wait_for(lambda: len(offloaded()) == 4, timeout=60), offloaded()
+        assert all(l["offloadedTo"].startswith(f"s3://{BUCKET}/") for l in offloaded()), offloaded()
+        assert wait_for(lambda: len(objects(s3_client)) == 8, timeout=30), objects(s3_client)
+        local = tmp_path / "data" / "offload"
+        assert not any(p.is_file() for p in local.rglob("*")), list(local.rglob("*"))
+        assert wait_for(lambda: all(l.get("bookieCopyDeleted") for l in offloaded()), timeout=30)
+
+        reader = client.create_reader(topic, pulsar.MessageId.earliest)
+        for i in range(220):
+            assert reader.read_next(10_000).data() == f"p-{i:04d}".encode(), i
+        client.close()
+
+        out = subprocess.run([BIN, "admin", "--url", s.admin_url, "topics", "remove-offload-policies", topic],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out
+        assert admin(s, "GET", f"{path}/offloadPolicies")[0] == 204
+        # Deleting the topic deletes the objects in the bucket the policy named.
+        status, body = admin(s, "DELETE", f"{path}?force=true")
+        assert status == 204, body
+        assert wait_for(lambda: objects(s3_client) == [], timeout=30), objects(s3_client)
+    finally:
+        s.stop()

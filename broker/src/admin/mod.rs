@@ -19,6 +19,7 @@ mod namespaces;
 mod persistent;
 mod schemas;
 pub mod topic_admin;
+mod topic_policies;
 pub mod topics;
 
 use std::future::Future;
@@ -223,6 +224,12 @@ pub fn router(state: AdminState) -> Router {
         .route(
             &format!("{TOPIC}/offload"),
             get(persistent::offload_status).put(persistent::trigger_offload),
+        )
+        .route(
+            &format!("{TOPIC}/offloadPolicies"),
+            get(topic_policies::get_offload_policies)
+                .post(topic_policies::set_offload_policies)
+                .delete(topic_policies::remove_offload_policies),
         )
         .route(
             &format!("{TOPIC}/subscriptions"),

@@ -175,6 +175,9 @@ pub(super) async fn delete_partitioned(
         }
     }
     delete_schema(&s, &topic).await?;
+    s.policies
+        .update_topic_policies(&topic, |t| *t = Default::default())
+        .await?;
     match s.policies.delete_partitioned(&topic).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(PolicyError::NotFound(_)) => {
@@ -228,8 +231,12 @@ pub(super) async fn delete_topic(
     s.topics.delete_topic(&topic, force(&q)).await?;
     // The schema goes with the topic, as in Pulsar (whatever `deleteSchema` says). A
     // partition's schema is its parent's, shared by the other partitions: it stays.
+    // Its policies too (a partition's are its parent's, and stay).
     if topic.partition().is_none() {
         delete_schema(&s, &topic).await?;
+        s.policies
+            .update_topic_policies(&topic, |t| *t = Default::default())
+            .await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -489,6 +489,20 @@ impl TopicAdmin for BrokerTopicAdmin {
         })
     }
 
+    async fn exists(&self, name: &TopicName) -> Result<bool, TopicAdminError> {
+        self.service.topic_exists(name).await.map_err(internal)
+    }
+
+    async fn applied_offload_policies(
+        &self,
+        name: &TopicName,
+    ) -> Result<crate::policies::OffloadPolicies, TopicAdminError> {
+        self.service
+            .applied_offload_policies(name)
+            .await
+            .map_err(from_broker)
+    }
+
     async fn internal_stats(
         &self,
         name: &TopicName,
@@ -512,6 +526,8 @@ impl TopicAdmin for BrokerTopicAdmin {
                     entries: l.entries,
                     size: l.size,
                     offloaded: l.offloaded,
+                    offloaded_to: l.offloaded_to.clone(),
+                    bookie_copy_deleted: l.bookie_copy_deleted,
                     under_replicated: false,
                 })
                 .collect(),

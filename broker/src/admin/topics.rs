@@ -207,6 +207,18 @@ pub trait TopicAdmin: Send + Sync + fmt::Debug {
     ) -> Result<OffloadProcessStatus, TopicAdminError> {
         not_running()
     }
+    /// Whether the topic's managed ledger exists.
+    async fn exists(&self, _topic: &TopicName) -> Result<bool, TopicAdminError> {
+        not_running()
+    }
+    /// The offload settings in force for the topic: its policy's, its namespace's, the
+    /// broker's (Pulsar's `GET .../offloadPolicies?applied=true`).
+    async fn applied_offload_policies(
+        &self,
+        _topic: &TopicName,
+    ) -> Result<crate::policies::OffloadPolicies, TopicAdminError> {
+        not_running()
+    }
 }
 
 /// The [`TopicAdmin`] of a router without a broker service: every call answers 503.
@@ -411,6 +423,12 @@ pub struct LedgerInfo {
     pub entries: u64,
     pub size: u64,
     pub offloaded: bool,
+    /// Where an offloaded ledger is (`s3://bucket/prefix`); not in Pulsar's shape.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offloaded_to: Option<String>,
+    /// The bookies no longer hold the offloaded ledger; not in Pulsar's shape.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bookie_copy_deleted: bool,
     pub under_replicated: bool,
 }
 

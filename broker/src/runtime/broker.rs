@@ -128,8 +128,11 @@ async fn start_offloader(
     clock: SharedClock,
     random: Arc<Random>,
 ) -> Result<Arc<magnetar_managed_ledger::Offloader>, StartError> {
-    let store =
-        magnetar_offload::OffloadStore::build(&offload.driver, offload.retry.clone(), clock)?;
+    let store = magnetar_offload::OffloadStore::build(
+        &offload.driver,
+        offload.retry.clone(),
+        Arc::clone(&clock),
+    )?;
     match store.check().await {
         Ok(()) => info!(
             driver = store.driver(),
@@ -144,7 +147,12 @@ async fn start_offloader(
         ),
     }
     Ok(magnetar_managed_ledger::Offloader::new(
-        magnetar_offload::OffloadReader::new(store, offload.read),
+        magnetar_offload::OffloadTargets::new(
+            offload.driver.clone(),
+            magnetar_offload::OffloadReader::new(store, offload.read),
+            offload.retry.clone(),
+            clock,
+        ),
         offload.upload,
         offload.max_threads,
         random,

@@ -24,7 +24,7 @@ use metered::{MeteredStore, StoreCounters};
 use retry::{RetryPolicy, RetryingStore};
 
 /// Which object store (Pulsar's `managedLedgerOffloadDriver` values are accepted too).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Driver {
     /// A directory on a local file system (standalone's default).
@@ -108,6 +108,58 @@ impl Default for DriverConfig {
             directory: PathBuf::from("offload"),
             prefix: "magnetar".to_owned(),
         }
+    }
+}
+
+/// Where a ledger's objects are: what a read needs to find them again after the broker's
+/// configuration or the topic's policy changed. Credentials are not part of it (they come
+/// from the configuration that names this place, or the broker's).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Location {
+    pub driver: Driver,
+    /// Bucket or container; the directory of the `filesystem` driver.
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_endpoint: Option<String>,
+    pub prefix: String,
+}
+
+impl DriverConfig {
+    /// Where this configuration puts objects.
+    pub fn location(&self) -> Location {
+        Location {
+            driver: self.driver,
+            bucket: match self.driver {
+                Driver::Filesystem => self.directory.display().to_string(),
+                _ => self.bucket.clone(),
+            },
+            region: self.region.clone(),
+            service_endpoint: self.service_endpoint.clone(),
+            prefix: self.prefix.clone(),
+        }
+    }
+
+    /// This configuration (its credentials and addressing style) pointed at `at`.
+    pub fn at(&self, at: &Location) -> DriverConfig {
+        let mut cfg = self.clone();
+        if at.driver != self.driver {
+            // Another cloud: none of these credentials apply; its standard chain does.
+            cfg = DriverConfig {
+                path_style: self.path_style,
+                ..DriverConfig::default()
+            };
+        }
+        cfg.driver = at.driver;
+        match at.driver {
+            Driver::Filesystem => cfg.directory = PathBuf::from(&at.bucket),
+            _ => cfg.bucket = at.bucket.clone(),
+        }
+        cfg.region = at.region.clone();
+        cfg.service_endpoint = at.service_endpoint.clone();
+        cfg.prefix = at.prefix.clone();
+        cfg
     }
 }
 
@@ -201,6 +253,7 @@ pub fn build_base(cfg: &DriverConfig) -> OffloadResult<Arc<dyn ObjectStore>> {
 #[derive(Clone, Debug)]
 pub struct OffloadStore {
     store: Arc<dyn ObjectStore>,
+    location: Arc<Location>,
     driver: &'static str,
     bucket: String,
     prefix: Path,
@@ -216,26 +269,13 @@ impl OffloadStore {
         retry: RetryPolicy,
         clock: Arc<dyn Clock>,
     ) -> OffloadResult<OffloadStore> {
-        let bucket = match cfg.driver {
-            Driver::Filesystem => cfg.directory.display().to_string(),
-            _ => cfg.bucket.clone(),
-        };
-        Ok(Self::wrap(
-            build_base(cfg)?,
-            cfg.driver.name(),
-            bucket,
-            &cfg.prefix,
-            retry,
-            clock,
-        ))
+        Ok(Self::wrap(build_base(cfg)?, cfg.location(), retry, clock))
     }
 
     /// Wraps a store built elsewhere (tests: an in-memory store).
     pub fn wrap(
         base: Arc<dyn ObjectStore>,
-        driver: &'static str,
-        bucket: String,
-        prefix: &str,
+        location: Location,
         retry: RetryPolicy,
         clock: Arc<dyn Clock>,
     ) -> OffloadStore {
@@ -246,9 +286,10 @@ impl OffloadStore {
         let counters = metered.counters();
         OffloadStore {
             store: Arc::new(metered),
-            driver,
-            bucket,
-            prefix: Path::from(prefix),
+            driver: location.driver.name(),
+            bucket: location.bucket.clone(),
+            prefix: Path::from(location.prefix.as_str()),
+            location: Arc::new(location),
             counters,
             faults,
         }
@@ -260,6 +301,10 @@ impl OffloadStore {
 
     pub fn driver(&self) -> &'static str {
         self.driver
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     pub fn bucket(&self) -> &str {

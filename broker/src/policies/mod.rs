@@ -7,6 +7,9 @@
 //! - `/admin/policies/{tenant}/{namespace}` → [`NamespacePolicies`]
 //! - `/admin/partitioned-topics/{tenant}/{namespace}/persistent/{topic}` →
 //!   [`PartitionedTopicMetadata`]
+//! - `/admin/topic-policies/{tenant}/{namespace}/persistent/{topic}` → [`TopicPolicies`]
+//!   (Pulsar keeps topic-level policies in a system topic; here they are records like the
+//!   namespace's, watched by every broker)
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +19,12 @@ use magnetar_metadata::{DeleteOutcome, Expected, MetadataStore, PutOutcome, Reco
 use serde::{Deserialize, Serialize};
 
 use crate::topic_name::{NamespaceName, TopicName};
+
+pub mod offload;
+mod topic;
+
+pub use offload::{OffloadPolicies, OffloadResolved};
+pub use topic::{TOPIC_POLICIES_PREFIX, TopicPolicies, topic_of_policies_key};
 
 pub const TENANTS_PREFIX: &str = "/admin/tenants/";
 pub const POLICIES_PREFIX: &str = "/admin/policies/";
@@ -153,68 +162,6 @@ pub struct NamespacePolicies {
     pub offload_policies: Option<OffloadPolicies>,
 }
 
-/// Pulsar's `OffloadPolicies`: the fields this broker acts on are typed; every other field a
-/// client sends is kept as given and returned by GET.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OffloadPolicies {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_ledger_offload_driver: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_ledger_offload_threshold_in_bytes: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_ledger_offload_threshold_in_seconds: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_ledger_offload_deletion_lag_in_millis: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed_ledger_offload_bucket: Option<String>,
-    #[serde(
-        default,
-        rename = "s3ManagedLedgerOffloadBucket",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub s3_bucket: Option<String>,
-    #[serde(
-        default,
-        rename = "gcsManagedLedgerOffloadBucket",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub gcs_bucket: Option<String>,
-    #[serde(flatten)]
-    pub other: std::collections::BTreeMap<String, serde_json::Value>,
-}
-
-impl OffloadPolicies {
-    /// Pulsar's checks of `POST offloadPolicies` (412 with these messages).
-    pub fn validate(&self) -> Result<(), String> {
-        const DRIVERS: &str = "S3,aws-s3,google-cloud-storage,filesystem,azureblob,aliyun-oss";
-        let Some(driver) = &self.managed_ledger_offload_driver else {
-            return Err(format!(
-                "The driver is not supported, support value: {DRIVERS}"
-            ));
-        };
-        let lower = driver.to_ascii_lowercase();
-        if !DRIVERS.to_ascii_lowercase().split(',').any(|d| d == lower) {
-            return Err(format!(
-                "The driver is not supported, support value: {DRIVERS}"
-            ));
-        }
-        let bucket = self
-            .managed_ledger_offload_bucket
-            .as_ref()
-            .or(match lower.as_str() {
-                "s3" | "aws-s3" => self.s3_bucket.as_ref(),
-                "google-cloud-storage" => self.gcs_bucket.as_ref(),
-                _ => None,
-            })
-            .filter(|b| !b.is_empty());
-        if lower != "filesystem" && bucket.is_none() {
-            return Err("The bucket must be specified for namespace offload.".to_owned());
-        }
-        Ok(())
-    }
-}
-
 /// Pulsar's `PartitionedTopicMetadata`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionedTopicMetadata {
@@ -230,6 +177,7 @@ pub struct Policies {
     tenants: RecordStore<TenantInfo>,
     namespaces: RecordStore<NamespacePolicies>,
     partitioned: RecordStore<PartitionedTopicMetadata>,
+    topics: RecordStore<TopicPolicies>,
 }
 
 fn tenant_key(tenant: &str) -> String {
@@ -266,6 +214,7 @@ impl Policies {
             tenants: RecordStore::new(Arc::clone(&store)),
             namespaces: RecordStore::new(Arc::clone(&store)),
             partitioned: RecordStore::new(Arc::clone(&store)),
+            topics: RecordStore::new(Arc::clone(&store)),
             store,
         }
     }

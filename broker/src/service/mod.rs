@@ -24,6 +24,8 @@ use crate::cluster::bundle::{Bundle, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
 use crate::cluster::ownership::{Owner, OwnershipCache};
 use crate::error::{BrokerError, BrokerResult};
 use crate::policies::{NamespacePolicies, Policies};
+
+mod offload;
 use crate::topic::{Topic, TopicHost};
 use crate::topic_name::{NamespaceName, TopicName};
 use magnetar_managed_ledger::record::{ROOT, ledger_record_key};
@@ -207,6 +209,7 @@ impl BrokerService {
             boot_ms,
         });
         service.watch_lost_bundles();
+        service.watch_policies();
         service.delete_inactive_topics_periodically();
         service
     }
@@ -594,27 +597,12 @@ impl BrokerService {
                 r.retention_size_in_mb.saturating_mul(1024 * 1024)
             };
         }
-        // Offload thresholds and lag: the offload policies' values, then the namespace's
-        // single-value policies, then the broker's.
-        let offload = policies.offload_policies.as_ref();
-        if let Some(v) = offload
-            .and_then(|o| o.managed_ledger_offload_threshold_in_bytes)
-            .or(policies.offload_threshold)
-        {
-            config.offload_threshold_bytes = v;
-        }
-        if let Some(v) = offload
-            .and_then(|o| o.managed_ledger_offload_threshold_in_seconds)
-            .or(policies.offload_threshold_in_seconds)
-        {
-            config.offload_threshold_ms = if v < 0 { -1 } else { v.saturating_mul(1000) };
-        }
-        if let Some(v) = offload
-            .and_then(|o| o.managed_ledger_offload_deletion_lag_in_millis)
-            .or(policies.offload_deletion_lag_ms)
-        {
-            config.offload_deletion_lag_ms = v;
-        }
+        let topic_policies = self.policies.topic_policies(&topic).await?;
+        let offload = self.resolve_offload(&topic, topic_policies.as_ref(), &policies);
+        config.offload_threshold_bytes = offload.threshold_bytes;
+        config.offload_threshold_ms = offload.threshold_ms;
+        config.offload_deletion_lag_ms = offload.deletion_lag_ms;
+        config.offload_driver = offload.driver;
         let ml = self.factory.open(&topic.persistence_name(), config).await?;
         // Deduplication state is recovered before any producer can publish.
         let dedup =
