@@ -233,6 +233,7 @@ impl ManagedLedger {
             info!(ml = %self.shared.name, ?policy, "offload policy changed");
             *current = Arc::new(policy);
             self.shared.offload_check.store(true, Ordering::Release);
+            self.shared.timers.due_at(self.shared.clock.now_ms());
         }
     }
 

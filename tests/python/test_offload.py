@@ -243,3 +243,37 @@ def test_a_topic_policy_sends_its_ledgers_to_another_bucket_applied_live(tmp_pat
         assert wait_for(lambda: objects(s3_client) == [], timeout=30), objects(s3_client)
     finally:
         s.stop()
+
+
+def test_a_namespace_threshold_set_while_topics_are_loaded_offloads_them(tmp_path, monkeypatch):
+    """`offloadThreshold` on the namespace reaches a loaded topic without a reload: its closed
+    ledgers go to the standalone's default store (a directory under its data dir)."""
+    monkeypatch.setenv("MAGNETAR_BROKER__MANAGED_LEDGER_MAX_ENTRIES_PER_LEDGER", "40")
+    s = Standalone(tmp_path / "data", tmp_path / "standalone.log").start()
+    topic = "persistent://public/default/ns-threshold"
+    path = "/admin/v2/persistent/public/default/ns-threshold"
+    try:
+        client = make_client(s.url)
+        client.subscribe(topic, "hold").close()
+        producer = client.create_producer(topic, batching_enabled=False)
+        for i in range(130):
+            producer.send(f"n-{i:04d}".encode())
+
+        def offloaded():
+            return [l for l in admin(s, "GET", f"{path}/internalStats")[1]["ledgers"] if l["offloaded"]]
+        assert offloaded() == []
+        assert admin(s, "PUT", "/admin/v2/namespaces/public/default/offloadThreshold", 0)[0] == 204
+        assert wait_for(lambda: len(offloaded()) == 3, timeout=60), offloaded()
+        local = tmp_path / "data" / "offload"
+        assert all(l["offloadedTo"].startswith("filesystem://") for l in offloaded()), offloaded()
+        assert len([p for p in local.rglob("*") if p.is_file()]) == 6
+        applied = admin(s, "GET", f"{path}/offloadPolicies?applied=true")[1]
+        assert applied["managedLedgerOffloadDriver"] == "filesystem", applied
+        assert applied["managedLedgerOffloadThresholdInBytes"] == 0, applied
+
+        reader = client.create_reader(topic, pulsar.MessageId.earliest)
+        for i in range(130):
+            assert reader.read_next(10_000).data() == f"n-{i:04d}".encode(), i
+        client.close()
+    finally:
+        s.stop()
