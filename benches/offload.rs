@@ -10,11 +10,18 @@
 //! 2. offload of every closed ledger (upload + read-back verification), timed;
 //! 3. catch-up read of everything again, now from object storage.
 //!
-//! Stores: `fs` (the filesystem driver, a local directory) and `s3` (the s3 driver against
-//! moto's S3-compatible server on 127.0.0.1, started here; `pip install 'moto[server]'`).
+//! Stores: `fs` (the filesystem driver, a local directory), `s3s` (the s3 driver against
+//! s3s-fs, an S3-compatible server in this process on its own threads, over HTTP on
+//! 127.0.0.1, checking signatures) and `s3` (the s3 driver against moto's server, a Python
+//! process; `pip install 'moto[server]'` — its per-request cost bounds the read).
 //!
-//! `cargo bench --bench offload [-- fs|s3 ...] [mib=N] [prefetch=N] [block-kib=N]` (default:
-//! both stores, 64 MiB, the broker's read defaults: 1 MiB blocks, 4 prefetched).
+//! `s3s-stock` is s3s-fs without [`RangedReads`](magnetar_testkit::s3fs), which serves a
+//! GET as 4 KiB reads through tokio's blocking pool (~200 MB/s on this machine, whatever
+//! the client does).
+//!
+//! `cargo bench --bench offload [-- fs|s3s|s3s-stock|s3 ...] [mib=N] [prefetch=N]
+//! [per-request=N] [block-kib=N]` (default: fs and s3s, 64 MiB, the broker's read defaults:
+//! 1 MiB blocks, 8 prefetched, 4 per prefetch request).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,12 +50,15 @@ fn config() -> ManagedLedgerConfig {
     }
 }
 
-/// `prefetch=N` and `block-kib=N` override the read options.
+/// `prefetch=N`, `per-request=N` and `block-kib=N` override the read options.
 fn read_options() -> ReadOptions {
     let arg = |name: &str| {
         std::env::args().find_map(|a| a.strip_prefix(name).and_then(|v| v.parse::<u64>().ok()))
     };
     let mut o = ReadOptions::default();
+    if let Some(p) = arg("per-request=") {
+        o.prefetch_request_blocks = p;
+    }
     if let Some(p) = arg("prefetch=") {
         o.prefetch_blocks = p;
     }
@@ -95,6 +105,7 @@ async fn catch_up(ml: &magnetar_managed_ledger::ManagedLedger) -> (u64, u64, f64
 
 async fn run(store: &str, mib: usize) {
     let _s3;
+    let _s3s;
     let dir = tempfile::tempdir().unwrap();
     let cfg = match store {
         "fs" => DriverConfig {
@@ -102,6 +113,23 @@ async fn run(store: &str, mib: usize) {
             directory: dir.path().join("bucket"),
             ..DriverConfig::default()
         },
+        "s3s" | "s3s-stock" => {
+            let server =
+                magnetar_testkit::s3fs::InProcessS3::start_with("bench", "bench", store == "s3s")
+                    .unwrap();
+            server.create_bucket("bench").unwrap();
+            let cfg = DriverConfig {
+                driver: Driver::S3,
+                bucket: "bench".into(),
+                region: Some("us-east-1".into()),
+                service_endpoint: Some(server.endpoint()),
+                access_key_id: Some("bench".into()),
+                secret_access_key: Some("bench".into()),
+                ..DriverConfig::default()
+            };
+            _s3s = server;
+            cfg
+        }
         _ => {
             let server = magnetar_testkit::s3::S3Server::start().expect("an S3-compatible server");
             server.create_bucket("bench").unwrap();
@@ -230,10 +258,10 @@ fn main() {
         return;
     }
     let mut stores: Vec<String> = std::env::args()
-        .filter(|a| a == "fs" || a == "s3")
+        .filter(|a| ["fs", "s3", "s3s", "s3s-stock"].contains(&a.as_str()))
         .collect();
     if stores.is_empty() {
-        stores = vec!["fs".into(), "s3".into()];
+        stores = vec!["fs".into(), "s3s".into()];
     }
     let mib = std::env::args()
         .find_map(|a| a.strip_prefix("mib=").and_then(|m| m.parse().ok()))

@@ -593,6 +593,10 @@ pub struct OffloadConfig {
     pub read_buffer_size_bytes: u64,
     /// Blocks read ahead of a reader, in parallel.
     pub read_prefetch_blocks: u64,
+    /// Blocks ahead fetched by one ranged GET.
+    pub read_prefetch_request_blocks: u64,
+    /// Bytes being read ahead at once by all readers of the broker.
+    pub read_prefetch_inflight_bytes_max: u64,
     /// The block cache's bound (bytes, shared by all readers of the broker).
     pub read_cache_size_bytes: u64,
     /// How often the cleaner deletes objects no topic references (0: never).
@@ -622,7 +626,9 @@ impl Default for OffloadConfig {
             deletion_lag_ms: 4 * 3600 * 1000,
             max_block_size_bytes: 64 * 1024 * 1024,
             read_buffer_size_bytes: 1024 * 1024,
-            read_prefetch_blocks: 4,
+            read_prefetch_blocks: 8,
+            read_prefetch_request_blocks: 4,
+            read_prefetch_inflight_bytes_max: 128 * 1024 * 1024,
             read_cache_size_bytes: 256 * 1024 * 1024,
             cleaner_interval_seconds: 3600,
             cleaner_grace_period_seconds: 3600,
@@ -672,6 +678,8 @@ impl OffloadConfig {
         o.upload.part_size_bytes = usize::try_from(self.max_block_size_bytes).unwrap_or(usize::MAX);
         o.read.block_size_bytes = self.read_buffer_size_bytes;
         o.read.prefetch_blocks = self.read_prefetch_blocks;
+        o.read.prefetch_request_blocks = self.read_prefetch_request_blocks;
+        o.read.prefetch_inflight_bytes_max = self.read_prefetch_inflight_bytes_max;
         o.read.cache_size_bytes = self.read_cache_size_bytes;
         o.cleaner_interval = std::time::Duration::from_secs(self.cleaner_interval_seconds);
         o.cleaner_grace = std::time::Duration::from_secs(self.cleaner_grace_period_seconds);

@@ -179,34 +179,34 @@ impl Index {
     }
 }
 
-/// Splits the bytes of entries `first..` (as read from `Index::range`) into their payloads,
-/// checking each record's entry id, length and CRC32C.
+/// The records of entries `first..` held, in order, by `pieces` (consecutive slices of a
+/// data object: the blocks a read spans), each checked against its CRC32C. Payloads are
+/// slices of the pieces; only a record that straddles two pieces is copied.
 pub fn decode_records(
     ledger: LedgerId,
     first: u64,
-    mut raw: Bytes,
+    pieces: impl IntoIterator<Item = Bytes>,
 ) -> OffloadResult<Vec<(u64, Bytes)>> {
     let corrupt = |entry: u64, why: &str| OffloadError::Corrupt {
         ledger,
         what: format!("entry {entry}: {why}"),
     };
+    let mut chain = Chain::new(pieces);
     let mut out = Vec::new();
     let mut expected = first;
-    while !raw.is_empty() {
-        if raw.len() < RECORD_HEADER_BYTES as usize {
+    while chain.remaining() > 0 {
+        let Some(head) = chain.take(RECORD_HEADER_BYTES as usize) else {
             return Err(corrupt(expected, "truncated record header"));
-        }
-        let entry = u64::from_le_bytes(raw[..8].try_into().unwrap_or_default());
-        let len = u32::from_le_bytes(raw[8..12].try_into().unwrap_or_default()) as usize;
-        let crc = u32::from_le_bytes(raw[12..16].try_into().unwrap_or_default());
+        };
+        let entry = u64::from_le_bytes(head[..8].try_into().unwrap_or_default());
+        let len = u32::from_le_bytes(head[8..12].try_into().unwrap_or_default()) as usize;
+        let crc = u32::from_le_bytes(head[12..16].try_into().unwrap_or_default());
         if entry != expected {
             return Err(corrupt(expected, &format!("record holds entry {entry}")));
         }
-        raw.advance(RECORD_HEADER_BYTES as usize);
-        if raw.len() < len {
+        let Some(payload) = chain.take(len) else {
             return Err(corrupt(entry, "truncated payload"));
-        }
-        let payload = raw.split_to(len);
+        };
         if crc32c::crc32c(&payload) != crc {
             return Err(corrupt(entry, "CRC32C mismatch"));
         }
@@ -214,6 +214,53 @@ pub fn decode_records(
         expected += 1;
     }
     Ok(out)
+}
+
+/// Consecutive buffers read as one.
+struct Chain {
+    pieces: std::collections::VecDeque<Bytes>,
+    remaining: usize,
+}
+
+impl Chain {
+    fn new(pieces: impl IntoIterator<Item = Bytes>) -> Chain {
+        let pieces: std::collections::VecDeque<Bytes> =
+            pieces.into_iter().filter(|p| !p.is_empty()).collect();
+        let remaining = pieces.iter().map(Bytes::len).sum();
+        Chain { pieces, remaining }
+    }
+
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    /// The next `n` bytes: a slice when one piece holds them, else a copy; `None` when fewer
+    /// than `n` are left.
+    fn take(&mut self, n: usize) -> Option<Bytes> {
+        if n > self.remaining {
+            return None;
+        }
+        self.remaining -= n;
+        if let Some(front) = self.pieces.front_mut()
+            && front.len() >= n
+        {
+            let got = front.split_to(n);
+            if front.is_empty() {
+                self.pieces.pop_front();
+            }
+            return Some(got);
+        }
+        let mut joined = BytesMut::with_capacity(n);
+        while joined.len() < n {
+            let front = self.pieces.front_mut()?;
+            let k = (n - joined.len()).min(front.len());
+            joined.extend_from_slice(&front.split_to(k));
+            if front.is_empty() {
+                self.pieces.pop_front();
+            }
+        }
+        Some(joined.freeze())
+    }
 }
 
 #[cfg(test)]
@@ -248,13 +295,39 @@ mod tests {
         assert_eq!(decoded, index);
         assert_eq!(decoded.entries(), 4);
         let r = decoded.range(1, 3).unwrap();
-        let got = decode_records(l, 1, data.slice(r.start as usize..r.end as usize)).unwrap();
+        let got = decode_records(l, 1, [data.slice(r.start as usize..r.end as usize)]).unwrap();
         let want: Vec<(u64, Bytes)> = (1..=3)
             .map(|i| (i, Bytes::copy_from_slice(payloads[i as usize])))
             .collect();
         assert_eq!(got, want);
         assert!(decoded.range(2, 4).is_err());
         assert!(decoded.range(3, 2).is_err());
+    }
+
+    #[test]
+    fn records_cut_anywhere_across_pieces_decode_the_same() {
+        let l = LedgerId(3);
+        let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; (i as usize * 37) % 90]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let (data, index) = build(l, &refs);
+        let r = index.range(0, 19).unwrap();
+        let body = data.slice(r.start as usize..r.end as usize);
+        let whole = decode_records(l, 0, [body.clone()]).unwrap();
+        assert_eq!(whole.len(), 20);
+        // Every cut into three pieces, headers and payloads straddling included.
+        for a in (0..body.len()).step_by(7) {
+            for b in (a..body.len()).step_by(11) {
+                let pieces = [body.slice(..a), body.slice(a..b), body.slice(b..)];
+                assert_eq!(
+                    decode_records(l, 0, pieces).unwrap(),
+                    whole,
+                    "cut at {a}, {b}"
+                );
+            }
+        }
+        // One byte short fails, wherever the cut.
+        let short = body.slice(..body.len() - 1);
+        assert!(decode_records(l, 0, [short.slice(..5), short.slice(5..)]).is_err());
     }
 
     #[test]
@@ -271,12 +344,12 @@ mod tests {
         let mut bytes = data.slice(r.start as usize..r.end as usize).to_vec();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
-        let e = decode_records(l, 0, Bytes::from(bytes))
+        let e = decode_records(l, 0, [Bytes::from(bytes)])
             .unwrap_err()
             .to_string();
         assert!(e.contains("entry 1") && e.contains("CRC32C"), "{e}");
         // A range that starts elsewhere than asked is caught by the entry id.
         let r = index.range(1, 1).unwrap();
-        assert!(decode_records(l, 0, data.slice(r.start as usize..r.end as usize)).is_err());
+        assert!(decode_records(l, 0, [data.slice(r.start as usize..r.end as usize)]).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! The object side of tiered storage against real stores: a local directory (the
-//! `filesystem` driver) and an S3-compatible server (moto on 127.0.0.1, through the `s3`
-//! driver over HTTP). Every case runs on both.
+//! `filesystem` driver) and two S3-compatible servers through the `s3` driver over HTTP on
+//! 127.0.0.1 — moto (a separate process) and s3s-fs (in this process, checking SigV4
+//! signatures). Every case runs on all three.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use magnetar_offload::{
     UploadOptions, upload_ledger, verify,
 };
 use magnetar_testkit::s3::S3Server;
+use magnetar_testkit::s3fs::InProcessS3;
 use object_store::ObjectStoreExt;
 
 /// A store under test and what keeps it alive.
@@ -22,6 +24,7 @@ struct Backend {
     store: OffloadStore,
     _dir: Option<tempfile::TempDir>,
     _s3: Option<S3Server>,
+    _s3s: Option<InProcessS3>,
 }
 
 fn quick_retries() -> RetryPolicy {
@@ -44,6 +47,7 @@ fn filesystem() -> Result<Backend> {
         store: OffloadStore::build(&cfg, quick_retries(), clock::system())?,
         _dir: Some(dir),
         _s3: None,
+        _s3s: None,
     })
 }
 
@@ -71,6 +75,27 @@ fn s3() -> Result<Backend> {
         store,
         _dir: None,
         _s3: Some(server),
+        _s3s: None,
+    })
+}
+
+fn s3s() -> Result<Backend> {
+    let server = InProcessS3::start("s3s-key", "s3s-secret")?;
+    server.create_bucket("offload")?;
+    let cfg = DriverConfig {
+        driver: Driver::S3,
+        bucket: "offload".to_owned(),
+        region: Some("us-east-1".to_owned()),
+        service_endpoint: Some(server.endpoint()),
+        access_key_id: Some("s3s-key".to_owned()),
+        secret_access_key: Some("s3s-secret".to_owned()),
+        ..DriverConfig::default()
+    };
+    Ok(Backend {
+        store: OffloadStore::build(&cfg, quick_retries(), clock::system())?,
+        _dir: None,
+        _s3: None,
+        _s3s: Some(server),
     })
 }
 
@@ -248,7 +273,7 @@ async fn a_store_that_is_down_fails_reads_retryably_and_they_recover(b: Backend)
     Ok(())
 }
 
-macro_rules! on_both {
+macro_rules! on_all {
     ($($case:ident),* $(,)?) => {
         mod filesystem_driver {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,10 +287,16 @@ macro_rules! on_both {
                 super::$case(super::s3()?).await
             })*
         }
+        mod s3_driver_on_s3s {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> anyhow::Result<()> {
+                super::$case(super::s3s()?).await
+            })*
+        }
     };
 }
 
-on_both!(
+on_all!(
     a_ledger_round_trips_through_multipart_upload_and_ranged_reads,
     a_small_ledger_is_one_put_and_an_empty_ledger_works,
     a_failed_part_fails_the_upload_retryably_and_leaves_no_data_object,

@@ -24,5 +24,6 @@ pub mod etcd;
 pub mod local;
 pub mod process;
 pub mod s3;
+pub mod s3fs;
 pub mod wait;
 pub mod wire;
