@@ -21,7 +21,7 @@
 //!
 //! `cargo bench --bench offload [-- fs|s3s|s3s-stock|s3 ...] [mib=N] [prefetch=N]
 //! [per-request=N] [block-kib=N]` (default: fs and s3s, 64 MiB, the broker's read defaults:
-//! 1 MiB blocks, 8 prefetched, 4 per prefetch request).
+//! 1 MiB blocks, 16 prefetched, 4 per prefetch request).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -626,7 +626,7 @@ impl Default for OffloadConfig {
             deletion_lag_ms: 4 * 3600 * 1000,
             max_block_size_bytes: 64 * 1024 * 1024,
             read_buffer_size_bytes: 1024 * 1024,
-            read_prefetch_blocks: 8,
+            read_prefetch_blocks: 16,
             read_prefetch_request_blocks: 4,
             read_prefetch_inflight_bytes_max: 128 * 1024 * 1024,
             read_cache_size_bytes: 256 * 1024 * 1024,

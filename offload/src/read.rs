@@ -46,7 +46,7 @@ impl Default for ReadOptions {
     fn default() -> Self {
         ReadOptions {
             block_size_bytes: 1024 * 1024,
-            prefetch_blocks: 8,
+            prefetch_blocks: 16,
             prefetch_request_blocks: 4,
             prefetch_inflight_bytes_max: 128 * 1024 * 1024,
             cache_size_bytes: 256 * 1024 * 1024,
