@@ -5,6 +5,7 @@
 //! [`OffloadStore`] carries the wrapped store with the names an error must mention (driver,
 //! bucket) and the root prefix every object of this cluster lives under.
 
+pub mod aws_profile;
 pub mod faults;
 pub mod metered;
 pub mod retry;
@@ -64,7 +65,8 @@ impl Driver {
 }
 
 /// Where offloaded ledgers go. Credentials not given here come from each cloud's standard
-/// chain (for S3: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, web identity
+/// chain (for S3: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, the shared files' profile
+/// (`AWS_PROFILE`, `~/.aws/credentials`, `~/.aws/config`), web identity
 /// `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN` as Kubernetes service accounts give them,
 /// container and instance credentials).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,21 +204,9 @@ pub fn build_base(cfg: &DriverConfig) -> OffloadResult<Arc<dyn ObjectStore>> {
         Driver::S3 => {
             need_bucket()?;
             install_tls_provider();
-            let mut b = object_store::aws::AmazonS3Builder::from_env()
-                .with_bucket_name(&cfg.bucket)
-                .with_virtual_hosted_style_request(!cfg.path_style);
-            if let Some(region) = &cfg.region {
-                b = b.with_region(region);
-            }
-            if let Some(endpoint) = &cfg.service_endpoint {
-                b = b
-                    .with_endpoint(endpoint)
-                    .with_allow_http(endpoint.starts_with("http://"));
-            }
-            if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
-                b = b.with_access_key_id(id).with_secret_access_key(secret);
-            }
-            Ok(Arc::new(b.build().map_err(err)?))
+            let env_keys = std::env::var_os("AWS_ACCESS_KEY_ID").is_some();
+            let profile = (!env_keys).then(aws_profile::from_env).flatten();
+            Ok(Arc::new(s3_builder(cfg, profile).build().map_err(err)?))
         }
         Driver::Gcs => {
             need_bucket()?;
@@ -247,6 +237,45 @@ pub fn build_base(cfg: &DriverConfig) -> OffloadResult<Arc<dyn ObjectStore>> {
             Ok(Arc::new(b.build().map_err(err)?))
         }
     }
+}
+
+/// The S3 builder for `cfg`: the environment first (object_store's `from_env`), then what
+/// `cfg` sets, then `profile` (the shared files, read only when the environment has no keys)
+/// for what neither gives. What is still missing falls through to web identity, container
+/// and instance credentials.
+fn s3_builder(
+    cfg: &DriverConfig,
+    profile: Option<aws_profile::Profile>,
+) -> object_store::aws::AmazonS3Builder {
+    install_tls_provider();
+    let mut b = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(&cfg.bucket)
+        .with_virtual_hosted_style_request(!cfg.path_style);
+    if let Some(endpoint) = &cfg.service_endpoint {
+        b = b
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    let region_set = cfg.region.is_some()
+        || std::env::var_os("AWS_REGION").is_some()
+        || std::env::var_os("AWS_DEFAULT_REGION").is_some();
+    if let Some(region) = &cfg.region {
+        b = b.with_region(region);
+    }
+    if let (Some(id), Some(secret)) = (&cfg.access_key_id, &cfg.secret_access_key) {
+        b = b.with_access_key_id(id).with_secret_access_key(secret);
+    } else if let Some(p) = &profile
+        && let (Some(id), Some(secret)) = (&p.access_key_id, &p.secret_access_key)
+    {
+        b = b.with_access_key_id(id).with_secret_access_key(secret);
+        if let Some(token) = &p.session_token {
+            b = b.with_token(token);
+        }
+    }
+    if let (false, Some(region)) = (region_set, profile.as_ref().and_then(|p| p.region.as_ref())) {
+        b = b.with_region(region);
+    }
+    b
 }
 
 /// The wrapped store of tiered storage, with what its errors must name.
@@ -367,5 +396,48 @@ impl OffloadStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error("delete", path, e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use object_store::ObjectStoreExt;
+
+    /// Keys from a profile sign requests a server checking signatures accepts (and keys in
+    /// the configuration win over the profile's).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn s3_keys_come_from_the_profile_when_nothing_else_gives_them() {
+        let server =
+            magnetar_testkit::s3fs::InProcessS3::start("profile-key", "profile-secret").unwrap();
+        server.create_bucket("profiled").unwrap();
+        let cfg = DriverConfig {
+            driver: Driver::S3,
+            bucket: "profiled".into(),
+            service_endpoint: Some(server.endpoint()),
+            region: Some("us-east-1".into()),
+            ..DriverConfig::default()
+        };
+        let profile = aws_profile::Profile {
+            access_key_id: Some("profile-key".into()),
+            secret_access_key: Some("profile-secret".into()),
+            session_token: None,
+            region: Some("eu-west-1".into()),
+        };
+        let store = s3_builder(&cfg, Some(profile.clone())).build().unwrap();
+        let path = Path::from("x/y");
+        store.put(&path, "hello".into()).await.unwrap();
+        let got = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&got[..], b"hello");
+
+        // The configuration's keys come first: wrong ones are refused by the server.
+        let wrong = DriverConfig {
+            access_key_id: Some("other".into()),
+            secret_access_key: Some("other-secret".into()),
+            ..cfg
+        };
+        let store = s3_builder(&wrong, Some(profile)).build().unwrap();
+        assert!(store.get(&path).await.is_err());
     }
 }
