@@ -449,3 +449,62 @@ async fn a_policy_naming_another_store_offloads_there_and_reads_and_deletes_from
     );
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_racing_with_the_trim_of_its_offloaded_ledger_goes_on_past_it() {
+    let cluster = Cluster::start(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let o = offloader(dir.path());
+    let mut cfg = config(10, 0);
+    cfg.retention_time_ms = 0;
+    cfg.retention_size_bytes = 0;
+    let name = "t/ns/persistent/race";
+    let ml = cluster
+        .factory()
+        .with_offloader(Arc::clone(&o))
+        .open(name, cfg.clone())
+        .await
+        .unwrap();
+    let written = append_n(&ml, 0, 35).await;
+    ml.offload_up_to(*written.last().unwrap()).unwrap();
+    assert_eq!(wait_run(&ml).await.status, OffloadRun::Success);
+    ml.close().await.unwrap();
+    // A new owner: cold caches, so the read goes to object storage.
+    let ml = cluster
+        .factory()
+        .with_offloader(Arc::clone(&o))
+        .open(name, cfg)
+        .await
+        .unwrap();
+    // Reopening closed the ledger holding 30..34; these go to the new current one.
+    append_n(&ml, 35, 5).await;
+    let faults = Arc::clone(o.store().faults());
+    faults.get_delay_ms.store(300, Ordering::SeqCst);
+    let started = faults.gets_started.load(Ordering::SeqCst);
+    let first = written[0];
+    let reading = tokio::spawn({
+        let ml = Arc::clone(&ml);
+        async move { ml.read_entries(first, 5, u64::MAX).await }
+    });
+    wait::until(
+        "the read's GET is in flight",
+        Duration::from_secs(10),
+        || faults.gets_started.load(Ordering::SeqCst) > started,
+    )
+    .await;
+    // Retention removes every closed ledger (three offloaded, one on the bookies) and their
+    // objects under the read.
+    assert_eq!(ml.trim().await.unwrap().len(), 4);
+    let got = reading
+        .await
+        .unwrap()
+        .expect("the read goes on to what is left");
+    let current = ml.ledgers().last().unwrap().ledger_id;
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|(p, _)| p.ledger == current), "{got:?}");
+    let payloads: Vec<Bytes> = got.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(payloads, (35..40).map(payload).collect::<Vec<_>>());
+    faults.get_delay_ms.store(0, Ordering::SeqCst);
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}

@@ -20,13 +20,13 @@ use magnetar_bookie::client::{LedgerClient, LedgerError};
 use magnetar_metadata::clock::SharedClock;
 use magnetar_metadata::{EntryId, LedgerId};
 use tokio::sync::watch;
-use tracing::{Instrument, debug_span};
+use tracing::{Instrument, debug, debug_span};
 
 use crate::Position;
 use crate::cache::EntryCache;
 use crate::config::ManagedLedgerConfig;
 use crate::error::{ManagedLedgerError, MlResult};
-use crate::record::LedgerInfo;
+use crate::record::{LedgerInfo, LedgerLocation};
 use crate::source::{LedgerSource, LedgerSources};
 
 /// Tail length (entries) past which the current ledger's LAC is probed to trim the tail.
@@ -265,6 +265,19 @@ impl Shared {
         Ok(Arc::clone(self.readers().entry(ledger).or_insert(source)))
     }
 
+    /// Where a ledger of the list is (offloaded, and whether the bookies still have it);
+    /// `None` once it left the list.
+    fn where_is(&self, ledger: LedgerId) -> Option<(bool, LedgerLocation)> {
+        let st = self.state();
+        st.ledgers
+            .binary_search_by_key(&ledger, |l| l.ledger_id)
+            .ok()
+            .map(|i| {
+                let l = &st.ledgers[i];
+                (l.offloaded().is_some(), l.location.clone())
+            })
+    }
+
     /// Up to `max_entries` entries from `from` on (at least one if any is readable, even when it
     /// exceeds `max_bytes`), crossing ledger boundaries and skipping empty ledgers.
     pub async fn read_entries(
@@ -276,6 +289,7 @@ impl Shared {
         let mut out: Vec<(Position, Bytes)> = Vec::new();
         let mut bytes = 0u64;
         let mut pos = from;
+        let mut reread = false;
         while out.len() < max_entries && (out.is_empty() || bytes < max_bytes) {
             let Some(seg) = self.segment_at(pos) else {
                 break;
@@ -295,7 +309,27 @@ impl Shared {
                 continue;
             }
             let wanted = (max_entries - out.len()) as u64;
-            let batch = self.fetch(seg, wanted).await?;
+            let before = self.where_is(seg.ledger);
+            let batch = match self.fetch(seg, wanted).await {
+                Ok(b) => b,
+                // Retention trimmed the ledger, or its bookies' copy was deleted after its
+                // offload, while this read was in flight (Pulsar's #21737 failed the consumer
+                // then): read again from what the record says now — the next ledger, or the
+                // ledger's other copy. Once: a second failure is the read's.
+                Err(e) => {
+                    let now = self.where_is(seg.ledger);
+                    if now.is_none() {
+                        debug!(ledger = %seg.ledger, "read raced with a trim; going on past it");
+                        continue;
+                    }
+                    if now != before && !reread {
+                        reread = true;
+                        self.forget_reader(seg.ledger);
+                        continue;
+                    }
+                    return Err(e);
+                }
+            };
             if batch.is_empty() {
                 break;
             }

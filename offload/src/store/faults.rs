@@ -32,6 +32,8 @@ pub struct Faults {
     pub fail_gets: AtomicU32,
     /// Every get waits this long first.
     pub get_delay_ms: AtomicU64,
+    /// Gets that began (tests wait on it to act while one is in flight).
+    pub gets_started: AtomicU64,
 }
 
 impl Faults {
@@ -80,6 +82,7 @@ impl FaultyStore {
     }
 
     async fn before_get(&self) -> Result<()> {
+        self.faults.gets_started.fetch_add(1, Ordering::SeqCst);
         let delay = self.faults.get_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             self.clock.sleep(Duration::from_millis(delay)).await;
