@@ -322,3 +322,26 @@ async fn a_missing_bucket_is_an_error_naming_the_driver_and_bucket() -> Result<(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_an_error_naming_the_driver_and_bucket() -> Result<()> {
+    // s3s-fs checks signatures (moto does not).
+    let server = InProcessS3::start("right-key", "right-secret")?;
+    server.create_bucket("guarded")?;
+    let cfg = DriverConfig {
+        driver: Driver::S3,
+        bucket: "guarded".to_owned(),
+        region: Some("us-east-1".to_owned()),
+        service_endpoint: Some(server.endpoint()),
+        access_key_id: Some("wrong-key".to_owned()),
+        secret_access_key: Some("wrong-secret".to_owned()),
+        ..DriverConfig::default()
+    };
+    let store = OffloadStore::build(&cfg, quick_retries(), clock::system())?;
+    let err = match store.check().await {
+        Ok(()) => bail!("wrong credentials passed the start-up check"),
+        Err(e) => e.to_string(),
+    };
+    ensure!(err.contains("s3") && err.contains("guarded"), "{err}");
+    Ok(())
+}
