@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use magnetar_bookie::node::{BookieNode, NodeOptions};
 use magnetar_metadata::{EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, MetadataStore};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::EXIT_OK;
 use crate::config::{Config, MetadataBackend};
@@ -75,11 +76,30 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         bookie: b.options(b.advertised()?),
         bind: b.bind()?,
         zone: b.zone.clone(),
-        metadata,
+        metadata: Arc::clone(&metadata),
         session_ttl: Duration::from_millis(config.metadata.session_ttl_ms),
     })
     .await
     .context("cannot start the bookie")?;
+    // Auto-recovery reaches the other bookies as any ledger client does (gRPC).
+    let recovery = CancellationToken::new();
+    if let Some(mut options) = b.auto_recovery() {
+        options.session_ttl = Duration::from_millis(config.metadata.session_ttl_ms);
+        let client = magnetar_bookie::client::LedgerClient::new(
+            Arc::clone(&metadata),
+            Arc::new(magnetar_bookie::rpc::GrpcConnector::new(
+                magnetar_bookie::rpc::ClientOptions::default(),
+            )),
+            magnetar_bookie::client::LedgerClientOptions::default(),
+        );
+        magnetar_bookie::autorecovery::start(
+            client,
+            Arc::clone(&metadata),
+            node.id().clone(),
+            options,
+            recovery.clone(),
+        );
+    }
 
     let mut out = std::io::stdout().lock();
     if node.id().0 == node.local_addr().to_string() {
@@ -100,6 +120,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         _ = terminate.recv() => "SIGTERM",
     };
     tracing::info!(signal, bookie = %node.id(), "shutting down");
+    recovery.cancel();
     node.shutdown().await;
     tracing::info!("bookie stopped");
     Ok(EXIT_OK)

@@ -377,6 +377,16 @@ pub struct BookieConfig {
     /// skipping it (an operator's decision after reading the error; the entries are lost
     /// on this replica and must come back from the others).
     pub journal_skip_damaged_records: bool,
+    /// Runs an auditor candidate and a replication worker in this bookie (BookKeeper's
+    /// `autoRecoveryDaemonEnabled`): ledgers that had a replica on a lost bookie are
+    /// re-replicated without an operator.
+    pub auto_recovery_enabled: bool,
+    /// A bookie whose registration has been gone this long is lost and its ledgers are
+    /// re-replicated (BookKeeper's `lostBookieRecoveryDelay`).
+    pub lost_bookie_recovery_delay_seconds: u64,
+    /// The auditor also checks every ledger this often (BookKeeper's
+    /// `auditorPeriodicCheckInterval`).
+    pub auditor_periodic_check_interval_seconds: u64,
 }
 
 impl Default for BookieConfig {
@@ -402,11 +412,28 @@ impl Default for BookieConfig {
             entry_size_bytes_max: o.entry_size_bytes_max as u64,
             index_cache_size_bytes: o.index_cache_size_bytes as u64,
             journal_skip_damaged_records: o.journal_skip_damaged_records,
+            auto_recovery_enabled: true,
+            lost_bookie_recovery_delay_seconds: 60,
+            auditor_periodic_check_interval_seconds: 3600,
         }
     }
 }
 
 impl BookieConfig {
+    /// Auto-recovery's settings; `None` when it is off.
+    pub fn auto_recovery(&self) -> Option<magnetar_bookie::autorecovery::AutoRecoveryOptions> {
+        self.auto_recovery_enabled
+            .then(|| magnetar_bookie::autorecovery::AutoRecoveryOptions {
+                lost_bookie_delay: std::time::Duration::from_secs(
+                    self.lost_bookie_recovery_delay_seconds,
+                ),
+                periodic_check_interval: std::time::Duration::from_secs(
+                    self.auditor_periodic_check_interval_seconds.max(1),
+                ),
+                ..Default::default()
+            })
+    }
+
     /// The address the gRPC server binds to.
     pub fn bind(&self) -> anyhow::Result<SocketAddr> {
         let ip: IpAddr = self.bind_address.parse().map_err(|_| {

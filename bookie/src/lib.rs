@@ -17,6 +17,7 @@
 //!   appends, ensemble change, close, reads with speculative retries, recovery with fencing.
 
 pub mod api;
+pub mod autorecovery;
 pub mod client;
 pub mod cookie;
 pub mod local;

@@ -53,9 +53,12 @@ def first_line(proc, timeout=30.0):
 
 
 class Cluster:
-    def __init__(self, base, broker_env=None):
+    def __init__(self, base, broker_env=None, bookies=3, bookie_env=None):
         self.base = base
         self.broker_env = broker_env or {}
+        self.bookie_count = bookies
+        self.bookie_env = bookie_env or {}
+        self.bookie_ids = []
         self.procs = []
         self.bookies = []
 
@@ -88,13 +91,14 @@ class Cluster:
             "MAGNETAR_BOOKIE__DISK_USAGE_LWM": "1.0",
             "RUST_LOG": "info",
         }
-        for i in range(3):
+        for i in range(self.bookie_count):
             p = self.spawn([BIN, "bookie", "--bind-address", "127.0.0.1", "--port", "0",
                             "--data-dir", os.path.join(self.base, f"bookie-{i}")],
-                           env=self.env, log=f"bookie-{i}.log")
+                           env={**self.env, **self.bookie_env}, log=f"bookie-{i}.log")
             line = first_line(p)
             assert line.startswith("magnetar bookie: serving "), f"bookie {i}: {line!r}"
             self.bookies.append(p)
+            self.bookie_ids.append(line.split()[3])
         self.broker, self.url, self.admin_url = self.start_broker("broker.log")
         return self
 
@@ -103,13 +107,13 @@ class Cluster:
         returns (process, pulsar URL, admin URL)."""
         broker = self.spawn([BIN, "broker"], env={
             **self.env,
-            **self.broker_env,
-            **(env or {}),
             "MAGNETAR_BROKER__PORT": "0",
             "MAGNETAR_BROKER__ADMIN_PORT": "0",
             "MAGNETAR_BROKER__ENSEMBLE_SIZE": "2",
             "MAGNETAR_BROKER__WRITE_QUORUM": "2",
             "MAGNETAR_BROKER__ACK_QUORUM": "2",
+            **self.broker_env,
+            **(env or {}),
         }, log=log)
         line = first_line(broker)
         assert line.startswith("magnetar broker: serving "), f"broker: {line!r}"

@@ -18,6 +18,7 @@ mod placement;
 mod reader;
 mod recovery;
 mod registry;
+mod replicas;
 mod writer;
 
 #[cfg(test)]

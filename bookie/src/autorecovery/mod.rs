@@ -1,0 +1,93 @@
+//! Auto-recovery: a ledger that had a replica on a bookie that is gone gets its copies back
+//! without an operator (BookKeeper's auditor and replication workers).
+//!
+//! - The **auditor** ([`auditor`]), one at a time (elected through an ephemeral key), notices
+//!   bookies whose registration is gone for longer than the lost-bookie delay, scans the
+//!   ledger records and marks each ledger with a replica on such a bookie as under-replicated
+//!   (`/underreplicated/ledgers/{id}`, naming the lost bookies).
+//! - Every bookie runs a **replication worker** ([`worker`]): it claims a marked ledger
+//!   (an ephemeral lock, so one worker per ledger), copies the lost replicas' entries from
+//!   surviving ones to a bookie the placement policy chooses (zones respected), records the new
+//!   ensemble by compare-and-set and clears the mark. The last segment of an open ledger is its
+//!   writer's (a failed write already replaces the bookie); it is copied once the ledger closes.
+
+pub mod auditor;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use magnetar_metadata::{LedgerId, MetadataStore};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::BookieId;
+use crate::client::LedgerClient;
+
+/// Marks: `/underreplicated/ledgers/{ledger}` → [`UnderReplicated`].
+pub const MARKS_PREFIX: &str = "/underreplicated/ledgers/";
+/// A worker's claim on a marked ledger (ephemeral).
+pub const LOCKS_PREFIX: &str = "/underreplicated/locks/";
+/// Who the auditor is (ephemeral).
+pub const AUDITOR_KEY: &str = "/underreplicated/auditor";
+
+pub fn mark_key(ledger: LedgerId) -> String {
+    format!("{MARKS_PREFIX}{ledger}")
+}
+
+fn lock_key(ledger: LedgerId) -> String {
+    format!("{LOCKS_PREFIX}{ledger}")
+}
+
+/// Why a ledger is marked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderReplicated {
+    /// The bookies its ensembles name that are gone.
+    pub missing: Vec<BookieId>,
+    pub marked_ms: u64,
+}
+
+/// The settings of both halves (BookKeeper's names in brackets).
+#[derive(Clone, Debug)]
+pub struct AutoRecoveryOptions {
+    /// A bookie whose registration has been gone this long is lost (`lostBookieRecoveryDelay`).
+    pub lost_bookie_delay: Duration,
+    /// How often the auditor looks at the registrations and a worker for marks.
+    pub poll_interval: Duration,
+    /// The auditor also scans every ledger this often (`auditorPeriodicCheckInterval`).
+    pub periodic_check_interval: Duration,
+    /// Entries being copied at once by one worker.
+    pub copy_concurrency: usize,
+    /// Ttl of the sessions holding the auditor key and the workers' locks.
+    pub session_ttl: Duration,
+}
+
+impl Default for AutoRecoveryOptions {
+    fn default() -> Self {
+        AutoRecoveryOptions {
+            lost_bookie_delay: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(1),
+            periodic_check_interval: Duration::from_secs(3600),
+            copy_concurrency: 64,
+            session_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Runs the auditor candidate and a replication worker of bookie `me` until `stop` fires.
+pub fn start(
+    client: LedgerClient,
+    store: Arc<dyn MetadataStore>,
+    me: BookieId,
+    options: AutoRecoveryOptions,
+    stop: CancellationToken,
+) {
+    tokio::spawn(auditor::run(
+        client.clone(),
+        Arc::clone(&store),
+        me.clone(),
+        options.clone(),
+        stop.clone(),
+    ));
+    tokio::spawn(worker::run(client, store, me, options, stop));
+}

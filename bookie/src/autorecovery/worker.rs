@@ -1,0 +1,249 @@
+//! A replication worker: claims a marked ledger, copies what lost bookies held to bookies the
+//! placement policy chooses, records each replacement by compare-and-set and clears the mark.
+//!
+//! Per ensemble segment and lost position `p`: the entries whose write set holds `p` are read
+//! from a surviving member of their write set and added to the replacement with the recovery
+//! flag (accepted on fenced ledgers); only once all are stored does the record name the
+//! replacement — a crash before leaves the old record and a mark to retry, never a record
+//! naming a bookie without the entries.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use magnetar_metadata::{EntryId, Expected, LedgerId, MetadataStore, PutOutcome};
+use rand::seq::SliceRandom;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{AutoRecoveryOptions, MARKS_PREFIX, lock_key, mark_key};
+use crate::api::BookieId;
+use crate::client::LedgerClient;
+use crate::client::metadata::{LedgerState, write_set};
+use crate::client::{LedgerError, LedgerResult};
+
+/// What one pass over a ledger achieved.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// No replica is on a lost bookie any more (or the ledger is gone): the mark can go.
+    Done,
+    /// Something is left (an open ledger's last segment, no bookie to copy to yet).
+    Pending(String),
+}
+
+pub async fn run(
+    client: LedgerClient,
+    store: Arc<dyn MetadataStore>,
+    me: BookieId,
+    options: AutoRecoveryOptions,
+    stop: CancellationToken,
+) {
+    let clock = client.clock();
+    let mut session = None;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = clock.sleep(options.poll_interval) => {}
+        }
+        let s = match &session {
+            Some(s) if !magnetar_metadata::Session::is_lost(s) => s,
+            _ => match store.create_session(options.session_ttl).await {
+                Ok(s) => session.insert(s),
+                Err(e) => {
+                    warn!(error = %e, "replication worker has no metadata session");
+                    continue;
+                }
+            },
+        };
+        let marks = match store.list(MARKS_PREFIX).await {
+            Ok(l) => l.entries,
+            Err(e) => {
+                warn!(error = %e, "replication worker cannot list marks");
+                continue;
+            }
+        };
+        let mut marks: Vec<_> = marks
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let id = k.strip_prefix(MARKS_PREFIX)?.parse::<u64>().ok()?;
+                Some((LedgerId(id), v.version))
+            })
+            .collect();
+        // Workers spread over the marks instead of queueing on the same lock.
+        client.random().with(|r| marks.shuffle(r));
+        for (ledger, version) in marks {
+            if stop.is_cancelled() {
+                break;
+            }
+            let lock = lock_key(ledger);
+            match store
+                .put_ephemeral(&lock, Bytes::from(me.0.clone()), Expected::Absent, s)
+                .await
+            {
+                Ok(PutOutcome::Written(_)) => {}
+                Ok(PutOutcome::Conflict { .. }) => continue, // another worker has it
+                Err(e) => {
+                    warn!(error = %e, "replication worker cannot take a lock");
+                    break;
+                }
+            }
+            // Another worker may have finished it between the listing and the lock.
+            let version = match store.get(&mark_key(ledger)).await {
+                Ok(Some(v)) => v.version,
+                Ok(None) => {
+                    let _ = store.delete(&lock, Expected::Any).await;
+                    continue;
+                }
+                Err(_) => version,
+            };
+            match replicate(&client, ledger, &options).await {
+                Ok(Outcome::Done) => {
+                    // Only the mark as read: one the auditor extended meanwhile stays.
+                    let _ = store
+                        .delete(&mark_key(ledger), Expected::Version(version))
+                        .await;
+                    info!(ledger = %ledger, "ledger fully replicated again");
+                }
+                Ok(Outcome::Pending(why)) => {
+                    tracing::debug!(ledger = %ledger, why, "ledger still under-replicated");
+                }
+                Err(e) => {
+                    warn!(ledger = %ledger, error = %e, "re-replication failed; retried later")
+                }
+            }
+            let _ = store.delete(&lock, Expected::Any).await;
+        }
+    }
+    if let Some(s) = session {
+        let _ = s.close().await;
+    }
+}
+
+/// One pass over `ledger`: every segment that can be copied now is.
+async fn replicate(
+    client: &LedgerClient,
+    ledger: LedgerId,
+    options: &AutoRecoveryOptions,
+) -> LedgerResult<Outcome> {
+    let meta = match client.ledger_metadata(ledger).await {
+        Ok(m) => m,
+        Err(LedgerError::NoSuchLedger(_)) => return Ok(Outcome::Done),
+        Err(e) => return Err(e),
+    };
+    let registered = client.registered_bookies().await?;
+    let alive: BTreeSet<BookieId> = registered.iter().cloned().collect();
+    let mut pending = None;
+    for index in 0..meta.ensembles.len() {
+        let segment = &meta.ensembles[index];
+        let dead: Vec<usize> = (0..segment.bookies.len())
+            .filter(|p| !alive.contains(&segment.bookies[*p]))
+            .collect();
+        if dead.is_empty() {
+            continue;
+        }
+        let last_entry: i64 = match meta.ensembles.get(index + 1) {
+            Some(next) => next.first_entry as i64 - 1,
+            None if meta.state == LedgerState::Closed => meta.last_entry_id,
+            None => {
+                pending = Some("the open ledger's last segment is its writer's".to_owned());
+                continue;
+            }
+        };
+        for p in dead {
+            let lost = segment.bookies[p].clone();
+            let target = match client.choose_replacement(&segment.bookies, p).await {
+                Ok(t) => t,
+                Err(e) => {
+                    pending = Some(format!("no bookie to copy to: {e}"));
+                    continue;
+                }
+            };
+            let copied = copy_segment(
+                client,
+                ledger,
+                &meta,
+                index,
+                p,
+                &target,
+                segment.first_entry as i64,
+                last_entry,
+                options.copy_concurrency,
+            )
+            .await?;
+            client
+                .replace_in_segment(ledger, index, p, &lost, &target)
+                .await?;
+            info!(ledger = %ledger, segment = index, from = %lost, to = %target, entries = copied,
+                "replica re-created on another bookie");
+        }
+    }
+    Ok(pending.map_or(Outcome::Done, Outcome::Pending))
+}
+
+/// Copies the entries of segment `index` whose write set holds position `p` to `target`;
+/// returns how many.
+#[allow(clippy::too_many_arguments)]
+async fn copy_segment(
+    client: &LedgerClient,
+    ledger: LedgerId,
+    meta: &crate::client::metadata::LedgerMetadata,
+    index: usize,
+    p: usize,
+    target: &BookieId,
+    first: i64,
+    last: i64,
+    concurrency: usize,
+) -> LedgerResult<u64> {
+    let segment = &meta.ensembles[index];
+    let (e, qw) = (meta.ensemble_size, meta.write_quorum);
+    let entries: Vec<u64> = (first.max(0)..=last)
+        .map(|x| x as u64)
+        .filter(|x| write_set(*x, e, qw).contains(&p))
+        .collect();
+    let count = entries.len() as u64;
+    let target_client = client.bookie(target);
+    let mut copies = futures::stream::iter(entries.into_iter().map(|entry| {
+        let sources: Vec<BookieId> = write_set(entry, e, qw)
+            .into_iter()
+            .filter(|q| *q != p)
+            .map(|q| segment.bookies[q].clone())
+            .collect();
+        let target_client = Arc::clone(&target_client);
+        async move {
+            let mut last_err = None;
+            for source in &sources {
+                match client
+                    .bookie(source)
+                    .read(ledger, EntryId(entry), false)
+                    .await
+                {
+                    Ok(r) if r.entry.is_intact() => {
+                        target_client.add(r.entry, true).await.map_err(|error| {
+                            LedgerError::Bookie {
+                                bookie: target_client.id().clone(),
+                                error,
+                            }
+                        })?;
+                        return Ok(());
+                    }
+                    Ok(_) => last_err = Some(format!("{source}: checksum mismatch")),
+                    Err(err) => last_err = Some(format!("{source}: {err}")),
+                }
+            }
+            Err(LedgerError::Unreadable {
+                ledger,
+                entry,
+                reasons: format!(
+                    "no surviving replica to copy from ({})",
+                    last_err.unwrap_or_default()
+                ),
+            })
+        }
+    }))
+    .buffer_unordered(concurrency.max(1));
+    while let Some(done) = copies.next().await {
+        done?;
+    }
+    Ok(count)
+}

@@ -1,0 +1,92 @@
+"""Bookie auto-recovery (issue 13): etcd, four `magnetar bookie` processes (each runs an auditor
+candidate and a replication worker), a broker writing E3/Qw2/Qa2 ledgers, the official client.
+
+A bookie holding replicas is killed (SIGKILL). Without any operator action the auditor marks the
+ledgers that named it, workers copy its entries from the surviving replicas to the fourth
+bookie, and no ledger record names the dead bookie any more. Then a second bookie dies, and every
+acknowledged message still reads back, in order (before, the first loss left one copy of many
+entries for good, and the second made them unreadable).
+"""
+
+import base64
+import json
+import signal
+import urllib.request
+
+import pulsar
+
+from conftest import make_client, wait_for
+from test_cluster import Cluster
+
+MESSAGES_BEFORE = 1200
+MESSAGES_AFTER = 300
+
+
+def etcd_range(cluster, prefix):
+    """Every (key, value) under `prefix` of the cluster's root, through etcd's JSON gateway."""
+    key = (cluster.env["MAGNETAR_METADATA__ETCD_ROOT"] + prefix).encode()
+    end = key[:-1] + bytes([key[-1] + 1])
+    body = json.dumps({"key": base64.b64encode(key).decode(),
+                       "range_end": base64.b64encode(end).decode()}).encode()
+    req = urllib.request.Request(cluster.env["MAGNETAR_METADATA__ETCD_ENDPOINTS"] + "/v3/kv/range",
+                                 data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        kvs = json.loads(r.read()).get("kvs", [])
+    return [(base64.b64decode(kv["key"]).decode(), base64.b64decode(kv["value"])) for kv in kvs]
+
+
+def ledgers_naming(cluster, bookie):
+    out = []
+    for key, value in etcd_range(cluster, "/ledgers/"):
+        meta = json.loads(value)
+        if any(bookie in seg["bookies"] for seg in meta["ensembles"]):
+            out.append(key)
+    return out
+
+
+def test_a_lost_bookies_replicas_come_back_and_a_second_loss_loses_nothing(tmp_path):
+    cluster = Cluster(str(tmp_path), bookies=4, bookie_env={
+        "MAGNETAR_BOOKIE__LOST_BOOKIE_RECOVERY_DELAY_SECONDS": "1",
+    }, broker_env={
+        "MAGNETAR_BROKER__ENSEMBLE_SIZE": "3",
+        "MAGNETAR_BROKER__WRITE_QUORUM": "2",
+        "MAGNETAR_BROKER__ACK_QUORUM": "2",
+        "MAGNETAR_BROKER__MANAGED_LEDGER_MAX_ENTRIES_PER_LEDGER": "200",
+    })
+    cluster.start()
+    topic = "persistent://public/default/autorecovery"
+    try:
+        client = make_client(cluster.url)
+        producer = client.create_producer(topic, batching_enabled=False)
+        sent = [producer.send(f"a-{i:05d}".encode()) for i in range(MESSAGES_BEFORE)]
+
+        # The bookie named by the most ledgers dies.
+        ids = cluster.bookie_ids
+        victim = max(range(len(ids)), key=lambda i: len(ledgers_naming(cluster, ids[i])))
+        assert ledgers_naming(cluster, ids[victim]), "no ledger on the victim"
+        cluster.bookies[victim].send_signal(signal.SIGKILL)
+        cluster.bookies[victim].wait(timeout=30)
+
+        # Publishing goes on (the writer replaces the bookie for new entries).
+        sent += [producer.send(f"a-{i:05d}".encode()) for i in range(MESSAGES_BEFORE, MESSAGES_BEFORE + MESSAGES_AFTER)]
+        producer.close()
+
+        # Auto-recovery: no record names the dead bookie, no mark is left.
+        assert wait_for(lambda: ledgers_naming(cluster, ids[victim]) == [], timeout=120), \
+            ledgers_naming(cluster, ids[victim])
+        assert wait_for(lambda: etcd_range(cluster, "/underreplicated/ledgers/") == [], timeout=60), \
+            etcd_range(cluster, "/underreplicated/ledgers/")
+
+        # A second bookie dies: every acknowledged message is still there, in order.
+        second = next(i for i in range(len(ids)) if i != victim)
+        cluster.bookies[second].send_signal(signal.SIGKILL)
+        cluster.bookies[second].wait(timeout=30)
+        reader = client.create_reader(topic, pulsar.MessageId.earliest)
+        for i, msg_id in enumerate(sent):
+            m = reader.read_next(20_000)
+            assert m.data() == f"a-{i:05d}".encode(), i
+            assert (m.message_id().ledger_id(), m.message_id().entry_id()) == \
+                (msg_id.ledger_id(), msg_id.entry_id()), i
+        client.close()
+    finally:
+        cluster.stop()
