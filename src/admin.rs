@@ -46,6 +46,17 @@ pub enum AdminCommand {
     /// Persistent topics, partitioned topics and subscriptions.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// The bookies and the ledgers auto-recovery is re-replicating.
+    #[command(subcommand)]
+    Bookies(BookiesCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BookiesCommand {
+    /// The registered bookies (pulsar-admin's `bookies list-bookies`).
+    ListBookies,
+    /// Ledgers with a replica on a lost bookie, not yet copied elsewhere.
+    ListUnderreplicated,
 }
 
 #[derive(Debug, Args)]
@@ -411,6 +422,12 @@ pub fn run(args: AdminArgs, config: &Config) -> anyhow::Result<u8> {
         AdminCommand::Tenants(c) => tenants(&client, c),
         AdminCommand::Namespaces(c) => namespaces(&client, c),
         AdminCommand::Topics(c) => topics(&client, c),
+        AdminCommand::Bookies(c) => match c {
+            BookiesCommand::ListBookies => client.get("bookies/all").map(|r| r.print()),
+            BookiesCommand::ListUnderreplicated => {
+                client.get("bookies/underreplicated").map(|r| r.print())
+            }
+        },
     }?;
     Ok(EXIT_OK)
 }

@@ -50,6 +50,10 @@ impl Answer {
 }
 
 fn start(topics: Arc<dyn TopicAdmin>) -> Server {
+    start_on(Arc::new(MemoryStore::new()), topics)
+}
+
+fn start_on(store: Arc<MemoryStore>, topics: Arc<dyn TopicAdmin>) -> Server {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -59,7 +63,7 @@ fn start(topics: Arc<dyn TopicAdmin>) -> Server {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = AdminState::new(Policies::new(Arc::new(MemoryStore::new())), topics);
+    let state = AdminState::new(Policies::new(store), topics);
     rt.spawn(admin::serve(listener, state, std::future::pending()));
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -1075,4 +1079,52 @@ fn deleting_a_topic_deletes_its_schema() {
     expect(&s.get("/schemas/acme/ns/parted/schema"), 200);
     expect(&s.delete("/persistent/acme/ns/parted/partitions"), 204);
     expect(&s.get("/schemas/acme/ns/parted/schema"), 404);
+}
+
+#[test]
+fn bookies_and_the_ledgers_auto_recovery_is_copying_are_listed() {
+    use magnetar_metadata::{Expected, MetadataStore};
+    let store = Arc::new(MemoryStore::new());
+    let seed = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    seed.block_on(async {
+        let registration = serde_json::json!({
+            "id": "b1:3181", "state": "read_write", "free_bytes": 10, "used_bytes": 2,
+            "zone": "zone-a", "version": "0.1.0"
+        });
+        let _ = store
+            .put(
+                "/bookies/b1:3181",
+                registration.to_string().into(),
+                Expected::Any,
+            )
+            .await
+            .unwrap();
+        let mark = serde_json::json!({"missing": ["gone:3181"], "marked_ms": 5});
+        let _ = store
+            .put(
+                "/underreplicated/ledgers/7",
+                mark.to_string().into(),
+                Expected::Any,
+            )
+            .await
+            .unwrap();
+    });
+    let s = start_on(store, Arc::new(NoTopics));
+    let all = s.get("/bookies/all");
+    expect(&all, 200);
+    assert_eq!(
+        all.json(),
+        serde_json::json!({"bookies": [{
+            "bookieId": "b1:3181", "state": "read_write", "zone": "zone-a",
+            "freeBytes": 10, "usedBytes": 2
+        }]})
+    );
+    let marked = s.get("/bookies/underreplicated");
+    expect(&marked, 200);
+    assert_eq!(
+        marked.json(),
+        serde_json::json!([{"ledgerId": 7, "missing": ["gone:3181"], "markedMs": 5}])
+    );
 }

@@ -11,11 +11,12 @@ entries for good, and the second made them unreadable).
 import base64
 import json
 import signal
+import subprocess
 import urllib.request
 
 import pulsar
 
-from conftest import make_client, wait_for
+from conftest import BIN, make_client, wait_for
 from test_cluster import Cluster
 
 MESSAGES_BEFORE = 1200
@@ -76,6 +77,13 @@ def test_a_lost_bookies_replicas_come_back_and_a_second_loss_loses_nothing(tmp_p
             ledgers_naming(cluster, ids[victim])
         assert wait_for(lambda: etcd_range(cluster, "/underreplicated/ledgers/") == [], timeout=60), \
             etcd_range(cluster, "/underreplicated/ledgers/")
+        # The admin API and CLI show the same: no ledger left to copy, the victim gone.
+        out = subprocess.run([BIN, "admin", "--url", cluster.admin_url, "bookies", "list-underreplicated"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.strip() == "", out  # an empty list prints nothing
+        with urllib.request.urlopen(cluster.admin_url + "/admin/v2/bookies/all", timeout=10) as r:
+            listed = [b["bookieId"] for b in json.loads(r.read())["bookies"]]
+        assert sorted(listed) == sorted(b for i, b in enumerate(ids) if i != victim), listed
 
         # A second bookie dies: every acknowledged message is still there, in order.
         second = next(i for i in range(len(ids)) if i != victim)

@@ -15,6 +15,7 @@
 //! (metadata store unreachable, topic service not running). A topic another broker serves
 //! answers 307 to the same path on that broker's admin API.
 
+mod bookies;
 mod namespaces;
 mod persistent;
 mod schemas;
@@ -101,6 +102,11 @@ pub fn router(state: AdminState) -> Router {
     const SCHEMA: &str = "/admin/v2/schemas/{tenant}/{namespace}/{topic}";
     Router::new()
         .route("/admin/v2/clusters", get(list_clusters))
+        .route("/admin/v2/bookies/all", get(bookies::all))
+        .route(
+            "/admin/v2/bookies/underreplicated",
+            get(bookies::under_replicated),
+        )
         .route("/admin/v2/tenants", get(namespaces::list_tenants))
         .route(
             "/admin/v2/tenants/{tenant}",
@@ -412,6 +418,12 @@ impl IntoResponse for ApiError {
 
 fn metadata_status(e: &MetadataError) -> StatusCode {
     crate::error::metadata_status(e)
+}
+
+impl From<MetadataError> for ApiError {
+    fn from(e: MetadataError) -> Self {
+        ApiError::new(metadata_status(&e), e.to_string())
+    }
 }
 
 impl From<PolicyError> for ApiError {
