@@ -57,6 +57,12 @@ pub enum BookiesCommand {
     ListBookies,
     /// Ledgers with a replica on a lost bookie, not yet copied elsewhere.
     ListUnderreplicated,
+    /// Decommission a bookie: it turns read-only and its replicas are copied elsewhere.
+    Decommission { bookie: String },
+    /// Show how far a decommission is (ready to remove when no ledger names the bookie).
+    DecommissionStatus { bookie: String },
+    /// Stop decommissioning a bookie: it takes writes again.
+    CancelDecommission { bookie: String },
 }
 
 #[derive(Debug, Args)]
@@ -427,6 +433,15 @@ pub fn run(args: AdminArgs, config: &Config) -> anyhow::Result<u8> {
             BookiesCommand::ListUnderreplicated => {
                 client.get("bookies/underreplicated").map(|r| r.print())
             }
+            BookiesCommand::Decommission { bookie } => client
+                .put(&format!("bookies/{}/decommission", enc(&bookie)), None)
+                .map(|r| r.print()),
+            BookiesCommand::DecommissionStatus { bookie } => client
+                .get(&format!("bookies/{}/decommission", enc(&bookie)))
+                .map(|r| r.print()),
+            BookiesCommand::CancelDecommission { bookie } => client
+                .delete(&format!("bookies/{}/decommission", enc(&bookie)))
+                .map(|r| r.print()),
         },
     }?;
     Ok(EXIT_OK)

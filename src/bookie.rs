@@ -83,6 +83,14 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     .context("cannot start the bookie")?;
     // Auto-recovery reaches the other bookies as any ledger client does (gRPC).
     let recovery = CancellationToken::new();
+    magnetar_bookie::autorecovery::follow_decommission(
+        Arc::clone(&metadata),
+        node.bookie(),
+        node.id().clone(),
+        Duration::from_secs(1),
+        magnetar_metadata::clock::system(),
+        recovery.clone(),
+    );
     if let Some(mut options) = b.auto_recovery() {
         options.session_ttl = Duration::from_millis(config.metadata.session_ttl_ms);
         let client = magnetar_bookie::client::LedgerClient::new(

@@ -1127,4 +1127,22 @@ fn bookies_and_the_ledgers_auto_recovery_is_copying_are_listed() {
         marked.json(),
         serde_json::json!([{"ledgerId": 7, "missing": ["gone:3181"], "markedMs": 5}])
     );
+
+    // Decommission: only a registered bookie; the status follows the request.
+    expect(&s.put("/bookies/nobody:1/decommission", None), 404);
+    let before = s.get("/bookies/b1:3181/decommission");
+    expect(&before, 200);
+    assert_eq!(before.json()["decommissioning"], false);
+    expect(&s.put("/bookies/b1:3181/decommission", None), 204);
+    let during = s.get("/bookies/b1:3181/decommission");
+    assert_eq!(
+        during.json(),
+        serde_json::json!({"bookieId": "b1:3181", "decommissioning": true,
+            "ledgersRemaining": 0, "readyToRemove": true})
+    );
+    expect(&s.delete("/bookies/b1:3181/decommission"), 204);
+    assert_eq!(
+        s.get("/bookies/b1:3181/decommission").json()["decommissioning"],
+        false
+    );
 }

@@ -98,3 +98,53 @@ def test_a_lost_bookies_replicas_come_back_and_a_second_loss_loses_nothing(tmp_p
         client.close()
     finally:
         cluster.stop()
+
+
+def test_a_decommissioned_bookie_is_emptied_then_can_go(tmp_path):
+    """`bookies decommission`: the bookie turns read-only (new ledgers and the writer avoid it),
+    its replicas are copied elsewhere while it still serves them, and the status says when it
+    can be removed; after it is stopped every message reads back."""
+    cluster = Cluster(str(tmp_path), bookies=4, broker_env={
+        "MAGNETAR_BROKER__ENSEMBLE_SIZE": "3",
+        "MAGNETAR_BROKER__WRITE_QUORUM": "2",
+        "MAGNETAR_BROKER__ACK_QUORUM": "2",
+        "MAGNETAR_BROKER__MANAGED_LEDGER_MAX_ENTRIES_PER_LEDGER": "200",
+    })
+    cluster.start()
+    topic = "persistent://public/default/decommission"
+    admin = [BIN, "admin", "--url", cluster.admin_url, "bookies"]
+    try:
+        client = make_client(cluster.url)
+        producer = client.create_producer(topic, batching_enabled=False)
+        sent = [producer.send(f"d-{i:05d}".encode()) for i in range(600)]
+        ids = cluster.bookie_ids
+        leaving = max(range(len(ids)), key=lambda i: len(ledgers_naming(cluster, ids[i])))
+        assert ledgers_naming(cluster, ids[leaving])
+
+        out = subprocess.run(admin + ["decommission", ids[leaving]], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out
+
+        def bookie_state():
+            with urllib.request.urlopen(cluster.admin_url + "/admin/v2/bookies/all", timeout=10) as r:
+                return {b["bookieId"]: b["state"] for b in json.loads(r.read())["bookies"]}
+        assert wait_for(lambda: bookie_state().get(ids[leaving]) == "read_only", timeout=30), bookie_state()
+        # Publishing goes on; the writer leaves the read-only bookie.
+        sent += [producer.send(f"d-{i:05d}".encode()) for i in range(600, 800)]
+        producer.close()
+
+        def status():
+            out = subprocess.run(admin + ["decommission-status", ids[leaving]],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out
+            return json.loads(out.stdout)
+        assert wait_for(lambda: status()["readyToRemove"], timeout=120), status()
+        assert status()["ledgersRemaining"] == 0 and ledgers_naming(cluster, ids[leaving]) == []
+
+        cluster.bookies[leaving].send_signal(signal.SIGTERM)
+        cluster.bookies[leaving].wait(timeout=30)
+        reader = client.create_reader(topic, pulsar.MessageId.earliest)
+        for i in range(len(sent)):
+            assert reader.read_next(20_000).data() == f"d-{i:05d}".encode(), i
+        client.close()
+    finally:
+        cluster.stop()

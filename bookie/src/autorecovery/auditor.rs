@@ -119,10 +119,12 @@ impl<'a> Auditor<'a> {
                             self.gone_since_ms.entry(b.clone()).or_insert(now);
                         }
                     }
-                    self.marked_for.retain(|b| !registered.contains(b));
+                    let draining = super::decommissioned(self.store).await.unwrap_or_default();
+                    self.marked_for
+                        .retain(|b| !registered.contains(b) || draining.contains(b));
                     let matured = self.gone_since_ms.iter().any(|(b, since)| {
                         now.saturating_sub(*since) >= delay_ms && !self.marked_for.contains(b)
-                    });
+                    }) || draining.iter().any(|b| !self.marked_for.contains(b));
                     if matured || now >= next_scan_ms {
                         match self.scan(&registered, now, delay_ms).await {
                             Ok(()) => next_scan_ms = now.saturating_add(period_ms),
@@ -167,12 +169,14 @@ impl<'a> Auditor<'a> {
                 }
             }
         }
-        let lost: BTreeSet<BookieId> = self
+        // Lost: gone past the delay, or being decommissioned (at once).
+        let mut lost: BTreeSet<BookieId> = self
             .gone_since_ms
             .iter()
             .filter(|(_, since)| now.saturating_sub(**since) >= delay_ms)
             .map(|(b, _)| b.clone())
             .collect();
+        lost.extend(super::decommissioned(self.store).await?);
         let mut marked = 0usize;
         for (id, bookies) in &ledgers {
             let missing: Vec<BookieId> = bookies

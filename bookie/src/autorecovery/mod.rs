@@ -30,6 +30,52 @@ pub const MARKS_PREFIX: &str = "/underreplicated/ledgers/";
 pub const LOCKS_PREFIX: &str = "/underreplicated/locks/";
 /// Who the auditor is (ephemeral).
 pub const AUDITOR_KEY: &str = "/underreplicated/auditor";
+/// Bookies an operator is decommissioning: `/underreplicated/decommission/{bookie}`.
+pub const DECOMMISSION_PREFIX: &str = "/underreplicated/decommission/";
+
+pub fn decommission_key(bookie: &BookieId) -> String {
+    format!("{DECOMMISSION_PREFIX}{bookie}")
+}
+
+/// The bookies being decommissioned: read-only, and their replicas copied elsewhere as if
+/// they were lost (from themselves too, while they still answer).
+pub async fn decommissioned(
+    store: &Arc<dyn MetadataStore>,
+) -> Result<std::collections::BTreeSet<BookieId>, magnetar_metadata::MetadataError> {
+    Ok(store
+        .list(DECOMMISSION_PREFIX)
+        .await?
+        .entries
+        .into_iter()
+        .filter_map(|(k, _)| {
+            k.strip_prefix(DECOMMISSION_PREFIX)
+                .map(|b| BookieId(b.to_owned()))
+        })
+        .collect())
+}
+
+/// Keeps `bookie` read-only while an operator decommissions it, until `stop` fires.
+pub fn follow_decommission(
+    store: Arc<dyn MetadataStore>,
+    bookie: Arc<crate::server::Bookie>,
+    me: BookieId,
+    poll: Duration,
+    clock: magnetar_metadata::clock::SharedClock,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            match store.get(&decommission_key(&me)).await {
+                Ok(v) => bookie.set_decommissioned(v.is_some()),
+                Err(e) => tracing::warn!(error = %e, "cannot read the decommission state"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = clock.sleep(poll) => {}
+            }
+        }
+    });
+}
 
 pub fn mark_key(ledger: LedgerId) -> String {
     format!("{MARKS_PREFIX}{ledger}")

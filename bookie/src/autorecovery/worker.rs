@@ -97,7 +97,7 @@ pub async fn run(
                 }
                 Err(_) => version,
             };
-            match replicate(&client, ledger, &options).await {
+            match replicate(&client, &store, ledger, &options).await {
                 Ok(Outcome::Done) => {
                     // Only the mark as read: one the auditor extended meanwhile stays.
                     let _ = store
@@ -123,6 +123,7 @@ pub async fn run(
 /// One pass over `ledger`: every segment that can be copied now is.
 async fn replicate(
     client: &LedgerClient,
+    store: &Arc<dyn MetadataStore>,
     ledger: LedgerId,
     options: &AutoRecoveryOptions,
 ) -> LedgerResult<Outcome> {
@@ -131,8 +132,10 @@ async fn replicate(
         Err(LedgerError::NoSuchLedger(_)) => return Ok(Outcome::Done),
         Err(e) => return Err(e),
     };
-    let registered = client.registered_bookies().await?;
-    let alive: BTreeSet<BookieId> = registered.iter().cloned().collect();
+    let registered: BTreeSet<BookieId> = client.registered_bookies().await?.into_iter().collect();
+    let draining = super::decommissioned(store).await?;
+    // Positions on decommissioned bookies are moved as if lost.
+    let alive: BTreeSet<BookieId> = registered.difference(&draining).cloned().collect();
     let mut pending = None;
     for index in 0..meta.ensembles.len() {
         let segment = &meta.ensembles[index];
@@ -165,6 +168,7 @@ async fn replicate(
                 &meta,
                 index,
                 p,
+                registered.contains(&lost),
                 &target,
                 segment.first_entry as i64,
                 last_entry,
@@ -190,6 +194,7 @@ async fn copy_segment(
     meta: &crate::client::metadata::LedgerMetadata,
     index: usize,
     p: usize,
+    lost_answers: bool,
     target: &BookieId,
     first: i64,
     last: i64,
@@ -204,11 +209,15 @@ async fn copy_segment(
     let count = entries.len() as u64;
     let target_client = client.bookie(target);
     let mut copies = futures::stream::iter(entries.into_iter().map(|entry| {
-        let sources: Vec<BookieId> = write_set(entry, e, qw)
+        // The other replicas, then the bookie itself while it answers (a decommissioned one).
+        let mut sources: Vec<BookieId> = write_set(entry, e, qw)
             .into_iter()
             .filter(|q| *q != p)
             .map(|q| segment.bookies[q].clone())
             .collect();
+        if lost_answers {
+            sources.push(segment.bookies[p].clone());
+        }
         let target_client = Arc::clone(&target_client);
         async move {
             let mut last_err = None;

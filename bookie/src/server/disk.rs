@@ -34,11 +34,13 @@ pub(crate) struct DiskStatus {
     pub free_bytes: u64,
     /// Bytes of the bookie's own files.
     pub used_bytes: u64,
+    /// An operator is decommissioning the bookie: it takes no more writes.
+    pub decommissioned: bool,
 }
 
 impl DiskStatus {
     pub fn state(&self) -> BookieState {
-        if self.disk_full || self.io_failed || self.sync_failed {
+        if self.disk_full || self.io_failed || self.sync_failed || self.decommissioned {
             BookieState::ReadOnly
         } else {
             BookieState::ReadWrite

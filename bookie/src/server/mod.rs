@@ -386,6 +386,18 @@ impl Bookie {
         *self.shared.state.borrow()
     }
 
+    /// Being decommissioned: read-only (placement stops choosing it, its writers move on)
+    /// until `false` again.
+    pub fn set_decommissioned(&self, on: bool) {
+        let mut disk = self.shared.lock_disk();
+        if disk.decommissioned != on {
+            tracing::info!(bookie = %self.id, decommissioned = on, "decommission state changed");
+        }
+        disk.decommissioned = on;
+        drop(disk);
+        self.shared.publish_state();
+    }
+
     /// Changes of read-write / read-only state, for the registration.
     pub fn state_changes(&self) -> watch::Receiver<BookieState> {
         self.shared.state.subscribe()

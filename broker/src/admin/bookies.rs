@@ -1,14 +1,18 @@
 //! `/admin/v2/bookies/…`: the bookies of the cluster (Pulsar's `bookies list-bookies` shape)
 //! and the ledgers auto-recovery is re-replicating (Magnetar's; BookKeeper shows them through
-//! its own `list_under_replicated_ledger`).
+//! its own `list_under_replicated_ledger`), and decommissioning a bookie: it turns read-only,
+//! auto-recovery copies its replicas elsewhere, and the status says when it can be removed.
 
 use axum::Json;
-use axum::extract::State;
-use magnetar_bookie::api::{BOOKIES_PREFIX, BookieRegistration};
-use magnetar_bookie::autorecovery::{MARKS_PREFIX, UnderReplicated};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use magnetar_bookie::api::{BOOKIES_PREFIX, BookieId, BookieRegistration, registration_key};
+use magnetar_bookie::autorecovery::{MARKS_PREFIX, UnderReplicated, decommission_key};
+use magnetar_bookie::client::{LedgerMetadata, metadata::LEDGERS_PREFIX};
+use magnetar_metadata::Expected;
 use serde::Serialize;
 
-use super::{AdminState, ApiResult};
+use super::{AdminState, ApiError, ApiResult};
 
 /// Pulsar's `BookiesClusterInfo`.
 #[derive(Debug, Serialize)]
@@ -76,4 +80,78 @@ pub(super) async fn under_replicated(
         .collect();
     out.sort_by_key(|l| l.ledger_id);
     Ok(Json(out))
+}
+
+/// Decommission progress of one bookie.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct DecommissionStatus {
+    bookie_id: String,
+    decommissioning: bool,
+    /// Ledgers whose records still name the bookie.
+    ledgers_remaining: usize,
+    /// Decommissioning and no ledger names it: it can be stopped and removed.
+    ready_to_remove: bool,
+}
+
+fn bookie_id(raw: &str) -> ApiResult<BookieId> {
+    if raw.is_empty() || raw.contains('/') {
+        return Err(ApiError::bad_request(format!("invalid bookie id {raw:?}")));
+    }
+    Ok(BookieId(raw.to_owned()))
+}
+
+/// `PUT /admin/v2/bookies/{bookie}/decommission`: starts decommissioning a registered bookie.
+pub(super) async fn decommission(
+    State(s): State<AdminState>,
+    Path(raw): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = bookie_id(&raw)?;
+    let store = s.policies.store();
+    if store.get(&registration_key(&id)).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "bookie {id} is not registered"
+        )));
+    }
+    let _ = store
+        .put(&decommission_key(&id), "{}".into(), Expected::Any)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /admin/v2/bookies/{bookie}/decommission`: the bookie takes writes again.
+pub(super) async fn cancel_decommission(
+    State(s): State<AdminState>,
+    Path(raw): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = bookie_id(&raw)?;
+    let _ = s
+        .policies
+        .store()
+        .delete(&decommission_key(&id), Expected::Any)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /admin/v2/bookies/{bookie}/decommission`.
+pub(super) async fn decommission_status(
+    State(s): State<AdminState>,
+    Path(raw): Path<String>,
+) -> ApiResult<Json<DecommissionStatus>> {
+    let id = bookie_id(&raw)?;
+    let store = s.policies.store();
+    let decommissioning = store.get(&decommission_key(&id)).await?.is_some();
+    let ledgers = store.list(LEDGERS_PREFIX).await?;
+    let ledgers_remaining = ledgers
+        .entries
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<LedgerMetadata>(&v.value).ok())
+        .filter(|m| m.all_bookies().contains(&id))
+        .count();
+    Ok(Json(DecommissionStatus {
+        bookie_id: id.0,
+        decommissioning,
+        ledgers_remaining,
+        ready_to_remove: decommissioning && ledgers_remaining == 0,
+    }))
 }

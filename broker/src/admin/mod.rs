@@ -107,6 +107,12 @@ pub fn router(state: AdminState) -> Router {
             "/admin/v2/bookies/underreplicated",
             get(bookies::under_replicated),
         )
+        .route(
+            "/admin/v2/bookies/{bookie}/decommission",
+            get(bookies::decommission_status)
+                .put(bookies::decommission)
+                .delete(bookies::cancel_decommission),
+        )
         .route("/admin/v2/tenants", get(namespaces::list_tenants))
         .route(
             "/admin/v2/tenants/{tenant}",
