@@ -53,8 +53,9 @@ def first_line(proc, timeout=30.0):
 
 
 class Cluster:
-    def __init__(self, base, broker_env=None, bookies=3, bookie_env=None):
+    def __init__(self, base, broker_env=None, bookies=3, bookie_env=None, session_ttl_ms=3000):
         self.base = base
+        self.session_ttl_ms = session_ttl_ms
         self.broker_env = broker_env or {}
         self.bookie_count = bookies
         self.bookie_env = bookie_env or {}
@@ -85,7 +86,7 @@ class Cluster:
             "MAGNETAR_METADATA__BACKEND": "etcd",
             "MAGNETAR_METADATA__ETCD_ENDPOINTS": f"http://127.0.0.1:{client_port}",
             "MAGNETAR_METADATA__ETCD_ROOT": f"/test-{uuid.uuid4().hex[:8]}",
-            "MAGNETAR_METADATA__SESSION_TTL_MS": "3000",
+            "MAGNETAR_METADATA__SESSION_TTL_MS": str(self.session_ttl_ms),
             # The host's disk fill must not decide the tests (see conftest.py).
             "MAGNETAR_BOOKIE__DISK_USAGE_THRESHOLD": "1.0",
             "MAGNETAR_BOOKIE__DISK_USAGE_LWM": "1.0",

@@ -96,6 +96,12 @@ impl OwnershipCache {
             .map(|l| l.epoch())
     }
 
+    /// The ttl of the sessions leases are held under (this broker's; the cluster's brokers
+    /// share the setting).
+    pub fn session_ttl(&self) -> std::time::Duration {
+        self.session.current().ttl()
+    }
+
     /// The owner of `bundle`, taking the lease if nobody holds it.
     pub async fn acquire(self: &Arc<Self>, bundle: &Bundle) -> Result<Owner, MetadataError> {
         if let Some(epoch) = self.owned_epoch(bundle) {

@@ -26,6 +26,7 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::policies::{NamespacePolicies, Policies};
 
 mod offload;
+mod takeover;
 use crate::topic::{Topic, TopicHost};
 use crate::topic_name::{NamespaceName, TopicName};
 use magnetar_managed_ledger::record::{ROOT, ledger_record_key};
@@ -185,6 +186,8 @@ pub struct BrokerService {
     next_id: std::sync::atomic::AtomicU64,
     /// Start time (ms) of this broker: makes generated names unique across restarts.
     boot_ms: u64,
+    /// Lookups waiting out a dead owner's lease, one wait per bundle (`takeover.rs`).
+    lease_waits: takeover::LeaseWaits,
 }
 
 impl BrokerService {
@@ -207,6 +210,7 @@ impl BrokerService {
             tasks: TaskTracker::new(),
             next_id: std::sync::atomic::AtomicU64::new(1),
             boot_ms,
+            lease_waits: takeover::LeaseWaits::default(),
         });
         service.watch_lost_bundles();
         service.watch_policies();
@@ -351,12 +355,28 @@ impl BrokerService {
     }
 
     /// Who serves `topic`: this broker (taking the bundle's lease if it is free) or another
-    /// broker's service URL.
+    /// broker's service URL. An owner that refuses connections (it died; its lease lives until
+    /// its session expires) is waited out instead of named (`takeover.rs`).
     pub async fn lookup(&self, topic: &TopicName) -> BrokerResult<Option<String>> {
         let bundle = self.bundle_of(topic).await?;
-        match self.ownership.acquire(&bundle).await? {
-            Owner::This { .. } => Ok(None),
-            Owner::Other(record) => Ok(Some(record.owner)),
+        let deadline_ms = self
+            .config
+            .clock
+            .now_ms()
+            .saturating_add(takeover::wait_max_ms(&self.ownership));
+        loop {
+            match self.ownership.acquire(&bundle).await? {
+                Owner::This { .. } => return Ok(None),
+                Owner::Other(record) => {
+                    if self.config.clock.now_ms() >= deadline_ms
+                        || !self.owner_refuses_connections(&record.owner).await
+                    {
+                        return Ok(Some(record.owner));
+                    }
+                    self.wait_for_lease_change(&bundle, record, deadline_ms)
+                        .await;
+                }
+            }
         }
     }
 

@@ -1,0 +1,57 @@
+"""Broker failover (issue 13): two `magnetar broker` processes on a real etcd and three bookies;
+the official client is given both brokers' addresses. The owner of a topic is killed (SIGKILL)
+under a producer: lookups at the surviving broker wait out the dead owner's lease instead of
+naming it (which sent clients into their growing reconnect backoff), the survivor takes the
+topic over, and every message the producer was told is stored reads back once, in order.
+
+The pause is printed (`failover pause`); `scripts/bench-failover.py --broker` measures it.
+"""
+
+import signal
+import time
+
+import pulsar
+
+from conftest import make_client
+from test_cluster import Cluster
+
+MESSAGES = 400
+
+
+def test_a_killed_owner_is_taken_over_and_nothing_acknowledged_is_lost(tmp_path):
+    # A 10 s session ttl, as the issue measured: the client's backoff had grown past it.
+    cluster = Cluster(str(tmp_path), session_ttl_ms=10_000)
+    cluster.start()
+    try:
+        _, other_url, other_admin = cluster.start_broker("broker-2.log")
+        # The first broker owns the topic (its lookup took the lease).
+        first = make_client(cluster.url)
+        topic = "persistent://public/default/failover"
+        first.create_producer(topic).close()
+        first.close()
+
+        both = cluster.url + "," + other_url.split("://", 1)[1]
+        client = pulsar.Client(both, operation_timeout_seconds=60)
+        producer = client.create_producer(topic, batching_enabled=False, send_timeout_millis=60_000)
+        acked = []
+        for i in range(MESSAGES // 2):
+            producer.send(f"f-{i:05d}".encode())
+            acked.append(i)
+
+        cluster.broker.send_signal(signal.SIGKILL)
+        cluster.broker.wait(timeout=30)
+        started = time.monotonic()
+        producer.send(f"f-{MESSAGES // 2:05d}".encode())
+        pause = time.monotonic() - started
+        print(f"failover pause {pause:.2f} s (session ttl 10 s)")
+        acked.append(MESSAGES // 2)
+        for i in range(MESSAGES // 2 + 1, MESSAGES):
+            producer.send(f"f-{i:05d}".encode())
+            acked.append(i)
+
+        reader = client.create_reader(topic, pulsar.MessageId.earliest)
+        got = [reader.read_next(20_000).data() for _ in acked]
+        assert got == [f"f-{i:05d}".encode() for i in acked]
+        client.close()
+    finally:
+        cluster.stop()
