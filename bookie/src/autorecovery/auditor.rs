@@ -178,6 +178,7 @@ impl<'a> Auditor<'a> {
             .collect();
         lost.extend(super::decommissioned(self.store).await?);
         let mut marked = 0usize;
+        let mut failed = 0usize;
         for (id, bookies) in &ledgers {
             let missing: Vec<BookieId> = bookies
                 .iter()
@@ -206,11 +207,20 @@ impl<'a> Auditor<'a> {
                 .await;
             match stored {
                 Ok(_) => marked += 1,
-                Err(e) => warn!(ledger = %id, error = %e, "cannot mark an under-replicated ledger"),
+                Err(e) => {
+                    failed += 1;
+                    warn!(ledger = %id, error = %e, "cannot mark an under-replicated ledger");
+                }
             }
         }
         if !lost.is_empty() {
             info!(lost = ?lost, ledgers = ledgers.len(), marked, "auditor scan: ledgers with replicas on lost bookies marked");
+        }
+        if failed > 0 {
+            // Scanned again at the next poll, not at the next periodic check.
+            return Err(magnetar_metadata::MetadataError::Unavailable(format!(
+                "{failed} under-replicated ledgers could not be marked"
+            )));
         }
         self.marked_for = lost;
         Ok(())

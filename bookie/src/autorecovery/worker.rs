@@ -7,7 +7,7 @@
 //! replacement — a crash before leaves the old record and a mark to retry, never a record
 //! naming a bookie without the entries.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -41,6 +41,9 @@ pub async fn run(
 ) {
     let clock = client.clock();
     let mut session = None;
+    // Marks that could not be finished wait before the next attempt, longer each time (an
+    // open ledger's last segment can take hours to close). Bounded by the marks listed.
+    let mut retry_at: HashMap<LedgerId, (u64, u32)> = HashMap::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -63,6 +66,7 @@ pub async fn run(
                 continue;
             }
         };
+        let now = clock.now_ms();
         let mut marks: Vec<_> = marks
             .into_iter()
             .filter_map(|(k, v)| {
@@ -70,6 +74,8 @@ pub async fn run(
                 Some((LedgerId(id), v.version))
             })
             .collect();
+        retry_at.retain(|l, _| marks.iter().any(|(m, _)| m == l));
+        marks.retain(|(l, _)| retry_at.get(l).is_none_or(|(at, _)| *at <= now));
         // Workers spread over the marks instead of queueing on the same lock.
         client.random().with(|r| marks.shuffle(r));
         for (ledger, version) in marks {
@@ -77,42 +83,68 @@ pub async fn run(
                 break;
             }
             let lock = lock_key(ledger);
-            match store
+            let held = match store
                 .put_ephemeral(&lock, Bytes::from(me.0.clone()), Expected::Absent, s)
                 .await
             {
-                Ok(PutOutcome::Written(_)) => {}
+                Ok(PutOutcome::Written(v)) => v,
                 Ok(PutOutcome::Conflict { .. }) => continue, // another worker has it
                 Err(e) => {
                     warn!(error = %e, "replication worker cannot take a lock");
                     break;
                 }
-            }
+            };
+            // Only this worker's lock is released (a lost session's lock may be another's now).
+            let release = || store.delete(&lock, Expected::Version(held));
             // Another worker may have finished it between the listing and the lock.
-            let version = match store.get(&mark_key(ledger)).await {
-                Ok(Some(v)) => v.version,
+            let (version, missing) = match store.get(&mark_key(ledger)).await {
+                Ok(Some(v)) => {
+                    let missing = serde_json::from_slice::<super::UnderReplicated>(&v.value)
+                        .map(|m| m.missing.into_iter().collect())
+                        .unwrap_or_default();
+                    (v.version, missing)
+                }
                 Ok(None) => {
-                    let _ = store.delete(&lock, Expected::Any).await;
+                    let _ = release().await;
                     continue;
                 }
-                Err(_) => version,
+                Err(_) => (version, BTreeSet::new()),
             };
-            match replicate(&client, &store, ledger, &options).await {
-                Ok(Outcome::Done) => {
+            let pass = tokio::select! {
+                () = stop.cancelled() => None,
+                () = s.lost() => None,
+                r = replicate(&client, &store, ledger, &missing, &options) => Some(r),
+            };
+            let backoff = |retry_at: &mut HashMap<LedgerId, (u64, u32)>| {
+                let attempts = retry_at.get(&ledger).map_or(0, |(_, n)| *n);
+                let wait_ms = (options.poll_interval.as_millis() as u64)
+                    .saturating_mul(1 << attempts.min(16))
+                    .min(RETRY_WAIT_MS_MAX);
+                retry_at.insert(
+                    ledger,
+                    (clock.now_ms().saturating_add(wait_ms), attempts + 1),
+                );
+            };
+            match pass {
+                Some(Ok(Outcome::Done)) => {
                     // Only the mark as read: one the auditor extended meanwhile stays.
                     let _ = store
                         .delete(&mark_key(ledger), Expected::Version(version))
                         .await;
+                    retry_at.remove(&ledger);
                     info!(ledger = %ledger, "ledger fully replicated again");
                 }
-                Ok(Outcome::Pending(why)) => {
+                Some(Ok(Outcome::Pending(why))) => {
                     tracing::debug!(ledger = %ledger, why, "ledger still under-replicated");
+                    backoff(&mut retry_at);
                 }
-                Err(e) => {
-                    warn!(ledger = %ledger, error = %e, "re-replication failed; retried later")
+                Some(Err(e)) => {
+                    warn!(ledger = %ledger, error = %e, "re-replication failed; retried later");
+                    backoff(&mut retry_at);
                 }
+                None => {}
             }
-            let _ = store.delete(&lock, Expected::Any).await;
+            let _ = release().await;
         }
     }
     if let Some(s) = session {
@@ -120,11 +152,18 @@ pub async fn run(
     }
 }
 
-/// One pass over `ledger`: every segment that can be copied now is.
+/// The longest a worker waits before trying an unfinished mark again.
+const RETRY_WAIT_MS_MAX: u64 = 60_000;
+
+/// One pass over `ledger`: every segment that can be copied now is. Positions are replaced
+/// when their bookie is one the mark names as lost (`missing`; all unregistered ones if the
+/// mark could not be read) and not registered, or is being decommissioned — never a bookie
+/// that is only restarting.
 async fn replicate(
     client: &LedgerClient,
     store: &Arc<dyn MetadataStore>,
     ledger: LedgerId,
+    missing: &BTreeSet<BookieId>,
     options: &AutoRecoveryOptions,
 ) -> LedgerResult<Outcome> {
     let meta = match client.ledger_metadata(ledger).await {
@@ -135,17 +174,23 @@ async fn replicate(
     let registered: BTreeSet<BookieId> = client.registered_bookies().await?.into_iter().collect();
     let draining = super::decommissioned(store).await?;
     // Positions on decommissioned bookies are moved as if lost.
-    let alive: BTreeSet<BookieId> = registered.difference(&draining).cloned().collect();
+    let lost = |b: &BookieId| {
+        draining.contains(b)
+            || (!registered.contains(b) && (missing.is_empty() || missing.contains(b)))
+    };
     let mut pending = None;
     for index in 0..meta.ensembles.len() {
         let segment = &meta.ensembles[index];
         let dead: Vec<usize> = (0..segment.bookies.len())
-            .filter(|p| !alive.contains(&segment.bookies[*p]))
+            .filter(|p| lost(&segment.bookies[*p]))
             .collect();
         if dead.is_empty() {
             continue;
         }
         let last_entry: i64 = match meta.ensembles.get(index + 1) {
+            Some(next) if meta.state == LedgerState::Closed => {
+                (next.first_entry as i64 - 1).min(meta.last_entry_id)
+            }
             Some(next) => next.first_entry as i64 - 1,
             None if meta.state == LedgerState::Closed => meta.last_entry_id,
             None => {
@@ -153,9 +198,11 @@ async fn replicate(
                 continue;
             }
         };
+        // The segment as replaced so far: two lost positions never get the same bookie.
+        let mut current = segment.bookies.clone();
         for p in dead {
             let lost = segment.bookies[p].clone();
-            let target = match client.choose_replacement(&segment.bookies, p).await {
+            let target = match client.choose_replacement(&current, p).await {
                 Ok(t) => t,
                 Err(e) => {
                     pending = Some(format!("no bookie to copy to: {e}"));
@@ -178,6 +225,7 @@ async fn replicate(
             client
                 .replace_in_segment(ledger, index, p, &lost, &target)
                 .await?;
+            current[p] = target.clone();
             info!(ledger = %ledger, segment = index, from = %lost, to = %target, entries = copied,
                 "replica re-created on another bookie");
         }
@@ -202,13 +250,12 @@ async fn copy_segment(
 ) -> LedgerResult<u64> {
     let segment = &meta.ensembles[index];
     let (e, qw) = (meta.ensemble_size, meta.write_quorum);
-    let entries: Vec<u64> = (first.max(0)..=last)
+    let entries = (first.max(0)..=last)
         .map(|x| x as u64)
-        .filter(|x| write_set(*x, e, qw).contains(&p))
-        .collect();
-    let count = entries.len() as u64;
+        .filter(move |x| write_set(*x, e, qw).contains(&p));
+    let mut count = 0u64;
     let target_client = client.bookie(target);
-    let mut copies = futures::stream::iter(entries.into_iter().map(|entry| {
+    let mut copies = futures::stream::iter(entries.map(|entry| {
         // The other replicas, then the bookie itself while it answers (a decommissioned one).
         let mut sources: Vec<BookieId> = write_set(entry, e, qw)
             .into_iter()
@@ -227,7 +274,11 @@ async fn copy_segment(
                     .read(ledger, EntryId(entry), false)
                     .await
                 {
-                    Ok(r) if r.entry.is_intact() => {
+                    Ok(r)
+                        if r.entry.is_intact()
+                            && r.entry.ledger == ledger
+                            && r.entry.entry == EntryId(entry) =>
+                    {
                         target_client.add(r.entry, true).await.map_err(|error| {
                             LedgerError::Bookie {
                                 bookie: target_client.id().clone(),
@@ -253,6 +304,7 @@ async fn copy_segment(
     .buffer_unordered(concurrency.max(1));
     while let Some(done) = copies.next().await {
         done?;
+        count += 1;
     }
     Ok(count)
 }

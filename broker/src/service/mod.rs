@@ -375,6 +375,8 @@ impl BrokerService {
                     }
                     self.wait_for_lease_change(&bundle, record, deadline_ms)
                         .await;
+                    // The wait may end on a view the next acquire does not share yet.
+                    self.config.clock.sleep(takeover::LEASE_POLL).await;
                 }
             }
         }

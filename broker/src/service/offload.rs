@@ -183,7 +183,6 @@ impl BrokerService {
         let store = Arc::clone(&self.store);
         let clock = Arc::clone(&self.config.clock);
         self.tasks.spawn(async move {
-            let mut first = true;
             loop {
                 // The listing gives the revision to watch from; it is of a prefix that holds
                 // nothing, so it costs nothing however many policies there are.
@@ -201,14 +200,14 @@ impl BrokerService {
                         }
                     }
                 };
-                if !first {
-                    // Changes made while the watch was down were missed: apply everything.
+                // Changes made before the watch ran (topics loaded meanwhile, or while it was
+                // down) were not seen: apply everything once it runs.
+                {
                     let Some(service) = weak.upgrade() else {
                         return;
                     };
                     service.refresh_all().await;
                 }
-                first = false;
                 loop {
                     let event = tokio::select! {
                         _ = stop.cancelled() => return,

@@ -26,7 +26,7 @@ use crate::cluster::ownership::{OwnershipCache, bundle_key};
 /// How long a probe of the owner's service port may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the one waiter per bundle reads the lease.
-const LEASE_POLL: Duration = Duration::from_millis(100);
+pub(super) const LEASE_POLL: Duration = Duration::from_millis(100);
 /// Waited beyond the session ttl before naming the owner anyway.
 const WAIT_MARGIN: Duration = Duration::from_secs(2);
 
@@ -129,13 +129,16 @@ impl BrokerService {
                         "the bundle's owner refuses connections: lookups wait for its lease");
                     async move {
                         while clock.now_ms() < deadline_ms {
-                            let holder = store.get(&key).await.ok().map(|v| {
-                                v.and_then(|v| serde_json::from_slice::<LeaseRecord>(&v.value).ok())
-                            });
-                            match holder {
-                                Some(Some(h)) if h == seen => {}
-                                Some(_) => return, // gone or changed hands
-                                None => {}         // store unreachable: keep waiting
+                            match store.get(&key).await {
+                                Ok(None) => return, // gone
+                                Ok(Some(v)) => {
+                                    match serde_json::from_slice::<LeaseRecord>(&v.value) {
+                                        Ok(h) if h != seen => return, // changed hands
+                                        // The same holder, or unreadable: keep waiting.
+                                        _ => {}
+                                    }
+                                }
+                                Err(_) => {} // store unreachable: keep waiting
                             }
                             clock.sleep(LEASE_POLL).await;
                         }
