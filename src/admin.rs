@@ -49,6 +49,17 @@ pub enum AdminCommand {
     /// The bookies and the ledgers auto-recovery is re-replicating.
     #[command(subcommand)]
     Bookies(BookiesCommand),
+    /// The active brokers and the leader.
+    #[command(subcommand)]
+    Brokers(BrokersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrokersCommand {
+    /// The active brokers of a cluster (pulsar-admin's `brokers list`).
+    List { cluster: String },
+    /// The leader broker (pulsar-admin's `brokers leader-broker`).
+    LeaderBroker,
 }
 
 #[derive(Debug, Subcommand)]
@@ -428,6 +439,12 @@ pub fn run(args: AdminArgs, config: &Config) -> anyhow::Result<u8> {
         AdminCommand::Tenants(c) => tenants(&client, c),
         AdminCommand::Namespaces(c) => namespaces(&client, c),
         AdminCommand::Topics(c) => topics(&client, c),
+        AdminCommand::Brokers(c) => match c {
+            BrokersCommand::List { cluster } => client
+                .get(&format!("brokers/{}", enc(&cluster)))
+                .map(|r| r.print()),
+            BrokersCommand::LeaderBroker => client.get("brokers/leaderBroker").map(|r| r.print()),
+        },
         AdminCommand::Bookies(c) => match c {
             BookiesCommand::ListBookies => client.get("bookies/all").map(|r| r.print()),
             BookiesCommand::ListUnderreplicated => {

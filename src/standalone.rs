@@ -71,6 +71,10 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         standalone.service(),
     )
     .await?;
+    standalone
+        .register_admin_url(&admin.url())
+        .await
+        .context("cannot register the standalone's admin URL")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "magnetar standalone: admin {}", admin.url())?;
     out.flush()?;

@@ -55,3 +55,52 @@ def test_a_killed_owner_is_taken_over_and_nothing_acknowledged_is_lost(tmp_path)
         client.close()
     finally:
         cluster.stop()
+
+
+def test_brokers_are_listed_and_a_new_leader_follows_a_dead_one(tmp_path):
+    """`brokers list` shows every registered broker; `brokers leader-broker` one of them, and
+    after the leader is killed the survivor becomes the leader (its campaign takes the key once
+    the dead leader's session expires)."""
+    import json
+    import subprocess
+    import urllib.error
+    import urllib.request
+
+    from conftest import BIN, wait_for
+
+    cluster = Cluster(str(tmp_path))
+    cluster.start()
+    try:
+        other, _, other_admin = cluster.start_broker("broker-2.log")
+        ids = sorted(u.split("://", 1)[1] for u in (cluster.admin_url, other_admin))
+
+        def cli(admin_url, *args):
+            out = subprocess.run([BIN, "admin", "--url", admin_url, "brokers", *args],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out
+            return out.stdout
+
+        assert wait_for(lambda: sorted(cli(other_admin, "list", "standalone").split()) == ids, timeout=30)
+
+        def leader(admin_url):
+            try:
+                with urllib.request.urlopen(admin_url + "/admin/v2/brokers/leaderBroker", timeout=10) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError:
+                return None
+        assert wait_for(lambda: leader(other_admin) is not None, timeout=30)
+        first = leader(other_admin)
+        assert first["brokerId"] in ids and first["serviceUrl"].endswith(first["brokerId"]), first
+        assert json.loads(cli(cluster.admin_url, "leader-broker")) == first
+
+        # Kill whichever broker leads; the other one takes over.
+        first_leads = first["brokerId"] == cluster.admin_url.split("://", 1)[1]
+        dead = cluster.broker if first_leads else other
+        survivor_admin = other_admin if first_leads else cluster.admin_url
+        dead.send_signal(signal.SIGKILL)
+        dead.wait(timeout=30)
+        assert wait_for(lambda: (leader(survivor_admin) or {}).get("brokerId") == survivor_admin.split("://", 1)[1],
+                        timeout=30), leader(survivor_admin)
+        assert cli(survivor_admin, "list", "standalone").split() == [survivor_admin.split("://", 1)[1]]
+    finally:
+        cluster.stop()

@@ -16,6 +16,7 @@
 //! answers 307 to the same path on that broker's admin API.
 
 mod bookies;
+mod brokers;
 mod namespaces;
 mod persistent;
 mod schemas;
@@ -102,6 +103,11 @@ pub fn router(state: AdminState) -> Router {
     const SCHEMA: &str = "/admin/v2/schemas/{tenant}/{namespace}/{topic}";
     Router::new()
         .route("/admin/v2/clusters", get(list_clusters))
+        .route(
+            "/admin/v2/brokers/leaderBroker",
+            get(brokers::leader_broker),
+        )
+        .route("/admin/v2/brokers/{cluster}", get(brokers::active))
         .route("/admin/v2/bookies/all", get(bookies::all))
         .route(
             "/admin/v2/bookies/underreplicated",

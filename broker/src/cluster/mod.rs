@@ -4,8 +4,10 @@
 //! - [`session`] — the broker's metadata session, renewed when lost.
 //! - [`ownership`] — bundle leases on that session (`OwnershipCache`).
 //! - [`registry`] — each broker's announcement (service and admin URLs).
+//! - [`leader`] — the election of the one broker that runs cluster-wide jobs.
 
 pub mod bundle;
+pub mod leader;
 pub mod ownership;
 pub mod registry;
 pub mod session;

@@ -151,6 +151,15 @@ impl Standalone {
         self.broker.service()
     }
 
+    /// Announces the admin URL (as a cluster broker does): the standalone lists itself among
+    /// the active brokers and is the leader.
+    pub async fn register_admin_url(
+        &self,
+        admin_url: &str,
+    ) -> Result<(), crate::error::BrokerError> {
+        self.broker.register_admin_url(admin_url).await
+    }
+
     /// Clean stop: clients are disconnected, topics closed (cursors flushed, ledgers closed),
     /// the metadata session closed, the bookie's journal synced.
     pub async fn shutdown(self) {

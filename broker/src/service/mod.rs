@@ -188,6 +188,8 @@ pub struct BrokerService {
     boot_ms: u64,
     /// Lookups waiting out a dead owner's lease, one wait per bundle (`takeover.rs`).
     lease_waits: takeover::LeaseWaits,
+    /// This broker's part in the leader election, once it registered.
+    leadership: std::sync::OnceLock<Arc<crate::cluster::leader::Leadership>>,
 }
 
 impl BrokerService {
@@ -211,6 +213,7 @@ impl BrokerService {
             next_id: std::sync::atomic::AtomicU64::new(1),
             boot_ms,
             lease_waits: takeover::LeaseWaits::default(),
+            leadership: std::sync::OnceLock::new(),
         });
         service.watch_lost_bundles();
         service.watch_policies();
@@ -404,6 +407,14 @@ impl BrokerService {
         };
         let mut renewals = session.renewals();
         crate::cluster::registry::register(&self.store, &session.current(), &record).await?;
+        // Registered brokers campaign for leadership (the key names the leader's URLs).
+        let _ = self.leadership.set(crate::cluster::leader::campaign(
+            Arc::clone(&self.store),
+            Arc::clone(session),
+            record.clone(),
+            Arc::clone(&self.config.clock),
+            self.shutdown.clone(),
+        ));
         let (store, session, stop, clock) = (
             Arc::clone(&self.store),
             Arc::clone(session),
