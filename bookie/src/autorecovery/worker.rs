@@ -74,8 +74,20 @@ pub async fn run(
                 Some((LedgerId(id), v.version))
             })
             .collect();
-        retry_at.retain(|l, _| marks.iter().any(|(m, _)| m == l));
+        let listed: std::collections::HashSet<LedgerId> = marks.iter().map(|(l, _)| *l).collect();
+        retry_at.retain(|l, _| listed.contains(l));
         marks.retain(|(l, _)| retry_at.get(l).is_none_or(|(at, _)| *at <= now));
+        if marks.is_empty() {
+            continue;
+        }
+        // Read once per pass, not once per ledger.
+        let draining = match super::decommissioned(&store).await {
+            Ok(d) => d,
+            Err(e) => {
+                warn!(error = %e, "replication worker cannot read the decommissioned bookies");
+                continue;
+            }
+        };
         // Workers spread over the marks instead of queueing on the same lock.
         client.random().with(|r| marks.shuffle(r));
         for (ledger, version) in marks {
@@ -113,7 +125,7 @@ pub async fn run(
             let pass = tokio::select! {
                 () = stop.cancelled() => None,
                 () = s.lost() => None,
-                r = replicate(&client, &store, ledger, &missing, &options) => Some(r),
+                r = replicate(&client, ledger, &missing, &draining, &options) => Some(r),
             };
             let backoff = |retry_at: &mut HashMap<LedgerId, (u64, u32)>| {
                 let attempts = retry_at.get(&ledger).map_or(0, |(_, n)| *n);
@@ -161,9 +173,9 @@ const RETRY_WAIT_MS_MAX: u64 = 60_000;
 /// that is only restarting.
 async fn replicate(
     client: &LedgerClient,
-    store: &Arc<dyn MetadataStore>,
     ledger: LedgerId,
     missing: &BTreeSet<BookieId>,
+    draining: &BTreeSet<BookieId>,
     options: &AutoRecoveryOptions,
 ) -> LedgerResult<Outcome> {
     let meta = match client.ledger_metadata(ledger).await {
@@ -172,7 +184,6 @@ async fn replicate(
         Err(e) => return Err(e),
     };
     let registered: BTreeSet<BookieId> = client.registered_bookies().await?.into_iter().collect();
-    let draining = super::decommissioned(store).await?;
     // Positions on decommissioned bookies are moved as if lost.
     let lost = |b: &BookieId| {
         draining.contains(b)
