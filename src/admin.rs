@@ -52,6 +52,15 @@ pub enum AdminCommand {
     /// The active brokers and the leader.
     #[command(subcommand)]
     Brokers(BrokersCommand),
+    /// This broker's load (pulsar-admin's `broker-stats`).
+    #[command(subcommand)]
+    BrokerStats(BrokerStatsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrokerStatsCommand {
+    /// The load report of the broker asked (pulsar-admin's `broker-stats load-report`).
+    LoadReport,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,6 +128,17 @@ pub enum NamespacesCommand {
     Policies { namespace: String },
     /// Show a namespace's bundle boundaries.
     Bundles { namespace: String },
+    /// Unload a namespace's bundles (or one of them) from the brokers serving them; their
+    /// topics move to other brokers (the destination's, if given).
+    Unload {
+        namespace: String,
+        /// One bundle: its range, e.g. 0x00000000_0x40000000.
+        #[arg(short = 'b', long)]
+        bundle: Option<String>,
+        /// The broker to move the bundle to (a `brokers list` id, or pulsar://host:port).
+        #[arg(short = 'd', long = "destinationBroker", alias = "destination-broker")]
+        destination_broker: Option<String>,
+    },
     /// List the topics of a namespace (partitions included).
     Topics { namespace: String },
     /// Set the retention of consumed messages.
@@ -311,6 +331,8 @@ pub enum TopicsCommand {
     },
     /// Show a topic's stats.
     Stats { topic: String },
+    /// Show the broker serving a topic (pulsar-admin's `topics lookup`).
+    Lookup { topic: String },
     /// Show a partitioned topic's stats, added up over its partitions.
     PartitionedStats {
         topic: String,
@@ -445,6 +467,9 @@ pub fn run(args: AdminArgs, config: &Config) -> anyhow::Result<u8> {
                 .map(|r| r.print()),
             BrokersCommand::LeaderBroker => client.get("brokers/leaderBroker").map(|r| r.print()),
         },
+        AdminCommand::BrokerStats(BrokerStatsCommand::LoadReport) => {
+            client.get("broker-stats/load-report").map(|r| r.print())
+        }
         AdminCommand::Bookies(c) => match c {
             BookiesCommand::ListBookies => client.get("bookies/all").map(|r| r.print()),
             BookiesCommand::ListUnderreplicated => {
@@ -530,6 +555,23 @@ fn namespaces(c: &Client, cmd: NamespacesCommand) -> anyhow::Result<()> {
         N::Delete { namespace } => c.delete(&ns(&namespace)?)?,
         N::Policies { namespace } => c.get(&ns(&namespace)?)?,
         N::Bundles { namespace } => c.get(&format!("{}/bundles", ns(&namespace)?))?,
+        N::Unload {
+            namespace,
+            bundle,
+            destination_broker,
+        } => {
+            if destination_broker.is_some() && bundle.is_none() {
+                bail!("--destinationBroker needs --bundle");
+            }
+            let path = match &bundle {
+                Some(b) => format!("{}/{}/unload", ns(&namespace)?, enc(b)),
+                None => format!("{}/unload", ns(&namespace)?),
+            };
+            let query = destination_broker
+                .map(|d| format!("?destinationBroker={}", enc(&d)))
+                .unwrap_or_default();
+            c.put(&format!("{path}{query}"), None)?
+        }
         N::Topics { namespace } => c.get(&format!("{}/topics", ns(&namespace)?))?,
         N::SetRetention {
             namespace,
@@ -778,6 +820,7 @@ fn topics(c: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
             c.delete(&format!("{}?force={force}", topic_path(&topic)?))?
         }
         T::Stats { topic } => c.get(&format!("{}/stats", topic_path(&topic)?))?,
+        T::Lookup { topic } => c.get(&format!("/lookup/v2/topic/{}", topic_path(&topic)?))?,
         T::PartitionedStats {
             topic,
             per_partition,
@@ -1106,6 +1149,9 @@ fn print_message(n: u64, m: &Reply) {
 
 /// A blocking HTTP client of one admin URL.
 struct Client {
+    /// `http://host:port`.
+    root: String,
+    /// `{root}/admin/v2`: where paths not starting with `/` go.
     base: String,
     agent: ureq::Agent,
 }
@@ -1125,6 +1171,7 @@ impl Client {
             .build()
             .into();
         Ok(Client {
+            root: base.to_owned(),
             base: format!("{base}/admin/v2"),
             agent,
         })
@@ -1160,8 +1207,13 @@ impl Client {
         self.finish("POST", &url, res)
     }
 
+    /// `/lookup/...` is under the root; anything else under `/admin/v2`.
     fn url(&self, path: &str) -> String {
-        format!("{}/{path}", self.base)
+        if path.starts_with('/') {
+            format!("{}{path}", self.root)
+        } else {
+            format!("{}/{path}", self.base)
+        }
     }
 
     fn finish(

@@ -101,6 +101,18 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         _ = terminate.recv() => "SIGTERM",
     };
     tracing::info!(signal, "shutting down");
+    // Bundles go to the other brokers first (what a rolling update needs); the admin API
+    // keeps answering meanwhile. Whatever is left after the timeout is closed as before.
+    let drain_timeout = std::time::Duration::from_millis(b.broker_shutdown_timeout_ms);
+    if tokio::time::timeout(drain_timeout, node.service().drain())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            timeout_ms = b.broker_shutdown_timeout_ms,
+            "drain did not finish in time"
+        );
+    }
     admin.stop().await;
     node.shutdown().await;
     Ok(EXIT_OK)

@@ -182,11 +182,44 @@ pub struct BrokerServerConfig {
     pub managed_ledger_cursor_max_entries_per_ledger: u64,
     /// Pulsar's `managedLedgerCursorRolloverTimeInSeconds`: … or at this age.
     pub managed_ledger_cursor_rollover_time_in_seconds: u64,
+    /// Pulsar's `loadBalancerEnabled`: unowned bundles go to the least-loaded broker, and the
+    /// leader sheds load. Off: a bundle stays with whichever broker was asked first.
+    pub load_balancer_enabled: bool,
+    /// Pulsar's `loadBalancerReportUpdateMinIntervalMillis`: how often the load is sampled.
+    pub load_balancer_report_update_min_interval_ms: u64,
+    /// Pulsar's `loadBalancerReportUpdateMaxIntervalMinutes`.
+    pub load_balancer_report_update_max_interval_minutes: u64,
+    /// Pulsar's `loadBalancerReportUpdateThresholdPercentage`.
+    pub load_balancer_report_update_threshold_percentage: u32,
+    /// Pulsar's `loadBalancerBrokerMaxTopics`.
+    pub load_balancer_broker_max_topics: u64,
+    /// Pulsar's `loadBalancerBrokerOverloadedThresholdPercentage`.
+    pub load_balancer_broker_overloaded_threshold_percentage: u32,
+    /// Pulsar's `loadBalancerDistributeBundlesEvenlyEnabled`.
+    pub load_balancer_distribute_bundles_evenly_enabled: bool,
+    /// Pulsar's `loadBalancerSheddingEnabled`.
+    pub load_balancer_shedding_enabled: bool,
+    /// Pulsar's `loadBalancerSheddingIntervalMinutes`, in seconds.
+    pub load_balancer_shedding_interval_seconds: u64,
+    /// Pulsar's `loadBalancerSheddingGracePeriodMinutes`, in seconds.
+    pub load_balancer_shedding_grace_period_seconds: u64,
+    /// Pulsar's `loadBalancerBrokerThresholdShedderPercentage`.
+    pub load_balancer_broker_threshold_shedder_percentage: u32,
+    /// Pulsar's `loadBalancerSheddingConditionHitCountThreshold`.
+    pub load_balancer_shedding_condition_hit_count_threshold: u32,
+    /// Pulsar's `loadBalancerMaxNumberOfBrokerSheddingPerCycle`.
+    pub load_balancer_max_number_of_broker_shedding_per_cycle: usize,
+    /// Below this message rate (msg/s in + out) a broker is never shed from.
+    pub load_balancer_shedding_min_message_rate: u64,
+    /// Pulsar's `brokerShutdownTimeoutMs`: how long SIGTERM's drain (bundles handed to other
+    /// brokers) may take before the broker closes what is left and exits.
+    pub broker_shutdown_timeout_ms: u64,
 }
 
 impl Default for BrokerServerConfig {
     fn default() -> Self {
         let limits = magnetar_broker::service::ConnectionLimits::default();
+        let lb = magnetar_broker::service::LoadBalancerConfig::default();
         BrokerServerConfig {
             bind_address: "127.0.0.1".to_owned(),
             port: 6650,
@@ -212,6 +245,22 @@ impl Default for BrokerServerConfig {
             managed_ledger_max_ledger_rollover_time_minutes: 240,
             managed_ledger_cursor_max_entries_per_ledger: 50_000,
             managed_ledger_cursor_rollover_time_in_seconds: 4 * 3600,
+            load_balancer_enabled: lb.enabled,
+            load_balancer_report_update_min_interval_ms: 5000,
+            load_balancer_report_update_max_interval_minutes: 15,
+            load_balancer_report_update_threshold_percentage: 10,
+            load_balancer_broker_max_topics: lb.broker_max_topics,
+            load_balancer_broker_overloaded_threshold_percentage: 85,
+            load_balancer_distribute_bundles_evenly_enabled: lb.distribute_bundles_evenly,
+            load_balancer_shedding_enabled: lb.shedding_enabled,
+            load_balancer_shedding_interval_seconds: 60,
+            load_balancer_shedding_grace_period_seconds: 30 * 60,
+            load_balancer_broker_threshold_shedder_percentage: 10,
+            load_balancer_shedding_condition_hit_count_threshold: lb
+                .shedding_condition_hit_count_threshold,
+            load_balancer_max_number_of_broker_shedding_per_cycle: lb.max_unloads_per_cycle,
+            load_balancer_shedding_min_message_rate: 100,
+            broker_shutdown_timeout_ms: 60_000,
         }
     }
 }
@@ -236,6 +285,7 @@ impl BrokerServerConfig {
         service.broker_side_pattern_evaluation =
             self.enable_broker_side_subscription_pattern_evaluation;
         service.subscription_pattern_length_max = self.subscription_pattern_max_length;
+        service.load_balancer = self.load_balancer();
         let ml = &mut service.managed_ledger;
         ml.ledger_entries_max = self.managed_ledger_max_entries_per_ledger;
         ml.ledger_size_bytes_max = self
@@ -248,6 +298,42 @@ impl BrokerServerConfig {
         ml.cursor_ledger_age_ms_max = self
             .managed_ledger_cursor_rollover_time_in_seconds
             .saturating_mul(1000);
+    }
+
+    /// The load balancer's settings, as the broker takes them.
+    pub fn load_balancer(&self) -> magnetar_broker::service::LoadBalancerConfig {
+        use std::time::Duration;
+        magnetar_broker::service::LoadBalancerConfig {
+            enabled: self.load_balancer_enabled,
+            report_update_min_interval: Duration::from_millis(
+                self.load_balancer_report_update_min_interval_ms,
+            ),
+            report_update_max_interval: Duration::from_secs(
+                self.load_balancer_report_update_max_interval_minutes
+                    .saturating_mul(60),
+            ),
+            report_update_threshold_percentage: f64::from(
+                self.load_balancer_report_update_threshold_percentage,
+            ),
+            broker_max_topics: self.load_balancer_broker_max_topics,
+            broker_overloaded_threshold_percentage: f64::from(
+                self.load_balancer_broker_overloaded_threshold_percentage,
+            ),
+            distribute_bundles_evenly: self.load_balancer_distribute_bundles_evenly_enabled,
+            shedding_enabled: self.load_balancer_shedding_enabled,
+            shedding_interval: Duration::from_secs(self.load_balancer_shedding_interval_seconds),
+            shedding_grace_period: Duration::from_secs(
+                self.load_balancer_shedding_grace_period_seconds,
+            ),
+            broker_threshold_shedder_percentage: f64::from(
+                self.load_balancer_broker_threshold_shedder_percentage,
+            ),
+            shedding_condition_hit_count_threshold: self
+                .load_balancer_shedding_condition_hit_count_threshold
+                .max(1),
+            max_unloads_per_cycle: self.load_balancer_max_number_of_broker_shedding_per_cycle,
+            shedding_min_message_rate: self.load_balancer_shedding_min_message_rate as f64,
+        }
     }
 
     /// Inactive-topic deletion, as the broker takes it.
@@ -288,6 +374,15 @@ impl BrokerServerConfig {
             (
                 "delete_inactive_topics_frequency_s",
                 usize::try_from(self.delete_inactive_topics_frequency_s).unwrap_or(usize::MAX),
+            ),
+            (
+                "load_balancer_report_update_min_interval_ms",
+                usize::try_from(self.load_balancer_report_update_min_interval_ms)
+                    .unwrap_or(usize::MAX),
+            ),
+            (
+                "load_balancer_shedding_interval_seconds",
+                usize::try_from(self.load_balancer_shedding_interval_seconds).unwrap_or(usize::MAX),
             ),
             (
                 "managed_ledger_max_entries_per_ledger",

@@ -53,6 +53,10 @@ pub enum BrokerError {
     /// The broker is shutting down or the topic is closing.
     #[error("service not ready: {0}")]
     NotReady(String),
+    /// A request names something that cannot be (an unknown destination broker, a malformed
+    /// bundle range).
+    #[error("{0}")]
+    BadRequest(String),
     /// The topic does not exist and auto-creation is off.
     #[error("topic {0} does not exist")]
     TopicNotFound(String),
@@ -123,7 +127,7 @@ impl BrokerError {
             BrokerError::SubscriptionNotFound(_) => ServerError::SubscriptionNotFound,
             BrokerError::IncompatibleSchema(_) => ServerError::IncompatibleSchema,
             BrokerError::ConsumerNotFound(_) => ServerError::ConsumerNotFound,
-            BrokerError::NotAllowed(_) | BrokerError::Unsupported(_) => {
+            BrokerError::NotAllowed(_) | BrokerError::Unsupported(_) | BrokerError::BadRequest(_) => {
                 ServerError::NotAllowedError
             }
             BrokerError::Checksum(_) => ServerError::ChecksumError,
@@ -176,7 +180,7 @@ impl BrokerError {
             | BrokerError::ManagedLedger(ManagedLedgerError::InvalidAck { .. }) => {
                 StatusCode::PRECONDITION_FAILED
             }
-            BrokerError::Checksum(_) => StatusCode::BAD_REQUEST,
+            BrokerError::Checksum(_) | BrokerError::BadRequest(_) => StatusCode::BAD_REQUEST,
             BrokerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             BrokerError::ManagedLedger(ManagedLedgerError::Metadata(m)) => metadata_status(m),
             BrokerError::Metadata(m) | BrokerError::Policy(PolicyError::Metadata(m)) => {

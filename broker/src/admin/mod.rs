@@ -17,6 +17,7 @@
 
 mod bookies;
 mod brokers;
+mod bundles;
 mod namespaces;
 mod persistent;
 mod schemas;
@@ -108,6 +109,16 @@ pub fn router(state: AdminState) -> Router {
             get(brokers::leader_broker),
         )
         .route("/admin/v2/brokers/{cluster}", get(brokers::active))
+        .route(
+            "/admin/v2/broker-stats/load-report",
+            get(bundles::load_report),
+        )
+        .route(
+            "/lookup/v2/topic/{domain}/{tenant}/{namespace}/{topic}",
+            get(bundles::lookup),
+        )
+        .route(&format!("{NS}/unload"), put(bundles::unload_namespace))
+        .route(&format!("{NS}/{{bundle}}/unload"), put(bundles::unload_bundle))
         .route("/admin/v2/bookies/all", get(bookies::all))
         .route(
             "/admin/v2/bookies/underreplicated",

@@ -29,7 +29,7 @@ use magnetar_proto::pulsar::api::command_subscribe::SubType;
 use magnetar_proto::pulsar::api::{CompressionType, ProducerAccessMode};
 
 use crate::admin::topics::{
-    ConsumerStats, CursorStats, LedgerInfo, MessageIdJson, OffloadProcessStatus, PeekedMessage,
+    ConsumerStats, CursorStats, LedgerInfo, LookupData, MessageIdJson, OffloadProcessStatus, PeekedMessage,
     PersistentTopicInternalStats, PublisherStats, ResetTarget, StartPosition, SubscriptionStats,
     TopicStats,
 };
@@ -94,7 +94,13 @@ impl BrokerTopicAdmin {
     /// Ok when this broker serves `name` (taking its bundle's lease when free); a topic another
     /// broker serves is a redirect to that broker's admin API (503 if it registered none).
     async fn owned(&self, name: &TopicName) -> Result<(), TopicAdminError> {
-        let Some(owner) = self.service.lookup(name).await.map_err(from_broker)? else {
+        // Authoritative: the admin API takes a free bundle here rather than bounce between brokers.
+        let Some(owner) = self
+            .service
+            .lookup(name, true)
+            .await
+            .map_err(from_broker)?
+        else {
             return Ok(());
         };
         match self
@@ -710,5 +716,82 @@ impl TopicAdmin for BrokerTopicAdmin {
             Some((p, entry)) => peeked(p, entry),
             None => Err(TopicAdminError::NotFound("Message not found".to_owned())),
         }
+    }
+
+    async fn unload_bundle(
+        &self,
+        namespace: &NamespaceName,
+        range: &str,
+        destination: Option<&str>,
+    ) -> Result<(), TopicAdminError> {
+        let range: crate::cluster::bundle::HashRange = range
+            .parse()
+            .map_err(|e: String| TopicAdminError::Precondition(e))?;
+        let bundles = self
+            .service
+            .namespace_bundles(namespace)
+            .await
+            .map_err(from_broker)?;
+        let Some(bundle) = bundles.bundles().find(|b| b.range == range) else {
+            return Err(TopicAdminError::NotFound(format!(
+                "Bundle {namespace}/{range} not found: the namespace's bundles are {}",
+                bundles
+                    .bundles()
+                    .map(|b| b.range.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        };
+        self.service
+            .unload(&bundle, destination)
+            .await
+            .map_err(from_broker)
+    }
+
+    async fn unload_namespace(&self, namespace: &NamespaceName) -> Result<(), TopicAdminError> {
+        let bundles = self
+            .service
+            .namespace_bundles(namespace)
+            .await
+            .map_err(from_broker)?;
+        let results = futures::future::join_all(
+            bundles.bundles().map(|b| {
+                let service = std::sync::Arc::clone(&self.service);
+                async move { service.unload(&b, None).await }
+            }),
+        )
+        .await;
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(|_| ())
+            .map_err(from_broker)
+    }
+
+    async fn load_report(&self) -> Result<serde_json::Value, TopicAdminError> {
+        let report = self.service.load_report().await;
+        serde_json::to_value(report).map_err(|e| TopicAdminError::Internal(e.to_string()))
+    }
+
+    async fn lookup(&self, topic: &TopicName) -> Result<LookupData, TopicAdminError> {
+        let owner = self
+            .service
+            .lookup(topic, false)
+            .await
+            .map_err(from_broker)?;
+        let broker_url = owner.unwrap_or_else(|| self.service.config().service_url.clone());
+        let http_url = self
+            .service
+            .admin_url_of(&broker_url)
+            .await
+            .map_err(from_broker)?
+            .unwrap_or_default();
+        Ok(LookupData {
+            native_url: broker_url.clone(),
+            broker_url,
+            broker_url_tls: String::new(),
+            http_url,
+            http_url_tls: String::new(),
+        })
     }
 }

@@ -45,6 +45,17 @@ pub enum TopicAdminError {
     Internal(String),
 }
 
+/// Pulsar's `LookupData`: the answer of `GET /lookup/v2/topic/{domain}/{t}/{ns}/{topic}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LookupData {
+    pub broker_url: String,
+    pub broker_url_tls: String,
+    pub http_url: String,
+    pub http_url_tls: String,
+    pub native_url: String,
+}
+
 /// Where a new subscription starts, or where a cursor is reset to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPosition {
@@ -217,6 +228,32 @@ pub trait TopicAdmin: Send + Sync + fmt::Debug {
         &self,
         _topic: &TopicName,
     ) -> Result<crate::policies::OffloadPolicies, TopicAdminError> {
+        not_running()
+    }
+
+    /// Unloads a bundle wherever it is served (to `destination`, a broker id or URL, if
+    /// given); a bundle of `namespace` named by its range (`0x…_0x…`).
+    async fn unload_bundle(
+        &self,
+        _namespace: &NamespaceName,
+        _range: &str,
+        _destination: Option<&str>,
+    ) -> Result<(), TopicAdminError> {
+        not_running()
+    }
+
+    /// Unloads every bundle of `namespace`.
+    async fn unload_namespace(&self, _namespace: &NamespaceName) -> Result<(), TopicAdminError> {
+        not_running()
+    }
+
+    /// This broker's load report (Pulsar's `LocalBrokerData`).
+    async fn load_report(&self) -> Result<serde_json::Value, TopicAdminError> {
+        not_running()
+    }
+
+    /// Who serves `topic` (`/lookup/v2/topic/...`): its broker's service and admin URLs.
+    async fn lookup(&self, _topic: &TopicName) -> Result<LookupData, TopicAdminError> {
         not_running()
     }
 }

@@ -35,6 +35,29 @@ impl fmt::Display for HashRange {
     }
 }
 
+impl std::str::FromStr for HashRange {
+    type Err = String;
+
+    /// `0x00000000_0x40000000`, as Pulsar names a bundle (lower below upper).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid bundle range {s:?}: expected 0xLLLLLLLL_0xUUUUUUUU");
+        let (lower, upper) = s.split_once('_').ok_or_else(bad)?;
+        let hex = |h: &str| {
+            h.strip_prefix("0x")
+                .or_else(|| h.strip_prefix("0X"))
+                .filter(|d| !d.is_empty() && d.len() <= 8)
+                .and_then(|d| u32::from_str_radix(d, 16).ok())
+        };
+        let (lower, upper) = (hex(lower).ok_or_else(bad)?, hex(upper).ok_or_else(bad)?);
+        if lower >= upper {
+            return Err(format!(
+                "invalid bundle range {s:?}: the lower bound must be below the upper"
+            ));
+        }
+        Ok(HashRange { lower, upper })
+    }
+}
+
 /// One bundle: a namespace and a hash range.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bundle {
@@ -45,6 +68,21 @@ pub struct Bundle {
 impl fmt::Display for Bundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.range)
+    }
+}
+
+impl std::str::FromStr for Bundle {
+    type Err = String;
+
+    /// `tenant/namespace/0x00000000_0x40000000`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ns, range) = s
+            .rsplit_once('/')
+            .ok_or_else(|| format!("invalid bundle {s:?}: expected tenant/namespace/range"))?;
+        Ok(Bundle {
+            namespace: ns.parse().map_err(|e| format!("invalid bundle {s:?}: {e}"))?,
+            range: range.parse()?,
+        })
     }
 }
 
@@ -132,6 +170,23 @@ mod tests {
             for hash in [0, 1, u32::MAX / 2, u32::MAX - 1, u32::MAX] {
                 assert_eq!(ranges.iter().filter(|r| r.contains(hash)).count(), 1);
             }
+        }
+    }
+
+    #[test]
+    fn bundles_parse_from_their_names() {
+        let b: Bundle = "public/default/0x40000000_0x80000000".parse().unwrap();
+        assert_eq!(b.to_string(), "public/default/0x40000000_0x80000000");
+        assert_eq!((b.range.lower, b.range.upper), (0x4000_0000, 0x8000_0000));
+        for bad in [
+            "public/default/0x80000000_0x40000000",
+            "public/default/0x1_",
+            "public/default/40000000_80000000",
+            "public/default/0x1_0x1ffffffff",
+            "default/0x0_0x1",
+            "0x0_0x1",
+        ] {
+            assert!(bad.parse::<Bundle>().is_err(), "{bad} must be refused");
         }
     }
 

@@ -5,9 +5,13 @@
 //! - [`ownership`] — bundle leases on that session (`OwnershipCache`).
 //! - [`registry`] — each broker's announcement (service and admin URLs).
 //! - [`leader`] — the election of the one broker that runs cluster-wide jobs.
+//! - [`load`] — load reports and the choices made from them (assignment, shedding).
+//! - [`handover`] — the records through which bundles move between brokers.
 
 pub mod bundle;
+pub mod handover;
 pub mod leader;
+pub mod load;
 pub mod ownership;
 pub mod registry;
 pub mod session;

@@ -84,6 +84,18 @@ impl OwnershipCache {
         self.lost_tx.subscribe()
     }
 
+    /// The bundles this broker holds now.
+    pub fn owned_bundles(&self) -> Vec<Bundle> {
+        let mut bundles: Vec<Bundle> = self
+            .owned()
+            .iter()
+            .filter(|(_, l)| !l.is_lost())
+            .map(|(b, _)| b.clone())
+            .collect();
+        bundles.sort();
+        bundles
+    }
+
     /// True while this broker holds the bundle's lease.
     pub fn is_owned(&self, bundle: &Bundle) -> bool {
         self.owned().get(bundle).is_some_and(|l| !l.is_lost())

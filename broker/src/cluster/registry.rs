@@ -72,6 +72,46 @@ pub async fn lookup(
         })
 }
 
+/// Every registered broker, sorted by service URL (unreadable registrations are skipped).
+pub async fn list(store: &Arc<dyn MetadataStore>) -> Result<Vec<BrokerRecord>, MetadataError> {
+    let listing = store.list(BROKERS_PREFIX).await?;
+    let mut records: Vec<BrokerRecord> = listing
+        .entries
+        .iter()
+        .filter_map(|(_, v)| serde_json::from_slice::<BrokerRecord>(&v.value).ok())
+        .collect();
+    records.sort_by(|a, b| a.pulsar_service_url.cmp(&b.pulsar_service_url));
+    Ok(records)
+}
+
+/// Withdraws the registration of the broker serving `service_url` (a draining broker takes
+/// no new bundles).
+pub async fn unregister(
+    store: &Arc<dyn MetadataStore>,
+    service_url: &str,
+) -> Result<(), MetadataError> {
+    store
+        .delete(&registration_key(service_url), magnetar_metadata::Expected::Any)
+        .await
+        .map(|_| ())
+}
+
+/// `host:port` of a URL (`pulsar://host:port` or `http://host:port/`).
+pub fn address_of(url: &str) -> &str {
+    url.split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/')
+}
+
+/// The registration a destination names: a service URL, its `host:port`, or the broker id
+/// (`host:port` of the admin URL) that `brokers list` shows.
+pub fn find<'a>(records: &'a [BrokerRecord], name: &str) -> Option<&'a BrokerRecord> {
+    let wanted = address_of(name.trim());
+    records.iter().find(|r| {
+        address_of(&r.pulsar_service_url) == wanted || address_of(&r.web_service_url) == wanted
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -21,12 +21,16 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::cluster::bundle::{Bundle, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
-use crate::cluster::ownership::{Owner, OwnershipCache};
+use crate::cluster::ownership::OwnershipCache;
 use crate::error::{BrokerError, BrokerResult};
 use crate::policies::{NamespacePolicies, Policies};
 
+mod load;
 mod offload;
 mod takeover;
+mod transfer;
+pub use load::{LoadBalancerConfig, load_reports};
+pub use transfer::{Claimed, Unloaded};
 use crate::topic::{Topic, TopicHost};
 use crate::topic_name::{NamespaceName, TopicName};
 use magnetar_managed_ledger::record::{ROOT, ledger_record_key};
@@ -70,6 +74,8 @@ pub struct BrokerConfig {
     /// Pulsar's `subscriptionPatternMaxLength`: longer patterns are left to the client.
     /// Default 50.
     pub subscription_pattern_length_max: usize,
+    /// Load reports, assignment of bundles by load, shedding (`service/load.rs`).
+    pub load_balancer: LoadBalancerConfig,
     /// Time of everything the broker times itself: keepalive, redelivery, delayed delivery,
     /// session renewal (tests pass a manual clock).
     pub clock: SharedClock,
@@ -94,6 +100,7 @@ impl BrokerConfig {
             inactive_topics: InactiveTopicsConfig::default(),
             broker_side_pattern_evaluation: true,
             subscription_pattern_length_max: 50,
+            load_balancer: LoadBalancerConfig::default(),
             clock: magnetar_metadata::clock::system(),
         }
     }
@@ -190,6 +197,16 @@ pub struct BrokerService {
     lease_waits: takeover::LeaseWaits,
     /// This broker's part in the leader election, once it registered.
     leadership: std::sync::OnceLock<Arc<crate::cluster::leader::Leadership>>,
+    /// The admin URL it registered (load reports carry it).
+    admin_url: std::sync::OnceLock<String>,
+    /// Bundles being unloaded, with where they go (`transfer.rs`).
+    releasing: transfer::Releasing,
+    /// Set by a drain: the broker takes no more bundles.
+    draining: std::sync::atomic::AtomicBool,
+    /// Load samples, assignments made, shedding state (`load.rs`).
+    load: load::LoadState,
+    /// Monotonic time the service started (load-sample intervals).
+    started: std::time::Instant,
 }
 
 impl BrokerService {
@@ -201,6 +218,7 @@ impl BrokerService {
         factory: Arc<ManagedLedgerFactory>,
     ) -> Arc<Self> {
         let boot_ms = config.clock.now_ms();
+        let config_clock_now = config.clock.now();
         let service = Arc::new(BrokerService {
             config,
             policies: Policies::new(Arc::clone(&store)),
@@ -214,9 +232,15 @@ impl BrokerService {
             boot_ms,
             lease_waits: takeover::LeaseWaits::default(),
             leadership: std::sync::OnceLock::new(),
+            admin_url: std::sync::OnceLock::new(),
+            releasing: transfer::Releasing::default(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            load: load::LoadState::default(),
+            started: config_clock_now,
         });
         service.watch_lost_bundles();
         service.watch_policies();
+        service.watch_loadbalance();
         service.delete_inactive_topics_periodically();
         service
     }
@@ -352,15 +376,26 @@ impl BrokerService {
 
     /// The namespace bundle `topic` belongs to.
     pub async fn bundle_of(&self, topic: &TopicName) -> BrokerResult<Bundle> {
-        let policies = self.namespace_policies(topic.namespace()).await?;
-        let count = policies.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT);
-        Ok(NamespaceBundles::even(topic.namespace().clone(), count).find(topic))
+        Ok(self.namespace_bundles(topic.namespace()).await?.find(topic))
     }
 
-    /// Who serves `topic`: this broker (taking the bundle's lease if it is free) or another
-    /// broker's service URL. An owner that refuses connections (it died; its lease lives until
-    /// its session expires) is waited out instead of named (`takeover.rs`).
-    pub async fn lookup(&self, topic: &TopicName) -> BrokerResult<Option<String>> {
+    /// The bundles of `ns` as its policies define them now.
+    pub async fn namespace_bundles(&self, ns: &NamespaceName) -> BrokerResult<NamespaceBundles> {
+        let policies = self.namespace_policies(ns).await?;
+        let count = policies.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT);
+        Ok(NamespaceBundles::even(ns.clone(), count))
+    }
+
+    /// Who serves `topic`: this broker (taking the bundle's lease if it is free and this
+    /// broker is the one to take it) or another broker's service URL (`claim`). An owner that
+    /// refuses connections (it died; its lease lives until its session expires) is waited out
+    /// instead of named (`takeover.rs`). `authoritative`: another broker sent the client here
+    /// to take the bundle (the lookup's flag), so no other broker is chosen.
+    pub async fn lookup(
+        self: &Arc<Self>,
+        topic: &TopicName,
+        authoritative: bool,
+    ) -> BrokerResult<Option<String>> {
         let bundle = self.bundle_of(topic).await?;
         let deadline_ms = self
             .config
@@ -368,13 +403,17 @@ impl BrokerService {
             .now_ms()
             .saturating_add(takeover::wait_max_ms(&self.ownership));
         loop {
-            match self.ownership.acquire(&bundle).await? {
-                Owner::This { .. } => return Ok(None),
-                Owner::Other(record) => {
+            match self.claim(&bundle, authoritative).await? {
+                Claimed::This => return Ok(None),
+                Claimed::Other { url, lease: None } => return Ok(Some(url)),
+                Claimed::Other {
+                    url,
+                    lease: Some(record),
+                } => {
                     if self.config.clock.now_ms() >= deadline_ms
-                        || !self.owner_refuses_connections(&record.owner).await
+                        || !self.owner_refuses_connections(&url).await
                     {
-                        return Ok(Some(record.owner));
+                        return Ok(Some(url));
                     }
                     self.wait_for_lease_change(&bundle, record, deadline_ms)
                         .await;
@@ -407,6 +446,10 @@ impl BrokerService {
         };
         let mut renewals = session.renewals();
         crate::cluster::registry::register(&self.store, &session.current(), &record).await?;
+        let _ = self.admin_url.set(admin_url.to_owned());
+        // The first report goes out now, so assignment sees this broker at once.
+        self.report_load(&session.current()).await;
+        self.report_load_periodically(Arc::clone(session));
         // Registered brokers campaign for leadership (the key names the leader's URLs).
         let _ = self.leadership.set(crate::cluster::leader::campaign(
             Arc::clone(&self.store),
@@ -559,7 +602,7 @@ impl BrokerService {
             return Ok(t);
         }
         let bundle = self.bundle_of(topic).await?;
-        if !matches!(self.ownership.acquire(&bundle).await?, Owner::This { .. }) {
+        if self.claim(&bundle, true).await? != Claimed::This {
             return Err(BrokerError::NotOwner(topic.to_string()));
         }
         let key = topic.to_string();

@@ -139,8 +139,14 @@ impl Actor {
                 let _ = done.send(self.snapshot());
             }
             Command::Close { done } => {
-                self.close_consumers().await;
-                let _ = done.send(());
+                let closed = std::mem::take(&mut self.consumers)
+                    .into_iter()
+                    .map(|c| ClosedConsumer {
+                        conn: c.spec.conn,
+                        consumer_id: c.spec.consumer_id,
+                    })
+                    .collect();
+                let _ = done.send(closed);
                 return Flow::Stop;
             }
         }

@@ -155,9 +155,29 @@ enum Command {
     Snapshot {
         done: oneshot::Sender<SubscriptionSnapshot>,
     },
+    /// Stops the actor; its consumers are handed back, not told (the caller tells them when
+    /// and where to reconnect).
     Close {
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<Vec<ClosedConsumer>>,
     },
+}
+
+/// A consumer of a subscription that stopped, still to be told to reconnect.
+#[derive(Debug)]
+pub struct ClosedConsumer {
+    conn: Arc<dyn ConsumerSink>,
+    consumer_id: u64,
+}
+
+impl ClosedConsumer {
+    /// CLOSE_CONSUMER, naming the broker to reconnect to if the topic moved (PIP-307).
+    pub fn notify(&self, assigned_broker_service_url: Option<&str>) {
+        self.conn.send_control(commands::close_consumer_assigned(
+            self.consumer_id,
+            0,
+            assigned_broker_service_url.map(str::to_owned),
+        ));
+    }
 }
 
 /// What the admin API's stats show of a subscription: its type, consumers and counters.
@@ -345,7 +365,17 @@ impl Subscription {
     /// Disconnects every consumer (CLOSE_CONSUMER) and stops the actor; the cursor's state is
     /// left for the managed ledger to flush.
     pub async fn close(&self) {
-        let _ = self.call(|done| Command::Close { done }).await;
+        for c in self.close_detached().await {
+            c.notify(None);
+        }
+    }
+
+    /// Stops the actor after what is queued to it (acks) and hands back its consumers without
+    /// telling them anything yet (a bundle transfer tells them once the new owner serves).
+    pub async fn close_detached(&self) -> Vec<ClosedConsumer> {
+        self.call(|done| Command::Close { done })
+            .await
+            .unwrap_or_default()
     }
 
     /// Stops the actor without waiting and before anything queued to it (the topic's lease

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::cluster::bundle::Bundle;
 use crate::error::{BrokerError, BrokerResult};
-use crate::subscription::Subscription;
+use crate::subscription::{ClosedConsumer, Subscription};
 use crate::topic::dedup::{DEDUP_CURSOR, Dedup};
 use crate::topic_name::TopicName;
 use magnetar_managed_ledger::{InitialPosition, ManagedLedger, Position};
@@ -56,8 +56,35 @@ pub struct ProducerSpec {
 pub trait ProducerSink: Send + Sync + std::fmt::Debug + 'static {
     /// Tells the client the broker closed its producer (CLOSE_PRODUCER): it looks the topic up
     /// again and re-creates it. Queued without waiting, never dropped while the client is
-    /// connected.
-    fn close_producer(&self, producer_id: u64);
+    /// connected. `assigned_broker_service_url` names the broker the topic moved to (PIP-307),
+    /// so the client reconnects there without a lookup.
+    fn close_producer(&self, producer_id: u64, assigned_broker_service_url: Option<&str>);
+}
+
+/// The clients of a quiesced topic ([`Topic::quiesce`]), still to be told to reconnect.
+#[derive(Debug)]
+pub struct Quiesced {
+    producers: Vec<ProducerSpec>,
+    consumers: Vec<ClosedConsumer>,
+}
+
+impl Quiesced {
+    /// CLOSE_PRODUCER / CLOSE_CONSUMER to every client, naming the broker that serves the
+    /// topic now if known (PIP-307), else none (the client looks the topic up).
+    pub fn notify(&self, assigned_broker_service_url: Option<&str>) {
+        for p in &self.producers {
+            p.conn
+                .close_producer(p.producer_id, assigned_broker_service_url);
+        }
+        for c in &self.consumers {
+            c.notify(assigned_broker_service_url);
+        }
+    }
+
+    /// Producers and consumers to tell.
+    pub fn clients(&self) -> usize {
+        self.producers.len() + self.consumers.len()
+    }
 }
 
 /// Takes every producer out of `producers`, marking each detached.
@@ -349,7 +376,7 @@ impl Topic {
             "a write failed: producers detached; they resend once appends resume");
         for p in producers.values() {
             self.dedup.producer_removed(&p.name);
-            p.conn.close_producer(p.producer_id);
+            p.conn.close_producer(p.producer_id, None);
         }
         self.producer_left.notify_waiters();
         let topic = Arc::clone(self);
@@ -434,7 +461,7 @@ impl Topic {
             for p in &fenced_out {
                 info!(topic = %self.name, producer = %p.name, "fenced out by an ExclusiveWithFencing producer");
                 self.dedup.producer_removed(&p.name);
-                p.conn.close_producer(p.producer_id);
+                p.conn.close_producer(p.producer_id, None);
             }
             if !fenced_out.is_empty() {
                 // Waiters wake, see the new fence generation and fail.
@@ -624,16 +651,33 @@ impl Topic {
         self.ml.delete().await
     }
 
-    /// Tells every client to reconnect, stops the subscriptions and closes the managed ledger.
+    /// Stops the subscriptions, closes the managed ledger, then tells every client to
+    /// reconnect (after the receipts of what was stored, so a producer resends nothing stored).
     pub async fn close(&self) {
-        let Some(subs) = self.begin_close() else {
-            return;
-        };
-        // Graceful: each subscription handles what is queued to it (acks) before it stops.
-        for s in subs.values() {
-            s.close().await;
+        if let Some(q) = self.quiesce().await {
+            q.notify(None);
         }
+    }
+
+    /// The first half of a graceful close or of a bundle transfer: new work is refused,
+    /// producers are detached (SENDs already on the wire are ignored; the client resends them
+    /// after reconnecting), each subscription handles what is queued to it (acks) and stops,
+    /// and the managed ledger is closed (pending writes complete, cursors flushed). Clients
+    /// are told nothing yet: [`Quiesced::notify`] tells them where to go once that is known.
+    /// None if the topic was already closing.
+    pub async fn quiesce(&self) -> Option<Quiesced> {
+        let (producers, subs) = self.begin_close()?;
+        let consumers: Vec<ClosedConsumer> =
+            futures::future::join_all(subs.values().map(|s| s.close_detached()))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
         self.finish_close().await;
+        Some(Quiesced {
+            producers,
+            consumers,
+        })
     }
 
     /// Stops serving at once, waiting on nothing (the bundle's lease is lost: another broker
@@ -643,9 +687,12 @@ impl Topic {
     /// ([`ManagedLedger::abandon`]). Returns false if the topic was already closing.
     /// [`Topic::finish_close`] then releases the rest.
     pub fn stop_serving(&self) -> bool {
-        let Some(subs) = self.begin_close() else {
+        let Some((producers, subs)) = self.begin_close() else {
             return false;
         };
+        for p in producers {
+            p.conn.close_producer(p.producer_id, None);
+        }
         self.ml.abandon();
         for s in subs.values() {
             s.stop_now();
@@ -653,10 +700,9 @@ impl Topic {
         true
     }
 
-    /// Marks the topic closed, detaches every producer and tells it to reconnect; returns the
-    /// subscriptions to stop (None: already closing). Never waits: a producer whose
-    /// connection's queue is full gets its CLOSE_PRODUCER from a task of its own.
-    fn begin_close(&self) -> Option<HashMap<String, Arc<Subscription>>> {
+    /// Marks the topic closed and detaches every producer (nothing is sent to clients); returns
+    /// them and the subscriptions to stop (None: already closing).
+    fn begin_close(&self) -> Option<(Vec<ProducerSpec>, HashMap<String, Arc<Subscription>>)> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return None;
         }
@@ -667,11 +713,8 @@ impl Topic {
                 std::mem::take(&mut st.subscriptions),
             )
         };
-        for p in producers.into_values() {
-            p.conn.close_producer(p.producer_id);
-        }
         self.producer_left.notify_waiters();
-        Some(subs)
+        Some((producers.into_values().collect(), subs))
     }
 
     /// The slow half of closing: snapshots deduplication state and closes the managed ledger

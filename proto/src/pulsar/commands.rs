@@ -212,10 +212,21 @@ pub fn partitioned_metadata_failed(
 
 /// CLOSE_PRODUCER sent by the broker (the client reconnects).
 pub fn close_producer(producer_id: u64, request_id: u64) -> BaseCommand {
+    close_producer_assigned(producer_id, request_id, None)
+}
+
+/// CLOSE_PRODUCER naming the broker the topic moved to (PIP-307 `assignedBrokerServiceUrl`):
+/// the client reconnects there without a lookup.
+pub fn close_producer_assigned(
+    producer_id: u64,
+    request_id: u64,
+    assigned_broker_service_url: Option<String>,
+) -> BaseCommand {
     BaseCommand {
         close_producer: Some(Box::new(CommandCloseProducer {
             producer_id,
             request_id,
+            assigned_broker_service_url,
             ..Default::default()
         })),
         ..base(Type::CloseProducer)
@@ -224,10 +235,20 @@ pub fn close_producer(producer_id: u64, request_id: u64) -> BaseCommand {
 
 /// CLOSE_CONSUMER sent by the broker (the client resubscribes).
 pub fn close_consumer(consumer_id: u64, request_id: u64) -> BaseCommand {
+    close_consumer_assigned(consumer_id, request_id, None)
+}
+
+/// CLOSE_CONSUMER naming the broker the topic moved to (PIP-307).
+pub fn close_consumer_assigned(
+    consumer_id: u64,
+    request_id: u64,
+    assigned_broker_service_url: Option<String>,
+) -> BaseCommand {
     BaseCommand {
         close_consumer: Some(Box::new(CommandCloseConsumer {
             consumer_id,
             request_id,
+            assigned_broker_service_url,
             ..Default::default()
         })),
         ..base(Type::CloseConsumer)

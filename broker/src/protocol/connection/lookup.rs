@@ -9,7 +9,11 @@ impl Conn {
         let Some(l) = c.lookup_topic else { return };
         let answer = match topic_of(&l.topic) {
             Err(e) => commands::lookup_failed(l.request_id, e.server_error(), e.to_string()),
-            Ok(topic) => match self.service.lookup(&topic).await {
+            Ok(topic) => match self
+                .service
+                .lookup(&topic, l.authoritative.unwrap_or(false))
+                .await
+            {
                 Ok(None) => commands::lookup_response(
                     l.request_id,
                     LookupType::Connect,

@@ -179,8 +179,12 @@ impl ConsumerSink for ConnTx {
 }
 
 impl ProducerSink for ConnTx {
-    fn close_producer(&self, producer_id: u64) {
-        self.send_command_detached(commands::close_producer(producer_id, 0));
+    fn close_producer(&self, producer_id: u64, assigned_broker_service_url: Option<&str>) {
+        self.send_command_detached(commands::close_producer_assigned(
+            producer_id,
+            0,
+            assigned_broker_service_url.map(str::to_owned),
+        ));
     }
 }
 

@@ -1,0 +1,62 @@
+//! Bundle and broker-load operations in Pulsar's shapes: namespace and bundle `unload`
+//! (optionally to a destination broker), `broker-stats/load-report`, and the HTTP topic
+//! lookup (`/lookup/v2/topic/...`, what `pulsar-admin topics lookup` calls).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::topics::LookupData;
+use super::{AdminState, ApiError, ApiResult, namespace_name, topic_name};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct UnloadQuery {
+    /// A broker id as `brokers list` shows it (`host:port` of its admin URL), or its
+    /// `pulsar://` service URL.
+    destination_broker: Option<String>,
+}
+
+/// `PUT /admin/v2/namespaces/{tenant}/{namespace}/unload`: every bundle of the namespace.
+pub(super) async fn unload_namespace(
+    State(s): State<AdminState>,
+    Path((tenant, namespace)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    super::namespaces::policies_of(&s, &ns).await?;
+    s.topics.unload_namespace(&ns).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /admin/v2/namespaces/{tenant}/{namespace}/{bundle}/unload[?destinationBroker=]`.
+pub(super) async fn unload_bundle(
+    State(s): State<AdminState>,
+    Path((tenant, namespace, bundle)): Path<(String, String, String)>,
+    Query(q): Query<UnloadQuery>,
+) -> ApiResult<StatusCode> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    super::namespaces::policies_of(&s, &ns).await?;
+    let destination = q.destination_broker.as_deref().filter(|d| !d.is_empty());
+    s.topics.unload_bundle(&ns, &bundle, destination).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /admin/v2/broker-stats/load-report`: this broker's load (Pulsar's `LocalBrokerData`).
+pub(super) async fn load_report(State(s): State<AdminState>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(s.topics.load_report().await?))
+}
+
+/// `GET /lookup/v2/topic/{domain}/{tenant}/{namespace}/{topic}`.
+pub(super) async fn lookup(
+    State(s): State<AdminState>,
+    Path((domain, tenant, namespace, topic)): Path<(String, String, String, String)>,
+) -> ApiResult<Json<LookupData>> {
+    if domain != "persistent" {
+        return Err(ApiError::precondition(format!(
+            "topic domain {domain} is not supported: only persistent topics exist here"
+        )));
+    }
+    let name = topic_name(&tenant, &namespace, &topic)?;
+    Ok(Json(s.topics.lookup(&name).await?))
+}

@@ -1,0 +1,87 @@
+//! The records through which brokers move bundles between them, under `/loadbalance/`:
+//!
+//! - **handover** `/loadbalance/handover/{bundle}`: written by the owner that is giving a
+//!   bundle to another broker, after its topics are quiesced and before it releases the lease.
+//!   The named target takes the lease, loads the listed topics, then deletes the record; the
+//!   source waits for that deletion and only then tells its clients where to reconnect
+//!   (PIP-307), so they find the topics open. Lookups that meet a free bundle with a live
+//!   handover record send clients to its target instead of taking the bundle themselves.
+//! - **unload order** `/loadbalance/unload/{bundle}`: written by whoever wants a bundle it does
+//!   not own moved (the leader's shedding, a namespace unload on another broker); the owner
+//!   carries it out and deletes it, which is what the writer waits for.
+//!
+//! Both are plain (not ephemeral) keys with a creation time: one whose writer died is ignored
+//! once older than [`RECORD_STALE_MS`] and deleted by the next broker that meets it.
+
+use serde::{Deserialize, Serialize};
+
+use super::bundle::Bundle;
+
+pub const LOADBALANCE_PREFIX: &str = "/loadbalance/";
+pub const HANDOVER_PREFIX: &str = "/loadbalance/handover/";
+pub const UNLOAD_ORDER_PREFIX: &str = "/loadbalance/unload/";
+
+/// A handover or order older than this is taken for abandoned (its writer died mid-way).
+pub const RECORD_STALE_MS: u64 = 30_000;
+/// At most this many topic names travel in a handover (the rest load on first use).
+pub const HANDOVER_TOPICS_MAX: usize = 10_000;
+
+/// A bundle on its way from `from` to `to` (service URLs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handover {
+    pub from: String,
+    pub to: String,
+    /// Topics the source served, for the target to open before clients arrive.
+    #[serde(default)]
+    pub topics: Vec<String>,
+    pub created_ms: u64,
+}
+
+/// A request to the owner of a bundle to unload it, to `destination` if given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnloadOrder {
+    #[serde(default)]
+    pub destination: Option<String>,
+    pub created_ms: u64,
+}
+
+pub fn handover_key(bundle: &Bundle) -> String {
+    format!("{HANDOVER_PREFIX}{bundle}")
+}
+
+pub fn unload_order_key(bundle: &Bundle) -> String {
+    format!("{UNLOAD_ORDER_PREFIX}{bundle}")
+}
+
+/// The bundle a handover or order key is about.
+pub fn bundle_of_key(key: &str) -> Option<Bundle> {
+    key.strip_prefix(HANDOVER_PREFIX)
+        .or_else(|| key.strip_prefix(UNLOAD_ORDER_PREFIX))
+        .and_then(|rest| rest.parse().ok())
+}
+
+/// True once a record created at `created_ms` is too old to act on at `now_ms`.
+pub fn is_stale(created_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(created_ms) > RECORD_STALE_MS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_name_their_bundle() {
+        let b: Bundle = "public/default/0x00000000_0x40000000".parse().unwrap();
+        assert_eq!(
+            handover_key(&b),
+            "/loadbalance/handover/public/default/0x00000000_0x40000000"
+        );
+        assert_eq!(bundle_of_key(&handover_key(&b)), Some(b.clone()));
+        assert_eq!(bundle_of_key(&unload_order_key(&b)), Some(b));
+        assert_eq!(bundle_of_key("/loadbalance/leader"), None);
+        assert!(!is_stale(1_000, 1_000 + RECORD_STALE_MS));
+        assert!(is_stale(1_000, 1_001 + RECORD_STALE_MS));
+    }
+}

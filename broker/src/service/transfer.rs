@@ -1,0 +1,569 @@
+//! Moving bundles between brokers without losing a message and without making clients search:
+//! who serves a bundle (`claim`: owned, on its way somewhere, assigned, or taken here), the
+//! unload that admin requests, shedding and the shutdown drain all run (`unload_bundle`), the
+//! target's side of a handover, and unload orders for bundles another broker owns.
+//!
+//! A handover, step by step (records in `cluster::handover`):
+//! 1. the source marks the bundle releasing here (its lookups answer the target from now on),
+//! 2. quiesces the bundle's topics — producers detached (SENDs on the wire are ignored; the
+//!    client resends them), subscriptions stopped after their queued acks, ledgers closed —,
+//! 3. writes the handover record naming the target and the topics, then releases the lease,
+//! 4. the target (watching `/loadbalance/`) takes the lease, opens the topics, deletes the
+//!    record,
+//! 5. the source, seeing the deletion, tells each client CLOSE_PRODUCER / CLOSE_CONSUMER with
+//!    `assignedBrokerServiceUrl` = the target (PIP-307): clients reconnect there directly.
+//!
+//! If the target does not take the bundle within [`HANDOVER_WAIT`], clients are told without a
+//! URL and look the topic up; if the lease cannot be released, the bundle stays here and its
+//! topics load again on the clients' reconnect — an unload never leaves a bundle unserved.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use magnetar_metadata::{EventKind, Expected, LeaseRecord, PutOutcome};
+use tracing::{info, warn};
+
+use super::BrokerService;
+use crate::cluster::bundle::Bundle;
+use crate::cluster::handover::{self, Handover, UnloadOrder};
+use crate::cluster::ownership::Owner;
+use crate::cluster::registry::{self, BrokerRecord};
+use crate::error::{BrokerError, BrokerResult};
+use crate::topic::{Quiesced, Topic};
+use crate::topic_name::TopicName;
+
+/// How long a source waits for its target to take a handed-over bundle.
+const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How long an unload order waits for the bundle's owner to carry it out.
+const ORDER_WAIT: Duration = Duration::from_secs(30);
+/// How often a target tries the lease again while its source still holds it.
+const LEASE_RETRY: Duration = Duration::from_millis(2);
+/// Bundles a drain moves at once.
+const DRAIN_PARALLEL: usize = 4;
+/// Topics a target opens at once when it takes a bundle.
+const TARGET_LOADS_PARALLEL: usize = 32;
+/// After the `/loadbalance/` watch ends, wait this long and start over.
+const REWATCH_DELAY: Duration = Duration::from_secs(1);
+
+/// Who serves a bundle, as a lookup answers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    This,
+    /// Another broker's service URL; `lease` when it holds the lease (otherwise the bundle is
+    /// being handed over to it, or it was chosen to take the bundle).
+    Other {
+        url: String,
+        lease: Option<LeaseRecord>,
+    },
+}
+
+/// What an unload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unloaded {
+    /// Topics that were open and were closed.
+    pub topics: usize,
+    /// The broker that took the bundle and that clients were sent to, if it was handed over.
+    pub to: Option<String>,
+}
+
+/// Bundles this broker is giving up, with where they go (None: released for anyone).
+#[derive(Debug, Default)]
+pub(super) struct Releasing(std::sync::Mutex<HashMap<Bundle, Option<String>>>);
+
+impl Releasing {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Bundle, Option<String>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn get(&self, bundle: &Bundle) -> Option<Option<String>> {
+        self.map().get(bundle).cloned()
+    }
+    /// False if the bundle is being released already.
+    fn insert(&self, bundle: &Bundle, to: Option<String>) -> bool {
+        let mut map = self.map();
+        if map.contains_key(bundle) {
+            return false;
+        }
+        map.insert(bundle.clone(), to);
+        true
+    }
+    fn remove(&self, bundle: &Bundle) {
+        self.map().remove(bundle);
+    }
+}
+
+impl BrokerService {
+    /// Who serves `bundle`: this broker if it holds the lease; else the lease's holder; else the
+    /// target of a handover in progress; else — unless the request is `authoritative` (another
+    /// broker chose this one already) — the broker the assignment picks; else this broker,
+    /// taking the lease.
+    pub async fn claim(self: &Arc<Self>, bundle: &Bundle, authoritative: bool) -> BrokerResult<Claimed> {
+        if self.ownership.is_owned(bundle) {
+            return Ok(Claimed::This);
+        }
+        if let Some(to) = self.releasing.get(bundle) {
+            return match to {
+                Some(url) => Ok(Claimed::Other { url, lease: None }),
+                None => Err(BrokerError::NotReady(format!(
+                    "bundle {bundle} is being unloaded"
+                ))),
+            };
+        }
+        let me = self.config.service_url.as_str();
+        match self.ownership.lookup(bundle).await? {
+            Some(Owner::This { .. }) => return Ok(Claimed::This),
+            // A lease under this broker's own name that it does not hold is a stale one of a
+            // previous incarnation: `acquire` takes it over.
+            Some(Owner::Other(r)) if r.owner != me => {
+                return Ok(Claimed::Other {
+                    url: r.owner.clone(),
+                    lease: Some(r),
+                });
+            }
+            _ => {}
+        }
+        if let Some(to) = self.handover_target(bundle).await?
+            && to != me
+        {
+            return Ok(Claimed::Other {
+                url: to,
+                lease: None,
+            });
+        }
+        let draining = self.draining.load(Ordering::Acquire);
+        if draining || !authoritative {
+            match self.assign(bundle).await {
+                Some(url) if url != me => return Ok(Claimed::Other { url, lease: None }),
+                _ if draining => {
+                    return Err(BrokerError::NotReady(
+                        "this broker is shutting down and takes no bundles".into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(match self.ownership.acquire(bundle).await? {
+            Owner::This { .. } => Claimed::This,
+            Owner::Other(r) => Claimed::Other {
+                url: r.owner.clone(),
+                lease: Some(r),
+            },
+        })
+    }
+
+    /// The target of a live handover of `bundle`; a stale record is deleted.
+    async fn handover_target(&self, bundle: &Bundle) -> BrokerResult<Option<String>> {
+        let key = handover::handover_key(bundle);
+        let Some(v) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        match serde_json::from_slice::<Handover>(&v.value) {
+            Ok(h) if !handover::is_stale(h.created_ms, self.config.clock.now_ms()) => {
+                Ok(Some(h.to))
+            }
+            _ => {
+                let _ = self.store.delete(&key, Expected::Version(v.version)).await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Unloads a bundle this broker owns: to `destination` (a registered broker: service URL,
+    /// its `host:port`, or the broker id `brokers list` shows) or, without one, to the broker
+    /// the assignment picks among the others (none: the bundle is released for whoever is
+    /// asked next). Fails with `NotOwner` for a bundle this broker does not hold.
+    pub async fn unload_bundle(
+        self: &Arc<Self>,
+        bundle: &Bundle,
+        destination: Option<&str>,
+    ) -> BrokerResult<Unloaded> {
+        if !self.ownership.is_owned(bundle) {
+            return Err(BrokerError::NotOwner(format!("bundle {bundle}")));
+        }
+        let records = registry::list(&self.store).await?;
+        let me = self.config.service_url.clone();
+        let to = match destination {
+            Some(name) => {
+                let record = registry::find(&records, name).ok_or_else(|| {
+                    BrokerError::BadRequest(format!(
+                        "destination broker {name} is not an active broker of this cluster"
+                    ))
+                })?;
+                if record.pulsar_service_url == me {
+                    return Err(BrokerError::BadRequest(format!(
+                        "destination broker {name} owns bundle {bundle} already"
+                    )));
+                }
+                Some(record.pulsar_service_url.clone())
+            }
+            None => {
+                let others: Vec<BrokerRecord> = records
+                    .into_iter()
+                    .filter(|r| r.pulsar_service_url != me)
+                    .collect();
+                self.pick_destination(bundle, &others).await
+            }
+        };
+        if !self.releasing.insert(bundle, to.clone()) {
+            return Err(BrokerError::NotReady(format!(
+                "bundle {bundle} is being unloaded already"
+            )));
+        }
+        let result = self.hand_over(bundle, to).await;
+        self.releasing.remove(bundle);
+        result
+    }
+
+    async fn hand_over(self: &Arc<Self>, bundle: &Bundle, to: Option<String>) -> BrokerResult<Unloaded> {
+        let topics: Vec<Arc<Topic>> = self
+            .loaded()
+            .into_iter()
+            .filter(|t| t.bundle() == bundle)
+            .collect();
+        let names: Vec<String> = topics
+            .iter()
+            .take(handover::HANDOVER_TOPICS_MAX)
+            .map(|t| t.name().to_string())
+            .collect();
+        let quiesced: Vec<Quiesced> = futures::future::join_all(topics.iter().map(|t| t.quiesce()))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut assigned = None;
+        let released = match &to {
+            Some(target) => {
+                let handed = self.write_handover(bundle, target, names).await;
+                let released = self.ownership.release(bundle).await;
+                if released.is_ok()
+                    && let Some((key, version)) = handed
+                {
+                    if !self.wait_deleted(&key, version, HANDOVER_WAIT).await {
+                        warn!(%bundle, %target, "the target did not take the bundle in time");
+                        let _ = self.store.delete(&key, Expected::Version(version)).await;
+                    }
+                    match self.ownership.lookup(bundle).await {
+                        Ok(Some(Owner::Other(r))) if &r.owner == target => {
+                            assigned = Some(target.clone());
+                        }
+                        other => {
+                            warn!(%bundle, %target, now = ?other, "the bundle did not reach its target");
+                        }
+                    }
+                }
+                released
+            }
+            None => self.ownership.release(bundle).await,
+        };
+        // After the handover (or its failure): clients go straight to the target, or look the
+        // topic up — which finds this broker again if the lease could not be let go.
+        let clients: usize = quiesced.iter().map(Quiesced::clients).sum();
+        for q in &quiesced {
+            q.notify(assigned.as_deref());
+        }
+        match released {
+            Ok(()) => {
+                info!(%bundle, to = ?assigned, topics = topics.len(), clients, "bundle unloaded");
+                Ok(Unloaded {
+                    topics: topics.len(),
+                    to: assigned,
+                })
+            }
+            Err(e) => {
+                warn!(%bundle, error = %e, "the bundle's lease could not be released; it stays here");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Writes the handover record; its key and version, or None if it could not be written
+    /// (the bundle is then released without one and the target learns of it on lookups).
+    async fn write_handover(
+        &self,
+        bundle: &Bundle,
+        target: &str,
+        topics: Vec<String>,
+    ) -> Option<(String, magnetar_metadata::Version)> {
+        let key = handover::handover_key(bundle);
+        let record = Handover {
+            from: self.config.service_url.clone(),
+            to: target.to_owned(),
+            topics,
+            created_ms: self.config.clock.now_ms(),
+        };
+        let value = Bytes::from(serde_json::to_vec(&record).ok()?);
+        match self.store.put(&key, value, Expected::Any).await {
+            Ok(PutOutcome::Written(version)) => Some((key, version)),
+            Ok(PutOutcome::Conflict { .. }) => None,
+            Err(e) => {
+                warn!(%bundle, error = %e, "cannot write the handover record");
+                None
+            }
+        }
+    }
+
+    /// True once `key` (at `version`) is deleted, within `wait`.
+    async fn wait_deleted(&self, key: &str, version: magnetar_metadata::Version, wait: Duration) -> bool {
+        let watched = async {
+            let mut events = match self.store.watch(key, version).await {
+                Ok(w) => w,
+                Err(_) => return false,
+            };
+            while let Some(Ok(ev)) = events.next().await {
+                if ev.key == key && matches!(ev.kind, EventKind::Delete) {
+                    return true;
+                }
+            }
+            false
+        };
+        magnetar_metadata::clock::timeout(&*self.config.clock, wait, watched)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// The target's side of a handover: takes the lease (waiting briefly while the source
+    /// still holds it), opens the topics, then deletes the record — which tells the source to
+    /// send its clients here.
+    async fn take_handover(self: Arc<Self>, bundle: Bundle, version: magnetar_metadata::Version, h: Handover) {
+        let deadline = self.config.clock.now() + HANDOVER_WAIT;
+        let taken = loop {
+            if self.draining.load(Ordering::Acquire) {
+                break false;
+            }
+            match self.ownership.acquire(&bundle).await {
+                Ok(Owner::This { .. }) => break true,
+                Ok(Owner::Other(r)) if r.owner == h.from && self.config.clock.now() < deadline => {
+                    self.config.clock.sleep(LEASE_RETRY).await;
+                }
+                Ok(Owner::Other(r)) => {
+                    warn!(%bundle, owner = %r.owner, "handed-over bundle taken by another broker");
+                    break false;
+                }
+                Err(e) => {
+                    warn!(%bundle, error = %e, "cannot take a handed-over bundle");
+                    break false;
+                }
+            }
+        };
+        if taken {
+            let loaded = futures::stream::iter(h.topics.clone())
+                .map(|name| {
+                    let this = Arc::clone(&self);
+                    async move {
+                        let topic: TopicName = name.parse().ok()?;
+                        this.get_topic(&topic).await.ok()
+                    }
+                })
+                .buffer_unordered(TARGET_LOADS_PARALLEL)
+                .filter(|t| futures::future::ready(t.is_some()))
+                .count()
+                .await;
+            info!(%bundle, from = %h.from, topics = loaded, "took a handed-over bundle");
+        }
+        let _ = self
+            .store
+            .delete(&handover::handover_key(&bundle), Expected::Version(version))
+            .await;
+    }
+
+    /// Unloads `bundle` wherever it is served: here, or by its owner through an unload order
+    /// (waiting until it is done). A bundle nobody serves is left as it is. `destination` must
+    /// be a registered broker other than the owner (400 otherwise).
+    pub async fn unload(self: &Arc<Self>, bundle: &Bundle, destination: Option<&str>) -> BrokerResult<()> {
+        let target = match destination {
+            Some(name) => {
+                let records = registry::list(&self.store).await?;
+                let record = registry::find(&records, name).ok_or_else(|| {
+                    BrokerError::BadRequest(format!(
+                        "destination broker {name} is not an active broker of this cluster"
+                    ))
+                })?;
+                Some(record.pulsar_service_url.clone())
+            }
+            None => None,
+        };
+        if self.ownership.is_owned(bundle) {
+            return self.unload_bundle(bundle, target.as_deref()).await.map(|_| ());
+        }
+        match self.ownership.lookup(bundle).await? {
+            Some(Owner::Other(r)) if r.owner != self.config.service_url => {
+                if target.as_deref() == Some(r.owner.as_str()) {
+                    return Err(BrokerError::BadRequest(format!(
+                        "destination broker {} owns bundle {bundle} already",
+                        destination.unwrap_or_default()
+                    )));
+                }
+                self.request_unload(bundle, target).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Asks the owner of `bundle` (another broker) to unload it, and waits until it did.
+    pub async fn request_unload(&self, bundle: &Bundle, destination: Option<String>) -> BrokerResult<()> {
+        let key = handover::unload_order_key(bundle);
+        let order = UnloadOrder {
+            destination,
+            created_ms: self.config.clock.now_ms(),
+        };
+        let value = Bytes::from(
+            serde_json::to_vec(&order).map_err(|e| BrokerError::NotReady(e.to_string()))?,
+        );
+        let version = match self.store.put(&key, value, Expected::Absent).await? {
+            PutOutcome::Written(v) => v,
+            PutOutcome::Conflict { .. } => {
+                return Err(BrokerError::NotReady(format!(
+                    "an unload of bundle {bundle} is in progress already"
+                )));
+            }
+        };
+        if self.wait_deleted(&key, version, ORDER_WAIT).await {
+            return Ok(());
+        }
+        let _ = self.store.delete(&key, Expected::Version(version)).await;
+        Err(BrokerError::NotReady(format!(
+            "the owner of bundle {bundle} did not unload it within {} s",
+            ORDER_WAIT.as_secs()
+        )))
+    }
+
+    /// Carries out an unload order for a bundle this broker owns, then deletes the order.
+    async fn carry_out_order(self: Arc<Self>, bundle: Bundle, version: magnetar_metadata::Version, order: UnloadOrder) {
+        match self.unload_bundle(&bundle, order.destination.as_deref()).await {
+            Ok(u) => info!(%bundle, to = ?u.to, "unload order carried out"),
+            Err(e) => warn!(%bundle, error = %e, "unload order failed"),
+        }
+        let _ = self
+            .store
+            .delete(&handover::unload_order_key(&bundle), Expected::Version(version))
+            .await;
+    }
+
+    /// One handover or order record seen (listed at start or watched).
+    fn on_loadbalance_record(self: &Arc<Self>, key: &str, version: magnetar_metadata::Version, value: &[u8]) {
+        let Some(bundle) = handover::bundle_of_key(key) else {
+            return;
+        };
+        let now_ms = self.config.clock.now_ms();
+        if key.starts_with(handover::HANDOVER_PREFIX) {
+            if let Ok(h) = serde_json::from_slice::<Handover>(value)
+                && h.to == self.config.service_url
+                && !handover::is_stale(h.created_ms, now_ms)
+            {
+                self.spawn(Arc::clone(self).take_handover(bundle, version, h));
+            }
+        } else if let Ok(order) = serde_json::from_slice::<UnloadOrder>(value)
+            && !handover::is_stale(order.created_ms, now_ms)
+            && self.ownership.is_owned(&bundle)
+        {
+            self.spawn(Arc::clone(self).carry_out_order(bundle, version, order));
+        }
+    }
+
+    /// Watches `/loadbalance/` for handovers to this broker and unload orders for its bundles,
+    /// for as long as the service runs.
+    pub(super) fn watch_loadbalance(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let stop = self.shutdown.clone();
+        let store = Arc::clone(&self.store);
+        let clock = Arc::clone(&self.config.clock);
+        self.tasks.spawn(async move {
+            loop {
+                let started = async {
+                    let handovers = store.list(handover::HANDOVER_PREFIX).await?;
+                    let orders = store.list(handover::UNLOAD_ORDER_PREFIX).await?;
+                    let from = handovers.revision.max(orders.revision);
+                    let events = store.watch(handover::LOADBALANCE_PREFIX, from).await?;
+                    Ok::<_, magnetar_metadata::MetadataError>((handovers, orders, events))
+                };
+                let mut events = match started.await {
+                    Ok((handovers, orders, events)) => {
+                        let Some(service) = weak.upgrade() else { return };
+                        for (key, v) in handovers.entries.iter().chain(orders.entries.iter()) {
+                            service.on_loadbalance_record(key, v.version, &v.value);
+                        }
+                        events
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot watch /loadbalance/; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = clock.sleep(REWATCH_DELAY) => continue,
+                        }
+                    }
+                };
+                loop {
+                    let event = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        e = events.next() => e,
+                    };
+                    let Some(service) = weak.upgrade() else { return };
+                    match event {
+                        Some(Ok(ev)) => {
+                            if let EventKind::Put(value) = &ev.kind {
+                                service.on_loadbalance_record(&ev.key, ev.revision, value);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            info!(error = %e, "/loadbalance/ watch ended; starting it again");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = clock.sleep(REWATCH_DELAY) => {}
+                }
+            }
+        });
+    }
+
+    /// Moves every bundle this broker owns to other brokers (a SIGTERM's graceful drain, what a
+    /// rolling update needs): the broker first withdraws its registration so nobody assigns it
+    /// more, then hands bundles over, [`DRAIN_PARALLEL`] at a time. Returns the bundles moved.
+    /// With no other broker registered nothing moves (shutdown closes the topics as before).
+    pub async fn drain(self: &Arc<Self>) -> usize {
+        self.draining.store(true, Ordering::Release);
+        let me = self.config.service_url.clone();
+        if let Err(e) = registry::unregister(&self.store, &me).await {
+            warn!(error = %e, "cannot withdraw this broker's registration");
+        }
+        self.withdraw_load_report().await;
+        let others = match registry::list(&self.store).await {
+            Ok(records) => records.into_iter().filter(|r| r.pulsar_service_url != me).count(),
+            Err(e) => {
+                warn!(error = %e, "cannot list the brokers to drain to");
+                0
+            }
+        };
+        let bundles = self.ownership.owned_bundles();
+        if others == 0 || bundles.is_empty() {
+            info!(bundles = bundles.len(), "nothing to drain to, or nothing to drain");
+            return 0;
+        }
+        info!(bundles = bundles.len(), brokers = others, "draining bundles to the other brokers");
+        let moved = futures::stream::iter(bundles)
+            .map(|b| {
+                let this = Arc::clone(self);
+                async move {
+                    match this.unload_bundle(&b, None).await {
+                        Ok(u) => u.to.is_some(),
+                        Err(e) => {
+                            warn!(bundle = %b, error = %e, "drain: bundle not moved");
+                            false
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(DRAIN_PARALLEL)
+            .filter(|moved| futures::future::ready(*moved))
+            .count()
+            .await;
+        info!(moved, "drain done");
+        moved
+    }
+}

@@ -1,0 +1,213 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a panic is the failure report
+
+//! Moving bundles between two cluster brokers (issue 13): an unload to a destination hands the
+//! bundle over — the target owns it and has its topics open *before* the clients hear
+//! CLOSE_PRODUCER / CLOSE_CONSUMER naming the target (PIP-307 `assignedBrokerServiceUrl`) —;
+//! an unload order reaches the owner from another broker; a drain moves every bundle; bad
+//! destinations are refused; load reports are published and an unowned bundle is assigned to
+//! the broker with fewer bundles of its namespace.
+//!
+//! Raw client against two in-process cluster brokers over one metadata store and bookie.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::SinkExt;
+use magnetar_broker::cluster::bundle::Bundle;
+use magnetar_broker::error::BrokerError;
+use magnetar_broker::runtime::broker::Broker;
+use magnetar_broker::topic_name::TopicName;
+use magnetar_metadata::{MemoryStore, MetadataStore};
+use magnetar_proto::pulsar::api::command_subscribe::SubType;
+
+use magnetar_testkit::local::*;
+use magnetar_testkit::wait;
+use magnetar_testkit::wire::*;
+
+/// Two registered brokers with fast load reports.
+async fn two_brokers() -> (LocalCluster, Broker, Broker) {
+    let store: Arc<dyn MetadataStore> = Arc::new(MemoryStore::new());
+    let cluster = LocalCluster::new(store).await;
+    let fast = |o: &mut magnetar_broker::runtime::broker::BrokerOptions| {
+        o.service.load_balancer.report_update_min_interval = Duration::from_millis(100);
+        o.service.load_balancer.shedding_enabled = false;
+    };
+    let a = cluster.node_with(fast).await;
+    let b = cluster.node_with(fast).await;
+    let (a_admin, b_admin) = (
+        format!("http://{}", a.local_addr()),
+        format!("http://{}", b.local_addr()),
+    );
+    a.register_admin_url(&a_admin).await.unwrap();
+    b.register_admin_url(&b_admin).await.unwrap();
+    (cluster, a, b)
+}
+
+async fn bundle_of(node: &Broker, topic: &str) -> Bundle {
+    let t: TopicName = topic.parse().unwrap();
+    node.service().bundle_of(&t).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unload_hands_the_bundle_over_before_clients_are_sent_to_the_target() {
+    let (_cluster, a, b) = two_brokers().await;
+    let topic = "persistent://public/default/moving";
+    // PRODUCER and SUBSCRIBE straight to A: it takes the bundle.
+    let mut conn = connect(a.local_addr()).await;
+    conn.send(producer_frame(topic, 1)).await.unwrap();
+    assert!(next(&mut conn).await.command.producer_success.is_some());
+    for seq in 1..=3 {
+        conn.send(send_frame(seq, b"before")).await.unwrap();
+        assert!(next(&mut conn).await.command.send_receipt.is_some());
+    }
+    conn.send(subscribe_frame(topic, "s", SubType::Shared, 7, 2))
+        .await
+        .unwrap();
+    assert!(next(&mut conn).await.command.success.is_some());
+    let bundle = bundle_of(&a, topic).await;
+    assert!(a.service().ownership().is_owned(&bundle));
+
+    // Refused: an unknown destination, the owner itself, a bundle B does not own.
+    for bad in ["pulsar://127.0.0.1:1", a.service_url()] {
+        let e = a.service().unload_bundle(&bundle, Some(bad)).await.unwrap_err();
+        assert!(matches!(e, BrokerError::BadRequest(_)), "{bad}: {e}");
+    }
+    assert!(a.service().ownership().is_owned(&bundle), "a refused unload changes nothing");
+    assert!(matches!(
+        b.service().unload_bundle(&bundle, None).await.unwrap_err(),
+        BrokerError::NotOwner(_)
+    ));
+
+    let t: TopicName = topic.parse().unwrap();
+    let unloaded = a
+        .service()
+        .unload_bundle(&bundle, Some(b.service_url()))
+        .await
+        .unwrap();
+    assert_eq!(unloaded.to.as_deref(), Some(b.service_url()));
+    assert_eq!(unloaded.topics, 1);
+    // By the time the unload returns (clients told), B owns the bundle and has the topic open.
+    assert!(b.service().ownership().is_owned(&bundle));
+    assert!(!a.service().ownership().is_owned(&bundle));
+    assert!(b.service().loaded_topic(&t).is_some(), "the target opened the topic first");
+
+    let (mut producer_to, mut consumer_to) = (None, None);
+    while producer_to.is_none() || consumer_to.is_none() {
+        let f = next_within(&mut conn, Duration::from_secs(10))
+            .await
+            .expect("CLOSE_PRODUCER and CLOSE_CONSUMER arrive");
+        if let Some(c) = f.command.close_producer {
+            producer_to = Some(c.assigned_broker_service_url);
+        }
+        if let Some(c) = f.command.close_consumer {
+            consumer_to = Some(c.assigned_broker_service_url);
+        }
+    }
+    assert_eq!(producer_to.unwrap().as_deref(), Some(b.service_url()));
+    assert_eq!(consumer_to.unwrap().as_deref(), Some(b.service_url()));
+
+    // The client reconnects to B directly: the producer goes on, the consumer gets everything.
+    let mut at_b = connect(b.local_addr()).await;
+    at_b.send(producer_frame(topic, 1)).await.unwrap();
+    assert!(next(&mut at_b).await.command.producer_success.is_some());
+    at_b.send(send_frame(4, b"after")).await.unwrap();
+    let receipt = next(&mut at_b).await.command.send_receipt.expect("stored at B");
+    assert_eq!(receipt.sequence_id, 4);
+    at_b.send(subscribe_frame(topic, "s", SubType::Shared, 7, 2))
+        .await
+        .unwrap();
+    assert!(next(&mut at_b).await.command.success.is_some());
+    flow(&mut at_b, 7, 100).await;
+    let mut got = 0;
+    while got < 4 {
+        let f = next_within(&mut at_b, Duration::from_secs(10))
+            .await
+            .expect("the four messages reach the consumer at B");
+        got += usize::from(f.command.message.is_some());
+    }
+
+    // An unload order from A (which does not own it now) reaches B, the owner.
+    a.service().unload(&bundle, Some(a.service_url())).await.unwrap();
+    assert!(a.service().ownership().is_owned(&bundle), "moved back through an order");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_every_bundle_to_the_other_broker() {
+    let (_cluster, a, b) = two_brokers().await;
+    let mut owned = Vec::new();
+    for i in 0..12 {
+        let topic = format!("persistent://public/default/drain-{i}");
+        let t: TopicName = topic.parse().unwrap();
+        a.service().create_topic(&t).await.unwrap();
+        owned.push(bundle_of(&a, &topic).await);
+    }
+    owned.sort();
+    owned.dedup();
+    assert!(owned.len() > 1, "the topics span several bundles");
+    let moved = a.service().drain().await;
+    assert_eq!(moved, owned.len());
+    assert!(a.service().ownership().owned_bundles().is_empty());
+    for bundle in &owned {
+        assert!(b.service().ownership().is_owned(bundle), "{bundle} at B");
+    }
+    // A draining broker takes nothing new and sends lookups elsewhere.
+    let t: TopicName = "persistent://public/default/after-drain".parse().unwrap();
+    assert_eq!(
+        a.service().lookup(&t, false).await.unwrap().as_deref(),
+        Some(b.service_url())
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_are_published_and_unowned_bundles_go_to_the_less_loaded_broker() {
+    let (_cluster, a, b) = two_brokers().await;
+    // A takes one bundle of public/default.
+    let first = "persistent://public/default/first";
+    let t: TopicName = first.parse().unwrap();
+    a.service().create_topic(&t).await.unwrap();
+    let first_bundle = bundle_of(&a, first).await;
+    let service = Arc::clone(a.service());
+    let (url, listed) = (a.service_url().to_owned(), first_bundle.to_string());
+    wait::until_async("A's report lists its bundle", Duration::from_secs(10), || {
+        let (service, url, listed) = (Arc::clone(&service), url.clone(), listed.clone());
+        async move {
+            let reports = service.load_reports().await;
+            reports
+                .iter()
+                .any(|r| r.pulsar_service_url == url && r.bundles.contains(&listed) && r.num_topics == 1)
+                .then_some(())
+        }
+    })
+    .await;
+    let reports = a.service().load_reports().await;
+    assert_eq!(reports.len(), 2, "both brokers report");
+    let report = a.service().load_report().await;
+    assert_eq!(report.pulsar_service_url, a.service_url());
+    assert!(report.memory.limit > 0.0 && report.cpu.limit > 0.0);
+
+    // A topic of another bundle of the same namespace, looked up at A: B holds none of the
+    // namespace's bundles, so the lookup names B (and B, asked authoritatively, takes it).
+    let other = (0..1000)
+        .map(|i| format!("persistent://public/default/other-{i}"))
+        .find(|name| {
+            let t: TopicName = name.parse().unwrap();
+            magnetar_broker::cluster::bundle::NamespaceBundles::even(t.namespace().clone(), 4)
+                .find(&t)
+                != first_bundle
+        })
+        .unwrap();
+    let t: TopicName = other.parse().unwrap();
+    assert_eq!(
+        a.service().lookup(&t, false).await.unwrap().as_deref(),
+        Some(b.service_url())
+    );
+    assert_eq!(b.service().lookup(&t, true).await.unwrap(), None);
+    let bundle = bundle_of(&b, &other).await;
+    assert!(b.service().ownership().is_owned(&bundle));
+    a.shutdown().await;
+    b.shutdown().await;
+}
