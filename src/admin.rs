@@ -333,6 +333,8 @@ pub enum TopicsCommand {
     Stats { topic: String },
     /// Show the broker serving a topic (pulsar-admin's `topics lookup`).
     Lookup { topic: String },
+    /// Show the range of the bundle a topic belongs to.
+    BundleRange { topic: String },
     /// Show a partitioned topic's stats, added up over its partitions.
     PartitionedStats {
         topic: String,
@@ -821,6 +823,7 @@ fn topics(c: &Client, cmd: TopicsCommand) -> anyhow::Result<()> {
         }
         T::Stats { topic } => c.get(&format!("{}/stats", topic_path(&topic)?))?,
         T::Lookup { topic } => c.get(&format!("/lookup/v2/topic/{}", topic_path(&topic)?))?,
+        T::BundleRange { topic } => c.get(&format!("{}/bundle", topic_path(&topic)?))?,
         T::PartitionedStats {
             topic,
             per_partition,

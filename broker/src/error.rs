@@ -127,9 +127,9 @@ impl BrokerError {
             BrokerError::SubscriptionNotFound(_) => ServerError::SubscriptionNotFound,
             BrokerError::IncompatibleSchema(_) => ServerError::IncompatibleSchema,
             BrokerError::ConsumerNotFound(_) => ServerError::ConsumerNotFound,
-            BrokerError::NotAllowed(_) | BrokerError::Unsupported(_) | BrokerError::BadRequest(_) => {
-                ServerError::NotAllowedError
-            }
+            BrokerError::NotAllowed(_)
+            | BrokerError::Unsupported(_)
+            | BrokerError::BadRequest(_) => ServerError::NotAllowedError,
             BrokerError::Checksum(_) => ServerError::ChecksumError,
             BrokerError::SchemaNotFound(_) => ServerError::TopicNotFound,
             BrokerError::DuplicateUndecided(_) => ServerError::PersistenceError,

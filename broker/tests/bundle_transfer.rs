@@ -69,10 +69,17 @@ async fn an_unload_hands_the_bundle_over_before_clients_are_sent_to_the_target()
 
     // Refused: an unknown destination, the owner itself, a bundle B does not own.
     for bad in ["pulsar://127.0.0.1:1", a.service_url()] {
-        let e = a.service().unload_bundle(&bundle, Some(bad)).await.unwrap_err();
+        let e = a
+            .service()
+            .unload_bundle(&bundle, Some(bad))
+            .await
+            .unwrap_err();
         assert!(matches!(e, BrokerError::BadRequest(_)), "{bad}: {e}");
     }
-    assert!(a.service().ownership().is_owned(&bundle), "a refused unload changes nothing");
+    assert!(
+        a.service().ownership().is_owned(&bundle),
+        "a refused unload changes nothing"
+    );
     assert!(matches!(
         b.service().unload_bundle(&bundle, None).await.unwrap_err(),
         BrokerError::NotOwner(_)
@@ -89,7 +96,10 @@ async fn an_unload_hands_the_bundle_over_before_clients_are_sent_to_the_target()
     // By the time the unload returns (clients told), B owns the bundle and has the topic open.
     assert!(b.service().ownership().is_owned(&bundle));
     assert!(!a.service().ownership().is_owned(&bundle));
-    assert!(b.service().loaded_topic(&t).is_some(), "the target opened the topic first");
+    assert!(
+        b.service().loaded_topic(&t).is_some(),
+        "the target opened the topic first"
+    );
 
     let (mut producer_to, mut consumer_to) = (None, None);
     while producer_to.is_none() || consumer_to.is_none() {
@@ -111,7 +121,11 @@ async fn an_unload_hands_the_bundle_over_before_clients_are_sent_to_the_target()
     at_b.send(producer_frame(topic, 1)).await.unwrap();
     assert!(next(&mut at_b).await.command.producer_success.is_some());
     at_b.send(send_frame(4, b"after")).await.unwrap();
-    let receipt = next(&mut at_b).await.command.send_receipt.expect("stored at B");
+    let receipt = next(&mut at_b)
+        .await
+        .command
+        .send_receipt
+        .expect("stored at B");
     assert_eq!(receipt.sequence_id, 4);
     at_b.send(subscribe_frame(topic, "s", SubType::Shared, 7, 2))
         .await
@@ -127,8 +141,14 @@ async fn an_unload_hands_the_bundle_over_before_clients_are_sent_to_the_target()
     }
 
     // An unload order from A (which does not own it now) reaches B, the owner.
-    a.service().unload(&bundle, Some(a.service_url())).await.unwrap();
-    assert!(a.service().ownership().is_owned(&bundle), "moved back through an order");
+    a.service()
+        .unload(&bundle, Some(a.service_url()))
+        .await
+        .unwrap();
+    assert!(
+        a.service().ownership().is_owned(&bundle),
+        "moved back through an order"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -172,16 +192,24 @@ async fn load_reports_are_published_and_unowned_bundles_go_to_the_less_loaded_br
     let first_bundle = bundle_of(&a, first).await;
     let service = Arc::clone(a.service());
     let (url, listed) = (a.service_url().to_owned(), first_bundle.to_string());
-    wait::until_async("A's report lists its bundle", Duration::from_secs(10), || {
-        let (service, url, listed) = (Arc::clone(&service), url.clone(), listed.clone());
-        async move {
-            let reports = service.load_reports().await;
-            reports
-                .iter()
-                .any(|r| r.pulsar_service_url == url && r.bundles.contains(&listed) && r.num_topics == 1)
-                .then_some(())
-        }
-    })
+    wait::until_async(
+        "A's report lists its bundle",
+        Duration::from_secs(10),
+        || {
+            let (service, url, listed) = (Arc::clone(&service), url.clone(), listed.clone());
+            async move {
+                let reports = service.load_reports().await;
+                reports
+                    .iter()
+                    .any(|r| {
+                        r.pulsar_service_url == url
+                            && r.bundles.contains(&listed)
+                            && r.num_topics == 1
+                    })
+                    .then_some(())
+            }
+        },
+    )
     .await;
     let reports = a.service().load_reports().await;
     assert_eq!(reports.len(), 2, "both brokers report");

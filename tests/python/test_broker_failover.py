@@ -18,17 +18,31 @@ from test_cluster import Cluster
 MESSAGES = 400
 
 
+def lookup(admin_url, topic):
+    """`GET /lookup/v2/topic/...`: the broker serving `topic` (pulsar-admin's `topics lookup`)."""
+    import json
+    import urllib.request
+
+    path = "/lookup/v2/topic/" + topic.replace("://", "/")
+    with urllib.request.urlopen(admin_url + path, timeout=10) as r:
+        return json.load(r)
+
+
 def test_a_killed_owner_is_taken_over_and_nothing_acknowledged_is_lost(tmp_path):
     # A 10 s session ttl, as the issue measured: the client's backoff had grown past it.
     cluster = Cluster(str(tmp_path), session_ttl_ms=10_000)
     cluster.start()
     try:
-        _, other_url, other_admin = cluster.start_broker("broker-2.log")
-        # The first broker owns the topic (its lookup took the lease).
+        other, other_url, other_admin = cluster.start_broker("broker-2.log")
         first = make_client(cluster.url)
         topic = "persistent://public/default/failover"
         first.create_producer(topic).close()
         first.close()
+        # The lookup assigned the topic's bundle to one of the two (the less loaded): that one
+        # is killed.
+        owner = lookup(cluster.admin_url, topic)["brokerUrl"]
+        victim = cluster.broker if owner == cluster.url else other
+        assert owner in (cluster.url, other_url), owner
 
         both = cluster.url + "," + other_url.split("://", 1)[1]
         client = pulsar.Client(both, operation_timeout_seconds=60)
@@ -38,8 +52,8 @@ def test_a_killed_owner_is_taken_over_and_nothing_acknowledged_is_lost(tmp_path)
             producer.send(f"f-{i:05d}".encode())
             acked.append(i)
 
-        cluster.broker.send_signal(signal.SIGKILL)
-        cluster.broker.wait(timeout=30)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=30)
         started = time.monotonic()
         producer.send(f"f-{MESSAGES // 2:05d}".encode())
         pause = time.monotonic() - started

@@ -42,6 +42,16 @@ pub(super) async fn unload_bundle(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /admin/v2/persistent/{tenant}/{namespace}/{topic}/bundle`: the range of the topic's
+/// bundle, as text (pulsar-admin's `topics bundle-range`).
+pub(super) async fn bundle_range(
+    State(s): State<AdminState>,
+    Path((tenant, namespace, topic)): Path<(String, String, String)>,
+) -> ApiResult<String> {
+    let name = topic_name(&tenant, &namespace, &topic)?;
+    Ok(s.topics.bundle_range(&name).await?)
+}
+
 /// `GET /admin/v2/broker-stats/load-report`: this broker's load (Pulsar's `LocalBrokerData`).
 pub(super) async fn load_report(State(s): State<AdminState>) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(s.topics.load_report().await?))

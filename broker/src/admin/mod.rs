@@ -118,7 +118,10 @@ pub fn router(state: AdminState) -> Router {
             get(bundles::lookup),
         )
         .route(&format!("{NS}/unload"), put(bundles::unload_namespace))
-        .route(&format!("{NS}/{{bundle}}/unload"), put(bundles::unload_bundle))
+        .route(
+            &format!("{NS}/{{bundle}}/unload"),
+            put(bundles::unload_bundle),
+        )
         .route("/admin/v2/bookies/all", get(bookies::all))
         .route(
             "/admin/v2/bookies/underreplicated",
@@ -242,6 +245,7 @@ pub fn router(state: AdminState) -> Router {
                 .delete(persistent::delete_partitioned),
         )
         .route(&format!("{TOPIC}/stats"), get(persistent::stats))
+        .route(&format!("{TOPIC}/bundle"), get(bundles::bundle_range))
         .route(
             &format!("{TOPIC}/partitioned-stats"),
             get(persistent::partitioned_stats),

@@ -318,7 +318,10 @@ pub(super) async fn list_namespaces(
 }
 
 /// The namespace's stored policies, 404 if it does not exist.
-pub(super) async fn policies_of(s: &AdminState, ns: &NamespaceName) -> ApiResult<NamespacePolicies> {
+pub(super) async fn policies_of(
+    s: &AdminState,
+    ns: &NamespaceName,
+) -> ApiResult<NamespacePolicies> {
     s.policies
         .namespace(ns)
         .await?

@@ -29,9 +29,9 @@ use magnetar_proto::pulsar::api::command_subscribe::SubType;
 use magnetar_proto::pulsar::api::{CompressionType, ProducerAccessMode};
 
 use crate::admin::topics::{
-    ConsumerStats, CursorStats, LedgerInfo, LookupData, MessageIdJson, OffloadProcessStatus, PeekedMessage,
-    PersistentTopicInternalStats, PublisherStats, ResetTarget, StartPosition, SubscriptionStats,
-    TopicStats,
+    ConsumerStats, CursorStats, LedgerInfo, LookupData, MessageIdJson, OffloadProcessStatus,
+    PeekedMessage, PersistentTopicInternalStats, PublisherStats, ResetTarget, StartPosition,
+    SubscriptionStats, TopicStats,
 };
 use crate::admin::{TopicAdmin, TopicAdminError};
 use crate::error::BrokerError;
@@ -95,12 +95,7 @@ impl BrokerTopicAdmin {
     /// broker serves is a redirect to that broker's admin API (503 if it registered none).
     async fn owned(&self, name: &TopicName) -> Result<(), TopicAdminError> {
         // Authoritative: the admin API takes a free bundle here rather than bounce between brokers.
-        let Some(owner) = self
-            .service
-            .lookup(name, true)
-            .await
-            .map_err(from_broker)?
-        else {
+        let Some(owner) = self.service.lookup(name, true).await.map_err(from_broker)? else {
             return Ok(());
         };
         match self
@@ -754,18 +749,21 @@ impl TopicAdmin for BrokerTopicAdmin {
             .namespace_bundles(namespace)
             .await
             .map_err(from_broker)?;
-        let results = futures::future::join_all(
-            bundles.bundles().map(|b| {
-                let service = std::sync::Arc::clone(&self.service);
-                async move { service.unload(&b, None).await }
-            }),
-        )
+        let results = futures::future::join_all(bundles.bundles().map(|b| {
+            let service = std::sync::Arc::clone(&self.service);
+            async move { service.unload(&b, None).await }
+        }))
         .await;
         results
             .into_iter()
             .collect::<Result<Vec<()>, _>>()
             .map(|_| ())
             .map_err(from_broker)
+    }
+
+    async fn bundle_range(&self, topic: &TopicName) -> Result<String, TopicAdminError> {
+        let bundle = self.service.bundle_of(topic).await.map_err(from_broker)?;
+        Ok(bundle.range.to_string())
     }
 
     async fn load_report(&self) -> Result<serde_json::Value, TopicAdminError> {

@@ -252,6 +252,11 @@ pub trait TopicAdmin: Send + Sync + fmt::Debug {
         not_running()
     }
 
+    /// The range of the bundle `topic` belongs to (`0x…_0x…`).
+    async fn bundle_range(&self, _topic: &TopicName) -> Result<String, TopicAdminError> {
+        not_running()
+    }
+
     /// Who serves `topic` (`/lookup/v2/topic/...`): its broker's service and admin URLs.
     async fn lookup(&self, _topic: &TopicName) -> Result<LookupData, TopicAdminError> {
         not_running()

@@ -80,7 +80,9 @@ impl std::str::FromStr for Bundle {
             .rsplit_once('/')
             .ok_or_else(|| format!("invalid bundle {s:?}: expected tenant/namespace/range"))?;
         Ok(Bundle {
-            namespace: ns.parse().map_err(|e| format!("invalid bundle {s:?}: {e}"))?,
+            namespace: ns
+                .parse()
+                .map_err(|e| format!("invalid bundle {s:?}: {e}"))?,
             range: range.parse()?,
         })
     }

@@ -114,10 +114,7 @@ impl LoadReport {
     pub fn bundles_of(&self, namespace: &str) -> usize {
         self.bundles
             .iter()
-            .filter(|b| {
-                b.rsplit_once('/')
-                    .is_some_and(|(ns, _)| ns == namespace)
-            })
+            .filter(|b| b.rsplit_once('/').is_some_and(|(ns, _)| ns == namespace))
             .count()
     }
 
@@ -194,10 +191,7 @@ pub fn least_loaded<'a>(
         let p = pending
             .get(r.pulsar_service_url.as_str())
             .map_or(&[][..], |v| &v[..]);
-        let ns = p
-            .iter()
-            .filter(|ns| **ns == namespace)
-            .count();
+        let ns = p.iter().filter(|ns| **ns == namespace).count();
         (p.len(), ns)
     };
     let under_topics: Vec<&LoadReport> = reports
@@ -218,8 +212,16 @@ pub fn least_loaded<'a>(
     pool.into_iter().min_by(|a, b| {
         let (pa, pa_ns) = pending_of(a);
         let (pb, pb_ns) = pending_of(b);
-        let ns_a = if limits.distribute_evenly { a.bundles_of(namespace) + pa_ns } else { 0 };
-        let ns_b = if limits.distribute_evenly { b.bundles_of(namespace) + pb_ns } else { 0 };
+        let ns_a = if limits.distribute_evenly {
+            a.bundles_of(namespace) + pa_ns
+        } else {
+            0
+        };
+        let ns_b = if limits.distribute_evenly {
+            b.bundles_of(namespace) + pb_ns
+        } else {
+            0
+        };
         ns_a.cmp(&ns_b)
             .then(a.message_rate().total_cmp(&b.message_rate()))
             .then((a.bundles.len() + pa).cmp(&(b.bundles.len() + pb)))
@@ -364,18 +366,26 @@ mod tests {
         let none = Pending::new();
         // b is busier, but a holds a bundle of t/n already.
         assert_eq!(
-            least_loaded(&reports, "t/n", LIMITS, &none).unwrap().pulsar_service_url,
+            least_loaded(&reports, "t/n", LIMITS, &none)
+                .unwrap()
+                .pulsar_service_url,
             "pulsar://b:6650"
         );
         // For another namespace, the message rate decides.
         assert_eq!(
-            least_loaded(&reports, "o/y", LIMITS, &none).unwrap().pulsar_service_url,
+            least_loaded(&reports, "o/y", LIMITS, &none)
+                .unwrap()
+                .pulsar_service_url,
             "pulsar://a:6650"
         );
         // Bundles assigned to b and not reported yet count as b's.
-        let pending: Pending = [("pulsar://b:6650", vec!["t/n", "t/n"])].into_iter().collect();
+        let pending: Pending = [("pulsar://b:6650", vec!["t/n", "t/n"])]
+            .into_iter()
+            .collect();
         assert_eq!(
-            least_loaded(&reports, "t/n", LIMITS, &pending).unwrap().pulsar_service_url,
+            least_loaded(&reports, "t/n", LIMITS, &pending)
+                .unwrap()
+                .pulsar_service_url,
             "pulsar://a:6650"
         );
         // A broker at the topic limit takes nothing while another can.
@@ -387,7 +397,9 @@ mod tests {
         reports2.push(report("pulsar://c:6650", &[]));
         reports2[2].num_topics = 0;
         assert_eq!(
-            least_loaded(&reports2, "o/y", capped, &none).unwrap().pulsar_service_url,
+            least_loaded(&reports2, "o/y", capped, &none)
+                .unwrap()
+                .pulsar_service_url,
             "pulsar://c:6650"
         );
         // An overloaded broker is passed over.
@@ -397,7 +409,9 @@ mod tests {
             limit: 200.0,
         };
         assert_eq!(
-            least_loaded(&hot, "o/y", LIMITS, &none).unwrap().pulsar_service_url,
+            least_loaded(&hot, "o/y", LIMITS, &none)
+                .unwrap()
+                .pulsar_service_url,
             "pulsar://b:6650"
         );
         assert!(least_loaded(&[], "o/y", LIMITS, &none).is_none());
@@ -414,7 +428,12 @@ mod tests {
         let reports = vec![
             report(
                 "pulsar://a:6650",
-                &[("t/n/b1", 400.0), ("t/n/b2", 300.0), ("t/n/b3", 200.0), ("t/n/b4", 100.0)],
+                &[
+                    ("t/n/b1", 400.0),
+                    ("t/n/b2", 300.0),
+                    ("t/n/b3", 200.0),
+                    ("t/n/b4", 100.0),
+                ],
             ),
             report("pulsar://b:6650", &[]),
             report("pulsar://c:6650", &[]),
@@ -427,8 +446,16 @@ mod tests {
         assert_eq!(
             moves,
             vec![
-                Move { bundle: "t/n/b1".into(), from: "pulsar://a:6650".into(), to: "pulsar://b:6650".into() },
-                Move { bundle: "t/n/b2".into(), from: "pulsar://a:6650".into(), to: "pulsar://c:6650".into() },
+                Move {
+                    bundle: "t/n/b1".into(),
+                    from: "pulsar://a:6650".into(),
+                    to: "pulsar://b:6650".into()
+                },
+                Move {
+                    bundle: "t/n/b2".into(),
+                    from: "pulsar://a:6650".into(),
+                    to: "pulsar://c:6650".into()
+                },
             ]
         );
         // A bundle moved recently stays.
@@ -467,16 +494,33 @@ mod tests {
         let mut ema = Ema::default();
         assert_eq!(ema.update(100.0), 100.0);
         let smoothed = ema.update(1000.0);
-        assert!(smoothed > 100.0 && smoothed < 500.0, "one spike moves the average little: {smoothed}");
+        assert!(
+            smoothed > 100.0 && smoothed < 500.0,
+            "one spike moves the average little: {smoothed}"
+        );
     }
 
     #[test]
     fn the_report_has_pulsars_field_names() {
         let json = serde_json::to_value(report("pulsar://a:6650", &[("t/n/b1", 1.0)])).unwrap();
         for field in [
-            "webServiceUrl", "pulsarServiceUrl", "cpu", "memory", "bandwidthIn", "bandwidthOut",
-            "msgThroughputIn", "msgThroughputOut", "msgRateIn", "msgRateOut", "numTopics",
-            "numBundles", "numConsumers", "numProducers", "bundles", "lastStats", "lastUpdate",
+            "webServiceUrl",
+            "pulsarServiceUrl",
+            "cpu",
+            "memory",
+            "bandwidthIn",
+            "bandwidthOut",
+            "msgThroughputIn",
+            "msgThroughputOut",
+            "msgRateIn",
+            "msgRateOut",
+            "numTopics",
+            "numBundles",
+            "numConsumers",
+            "numProducers",
+            "bundles",
+            "lastStats",
+            "lastUpdate",
         ] {
             assert!(json.get(field).is_some(), "{field} missing: {json}");
         }

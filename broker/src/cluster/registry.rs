@@ -91,7 +91,10 @@ pub async fn unregister(
     service_url: &str,
 ) -> Result<(), MetadataError> {
     store
-        .delete(&registration_key(service_url), magnetar_metadata::Expected::Any)
+        .delete(
+            &registration_key(service_url),
+            magnetar_metadata::Expected::Any,
+        )
         .await
         .map(|_| ())
 }

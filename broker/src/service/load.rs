@@ -124,17 +124,21 @@ impl LoadState {
 fn process_usage() -> (Option<f64>, Option<f64>, Option<f64>) {
     const CLOCK_TICKS_PER_S: f64 = 100.0;
     const PAGE_BYTES: f64 = 4096.0;
-    let cpu = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| {
-        let rest = s.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11)?.parse().ok()?;
-        let stime: f64 = fields.get(12)?.parse().ok()?;
-        Some((utime + stime) / CLOCK_TICKS_PER_S)
-    });
-    let rss = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| {
-        let pages: f64 = s.split_whitespace().nth(1)?.parse().ok()?;
-        Some(pages * PAGE_BYTES / (1024.0 * 1024.0))
-    });
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / CLOCK_TICKS_PER_S)
+        });
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            let pages: f64 = s.split_whitespace().nth(1)?.parse().ok()?;
+            Some(pages * PAGE_BYTES / (1024.0 * 1024.0))
+        });
     let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
         let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
         let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -175,9 +179,13 @@ impl BrokerService {
         let owned = self.ownership.owned_bundles();
         let clock = &self.config.clock;
         let now_ms = clock.now_ms();
-        let mono_ms =
-            u64::try_from(clock.now().saturating_duration_since(self.started).as_millis())
-                .unwrap_or(u64::MAX);
+        let mono_ms = u64::try_from(
+            clock
+                .now()
+                .saturating_duration_since(self.started)
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let mut inner = self.load.inner();
         let dt_s = inner
@@ -186,7 +194,8 @@ impl BrokerService {
         inner.last_sample_ms = Some(mono_ms);
         // Per-bundle raw rates over the interval (a topic new since the last sample counts
         // from zero: its first interval is unknown).
-        let mut raw: HashMap<Bundle, [f64; 4]> = owned.iter().map(|b| (b.clone(), [0.0; 4])).collect();
+        let mut raw: HashMap<Bundle, [f64; 4]> =
+            owned.iter().map(|b| (b.clone(), [0.0; 4])).collect();
         let mut stats: HashMap<Bundle, BundleStats> = HashMap::new();
         let mut counters = HashMap::with_capacity(samples.len());
         for s in &samples {
@@ -341,7 +350,9 @@ impl BrokerService {
                     _ = tick.tick() => false,
                     _ = shed_tick.tick() => true,
                 };
-                let Some(service) = weak.upgrade() else { return };
+                let Some(service) = weak.upgrade() else {
+                    return;
+                };
                 if shed {
                     service.shed_load().await;
                 } else {
@@ -472,11 +483,16 @@ impl BrokerService {
             }
             let sources: Vec<String> = over
                 .iter()
-                .filter(|u| inner.hits.get(*u).copied().unwrap_or(0) >= lb.shedding_condition_hit_count_threshold)
+                .filter(|u| {
+                    inner.hits.get(*u).copied().unwrap_or(0)
+                        >= lb.shedding_condition_hit_count_threshold
+                })
                 .cloned()
                 .collect();
             let grace_ms = lb.shedding_grace_period.as_millis() as u64;
-            inner.moved.retain(|_, at| now_ms.saturating_sub(*at) < grace_ms);
+            inner
+                .moved
+                .retain(|_, at| now_ms.saturating_sub(*at) < grace_ms);
             let moved = inner.moved.clone();
             let moves = load::plan_moves(&reports, &sources, &|b| moved.contains_key(b), &limits);
             for m in &moves {
@@ -486,7 +502,9 @@ impl BrokerService {
             moves
         };
         for m in moves {
-            let Ok(bundle) = m.bundle.parse::<Bundle>() else { continue };
+            let Ok(bundle) = m.bundle.parse::<Bundle>() else {
+                continue;
+            };
             info!(bundle = %m.bundle, from = %m.from, to = %m.to, "shedding: moving a bundle");
             let done = if m.from == self.config.service_url {
                 self.unload_bundle(&bundle, Some(&m.to)).await.map(|_| ())

@@ -29,12 +29,12 @@ mod load;
 mod offload;
 mod takeover;
 mod transfer;
-pub use load::{LoadBalancerConfig, load_reports};
-pub use transfer::{Claimed, Unloaded};
 use crate::topic::{Topic, TopicHost};
 use crate::topic_name::{NamespaceName, TopicName};
+pub use load::{LoadBalancerConfig, load_reports};
 use magnetar_managed_ledger::record::{ROOT, ledger_record_key};
 use magnetar_managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory};
+pub use transfer::{Claimed, Unloaded};
 
 /// Settings of the Pulsar protocol server.
 #[derive(Clone, Debug)]

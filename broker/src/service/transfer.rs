@@ -100,7 +100,11 @@ impl BrokerService {
     /// target of a handover in progress; else — unless the request is `authoritative` (another
     /// broker chose this one already) — the broker the assignment picks; else this broker,
     /// taking the lease.
-    pub async fn claim(self: &Arc<Self>, bundle: &Bundle, authoritative: bool) -> BrokerResult<Claimed> {
+    pub async fn claim(
+        self: &Arc<Self>,
+        bundle: &Bundle,
+        authoritative: bool,
+    ) -> BrokerResult<Claimed> {
         if self.ownership.is_owned(bundle) {
             return Ok(Claimed::This);
         }
@@ -217,7 +221,11 @@ impl BrokerService {
         result
     }
 
-    async fn hand_over(self: &Arc<Self>, bundle: &Bundle, to: Option<String>) -> BrokerResult<Unloaded> {
+    async fn hand_over(
+        self: &Arc<Self>,
+        bundle: &Bundle,
+        to: Option<String>,
+    ) -> BrokerResult<Unloaded> {
         let topics: Vec<Arc<Topic>> = self
             .loaded()
             .into_iter()
@@ -306,7 +314,12 @@ impl BrokerService {
     }
 
     /// True once `key` (at `version`) is deleted, within `wait`.
-    async fn wait_deleted(&self, key: &str, version: magnetar_metadata::Version, wait: Duration) -> bool {
+    async fn wait_deleted(
+        &self,
+        key: &str,
+        version: magnetar_metadata::Version,
+        wait: Duration,
+    ) -> bool {
         let watched = async {
             let mut events = match self.store.watch(key, version).await {
                 Ok(w) => w,
@@ -327,7 +340,12 @@ impl BrokerService {
     /// The target's side of a handover: takes the lease (waiting briefly while the source
     /// still holds it), opens the topics, then deletes the record — which tells the source to
     /// send its clients here.
-    async fn take_handover(self: Arc<Self>, bundle: Bundle, version: magnetar_metadata::Version, h: Handover) {
+    async fn take_handover(
+        self: Arc<Self>,
+        bundle: Bundle,
+        version: magnetar_metadata::Version,
+        h: Handover,
+    ) {
         let deadline = self.config.clock.now() + HANDOVER_WAIT;
         let taken = loop {
             if self.draining.load(Ordering::Acquire) {
@@ -372,7 +390,11 @@ impl BrokerService {
     /// Unloads `bundle` wherever it is served: here, or by its owner through an unload order
     /// (waiting until it is done). A bundle nobody serves is left as it is. `destination` must
     /// be a registered broker other than the owner (400 otherwise).
-    pub async fn unload(self: &Arc<Self>, bundle: &Bundle, destination: Option<&str>) -> BrokerResult<()> {
+    pub async fn unload(
+        self: &Arc<Self>,
+        bundle: &Bundle,
+        destination: Option<&str>,
+    ) -> BrokerResult<()> {
         let target = match destination {
             Some(name) => {
                 let records = registry::list(&self.store).await?;
@@ -386,7 +408,10 @@ impl BrokerService {
             None => None,
         };
         if self.ownership.is_owned(bundle) {
-            return self.unload_bundle(bundle, target.as_deref()).await.map(|_| ());
+            return self
+                .unload_bundle(bundle, target.as_deref())
+                .await
+                .map(|_| ());
         }
         match self.ownership.lookup(bundle).await? {
             Some(Owner::Other(r)) if r.owner != self.config.service_url => {
@@ -403,7 +428,11 @@ impl BrokerService {
     }
 
     /// Asks the owner of `bundle` (another broker) to unload it, and waits until it did.
-    pub async fn request_unload(&self, bundle: &Bundle, destination: Option<String>) -> BrokerResult<()> {
+    pub async fn request_unload(
+        &self,
+        bundle: &Bundle,
+        destination: Option<String>,
+    ) -> BrokerResult<()> {
         let key = handover::unload_order_key(bundle);
         let order = UnloadOrder {
             destination,
@@ -431,19 +460,35 @@ impl BrokerService {
     }
 
     /// Carries out an unload order for a bundle this broker owns, then deletes the order.
-    async fn carry_out_order(self: Arc<Self>, bundle: Bundle, version: magnetar_metadata::Version, order: UnloadOrder) {
-        match self.unload_bundle(&bundle, order.destination.as_deref()).await {
+    async fn carry_out_order(
+        self: Arc<Self>,
+        bundle: Bundle,
+        version: magnetar_metadata::Version,
+        order: UnloadOrder,
+    ) {
+        match self
+            .unload_bundle(&bundle, order.destination.as_deref())
+            .await
+        {
             Ok(u) => info!(%bundle, to = ?u.to, "unload order carried out"),
             Err(e) => warn!(%bundle, error = %e, "unload order failed"),
         }
         let _ = self
             .store
-            .delete(&handover::unload_order_key(&bundle), Expected::Version(version))
+            .delete(
+                &handover::unload_order_key(&bundle),
+                Expected::Version(version),
+            )
             .await;
     }
 
     /// One handover or order record seen (listed at start or watched).
-    fn on_loadbalance_record(self: &Arc<Self>, key: &str, version: magnetar_metadata::Version, value: &[u8]) {
+    fn on_loadbalance_record(
+        self: &Arc<Self>,
+        key: &str,
+        version: magnetar_metadata::Version,
+        value: &[u8],
+    ) {
         let Some(bundle) = handover::bundle_of_key(key) else {
             return;
         };
@@ -481,7 +526,9 @@ impl BrokerService {
                 };
                 let mut events = match started.await {
                     Ok((handovers, orders, events)) => {
-                        let Some(service) = weak.upgrade() else { return };
+                        let Some(service) = weak.upgrade() else {
+                            return;
+                        };
                         for (key, v) in handovers.entries.iter().chain(orders.entries.iter()) {
                             service.on_loadbalance_record(key, v.version, &v.value);
                         }
@@ -500,7 +547,9 @@ impl BrokerService {
                         _ = stop.cancelled() => return,
                         e = events.next() => e,
                     };
-                    let Some(service) = weak.upgrade() else { return };
+                    let Some(service) = weak.upgrade() else {
+                        return;
+                    };
                     match event {
                         Some(Ok(ev)) => {
                             if let EventKind::Put(value) = &ev.kind {
@@ -534,7 +583,10 @@ impl BrokerService {
         }
         self.withdraw_load_report().await;
         let others = match registry::list(&self.store).await {
-            Ok(records) => records.into_iter().filter(|r| r.pulsar_service_url != me).count(),
+            Ok(records) => records
+                .into_iter()
+                .filter(|r| r.pulsar_service_url != me)
+                .count(),
             Err(e) => {
                 warn!(error = %e, "cannot list the brokers to drain to");
                 0
@@ -542,10 +594,17 @@ impl BrokerService {
         };
         let bundles = self.ownership.owned_bundles();
         if others == 0 || bundles.is_empty() {
-            info!(bundles = bundles.len(), "nothing to drain to, or nothing to drain");
+            info!(
+                bundles = bundles.len(),
+                "nothing to drain to, or nothing to drain"
+            );
             return 0;
         }
-        info!(bundles = bundles.len(), brokers = others, "draining bundles to the other brokers");
+        info!(
+            bundles = bundles.len(),
+            brokers = others,
+            "draining bundles to the other brokers"
+        );
         let moved = futures::stream::iter(bundles)
             .map(|b| {
                 let this = Arc::clone(self);

@@ -61,6 +61,9 @@ pub trait ProducerSink: Send + Sync + std::fmt::Debug + 'static {
     fn close_producer(&self, producer_id: u64, assigned_broker_service_url: Option<&str>);
 }
 
+/// A topic's subscriptions by name.
+type Subscriptions = HashMap<String, Arc<Subscription>>;
+
 /// The clients of a quiesced topic ([`Topic::quiesce`]), still to be told to reconnect.
 #[derive(Debug)]
 pub struct Quiesced {
@@ -702,7 +705,7 @@ impl Topic {
 
     /// Marks the topic closed and detaches every producer (nothing is sent to clients); returns
     /// them and the subscriptions to stop (None: already closing).
-    fn begin_close(&self) -> Option<(Vec<ProducerSpec>, HashMap<String, Arc<Subscription>>)> {
+    fn begin_close(&self) -> Option<(Vec<ProducerSpec>, Subscriptions)> {
         if self.closed.swap(true, Ordering::AcqRel) {
             return None;
         }
