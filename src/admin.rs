@@ -128,6 +128,26 @@ pub enum NamespacesCommand {
     Policies { namespace: String },
     /// Show a namespace's bundle boundaries.
     Bundles { namespace: String },
+    /// Split a bundle in two (or at the given positions).
+    SplitBundle {
+        namespace: String,
+        /// The bundle's range, e.g. 0x00000000_0x40000000.
+        #[arg(short = 'b', long)]
+        bundle: String,
+        /// Hand the children to other brokers afterwards.
+        #[arg(short = 'u', long)]
+        unload: bool,
+        /// range_equally_divide, topic_count_equally_divide or specified_positions_divide.
+        #[arg(
+            long = "split-algorithm-name",
+            alias = "san",
+            default_value = "range_equally_divide"
+        )]
+        split_algorithm_name: String,
+        /// Hash positions for specified_positions_divide, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        split_boundaries: Vec<u32>,
+    },
     /// Unload a namespace's bundles (or one of them) from the brokers serving them; their
     /// topics move to other brokers (the destination's, if given).
     Unload {
@@ -557,6 +577,26 @@ fn namespaces(c: &Client, cmd: NamespacesCommand) -> anyhow::Result<()> {
         N::Delete { namespace } => c.delete(&ns(&namespace)?)?,
         N::Policies { namespace } => c.get(&ns(&namespace)?)?,
         N::Bundles { namespace } => c.get(&format!("{}/bundles", ns(&namespace)?))?,
+        N::SplitBundle {
+            namespace,
+            bundle,
+            unload,
+            split_algorithm_name,
+            split_boundaries,
+        } => {
+            let body = (!split_boundaries.is_empty())
+                .then(|| serde_json::to_string(&split_boundaries))
+                .transpose()?;
+            c.put(
+                &format!(
+                    "{}/{}/split?unload={unload}&splitAlgorithmName={}",
+                    ns(&namespace)?,
+                    enc(&bundle),
+                    enc(&split_algorithm_name)
+                ),
+                body,
+            )?
+        }
         N::Unload {
             namespace,
             bundle,

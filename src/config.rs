@@ -211,6 +211,23 @@ pub struct BrokerServerConfig {
     pub load_balancer_max_number_of_broker_shedding_per_cycle: usize,
     /// Below this message rate (msg/s in + out) a broker is never shed from.
     pub load_balancer_shedding_min_message_rate: u64,
+    /// Pulsar's `loadBalancerAutoBundleSplitEnabled`.
+    pub load_balancer_auto_bundle_split_enabled: bool,
+    /// Pulsar's `loadBalancerAutoUnloadSplitBundlesEnabled`.
+    pub load_balancer_auto_unload_split_bundles_enabled: bool,
+    /// Pulsar's `loadBalancerNamespaceBundleMaxTopics`.
+    pub load_balancer_namespace_bundle_max_topics: u64,
+    /// Pulsar's `loadBalancerNamespaceBundleMaxSessions`.
+    pub load_balancer_namespace_bundle_max_sessions: u64,
+    /// Pulsar's `loadBalancerNamespaceBundleMaxMsgRate`.
+    pub load_balancer_namespace_bundle_max_msg_rate: u64,
+    /// Pulsar's `loadBalancerNamespaceBundleMaxBandwidthMbytes`.
+    pub load_balancer_namespace_bundle_max_bandwidth_mbytes: u64,
+    /// Pulsar's `loadBalancerNamespaceMaximumBundles`.
+    pub load_balancer_namespace_maximum_bundles: usize,
+    /// Pulsar's `defaultNamespaceBundleSplitAlgorithm`: `range_equally_divide` or
+    /// `topic_count_equally_divide`.
+    pub default_namespace_bundle_split_algorithm: String,
     /// Pulsar's `brokerShutdownTimeoutMs`: how long SIGTERM's drain (bundles handed to other
     /// brokers) may take before the broker closes what is left and exits.
     pub broker_shutdown_timeout_ms: u64,
@@ -260,6 +277,14 @@ impl Default for BrokerServerConfig {
                 .shedding_condition_hit_count_threshold,
             load_balancer_max_number_of_broker_shedding_per_cycle: lb.max_unloads_per_cycle,
             load_balancer_shedding_min_message_rate: 100,
+            load_balancer_auto_bundle_split_enabled: true,
+            load_balancer_auto_unload_split_bundles_enabled: true,
+            load_balancer_namespace_bundle_max_topics: 1000,
+            load_balancer_namespace_bundle_max_sessions: 1000,
+            load_balancer_namespace_bundle_max_msg_rate: 30_000,
+            load_balancer_namespace_bundle_max_bandwidth_mbytes: 100,
+            load_balancer_namespace_maximum_bundles: 128,
+            default_namespace_bundle_split_algorithm: "range_equally_divide".to_owned(),
             broker_shutdown_timeout_ms: 60_000,
         }
     }
@@ -333,6 +358,23 @@ impl BrokerServerConfig {
                 .max(1),
             max_unloads_per_cycle: self.load_balancer_max_number_of_broker_shedding_per_cycle,
             shedding_min_message_rate: self.load_balancer_shedding_min_message_rate as f64,
+            auto_bundle_split_enabled: self.load_balancer_auto_bundle_split_enabled,
+            auto_unload_split_bundles_enabled: self.load_balancer_auto_unload_split_bundles_enabled,
+            namespace_bundle_max_topics: self.load_balancer_namespace_bundle_max_topics,
+            namespace_bundle_max_sessions: self.load_balancer_namespace_bundle_max_sessions,
+            namespace_bundle_max_msg_rate: self.load_balancer_namespace_bundle_max_msg_rate as f64,
+            namespace_bundle_max_bandwidth_mbytes: self
+                .load_balancer_namespace_bundle_max_bandwidth_mbytes
+                as f64,
+            namespace_maximum_bundles: self.load_balancer_namespace_maximum_bundles.clamp(
+                1,
+                magnetar_broker::cluster::bundle::BUNDLE_COUNT_MAX as usize,
+            ),
+            // Checked by `validate`.
+            split_algorithm: self
+                .default_namespace_bundle_split_algorithm
+                .parse()
+                .unwrap_or(magnetar_broker::service::SplitAlgorithm::RangeEquallyDivide),
         }
     }
 
@@ -361,6 +403,19 @@ impl BrokerServerConfig {
 
     fn validate(&self) -> anyhow::Result<()> {
         self.bind()?;
+        match self
+            .default_namespace_bundle_split_algorithm
+            .parse::<magnetar_broker::service::SplitAlgorithm>()
+        {
+            Ok(magnetar_broker::service::SplitAlgorithm::SpecifiedPositionsDivide(_)) | Err(_) => {
+                anyhow::bail!(
+                    "invalid configuration: broker.default_namespace_bundle_split_algorithm must \
+                     be range_equally_divide or topic_count_equally_divide, got {:?}",
+                    self.default_namespace_bundle_split_algorithm
+                )
+            }
+            Ok(_) => {}
+        }
         for (key, v) in [
             ("max_connections", self.max_connections),
             (

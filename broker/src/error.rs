@@ -53,6 +53,9 @@ pub enum BrokerError {
     /// The broker is shutting down or the topic is closing.
     #[error("service not ready: {0}")]
     NotReady(String),
+    /// What a request names does not exist (a bundle of a namespace).
+    #[error("{0}")]
+    NotFound(String),
     /// A request names something that cannot be (an unknown destination broker, a malformed
     /// bundle range).
     #[error("{0}")]
@@ -117,9 +120,9 @@ impl BrokerError {
         match self {
             BrokerError::InvalidTopicName(_) => ServerError::InvalidTopicName,
             BrokerError::NotOwner(_) | BrokerError::NotReady(_) => ServerError::ServiceNotReady,
-            BrokerError::TopicNotFound(_) | BrokerError::NamespaceNotFound(_) => {
-                ServerError::TopicNotFound
-            }
+            BrokerError::TopicNotFound(_)
+            | BrokerError::NamespaceNotFound(_)
+            | BrokerError::NotFound(_) => ServerError::TopicNotFound,
             BrokerError::ProducerBusy(_) => ServerError::ProducerBusy,
             BrokerError::ProducerFenced(_) => ServerError::ProducerFenced,
             BrokerError::ConsumerBusy(_) => ServerError::ConsumerBusy,
@@ -164,6 +167,7 @@ impl BrokerError {
             | BrokerError::DuplicateUndecided(_) => StatusCode::SERVICE_UNAVAILABLE,
             BrokerError::TopicNotFound(_)
             | BrokerError::NamespaceNotFound(_)
+            | BrokerError::NotFound(_)
             | BrokerError::SubscriptionNotFound(_)
             | BrokerError::ConsumerNotFound(_)
             | BrokerError::SchemaNotFound(_)

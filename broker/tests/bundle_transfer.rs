@@ -239,3 +239,124 @@ async fn load_reports_are_published_and_unowned_bundles_go_to_the_less_loaded_br
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_bundle_keeps_serving_its_topics_and_a_retired_parent_cannot_be_taken() {
+    use magnetar_broker::service::SplitAlgorithm;
+    let (_cluster, a, b) = two_brokers().await;
+    // Topics until one bundle holds three of them.
+    let mut names = Vec::new();
+    let bundle = loop {
+        let name = format!("persistent://public/default/split-{}", names.len());
+        let t: TopicName = name.parse().unwrap();
+        a.service().create_topic(&t).await.unwrap();
+        names.push(name);
+        let first = bundle_of(&a, &names[0]).await;
+        let mut same = Vec::new();
+        for n in &names {
+            if bundle_of(&a, n).await == first {
+                same.push(n.clone());
+            }
+        }
+        if same.len() >= 3 {
+            names = same;
+            break first;
+        }
+    };
+    // A producer stays connected across the split.
+    let mut conn = connect(a.local_addr()).await;
+    conn.send(producer_frame(&names[0], 1)).await.unwrap();
+    assert!(next(&mut conn).await.command.producer_success.is_some());
+
+    let children = a
+        .service()
+        .split_bundle(&bundle, &SplitAlgorithm::RangeEquallyDivide, false)
+        .await
+        .unwrap();
+    assert_eq!(children.len(), 2);
+    let mid = bundle.range.lower + (bundle.range.upper - bundle.range.lower) / 2;
+    assert_eq!(
+        (children[0].range.upper, children[1].range.lower),
+        (mid, mid)
+    );
+    let ns = bundle.namespace.clone();
+    let now = a.service().namespace_bundles(&ns).await.unwrap();
+    assert_eq!(now.len(), 5);
+    assert!(!now.contains(&bundle) && now.contains(&children[0]) && now.contains(&children[1]));
+    for child in &children {
+        assert!(a.service().ownership().is_owned(child));
+    }
+    assert!(!a.service().ownership().is_owned(&bundle));
+    for n in &names {
+        let t: TopicName = n.parse().unwrap();
+        let topic = a.service().loaded_topic(&t).expect("still loaded");
+        assert_eq!(
+            topic.bundle(),
+            bundle_of(&a, n).await,
+            "{n} belongs to its child"
+        );
+    }
+    conn.send(send_frame(1, b"after the split")).await.unwrap();
+    assert!(
+        next(&mut conn).await.command.send_receipt.is_some(),
+        "still served"
+    );
+
+    // B still holding the old boundaries cannot serve the retired parent.
+    let e = b.service().claim(&bundle, true).await.unwrap_err();
+    assert!(matches!(e, BrokerError::NotReady(_)), "{e}");
+    assert!(!b.service().ownership().is_owned(&bundle));
+
+    // Topic-count halving of a child with fewer than two topics is refused; a bundle that is
+    // not one of the namespace's is not found.
+    let lonely = children.iter().find(|c| {
+        names
+            .iter()
+            .filter(|n| {
+                let t: TopicName = n.parse().unwrap();
+                c.range
+                    .contains(magnetar_broker::cluster::bundle::topic_hash(&t))
+            })
+            .count()
+            < 2
+    });
+    if let Some(c) = lonely {
+        assert!(matches!(
+            a.service()
+                .split_bundle(c, &SplitAlgorithm::TopicCountEquallyDivide, false)
+                .await,
+            Err(BrokerError::NotAllowed(_))
+        ));
+    }
+    assert!(matches!(
+        a.service()
+            .split(&bundle, &SplitAlgorithm::RangeEquallyDivide, false)
+            .await,
+        Err(BrokerError::NotFound(_))
+    ));
+
+    // Split through B (not the owner): a split order; the children are handed over (unload).
+    let busy = children
+        .iter()
+        .max_by_key(|c| {
+            names
+                .iter()
+                .filter(|n| {
+                    let t: TopicName = n.parse().unwrap();
+                    c.range
+                        .contains(magnetar_broker::cluster::bundle::topic_hash(&t))
+                })
+                .count()
+        })
+        .unwrap()
+        .clone();
+    b.service()
+        .split(&busy, &SplitAlgorithm::TopicCountEquallyDivide, true)
+        .await
+        .unwrap();
+    let after = a.service().namespace_bundles(&ns).await.unwrap();
+    assert_eq!(after.len(), 6);
+    assert!(!after.contains(&busy));
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -52,6 +52,44 @@ pub(super) async fn bundle_range(
     Ok(s.topics.bundle_range(&name).await?)
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SplitQuery {
+    #[serde(default)]
+    unload: bool,
+    #[serde(default = "range_equally_divide")]
+    split_algorithm_name: String,
+}
+
+fn range_equally_divide() -> String {
+    "range_equally_divide".to_owned()
+}
+
+/// `PUT /admin/v2/namespaces/{tenant}/{namespace}/{bundle}/split[?unload=&splitAlgorithmName=]`,
+/// body: the split positions for `specified_positions_divide` (a JSON array), else empty.
+pub(super) async fn split_bundle(
+    State(s): State<AdminState>,
+    Path((tenant, namespace, bundle)): Path<(String, String, String)>,
+    Query(q): Query<SplitQuery>,
+    body: bytes::Bytes,
+) -> ApiResult<StatusCode> {
+    let ns = namespace_name(&tenant, &namespace)?;
+    super::namespaces::policies_of(&s, &ns).await?;
+    let positions: Vec<i64> = super::optional_json_body(&body)?.unwrap_or_default();
+    let positions = positions
+        .into_iter()
+        .map(|p| {
+            u32::try_from(p).map_err(|_| {
+                ApiError::precondition(format!("split position {p} is outside the hash range"))
+            })
+        })
+        .collect::<ApiResult<Vec<u32>>>()?;
+    s.topics
+        .split_bundle(&ns, &bundle, &q.split_algorithm_name, positions, q.unload)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /admin/v2/broker-stats/load-report`: this broker's load (Pulsar's `LocalBrokerData`).
 pub(super) async fn load_report(State(s): State<AdminState>) -> ApiResult<Json<serde_json::Value>> {
     Ok(Json(s.topics.load_report().await?))

@@ -122,6 +122,10 @@ pub fn router(state: AdminState) -> Router {
             &format!("{NS}/{{bundle}}/unload"),
             put(bundles::unload_bundle),
         )
+        .route(
+            &format!("{NS}/{{bundle}}/split"),
+            put(bundles::split_bundle),
+        )
         .route("/admin/v2/bookies/all", get(bookies::all))
         .route(
             "/admin/v2/bookies/underreplicated",

@@ -11,7 +11,7 @@ use super::{
     AdminState, ApiError, ApiResult, json_body, namespace_name, optional_json_body,
     require_namespace,
 };
-use crate::cluster::bundle::{BUNDLE_COUNT_MAX, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
+use crate::cluster::bundle::{BUNDLE_COUNT_MAX, NamespaceBundles};
 use crate::policies::{
     AutoTopicCreation, InactiveTopicPolicies, NamespacePolicies, OffloadPolicies,
     PersistencePolicies, PolicyError, RetentionPolicies, TenantInfo,
@@ -30,17 +30,15 @@ pub struct BundlesData {
 }
 
 impl BundlesData {
-    fn of(ns: &NamespaceName, count: u32) -> Self {
-        let bundles = NamespaceBundles::even(ns.clone(), count);
-        let mut boundaries: Vec<String> = bundles
-            .bundles()
-            .map(|b| format!("0x{:08x}", b.range.lower))
+    fn of(ns: &NamespaceName, p: &NamespacePolicies) -> Self {
+        let bundles = NamespaceBundles::of(ns.clone(), p);
+        let boundaries: Vec<String> = bundles
+            .boundaries()
+            .iter()
+            .map(|b| format!("0x{b:08x}"))
             .collect();
-        if let Some(last) = bundles.bundles().last() {
-            boundaries.push(format!("0x{:08x}", last.range.upper));
-        }
         BundlesData {
-            num_bundles: boundaries.len().saturating_sub(1) as u32,
+            num_bundles: bundles.len() as u32,
             boundaries: Some(boundaries),
         }
     }
@@ -88,10 +86,7 @@ pub struct NamespacePoliciesView {
 impl NamespacePoliciesView {
     fn of(ns: &NamespaceName, p: &NamespacePolicies) -> Self {
         NamespacePoliciesView {
-            bundles: Some(BundlesData::of(
-                ns,
-                p.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT),
-            )),
+            bundles: Some(BundlesData::of(ns, p)),
             retention_policies: p.retention_policies,
             deduplication_enabled: p.deduplication_enabled,
             persistence: p.persistence,
@@ -125,6 +120,7 @@ impl NamespacePoliciesView {
             persistence: self.persistence,
             auto_topic_creation_override: self.auto_topic_creation_override,
             bundle_count,
+            bundle_boundaries: None,
             schema_compatibility_strategy: self
                 .schema_compatibility_strategy
                 .as_deref()
@@ -560,10 +556,7 @@ pub(super) async fn get_bundles(
 ) -> ApiResult<Json<BundlesData>> {
     let ns = namespace_name(&tenant, &namespace)?;
     let p = policies_of(&s, &ns).await?;
-    Ok(Json(BundlesData::of(
-        &ns,
-        p.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT),
-    )))
+    Ok(Json(BundlesData::of(&ns, &p)))
 }
 
 pub(super) async fn get_schema_compatibility_strategy(

@@ -82,6 +82,33 @@ impl BrokerTopicAdmin {
         })
     }
 
+    /// The bundle of `namespace` whose range `range` names: 412 for a malformed range, 404
+    /// for one that is not a bundle of the namespace now.
+    async fn bundle(
+        &self,
+        namespace: &NamespaceName,
+        range: &str,
+    ) -> Result<crate::cluster::bundle::Bundle, TopicAdminError> {
+        let range: crate::cluster::bundle::HashRange = range
+            .parse()
+            .map_err(|e: String| TopicAdminError::Precondition(e))?;
+        let bundles = self
+            .service
+            .namespace_bundles(namespace)
+            .await
+            .map_err(from_broker)?;
+        bundles.bundles().find(|b| b.range == range).ok_or_else(|| {
+            TopicAdminError::NotFound(format!(
+                "Bundle {namespace}/{range} not found: the namespace's bundles are {}",
+                bundles
+                    .bundles()
+                    .map(|b| b.range.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
     /// The loaded topic, after checking it exists and this broker owns it.
     async fn topic(&self, name: &TopicName) -> Result<Arc<Topic>, TopicAdminError> {
         if !self.service.topic_exists(name).await.map_err(internal)? {
@@ -719,28 +746,37 @@ impl TopicAdmin for BrokerTopicAdmin {
         range: &str,
         destination: Option<&str>,
     ) -> Result<(), TopicAdminError> {
-        let range: crate::cluster::bundle::HashRange = range
-            .parse()
-            .map_err(|e: String| TopicAdminError::Precondition(e))?;
-        let bundles = self
-            .service
-            .namespace_bundles(namespace)
-            .await
-            .map_err(from_broker)?;
-        let Some(bundle) = bundles.bundles().find(|b| b.range == range) else {
-            return Err(TopicAdminError::NotFound(format!(
-                "Bundle {namespace}/{range} not found: the namespace's bundles are {}",
-                bundles
-                    .bundles()
-                    .map(|b| b.range.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        };
+        let bundle = self.bundle(namespace, range).await?;
         self.service
             .unload(&bundle, destination)
             .await
             .map_err(from_broker)
+    }
+
+    async fn split_bundle(
+        &self,
+        namespace: &NamespaceName,
+        range: &str,
+        algorithm: &str,
+        positions: Vec<u32>,
+        unload: bool,
+    ) -> Result<Vec<String>, TopicAdminError> {
+        let bundle = self.bundle(namespace, range).await?;
+        let algorithm = match algorithm
+            .parse::<crate::service::SplitAlgorithm>()
+            .map_err(TopicAdminError::Precondition)?
+        {
+            crate::service::SplitAlgorithm::SpecifiedPositionsDivide(_) => {
+                crate::service::SplitAlgorithm::SpecifiedPositionsDivide(positions)
+            }
+            a => a,
+        };
+        let children = self
+            .service
+            .split(&bundle, &algorithm, unload)
+            .await
+            .map_err(from_broker)?;
+        Ok(children.iter().map(|c| c.range.to_string()).collect())
     }
 
     async fn unload_namespace(&self, namespace: &NamespaceName) -> Result<(), TopicAdminError> {

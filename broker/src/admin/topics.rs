@@ -242,6 +242,19 @@ pub trait TopicAdmin: Send + Sync + fmt::Debug {
         not_running()
     }
 
+    /// Splits a bundle of `namespace` (named by its range) wherever it is served; returns the
+    /// children's ranges (empty when its owner, another broker, did it).
+    async fn split_bundle(
+        &self,
+        _namespace: &NamespaceName,
+        _range: &str,
+        _algorithm: &str,
+        _positions: Vec<u32>,
+        _unload: bool,
+    ) -> Result<Vec<String>, TopicAdminError> {
+        not_running()
+    }
+
     /// Unloads every bundle of `namespace`.
     async fn unload_namespace(&self, _namespace: &NamespaceName) -> Result<(), TopicAdminError> {
         not_running()

@@ -120,6 +120,60 @@ impl NamespaceBundles {
         NamespaceBundles { namespace, ranges }
     }
 
+    /// The bundles between `boundaries` (`[0, …, 0xffffffff]`, strictly increasing); None if
+    /// they are not such a list.
+    pub fn from_boundaries(namespace: NamespaceName, boundaries: &[u32]) -> Option<Self> {
+        let valid = boundaries.len() >= 2
+            && boundaries.len() <= BUNDLE_COUNT_MAX as usize + 1
+            && boundaries.first() == Some(&0)
+            && boundaries.last() == Some(&u32::MAX)
+            && boundaries.windows(2).all(|w| w[0] < w[1]);
+        valid.then(|| NamespaceBundles {
+            namespace,
+            ranges: boundaries
+                .windows(2)
+                .map(|w| HashRange {
+                    lower: w[0],
+                    upper: w[1],
+                })
+                .collect(),
+        })
+    }
+
+    /// The bundles a namespace's policies define: its boundaries after a split, else
+    /// `bundle_count` equal ones.
+    pub fn of(namespace: NamespaceName, policies: &crate::policies::NamespacePolicies) -> Self {
+        policies
+            .bundle_boundaries
+            .as_deref()
+            .and_then(|b| Self::from_boundaries(namespace.clone(), b))
+            .unwrap_or_else(|| {
+                Self::even(
+                    namespace,
+                    policies.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT),
+                )
+            })
+    }
+
+    /// The boundaries: every lower bound, then `0xffffffff`.
+    pub fn boundaries(&self) -> Vec<u32> {
+        let mut b: Vec<u32> = self.ranges.iter().map(|r| r.lower).collect();
+        b.push(u32::MAX);
+        b
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    pub fn contains(&self, bundle: &Bundle) -> bool {
+        bundle.namespace == self.namespace && self.ranges.contains(&bundle.range)
+    }
+
     pub fn namespace(&self) -> &NamespaceName {
         &self.namespace
     }
@@ -172,6 +226,24 @@ mod tests {
             for hash in [0, 1, u32::MAX / 2, u32::MAX - 1, u32::MAX] {
                 assert_eq!(ranges.iter().filter(|r| r.contains(hash)).count(), 1);
             }
+        }
+    }
+
+    #[test]
+    fn boundaries_define_bundles_and_bad_ones_are_refused() {
+        let ns: NamespaceName = "public/default".parse().unwrap();
+        let b = NamespaceBundles::from_boundaries(ns.clone(), &[0, 0x4000_0000, u32::MAX]).unwrap();
+        assert_eq!(b.len(), 2);
+        assert_eq!(b.boundaries(), vec![0, 0x4000_0000, u32::MAX]);
+        assert_eq!(
+            NamespaceBundles::even(ns.clone(), 4).boundaries(),
+            vec![0, 0x4000_0000, 0x8000_0000, 0xc000_0000, u32::MAX]
+        );
+        for bad in [&[0u32][..], &[1, u32::MAX], &[0, 5, 5, u32::MAX], &[0, 7]] {
+            assert!(
+                NamespaceBundles::from_boundaries(ns.clone(), bad).is_none(),
+                "{bad:?}"
+            );
         }
     }
 

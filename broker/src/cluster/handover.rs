@@ -9,6 +9,8 @@
 //! - **unload order** `/loadbalance/unload/{bundle}`: written by whoever wants a bundle it does
 //!   not own moved (the leader's shedding, a namespace unload on another broker); the owner
 //!   carries it out and deletes it, which is what the writer waits for.
+//! - **split order** `/loadbalance/split/{bundle}`: the same for a split (the leader's
+//!   automatic split, an admin split sent to a broker that does not own the bundle).
 //!
 //! Both are plain (not ephemeral) keys with a creation time: one whose writer died is ignored
 //! once older than [`RECORD_STALE_MS`] and deleted by the next broker that meets it.
@@ -20,6 +22,7 @@ use super::bundle::Bundle;
 pub const LOADBALANCE_PREFIX: &str = "/loadbalance/";
 pub const HANDOVER_PREFIX: &str = "/loadbalance/handover/";
 pub const UNLOAD_ORDER_PREFIX: &str = "/loadbalance/unload/";
+pub const SPLIT_ORDER_PREFIX: &str = "/loadbalance/split/";
 
 /// A handover or order older than this is taken for abandoned (its writer died mid-way).
 pub const RECORD_STALE_MS: u64 = 30_000;
@@ -47,6 +50,25 @@ pub struct UnloadOrder {
     pub created_ms: u64,
 }
 
+/// A request to the owner of a bundle to split it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SplitOrder {
+    /// Pulsar's `splitAlgorithmName`.
+    pub algorithm: String,
+    /// For `specified_positions_divide`.
+    #[serde(default)]
+    pub positions: Vec<u32>,
+    /// Hand the children to other brokers afterwards.
+    #[serde(default)]
+    pub unload: bool,
+    pub created_ms: u64,
+}
+
+pub fn split_order_key(bundle: &Bundle) -> String {
+    format!("{SPLIT_ORDER_PREFIX}{bundle}")
+}
+
 pub fn handover_key(bundle: &Bundle) -> String {
     format!("{HANDOVER_PREFIX}{bundle}")
 }
@@ -59,6 +81,7 @@ pub fn unload_order_key(bundle: &Bundle) -> String {
 pub fn bundle_of_key(key: &str) -> Option<Bundle> {
     key.strip_prefix(HANDOVER_PREFIX)
         .or_else(|| key.strip_prefix(UNLOAD_ORDER_PREFIX))
+        .or_else(|| key.strip_prefix(SPLIT_ORDER_PREFIX))
         .and_then(|rest| rest.parse().ok())
 }
 
@@ -79,7 +102,8 @@ mod tests {
             "/loadbalance/handover/public/default/0x00000000_0x40000000"
         );
         assert_eq!(bundle_of_key(&handover_key(&b)), Some(b.clone()));
-        assert_eq!(bundle_of_key(&unload_order_key(&b)), Some(b));
+        assert_eq!(bundle_of_key(&unload_order_key(&b)), Some(b.clone()));
+        assert_eq!(bundle_of_key(&split_order_key(&b)), Some(b));
         assert_eq!(bundle_of_key("/loadbalance/leader"), None);
         assert!(!is_stale(1_000, 1_000 + RECORD_STALE_MS));
         assert!(is_stale(1_000, 1_001 + RECORD_STALE_MS));

@@ -122,6 +122,10 @@ pub struct NamespacePolicies {
     /// Number of bundles the namespace is split into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_count: Option<u32>,
+    /// The bundles' boundaries once one was split (`[0, …, 0xffffffff]`, increasing); `None`:
+    /// `bundle_count` equal bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_boundaries: Option<Vec<u32>>,
     /// Pulsar's `schema_compatibility_strategy`; `None` (UNDEFINED): the broker's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_compatibility_strategy: Option<CompatibilityStrategy>,

@@ -53,6 +53,23 @@ pub struct LoadBalancerConfig {
     pub max_unloads_per_cycle: usize,
     /// Below this message rate (msg/s, in + out) a broker is never shed from (idle noise).
     pub shedding_min_message_rate: f64,
+    /// `loadBalancerAutoBundleSplitEnabled`: the leader splits bundles past a threshold.
+    pub auto_bundle_split_enabled: bool,
+    /// `loadBalancerAutoUnloadSplitBundlesEnabled`: split children are handed to the
+    /// least-loaded brokers.
+    pub auto_unload_split_bundles_enabled: bool,
+    /// `loadBalancerNamespaceBundleMaxTopics` (1000).
+    pub namespace_bundle_max_topics: u64,
+    /// `loadBalancerNamespaceBundleMaxSessions` (1000): producers + consumers.
+    pub namespace_bundle_max_sessions: u64,
+    /// `loadBalancerNamespaceBundleMaxMsgRate` (30000): msg/s in + out.
+    pub namespace_bundle_max_msg_rate: f64,
+    /// `loadBalancerNamespaceBundleMaxBandwidthMbytes` (100): MB/s in + out.
+    pub namespace_bundle_max_bandwidth_mbytes: f64,
+    /// `loadBalancerNamespaceMaximumBundles` (128): no split past it.
+    pub namespace_maximum_bundles: usize,
+    /// `defaultNamespaceBundleSplitAlgorithm` (range_equally_divide).
+    pub split_algorithm: super::split::SplitAlgorithm,
 }
 
 impl Default for LoadBalancerConfig {
@@ -72,6 +89,14 @@ impl Default for LoadBalancerConfig {
             shedding_condition_hit_count_threshold: 3,
             max_unloads_per_cycle: 3,
             shedding_min_message_rate: 100.0,
+            auto_bundle_split_enabled: true,
+            auto_unload_split_bundles_enabled: true,
+            namespace_bundle_max_topics: 1000,
+            namespace_bundle_max_sessions: 1000,
+            namespace_bundle_max_msg_rate: 30_000.0,
+            namespace_bundle_max_bandwidth_mbytes: 100.0,
+            namespace_maximum_bundles: 128,
+            split_algorithm: super::split::SplitAlgorithm::RangeEquallyDivide,
         }
     }
 }
@@ -164,7 +189,7 @@ impl BrokerService {
                 }
                 TopicSample {
                     name: t.name().to_string(),
-                    bundle: t.bundle().clone(),
+                    bundle: t.bundle(),
                     counters: [msg_in, bytes_in, msg_out, bytes_out],
                     producers: t.producers().len() as u64,
                     consumers,
@@ -457,17 +482,24 @@ impl BrokerService {
         Some(chosen)
     }
 
-    /// One shedding cycle, on the leader only: brokers seen overloaded for enough cycles in a
+    /// One cycle of the leader's jobs (nothing on other brokers): bundles past a split
+    /// threshold are split; then shedding — brokers seen overloaded for enough cycles in a
     /// row give bundles to the least-loaded ones (handed over, PIP-307), at most
     /// `max_unloads_per_cycle`, never a bundle moved within the grace period.
     pub async fn shed_load(self: &Arc<Self>) {
         let lb = self.config.load_balancer.clone();
         let leader = self.leadership.get().is_some_and(|l| l.is_leader());
-        if !lb.enabled || !lb.shedding_enabled || !leader {
+        if !lb.enabled || !leader {
             self.load.inner().hits.clear();
             return;
         }
         let reports = self.load_reports().await;
+        if lb.auto_bundle_split_enabled {
+            self.split_overgrown(&reports).await;
+        }
+        if !lb.shedding_enabled {
+            return;
+        }
         let limits = ShedLimits {
             threshold_percent: lb.broker_threshold_shedder_percentage,
             min_rate: lb.shedding_min_message_rate,
@@ -513,6 +545,42 @@ impl BrokerService {
             };
             if let Err(e) = done {
                 warn!(bundle = %m.bundle, error = %e, "shedding: the move failed");
+            }
+        }
+    }
+}
+
+impl BrokerService {
+    /// The leader splits bundles past any of the thresholds (topics, sessions, message rate,
+    /// bandwidth), at most `max_unloads_per_cycle` per cycle.
+    async fn split_overgrown(self: &Arc<Self>, reports: &[LoadReport]) {
+        let lb = &self.config.load_balancer;
+        let mut due: Vec<(Bundle, String)> = Vec::new();
+        for r in reports {
+            for (name, s) in &r.last_stats {
+                let over = s.topics > lb.namespace_bundle_max_topics
+                    || s.producer_count + s.consumer_count > lb.namespace_bundle_max_sessions
+                    || s.message_rate() > lb.namespace_bundle_max_msg_rate
+                    || (s.msg_throughput_in + s.msg_throughput_out) / (1024.0 * 1024.0)
+                        > lb.namespace_bundle_max_bandwidth_mbytes;
+                if over && let Ok(bundle) = name.parse::<Bundle>() {
+                    due.push((bundle, r.pulsar_service_url.clone()));
+                }
+            }
+        }
+        for (bundle, owner) in due.into_iter().take(lb.max_unloads_per_cycle.max(1)) {
+            info!(%bundle, %owner, "bundle past its split threshold: splitting");
+            let unload = lb.auto_unload_split_bundles_enabled;
+            let done = if owner == self.config.service_url {
+                self.split_bundle(&bundle, &lb.split_algorithm, unload)
+                    .await
+                    .map(|_| ())
+            } else {
+                self.request_split(&bundle, &lb.split_algorithm, unload)
+                    .await
+            };
+            if let Err(e) = done {
+                warn!(%bundle, error = %e, "automatic split failed");
             }
         }
     }

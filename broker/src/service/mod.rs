@@ -20,13 +20,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::cluster::bundle::{Bundle, DEFAULT_BUNDLE_COUNT, NamespaceBundles};
+use crate::cluster::bundle::{Bundle, NamespaceBundles};
 use crate::cluster::ownership::OwnershipCache;
 use crate::error::{BrokerError, BrokerResult};
 use crate::policies::{NamespacePolicies, Policies};
 
 mod load;
 mod offload;
+mod split;
 mod takeover;
 mod transfer;
 use crate::topic::{Topic, TopicHost};
@@ -34,6 +35,7 @@ use crate::topic_name::{NamespaceName, TopicName};
 pub use load::{LoadBalancerConfig, load_reports};
 use magnetar_managed_ledger::record::{ROOT, ledger_record_key};
 use magnetar_managed_ledger::{ManagedLedgerConfig, ManagedLedgerFactory};
+pub use split::SplitAlgorithm;
 pub use transfer::{Claimed, Unloaded};
 
 /// Settings of the Pulsar protocol server.
@@ -382,8 +384,7 @@ impl BrokerService {
     /// The bundles of `ns` as its policies define them now.
     pub async fn namespace_bundles(&self, ns: &NamespaceName) -> BrokerResult<NamespaceBundles> {
         let policies = self.namespace_policies(ns).await?;
-        let count = policies.bundle_count.unwrap_or(DEFAULT_BUNDLE_COUNT);
-        Ok(NamespaceBundles::even(ns.clone(), count))
+        Ok(NamespaceBundles::of(ns.clone(), &policies))
     }
 
     /// Who serves `topic`: this broker (taking the bundle's lease if it is free and this
@@ -738,8 +739,8 @@ impl BrokerService {
                     .loaded()
                     .into_iter()
                     .filter(|topic| match &bundle {
-                        Some(b) => topic.bundle() == b,
-                        None => !service.ownership.is_owned(topic.bundle()),
+                        Some(b) => topic.bundle() == *b,
+                        None => !service.ownership.is_owned(&topic.bundle()),
                     })
                     .filter(|topic| topic.stop_serving())
                     .collect();

@@ -29,7 +29,7 @@ use tracing::{info, warn};
 
 use super::BrokerService;
 use crate::cluster::bundle::Bundle;
-use crate::cluster::handover::{self, Handover, UnloadOrder};
+use crate::cluster::handover::{self, Handover, SplitOrder, UnloadOrder};
 use crate::cluster::ownership::Owner;
 use crate::cluster::registry::{self, BrokerRecord};
 use crate::error::{BrokerError, BrokerResult};
@@ -149,13 +149,28 @@ impl BrokerService {
                 _ => {}
             }
         }
-        Ok(match self.ownership.acquire(bundle).await? {
-            Owner::This { .. } => Claimed::This,
-            Owner::Other(r) => Claimed::Other {
+        match self.ownership.acquire(bundle).await? {
+            Owner::This { .. } => {
+                // The lookup computed the bundle from boundaries read before; if a split
+                // retired it meanwhile (its owner releases the parent only after writing the
+                // new boundaries), this lease must not serve anything.
+                if !self
+                    .namespace_bundles(&bundle.namespace)
+                    .await?
+                    .contains(bundle)
+                {
+                    let _ = self.ownership.release(bundle).await;
+                    return Err(BrokerError::NotReady(format!(
+                        "bundle {bundle} was split; look the topic up again"
+                    )));
+                }
+                Ok(Claimed::This)
+            }
+            Owner::Other(r) => Ok(Claimed::Other {
                 url: r.owner.clone(),
                 lease: Some(r),
-            },
-        })
+            }),
+        }
     }
 
     /// The target of a live handover of `bundle`; a stale record is deleted.
@@ -229,7 +244,7 @@ impl BrokerService {
         let topics: Vec<Arc<Topic>> = self
             .loaded()
             .into_iter()
-            .filter(|t| t.bundle() == bundle)
+            .filter(|t| t.bundle() == *bundle)
             .collect();
         let names: Vec<String> = topics
             .iter()
@@ -433,7 +448,6 @@ impl BrokerService {
         bundle: &Bundle,
         destination: Option<String>,
     ) -> BrokerResult<()> {
-        let key = handover::unload_order_key(bundle);
         let order = UnloadOrder {
             destination,
             created_ms: self.config.clock.now_ms(),
@@ -441,22 +455,89 @@ impl BrokerService {
         let value = Bytes::from(
             serde_json::to_vec(&order).map_err(|e| BrokerError::NotReady(e.to_string()))?,
         );
-        let version = match self.store.put(&key, value, Expected::Absent).await? {
+        self.place_order(bundle, &handover::unload_order_key(bundle), value, "unload")
+            .await
+    }
+
+    /// Asks the owner of `bundle` (another broker) to split it, and waits until it did.
+    pub async fn request_split(
+        &self,
+        bundle: &Bundle,
+        algorithm: &super::split::SplitAlgorithm,
+        unload: bool,
+    ) -> BrokerResult<()> {
+        let order = SplitOrder {
+            algorithm: algorithm.name().to_owned(),
+            positions: match algorithm {
+                super::split::SplitAlgorithm::SpecifiedPositionsDivide(p) => p.clone(),
+                _ => Vec::new(),
+            },
+            unload,
+            created_ms: self.config.clock.now_ms(),
+        };
+        let value = Bytes::from(
+            serde_json::to_vec(&order).map_err(|e| BrokerError::NotReady(e.to_string()))?,
+        );
+        self.place_order(bundle, &handover::split_order_key(bundle), value, "split")
+            .await
+    }
+
+    /// Writes an order for the owner of `bundle` and waits for it to be carried out (the
+    /// owner deletes it).
+    async fn place_order(
+        &self,
+        bundle: &Bundle,
+        key: &str,
+        value: Bytes,
+        what: &str,
+    ) -> BrokerResult<()> {
+        let version = match self.store.put(key, value, Expected::Absent).await? {
             PutOutcome::Written(v) => v,
             PutOutcome::Conflict { .. } => {
                 return Err(BrokerError::NotReady(format!(
-                    "an unload of bundle {bundle} is in progress already"
+                    "a {what} of bundle {bundle} is in progress already"
                 )));
             }
         };
-        if self.wait_deleted(&key, version, ORDER_WAIT).await {
+        if self.wait_deleted(key, version, ORDER_WAIT).await {
             return Ok(());
         }
-        let _ = self.store.delete(&key, Expected::Version(version)).await;
+        let _ = self.store.delete(key, Expected::Version(version)).await;
         Err(BrokerError::NotReady(format!(
-            "the owner of bundle {bundle} did not unload it within {} s",
+            "the owner of bundle {bundle} did not {what} it within {} s",
             ORDER_WAIT.as_secs()
         )))
+    }
+
+    /// Carries out a split order for a bundle this broker owns, then deletes the order.
+    async fn carry_out_split(
+        self: Arc<Self>,
+        bundle: Bundle,
+        version: magnetar_metadata::Version,
+        order: SplitOrder,
+    ) {
+        let algorithm = match order.algorithm.parse::<super::split::SplitAlgorithm>() {
+            Ok(super::split::SplitAlgorithm::SpecifiedPositionsDivide(_)) => Ok(
+                super::split::SplitAlgorithm::SpecifiedPositionsDivide(order.positions.clone()),
+            ),
+            other => other,
+        };
+        match algorithm {
+            Ok(a) => match self.split_bundle(&bundle, &a, order.unload).await {
+                Ok(children) => {
+                    info!(%bundle, children = children.len(), "split order carried out")
+                }
+                Err(e) => warn!(%bundle, error = %e, "split order failed"),
+            },
+            Err(e) => warn!(%bundle, error = %e, "split order refused"),
+        }
+        let _ = self
+            .store
+            .delete(
+                &handover::split_order_key(&bundle),
+                Expected::Version(version),
+            )
+            .await;
     }
 
     /// Carries out an unload order for a bundle this broker owns, then deletes the order.
@@ -500,6 +581,13 @@ impl BrokerService {
             {
                 self.spawn(Arc::clone(self).take_handover(bundle, version, h));
             }
+        } else if key.starts_with(handover::SPLIT_ORDER_PREFIX) {
+            if let Ok(order) = serde_json::from_slice::<SplitOrder>(value)
+                && !handover::is_stale(order.created_ms, now_ms)
+                && self.ownership.is_owned(&bundle)
+            {
+                self.spawn(Arc::clone(self).carry_out_split(bundle, version, order));
+            }
         } else if let Ok(order) = serde_json::from_slice::<UnloadOrder>(value)
             && !handover::is_stale(order.created_ms, now_ms)
             && self.ownership.is_owned(&bundle)
@@ -519,8 +607,10 @@ impl BrokerService {
             loop {
                 let started = async {
                     let handovers = store.list(handover::HANDOVER_PREFIX).await?;
-                    let orders = store.list(handover::UNLOAD_ORDER_PREFIX).await?;
-                    let from = handovers.revision.max(orders.revision);
+                    let mut orders = store.list(handover::UNLOAD_ORDER_PREFIX).await?;
+                    let splits = store.list(handover::SPLIT_ORDER_PREFIX).await?;
+                    let from = handovers.revision.max(orders.revision).max(splits.revision);
+                    orders.entries.extend(splits.entries);
                     let events = store.watch(handover::LOADBALANCE_PREFIX, from).await?;
                     Ok::<_, magnetar_metadata::MetadataError>((handovers, orders, events))
                 };

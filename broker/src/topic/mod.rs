@@ -161,7 +161,8 @@ pub trait TopicHost: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub struct Topic {
     name: TopicName,
-    bundle: Bundle,
+    /// Its bundle: a split moves it to a child of the bundle it was loaded under.
+    bundle: Mutex<Bundle>,
     ml: Arc<ManagedLedger>,
     host: Weak<dyn TopicHost>,
     state: Mutex<State>,
@@ -207,7 +208,7 @@ impl Topic {
             .and_then(|e| e.parse().ok());
         Arc::new(Topic {
             name,
-            bundle,
+            bundle: Mutex::new(bundle),
             host,
             state: Mutex::new(State {
                 topic_epoch,
@@ -268,8 +269,16 @@ impl Topic {
         }
     }
 
-    pub fn bundle(&self) -> &Bundle {
-        &self.bundle
+    pub fn bundle(&self) -> Bundle {
+        self.bundle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// After a split of its bundle: the child it belongs to now.
+    pub(crate) fn set_bundle(&self, bundle: Bundle) {
+        *self.bundle.lock().unwrap_or_else(|p| p.into_inner()) = bundle;
     }
 
     pub fn managed_ledger(&self) -> &Arc<ManagedLedger> {
