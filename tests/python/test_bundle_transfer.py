@@ -237,3 +237,47 @@ def test_a_joining_broker_gets_load_from_shedding(tmp_path):
         client.close()
     finally:
         cluster.stop()
+
+
+def test_bundles_are_split_by_admin_and_by_the_leader_past_a_threshold(tmp_path):
+    """`namespaces split-bundle` halves a bundle (its topics keep their producers); with
+    `load_balancer_namespace_bundle_max_topics` = 4, the leader splits a one-bundle namespace
+    holding 12 busy topics until no bundle has more than 4 (or the namespace maximum)."""
+    cluster = Cluster(str(tmp_path), broker_env={
+        "MAGNETAR_BROKER__LOAD_BALANCER_REPORT_UPDATE_MIN_INTERVAL_MS": "300",
+        "MAGNETAR_BROKER__LOAD_BALANCER_SHEDDING_INTERVAL_SECONDS": "1",
+        "MAGNETAR_BROKER__LOAD_BALANCER_NAMESPACE_BUNDLE_MAX_TOPICS": "4",
+        "MAGNETAR_BROKER__LOAD_BALANCER_NAMESPACE_MAXIMUM_BUNDLES": "16",
+    })
+    cluster.start()
+    try:
+        admin = cluster.admin_url
+        cli(admin, "namespaces", "create", "public/split", "--bundles", "1")
+        http(admin, "POST", "/admin/v2/namespaces/public/split/deduplication", True)
+        # By admin: the one bundle in two.
+        cli(admin, "namespaces", "split-bundle", "public/split", "--bundle",
+            "0x00000000_0xffffffff")
+        bundles = http(admin, "GET", "/admin/v2/namespaces/public/split/bundles")
+        assert bundles == {"boundaries": ["0x00000000", "0x7fffffff", "0xffffffff"],
+                           "numBundles": 2}, bundles
+
+        client = pulsar.Client(cluster.url, operation_timeout_seconds=60)
+        topics = [f"persistent://public/split/t-{i}" for i in range(12)]
+        traffic = Traffic(client, topics, interval_s=0.05).start()
+
+        def spread():
+            n = http(admin, "GET", "/admin/v2/namespaces/public/split/bundles")["numBundles"]
+            stats = http(admin, "GET", "/admin/v2/broker-stats/load-report")["lastStats"]
+            busiest = max((s["topics"] for b, s in stats.items() if "public/split/" in b),
+                          default=99)
+            return n == 16 or (n > 2 and busiest <= 4)
+
+        assert wait_for(spread, timeout=90, interval=0.5), \
+            http(admin, "GET", "/admin/v2/broker-stats/load-report")["lastStats"]
+        print("automatic split:", http(admin, "GET", "/admin/v2/namespaces/public/split/bundles"))
+        started = time.monotonic()
+        assert wait_for(lambda: all(traffic.times[t][-1] > started for t in topics), timeout=30)
+        traffic.finish(client)
+        client.close()
+    finally:
+        cluster.stop()
