@@ -71,7 +71,9 @@ class Cluster:
         self.procs.append(p)
         return p
 
-    def start(self):
+    def start(self, first_broker_env=None):
+        """Starts etcd, the bookies and the first broker; `first_broker_env(env)`, if given,
+        returns extra settings for that broker (e.g. an etcd endpoint behind a proxy)."""
         client_port, peer_port = free_port(), free_port()
         self.spawn([
             ETCD, "--name", "m0", "--data-dir", os.path.join(self.base, "etcd"),
@@ -100,7 +102,8 @@ class Cluster:
             assert line.startswith("magnetar bookie: serving "), f"bookie {i}: {line!r}"
             self.bookies.append(p)
             self.bookie_ids.append(line.split()[3])
-        self.broker, self.url, self.admin_url = self.start_broker("broker.log")
+        extra = first_broker_env(self.env) if first_broker_env else None
+        self.broker, self.url, self.admin_url = self.start_broker("broker.log", env=extra)
         return self
 
     def start_broker(self, log, env=None):
