@@ -360,3 +360,51 @@ async fn a_split_bundle_keeps_serving_its_topics_and_a_retired_parent_cannot_be_
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_the_target_refuses_leaves_the_bundle_served() {
+    let (_cluster, a, b) = two_brokers().await;
+    let topic = "persistent://public/default/refused";
+    let mut conn = connect(a.local_addr()).await;
+    conn.send(producer_frame(topic, 1)).await.unwrap();
+    assert!(next(&mut conn).await.command.producer_success.is_some());
+    conn.send(send_frame(1, b"one")).await.unwrap();
+    assert!(next(&mut conn).await.command.send_receipt.is_some());
+    let bundle = bundle_of(&a, topic).await;
+
+    // B drains (it takes no bundles) but still looks registered to A.
+    assert_eq!(b.service().drain().await, 0);
+    let record = magnetar_broker::cluster::registry::BrokerRecord {
+        pulsar_service_url: b.service_url().to_owned(),
+        web_service_url: format!("http://{}", b.local_addr()),
+    };
+    magnetar_broker::cluster::registry::register(
+        &b.service().policies().store(),
+        &b.session().current(),
+        &record,
+    )
+    .await
+    .unwrap();
+
+    let unloaded = a
+        .service()
+        .unload_bundle(&bundle, Some(b.service_url()))
+        .await
+        .unwrap();
+    assert_eq!(unloaded.to, None, "the target did not take it");
+    assert!(!b.service().ownership().is_owned(&bundle));
+    // The client is told without a URL, looks the topic up and A serves it again.
+    let f = next_within(&mut conn, Duration::from_secs(10))
+        .await
+        .expect("CLOSE_PRODUCER");
+    let close = f.command.close_producer.expect("CLOSE_PRODUCER");
+    assert_eq!(close.assigned_broker_service_url, None);
+    let t: TopicName = topic.parse().unwrap();
+    assert_eq!(a.service().lookup(&t, true).await.unwrap(), None);
+    conn.send(producer_frame(topic, 2)).await.unwrap();
+    assert!(next(&mut conn).await.command.producer_success.is_some());
+    conn.send(send_frame(2, b"two")).await.unwrap();
+    assert!(next(&mut conn).await.command.send_receipt.is_some());
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -113,8 +113,8 @@ def test_a_broker_cut_off_from_etcd_stops_serving_before_another_takes_over(tmp_
     cluster = Cluster(str(tmp_path))
     cluster.start(first_broker_env=through_proxy)
     try:
-        _, second_url, second_admin = cluster.start_broker("broker-2.log")
-        # The first broker takes the topic (a PRODUCER sent to it takes its bundle).
+        # The first broker takes the topic while it is alone (with two, the assignment would
+        # pick the less loaded one).
         first = pulsar.Client(cluster.url, operation_timeout_seconds=60)
         topic = "persistent://public/default/partitioned-off"
         producer = first.create_producer(topic, batching_enabled=False,
@@ -127,6 +127,7 @@ def test_a_broker_cut_off_from_etcd_stops_serving_before_another_takes_over(tmp_
             acked.append(i)
         producer.close()
         first.close()
+        _, second_url, second_admin = cluster.start_broker("broker-2.log")
 
         # A client of both brokers produces across the cut.
         both = cluster.url + "," + second_url.split("://", 1)[1]

@@ -45,7 +45,7 @@ class AdvertisingCluster(Cluster):
     """test_cluster's etcd + bookies + `magnetar broker`, the broker advertising ADVERTISED_HOST
     (with its bound port) instead of the 127.0.0.1 it binds."""
 
-    def start_broker(self, log):
+    def start_broker(self, log, env=None):
         broker = self.spawn([BIN, "broker"], env={
             **self.env,
             "MAGNETAR_BROKER__BIND_ADDRESS": "127.0.0.1",
@@ -57,6 +57,7 @@ class AdvertisingCluster(Cluster):
             "MAGNETAR_BROKER__ENSEMBLE_SIZE": "1",
             "MAGNETAR_BROKER__WRITE_QUORUM": "1",
             "MAGNETAR_BROKER__ACK_QUORUM": "1",
+            **(env or {}),
         }, log=log)
         line = first_line(broker)
         assert line.startswith("magnetar broker: serving "), f"broker: {line!r}"

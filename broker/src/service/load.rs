@@ -570,7 +570,8 @@ impl BrokerService {
         }
         for (bundle, owner) in due.into_iter().take(lb.max_unloads_per_cycle.max(1)) {
             info!(%bundle, %owner, "bundle past its split threshold: splitting");
-            let unload = lb.auto_unload_split_bundles_enabled;
+            // Alone, a broker would only disconnect its own clients to take them back.
+            let unload = lb.auto_unload_split_bundles_enabled && reports.len() > 1;
             let done = if owner == self.config.service_url {
                 self.split_bundle(&bundle, &lb.split_algorithm, unload)
                     .await

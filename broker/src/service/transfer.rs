@@ -251,11 +251,14 @@ impl BrokerService {
             .take(handover::HANDOVER_TOPICS_MAX)
             .map(|t| t.name().to_string())
             .collect();
+        let clock = Arc::clone(&self.config.clock);
+        let began = clock.now();
         let quiesced: Vec<Quiesced> = futures::future::join_all(topics.iter().map(|t| t.quiesce()))
             .await
             .into_iter()
             .flatten()
             .collect();
+        let quiesce_ms = clock.now().saturating_duration_since(began).as_millis() as u64;
         let mut assigned = None;
         let released = match &to {
             Some(target) => {
@@ -289,7 +292,9 @@ impl BrokerService {
         }
         match released {
             Ok(()) => {
-                info!(%bundle, to = ?assigned, topics = topics.len(), clients, "bundle unloaded");
+                let total_ms = clock.now().saturating_duration_since(began).as_millis() as u64;
+                info!(%bundle, to = ?assigned, topics = topics.len(), clients, quiesce_ms, total_ms,
+                    "bundle unloaded");
                 Ok(Unloaded {
                     topics: topics.len(),
                     to: assigned,
@@ -361,7 +366,8 @@ impl BrokerService {
         version: magnetar_metadata::Version,
         h: Handover,
     ) {
-        let deadline = self.config.clock.now() + HANDOVER_WAIT;
+        let began = self.config.clock.now();
+        let deadline = began + HANDOVER_WAIT;
         let taken = loop {
             if self.draining.load(Ordering::Acquire) {
                 break false;
@@ -381,6 +387,7 @@ impl BrokerService {
                 }
             }
         };
+        let lease_ms = self.config.clock.now().saturating_duration_since(began).as_millis() as u64;
         if taken {
             let loaded = futures::stream::iter(h.topics.clone())
                 .map(|name| {
@@ -394,7 +401,9 @@ impl BrokerService {
                 .filter(|t| futures::future::ready(t.is_some()))
                 .count()
                 .await;
-            info!(%bundle, from = %h.from, topics = loaded, "took a handed-over bundle");
+            let total_ms = self.config.clock.now().saturating_duration_since(began).as_millis() as u64;
+            info!(%bundle, from = %h.from, topics = loaded, lease_ms, total_ms,
+                "took a handed-over bundle");
         }
         let _ = self
             .store
