@@ -20,6 +20,7 @@ figures). Needs the official client and etcd, as the test suite does.
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -97,7 +98,9 @@ class Load:
 def transfer(args):
     with tempfile.TemporaryDirectory(prefix="transfer-") as base:
         quiet = {"RUST_LOG": "warn"}
-        cluster = Cluster(base, broker_env=quiet, bookie_env=quiet)
+        # The transfer's own log lines carry its phases' timings (see breakdown()).
+        brokers = {"RUST_LOG": "warn,magnetar_broker::service::transfer=info"}
+        cluster = Cluster(base, broker_env=brokers, bookie_env=quiet)
         cluster.start()
         try:
             _, second_url, second_admin = cluster.start_broker("broker-2.log")
@@ -139,8 +142,29 @@ def transfer(args):
             print(f"  worst producer per transfer: p50 {ms(pct(worst, 0.5))}  max {ms(max(worst))}")
             print(f"  baseline publish latency: p50 {ms(pct(base_lat, 0.5))}  "
                   f"p99 {ms(pct(base_lat, 0.99))}")
+            breakdown(base)
         finally:
             cluster.stop()
+
+
+def breakdown(base):
+    """p50 / max of the phases the brokers logged: the source's quiesce (topics closed) and
+    whole unload, the target's wait for the lease and whole take-over (lease + topics opened)."""
+    fields = {"bundle unloaded": ("quiesce_ms", "total_ms"),
+              "took a handed-over bundle": ("lease_ms", "total_ms")}
+    values = {}
+    for name in os.listdir(base):
+        if not name.startswith("broker"):
+            continue
+        for line in open(os.path.join(base, name), errors="replace"):
+            for event, keys in fields.items():
+                if event in line:
+                    for k in keys:
+                        m = re.search(rf"\b{k}=(\d+)", line)
+                        if m:
+                            values.setdefault(f"{event}: {k}", []).append(int(m.group(1)))
+    for k, v in sorted(values.items()):
+        print(f"  {k}: p50 {pct(v, 0.5)} ms  max {max(v)} ms  ({len(v)})")
 
 
 def shedding(args):

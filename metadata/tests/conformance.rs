@@ -945,10 +945,12 @@ async fn record_updates_retry_on_conflict(b: Backend) -> Result<()> {
 }
 
 async fn ids_are_unique_and_increasing(b: Backend) -> Result<()> {
+    // Two allocators on one key stand for two processes; each batches its own callers.
     let ids = IdAllocator::new(Arc::clone(&b.store), "/ids/ledger");
+    let other = IdAllocator::new(Arc::clone(&b.store), "/ids/ledger");
     let mut tasks = Vec::new();
-    for _ in 0..8 {
-        let ids = ids.clone();
+    for i in 0..8 {
+        let ids = if i % 2 == 0 { ids.clone() } else { other.clone() };
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             for _ in 0..25 {

@@ -45,7 +45,7 @@ const LEASE_RETRY: Duration = Duration::from_millis(2);
 /// Bundles a drain moves at once.
 const DRAIN_PARALLEL: usize = 4;
 /// Topics a target opens at once when it takes a bundle.
-const TARGET_LOADS_PARALLEL: usize = 32;
+const TARGET_LOADS_PARALLEL: usize = 128;
 /// After the `/loadbalance/` watch ends, wait this long and start over.
 const REWATCH_DELAY: Duration = Duration::from_secs(1);
 

@@ -222,6 +222,8 @@ impl Cluster {
         if self.shutdown.is_cancelled() {
             return Err(MetadataError::Closed);
         }
+        // One line per request at trace level: which keys a code path touches, and how often.
+        tracing::trace!(op = call.op, key = call.key, "etcd request");
         let n = self.members.len();
         if n == 0 {
             return Err(MetadataError::Unavailable(
