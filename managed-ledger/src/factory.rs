@@ -209,7 +209,22 @@ async fn open_managed_ledger(
     config: ManagedLedgerConfig,
 ) -> MlResult<Arc<ManagedLedger>> {
     let mut list = LedgerList::new(Arc::clone(&metadata), &name);
-    let (mut record, expected) = match list.load().await? {
+    // The new ledger does not depend on the list: it is created while the list is read (a
+    // takeover opens every topic of a bundle on this path).
+    let (loaded, writer) = futures::join!(
+        list.load(),
+        create_ledger(&client, config.ledger_config(&name))
+    );
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            if let Ok(w) = &writer {
+                let _ = delete_ledger(&client, w.id()).await;
+            }
+            return Err(e);
+        }
+    };
+    let (mut record, expected) = match loaded {
         Some((r, v)) => (r, Expected::Version(v)),
         None => (
             ManagedLedgerRecord {
@@ -222,7 +237,15 @@ async fn open_managed_ledger(
     // Recovery: the previous owner's open ledger is fenced and closed, and its length recorded.
     for info in record.ledgers.iter_mut() {
         if info.state == LedgerRecordState::Open {
-            let reader = recover_ledger(&client, info.ledger_id).await?;
+            let reader = match recover_ledger(&client, info.ledger_id).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Ok(w) = &writer {
+                        let _ = delete_ledger(&client, w.id()).await;
+                    }
+                    return Err(e.into());
+                }
+            };
             let meta = reader.metadata();
             info.entries = u64::try_from(meta.last_entry_id + 1).unwrap_or(0);
             info.size_bytes = meta.length_bytes;
@@ -240,7 +263,7 @@ async fn open_managed_ledger(
     record.ledgers.retain(|l| l.entries > 0);
     // No writable ledger (too few writable bookies) does not stop the topic from loading: its
     // history stays readable and the write actor keeps trying, with backoff.
-    let writer = match create_ledger(&client, config.ledger_config(&name)).await {
+    let writer = match writer {
         Ok(w) => Ok(w),
         Err(e) if is_unavailable(&e) => {
             warn!(error = %e, "no ledger can be created now: open for reading, writes wait");

@@ -640,8 +640,19 @@ impl BrokerService {
         bundle: Bundle,
         create: bool,
     ) -> BrokerResult<Arc<Topic>> {
-        let policies = self.namespace_policies(topic.namespace()).await?;
-        if !create && !self.exists(&topic).await? {
+        // Independent reads, at once: a takeover loads a bundle's topics on this path.
+        let (policies, exists, topic_policies) = futures::try_join!(
+            self.namespace_policies(topic.namespace()),
+            async {
+                if create {
+                    Ok(true)
+                } else {
+                    self.exists(&topic).await
+                }
+            },
+            async { Ok(self.policies.topic_policies(&topic).await?) },
+        )?;
+        if !exists {
             let allowed = policies
                 .auto_topic_creation_override
                 .as_ref()
@@ -674,7 +685,6 @@ impl BrokerService {
                 r.retention_size_in_mb.saturating_mul(1024 * 1024)
             };
         }
-        let topic_policies = self.policies.topic_policies(&topic).await?;
         let offload = self.resolve_offload(&topic, topic_policies.as_ref(), &policies);
         config.offload_threshold_bytes = offload.threshold_bytes;
         config.offload_threshold_ms = offload.threshold_ms;
