@@ -537,6 +537,9 @@ pub struct BookieConfig {
     /// The auditor also checks every ledger this often (BookKeeper's
     /// `auditorPeriodicCheckInterval`).
     pub auditor_periodic_check_interval_seconds: u64,
+    /// An open ledger that lost a replica of its last segment is left to its writer this long,
+    /// then fenced and re-replicated (BookKeeper's `openLedgerRereplicationGracePeriod`).
+    pub open_ledger_rereplication_grace_period_seconds: u64,
 }
 
 impl Default for BookieConfig {
@@ -565,6 +568,7 @@ impl Default for BookieConfig {
             auto_recovery_enabled: true,
             lost_bookie_recovery_delay_seconds: 60,
             auditor_periodic_check_interval_seconds: 3600,
+            open_ledger_rereplication_grace_period_seconds: 30,
         }
     }
 }
@@ -579,6 +583,9 @@ impl BookieConfig {
                 ),
                 periodic_check_interval: std::time::Duration::from_secs(
                     self.auditor_periodic_check_interval_seconds.max(1),
+                ),
+                open_ledger_grace: std::time::Duration::from_secs(
+                    self.open_ledger_rereplication_grace_period_seconds,
                 ),
                 ..Default::default()
             })

@@ -16,8 +16,9 @@
 //!
 //! **Ownership.** A new owner claims the record with one CAS (the old owner's next rollover
 //! then conflicts) and recovers the cursor ledger, which fences it (the old owner's next append
-//! fails with `Fenced`); the state is the ledger's last snapshot, or the record's own fields
-//! when the ledger holds none. A ledger the record names that no longer exists, or a snapshot
+//! fails with `Fenced`, and the rollover it then tries conflicts on the record — a fence by
+//! auto-recovery, which leaves the record alone, only costs a new ledger); the state is the
+//! ledger's last snapshot, or the record's own fields when the ledger holds none. A ledger the record names that no longer exists, or a snapshot
 //! that does not parse, fails the load with an error naming topic, cursor and ledger: the
 //! cursor is never silently moved.
 //!
@@ -120,7 +121,13 @@ impl CursorStore {
                 self.writer_entries += 1;
                 Ok(())
             }
-            Err(LedgerError::Fenced(_)) => Err(self.fence("the cursor ledger was fenced")),
+            // Fenced by a new owner, or by auto-recovery closing it after it lost a replica:
+            // a new ledger, whose record CAS conflicts (and fences the cursor) in the first case.
+            Err(LedgerError::Fenced(_)) => {
+                info!("cursor ledger fenced; rolling over to a new one");
+                self.writer = None;
+                self.rollover(snapshot).await
+            }
             Err(e) => {
                 // The ledger is unusable now; the next flush rolls over to a new one.
                 warn!(error = %e, "cursor ledger append failed; rolling over at the next flush");

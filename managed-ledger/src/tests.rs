@@ -122,8 +122,22 @@ async fn managed_ledger_reopen_recovers_and_fences_previous_owner() {
     assert_eq!(record[0].state, LedgerRecordState::Closed);
     assert_eq!(record.last().unwrap().state, LedgerRecordState::Open);
 
+    // The old owner's append meets the fenced ledger; the rollover it starts then meets the
+    // new owner's record and fences the managed ledger. No append of the old owner succeeds.
     let err = ml1.append_wait(payload(99)).await.unwrap_err();
-    assert!(err.is_fenced(), "{err}");
+    assert!(!err.to_string().is_empty());
+    let real = magnetar_metadata::clock::system();
+    let fenced = magnetar_metadata::clock::timeout(&*real, Duration::from_secs(20), async {
+        loop {
+            match ml1.append_wait(payload(100)).await {
+                Ok(p) => panic!("the old owner's append was acknowledged at {p:?}"),
+                Err(e) if e.is_fenced() => break,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await;
+    assert!(fenced.is_ok(), "the old owner was never fenced");
     assert!(ml1.is_fenced());
     assert!(ml1.append(payload(100)).await.unwrap_err().is_fenced());
 
@@ -348,6 +362,82 @@ async fn managed_ledger_cursor_adopts_an_indeterminate_write_only_if_it_finds_it
     ));
     let (stored, _) = records.get(&key).await.unwrap().unwrap();
     assert_eq!(stored, theirs, "the new owner's record is left alone");
+    cluster.stop().await;
+}
+
+/// Auto-recovery fences (and closes) an idle open ledger that lost a replica. That is no new
+/// owner: the writer replaces the ledger and goes on, nothing acknowledged is lost, and its
+/// cursor, whose ledger was fenced the same way, keeps persisting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_fenced_by_recovery_alone_is_replaced_not_taken_as_a_new_owner() {
+    let cluster = Cluster::start(3).await;
+    let factory = cluster.factory();
+    let name = "t/ns/persistent/recovered-under";
+    let ml = factory.open(name, config(1000)).await.unwrap();
+    let cursor = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let written = append_n(&ml, 0, 10).await;
+    cursor.ack_cumulative(written[3]).unwrap();
+    cursor.flush().await.unwrap();
+    let cursor_ledger = {
+        let records: magnetar_metadata::RecordStore<crate::record::CursorRecord> =
+            magnetar_metadata::RecordStore::new(Arc::clone(&cluster.metadata));
+        let (r, _) = records
+            .get(&format!("/managed-ledgers/{name}/cursors/sub"))
+            .await
+            .unwrap()
+            .expect("cursor record");
+        r.cursor_ledger.expect("a cursor ledger")
+    };
+
+    // A replication worker's recovery of both (the managed ledger's record is untouched).
+    let other = cluster.client();
+    other
+        .open_ledger_with_recovery(written[0].ledger)
+        .await
+        .unwrap();
+    other
+        .open_ledger_with_recovery(cursor_ledger)
+        .await
+        .unwrap();
+
+    // The next append fails (its producer resends); then appends go to a new ledger.
+    assert!(ml.append_wait(payload(10)).await.is_err());
+    let real = magnetar_metadata::clock::system();
+    let next = magnetar_metadata::clock::timeout(&*real, Duration::from_secs(20), async {
+        loop {
+            match ml.append_wait(payload(10)).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    assert!(!e.is_fenced(), "taken for a new owner: {e}");
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    })
+    .await
+    .expect("appends resume on a new ledger");
+    assert!(next.ledger > written[0].ledger);
+    assert!(!ml.is_fenced());
+    let got: Vec<Bytes> = read_all(&ml, Position::new(0, 0))
+        .await
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(&got[..10], &(0..10).map(payload).collect::<Vec<_>>()[..]);
+    assert_eq!(got.last(), Some(&payload(10)));
+
+    // The cursor rolls over to a new ledger and its state survives a reload.
+    cursor.ack_cumulative(written[7]).unwrap();
+    cursor.flush().await.unwrap();
+    ml.close().await.unwrap();
+    let reopened = cluster.factory().open(name, config(1000)).await.unwrap();
+    assert_eq!(
+        reopened.cursor("sub").unwrap().mark_delete_position(),
+        Some(written[7])
+    );
     cluster.stop().await;
 }
 

@@ -6,9 +6,11 @@
 //! in entry order; at most `max_pending_appends` are in flight. When the current ledger reaches
 //! a limit the actor stops taking commands, lets the in-flight appends complete, closes the
 //! ledger, creates the next and records both with one CAS; appends queued meanwhile go to the
-//! new ledger. A CAS conflict on the record or a `Fenced` ledger means another broker took
-//! over: the managed ledger becomes fenced and every later append fails with
-//! [`ManagedLedgerError::Fenced`]. After a ledger failure appends fail fast for a backoff that
+//! new ledger. A CAS conflict on the record means another broker took over: the managed
+//! ledger becomes fenced and every later append fails with [`ManagedLedgerError::Fenced`]. A
+//! `Fenced` ledger alone is a failed write like any other (auto-recovery fences idle ledgers
+//! that lost a replica): the ledger is recovered and replaced, and the rollover's CAS tells
+//! whether someone else owns the record now. After a ledger failure appends fail fast for a backoff that
 //! doubles from 100 ms to 10 s.
 //!
 //! The actor is a task only while it has work. Idle — nothing in flight, no rollover or close
@@ -477,10 +479,10 @@ impl Actor {
     }
 
     fn on_writer_error(&mut self, e: LedgerError, done: oneshot::Sender<MlResult<Position>>) {
-        if matches!(e, LedgerError::Fenced(_)) {
-            self.fence("the current ledger was fenced");
-            let _ = done.send(Err(ManagedLedgerError::Fenced(self.name())));
-        } else {
+        // A fenced ledger is no proof of a new owner: auto-recovery also fences (and closes)
+        // an open ledger that lost a replica while idle. The rollover that follows decides —
+        // its CAS of the record conflicts if another broker took the managed ledger.
+        {
             warn!(error = %e, "append failed: the ledger will be replaced");
             if self.shared.config.suspend_appends_after_failure && !self.suspended {
                 warn!("appends suspended until the owner resumes them");
@@ -575,10 +577,6 @@ impl Actor {
             let id = writer.id();
             match writer.close().await {
                 Ok(meta) => (id, meta),
-                Err(LedgerError::Fenced(_)) => {
-                    self.fence("the current ledger was fenced at close");
-                    return Err(ManagedLedgerError::Fenced(self.name()));
-                }
                 Err(e) => {
                     // The writer broke: recover our own ledger to learn what it holds.
                     warn!(ledger = %id, error = %e, "close failed; recovering the ledger");

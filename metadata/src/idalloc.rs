@@ -93,7 +93,8 @@ impl IdAllocator {
             if batch.is_empty() {
                 self.batch.running.store(false, Ordering::Release);
                 // A caller that queued before the flag went down saw it up and spawned nobody.
-                if self.batch.waiting().is_empty() || self.batch.running.swap(true, Ordering::AcqRel)
+                if self.batch.waiting().is_empty()
+                    || self.batch.running.swap(true, Ordering::AcqRel)
                 {
                     return;
                 }
@@ -207,7 +208,9 @@ mod tests {
             expected: Expected,
             session: &Session,
         ) -> Result<PutOutcome> {
-            self.inner.put_ephemeral(key, value, expected, session).await
+            self.inner
+                .put_ephemeral(key, value, expected, session)
+                .await
         }
         async fn delete(&self, key: &str, expected: Expected) -> Result<DeleteOutcome> {
             self.inner.delete(key, expected).await
@@ -227,14 +230,22 @@ mod tests {
     async fn concurrent_callers_share_compare_and_sets() {
         let store = Arc::new(Counting::default());
         let ids = IdAllocator::new(store.clone(), "/ids/ledger");
-        let got: Vec<u64> =
-            futures::future::try_join_all((0..200).map(|_| ids.next())).await.unwrap();
+        let got: Vec<u64> = futures::future::try_join_all((0..200).map(|_| ids.next()))
+            .await
+            .unwrap();
         let mut sorted = got.clone();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(sorted, (1..=200).collect::<Vec<u64>>(), "every id once, none skipped");
+        assert_eq!(
+            sorted,
+            (1..=200).collect::<Vec<u64>>(),
+            "every id once, none skipped"
+        );
         let puts = store.puts.load(Ordering::Relaxed);
-        assert!(puts < 50, "200 callers at once took {puts} compare-and-sets");
+        assert!(
+            puts < 50,
+            "200 callers at once took {puts} compare-and-sets"
+        );
         // Later callers, alone, get larger ids.
         assert_eq!(ids.next().await.unwrap(), 201);
     }

@@ -950,7 +950,11 @@ async fn ids_are_unique_and_increasing(b: Backend) -> Result<()> {
     let other = IdAllocator::new(Arc::clone(&b.store), "/ids/ledger");
     let mut tasks = Vec::new();
     for i in 0..8 {
-        let ids = if i % 2 == 0 { ids.clone() } else { other.clone() };
+        let ids = if i % 2 == 0 {
+            ids.clone()
+        } else {
+            other.clone()
+        };
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             for _ in 0..25 {

@@ -148,3 +148,65 @@ def test_a_decommissioned_bookie_is_emptied_then_can_go(tmp_path):
         client.close()
     finally:
         cluster.stop()
+
+
+def test_an_idle_topics_open_ledger_is_fenced_and_copied_after_the_grace_period(tmp_path):
+    """A topic that stops publishing keeps its ledger open; its writer never learns that a
+    bookie of it died. After `open_ledger_rereplication_grace_period_seconds` a replication
+    worker fences the ledger (recovery closes it) and copies it; the topic's next publish meets
+    the fenced ledger, moves to a new one without losing or duplicating anything, and the
+    consumer goes on. A second bookie loss then loses nothing."""
+    cluster = Cluster(str(tmp_path), bookies=4, bookie_env={
+        "MAGNETAR_BOOKIE__LOST_BOOKIE_RECOVERY_DELAY_SECONDS": "1",
+        "MAGNETAR_BOOKIE__OPEN_LEDGER_REREPLICATION_GRACE_PERIOD_SECONDS": "2",
+    }, broker_env={
+        "MAGNETAR_BROKER__ENSEMBLE_SIZE": "3",
+        "MAGNETAR_BROKER__WRITE_QUORUM": "2",
+        "MAGNETAR_BROKER__ACK_QUORUM": "2",
+    })
+    cluster.start()
+    topic = "persistent://public/default/idle-open-ledger"
+    try:
+        client = make_client(cluster.url)
+        consumer = client.subscribe(topic, "idle")
+        producer = client.create_producer(topic, batching_enabled=False)
+        sent = [producer.send(f"i-{i:05d}".encode()) for i in range(100)]
+        for i in range(100):
+            m = consumer.receive(20_000)
+            assert m.data() == f"i-{i:05d}".encode()
+            consumer.acknowledge(m)
+        open_ledger = sent[-1].ledger_id()
+        root = cluster.env["MAGNETAR_METADATA__ETCD_ROOT"]
+        ensemble = next(json.loads(v)["ensembles"][-1]["bookies"]
+                        for k, v in etcd_range(cluster, f"/ledgers/{open_ledger}")
+                        if k == f"{root}/ledgers/{open_ledger}")
+        ids = cluster.bookie_ids
+        victim = ids.index(ensemble[0])
+        cluster.bookies[victim].send_signal(signal.SIGKILL)
+        cluster.bookies[victim].wait(timeout=30)
+
+        # Nothing is published: only auto-recovery can close and copy the open ledger.
+        assert wait_for(lambda: ledgers_naming(cluster, ids[victim]) == [], timeout=120), \
+            ledgers_naming(cluster, ids[victim])
+        assert wait_for(lambda: etcd_range(cluster, "/underreplicated/ledgers/") == [], timeout=60), \
+            etcd_range(cluster, "/underreplicated/ledgers/")
+
+        # The topic goes on: the producer's next messages land on a new ledger, the consumer
+        # gets them (exactly those).
+        more = [producer.send(f"i-{i:05d}".encode()) for i in range(100, 150)]
+        assert more[0].ledger_id() != open_ledger
+        for i in range(100, 150):
+            m = consumer.receive(20_000)
+            assert m.data() == f"i-{i:05d}".encode(), i
+            consumer.acknowledge(m)
+
+        second = next(i for i in range(len(ids)) if i != victim)
+        cluster.bookies[second].send_signal(signal.SIGKILL)
+        cluster.bookies[second].wait(timeout=30)
+        reader = client.create_reader(topic, pulsar.MessageId.earliest)
+        for i in range(150):
+            assert reader.read_next(20_000).data() == f"i-{i:05d}".encode(), i
+        assert not reader.has_message_available()
+        client.close()
+    finally:
+        cluster.stop()

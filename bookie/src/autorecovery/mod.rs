@@ -9,7 +9,8 @@
 //!   (an ephemeral lock, so one worker per ledger), copies the lost replicas' entries from
 //!   surviving ones to a bookie the placement policy chooses (zones respected), records the new
 //!   ensemble by compare-and-set and clears the mark. The last segment of an open ledger is its
-//!   writer's (a failed write already replaces the bookie); it is copied once the ledger closes.
+//!   writer's (a failed write already replaces the bookie) for a grace period; a ledger still
+//!   open after it (an idle topic's) is fenced and closed by recovery, then copied.
 
 pub mod auditor;
 pub mod worker;
@@ -106,6 +107,11 @@ pub struct AutoRecoveryOptions {
     pub copy_concurrency: usize,
     /// Ttl of the sessions holding the auditor key and the workers' locks.
     pub session_ttl: Duration,
+    /// An open ledger's last segment is left to its writer this long after the ledger was
+    /// marked; then the worker fences the ledger (recovery closes it) and copies it like a
+    /// closed one (`openLedgerRereplicationGracePeriod`). The writer's next append finds the
+    /// ledger fenced and its managed ledger moves on to a new one.
+    pub open_ledger_grace: Duration,
 }
 
 impl Default for AutoRecoveryOptions {
@@ -116,6 +122,7 @@ impl Default for AutoRecoveryOptions {
             periodic_check_interval: Duration::from_secs(3600),
             copy_concurrency: 64,
             session_ttl: Duration::from_secs(10),
+            open_ledger_grace: Duration::from_secs(30),
         }
     }
 }

@@ -109,23 +109,26 @@ pub async fn run(
             // Only this worker's lock is released (a lost session's lock may be another's now).
             let release = || store.delete(&lock, Expected::Version(held));
             // Another worker may have finished it between the listing and the lock.
-            let (version, missing) = match store.get(&mark_key(ledger)).await {
+            let (version, missing, marked_ms) = match store.get(&mark_key(ledger)).await {
                 Ok(Some(v)) => {
-                    let missing = serde_json::from_slice::<super::UnderReplicated>(&v.value)
-                        .map(|m| m.missing.into_iter().collect())
-                        .unwrap_or_default();
-                    (v.version, missing)
+                    let (missing, marked_ms) =
+                        serde_json::from_slice::<super::UnderReplicated>(&v.value)
+                            .map(|m| (m.missing.into_iter().collect(), m.marked_ms))
+                            .unwrap_or_else(|_| (BTreeSet::new(), clock.now_ms()));
+                    (v.version, missing, marked_ms)
                 }
                 Ok(None) => {
                     let _ = release().await;
                     continue;
                 }
-                Err(_) => (version, BTreeSet::new()),
+                Err(_) => (version, BTreeSet::new(), clock.now_ms()),
             };
+            let grace_over = clock.now_ms().saturating_sub(marked_ms)
+                >= options.open_ledger_grace.as_millis() as u64;
             let pass = tokio::select! {
                 () = stop.cancelled() => None,
                 () = s.lost() => None,
-                r = replicate(&client, ledger, &missing, &draining, &options) => Some(r),
+                r = replicate(&client, ledger, &missing, &draining, grace_over, &options) => Some(r),
             };
             let backoff = |retry_at: &mut HashMap<LedgerId, (u64, u32)>| {
                 let attempts = retry_at.get(&ledger).map_or(0, |(_, n)| *n);
@@ -170,15 +173,17 @@ const RETRY_WAIT_MS_MAX: u64 = 60_000;
 /// One pass over `ledger`: every segment that can be copied now is. Positions are replaced
 /// when their bookie is one the mark names as lost (`missing`; all unregistered ones if the
 /// mark could not be read) and not registered, or is being decommissioned — never a bookie
-/// that is only restarting.
+/// that is only restarting. An open ledger whose last segment lost a replica is fenced and
+/// closed first once `grace_over` (its writer had its chance to move on).
 async fn replicate(
     client: &LedgerClient,
     ledger: LedgerId,
     missing: &BTreeSet<BookieId>,
     draining: &BTreeSet<BookieId>,
+    grace_over: bool,
     options: &AutoRecoveryOptions,
 ) -> LedgerResult<Outcome> {
-    let meta = match client.ledger_metadata(ledger).await {
+    let mut meta = match client.ledger_metadata(ledger).await {
         Ok(m) => m,
         Err(LedgerError::NoSuchLedger(_)) => return Ok(Outcome::Done),
         Err(e) => return Err(e),
@@ -189,6 +194,21 @@ async fn replicate(
         draining.contains(b)
             || (!registered.contains(b) && (missing.is_empty() || missing.contains(b)))
     };
+    let open_tail_lost = meta.state != LedgerState::Closed
+        && meta
+            .ensembles
+            .last()
+            .is_some_and(|s| s.bookies.iter().any(&lost));
+    if open_tail_lost && grace_over {
+        info!(ledger = %ledger, "an open ledger lost a replica of its last segment and its \
+            writer did not move on within the grace period: fencing it to copy it");
+        match client.open_ledger_with_recovery(ledger).await {
+            Ok(_) => {}
+            Err(LedgerError::NoSuchLedger(_)) => return Ok(Outcome::Done),
+            Err(e) => return Err(e),
+        }
+        meta = client.ledger_metadata(ledger).await?;
+    }
     let mut pending = None;
     for index in 0..meta.ensembles.len() {
         let segment = &meta.ensembles[index];

@@ -387,7 +387,12 @@ impl BrokerService {
                 }
             }
         };
-        let lease_ms = self.config.clock.now().saturating_duration_since(began).as_millis() as u64;
+        let lease_ms = self
+            .config
+            .clock
+            .now()
+            .saturating_duration_since(began)
+            .as_millis() as u64;
         if taken {
             let loaded = futures::stream::iter(h.topics.clone())
                 .map(|name| {
@@ -401,7 +406,12 @@ impl BrokerService {
                 .filter(|t| futures::future::ready(t.is_some()))
                 .count()
                 .await;
-            let total_ms = self.config.clock.now().saturating_duration_since(began).as_millis() as u64;
+            let total_ms = self
+                .config
+                .clock
+                .now()
+                .saturating_duration_since(began)
+                .as_millis() as u64;
             info!(%bundle, from = %h.from, topics = loaded, lease_ms, total_ms,
                 "took a handed-over bundle");
         }

@@ -400,7 +400,19 @@ impl Topic {
                 }
                 drained.await;
             }
-            if let Err(e) = topic.ml.resume_appends().await {
+            let resumed = topic.ml.resume_appends().await;
+            if topic.ml.is_fenced() {
+                // The ledger was fenced under us: by another owner (whose lease loss is
+                // handled elsewhere), or by auto-recovery closing an idle ledger that lost a
+                // replica. The topic closes for good — consumers too, so none stays on this
+                // instance — and is loaded again, on a new ledger, when its clients come back.
+                warn!(topic = %topic.name, "the managed ledger was fenced: the topic closes and reloads on next use");
+                if topic.stop_serving() {
+                    topic.finish_close().await;
+                }
+                return;
+            }
+            if let Err(e) = resumed {
                 warn!(topic = %topic.name, error = %e, "appends not resumed");
             }
             topic.publish_fenced.store(false, Ordering::Release);
