@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 use magnetar_bookie::rpc::{ClientOptions, GrpcConnector};
 use magnetar_broker::runtime::broker::{Broker, BrokerOptions};
 use magnetar_managed_ledger::ManagedLedgerConfig;
-use magnetar_metadata::{EtcdOptions, EtcdStore, MetadataStore};
+use magnetar_metadata::{CoalescingStore, EtcdOptions, EtcdStore, MetadataStore};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::EXIT_OK;
@@ -37,7 +37,9 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
              brokers); for a one-process trial run `magnetar standalone`"
         );
     }
-    let store: Arc<dyn MetadataStore> = Arc::new(
+    // Concurrent reads of one key (a takeover's topics all reading their namespace's
+    // policies) share one etcd request.
+    let store: Arc<dyn MetadataStore> = Arc::new(CoalescingStore::new(Arc::new(
         EtcdStore::connect(EtcdOptions {
             endpoints: m.etcd_endpoints.clone(),
             root: m.etcd_root.clone(),
@@ -45,7 +47,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         })
         .await
         .with_context(|| format!("cannot connect to etcd at {}", m.etcd_endpoints.join(",")))?,
-    );
+    )));
     let b = &config.broker;
     let managed_ledger = ManagedLedgerConfig {
         ensemble_size: b.ensemble_size,

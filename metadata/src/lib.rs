@@ -10,6 +10,9 @@
 //! - [`EmbeddedStore`] — durable redb file with group commit, for `magnetar standalone`;
 //! - [`EtcdStore`] — a real etcd cluster, with retries across endpoints.
 //!
+//! Wrappers implement the same trait: [`CoalescingStore`] serves concurrent reads of one key
+//! with one request (a broker's etcd store).
+//!
 //! Every backend passes the same conformance suite (`metadata/tests/conformance.rs`).
 //! On top of the trait sit the helpers later crates use: [`RecordStore`] (typed records with a
 //! read–modify–CAS–retry loop), [`IdAllocator`] (monotonic 64-bit ids) and [`OwnershipLease`]
@@ -17,6 +20,7 @@
 //! seeded randomness) and [`crash_point`] (named places where tests kill the process).
 
 pub mod clock;
+mod coalesce;
 pub mod crash_point;
 mod embedded;
 mod error;
@@ -30,6 +34,7 @@ mod record;
 mod session;
 mod store;
 
+pub use coalesce::CoalescingStore;
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use error::{MetadataError, Result};
 pub use etcd::{EtcdOptions, EtcdStore};

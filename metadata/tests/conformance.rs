@@ -22,9 +22,9 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use bytes::Bytes;
 use libtest_mimic::{Arguments, Failed, Trial};
 use magnetar_metadata::{
-    Acquired, DeleteOutcome, EmbeddedOptions, EmbeddedStore, EtcdOptions, EtcdStore, EventKind,
-    Expected, IdAllocator, MemoryStore, MetadataError, MetadataStore, OwnershipLease, PutOutcome,
-    RecordStore, Update, VALUE_SIZE_MAX_BYTES, Version, WatchEvent,
+    Acquired, CoalescingStore, DeleteOutcome, EmbeddedOptions, EmbeddedStore, EtcdOptions,
+    EtcdStore, EventKind, Expected, IdAllocator, MemoryStore, MetadataError, MetadataStore,
+    OwnershipLease, PutOutcome, RecordStore, Update, VALUE_SIZE_MAX_BYTES, Version, WatchEvent,
 };
 use tokio::sync::Barrier;
 
@@ -104,6 +104,8 @@ impl BackendSpec {
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Memory,
+    /// The memory backend behind the read-coalescing wrapper: wrappers pass the suite too.
+    CoalescedMemory,
     Embedded,
     Etcd,
 }
@@ -112,6 +114,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Memory => "memory",
+            Kind::CoalescedMemory => "coalesced_memory",
             Kind::Embedded => "embedded",
             Kind::Etcd => "etcd",
         }
@@ -121,6 +124,11 @@ impl Kind {
         match self {
             Kind::Memory => Ok(Backend {
                 store: Arc::new(MemoryStore::new()),
+                spec: BackendSpec::Memory,
+                _guard: Box::new(()),
+            }),
+            Kind::CoalescedMemory => Ok(Backend {
+                store: Arc::new(CoalescingStore::new(Arc::new(MemoryStore::new()))),
                 spec: BackendSpec::Memory,
                 _guard: Box::new(()),
             }),
@@ -188,9 +196,16 @@ fn main() {
         lease_has_one_holder_and_observes_loss,
     ];
     let mut trials = Vec::new();
-    for kind in [Kind::Memory, Kind::Embedded, Kind::Etcd] {
+    for kind in [
+        Kind::Memory,
+        Kind::CoalescedMemory,
+        Kind::Embedded,
+        Kind::Etcd,
+    ] {
         for (name, case) in all {
-            if matches!(kind, Kind::Memory) && MULTI_PROCESS_CASES.contains(name) {
+            if matches!(kind, Kind::Memory | Kind::CoalescedMemory)
+                && MULTI_PROCESS_CASES.contains(name)
+            {
                 continue;
             }
             let case = *case;
