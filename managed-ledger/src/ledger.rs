@@ -92,13 +92,19 @@ async fn claim_cursor(
     store: &RecordStore<CursorRecord>,
     key: &str,
     clock: &dyn Clock,
+    mut listed: Option<(CursorRecord, Version)>,
 ) -> MlResult<Option<(CursorRecord, Version)>> {
     for attempt in 0..CURSOR_CLAIM_ATTEMPTS_MAX {
         if attempt > 0 {
             let ms = 20u64 << attempt.min(6);
             clock.sleep(std::time::Duration::from_millis(ms)).await;
         }
-        let Some((mut record, version)) = store.get(key).await? else {
+        // The first attempt claims the record as the listing read it; later ones read again.
+        let read = match listed.take() {
+            Some(r) => Some(r),
+            None => store.get(key).await?,
+        };
+        let Some((mut record, version)) = read else {
             return Ok(None);
         };
         record.updated_ms = clock.now_ms();
@@ -313,18 +319,24 @@ impl ManagedLedger {
     /// the cursor's persistence. A flush that lands before the claim is simply read back.
     pub(super) async fn load_cursors(&self) -> MlResult<()> {
         let prefix = cursors_prefix(&self.shared.name);
-        let keys = self.metadata.list_keys(&prefix).await?;
-        let names: Vec<String> = keys
-            .iter()
-            .filter_map(|key| key.strip_prefix(&prefix))
-            .map(str::to_owned)
-            .collect();
+        // Read with their values: each claim starts from the record as listed (one read for
+        // all cursors rather than one per cursor; a takeover opens many topics at once).
+        let listing = self.metadata.list(&prefix).await?;
         let store: RecordStore<CursorRecord> = RecordStore::new(Arc::clone(&self.metadata));
-        let claims = names.iter().map(|name| {
+        let (names, listed): (Vec<String>, Vec<Option<(CursorRecord, Version)>>) = listing
+            .entries
+            .iter()
+            .filter_map(|(key, read)| {
+                let name = key.strip_prefix(&prefix)?.to_owned();
+                // One that does not parse is read again by its claim, which reports it.
+                Some((name, store.decode(key, read).ok()))
+            })
+            .unzip();
+        let claims = names.iter().zip(listed).map(|(name, listed)| {
             let store = store.clone();
             let key = cursor_record_key(&self.shared.name, name);
             let clock = Arc::clone(&self.shared.clock);
-            async move { claim_cursor(&store, &key, &*clock).await }
+            async move { claim_cursor(&store, &key, &*clock, listed).await }
         });
         let claimed = futures::future::try_join_all(claims).await?;
         let claimed: Vec<(String, CursorRecord, Version)> = names

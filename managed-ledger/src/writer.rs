@@ -275,6 +275,9 @@ impl Actor {
                     if !self.inflight.is_empty() => {
                     self.on_completion(ledger, len, payload, result, done).await;
                 }
+                // The backoff ended between the check at the top and `backing_off` above: no
+                // branch is enabled, and the next turn of the loop rolls over.
+                else => {}
             }
         }
         rx.close();
@@ -440,7 +443,9 @@ impl Actor {
             let _ = done.send(Err(ManagedLedgerError::AppendsSuspended(self.name())));
             return;
         }
-        if self.roll_needed && self.backing_off() {
+        // Taken while backing off; the backoff may have ended since (the loop rolls over next):
+        // either way the failed writer must not get it.
+        if self.roll_needed && self.retry_at.is_some() {
             let _ = done.send(Err(self.backoff_error()));
             return;
         }

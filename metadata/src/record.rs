@@ -84,6 +84,11 @@ impl<T: Serialize + DeserializeOwned + Send> RecordStore<T> {
         }
     }
 
+    /// A record as read some other way (e.g. in a listing).
+    pub fn decode(&self, key: &str, read: &crate::Versioned) -> Result<(T, Version)> {
+        Ok((decode(key, &read.value)?, read.version))
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<(T, Version)>> {
         match self.store.get(key).await? {
             None => Ok(None),

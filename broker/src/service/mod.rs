@@ -641,27 +641,21 @@ impl BrokerService {
         create: bool,
     ) -> BrokerResult<Arc<Topic>> {
         // Independent reads, at once: a takeover loads a bundle's topics on this path.
-        let (policies, exists, topic_policies) = futures::try_join!(
-            self.namespace_policies(topic.namespace()),
-            async {
-                if create {
-                    Ok(true)
-                } else {
-                    self.exists(&topic).await
-                }
-            },
-            async { Ok(self.policies.topic_policies(&topic).await?) },
-        )?;
-        if !exists {
-            let allowed = policies
-                .auto_topic_creation_override
-                .as_ref()
-                .map_or(self.config.allow_auto_topic_creation, |a| {
-                    a.allow_auto_topic_creation
-                });
+        let (policies, topic_policies) =
+            futures::try_join!(self.namespace_policies(topic.namespace()), async {
+                Ok(self.policies.topic_policies(&topic).await?)
+            },)?;
+        let allowed = policies
+            .auto_topic_creation_override
+            .as_ref()
+            .map_or(self.config.allow_auto_topic_creation, |a| {
+                a.allow_auto_topic_creation
+            });
+        // Whether it exists matters only where it could not be created.
+        if !create && !allowed && !self.exists(&topic).await? {
             let partitioned_parent =
                 topic.partition().is_some() && self.policies.partitions(&topic).await?.is_some();
-            if !allowed && !partitioned_parent {
+            if !partitioned_parent {
                 return Err(BrokerError::TopicNotFound(topic.to_string()));
             }
         }
