@@ -209,14 +209,40 @@ async fn open_managed_ledger(
     config: ManagedLedgerConfig,
 ) -> MlResult<Arc<ManagedLedger>> {
     let mut list = LedgerList::new(Arc::clone(&metadata), &name);
-    // The new ledger does not depend on the list: it is created while the list is read (a
-    // takeover opens every topic of a bundle on this path).
-    let (loaded, writer) = futures::join!(
-        list.load(),
+    // The new ledger does not depend on the list: it is created while the list is read and
+    // the previous owner's ledger recovered (a takeover opens every topic of a bundle here).
+    let read_and_recover = async {
+        let (mut record, expected) = match list.load().await? {
+            Some((r, v)) => (r, Expected::Version(v)),
+            None => (
+                ManagedLedgerRecord {
+                    created_ms: clock.now_ms(),
+                    ..Default::default()
+                },
+                Expected::Absent,
+            ),
+        };
+        // Recovery: the previous owner's open ledger is fenced and closed, and its length
+        // recorded.
+        for info in record.ledgers.iter_mut() {
+            if info.state == LedgerRecordState::Open {
+                let reader = recover_ledger(&client, info.ledger_id).await?;
+                let meta = reader.metadata();
+                info.entries = u64::try_from(meta.last_entry_id + 1).unwrap_or(0);
+                info.size_bytes = meta.length_bytes;
+                info.state = LedgerRecordState::Closed;
+                info.closed_ms = Some(clock.now_ms());
+                info!(ledger = %info.ledger_id, entries = info.entries, "recovered the last ledger");
+            }
+        }
+        MlResult::Ok((record, expected))
+    };
+    let (read, writer) = futures::join!(
+        read_and_recover,
         create_ledger(&client, config.ledger_config(&name))
     );
-    let loaded = match loaded {
-        Ok(l) => l,
+    let (mut record, expected) = match read {
+        Ok(r) => r,
         Err(e) => {
             if let Ok(w) = &writer {
                 let _ = delete_ledger(&client, w.id()).await;
@@ -224,36 +250,6 @@ async fn open_managed_ledger(
             return Err(e);
         }
     };
-    let (mut record, expected) = match loaded {
-        Some((r, v)) => (r, Expected::Version(v)),
-        None => (
-            ManagedLedgerRecord {
-                created_ms: clock.now_ms(),
-                ..Default::default()
-            },
-            Expected::Absent,
-        ),
-    };
-    // Recovery: the previous owner's open ledger is fenced and closed, and its length recorded.
-    for info in record.ledgers.iter_mut() {
-        if info.state == LedgerRecordState::Open {
-            let reader = match recover_ledger(&client, info.ledger_id).await {
-                Ok(r) => r,
-                Err(e) => {
-                    if let Ok(w) = &writer {
-                        let _ = delete_ledger(&client, w.id()).await;
-                    }
-                    return Err(e.into());
-                }
-            };
-            let meta = reader.metadata();
-            info.entries = u64::try_from(meta.last_entry_id + 1).unwrap_or(0);
-            info.size_bytes = meta.length_bytes;
-            info.state = LedgerRecordState::Closed;
-            info.closed_ms = Some(clock.now_ms());
-            info!(ledger = %info.ledger_id, entries = info.entries, "recovered the last ledger");
-        }
-    }
     let empty: Vec<LedgerId> = record
         .ledgers
         .iter()

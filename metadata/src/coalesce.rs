@@ -10,13 +10,13 @@
 //! write completed still sees that write. Everything else passes straight through.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
+use crate::rounds::Rounds;
 use crate::store::{Listing, WatchStream};
 use crate::{
     DeleteOutcome, Expected, MetadataStore, PutOutcome, Result, Session, Version, Versioned,
@@ -27,18 +27,14 @@ const KEYS_WAITING_MAX: usize = 4096;
 /// Callers waiting on one key at most; past it a read goes alone.
 const WAITERS_PER_KEY_MAX: usize = 4096;
 
-type Answer = Option<Option<Versioned>>;
-
-/// Callers of one key waiting for the next request; `running` while a task serves them.
-#[derive(Default)]
-struct Waiting {
-    callers: Vec<oneshot::Sender<Answer>>,
-    running: bool,
-}
+type KeyRounds = Arc<Rounds<Option<Versioned>>>;
+/// The keys being read in rounds. Callers join under this lock, and a serving task drops its
+/// key under it only when idle, so no caller joins rounds nobody will serve.
+type Keys = Arc<Mutex<HashMap<String, KeyRounds>>>;
 
 pub struct CoalescingStore {
     inner: Arc<dyn MetadataStore>,
-    waiting: Arc<Mutex<HashMap<String, Waiting>>>,
+    keys: Keys,
 }
 
 impl std::fmt::Debug for CoalescingStore {
@@ -53,37 +49,28 @@ impl CoalescingStore {
     pub fn new(inner: Arc<dyn MetadataStore>) -> Self {
         CoalescingStore {
             inner,
-            waiting: Arc::default(),
+            keys: Arc::default(),
         }
     }
 
-    fn waiting(
-        map: &Mutex<HashMap<String, Waiting>>,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Waiting>> {
-        map.lock().unwrap_or_else(|p| p.into_inner())
+    fn keys(keys: &Keys) -> MutexGuard<'_, HashMap<String, KeyRounds>> {
+        keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Serves the callers waiting for `key`, one request per round, until none wait.
-    async fn serve(
-        inner: Arc<dyn MetadataStore>,
-        map: Arc<Mutex<HashMap<String, Waiting>>>,
-        key: String,
-    ) {
+    /// Serves the callers waiting for `key`, one read per round, until none wait.
+    async fn serve(inner: Arc<dyn MetadataStore>, keys: Keys, key: String, rounds: KeyRounds) {
         loop {
-            let callers = {
-                let mut waiting = Self::waiting(&map);
-                let Some(w) = waiting.get_mut(&key) else {
-                    return;
-                };
-                if w.callers.is_empty() {
-                    waiting.remove(&key);
-                    return;
+            let round = rounds.next_round(usize::MAX);
+            if round.is_empty() {
+                let mut map = Self::keys(&keys);
+                // A caller may have joined (and started another task) since: then it stays.
+                if rounds.is_idle() && map.get(&key).is_some_and(|r| Arc::ptr_eq(r, &rounds)) {
+                    map.remove(&key);
                 }
-                std::mem::take(&mut w.callers)
-            };
-            // Errors are not shared (they are not `Clone`): each caller then asks alone.
+                return;
+            }
             let answer = inner.get(&key).await.ok();
-            for tx in callers {
+            for tx in round {
                 let _ = tx.send(answer.clone());
             }
         }
@@ -93,35 +80,32 @@ impl CoalescingStore {
 #[async_trait]
 impl MetadataStore for CoalescingStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>> {
-        let (tx, rx) = oneshot::channel();
-        let spawn = {
-            let mut waiting = Self::waiting(&self.waiting);
-            if waiting.len() >= KEYS_WAITING_MAX && !waiting.contains_key(key) {
+        let joined = {
+            let mut keys = Self::keys(&self.keys);
+            if keys.len() >= KEYS_WAITING_MAX && !keys.contains_key(key) {
                 None
             } else {
-                let w = waiting.entry(key.to_owned()).or_default();
-                if w.callers.len() >= WAITERS_PER_KEY_MAX {
-                    None
-                } else {
-                    w.callers.push(tx);
-                    Some(!std::mem::replace(&mut w.running, true))
-                }
+                let rounds = Arc::clone(keys.entry(key.to_owned()).or_default());
+                rounds
+                    .join(WAITERS_PER_KEY_MAX)
+                    .map(|(answer, start)| (answer, start.then_some(rounds)))
             }
         };
-        match spawn {
-            None => return self.inner.get(key).await,
+        let Some((answer, start)) = joined else {
+            return self.inner.get(key).await;
+        };
+        if let Some(rounds) = start {
             // Its own task: a caller giving up must not strand the others it serves.
-            Some(true) => {
-                tokio::spawn(Self::serve(
-                    Arc::clone(&self.inner),
-                    Arc::clone(&self.waiting),
-                    key.to_owned(),
-                ));
-            }
-            Some(false) => {}
+            tokio::spawn(Self::serve(
+                Arc::clone(&self.inner),
+                Arc::clone(&self.keys),
+                key.to_owned(),
+                rounds,
+            ));
         }
-        match rx.await {
-            Ok(Some(answer)) => Ok(answer),
+        match answer.await {
+            Ok(Some(read)) => Ok(read),
+            // The shared read failed: this caller reads alone, and gets its own error.
             _ => self.inner.get(key).await,
         }
     }
@@ -165,63 +149,15 @@ impl MetadataStore for CoalescingStore {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use tokio::sync::Semaphore;
+    use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::MemoryStore;
+    use crate::probe::Probe;
 
-    /// A memory store whose gets are counted and wait for a permit.
-    #[derive(Debug)]
-    struct Gated {
-        inner: MemoryStore,
-        gets: AtomicUsize,
-        permits: Semaphore,
-    }
-
-    #[async_trait]
-    impl MetadataStore for Gated {
-        async fn get(&self, key: &str) -> Result<Option<Versioned>> {
-            self.gets.fetch_add(1, Ordering::SeqCst);
-            let permit = self.permits.acquire().await.expect("open");
-            permit.forget();
-            self.inner.get(key).await
-        }
-        async fn put(&self, key: &str, value: Bytes, expected: Expected) -> Result<PutOutcome> {
-            self.inner.put(key, value, expected).await
-        }
-        async fn put_ephemeral(
-            &self,
-            key: &str,
-            value: Bytes,
-            expected: Expected,
-            session: &Session,
-        ) -> Result<PutOutcome> {
-            self.inner
-                .put_ephemeral(key, value, expected, session)
-                .await
-        }
-        async fn delete(&self, key: &str, expected: Expected) -> Result<DeleteOutcome> {
-            self.inner.delete(key, expected).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Listing> {
-            self.inner.list(prefix).await
-        }
-        async fn watch(&self, prefix: &str, after: Version) -> Result<WatchStream> {
-            self.inner.watch(prefix, after).await
-        }
-        async fn create_session(&self, ttl: Duration) -> Result<Session> {
-            self.inner.create_session(ttl).await
-        }
-    }
-
-    fn gated() -> Arc<Gated> {
-        Arc::new(Gated {
-            inner: MemoryStore::new(),
-            gets: AtomicUsize::new(0),
-            permits: Semaphore::new(0),
-        })
+    fn waiting(store: &CoalescingStore, key: &str) -> Option<usize> {
+        CoalescingStore::keys(&store.keys)
+            .get(key)
+            .map(|r| r.waiting())
     }
 
     async fn until(cond: impl Fn() -> bool) {
@@ -232,7 +168,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_waiting_together_share_one_request() {
-        let inner = gated();
+        let inner = Arc::new(Probe::holding_reads());
         inner
             .put("/k", Bytes::from_static(b"v1"), Expected::Any)
             .await
@@ -252,13 +188,8 @@ mod tests {
                 tokio::spawn(async move { s.get("/k").await })
             })
             .collect();
-        until(|| {
-            CoalescingStore::waiting(&store.waiting)
-                .get("/k")
-                .is_some_and(|w| w.callers.len() == 50)
-        })
-        .await;
-        inner.permits.add_permits(2);
+        until(|| waiting(&store, "/k") == Some(50)).await;
+        inner.release_reads(2);
         assert_eq!(first.await.unwrap().unwrap().unwrap().value, "v1");
         for r in rest {
             assert_eq!(r.await.unwrap().unwrap().unwrap().value, "v1");
@@ -272,7 +203,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_read_after_a_write_sees_it_although_an_older_read_is_in_flight() {
-        let inner = gated();
+        let inner = Arc::new(Probe::holding_reads());
         inner
             .put("/k", Bytes::from_static(b"old"), Expected::Any)
             .await
@@ -297,16 +228,11 @@ mod tests {
             let s = Arc::clone(&store);
             async move { s.get("/k").await }
         });
-        until(|| {
-            CoalescingStore::waiting(&store.waiting)
-                .get("/k")
-                .is_some_and(|w| w.callers.len() == 1)
-        })
-        .await;
-        inner.permits.add_permits(2);
+        until(|| waiting(&store, "/k") == Some(1)).await;
+        inner.release_reads(2);
         early.await.unwrap().unwrap();
         assert_eq!(late.await.unwrap().unwrap().unwrap().value, "new");
         // Nothing is left behind once every caller is served.
-        until(|| CoalescingStore::waiting(&store.waiting).is_empty()).await;
+        until(|| CoalescingStore::keys(&store.keys).is_empty()).await;
     }
 }

@@ -10,13 +10,12 @@
 //! an id is still only handed out after every smaller one is in the store, and never reserved
 //! ahead (a block reserved by one broker and used later would break the order across brokers).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
 
 use crate::record::backoff;
+use crate::rounds::Rounds;
 use crate::{Expected, MetadataError, MetadataStore, PutOutcome, Result};
 
 /// Give up after this many lost races or transient failures in a row.
@@ -30,20 +29,7 @@ const WAITERS_MAX: usize = 8192;
 pub struct IdAllocator {
     store: Arc<dyn MetadataStore>,
     key: String,
-    batch: Arc<Batch>,
-}
-
-/// The callers waiting for the next shared compare-and-set, and whether a task runs them.
-#[derive(Debug, Default)]
-struct Batch {
-    waiting: Mutex<Vec<oneshot::Sender<Option<u64>>>>,
-    running: AtomicBool,
-}
-
-impl Batch {
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<oneshot::Sender<Option<u64>>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
-    }
+    rounds: Arc<Rounds<u64>>,
 }
 
 impl IdAllocator {
@@ -52,67 +38,39 @@ impl IdAllocator {
         IdAllocator {
             store,
             key: key.into(),
-            batch: Arc::default(),
+            rounds: Arc::default(),
         }
     }
 
     /// The next id. Callers waiting at the same time share one compare-and-set.
     pub async fn next(&self) -> Result<u64> {
-        let (tx, rx) = oneshot::channel();
-        let queued = {
-            let mut waiting = self.batch.waiting();
-            let room = waiting.len() < WAITERS_MAX;
-            if room {
-                waiting.push(tx);
-            }
-            room
-        };
-        if !queued {
+        let Some((answer, start)) = self.rounds.join(WAITERS_MAX) else {
             return self.reserve(1).await;
-        }
-        if !self.batch.running.swap(true, Ordering::AcqRel) {
+        };
+        if start {
             // Its own task: a caller giving up must not strand the others it serves.
             let this = self.clone();
             tokio::spawn(async move { this.serve().await });
         }
-        match rx.await {
+        match answer.await {
             Ok(Some(id)) => Ok(id),
             // The shared attempt failed: this caller tries alone, and gets its own error.
             _ => self.reserve(1).await,
         }
     }
 
-    /// Hands out ids to the waiting callers, one compare-and-set per batch, until none wait.
+    /// Hands out ids to the waiting callers, one compare-and-set per round, until none wait.
     async fn serve(&self) {
         loop {
-            let batch: Vec<_> = {
-                let mut waiting = self.batch.waiting();
-                let n = waiting.len().min(BATCH_IDS_MAX);
-                waiting.drain(..n).collect()
-            };
-            if batch.is_empty() {
-                self.batch.running.store(false, Ordering::Release);
-                // A caller that queued before the flag went down saw it up and spawned nobody.
-                if self.batch.waiting().is_empty()
-                    || self.batch.running.swap(true, Ordering::AcqRel)
-                {
-                    return;
-                }
-                continue;
+            let round = self.rounds.next_round(BATCH_IDS_MAX);
+            if round.is_empty() {
+                return;
             }
-            let n = batch.len() as u64;
-            match self.reserve(n).await {
-                Ok(last) => {
-                    for (id, tx) in (last + 1 - n..=last).zip(batch) {
-                        // A caller gone: its id is skipped, which ids may be.
-                        let _ = tx.send(Some(id));
-                    }
-                }
-                Err(_) => {
-                    for tx in batch {
-                        let _ = tx.send(None);
-                    }
-                }
+            let n = round.len() as u64;
+            let last = self.reserve(n).await.ok();
+            for (i, tx) in (0..n).zip(round) {
+                // A caller gone: its id is skipped, which ids may be.
+                let _ = tx.send(last.map(|last| last + 1 - n + i));
             }
         }
     }
@@ -175,60 +133,14 @@ impl IdAllocator {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-    use std::time::Duration;
-
-    use async_trait::async_trait;
+    use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::{DeleteOutcome, Listing, MemoryStore, Session, Version, Versioned, WatchStream};
-
-    /// A memory store that counts compare-and-sets.
-    #[derive(Debug, Default)]
-    struct Counting {
-        inner: MemoryStore,
-        puts: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl MetadataStore for Counting {
-        async fn get(&self, key: &str) -> Result<Option<Versioned>> {
-            self.inner.get(key).await
-        }
-        async fn put(&self, key: &str, value: Bytes, expected: Expected) -> Result<PutOutcome> {
-            self.puts.fetch_add(1, Ordering::Relaxed);
-            // Every write takes a moment, as a replicated one does: callers pile up behind it.
-            tokio::task::yield_now().await;
-            self.inner.put(key, value, expected).await
-        }
-        async fn put_ephemeral(
-            &self,
-            key: &str,
-            value: Bytes,
-            expected: Expected,
-            session: &Session,
-        ) -> Result<PutOutcome> {
-            self.inner
-                .put_ephemeral(key, value, expected, session)
-                .await
-        }
-        async fn delete(&self, key: &str, expected: Expected) -> Result<DeleteOutcome> {
-            self.inner.delete(key, expected).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Listing> {
-            self.inner.list(prefix).await
-        }
-        async fn watch(&self, prefix: &str, after: Version) -> Result<WatchStream> {
-            self.inner.watch(prefix, after).await
-        }
-        async fn create_session(&self, ttl: Duration) -> Result<Session> {
-            self.inner.create_session(ttl).await
-        }
-    }
+    use crate::probe::Probe;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_share_compare_and_sets() {
-        let store = Arc::new(Counting::default());
+        let store = Arc::new(Probe::new());
         let ids = IdAllocator::new(store.clone(), "/ids/ledger");
         let got: Vec<u64> = futures::future::try_join_all((0..200).map(|_| ids.next()))
             .await

@@ -30,7 +30,10 @@ mod ids;
 mod keyspace;
 mod lease;
 mod memory;
+#[cfg(test)]
+mod probe;
 mod record;
+mod rounds;
 mod session;
 mod store;
 

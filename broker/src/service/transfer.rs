@@ -251,14 +251,13 @@ impl BrokerService {
             .take(handover::HANDOVER_TOPICS_MAX)
             .map(|t| t.name().to_string())
             .collect();
-        let clock = Arc::clone(&self.config.clock);
-        let began = clock.now();
+        let began = self.config.clock.now();
         let quiesced: Vec<Quiesced> = futures::future::join_all(topics.iter().map(|t| t.quiesce()))
             .await
             .into_iter()
             .flatten()
             .collect();
-        let quiesce_ms = clock.now().saturating_duration_since(began).as_millis() as u64;
+        let quiesce_ms = self.ms_since(began);
         let mut assigned = None;
         let released = match &to {
             Some(target) => {
@@ -292,7 +291,7 @@ impl BrokerService {
         }
         match released {
             Ok(()) => {
-                let total_ms = clock.now().saturating_duration_since(began).as_millis() as u64;
+                let total_ms = self.ms_since(began);
                 info!(%bundle, to = ?assigned, topics = topics.len(), clients, quiesce_ms, total_ms,
                     "bundle unloaded");
                 Ok(Unloaded {
@@ -305,6 +304,12 @@ impl BrokerService {
                 Err(e.into())
             }
         }
+    }
+
+    /// Milliseconds since `began` (the phases a transfer logs).
+    fn ms_since(&self, began: std::time::Instant) -> u64 {
+        let elapsed = self.config.clock.now().saturating_duration_since(began);
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
     /// Writes the handover record; its key and version, or None if it could not be written
@@ -387,12 +392,7 @@ impl BrokerService {
                 }
             }
         };
-        let lease_ms = self
-            .config
-            .clock
-            .now()
-            .saturating_duration_since(began)
-            .as_millis() as u64;
+        let lease_ms = self.ms_since(began);
         if taken {
             let loaded = futures::stream::iter(h.topics.clone())
                 .map(|name| {
@@ -406,12 +406,7 @@ impl BrokerService {
                 .filter(|t| futures::future::ready(t.is_some()))
                 .count()
                 .await;
-            let total_ms = self
-                .config
-                .clock
-                .now()
-                .saturating_duration_since(began)
-                .as_millis() as u64;
+            let total_ms = self.ms_since(began);
             info!(%bundle, from = %h.from, topics = loaded, lease_ms, total_ms,
                 "took a handed-over bundle");
         }
