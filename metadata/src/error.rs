@@ -7,7 +7,7 @@ use crate::{SessionId, Version};
 
 pub type Result<T, E = MetadataError> = std::result::Result<T, E>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum MetadataError {
     /// The backend could not be reached; the operation was not applied. Retryable.
     #[error("metadata store unavailable: {0}")]

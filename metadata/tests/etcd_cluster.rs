@@ -363,6 +363,130 @@ async fn lists_10000_keys_and_1_mib_values() -> Result<()> {
     Ok(())
 }
 
+/// Requests made at the same time go to etcd as shared transactions (`etcd/batch.rs`), yet each
+/// keeps its own outcome: conditional writes win or conflict one by one, a write to a key
+/// another request of the batch also writes still lands, and reads see what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_transactions_and_keep_their_own_outcomes() -> Result<()> {
+    init_tracing();
+    let server = EtcdServer::launch().await?;
+    let store = connect(vec![server.endpoint()], &unique_root()).await?;
+    const KEYS: usize = 200;
+    let contested = store
+        .put("/batch/contested", bytes("v0"), Expected::Absent)
+        .await?
+        .written()
+        .context("creating the contested key")?;
+    let doomed = store
+        .put("/batch/doomed", bytes("x"), Expected::Absent)
+        .await?
+        .written()
+        .context("creating the key to delete")?;
+    // All at once: distinct keys, 20 compare-and-sets racing on one key, the same key written
+    // unconditionally twice, a delete at the right version and one at a wrong version.
+    let puts = (0..KEYS).map(|i| {
+        let store = store.clone();
+        async move {
+            let key = format!("/batch/k{i:03}");
+            let outcome = store
+                .put(&key, bytes(format!("v{i}")), Expected::Absent)
+                .await?;
+            anyhow::Ok((key, outcome))
+        }
+    });
+    let races = (0..20).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .put(
+                    "/batch/contested",
+                    bytes(format!("racer{i}")),
+                    Expected::Version(contested),
+                )
+                .await
+        }
+    });
+    let twice = (0..2).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .put("/batch/twice", bytes(format!("t{i}")), Expected::Any)
+                .await
+        }
+    });
+    let (puts, races, twice, deleted, refused) = tokio::join!(
+        futures::future::join_all(puts),
+        futures::future::join_all(races),
+        futures::future::join_all(twice),
+        store.delete("/batch/doomed", Expected::Version(doomed)),
+        store.delete(
+            "/batch/contested",
+            Expected::Version(Version(doomed.0 + 1_000_000))
+        ),
+    );
+    let mut versions = std::collections::BTreeSet::new();
+    for p in puts {
+        let (key, outcome) = p?;
+        let PutOutcome::Written(v) = outcome else {
+            bail!("{key}: a fresh key conflicted: {outcome:?}");
+        };
+        versions.insert(v);
+        let read = store.get(&key).await?.context("written key missing")?;
+        ensure!(
+            read.version == v,
+            "{key} reads back at {} not {v}",
+            read.version
+        );
+    }
+    ensure!(
+        versions.len() < KEYS / 2,
+        "{KEYS} concurrent writes took {} revisions: they were not batched",
+        versions.len()
+    );
+    let winners: Vec<Version> = races
+        .into_iter()
+        .filter_map(|r| r.ok().and_then(PutOutcome::written))
+        .collect();
+    ensure!(winners.len() == 1, "one racer wins, got {winners:?}");
+    let current = store
+        .get("/batch/contested")
+        .await?
+        .context("contested key")?;
+    ensure!(current.version == winners[0]);
+    for t in twice {
+        ensure!(
+            matches!(t?, PutOutcome::Written(_)),
+            "unconditional put lands"
+        );
+    }
+    ensure!(store.get("/batch/twice").await?.is_some());
+    ensure!(
+        deleted? == DeleteOutcome::Deleted,
+        "delete at the right version"
+    );
+    ensure!(store.get("/batch/doomed").await?.is_none());
+    ensure!(
+        matches!(refused?, DeleteOutcome::Conflict { current: Some(_) }),
+        "delete at a wrong version conflicts"
+    );
+    // Reads at the same time, of keys that exist and one that does not.
+    let reads = (0..KEYS).map(|i| {
+        let store = store.clone();
+        async move { store.get(&format!("/batch/k{i:03}")).await }
+    });
+    let (reads, missing) = tokio::join!(futures::future::join_all(reads), store.get("/batch/none"));
+    for (i, r) in reads.into_iter().enumerate() {
+        let got = r?.with_context(|| format!("k{i:03} missing"))?;
+        ensure!(
+            got.value == bytes(format!("v{i}")),
+            "k{i:03} = {:?}",
+            got.value
+        );
+    }
+    ensure!(missing?.is_none());
+    Ok(())
+}
+
 /// Which member a failover test kills.
 #[derive(Clone, Copy, Debug)]
 enum Victim {

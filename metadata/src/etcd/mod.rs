@@ -9,6 +9,7 @@
 //! indeterminate and refused), `watch` (watches that resume on another member from the last
 //! revision seen) and `session` (lease keep-alive and loss).
 
+mod batch;
 mod client;
 mod session;
 mod watch;
@@ -96,6 +97,9 @@ pub(super) struct Core {
     cluster: Cluster,
     /// Normalized: empty or `/…` without a trailing `/`.
     root: String,
+    /// Concurrent conditional writes and reads, sent as one transaction each (`batch`).
+    writes: batch::Batcher<batch::Write, batch::Written>,
+    reads: batch::Batcher<batch::Read, etcd_client::GetResponse>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -123,6 +127,8 @@ impl EtcdStore {
                 options.clock,
             ),
             root,
+            writes: batch::Batcher::default(),
+            reads: batch::Batcher::default(),
         });
         core.cluster.check_endpoints().await?;
         let store = EtcdStore {
@@ -171,45 +177,55 @@ impl EtcdStore {
         let full = core.full_key(key);
         let value = Vec::from(value);
         let options = lease.map(|id| PutOptions::new().with_lease(id));
-        let mut call = Call::write(
-            if lease.is_some() {
-                "put_ephemeral"
-            } else {
-                "put"
-            },
-            key,
-        );
         if let Some(id) = lease {
-            call = call.with_lease(id);
+            // Alone: a lease that expired refuses the whole transaction it is in.
+            let call = Call::write("put_ephemeral", key).with_lease(id);
+            let txn = put_txn(&full, value, expected, options);
+            let resp = core.run_txn(call, txn).await?;
+            let revision = write_revision(resp.header(), &call)?;
+            return Ok(put_outcome(&resp, revision));
         }
-        let compares = match expected {
-            Expected::Any => {
-                let resp = core
-                    .cluster
-                    .run(call, |mut c| {
-                        let (key, value, options) = (full.clone(), value.clone(), options.clone());
-                        async move { c.kv.put(key, value, options).await }
-                    })
-                    .await?;
-                return Ok(PutOutcome::Written(write_revision(resp.header(), &call)?));
-            }
-            Expected::Absent => vec![Compare::create_revision(full.clone(), CompareOp::Equal, 0)],
-            Expected::Version(v) => exists_at(&full, v),
-        };
-        let txn = Txn::new()
-            .when(compares)
-            .and_then([TxnOp::put(full.clone(), value, options)])
-            .or_else([TxnOp::get(
-                full.clone(),
-                Some(GetOptions::new().with_keys_only()),
-            )]);
-        let resp = core.run_txn(call, txn).await?;
-        if resp.succeeded() {
-            Ok(PutOutcome::Written(write_revision(resp.header(), &call)?))
-        } else {
-            Ok(PutOutcome::Conflict {
-                current: current_version(&resp),
-            })
+        let size_bytes = full.len() + value.len();
+        let txn = put_txn(&full, value, expected, options);
+        let written = batch::submit(
+            core,
+            batch::Write {
+                txn,
+                op: "put",
+                key: key.to_owned(),
+            },
+            full,
+            size_bytes,
+        )
+        .await?;
+        Ok(put_outcome(&written.txn, written.revision))
+    }
+}
+
+/// The transaction of a conditional put: the put if `expected` holds, else a read of the key's
+/// version (so a conflict comes back as data from the same atomic step).
+fn put_txn(full: &[u8], value: Vec<u8>, expected: Expected, options: Option<PutOptions>) -> Txn {
+    let put = TxnOp::put(full.to_vec(), value, options);
+    let compares = match expected {
+        Expected::Any => return Txn::new().and_then([put]),
+        Expected::Absent => vec![Compare::create_revision(full.to_vec(), CompareOp::Equal, 0)],
+        Expected::Version(v) => exists_at(full, v),
+    };
+    Txn::new()
+        .when(compares)
+        .and_then([put])
+        .or_else([TxnOp::get(
+            full.to_vec(),
+            Some(GetOptions::new().with_keys_only()),
+        )])
+}
+
+fn put_outcome(resp: &TxnResponse, revision: Version) -> PutOutcome {
+    if resp.succeeded() {
+        PutOutcome::Written(revision)
+    } else {
+        PutOutcome::Conflict {
+            current: current_version(resp),
         }
     }
 }
@@ -306,14 +322,14 @@ impl MetadataStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>> {
         validate_key(key)?;
         let full = self.core().full_key(key);
-        let mut resp = self
-            .core()
-            .cluster
-            .run(Call::read("get", key), |mut c| {
-                let key = full.clone();
-                async move { c.kv.get(key, None).await }
-            })
-            .await?;
+        let size_bytes = full.len();
+        let read = batch::Read {
+            full: full.clone(),
+            options: None,
+            op: "get",
+            key: key.to_owned(),
+        };
+        let mut resp = batch::submit(self.core(), read, full, size_bytes).await?;
         Ok(resp.take_kvs().into_iter().next().map(|kv| {
             let version = to_version(kv.mod_revision());
             let (_, value) = kv.into_key_value();
@@ -346,47 +362,47 @@ impl MetadataStore for EtcdStore {
         validate_key(key)?;
         let core = self.core();
         let full = core.full_key(key);
-        let call = Call::write("delete", key);
-        match expected {
-            Expected::Any => {
-                let resp = core
-                    .cluster
-                    .run(call, |mut c| {
-                        let key = full.clone();
-                        async move { c.kv.delete(key, None).await }
-                    })
-                    .await?;
-                Ok(if resp.deleted() > 0 {
-                    DeleteOutcome::Deleted
-                } else {
-                    DeleteOutcome::NotFound
-                })
-            }
+        let txn = match expected {
+            Expected::Any => Txn::new().and_then([TxnOp::delete(full.clone(), None)]),
             // Deleting only an absent key deletes nothing: a read answers it.
-            Expected::Absent => Ok(match self.get(key).await? {
-                None => DeleteOutcome::NotFound,
-                Some(v) => DeleteOutcome::Conflict {
-                    current: Some(v.version),
-                },
-            }),
-            Expected::Version(v) => {
-                let txn = Txn::new()
-                    .when(exists_at(&full, v))
-                    .and_then([TxnOp::delete(full.clone(), None)])
-                    .or_else([TxnOp::get(
-                        full.clone(),
-                        Some(GetOptions::new().with_keys_only()),
-                    )]);
-                let resp = core.run_txn(call, txn).await?;
-                Ok(if resp.succeeded() {
-                    DeleteOutcome::Deleted
-                } else {
-                    DeleteOutcome::Conflict {
-                        current: current_version(&resp),
-                    }
-                })
+            Expected::Absent => {
+                return Ok(match self.get(key).await? {
+                    None => DeleteOutcome::NotFound,
+                    Some(v) => DeleteOutcome::Conflict {
+                        current: Some(v.version),
+                    },
+                });
             }
+            Expected::Version(v) => Txn::new()
+                .when(exists_at(&full, v))
+                .and_then([TxnOp::delete(full.clone(), None)])
+                .or_else([TxnOp::get(
+                    full.clone(),
+                    Some(GetOptions::new().with_keys_only()),
+                )]),
+        };
+        let size_bytes = full.len();
+        let write = batch::Write {
+            txn,
+            op: "delete",
+            key: key.to_owned(),
+        };
+        let resp = batch::submit(core, write, full, size_bytes).await?.txn;
+        if !resp.succeeded() {
+            return Ok(DeleteOutcome::Conflict {
+                current: current_version(&resp),
+            });
         }
+        let deleted = resp.op_responses().into_iter().any(|op| match op {
+            TxnOpResponse::Delete(d) => d.deleted() > 0,
+            _ => false,
+        });
+        Ok(match (deleted, expected) {
+            (true, _) => DeleteOutcome::Deleted,
+            // The key was there at the expected version: the delete took it.
+            (false, Expected::Version(_)) => DeleteOutcome::Deleted,
+            (false, _) => DeleteOutcome::NotFound,
+        })
     }
 
     async fn list(&self, prefix: &str) -> Result<Listing> {
@@ -432,7 +448,7 @@ impl MetadataStore for EtcdStore {
 /// Reads every key under `prefix` in pages, all at the revision of the first page.
 /// The keys under `prefix` at one revision, paged; with `keys_only` the values are left empty
 /// (not transferred).
-async fn list_snapshot(core: &Core, prefix: &str, keys_only: bool) -> Result<Listing> {
+async fn list_snapshot(core: &Arc<Core>, prefix: &str, keys_only: bool) -> Result<Listing> {
     let (mut from, end) = core.prefix_range(prefix);
     let mut entries = Vec::new();
     let mut snapshot: Option<i64> = None;
@@ -443,18 +459,30 @@ async fn list_snapshot(core: &Core, prefix: &str, keys_only: bool) -> Result<Lis
         if keys_only {
             options = options.with_keys_only();
         }
-        let mut call = Call::read("list", prefix);
-        if let Some(revision) = snapshot {
-            options = options.with_revision(revision);
-            call = call.at_revision(to_version(revision));
-        }
-        let mut resp = core
-            .cluster
-            .run(call, |mut c| {
-                let (key, options) = (from.clone(), options.clone());
-                async move { c.kv.get(key, Some(options)).await }
-            })
-            .await?;
+        let mut resp = match snapshot {
+            // The first page joins other reads made at the same time.
+            None => {
+                let read = batch::Read {
+                    full: from.clone(),
+                    options: Some(options),
+                    op: "list",
+                    key: prefix.to_owned(),
+                };
+                // A page's reply may be large (100 keys of up to 1 MiB): a batch takes at
+                // most a few pages, so that its reply stays well within gRPC's 2 GiB.
+                batch::submit(core, read, from.clone(), batch::LIST_PAGE_SHARE_BYTES).await?
+            }
+            Some(revision) => {
+                let options = options.with_revision(revision);
+                let call = Call::read("list", prefix).at_revision(to_version(revision));
+                core.cluster
+                    .run(call, |mut c| {
+                        let (key, options) = (from.clone(), options.clone());
+                        async move { c.kv.get(key, Some(options)).await }
+                    })
+                    .await?
+            }
+        };
         if snapshot.is_none() {
             let r = resp.header().map_or(0, |h| h.revision());
             if r <= 0 {
