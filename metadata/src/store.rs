@@ -1,9 +1,11 @@
 //! The `MetadataStore` trait and the types of its contract.
 //!
 //! Versions are store-wide revisions: every change (put, delete, expiry of an ephemeral key) gets
-//! the next revision, and a key's [`Version`] is the revision of its last change. This one numbering
-//! makes watches exact: `watch(prefix, after)` yields every change with a revision above `after`, so
-//! starting it from the version returned by `get` or the revision returned by `list` loses nothing.
+//! a revision above every change completed before it began, and a key's [`Version`] is the
+//! revision of its last change (changes to different keys made at the same time may share one: the
+//! etcd backend sends them as one transaction). This one numbering makes watches exact:
+//! `watch(prefix, after)` yields every change with a revision above `after`, so starting it from
+//! the revision returned by `list`, or from a key's version to follow that key, loses nothing.
 
 use std::fmt;
 use std::pin::Pin;

@@ -4,7 +4,8 @@
 //! This module owns the mapping of the contract onto etcd: a key's [`Version`] is its
 //! `mod_revision`; compare-and-set is one etcd transaction whose else-branch reads the current
 //! version, so a conflict comes back as data from the same atomic step; a listing reads pages at
-//! the revision of its first page, so it is one snapshot; a session is an etcd lease. Submodules:
+//! the revision of its first page, so it is one snapshot; a session is an etcd lease; requests
+//! made at the same time go as one transaction (`batch`). Submodules:
 //! `client` (one connection per member, failover, and sorting failures into retryable,
 //! indeterminate and refused), `watch` (watches that resume on another member from the last
 //! revision seen) and `session` (lease keep-alive and loss).
