@@ -150,8 +150,8 @@ def transfer(args):
 def breakdown(base):
     """p50 / max of the phases the brokers logged: the source's quiesce (topics closed) and
     whole unload, the target's wait for the lease and whole take-over (lease + topics opened)."""
-    fields = {"bundle unloaded": ("quiesce_ms", "total_ms"),
-              "took a handed-over bundle": ("lease_ms", "total_ms")}
+    fields = {"bundle unloaded": ("quiesce_ms", "taken_ms", "total_ms"),
+              "took a handed-over bundle": ("lease_ms", "marked_ms", "total_ms")}
     values = {}
     for name in os.listdir(base):
         if not name.startswith("broker"):
@@ -160,7 +160,7 @@ def breakdown(base):
             for event, keys in fields.items():
                 if event in line:
                     for k in keys:
-                        m = re.search(rf"\b{k}=(\d+)", line)
+                        m = re.search(rf"\b{k}=(?:Some\()?(\d+)", line)
                         if m:
                             values.setdefault(f"{event}: {k}", []).append(int(m.group(1)))
     for k, v in sorted(values.items()):

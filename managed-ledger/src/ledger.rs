@@ -317,11 +317,9 @@ impl ManagedLedger {
     /// previous owner still flushing (it lost its lease but has not noticed yet) then meets a
     /// conflict and stops writing, instead of this owner's first write meeting one and losing
     /// the cursor's persistence. A flush that lands before the claim is simply read back.
-    pub(super) async fn load_cursors(&self) -> MlResult<()> {
+    /// `listing`: the cursor records as [`list_cursors`] read them.
+    pub(super) async fn load_cursors(&self, listing: magnetar_metadata::Listing) -> MlResult<()> {
         let prefix = cursors_prefix(&self.shared.name);
-        // Read with their values: each claim starts from the record as listed (one read for
-        // all cursors rather than one per cursor; a takeover opens many topics at once).
-        let listing = self.metadata.list(&prefix).await?;
         let store: RecordStore<CursorRecord> = RecordStore::new(Arc::clone(&self.metadata));
         let (names, listed): (Vec<String>, Vec<Option<(CursorRecord, Version)>>) = listing
             .entries
@@ -697,4 +695,14 @@ impl ManagedLedger {
             cursors,
         }
     }
+}
+
+/// The cursor records of managed ledger `name`, with their values: each claim starts from the
+/// record as listed (one read for all cursors rather than one per cursor; a takeover opens many
+/// topics at once).
+pub(super) async fn list_cursors(
+    metadata: &Arc<dyn MetadataStore>,
+    name: &str,
+) -> MlResult<magnetar_metadata::Listing> {
+    Ok(metadata.list(&cursors_prefix(name)).await?)
 }

@@ -2,10 +2,11 @@
 //!
 //! - **handover** `/loadbalance/handover/{bundle}`: written by the owner that is giving a
 //!   bundle to another broker, after its topics are quiesced and before it releases the lease.
-//!   The named target takes the lease, loads the listed topics, then deletes the record; the
-//!   source waits for that deletion and only then tells its clients where to reconnect
-//!   (PIP-307), so they find the topics open. Lookups that meet a free bundle with a live
-//!   handover record send clients to its target instead of taking the bundle themselves.
+//!   The named target takes the lease, marks the record `taken`, loads the listed topics, then
+//!   deletes the record; the source waits for the mark (or the deletion) and then tells its
+//!   clients where to reconnect (PIP-307): they reach the target while it opens the topics, and
+//!   each waits only for its own topic. Lookups that meet a free bundle with a live handover
+//!   record send clients to its target instead of taking the bundle themselves.
 //! - **unload order** `/loadbalance/unload/{bundle}`: written by whoever wants a bundle it does
 //!   not own moved (the leader's shedding, a namespace unload on another broker); the owner
 //!   carries it out and deletes it, which is what the writer waits for.
@@ -39,6 +40,9 @@ pub struct Handover {
     #[serde(default)]
     pub topics: Vec<String>,
     pub created_ms: u64,
+    /// Set by the target once it holds the bundle's lease: clients may come.
+    #[serde(default)]
+    pub taken: bool,
 }
 
 /// A request to the owner of a bundle to unload it, to `destination` if given.

@@ -8,10 +8,11 @@
 //! 2. quiesces the bundle's topics — producers detached (SENDs on the wire are ignored; the
 //!    client resends them), subscriptions stopped after their queued acks, ledgers closed —,
 //! 3. writes the handover record naming the target and the topics, then releases the lease,
-//! 4. the target (watching `/loadbalance/`) takes the lease, opens the topics, deletes the
-//!    record,
-//! 5. the source, seeing the deletion, tells each client CLOSE_PRODUCER / CLOSE_CONSUMER with
-//!    `assignedBrokerServiceUrl` = the target (PIP-307): clients reconnect there directly.
+//! 4. the target (watching `/loadbalance/`) takes the lease, marks the record taken, opens the
+//!    topics, deletes the record,
+//! 5. the source, seeing the mark, tells each client CLOSE_PRODUCER / CLOSE_CONSUMER with
+//!    `assignedBrokerServiceUrl` = the target (PIP-307): clients reconnect there directly, while
+//!    the target opens the topics (a client's request waits for its own topic's load).
 //!
 //! If the target does not take the bundle within [`HANDOVER_WAIT`], clients are told without a
 //! URL and look the topic up; if the lease cannot be released, the bundle stays here and its
@@ -72,26 +73,52 @@ pub struct Unloaded {
 
 /// Bundles this broker is giving up, with where they go (None: released for anyone).
 #[derive(Debug, Default)]
-pub(super) struct Releasing(std::sync::Mutex<HashMap<Bundle, Option<String>>>);
+pub(super) struct Releasing(std::sync::Mutex<HashMap<Bundle, Release>>);
+
+#[derive(Debug)]
+struct Release {
+    to: Option<String>,
+    /// The latest revision at which the `/loadbalance/` watch saw the bundle's handover record
+    /// marked taken or deleted: the source waits for one above its record's version.
+    taken: tokio::sync::watch::Sender<magnetar_metadata::Version>,
+}
 
 impl Releasing {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Bundle, Option<String>>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Bundle, Release>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
     fn get(&self, bundle: &Bundle) -> Option<Option<String>> {
-        self.map().get(bundle).cloned()
+        self.map().get(bundle).map(|r| r.to.clone())
     }
-    /// False if the bundle is being released already.
-    fn insert(&self, bundle: &Bundle, to: Option<String>) -> bool {
+    /// Where the watch reports the handover taken; None if the bundle is being released
+    /// already.
+    fn insert(
+        &self,
+        bundle: &Bundle,
+        to: Option<String>,
+    ) -> Option<tokio::sync::watch::Receiver<magnetar_metadata::Version>> {
         let mut map = self.map();
         if map.contains_key(bundle) {
-            return false;
+            return None;
         }
-        map.insert(bundle.clone(), to);
-        true
+        let (taken, rx) = tokio::sync::watch::channel(magnetar_metadata::Version::ZERO);
+        map.insert(bundle.clone(), Release { to, taken });
+        Some(rx)
     }
     fn remove(&self, bundle: &Bundle) {
         self.map().remove(bundle);
+    }
+    /// The watch saw `bundle`'s handover record taken or deleted at `revision`.
+    fn taken(&self, bundle: &Bundle, revision: magnetar_metadata::Version) {
+        if let Some(r) = self.map().get(bundle) {
+            r.taken.send_if_modified(|v| {
+                let newer = revision > *v;
+                if newer {
+                    *v = revision;
+                }
+                newer
+            });
+        }
     }
 }
 
@@ -226,12 +253,12 @@ impl BrokerService {
                 self.pick_destination(bundle, &others).await
             }
         };
-        if !self.releasing.insert(bundle, to.clone()) {
+        let Some(taken) = self.releasing.insert(bundle, to.clone()) else {
             return Err(BrokerError::NotReady(format!(
                 "bundle {bundle} is being unloaded already"
             )));
-        }
-        let result = self.hand_over(bundle, to).await;
+        };
+        let result = self.hand_over(bundle, to, taken).await;
         self.releasing.remove(bundle);
         result
     }
@@ -240,6 +267,7 @@ impl BrokerService {
         self: &Arc<Self>,
         bundle: &Bundle,
         to: Option<String>,
+        taken: tokio::sync::watch::Receiver<magnetar_metadata::Version>,
     ) -> BrokerResult<Unloaded> {
         let topics: Vec<Arc<Topic>> = self
             .loaded()
@@ -259,6 +287,7 @@ impl BrokerService {
             .collect();
         let quiesce_ms = self.ms_since(began);
         let mut assigned = None;
+        let mut taken_ms = None;
         let released = match &to {
             Some(target) => {
                 let handed = self.write_handover(bundle, target, names).await;
@@ -266,10 +295,11 @@ impl BrokerService {
                 if released.is_ok()
                     && let Some((key, version)) = handed
                 {
-                    if !self.wait_deleted(&key, version, HANDOVER_WAIT).await {
+                    if !self.wait_taken(&key, version, taken, HANDOVER_WAIT).await {
                         warn!(%bundle, %target, "the target did not take the bundle in time");
                         let _ = self.store.delete(&key, Expected::Version(version)).await;
                     }
+                    taken_ms = Some(self.ms_since(began));
                     match self.ownership.lookup(bundle).await {
                         Ok(Some(Owner::Other(r))) if &r.owner == target => {
                             assigned = Some(target.clone());
@@ -292,8 +322,8 @@ impl BrokerService {
         match released {
             Ok(()) => {
                 let total_ms = self.ms_since(began);
-                info!(%bundle, to = ?assigned, topics = topics.len(), clients, quiesce_ms, total_ms,
-                    "bundle unloaded");
+                info!(%bundle, to = ?assigned, topics = topics.len(), clients, quiesce_ms, taken_ms,
+                    total_ms, "bundle unloaded");
                 Ok(Unloaded {
                     topics: topics.len(),
                     to: assigned,
@@ -326,6 +356,7 @@ impl BrokerService {
             to: target.to_owned(),
             topics,
             created_ms: self.config.clock.now_ms(),
+            taken: false,
         };
         let value = Bytes::from(serde_json::to_vec(&record).ok()?);
         match self.store.put(&key, value, Expected::Any).await {
@@ -338,6 +369,31 @@ impl BrokerService {
         }
     }
 
+    /// True once the handover record `key` (written at `version`) is marked taken by its
+    /// target, or deleted, within `wait`. The `/loadbalance/` watch, long established, reports
+    /// it through `taken` at once; a watch of the key alone backs it up while that watch is
+    /// being restarted (a new watch from a past revision is only caught up by etcd every
+    /// 100 ms).
+    async fn wait_taken(
+        &self,
+        key: &str,
+        version: magnetar_metadata::Version,
+        mut taken: tokio::sync::watch::Receiver<magnetar_metadata::Version>,
+        wait: Duration,
+    ) -> bool {
+        let reported = async move { taken.wait_for(|v| *v > version).await.is_ok() };
+        let watched = self.wait_event(key, version, wait, |kind| match kind {
+            EventKind::Delete => true,
+            EventKind::Put(value) => {
+                serde_json::from_slice::<Handover>(value).is_ok_and(|h| h.taken)
+            }
+        });
+        tokio::select! {
+            true = reported => true,
+            seen = watched => seen,
+        }
+    }
+
     /// True once `key` (at `version`) is deleted, within `wait`.
     async fn wait_deleted(
         &self,
@@ -345,13 +401,25 @@ impl BrokerService {
         version: magnetar_metadata::Version,
         wait: Duration,
     ) -> bool {
+        self.wait_event(key, version, wait, |kind| matches!(kind, EventKind::Delete))
+            .await
+    }
+
+    /// True once a change of `key` after `version` satisfies `done`, within `wait`.
+    async fn wait_event(
+        &self,
+        key: &str,
+        version: magnetar_metadata::Version,
+        wait: Duration,
+        done: impl Fn(&EventKind) -> bool,
+    ) -> bool {
         let watched = async {
             let mut events = match self.store.watch(key, version).await {
                 Ok(w) => w,
                 Err(_) => return false,
             };
             while let Some(Ok(ev)) = events.next().await {
-                if ev.key == key && matches!(ev.kind, EventKind::Delete) {
+                if ev.key == key && done(&ev.kind) {
                     return true;
                 }
             }
@@ -363,8 +431,8 @@ impl BrokerService {
     }
 
     /// The target's side of a handover: takes the lease (waiting briefly while the source
-    /// still holds it), opens the topics, then deletes the record — which tells the source to
-    /// send its clients here.
+    /// still holds it), marks the record taken — which tells the source to send its clients
+    /// here —, opens the topics, then deletes the record.
     async fn take_handover(
         self: Arc<Self>,
         bundle: Bundle,
@@ -393,8 +461,31 @@ impl BrokerService {
             }
         };
         let lease_ms = self.ms_since(began);
+        let key = handover::handover_key(&bundle);
+        let mut version = version;
         if taken {
-            let loaded = futures::stream::iter(h.topics.clone())
+            // Marked taken, the source sends its clients here at once, while the topics open:
+            // each client then waits only for its own topic.
+            let mark = async {
+                let marked = Handover {
+                    taken: true,
+                    ..h.clone()
+                };
+                let value = Bytes::from(serde_json::to_vec(&marked).ok()?);
+                match self
+                    .store
+                    .put(&key, value, Expected::Version(version))
+                    .await
+                {
+                    Ok(PutOutcome::Written(v)) => Some((v, self.ms_since(began))),
+                    Ok(PutOutcome::Conflict { .. }) => None,
+                    Err(e) => {
+                        warn!(%bundle, error = %e, "cannot mark the handover taken");
+                        None
+                    }
+                }
+            };
+            let loads = futures::stream::iter(h.topics.clone())
                 .map(|name| {
                     let this = Arc::clone(&self);
                     async move {
@@ -404,16 +495,17 @@ impl BrokerService {
                 })
                 .buffer_unordered(TARGET_LOADS_PARALLEL)
                 .filter(|t| futures::future::ready(t.is_some()))
-                .count()
-                .await;
+                .count();
+            let (marked, loaded) = futures::join!(mark, loads);
+            let marked_ms = marked.map(|(v, ms)| {
+                version = v;
+                ms
+            });
             let total_ms = self.ms_since(began);
-            info!(%bundle, from = %h.from, topics = loaded, lease_ms, total_ms,
+            info!(%bundle, from = %h.from, topics = loaded, lease_ms, marked_ms, total_ms,
                 "took a handed-over bundle");
         }
-        let _ = self
-            .store
-            .delete(&handover::handover_key(&bundle), Expected::Version(version))
-            .await;
+        let _ = self.store.delete(&key, Expected::Version(version)).await;
     }
 
     /// Unloads `bundle` wherever it is served: here, or by its owner through an unload order
@@ -577,6 +669,25 @@ impl BrokerService {
             .await;
     }
 
+    /// Tells a handover this broker is making that its target took the bundle (the record
+    /// marked taken, or deleted).
+    fn note_handover_taken(&self, ev: &magnetar_metadata::WatchEvent) {
+        if !ev.key.starts_with(handover::HANDOVER_PREFIX) {
+            return;
+        }
+        let Some(bundle) = handover::bundle_of_key(&ev.key) else {
+            return;
+        };
+        let taken = match &ev.kind {
+            EventKind::Delete => true,
+            EventKind::Put(value) => serde_json::from_slice::<Handover>(value)
+                .is_ok_and(|h| h.taken && h.from == self.config.service_url),
+        };
+        if taken {
+            self.releasing.taken(&bundle, ev.revision);
+        }
+    }
+
     /// One handover or order record seen (listed at start or watched).
     fn on_loadbalance_record(
         self: &Arc<Self>,
@@ -591,6 +702,7 @@ impl BrokerService {
         if key.starts_with(handover::HANDOVER_PREFIX) {
             if let Ok(h) = serde_json::from_slice::<Handover>(value)
                 && h.to == self.config.service_url
+                && !h.taken
                 && !handover::is_stale(h.created_ms, now_ms)
             {
                 self.spawn(Arc::clone(self).take_handover(bundle, version, h));
@@ -656,6 +768,7 @@ impl BrokerService {
                     };
                     match event {
                         Some(Ok(ev)) => {
+                            service.note_handover_taken(&ev);
                             if let EventKind::Put(value) = &ev.kind {
                                 service.on_loadbalance_record(&ev.key, ev.revision, value);
                             }

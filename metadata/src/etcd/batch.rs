@@ -8,8 +8,8 @@
 //! batch: each conditional write becomes a nested transaction (its own compares, its own
 //! outcome) of one outer transaction, each read a range of one read-only transaction.
 //!
-//! A request never waits for a batch while fewer than [`IN_FLIGHT_MAX`] batches are in flight:
-//! alone, it goes at once. A request joins a batch not yet sent, so a read still starts after
+//! A request never waits for a batch while fewer than `Kind::IN_FLIGHT_MAX` batches of its kind
+//! are in flight: alone, it goes at once. A request joins a batch not yet sent, so a read still starts after
 //! its caller asked and sees every write completed before. The writes of one batch get one
 //! revision (etcd's transaction does): writes to different keys made at the same time may share
 //! a version, while a write that starts after another completed always gets a higher one.
@@ -31,8 +31,6 @@ use super::Core;
 use super::client::Call;
 use crate::{MetadataError, Result, Version};
 
-/// Batches of one kind in flight at once; more requests wait and go together.
-pub(super) const IN_FLIGHT_MAX: usize = 2;
 /// Requests per batch at most (etcd's default `--max-txn-ops` is 128).
 pub(super) const BATCH_OPS_MAX: usize = 64;
 /// Request bytes per batch at most, well within etcd's 1.5 MiB request limit (a larger single
@@ -116,6 +114,8 @@ pub(super) trait Kind: Sized + Send + 'static {
     type Resp: Send + 'static;
     /// etcd refuses a transaction writing one key twice.
     const ONE_PER_KEY: bool;
+    /// Batches of this kind in flight at once; more requests wait and go together.
+    const IN_FLIGHT_MAX: usize;
     /// The batcher of this kind in `core`.
     fn batcher(core: &Core) -> &Batcher<Self, Self::Resp>;
     /// Sends one request as it is.
@@ -144,7 +144,7 @@ pub(super) async fn submit<K: Kind>(
         size_bytes,
         reply: tx,
     };
-    let start = match enqueue(K::batcher(core), queued, K::ONE_PER_KEY) {
+    let start = match enqueue(K::batcher(core), queued, K::ONE_PER_KEY, K::IN_FLIGHT_MAX) {
         Ok(start) => start,
         Err(queued) => return K::send_one(Arc::clone(core), queued.request).await,
     };
@@ -166,13 +166,14 @@ fn enqueue<Req, Resp>(
     batcher: &Batcher<Req, Resp>,
     p: Pending<Req, Resp>,
     one_per_key: bool,
+    in_flight_max: usize,
 ) -> std::result::Result<Option<Vec<Pending<Req, Resp>>>, Pending<Req, Resp>> {
     let mut q = batcher.queue();
     if q.waiting.len() >= WAITING_MAX {
         return Err(p);
     }
     q.waiting.push_back(p);
-    if q.in_flight < IN_FLIGHT_MAX {
+    if q.in_flight < in_flight_max {
         q.in_flight += 1;
         Ok(Some(Batcher::take(&mut q, one_per_key)))
     } else {
@@ -240,6 +241,8 @@ pub(super) struct Write {
 impl Kind for Write {
     type Resp = Written;
     const ONE_PER_KEY: bool = true;
+    // Writes are serialised by raft anyway: two keep one being proposed while one applies.
+    const IN_FLIGHT_MAX: usize = 2;
 
     fn batcher(core: &Core) -> &Batcher<Self, Written> {
         &core.writes
@@ -298,6 +301,8 @@ pub(super) struct Read {
 impl Kind for Read {
     type Resp = GetResponse;
     const ONE_PER_KEY: bool = false;
+    // As many as writes: more in flight made smaller batches and a slower takeover.
+    const IN_FLIGHT_MAX: usize = 2;
 
     fn batcher(core: &Core) -> &Batcher<Self, GetResponse> {
         &core.reads
