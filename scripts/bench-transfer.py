@@ -18,39 +18,20 @@ figures). Needs the official client and etcd, as the test suite does.
 """
 
 import argparse
-import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "python"))
 
 import pulsar  # noqa: E402
 
 from conftest import BIN  # noqa: E402
+from test_bundle_transfer import cli, http  # noqa: E402
 from test_cluster import Cluster  # noqa: E402
-
-
-def http(admin_url, method, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(admin_url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        raw = r.read()
-    return json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw.decode()
-
-
-def cli(admin_url, *args):
-    out = subprocess.run([BIN, "admin", "--url", admin_url, *args],
-                         capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
-        raise RuntimeError(out)
-    return out.stdout.strip()
 
 
 def pct(values, p):

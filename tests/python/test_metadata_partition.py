@@ -18,6 +18,7 @@ import pulsar
 
 from conftest import BIN, wait_for
 from test_cluster import Cluster, free_port
+from test_dedup import set_dedup
 
 
 class Proxy:
@@ -116,11 +117,7 @@ def test_a_broker_cut_off_from_etcd_stops_serving_before_another_takes_over(tmp_
         # Deduplication on, as Pulsar users run for exactly-once: a send whose receipt the
         # cut-off broker sent after closing the producer (the client drops such a receipt) is
         # resent to the other broker and must not be stored twice.
-        req = urllib.request.Request(
-            cluster.admin_url + "/admin/v2/namespaces/public/default/deduplication",
-            data=b"true", method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            assert r.status in (200, 204)
+        set_dedup(cluster.admin_url, "public/default", True)
         # The first broker takes the topic while it is alone (with two, the assignment would
         # pick the less loaded one).
         first = pulsar.Client(cluster.url, operation_timeout_seconds=60)

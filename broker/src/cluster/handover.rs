@@ -89,6 +89,17 @@ pub fn bundle_of_key(key: &str) -> Option<Bundle> {
         .and_then(|rest| rest.parse().ok())
 }
 
+/// True when a change of a handover record says its target took the bundle: the record marked
+/// taken, or deleted.
+pub fn marks_taken(kind: &magnetar_metadata::EventKind) -> bool {
+    match kind {
+        magnetar_metadata::EventKind::Delete => true,
+        magnetar_metadata::EventKind::Put(value) => {
+            serde_json::from_slice::<Handover>(value).is_ok_and(|h| h.taken)
+        }
+    }
+}
+
 /// True once a record created at `created_ms` is too old to act on at `now_ms`.
 pub fn is_stale(created_ms: u64, now_ms: u64) -> bool {
     now_ms.saturating_sub(created_ms) > RECORD_STALE_MS

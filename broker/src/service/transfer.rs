@@ -382,12 +382,7 @@ impl BrokerService {
         wait: Duration,
     ) -> bool {
         let reported = async move { taken.wait_for(|v| *v > version).await.is_ok() };
-        let watched = self.wait_event(key, version, wait, |kind| match kind {
-            EventKind::Delete => true,
-            EventKind::Put(value) => {
-                serde_json::from_slice::<Handover>(value).is_ok_and(|h| h.taken)
-            }
-        });
+        let watched = self.wait_event(key, version, wait, handover::marks_taken);
         tokio::select! {
             true = reported => true,
             seen = watched => seen,
@@ -670,20 +665,13 @@ impl BrokerService {
     }
 
     /// Tells a handover this broker is making that its target took the bundle (the record
-    /// marked taken, or deleted).
+    /// marked taken, or deleted). Only a bundle this broker is releasing has a waiter, and it
+    /// only counts changes after its own record's version.
     fn note_handover_taken(&self, ev: &magnetar_metadata::WatchEvent) {
-        if !ev.key.starts_with(handover::HANDOVER_PREFIX) {
-            return;
-        }
-        let Some(bundle) = handover::bundle_of_key(&ev.key) else {
-            return;
-        };
-        let taken = match &ev.kind {
-            EventKind::Delete => true,
-            EventKind::Put(value) => serde_json::from_slice::<Handover>(value)
-                .is_ok_and(|h| h.taken && h.from == self.config.service_url),
-        };
-        if taken {
+        if ev.key.starts_with(handover::HANDOVER_PREFIX)
+            && let Some(bundle) = handover::bundle_of_key(&ev.key)
+            && handover::marks_taken(&ev.kind)
+        {
             self.releasing.taken(&bundle, ev.revision);
         }
     }

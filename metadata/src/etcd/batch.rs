@@ -28,7 +28,7 @@ use etcd_client::{GetOptions, GetResponse, Txn, TxnOp, TxnOpResponse, TxnRespons
 use tokio::sync::oneshot;
 
 use super::Core;
-use super::client::Call;
+use super::client::{Call, Kind as CallKind};
 use crate::{MetadataError, Result, Version};
 
 /// Requests per batch at most (etcd's default `--max-txn-ops` is 128).
@@ -118,16 +118,20 @@ pub(super) trait Kind: Sized + Send + 'static {
     const IN_FLIGHT_MAX: usize;
     /// The batcher of this kind in `core`.
     fn batcher(core: &Core) -> &Batcher<Self, Self::Resp>;
-    /// Sends one request as it is.
+    /// The request sent as it is.
     fn send_one(
         core: Arc<Core>,
         request: Self,
     ) -> impl std::future::Future<Output = Result<Self::Resp>> + Send;
-    /// Sends several requests as one transaction: one answer per request, in order.
-    fn send_many(
-        core: Arc<Core>,
-        requests: Vec<Self>,
-    ) -> impl std::future::Future<Output = Result<Vec<Result<Self::Resp>>>> + Send;
+    /// What a batch of this kind is, for retries, logs and errors (`key`: its first request's).
+    fn batch_call(key: &str) -> Call<'_>;
+    /// The store key the request is about.
+    fn key(&self) -> &str;
+    /// The request as one operation of a batch's transaction.
+    fn as_op(&self) -> TxnOp;
+    /// The request's answer: its operation's response in the batch's reply, applied at
+    /// `revision` (the reply's).
+    fn answer(op: TxnOpResponse, revision: Version) -> Result<Self::Resp>;
 }
 
 /// Sends `request` (touching `key`) in the next batch of its kind and waits for its answer.
@@ -195,23 +199,15 @@ async fn serve<K: Kind>(core: Arc<Core>, mut batch: Vec<Pending<K, K::Resp>>) {
 }
 
 async fn send<K: Kind>(core: &Arc<Core>, batch: Vec<Pending<K, K::Resp>>) {
-    if batch.is_empty() {
-        return;
-    }
     let (requests, replies): (Vec<K>, Vec<_>) =
         batch.into_iter().map(|p| (p.request, p.reply)).unzip();
     let n = requests.len();
-    let answers = if n == 1 {
-        let one = requests
-            .into_iter()
-            .next()
-            .map(|r| K::send_one(Arc::clone(core), r));
-        match one {
-            Some(f) => f.await.map(|a| vec![Ok(a)]),
-            None => return,
-        }
-    } else {
-        K::send_many(Arc::clone(core), requests).await
+    let answers = match <[K; 1]>::try_from(requests) {
+        Ok([one]) => K::send_one(Arc::clone(core), one)
+            .await
+            .map(|a| vec![Ok(a)]),
+        Err(requests) if requests.is_empty() => return,
+        Err(requests) => send_many(Arc::clone(core), requests).await,
     };
     match answers {
         Ok(answers) => {
@@ -228,6 +224,35 @@ async fn send<K: Kind>(core: &Arc<Core>, batch: Vec<Pending<K, K::Resp>>) {
             }
         }
     }
+}
+
+/// Sends several requests as one transaction: one answer per request, in order.
+async fn send_many<K: Kind>(core: Arc<Core>, requests: Vec<K>) -> Result<Vec<Result<K::Resp>>> {
+    let call = K::batch_call(requests.first().map_or("", K::key));
+    let ops: Vec<TxnOp> = requests.iter().map(K::as_op).collect();
+    let resp = match core.run_txn(call, Txn::new().and_then(ops)).await {
+        Ok(resp) => resp,
+        // Refused as a whole: each on its own, so one bad request fails alone.
+        Err(MetadataError::Storage(_)) => return Ok(each_alone(core, requests).await),
+        Err(e) => return Err(e),
+    };
+    let revision = resp
+        .header()
+        .map_or(Version::ZERO, |h| super::to_version(h.revision()));
+    let ops = resp.op_responses();
+    if ops.len() != requests.len() {
+        let message = format!(
+            "etcd answered a batch of {} requests with {} responses",
+            requests.len(),
+            ops.len()
+        );
+        // A write's outcome is then unknown; a read can simply be made again.
+        return Err(match call.kind {
+            CallKind::Mutation => MetadataError::Indeterminate(message),
+            CallKind::Idempotent => MetadataError::Unavailable(message),
+        });
+    }
+    Ok(ops.into_iter().map(|op| K::answer(op, revision)).collect())
 }
 
 /// A conditional write (a transaction of its own compares and operations).
@@ -258,33 +283,25 @@ impl Kind for Write {
         })
     }
 
-    async fn send_many(core: Arc<Core>, requests: Vec<Write>) -> Result<Vec<Result<Written>>> {
-        let call = Call::write("batch", &requests[0].key);
-        let ops: Vec<TxnOp> = requests.iter().map(|w| TxnOp::txn(w.txn.clone())).collect();
-        let resp = match core.run_txn(call, Txn::new().and_then(ops)).await {
-            Ok(resp) => resp,
-            // Refused as a whole: each on its own, so one bad request fails alone.
-            Err(MetadataError::Storage(_)) => return Ok(each_alone(core, requests).await),
-            Err(e) => return Err(e),
-        };
-        let revision = super::write_revision(resp.header(), &call)?;
-        let nested = resp.op_responses();
-        if nested.len() != requests.len() {
-            return Err(MetadataError::Indeterminate(format!(
-                "etcd answered a batch of {} writes with {} responses",
-                requests.len(),
-                nested.len()
-            )));
+    fn batch_call(key: &str) -> Call<'_> {
+        Call::write("batch", key)
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn as_op(&self) -> TxnOp {
+        TxnOp::txn(self.txn.clone())
+    }
+
+    fn answer(op: TxnOpResponse, revision: Version) -> Result<Written> {
+        match op {
+            TxnOpResponse::Txn(txn) if revision > Version::ZERO => Ok(Written { txn, revision }),
+            other => Err(MetadataError::Indeterminate(format!(
+                "etcd answered a batched write with {other:?} at revision {revision}"
+            ))),
         }
-        Ok(nested
-            .into_iter()
-            .map(|op| match op {
-                TxnOpResponse::Txn(txn) => Ok(Written { txn, revision }),
-                other => Err(MetadataError::Indeterminate(format!(
-                    "etcd answered a batched write with {other:?}"
-                ))),
-            })
-            .collect())
     }
 }
 
@@ -317,34 +334,25 @@ impl Kind for Read {
             .await
     }
 
-    async fn send_many(core: Arc<Core>, requests: Vec<Read>) -> Result<Vec<Result<GetResponse>>> {
-        let call = Call::read("batch_get", &requests[0].key);
-        let ops: Vec<TxnOp> = requests
-            .iter()
-            .map(|r| TxnOp::get(r.full.clone(), r.options.clone()))
-            .collect();
-        let resp = match core.run_txn(call, Txn::new().and_then(ops)).await {
-            Ok(resp) => resp,
-            Err(MetadataError::Storage(_)) => return Ok(each_alone(core, requests).await),
-            Err(e) => return Err(e),
-        };
-        let ranges = resp.op_responses();
-        if ranges.len() != requests.len() {
-            return Err(MetadataError::Unavailable(format!(
-                "etcd answered a batch of {} reads with {} responses",
-                requests.len(),
-                ranges.len()
-            )));
+    fn batch_call(key: &str) -> Call<'_> {
+        Call::read("batch_get", key)
+    }
+
+    fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn as_op(&self) -> TxnOp {
+        TxnOp::get(self.full.clone(), self.options.clone())
+    }
+
+    fn answer(op: TxnOpResponse, _revision: Version) -> Result<GetResponse> {
+        match op {
+            TxnOpResponse::Get(get) => Ok(get),
+            other => Err(MetadataError::Unavailable(format!(
+                "etcd answered a batched read with {other:?}"
+            ))),
         }
-        Ok(ranges
-            .into_iter()
-            .map(|op| match op {
-                TxnOpResponse::Get(get) => Ok(get),
-                other => Err(MetadataError::Unavailable(format!(
-                    "etcd answered a batched read with {other:?}"
-                ))),
-            })
-            .collect())
     }
 }
 
