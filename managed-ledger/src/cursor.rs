@@ -13,7 +13,8 @@
 //! ledger of their own, the metadata record only naming it): acks only mark the state dirty and
 //! wake the cursor's flusher task, which waits `cursor_flush_interval_ms` (default 100 ms) to
 //! coalesce further acks, then persists one snapshot. One task per cursor means at most one
-//! write in flight. [`ManagedCursor::flush`] writes at once (close uses it). Fencing (another
+//! write in flight. [`ManagedCursor::flush`] writes at once; a stopping cursor's last write puts the whole state
+//! into its record when small enough (see [`CursorStore::close_with`]). Fencing (another
 //! broker owns the cursor now: its record changed, or its ledger was fenced by recovery) stops
 //! the flusher and `flush` reports [`ManagedLedgerError::Fenced`]. A snapshot keeps at most
 //! `cursor_acked_ranges_persist_max` acked ranges (the lowest), so a subscription acking
@@ -93,8 +94,9 @@ pub struct ManagedCursor {
     /// Durable cursors: explicit flush requests to the flusher task. Dropping it stops the task
     /// after a last write.
     flush_tx: Mutex<Option<mpsc::Sender<FlushRequest>>>,
-    /// The flusher task (durable cursors), awaited when the cursor stops.
-    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The flusher task (durable cursors), awaited when the cursor stops; it ends with the
+    /// outcome of its last write.
+    task: Mutex<Option<tokio::task::JoinHandle<MlResult<()>>>>,
 }
 
 impl ManagedCursor {
@@ -447,20 +449,21 @@ impl ManagedCursor {
         rx.await.unwrap_or(Ok(()))
     }
 
-    /// Flushes and stops the flusher, which seals the cursor ledger (managed ledger closed).
-    pub(crate) async fn stop(&self) {
-        let _ = self.flush().await;
-        self.stop_flusher().await;
+    /// Stops the flusher after a last write of the state (managed ledger closed), which the
+    /// next owner reads without recovering anything (see [`CursorStore::close_with`]); its
+    /// outcome is returned.
+    pub(crate) async fn stop(&self) -> MlResult<()> {
+        self.stop_flusher().await
     }
 
     /// Stops the flusher without a last write; it deletes the cursor ledger (unsubscribe).
     pub(crate) async fn stop_deleted(&self) {
         self.core.state().deleted = true;
-        self.stop_flusher().await;
+        let _ = self.stop_flusher().await;
     }
 
     /// Drops the flush queue and waits until the flusher has finished with the cursor ledger.
-    async fn stop_flusher(&self) {
+    async fn stop_flusher(&self) -> MlResult<()> {
         let tx = self
             .flush_tx
             .lock()
@@ -468,8 +471,9 @@ impl ManagedCursor {
             .take();
         drop(tx);
         let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(task) = task {
-            let _ = task.await;
+        match task {
+            Some(task) => task.await.unwrap_or(Ok(())),
+            None => Ok(()),
         }
     }
 
@@ -525,10 +529,14 @@ const RETRY_BACKOFF_MIN_MS: u64 = 100;
 const RETRY_BACKOFF_MAX_MS: u64 = 10_000;
 
 /// Writes the cursor's state when it changed, coalescing acks over the flush interval; answers
-/// explicit flush requests; makes a last write when the cursor is dropped or stopped. A failed
-/// write is retried after a growing backoff (not every flush interval), so an unreachable
-/// metadata store is not hammered by every cursor of the broker.
-async fn flusher(core: Arc<Core>, mut store: CursorStore, mut rx: mpsc::Receiver<FlushRequest>) {
+/// explicit flush requests; makes a last write when the cursor is dropped or stopped, and
+/// returns its outcome. A failed write is retried after a growing backoff (not every flush
+/// interval), so an unreachable metadata store is not hammered by every cursor of the broker.
+async fn flusher(
+    core: Arc<Core>,
+    mut store: CursorStore,
+    mut rx: mpsc::Receiver<FlushRequest>,
+) -> MlResult<()> {
     let interval = core.shared.config.cursor_flush_interval();
     let mut failures: u32 = 0;
     loop {
@@ -552,22 +560,60 @@ async fn flusher(core: Arc<Core>, mut store: CursorStore, mut rx: mpsc::Receiver
             }
             req = rx.recv() => Some(req),
         };
+        // The queue closed: the last write below replaces this one.
+        if matches!(req, Some(None)) {
+            break;
+        }
         let r = write_if_dirty(&core, &mut store).await;
         failures = next_failures(failures, &r);
-        match req {
-            None => {}
-            Some(Some(done)) => {
-                let _ = done.send(r);
-            }
-            Some(None) => break,
+        if let Some(Some(done)) = req {
+            let _ = done.send(r);
         }
     }
-    if core.state().deleted {
+    let r = if core.state().deleted {
         store.delete_ledger().await;
+        Ok(())
     } else {
-        store.close().await;
-    }
+        write_last(&core, &mut store).await
+    };
     debug!("cursor flusher stopped");
+    r
+}
+
+/// The last write of a stopping cursor: the whole state into the record when it is small
+/// enough, so the next owner needs no cursor-ledger recovery (a bundle handover opens every
+/// topic on the new owner while clients wait); otherwise a last snapshot in the ledger.
+async fn write_last(core: &Core, store: &mut CursorStore) -> MlResult<()> {
+    if store.is_fenced() || core.shared.status() == crate::read::Status::Fenced {
+        return Err(ManagedLedgerError::Fenced(core.shared.name.clone()));
+    }
+    let (snapshot, dirty) = {
+        let mut st = core.state();
+        let dirty = std::mem::replace(&mut st.dirty, false);
+        (snapshot_of(core, &st), dirty)
+    };
+    store.close_with(&snapshot, dirty).await
+}
+
+/// The state to persist; at most `cursor_acked_ranges_persist_max` acked ranges.
+fn snapshot_of(core: &Core, st: &CursorState) -> CursorRecord {
+    let max = core.shared.config.cursor_acked_ranges_persist_max;
+    let ranges = st.acked.range_count();
+    if ranges > max {
+        // Acks above the cap hold in memory only: redelivered after a restart, never lost.
+        debug!(
+            ranges,
+            max, "cursor snapshot keeps only the lowest acked ranges"
+        );
+    }
+    CursorRecord {
+        first_unacked: st.first_unacked,
+        acked_ranges: st.acked.to_records(max),
+        properties: st.properties.clone(),
+        updated_ms: core.shared.clock.now_ms(),
+        batch_acks: st.batch_acks.to_records(),
+        cursor_ledger: None,
+    }
 }
 
 fn next_failures(failures: u32, result: &MlResult<()>) -> u32 {
@@ -590,23 +636,7 @@ async fn write_if_dirty(core: &Core, store: &mut CursorStore) -> MlResult<()> {
             return Ok(());
         }
         st.dirty = false;
-        let max = core.shared.config.cursor_acked_ranges_persist_max;
-        let ranges = st.acked.range_count();
-        if ranges > max {
-            // Acks above the cap hold in memory only: redelivered after a restart, never lost.
-            debug!(
-                ranges,
-                max, "cursor snapshot keeps only the lowest acked ranges"
-            );
-        }
-        CursorRecord {
-            first_unacked: st.first_unacked,
-            acked_ranges: st.acked.to_records(max),
-            properties: st.properties.clone(),
-            updated_ms: core.shared.clock.now_ms(),
-            batch_acks: st.batch_acks.to_records(),
-            cursor_ledger: None,
-        }
+        snapshot_of(core, &st)
     };
     match store.persist(&snapshot).await {
         Ok(()) => Ok(()),

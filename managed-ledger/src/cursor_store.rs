@@ -40,6 +40,9 @@ use crate::factory::{create_ledger, delete_ledger, recover_ledger};
 use crate::read::Shared;
 use crate::record::CursorRecord;
 
+/// A closing cursor's snapshot up to this size goes into its record rather than its ledger.
+pub(crate) const INLINE_ON_CLOSE_BYTES_MAX: usize = 64 * 1024;
+
 /// The persistence of one durable cursor. Owned by the cursor's flusher task.
 #[derive(Debug)]
 pub(crate) struct CursorStore {
@@ -241,13 +244,52 @@ impl CursorStore {
         }
     }
 
-    /// Seals the cursor ledger (the cursor is closing): the next owner needs no recovery.
-    pub async fn close(&mut self) {
+    /// The last write of a closing cursor. A snapshot of at most [`INLINE_ON_CLOSE_BYTES_MAX`]
+    /// goes whole into the record (one CAS), as Pulsar persists a closing cursor's position
+    /// in the metadata store: the next owner claims it and is done — no cursor ledger to
+    /// recover, no bookie read. The ledger the record named is then deleted in the background
+    /// (a crash before that leaves it unreferenced, as a crash mid-rollover does). A larger
+    /// snapshot (or a record write that fails) is appended to the cursor ledger if it changed,
+    /// and the ledger sealed, so the next owner reads it without fencing.
+    pub async fn close_with(&mut self, snapshot: &CursorRecord, dirty: bool) -> MlResult<()> {
+        if self.fenced {
+            return Err(self.fenced_error());
+        }
+        if !dirty && self.stored_ledger.is_none() {
+            return Ok(()); // the record holds the state already
+        }
+        if encode(snapshot)?.len() <= INLINE_ON_CLOSE_BYTES_MAX {
+            match self.write_record(&self.inline(snapshot)).await {
+                Ok(()) => {
+                    drop(self.writer.take());
+                    if let Some(old) = self.stored_ledger.take() {
+                        let delete = delete_ledger(&self.shared.client, old);
+                        tokio::spawn(async move {
+                            if let Err(e) = delete.await {
+                                warn!(ledger = %old, error = %e,
+                                    "could not delete a closed cursor's ledger");
+                            }
+                        });
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_fenced() => return Err(e),
+                Err(e) => {
+                    debug!(error = %e, "closing cursor: record write failed; using its ledger");
+                }
+            }
+        }
+        let r = if dirty {
+            self.persist(snapshot).await
+        } else {
+            Ok(())
+        };
         if let Some(w) = self.writer.take()
             && let Err(e) = w.close().await
         {
             debug!(error = %e, "cursor ledger close failed; the next owner recovers it");
         }
+        r
     }
 
     /// Deletes the cursor ledger (the record is deleted by the caller).

@@ -237,9 +237,13 @@ async fn open_managed_ledger(
         }
         MlResult::Ok((record, expected))
     };
-    let (read, writer) = futures::join!(
+    // The cursors are listed in the same round: a claim of a record that changed after the
+    // listing conflicts and reads it again, as it would had the listing come later.
+    let (read, writer, cursors, chunks) = futures::join!(
         read_and_recover,
-        create_ledger(&client, config.ledger_config(&name))
+        create_ledger(&client, config.ledger_config(&name)),
+        crate::ledger::list_cursors(&metadata, &name),
+        crate::ledger_list::list_chunk_keys(&metadata, &name)
     );
     let (mut record, expected) = match read {
         Ok(r) => r,
@@ -282,20 +286,29 @@ async fn open_managed_ledger(
     };
     let current = writer.as_ref().ok().map(LedgerWriter::id);
     info!(ledger = ?current, ledgers = record.ledgers.len(), "managed ledger open");
-    // Our head write fenced every earlier writer's: chunks it does not refer to are garbage.
-    // The cursors are listed meanwhile (one round of requests less for a takeover).
-    let (orphans, cursors) = futures::join!(
-        list.delete_orphans(),
-        crate::ledger::list_cursors(&metadata, &name)
-    );
-    if let Err(e) = orphans {
-        warn!(error = %e, "could not delete unreferenced ledger-list chunks");
-    }
-    for id in empty {
-        if let Err(e) = delete_ledger(&client, id).await {
-            warn!(ledger = %id, error = %e, "could not delete an empty ledger");
+    // Our head write fenced every earlier writer's: chunks listed before it that it does not
+    // refer to are garbage, as are the empty ledgers it dropped. Collected in the background: a takeover opens a
+    // bundle's topics while their clients wait.
+    let orphans = match &chunks {
+        Ok(listed) => list.orphans(listed),
+        Err(e) => {
+            warn!(error = %e, "could not list the ledger-list chunks to collect orphans");
+            Vec::new()
         }
-    }
+    };
+    let collect_client = client.clone();
+    let collect_store = Arc::clone(&metadata);
+    tokio::spawn(
+        async move {
+            crate::ledger_list::delete_chunk_keys(collect_store, orphans).await;
+            for id in empty {
+                if let Err(e) = delete_ledger(&collect_client, id).await {
+                    warn!(ledger = %id, error = %e, "could not delete an empty ledger");
+                }
+            }
+        }
+        .instrument(info_span!("ml_collect", ml = %name)),
+    );
     let last_confirmed = record
         .ledgers
         .iter()

@@ -17,8 +17,8 @@
 //! worst unreferenced chunks (orphans), and a writer that lost the head CAS (a stale owner)
 //! never changes anything the winner refers to. Orphans — from a crash between the two writes,
 //! or a lost CAS — are deleted by the next owner once its own head CAS succeeded
-//! ([`LedgerList::delete_orphans`]); from then on no writer holding an older version can make a
-//! head refer to them.
+//! ([`LedgerList::orphans`] of the chunks listed when it opened); from then on no writer holding
+//! an older version can make a head refer to them.
 //!
 //! A missing or malformed chunk fails the open with an error naming the topic and the chunk: the
 //! topic fails closed instead of serving a history with a hole.
@@ -252,21 +252,34 @@ impl LedgerList {
 
     /// Deletes the chunks under this list's prefix that the stored head does not refer to.
     /// Call only as the owner, after a successful head write.
+    #[cfg(test)]
     pub async fn delete_orphans(&self) -> MlResult<usize> {
+        let listed = list_chunk_keys(&self.store, &self.name).await?;
+        let orphans = self.orphans(&listed);
+        let n = orphans.len();
+        delete_chunk_keys(Arc::clone(&self.store), orphans).await;
+        Ok(n)
+    }
+
+    /// The chunk keys among `listed` that the stored head does not refer to. Call only as the
+    /// owner, after a successful head write; `listed` may come from before that write (an
+    /// open lists them in its first round): a chunk written after the listing is one of ours
+    /// (a fresh name) or an orphan of a writer our head fenced, which the next owner collects.
+    pub fn orphans(&self, listed: &[String]) -> Vec<String> {
         let prefix = chunks_prefix(&self.name);
-        let keys = self.store.list_keys(&prefix).await?;
         let referred: HashSet<&str> = self.chunks.iter().map(|c| c.r.chunk.as_str()).collect();
-        let orphans: Vec<String> = keys
+        let orphans: Vec<String> = listed
             .iter()
-            .filter_map(|k| k.strip_prefix(&prefix))
-            .filter(|c| !referred.contains(c))
-            .map(str::to_owned)
+            .filter(|k| {
+                k.strip_prefix(&prefix)
+                    .is_some_and(|c| !referred.contains(c))
+            })
+            .cloned()
             .collect();
         if !orphans.is_empty() {
             info!(ml = %self.name, orphans = orphans.len(), "deleting unreferenced ledger-list chunks");
-            self.delete_chunks(orphans.iter()).await;
         }
-        Ok(orphans.len())
+        orphans
     }
 
     /// Deletes the head and every chunk (the managed ledger is being deleted).
@@ -364,13 +377,26 @@ impl LedgerList {
     }
 
     async fn delete_chunks(&self, chunks: impl Iterator<Item = &String>) {
-        for c in chunks {
-            let key = chunk_key(&self.name, c);
-            match self.store.delete(&key, Expected::Any).await {
-                Ok(DeleteOutcome::Deleted | DeleteOutcome::NotFound) => {}
-                Ok(other) => warn!(%key, ?other, "ledger-list chunk not deleted"),
-                Err(e) => warn!(%key, error = %e, "ledger-list chunk not deleted; an orphan now"),
-            }
+        let keys = chunks.map(|c| chunk_key(&self.name, c)).collect();
+        delete_chunk_keys(Arc::clone(&self.store), keys).await;
+    }
+}
+
+/// The keys of every chunk stored under `name`'s prefix.
+pub(crate) async fn list_chunk_keys(
+    store: &Arc<dyn MetadataStore>,
+    name: &str,
+) -> MlResult<Vec<String>> {
+    Ok(store.list_keys(&chunks_prefix(name)).await?)
+}
+
+/// Deletes chunks by key; one that cannot be deleted stays an orphan (logged).
+pub(crate) async fn delete_chunk_keys(store: Arc<dyn MetadataStore>, keys: Vec<String>) {
+    for key in keys {
+        match store.delete(&key, Expected::Any).await {
+            Ok(DeleteOutcome::Deleted | DeleteOutcome::NotFound) => {}
+            Ok(other) => warn!(%key, ?other, "ledger-list chunk not deleted"),
+            Err(e) => warn!(%key, error = %e, "ledger-list chunk not deleted; an orphan now"),
         }
     }
 }

@@ -148,7 +148,7 @@ async fn managed_ledger_reopen_recovers_and_fences_previous_owner() {
     let want: Vec<Bytes> = (0..21).map(payload).collect();
     assert_eq!(got, want);
 
-    // A clean close records the last ledger closed; reopening then needs no recovery.
+    // A clean close seals the last ledger; reopening reads its length from its metadata.
     ml2.close().await.unwrap();
     let third = cluster.factory();
     let ml3 = third
@@ -1161,6 +1161,97 @@ async fn managed_ledger_cursor_state_goes_to_a_cursor_ledger_not_to_the_metadata
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_leaves_a_small_cursor_state_in_its_record_and_a_large_one_in_its_sealed_ledger() {
+    let cluster = Cluster::start(2).await;
+    let client = cluster.client();
+    let name = "t/ns/persistent/close-inline";
+    let ml = cluster.factory().open(name, config(10_000)).await.unwrap();
+    let small = ml
+        .open_cursor("small", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let large = ml
+        .open_cursor("large", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 6000).await;
+    small.ack_cumulative(p[4]).unwrap();
+    small.ack_individual(&[p[7], p[9]]).unwrap();
+    // Every other entry: 3000 acked ranges, a snapshot far above what goes into a record.
+    let every_other: Vec<Position> = p.iter().skip(1).step_by(2).copied().collect();
+    large.ack_individual(&every_other).unwrap();
+    small.flush().await.unwrap();
+    large.flush().await.unwrap();
+    let record = async |cursor: &str| {
+        let key = cursor_record_key(name, cursor);
+        let v = cluster
+            .metadata
+            .get(&key)
+            .await
+            .unwrap()
+            .expect("cursor record");
+        serde_json::from_slice::<CursorRecord>(&v.value).unwrap()
+    };
+    let small_ledger = record("small")
+        .await
+        .cursor_ledger
+        .expect("flushes go to a cursor ledger");
+    let large_ledger = record("large").await.cursor_ledger.unwrap();
+    assert_eq!(large.stats().acked_ranges, 3000);
+    // Changed after the last flush: the close's own write carries it.
+    small.ack_individual(&[p[11]]).unwrap();
+    ml.close().await.unwrap();
+
+    // The small state is in the record; its ledger is deleted.
+    let r = record("small").await;
+    assert_eq!(
+        r.cursor_ledger, None,
+        "a closed cursor's record holds its state"
+    );
+    assert_eq!(r.first_unacked, p[5]);
+    wait::until_async(
+        "the closed cursor's ledger is deleted",
+        Duration::from_secs(10),
+        || async {
+            matches!(
+                client.ledger_metadata(small_ledger).await,
+                Err(LedgerError::NoSuchLedger(_))
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    // The large one stays in its ledger, sealed: the next owner reads it without fencing.
+    assert_eq!(record("large").await.cursor_ledger, Some(large_ledger));
+    let sealed = client.open_ledger(large_ledger).await.unwrap();
+    assert!(sealed.metadata().is_closed());
+    let last = sealed.metadata().last_entry_id as u64;
+    let snapshot = sealed.read(last).await.unwrap().payload;
+    assert!(
+        snapshot.len() > crate::cursor_store::INLINE_ON_CLOSE_BYTES_MAX,
+        "the large snapshot ({} bytes) must exceed what goes into a record",
+        snapshot.len()
+    );
+
+    // The next owner has both states.
+    let ml = cluster.factory().open(name, config(10_000)).await.unwrap();
+    let small = ml.cursor("small").unwrap();
+    assert_eq!(small.first_unacked(), p[5]);
+    assert!(small.is_acked(p[7]) && small.is_acked(p[9]) && small.is_acked(p[11]));
+    assert!(!small.is_acked(p[8]) && !small.is_acked(p[10]));
+    let large = ml.cursor("large").unwrap();
+    assert!(every_other.iter().all(|q| large.is_acked(*q)));
+    assert!(!large.is_acked(p[0]) && !large.is_acked(p[5998]));
+    // Its acks go to a new cursor ledger.
+    small.ack_cumulative(p[20]).unwrap();
+    small.flush().await.unwrap();
+    let again = record("small").await.cursor_ledger;
+    assert!(again.is_some_and(|l| l != small_ledger), "{again:?}");
+    ml.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_with_a_lost_cursor_ledger_fails_to_load_naming_it() {
     let cluster = Cluster::start(2).await;
     let client = cluster.client();
@@ -1172,13 +1263,14 @@ async fn managed_ledger_with_a_lost_cursor_ledger_fails_to_load_naming_it() {
         .unwrap();
     let p = append_n(&ml, 0, 5).await;
     c.ack_cumulative(p[3]).unwrap();
-    ml.close().await.unwrap();
+    c.flush().await.unwrap();
     let key = record::cursor_record_key(name, "sub");
     let r: CursorRecord =
         serde_json::from_slice(&cluster.metadata.get(&key).await.unwrap().unwrap().value).unwrap();
     let lost = r.cursor_ledger.expect("the record names the cursor ledger");
-    // Closing sealed it: the next owner reads it without recovery.
-    assert!(client.ledger_metadata(lost).await.unwrap().is_closed());
+    // The ledger the record names is lost while its owner still runs (a crash without a clean
+    // close: a closing cursor would move its state into the record).
+    let _old_owner = (ml, c);
     client.delete_ledger(lost).await.unwrap();
 
     let err = cluster.factory().open(name, config(100)).await.unwrap_err();
