@@ -49,7 +49,7 @@ async fn bundle_of(node: &Broker, topic: &str) -> Bundle {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unload_hands_the_bundle_over_before_clients_are_sent_to_the_target() {
+async fn an_unload_hands_the_bundle_over_and_sends_clients_straight_to_the_target() {
     let (_cluster, a, b) = two_brokers().await;
     let topic = "persistent://public/default/moving";
     // PRODUCER and SUBSCRIBE straight to A: it takes the bundle.
@@ -396,12 +396,24 @@ async fn a_transfer_the_target_refuses_leaves_the_bundle_served() {
         .unwrap();
     assert_eq!(unloaded.to, None, "the target did not take it");
     assert!(!b.service().ownership().is_owned(&bundle));
-    // The client is told without a URL, looks the topic up and A serves it again.
+    // The client was sent to the named target as soon as the lease was free; B refuses it,
+    // and the topic's lookup finds A serving it again.
     let f = next_within(&mut conn, Duration::from_secs(10))
         .await
         .expect("CLOSE_PRODUCER");
     let close = f.command.close_producer.expect("CLOSE_PRODUCER");
-    assert_eq!(close.assigned_broker_service_url, None);
+    assert_eq!(
+        close.assigned_broker_service_url.as_deref(),
+        Some(b.service_url())
+    );
+    let mut at_b = connect(b.local_addr()).await;
+    at_b.send(producer_frame(topic, 1)).await.unwrap();
+    let refused = next(&mut at_b).await.command;
+    assert!(
+        refused.producer_success.is_none() && refused.error.is_some(),
+        "{refused:?}"
+    );
+    assert!(!b.service().ownership().is_owned(&bundle));
     let t: TopicName = topic.parse().unwrap();
     assert_eq!(a.service().lookup(&t, true).await.unwrap(), None);
     conn.send(producer_frame(topic, 2)).await.unwrap();

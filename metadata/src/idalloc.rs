@@ -50,7 +50,7 @@ impl IdAllocator {
         if start {
             // Its own task: a caller giving up must not strand the others it serves.
             let this = self.clone();
-            tokio::spawn(async move { this.serve().await });
+            crate::priority::spawn_inheriting(async move { this.serve().await });
         }
         match answer.await {
             Ok(Some(id)) => Ok(id),

@@ -57,12 +57,16 @@ impl OwnershipLease {
     ) -> Result<Acquired> {
         crate::validate_key(key)?;
         let epochs = IdAllocator::new(Arc::clone(&store), format!("{EPOCH_PREFIX}{key}"));
-        if let Some(current) = store.get(key).await? {
+        // The holder is read while the next epoch is drawn: a free lease (what a caller that
+        // found no owner expects) costs one round less; a busy one skips an epoch, which
+        // epochs may.
+        let (current, epoch) = futures::join!(store.get(key), epochs.next());
+        if let Some(current) = current? {
             return Ok(Acquired::Busy(Some(decode(key, &current.value)?)));
         }
         let record = LeaseRecord {
             owner: owner.to_owned(),
-            epoch: epochs.next().await?,
+            epoch: epoch?,
         };
         let version = match store
             .put_ephemeral(key, encode(key, &record)?, Expected::Absent, session)

@@ -30,6 +30,7 @@ mod ids;
 mod keyspace;
 mod lease;
 mod memory;
+pub mod priority;
 #[cfg(test)]
 mod probe;
 mod record;

@@ -2,11 +2,12 @@
 //!
 //! - **handover** `/loadbalance/handover/{bundle}`: written by the owner that is giving a
 //!   bundle to another broker, after its topics are quiesced and before it releases the lease.
-//!   The named target takes the lease, marks the record `taken`, loads the listed topics, then
-//!   deletes the record; the source waits for the mark (or the deletion) and then tells its
-//!   clients where to reconnect (PIP-307): they reach the target while it opens the topics, and
-//!   each waits only for its own topic. Lookups that meet a free bundle with a live handover
-//!   record send clients to its target instead of taking the bundle themselves.
+//!   Once the lease is released the source tells its clients where to reconnect (PIP-307).
+//!   The named target opens the listed topics' storage while it takes the lease, marks the
+//!   record `taken`, loads the topics, then deletes the record; clients reach it meanwhile and
+//!   each waits only for its own topic. The source waits for the mark (or the deletion) to
+//!   know the move is done. Lookups that meet a free bundle with a live handover record send
+//!   clients to its target instead of taking the bundle themselves.
 //! - **unload order** `/loadbalance/unload/{bundle}`: written by whoever wants a bundle it does
 //!   not own moved (the leader's shedding, a namespace unload on another broker); the owner
 //!   carries it out and deletes it, which is what the writer waits for.

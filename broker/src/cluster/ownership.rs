@@ -128,7 +128,8 @@ impl OwnershipCache {
             let _single_flight = gate.lock().await;
             match self.owned_epoch(bundle) {
                 Some(epoch) => Ok(Owner::This { epoch }),
-                None => self.take(bundle).await,
+                // Ahead of the topic loads that a takeover starts at the same time.
+                None => magnetar_metadata::priority::urgent(self.take(bundle)).await,
             }
         };
         let mut acquiring = self.acquiring.lock().unwrap_or_else(|p| p.into_inner());

@@ -659,6 +659,27 @@ impl BrokerService {
                 return Err(BrokerError::TopicNotFound(topic.to_string()));
             }
         }
+        let config = self.ml_config(&topic, &policies, topic_policies.as_ref());
+        let ml = self.factory.open(&topic.persistence_name(), config).await?;
+        // Deduplication state is recovered before any producer can publish.
+        let dedup =
+            crate::topic::dedup::Dedup::new(self.config.dedup.clone(), Arc::clone(ml.clock()));
+        let dedup_on = policies
+            .deduplication_enabled
+            .unwrap_or(self.config.dedup.enabled_by_default);
+        dedup.apply_policy(dedup_on, &ml).await?;
+        info!(topic = %topic, %bundle, "topic loaded");
+        let host: Arc<dyn TopicHost> = Arc::clone(&self) as Arc<dyn TopicHost>;
+        Ok(Topic::new(topic, bundle, ml, dedup, Arc::downgrade(&host)))
+    }
+
+    /// The managed-ledger configuration of `topic` under its namespace and topic policies.
+    fn ml_config(
+        &self,
+        topic: &TopicName,
+        policies: &NamespacePolicies,
+        topic_policies: Option<&crate::policies::TopicPolicies>,
+    ) -> magnetar_managed_ledger::ManagedLedgerConfig {
         let mut config = self.config.managed_ledger.clone();
         // A failed write fences publishing until producers resend (topic.rs).
         config.suspend_appends_after_failure = true;
@@ -679,22 +700,27 @@ impl BrokerService {
                 r.retention_size_in_mb.saturating_mul(1024 * 1024)
             };
         }
-        let offload = self.resolve_offload(&topic, topic_policies.as_ref(), &policies);
+        let offload = self.resolve_offload(topic, topic_policies, policies);
         config.offload_threshold_bytes = offload.threshold_bytes;
         config.offload_threshold_ms = offload.threshold_ms;
         config.offload_deletion_lag_ms = offload.deletion_lag_ms;
         config.offload_driver = offload.driver;
-        let ml = self.factory.open(&topic.persistence_name(), config).await?;
-        // Deduplication state is recovered before any producer can publish.
-        let dedup =
-            crate::topic::dedup::Dedup::new(self.config.dedup.clone(), Arc::clone(ml.clock()));
-        let dedup_on = policies
-            .deduplication_enabled
-            .unwrap_or(self.config.dedup.enabled_by_default);
-        dedup.apply_policy(dedup_on, &ml).await?;
-        info!(topic = %topic, %bundle, "topic loaded");
-        let host: Arc<dyn TopicHost> = Arc::clone(&self) as Arc<dyn TopicHost>;
-        Ok(Topic::new(topic, bundle, ml, dedup, Arc::downgrade(&host)))
+        config
+    }
+
+    /// Opens the managed ledger of `topic` as its load would, without the topic: a broker
+    /// taking over a handed-over bundle opens its topics' storage while it takes the lease
+    /// (the source closed it all before handing over); the load then finds it open.
+    pub(crate) async fn open_storage(
+        &self,
+        topic: &TopicName,
+    ) -> BrokerResult<Arc<magnetar_managed_ledger::ManagedLedger>> {
+        let (policies, topic_policies) =
+            futures::try_join!(self.namespace_policies(topic.namespace()), async {
+                Ok(self.policies.topic_policies(topic).await?)
+            },)?;
+        let config = self.ml_config(topic, &policies, topic_policies.as_ref());
+        Ok(self.factory.open(&topic.persistence_name(), config).await?)
     }
 
     /// Forgets a topic that closed itself (it is loaded again on next use).

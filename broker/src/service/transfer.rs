@@ -6,17 +6,20 @@
 //! A handover, step by step (records in `cluster::handover`):
 //! 1. the source marks the bundle releasing here (its lookups answer the target from now on),
 //! 2. quiesces the bundle's topics — producers detached (SENDs on the wire are ignored; the
-//!    client resends them), subscriptions stopped after their queued acks, ledgers closed —,
+//!    client resends them), subscriptions stopped after their queued acks, cursors' states left
+//!    in their records, ledgers sealed —,
 //! 3. writes the handover record naming the target and the topics, then releases the lease,
-//! 4. the target (watching `/loadbalance/`) takes the lease, marks the record taken, opens the
-//!    topics, deletes the record,
-//! 5. the source, seeing the mark, tells each client CLOSE_PRODUCER / CLOSE_CONSUMER with
-//!    `assignedBrokerServiceUrl` = the target (PIP-307): clients reconnect there directly, while
-//!    the target opens the topics (a client's request waits for its own topic's load).
+//! 4. and at once tells each client CLOSE_PRODUCER / CLOSE_CONSUMER with
+//!    `assignedBrokerServiceUrl` = the target (PIP-307): clients reconnect there directly;
+//! 5. the target (watching `/loadbalance/`) opens the topics' storage while it takes the lease
+//!    (or a client's request takes it first: the lease is free and the record names this
+//!    broker), marks the record taken, loads the topics, deletes the record; a client's request
+//!    waits only for its own topic's load.
 //!
-//! If the target does not take the bundle within [`HANDOVER_WAIT`], clients are told without a
-//! URL and look the topic up; if the lease cannot be released, the bundle stays here and its
-//! topics load again on the clients' reconnect — an unload never leaves a bundle unserved.
+//! If the target does not take the bundle within [`HANDOVER_WAIT`], the record is deleted and
+//! the bundle is served by whoever a lookup reaches; if the lease cannot be released, clients
+//! are told without a URL, look the topic up and find the bundle here again — an unload never
+//! leaves a bundle unserved.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -50,6 +53,14 @@ const TARGET_LOADS_PARALLEL: usize = 128;
 /// After the `/loadbalance/` watch ends, wait this long and start over.
 const REWATCH_DELAY: Duration = Duration::from_secs(1);
 
+/// Waits for the outcome of a handover's lease acquisition: true once it is taken.
+async fn lease_taken(lease: &mut tokio::sync::watch::Receiver<Option<bool>>) -> bool {
+    lease
+        .wait_for(Option::is_some)
+        .await
+        .is_ok_and(|taken| *taken == Some(true))
+}
+
 /// Who serves a bundle, as a lookup answers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claimed {
@@ -67,7 +78,7 @@ pub enum Claimed {
 pub struct Unloaded {
     /// Topics that were open and were closed.
     pub topics: usize,
-    /// The broker that took the bundle and that clients were sent to, if it was handed over.
+    /// The broker that took the bundle (clients were sent to it), if it was handed over.
     pub to: Option<String>,
 }
 
@@ -286,8 +297,8 @@ impl BrokerService {
             .flatten()
             .collect();
         let quiesce_ms = self.ms_since(began);
-        let mut assigned = None;
         let mut taken_ms = None;
+        let mut assigned = None;
         let released = match &to {
             Some(target) => {
                 let handed = self.write_handover(bundle, target, names).await;
@@ -295,6 +306,13 @@ impl BrokerService {
                 if released.is_ok()
                     && let Some((key, version)) = handed
                 {
+                    // The lease is free and the record names the target: clients go there at
+                    // once (PIP-307). The target takes the lease on the record, or on the
+                    // first client's request — whichever comes first — and opens the topics
+                    // meanwhile; a client waits there only for its own topic.
+                    for q in &quiesced {
+                        q.notify(Some(target));
+                    }
                     if !self.wait_taken(&key, version, taken, HANDOVER_WAIT).await {
                         warn!(%bundle, %target, "the target did not take the bundle in time");
                         let _ = self.store.delete(&key, Expected::Version(version)).await;
@@ -308,17 +326,24 @@ impl BrokerService {
                             warn!(%bundle, %target, now = ?other, "the bundle did not reach its target");
                         }
                     }
+                } else {
+                    // No record, or the lease is still here: clients look the topic up (and
+                    // find this broker again if the lease could not be let go).
+                    for q in &quiesced {
+                        q.notify(None);
+                    }
                 }
                 released
             }
-            None => self.ownership.release(bundle).await,
+            None => {
+                let released = self.ownership.release(bundle).await;
+                for q in &quiesced {
+                    q.notify(None);
+                }
+                released
+            }
         };
-        // After the handover (or its failure): clients go straight to the target, or look the
-        // topic up — which finds this broker again if the lease could not be let go.
         let clients: usize = quiesced.iter().map(Quiesced::clients).sum();
-        for q in &quiesced {
-            q.notify(assigned.as_deref());
-        }
         match released {
             Ok(()) => {
                 let total_ms = self.ms_since(began);
@@ -427,7 +452,10 @@ impl BrokerService {
 
     /// The target's side of a handover: takes the lease (waiting briefly while the source
     /// still holds it), marks the record taken — which tells the source to send its clients
-    /// here —, opens the topics, then deletes the record.
+    /// here —, loads the topics, then deletes the record. The topics' storage is opened while
+    /// the lease is being taken: the source closed all of it before writing the record, and
+    /// the managed ledgers' own fencing (CAS of their records, ledger recovery) keeps it safe
+    /// if the lease ends elsewhere after all — storage opened for nothing is closed again.
     async fn take_handover(
         self: Arc<Self>,
         bundle: Bundle,
@@ -436,70 +464,92 @@ impl BrokerService {
     ) {
         let began = self.config.clock.now();
         let deadline = began + HANDOVER_WAIT;
-        let taken = loop {
-            if self.draining.load(Ordering::Acquire) {
-                break false;
-            }
-            match self.ownership.acquire(&bundle).await {
-                Ok(Owner::This { .. }) => break true,
-                Ok(Owner::Other(r)) if r.owner == h.from && self.config.clock.now() < deadline => {
-                    self.config.clock.sleep(LEASE_RETRY).await;
-                }
-                Ok(Owner::Other(r)) => {
-                    warn!(%bundle, owner = %r.owner, "handed-over bundle taken by another broker");
+        let (lease_tx, lease_rx) = tokio::sync::watch::channel(None::<bool>);
+        let acquire = async {
+            let taken = loop {
+                if self.draining.load(Ordering::Acquire) {
                     break false;
                 }
-                Err(e) => {
-                    warn!(%bundle, error = %e, "cannot take a handed-over bundle");
-                    break false;
-                }
-            }
-        };
-        let lease_ms = self.ms_since(began);
-        let key = handover::handover_key(&bundle);
-        let mut version = version;
-        if taken {
-            // Marked taken, the source sends its clients here at once, while the topics open:
-            // each client then waits only for its own topic.
-            let mark = async {
-                let marked = Handover {
-                    taken: true,
-                    ..h.clone()
-                };
-                let value = Bytes::from(serde_json::to_vec(&marked).ok()?);
-                match self
-                    .store
-                    .put(&key, value, Expected::Version(version))
-                    .await
-                {
-                    Ok(PutOutcome::Written(v)) => Some((v, self.ms_since(began))),
-                    Ok(PutOutcome::Conflict { .. }) => None,
+                match self.ownership.acquire(&bundle).await {
+                    Ok(Owner::This { .. }) => break true,
+                    Ok(Owner::Other(r))
+                        if r.owner == h.from && self.config.clock.now() < deadline =>
+                    {
+                        self.config.clock.sleep(LEASE_RETRY).await;
+                    }
+                    Ok(Owner::Other(r)) => {
+                        warn!(%bundle, owner = %r.owner, "handed-over bundle taken by another broker");
+                        break false;
+                    }
                     Err(e) => {
-                        warn!(%bundle, error = %e, "cannot mark the handover taken");
-                        None
+                        warn!(%bundle, error = %e, "cannot take a handed-over bundle");
+                        break false;
                     }
                 }
             };
-            let loads = futures::stream::iter(h.topics.clone())
-                .map(|name| {
-                    let this = Arc::clone(&self);
-                    async move {
-                        let topic: TopicName = name.parse().ok()?;
-                        this.get_topic(&topic).await.ok()
+            lease_tx.send_replace(Some(taken));
+            (taken, self.ms_since(began))
+        };
+        let key = handover::handover_key(&bundle);
+        // Marked taken, the source sends its clients here at once, while the topics load:
+        // each client then waits only for its own topic.
+        let mark = async {
+            let mut lease = lease_rx.clone();
+            if !lease_taken(&mut lease).await {
+                return None;
+            }
+            let marked = Handover {
+                taken: true,
+                ..h.clone()
+            };
+            let value = Bytes::from(serde_json::to_vec(&marked).ok()?);
+            let put = self.store.put(&key, value, Expected::Version(version));
+            match magnetar_metadata::priority::urgent(put).await {
+                Ok(PutOutcome::Written(v)) => Some((v, self.ms_since(began))),
+                Ok(PutOutcome::Conflict { .. }) => None,
+                Err(e) => {
+                    warn!(%bundle, error = %e, "cannot mark the handover taken");
+                    None
+                }
+            }
+        };
+        let loads = futures::stream::iter(h.topics.clone())
+            .map(|name| {
+                let this = Arc::clone(&self);
+                let mut lease = lease_rx.clone();
+                async move {
+                    let topic: TopicName = name.parse().ok()?;
+                    let storage = this.open_storage(&topic).await.ok();
+                    if lease_taken(&mut lease).await {
+                        return this.get_topic(&topic).await.ok();
                     }
-                })
-                .buffer_unordered(TARGET_LOADS_PARALLEL)
-                .filter(|t| futures::future::ready(t.is_some()))
-                .count();
-            let (marked, loaded) = futures::join!(mark, loads);
-            let marked_ms = marked.map(|(v, ms)| {
-                version = v;
-                ms
-            });
-            let total_ms = self.ms_since(began);
-            info!(%bundle, from = %h.from, topics = loaded, lease_ms, marked_ms, total_ms,
-                "took a handed-over bundle");
-        }
+                    if let Some(ml) = storage
+                        && this.loaded_topic(&topic).is_none()
+                    {
+                        let _ = ml.close().await;
+                    }
+                    None
+                }
+            })
+            .buffer_unordered(TARGET_LOADS_PARALLEL)
+            .filter(|t| futures::future::ready(t.is_some()))
+            .count();
+        let ((taken, lease_ms), marked, loaded) = futures::join!(acquire, mark, loads);
+        let version = match marked {
+            Some((v, marked_ms)) => {
+                let total_ms = self.ms_since(began);
+                info!(%bundle, from = %h.from, topics = loaded, lease_ms, marked_ms, total_ms,
+                    "took a handed-over bundle");
+                v
+            }
+            None => {
+                if taken {
+                    info!(%bundle, from = %h.from, topics = loaded, lease_ms,
+                        "took a handed-over bundle whose record could not be marked");
+                }
+                version
+            }
+        };
         let _ = self.store.delete(&key, Expected::Version(version)).await;
     }
 

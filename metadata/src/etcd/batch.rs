@@ -36,8 +36,9 @@ pub(super) const BATCH_OPS_MAX: usize = 64;
 /// Request bytes per batch at most, well within etcd's 1.5 MiB request limit (a larger single
 /// request still goes, alone).
 const BATCH_BYTES_MAX: usize = 512 * 1024;
-/// What the first page of a listing counts for against [`BATCH_BYTES_MAX`]: at most 8 per batch.
-pub(super) const LIST_PAGE_SHARE_BYTES: usize = BATCH_BYTES_MAX / 8;
+/// What the first page of a listing counts for against [`BATCH_BYTES_MAX`]: a batch may be all
+/// first pages (their replies are bounded by the page's few keys).
+pub(super) const LIST_PAGE_SHARE_BYTES: usize = BATCH_BYTES_MAX / BATCH_OPS_MAX;
 /// Requests waiting for a batch at most; past it a request is sent on its own.
 const WAITING_MAX: usize = 16 * 1024;
 
@@ -53,6 +54,8 @@ struct Pending<Req, Resp> {
     request: Req,
     key: Vec<u8>,
     size_bytes: usize,
+    /// Queued ahead of ordinary requests (see `crate::priority`).
+    urgent: bool,
     reply: oneshot::Sender<Result<Resp>>,
 }
 
@@ -146,6 +149,7 @@ pub(super) async fn submit<K: Kind>(
         request,
         key,
         size_bytes,
+        urgent: crate::priority::is_urgent(),
         reply: tx,
     };
     let start = match enqueue(K::batcher(core), queued, K::ONE_PER_KEY, K::IN_FLIGHT_MAX) {
@@ -172,11 +176,18 @@ fn enqueue<Req, Resp>(
     one_per_key: bool,
     in_flight_max: usize,
 ) -> std::result::Result<Option<Vec<Pending<Req, Resp>>>, Pending<Req, Resp>> {
+    let urgent = p.urgent;
     let mut q = batcher.queue();
     if q.waiting.len() >= WAITING_MAX {
         return Err(p);
     }
-    q.waiting.push_back(p);
+    if urgent {
+        // Ahead of the ordinary requests, behind earlier urgent ones (they are few).
+        let at = q.waiting.iter().take_while(|w| w.urgent).count();
+        q.waiting.insert(at, p);
+    } else {
+        q.waiting.push_back(p);
+    }
     if q.in_flight < in_flight_max {
         q.in_flight += 1;
         Ok(Some(Batcher::take(&mut q, one_per_key)))
@@ -368,16 +379,43 @@ mod tests {
     use super::*;
 
     fn pending(key: &str, size_bytes: usize) -> (Pending<(), ()>, oneshot::Receiver<Result<()>>) {
+        pending_as(key, size_bytes, false)
+    }
+
+    fn pending_as(
+        key: &str,
+        size_bytes: usize,
+        urgent: bool,
+    ) -> (Pending<(), ()>, oneshot::Receiver<Result<()>>) {
         let (tx, rx) = oneshot::channel();
         (
             Pending {
                 request: (),
                 key: key.as_bytes().to_vec(),
                 size_bytes,
+                urgent,
                 reply: tx,
             },
             rx,
         )
+    }
+
+    #[test]
+    fn urgent_requests_queue_ahead_of_ordinary_ones_in_their_own_order() {
+        let batcher: Batcher<(), ()> = Batcher::default();
+        let mut rxs = Vec::new();
+        for (key, urgent) in [("/a", false), ("/u1", true), ("/b", false), ("/u2", true)] {
+            let (p, rx) = pending_as(key, 1, urgent);
+            rxs.push(rx);
+            // No slot free: everything waits for an in-flight batch.
+            let queued = enqueue(&batcher, p, true, 0);
+            assert!(matches!(queued, Ok(None)));
+        }
+        let mut q = batcher.queue();
+        assert_eq!(
+            keys(&Batcher::take(&mut q, true)),
+            ["/u1", "/u2", "/a", "/b"]
+        );
     }
 
     fn keys(batch: &[Pending<(), ()>]) -> Vec<String> {

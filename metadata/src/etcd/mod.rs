@@ -35,8 +35,11 @@ use crate::{
 };
 
 /// Keys asked for by the first page of a listing; later pages are sized from the bytes per key
-/// seen so far, so a page stays near [`LIST_PAGE_BYTES_TARGET`] whatever the value sizes.
-const LIST_FIRST_PAGE_KEYS: i64 = 100;
+/// seen so far, so a page stays near [`LIST_PAGE_BYTES_TARGET`] whatever the value sizes. The
+/// first page joins a batch of other reads: few keys keep that batch's reply bounded (64 pages
+/// of 10 values of at most 1.5 MiB stay below gRPC's 2 GiB) while most listings — a topic's
+/// cursors, its ledger-list chunks — fit in it whole.
+const LIST_FIRST_PAGE_KEYS: i64 = 10;
 const LIST_PAGE_KEYS_MAX: i64 = 500;
 const LIST_PAGE_BYTES_TARGET: usize = 4 * 1024 * 1024;
 /// A listing whose snapshot revision is compacted while it is read starts over, this many times.
@@ -469,8 +472,8 @@ async fn list_snapshot(core: &Arc<Core>, prefix: &str, keys_only: bool) -> Resul
                     op: "list",
                     key: prefix.to_owned(),
                 };
-                // A page's reply may be large (100 keys of up to 1 MiB): a batch takes at
-                // most a few pages, so that its reply stays well within gRPC's 2 GiB.
+                // A first page is small (see LIST_FIRST_PAGE_KEYS): it counts in a batch
+                // as any request does.
                 batch::submit(core, read, from.clone(), batch::LIST_PAGE_SHARE_BYTES).await?
             }
             Some(revision) => {
