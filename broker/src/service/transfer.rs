@@ -451,8 +451,8 @@ impl BrokerService {
     }
 
     /// The target's side of a handover: takes the lease (waiting briefly while the source
-    /// still holds it), marks the record taken — which tells the source to send its clients
-    /// here —, loads the topics, then deletes the record. The topics' storage is opened while
+    /// still holds it), marks the record taken — which tells the source the move is done —,
+    /// loads the topics, then deletes the record. The topics' storage is opened while
     /// the lease is being taken: the source closed all of it before writing the record, and
     /// the managed ledgers' own fencing (CAS of their records, ledger recovery) keeps it safe
     /// if the lease ends elsewhere after all — storage opened for nothing is closed again.
@@ -491,8 +491,7 @@ impl BrokerService {
             (taken, self.ms_since(began))
         };
         let key = handover::handover_key(&bundle);
-        // Marked taken, the source sends its clients here at once, while the topics load:
-        // each client then waits only for its own topic.
+        // The mark tells the source the move is done (its clients were sent here already).
         let mark = async {
             let mut lease = lease_rx.clone();
             if !lease_taken(&mut lease).await {
