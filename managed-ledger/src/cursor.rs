@@ -13,8 +13,9 @@
 //! ledger of their own, the metadata record only naming it): acks only mark the state dirty and
 //! wake the cursor's flusher task, which waits `cursor_flush_interval_ms` (default 100 ms) to
 //! coalesce further acks, then persists one snapshot. One task per cursor means at most one
-//! write in flight. [`ManagedCursor::flush`] writes at once; a stopping cursor's last write puts the whole state
-//! into its record when small enough (see [`CursorStore::close_with`]). Fencing (another
+//! write in flight. [`ManagedCursor::flush`] writes at once; a stopping cursor's last write
+//! puts the whole state into its record when small enough (see [`CursorStore::close_with`]).
+//! Fencing (another
 //! broker owns the cursor now: its record changed, or its ledger was fenced by recovery) stops
 //! the flusher and `flush` reports [`ManagedLedgerError::Fenced`]. A snapshot keeps at most
 //! `cursor_acked_ranges_persist_max` acked ranges (the lowest), so a subscription acking

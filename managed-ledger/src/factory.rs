@@ -287,8 +287,8 @@ async fn open_managed_ledger(
     let current = writer.as_ref().ok().map(LedgerWriter::id);
     info!(ledger = ?current, ledgers = record.ledgers.len(), "managed ledger open");
     // Our head write fenced every earlier writer's: chunks listed before it that it does not
-    // refer to are garbage, as are the empty ledgers it dropped. Collected in the background: a takeover opens a
-    // bundle's topics while their clients wait.
+    // refer to are garbage, as are the empty ledgers it dropped. Collected in the background:
+    // a takeover opens a bundle's topics while their clients wait.
     let orphans = match &chunks {
         Ok(listed) => list.orphans(listed),
         Err(e) => {

@@ -697,12 +697,11 @@ impl Actor {
         .await
     }
 
-    /// Close: seal the current ledger and record it closed (the next owner then needs no
-    /// recovery). A fenced managed ledger only stops.
-    /// Seals the current ledger. The record is left as it is (the ledger listed open, as
-    /// Pulsar leaves it in the managed ledger's metadata): the next owner reads the sealed
-    /// ledger's length from its metadata in the round it reads the record, without fencing
-    /// anything — one metadata write less for every topic a handover quiesces.
+    /// Close: seal the current ledger; a fenced managed ledger only stops. The record is left
+    /// as it is (the ledger listed open, as Pulsar leaves it in the managed ledger's metadata):
+    /// the next owner reads the sealed ledger's length from its metadata in the round it reads
+    /// the record, without fencing anything — one metadata write less for every topic a
+    /// handover quiesces.
     async fn close_current(&mut self) -> MlResult<()> {
         let result = if self.status() == Status::Open {
             self.seal_current().await.map(|next| self.record = next)

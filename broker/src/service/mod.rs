@@ -641,10 +641,7 @@ impl BrokerService {
         create: bool,
     ) -> BrokerResult<Arc<Topic>> {
         // Independent reads, at once: a takeover loads a bundle's topics on this path.
-        let (policies, topic_policies) =
-            futures::try_join!(self.namespace_policies(topic.namespace()), async {
-                Ok(self.policies.topic_policies(&topic).await?)
-            },)?;
+        let (policies, topic_policies) = self.storage_policies(&topic).await?;
         let allowed = policies
             .auto_topic_creation_override
             .as_ref()
@@ -671,6 +668,16 @@ impl BrokerService {
         info!(topic = %topic, %bundle, "topic loaded");
         let host: Arc<dyn TopicHost> = Arc::clone(&self) as Arc<dyn TopicHost>;
         Ok(Topic::new(topic, bundle, ml, dedup, Arc::downgrade(&host)))
+    }
+
+    /// The namespace and topic policies a topic's storage is configured by, read at once.
+    async fn storage_policies(
+        &self,
+        topic: &TopicName,
+    ) -> BrokerResult<(NamespacePolicies, Option<crate::policies::TopicPolicies>)> {
+        futures::try_join!(self.namespace_policies(topic.namespace()), async {
+            Ok(self.policies.topic_policies(topic).await?)
+        })
     }
 
     /// The managed-ledger configuration of `topic` under its namespace and topic policies.
@@ -715,10 +722,7 @@ impl BrokerService {
         &self,
         topic: &TopicName,
     ) -> BrokerResult<Arc<magnetar_managed_ledger::ManagedLedger>> {
-        let (policies, topic_policies) =
-            futures::try_join!(self.namespace_policies(topic.namespace()), async {
-                Ok(self.policies.topic_policies(topic).await?)
-            },)?;
+        let (policies, topic_policies) = self.storage_policies(topic).await?;
         let config = self.ml_config(topic, &policies, topic_policies.as_ref());
         Ok(self.factory.open(&topic.persistence_name(), config).await?)
     }
