@@ -274,7 +274,15 @@ async fn open_managed_ledger(
     if let Ok(w) = &writer {
         record.ledgers.push(open_info(w.id(), clock.now_ms()));
     }
-    let version = match list.write(&record, expected).await {
+    // The cursors are claimed beside the head write (see `claim_listed`).
+    let claims = async {
+        match cursors {
+            Ok(listing) => crate::ledger::claim_listed(&metadata, &name, &*clock, listing).await,
+            Err(e) => Err(e),
+        }
+    };
+    let (written, claims) = futures::join!(list.write(&record, expected), claims);
+    let version = match written {
         Ok(PutOutcome::Written(v)) => v,
         Ok(PutOutcome::Conflict { .. }) => {
             if let Ok(w) = &writer {
@@ -350,7 +358,7 @@ async fn open_managed_ledger(
         offloader,
         offload: crate::offload::OffloadSlot::new(crate::offload::OffloadPolicy::of(&config)),
     });
-    ml.load_cursors(cursors?).await?;
+    ml.load_cursors(claims?).await?;
     Ok(ml)
 }
 

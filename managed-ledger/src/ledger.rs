@@ -86,25 +86,19 @@ pub(crate) type LedgerUpdate = Box<dyn FnOnce(&mut LedgerInfo) -> MlResult<()> +
 /// Conflicting writers tolerated while claiming one cursor record at load.
 const CURSOR_CLAIM_ATTEMPTS_MAX: u32 = 16;
 
-/// Reads a cursor record and writes it back with compare-and-set (see
-/// [`ManagedLedger::load_cursors`]); `None` when the record does not exist.
+/// Reads a cursor record and writes it back with compare-and-set, until one write lands (see
+/// [`claim_listed`]); `None` when the record does not exist.
 async fn claim_cursor(
     store: &RecordStore<CursorRecord>,
     key: &str,
     clock: &dyn Clock,
-    mut listed: Option<(CursorRecord, Version)>,
 ) -> MlResult<Option<(CursorRecord, Version)>> {
     for attempt in 0..CURSOR_CLAIM_ATTEMPTS_MAX {
         if attempt > 0 {
             let ms = 20u64 << attempt.min(6);
             clock.sleep(std::time::Duration::from_millis(ms)).await;
         }
-        // The first attempt claims the record as the listing read it; later ones read again.
-        let read = match listed.take() {
-            Some(r) => Some(r),
-            None => store.get(key).await?,
-        };
-        let Some((mut record, version)) = read else {
+        let Some((mut record, version)) = store.get(key).await? else {
             return Ok(None);
         };
         record.updated_ms = clock.now_ms();
@@ -313,28 +307,22 @@ impl ManagedLedger {
         self.cursors.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens every stored cursor, **claiming** each record with one compare-and-set write: a
-    /// previous owner still flushing (it lost its lease but has not noticed yet) then meets a
-    /// conflict and stops writing, instead of this owner's first write meeting one and losing
-    /// the cursor's persistence. A flush that lands before the claim is simply read back.
-    /// `listing`: the cursor records as [`list_cursors`] read them.
-    pub(super) async fn load_cursors(&self, listing: magnetar_metadata::Listing) -> MlResult<()> {
-        let prefix = cursors_prefix(&self.shared.name);
+    /// Opens every stored cursor from its `claims` (see [`claim_listed`]): a record whose
+    /// first claim did not land is read and claimed again now — the caller's head write has
+    /// made this the managed ledger's owner, and only an owner claims more than once.
+    pub(super) async fn load_cursors(&self, claims: CursorClaims) -> MlResult<()> {
         let store: RecordStore<CursorRecord> = RecordStore::new(Arc::clone(&self.metadata));
-        let (names, listed): (Vec<String>, Vec<Option<(CursorRecord, Version)>>) = listing
-            .entries
-            .iter()
-            .filter_map(|(key, read)| {
-                let name = key.strip_prefix(&prefix)?.to_owned();
-                // One that does not parse is read again by its claim, which reports it.
-                Some((name, store.decode(key, read).ok()))
-            })
-            .unzip();
-        let claims = names.iter().zip(listed).map(|(name, listed)| {
+        let CursorClaims { names, first } = claims;
+        let claims = names.iter().zip(first).map(|(name, first)| {
             let store = store.clone();
             let key = cursor_record_key(&self.shared.name, name);
             let clock = Arc::clone(&self.shared.clock);
-            async move { claim_cursor(&store, &key, &*clock, listed).await }
+            async move {
+                match first {
+                    FirstClaim::Landed(claimed) => Ok(Some(claimed)),
+                    FirstClaim::Again => claim_cursor(&store, &key, &*clock).await,
+                }
+            }
         });
         let claimed = futures::future::try_join_all(claims).await?;
         let claimed: Vec<(String, CursorRecord, Version)> = names
@@ -699,6 +687,69 @@ impl ManagedLedger {
             cursors,
         }
     }
+}
+
+/// The outcome of a cursor record's first claim.
+pub(super) enum FirstClaim {
+    /// Claimed as listed: the record and its new version.
+    Landed((CursorRecord, Version)),
+    /// Changed since the listing, unreadable, or the write's outcome is unknown: claimed again
+    /// (read first) once the managed ledger is ours.
+    Again,
+}
+
+/// The cursor records of one managed ledger with their first claims.
+pub(super) struct CursorClaims {
+    names: Vec<String>,
+    first: Vec<FirstClaim>,
+}
+
+/// Claims each cursor record of `listing` once, as listed, with one compare-and-set write:
+/// a previous owner still flushing (it lost its lease but has not noticed yet) then meets a
+/// conflict and stops writing, instead of this owner's first write meeting one and losing the
+/// cursor's persistence; a flush that lands before the claim makes the claim conflict, and
+/// the claim is made again from a fresh read ([`ManagedLedger::load_cursors`]).
+///
+/// Run beside the open's head write, so that the claims cost no round of their own. That is
+/// safe even if the head write then fails: a first claim only rewrites the record it listed,
+/// so of two openers listing the same version only one lands, and the owner's load claims
+/// again whatever did not — the owner's claim is always the last.
+pub(super) async fn claim_listed(
+    metadata: &Arc<dyn MetadataStore>,
+    name: &str,
+    clock: &dyn Clock,
+    listing: magnetar_metadata::Listing,
+) -> MlResult<CursorClaims> {
+    let prefix = cursors_prefix(name);
+    let store: RecordStore<CursorRecord> = RecordStore::new(Arc::clone(metadata));
+    let (names, listed): (Vec<String>, Vec<Option<(CursorRecord, Version)>>) = listing
+        .entries
+        .iter()
+        .filter_map(|(key, read)| {
+            let cursor = key.strip_prefix(&prefix)?.to_owned();
+            // One that does not parse is read again by its second claim, which reports it.
+            Some((cursor, store.decode(key, read).ok()))
+        })
+        .unzip();
+    let now_ms = clock.now_ms();
+    let first = names.iter().zip(listed).map(|(cursor, listed)| {
+        let store = store.clone();
+        let key = cursor_record_key(name, cursor);
+        async move {
+            let Some((mut record, version)) = listed else {
+                return Ok(FirstClaim::Again);
+            };
+            record.updated_ms = now_ms;
+            match store.put(&key, &record, Expected::Version(version)).await {
+                Ok(PutOutcome::Written(v)) => Ok(FirstClaim::Landed((record, v))),
+                Ok(PutOutcome::Conflict { .. }) => Ok(FirstClaim::Again),
+                Err(e) if e.is_indeterminate() || e.is_retryable() => Ok(FirstClaim::Again),
+                Err(e) => Err(ManagedLedgerError::from(e)),
+            }
+        }
+    });
+    let first = futures::future::try_join_all(first).await?;
+    Ok(CursorClaims { names, first })
 }
 
 /// The cursor records of managed ledger `name`, with their values: each claim starts from the

@@ -482,6 +482,60 @@ async fn managed_ledger_new_owner_claims_cursors_so_the_old_owner_cannot_overwri
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_two_openers_racing_leave_the_winner_with_persisting_cursors() {
+    // Cursors are claimed beside the head write: the opener that loses the head write may
+    // have claimed a cursor record first, and the winner must still end up its only writer.
+    let cluster = Cluster::start(2).await;
+    let name = "t/ns/persistent/race";
+    let first = cluster.factory();
+    let ml = first.open(name, config(100)).await.unwrap();
+    let c = ml
+        .open_cursor("sub", InitialPosition::Earliest)
+        .await
+        .unwrap();
+    let p = append_n(&ml, 0, 10).await;
+    c.ack_cumulative(p[1]).unwrap();
+    ml.close().await.unwrap();
+    for round in 0..8 {
+        let (a, b) = (cluster.factory(), cluster.factory());
+        let (ra, rb) = futures::join!(a.open(name, config(100)), b.open(name, config(100)));
+        let winner = match (ra, rb) {
+            (Ok(w), Err(ManagedLedgerError::BadVersion { .. }))
+            | (Err(ManagedLedgerError::BadVersion { .. }), Ok(w)) => w,
+            (Ok(x), Ok(y)) => {
+                // Both opened in turn (the second read the head after the first wrote it):
+                // the second, whose new ledger came later, fenced the first.
+                let newest = |m: &ManagedLedger| m.ledgers().last().map(|l| l.ledger_id);
+                if newest(&x) > newest(&y) { x } else { y }
+            }
+            (Err(e), Err(f)) => panic!("round {round}: both opens failed: {e} / {f}"),
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => panic!("round {round}: unexpected error {e}"),
+        };
+        let cursor = winner.cursor("sub").unwrap();
+        let at = p[2 + round];
+        cursor.ack_cumulative(at).unwrap();
+        cursor
+            .flush()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the winner's cursor was fenced: {e}"));
+        assert_eq!(
+            cursor.mark_delete_position(),
+            Some(at),
+            "round {round}: the winner's cursor moved"
+        );
+        winner.close().await.unwrap();
+    }
+    // The last winner's close left its state; a new owner reads it back.
+    let last = cluster.factory().open(name, config(100)).await.unwrap();
+    assert_eq!(
+        last.cursor("sub").unwrap().mark_delete_position(),
+        Some(p[9])
+    );
+    last.close().await.unwrap();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_cursor_record_keeps_the_lowest_acked_ranges_up_to_the_cap() {
     let cluster = Cluster::start(2).await;
     let name = "t/ns/persistent/many-ranges";

@@ -179,6 +179,16 @@ const SHUTDOWN_DRAIN_MAX: Duration = Duration::from_secs(10);
 
 type TopicCell = Arc<OnceCell<Arc<Topic>>>;
 
+/// The namespace and topic policies a topic's storage and load are configured by.
+type StoragePolicies = (NamespacePolicies, Option<crate::policies::TopicPolicies>);
+
+/// A topic's storage opened ahead of its load (a handover's target), with the policies it was
+/// configured by: the load that follows uses them rather than reading them again.
+pub(crate) struct OpenedStorage {
+    policies: StoragePolicies,
+    pub(crate) ml: Arc<magnetar_managed_ledger::ManagedLedger>,
+}
+
 /// One broker's shared state. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct BrokerService {
@@ -582,19 +592,31 @@ impl BrokerService {
     /// The topic, loaded if needed. Fails with `NotOwner` unless this broker holds (or can take)
     /// the lease of its bundle; with `TopicNotFound` if it does not exist and may not be created.
     pub async fn get_topic(self: &Arc<Self>, topic: &TopicName) -> BrokerResult<Arc<Topic>> {
-        self.get_or_create_topic(topic, false).await
+        self.get_or_create_topic(topic, false, None).await
     }
 
     /// The topic, loaded if needed and created even where auto-creation is off (admin
     /// `topics create`).
     pub async fn create_topic(self: &Arc<Self>, topic: &TopicName) -> BrokerResult<Arc<Topic>> {
-        self.get_or_create_topic(topic, true).await
+        self.get_or_create_topic(topic, true, None).await
+    }
+
+    /// The topic, loaded on storage a handover opened already (`open_storage`): its load does
+    /// not read the policies a second time.
+    pub(crate) async fn get_opened_topic(
+        self: &Arc<Self>,
+        topic: &TopicName,
+        opened: OpenedStorage,
+    ) -> BrokerResult<Arc<Topic>> {
+        self.get_or_create_topic(topic, false, Some(opened.policies))
+            .await
     }
 
     async fn get_or_create_topic(
         self: &Arc<Self>,
         topic: &TopicName,
         create: bool,
+        policies: Option<StoragePolicies>,
     ) -> BrokerResult<Arc<Topic>> {
         if self.shutdown.is_cancelled() {
             return Err(BrokerError::NotReady("the broker is shutting down".into()));
@@ -618,7 +640,7 @@ impl BrokerService {
         let this = Arc::clone(self);
         let loaded = cell
             .get_or_try_init(|| {
-                this.load_topic(topic.clone(), bundle, create)
+                this.load_topic(topic.clone(), bundle, create, policies)
                     .instrument(info_span!("topic_load", topic = %topic))
             })
             .await;
@@ -639,9 +661,12 @@ impl BrokerService {
         topic: TopicName,
         bundle: Bundle,
         create: bool,
+        read: Option<StoragePolicies>,
     ) -> BrokerResult<Arc<Topic>> {
-        // Independent reads, at once: a takeover loads a bundle's topics on this path.
-        let (policies, topic_policies) = self.storage_policies(&topic).await?;
+        let (policies, topic_policies) = match read {
+            Some(read) => read,
+            None => self.storage_policies(&topic).await?,
+        };
         let allowed = policies
             .auto_topic_creation_override
             .as_ref()
@@ -671,10 +696,7 @@ impl BrokerService {
     }
 
     /// The namespace and topic policies a topic's storage is configured by, read at once.
-    async fn storage_policies(
-        &self,
-        topic: &TopicName,
-    ) -> BrokerResult<(NamespacePolicies, Option<crate::policies::TopicPolicies>)> {
+    async fn storage_policies(&self, topic: &TopicName) -> BrokerResult<StoragePolicies> {
         futures::try_join!(self.namespace_policies(topic.namespace()), async {
             Ok(self.policies.topic_policies(topic).await?)
         })
@@ -718,13 +740,14 @@ impl BrokerService {
     /// Opens the managed ledger of `topic` as its load would, without the topic: a broker
     /// taking over a handed-over bundle opens its topics' storage while it takes the lease
     /// (the source closed it all before handing over); the load then finds it open.
-    pub(crate) async fn open_storage(
-        &self,
-        topic: &TopicName,
-    ) -> BrokerResult<Arc<magnetar_managed_ledger::ManagedLedger>> {
+    pub(crate) async fn open_storage(&self, topic: &TopicName) -> BrokerResult<OpenedStorage> {
         let (policies, topic_policies) = self.storage_policies(topic).await?;
         let config = self.ml_config(topic, &policies, topic_policies.as_ref());
-        Ok(self.factory.open(&topic.persistence_name(), config).await?)
+        let ml = self.factory.open(&topic.persistence_name(), config).await?;
+        Ok(OpenedStorage {
+            policies: (policies, topic_policies),
+            ml,
+        })
     }
 
     /// Forgets a topic that closed itself (it is loaded again on next use).

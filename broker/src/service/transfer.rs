@@ -520,12 +520,15 @@ impl BrokerService {
                     let topic: TopicName = name.parse().ok()?;
                     let storage = this.open_storage(&topic).await.ok();
                     if lease_taken(&mut lease).await {
-                        return this.get_topic(&topic).await.ok();
+                        return match storage {
+                            Some(opened) => this.get_opened_topic(&topic, opened).await.ok(),
+                            None => this.get_topic(&topic).await.ok(),
+                        };
                     }
-                    if let Some(ml) = storage
+                    if let Some(opened) = storage
                         && this.loaded_topic(&topic).is_none()
                     {
-                        let _ = ml.close().await;
+                        let _ = opened.ml.close().await;
                     }
                     None
                 }
