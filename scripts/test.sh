@@ -60,13 +60,15 @@ fi
 # The official Pulsar client (C++ core) and pytest: tests/python drives standalone with them.
 command -v python3 >/dev/null 2>&1 \
   || fail "python3 is missing: install Python 3.9 or later (e.g. apt-get install -y python3 python3-pip), then rerun"
-# pulsar-client[avro] brings fastavro, which the client's AvroSchema needs (test_schema.py).
-if python3 -c 'import pulsar, pytest, fastavro' >/dev/null 2>&1; then
-  echo "pulsar-client[avro], pytest: present"
+# pulsar-client[avro] brings fastavro, which the client's AvroSchema needs (test_schema.py);
+# helm-python-sdk (Helm's Go SDK, no helm binary) and kubernetes-validate check the chart
+# (test_helm_chart.py).
+if python3 -c 'import pulsar, pytest, fastavro, helm_python, kubernetes_validate' >/dev/null 2>&1; then
+  echo "pulsar-client[avro], pytest, helm-python-sdk, kubernetes-validate: present"
 else
-  echo "pulsar-client[avro] or pytest: missing; installing them with pip"
-  python3 -m pip install --quiet 'pulsar-client[avro]' pytest \
-    || fail "cannot install the Python test dependencies: run \"python3 -m pip install 'pulsar-client[avro]' pytest\", then rerun"
+  echo "pulsar-client[avro], pytest, helm-python-sdk or kubernetes-validate: missing; installing them with pip"
+  python3 -m pip install --quiet 'pulsar-client[avro]' pytest 'helm-python-sdk==0.2.2' kubernetes-validate \
+    || fail "cannot install the Python test dependencies: run \"python3 -m pip install 'pulsar-client[avro]' pytest 'helm-python-sdk==0.2.2' kubernetes-validate\", then rerun"
 fi
 # An S3-compatible server for the tiered-storage tests (moto's server, started by the harness).
 if command -v moto_server >/dev/null 2>&1 || [[ -n "${MAGNETAR_MOTO_BIN:-}" ]] \

@@ -210,13 +210,21 @@ async fn read_remote(
         })
 }
 
-/// Whether the storage holds anything (journal or entry logs / index).
+/// Whether the storage holds anything (journal or entry logs / index). A `lost+found` is not
+/// data: ext4 makes one at the root of every new volume, and a Kubernetes volume is often
+/// mounted straight at `journal/` or `ledgers/`.
 fn has_entries(data_dir: &Path) -> Result<bool, CookieError> {
     for sub in ["journal", "ledgers"] {
         let path: PathBuf = data_dir.join(sub);
         match std::fs::read_dir(&path) {
-            Ok(mut entries) => {
-                if entries.next().is_some() {
+            Ok(entries) => {
+                let mut names = entries.map(|e| e.map(|e| e.file_name()));
+                if names
+                    .try_fold(false, |found, name| {
+                        name.map(|n| found || n != "lost+found")
+                    })
+                    .map_err(io(format!("list {}", path.display())))?
+                {
                     return Ok(true);
                 }
             }

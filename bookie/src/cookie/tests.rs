@@ -141,3 +141,22 @@ async fn an_unreadable_cookie_file_is_refused() {
     );
     assert!(why.contains("unreadable"), "{why}");
 }
+
+#[tokio::test]
+async fn a_fresh_volume_with_lost_and_found_is_not_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = MemoryStore::new();
+    // A Kubernetes volume mounted at `journal/`: ext4 leaves `lost+found` at its root.
+    std::fs::create_dir_all(dir.path().join("journal/lost+found")).unwrap();
+    verify(&store, dir.path(), &id()).await.unwrap();
+    // Anything else there is data: without its cookie, a bookie refuses it.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(other.path().join("journal/lost+found")).unwrap();
+    std::fs::write(other.path().join("journal/1.txn"), b"x").unwrap();
+    let why = reason(
+        verify(&store, other.path(), &BookieId("127.0.0.1:3182".into()))
+            .await
+            .unwrap_err(),
+    );
+    assert!(why.contains("holds bookie data but no cookie"), "{why}");
+}
