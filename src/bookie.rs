@@ -123,13 +123,45 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     out.flush()?;
     drop(out);
 
+    // BookKeeper's HTTP endpoints, for probes and operators (bookie.http_port).
+    let http = match b.http_port {
+        Some(port) => {
+            let addr = std::net::SocketAddr::new(b.bind()?.ip(), port);
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for the bookie's HTTP endpoints")
+            })?;
+            let local = listener
+                .local_addr()
+                .context("cannot read the HTTP listener's address")?;
+            let stop = CancellationToken::new();
+            let stopped = stop.clone();
+            let router = magnetar_bookie::http::router(node.health());
+            let task = tokio::spawn(async move {
+                let stopped = async move { stopped.cancelled().await };
+                if let Err(e) = magnetar_bookie::http::serve(listener, router, stopped).await {
+                    tracing::error!(error = %e, "the bookie's HTTP server failed");
+                }
+            });
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "magnetar bookie: http http://{local}")?;
+            out.flush()?;
+            Some((stop, task))
+        }
+        None => None,
+    };
+
     let signal = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     };
     tracing::info!(signal, bookie = %node.id(), "shutting down");
     recovery.cancel();
+    // The endpoints report the shutdown (not ready) until the storage is closed.
     node.shutdown().await;
+    if let Some((stop, task)) = http {
+        stop.cancel();
+        let _ = task.await;
+    }
     tracing::info!("bookie stopped");
     Ok(EXIT_OK)
 }

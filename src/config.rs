@@ -507,6 +507,9 @@ pub struct BookieConfig {
     pub advertised_address: Option<String>,
     /// Zone label; placement spreads a ledger's replicas over zones.
     pub zone: Option<String>,
+    /// Port of the HTTP endpoints (BookKeeper's `httpServerPort`; unset: no HTTP server, as
+    /// BookKeeper's `httpServerEnabled` defaults to off); 0 picks a free one.
+    pub http_port: Option<u16>,
     pub journal_file_size_bytes: u64,
     pub entry_log_size_bytes_max: u64,
     pub checkpoint_interval_ms: u64,
@@ -551,6 +554,7 @@ impl Default for BookieConfig {
             port: 3181,
             advertised_address: None,
             zone: None,
+            http_port: None,
             journal_file_size_bytes: o.journal_file_size_bytes,
             entry_log_size_bytes_max: o.entry_log_size_bytes_max,
             checkpoint_interval_ms: o.checkpoint_interval_ms,

@@ -20,6 +20,7 @@ pub mod api;
 pub mod autorecovery;
 pub mod client;
 pub mod cookie;
+pub mod http;
 pub mod local;
 pub mod node;
 pub mod orphans;

@@ -12,6 +12,7 @@
 use magnetar_metadata::clock::{self, Interval};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +76,8 @@ pub struct BookieNode {
     stop_registration: CancellationToken,
     stop_server: CancellationToken,
     tasks: Mutex<Option<(JoinHandle<()>, JoinHandle<()>)>>,
+    /// Whether the registration is known to be in the metadata store now.
+    registered: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for BookieNode {
@@ -141,7 +144,9 @@ impl BookieNode {
             }
         });
 
+        let registered = Arc::new(AtomicBool::new(false));
         let mut registrar = Registrar {
+            registered: Arc::clone(&registered),
             id: id.clone(),
             zone,
             bookie: storage.clone(),
@@ -174,6 +179,7 @@ impl BookieNode {
             stop_registration,
             stop_server,
             tasks: Mutex::new(Some((registration, server))),
+            registered,
         })
     }
 
@@ -189,6 +195,11 @@ impl BookieNode {
 
     pub fn bookie(&self) -> Arc<Bookie> {
         self.bookie.clone()
+    }
+
+    /// What the bookie's HTTP endpoints report on (see [`crate::http`]).
+    pub fn health(&self) -> crate::http::Health {
+        crate::http::Health::new(self.bookie.clone(), Arc::clone(&self.registered))
     }
 
     /// Deregisters, stops the server (answering what is in flight), closes the storage.
@@ -211,6 +222,9 @@ impl BookieNode {
 
 /// Keeps the registration current.
 struct Registrar {
+    /// Set once a registration write lands, cleared when it may no longer be there (session
+    /// lost, a failed update, deregistration).
+    registered: Arc<AtomicBool>,
     id: BookieId,
     zone: Option<String>,
     bookie: Arc<Bookie>,
@@ -306,6 +320,7 @@ impl Registrar {
             );
         }
         self.written = Some((registration, version));
+        self.registered.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -319,6 +334,7 @@ impl Registrar {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = async { match &lost { Some(t) => t.cancelled().await, None => std::future::pending().await } }, if !retry => {
+                    self.registered.store(false, Ordering::Release);
                     tracing::warn!(bookie = %self.id, "metadata session lost; registering again");
                 }
                 changed = states.changed() => {
@@ -336,6 +352,7 @@ impl Registrar {
                 Ok(()) => false,
                 Err(e) => {
                     tracing::warn!(bookie = %self.id, error = %e, "cannot update the bookie registration");
+                    self.registered.store(false, Ordering::Release);
                     true
                 }
             };
@@ -344,6 +361,7 @@ impl Registrar {
     }
 
     async fn deregister(&mut self) {
+        self.registered.store(false, Ordering::Release);
         let key = registration_key(&self.id);
         let expected = match &self.written {
             Some((_, version)) => Expected::Version(*version),

@@ -41,9 +41,8 @@ NAMESPACE = "ns"
 INSTALL_HINT = "pip install helm-python-sdk==0.2.2 kubernetes-validate"
 # CRDs kubernetes-validate carries no schema for (checked by shape in test_monitoring_objects).
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor")}
-# Configuration keys the chart uses that docs/CONFIGURATION.md does not list yet: bookie.http_port
-# (the bookie's HTTP port for probes and /metrics) is being added by the metrics work of issue 14.
-KEYS_NOT_YET_DOCUMENTED = {"bookie.http_port"}
+# Configuration keys the chart may use that docs/CONFIGURATION.md does not list: none.
+KEYS_NOT_YET_DOCUMENTED = set()
 
 # Feature combinations rendered and validated besides the defaults and the examples.
 VARIANTS = {

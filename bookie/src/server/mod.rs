@@ -386,6 +386,11 @@ impl Bookie {
         *self.shared.state.borrow()
     }
 
+    /// Shutting down (or shut down): refusing new requests.
+    pub fn is_shutting_down(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
     /// Being decommissioned: read-only (placement stops choosing it, its writers move on)
     /// until `false` again.
     pub fn set_decommissioned(&self, on: bool) {

@@ -58,3 +58,22 @@ pub(super) async fn leader_broker(State(s): State<AdminState>) -> ApiResult<Json
         None => Err(ApiError::not_found("No leader broker")),
     }
 }
+
+/// `GET /admin/v2/brokers/health`: `ok` once a message written through this broker (its
+/// metadata store and bookies) reads back; 503 with the reason otherwise.
+pub(super) async fn health(State(s): State<AdminState>) -> ApiResult<&'static str> {
+    s.topics.health_check().await?;
+    Ok("ok")
+}
+
+/// `GET /status.html` (Pulsar's load-balancer and probe check): `OK` while this broker
+/// serves; 503 once it drains its bundles or shuts down, so no new client is sent here.
+pub(super) async fn status(State(s): State<AdminState>) -> axum::response::Response {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    if s.topics.is_serving() {
+        (StatusCode::OK, "OK").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
+    }
+}

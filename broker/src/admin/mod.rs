@@ -108,6 +108,8 @@ pub fn router(state: AdminState) -> Router {
             "/admin/v2/brokers/leaderBroker",
             get(brokers::leader_broker),
         )
+        .route("/admin/v2/brokers/health", get(brokers::health))
+        .route("/status.html", get(brokers::status))
         .route("/admin/v2/brokers/{cluster}", get(brokers::active))
         .route(
             "/admin/v2/broker-stats/load-report",

@@ -295,6 +295,14 @@ fn cursor_stats(c: &magnetar_managed_ledger::ledger::InternalCursorStats) -> Cur
 
 #[async_trait]
 impl TopicAdmin for BrokerTopicAdmin {
+    fn is_serving(&self) -> bool {
+        self.service.is_serving()
+    }
+
+    async fn health_check(&self) -> Result<(), TopicAdminError> {
+        self.service.health_check().await.map_err(from_broker)
+    }
+
     async fn list_topics(&self, namespace: &NamespaceName) -> Result<Vec<String>, TopicAdminError> {
         self.service
             .topics_of_namespace(namespace)

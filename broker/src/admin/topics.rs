@@ -140,6 +140,15 @@ pub trait TopicAdmin: Send + Sync + fmt::Debug {
     fn is_running(&self) -> bool {
         true
     }
+    /// Serving clients now (Pulsar's `/status.html`): false while the broker drains or shuts
+    /// down, so a readiness probe stops sending new clients.
+    fn is_serving(&self) -> bool {
+        self.is_running()
+    }
+    /// Writes a message through this broker and reads it back (Pulsar's `brokers/health`).
+    async fn health_check(&self) -> Result<(), TopicAdminError> {
+        not_running()
+    }
     /// Every persistent topic of the namespace as full names (`persistent://t/ns/x`),
     /// partitions included (`…-partition-0`), whether loaded on this broker or not.
     async fn list_topics(&self, namespace: &NamespaceName) -> Result<Vec<String>, TopicAdminError>;

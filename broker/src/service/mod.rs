@@ -25,6 +25,7 @@ use crate::cluster::ownership::OwnershipCache;
 use crate::error::{BrokerError, BrokerResult};
 use crate::policies::{NamespacePolicies, Policies};
 
+mod health;
 mod load;
 mod offload;
 mod split;
