@@ -90,7 +90,7 @@ mod tests {
         );
         assert_eq!(
             health_ledger_name("pulsar://[::1]:6650"),
-            "pulsar/__health/persistent/--1--6650"
+            "pulsar/__health/persistent/---1--6650"
         );
     }
 }
