@@ -103,6 +103,9 @@ async fn an_unload_hands_the_bundle_over_and_sends_clients_straight_to_the_targe
         || b.service().loaded_topic(&t).is_some(),
     )
     .await;
+    // B prepared the topic's next ledger while A still served it, and its open wrote to it.
+    assert_eq!(b.service().managed_ledgers().prepared_used_count(), 1);
+    assert_eq!(b.service().managed_ledgers().prepared_count(), 0);
 
     let (mut producer_to, mut consumer_to) = (None, None);
     while producer_to.is_none() || consumer_to.is_none() {

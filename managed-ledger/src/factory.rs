@@ -49,6 +49,10 @@ pub struct ManagedLedgerFactory {
     retention_started: std::sync::Once,
     /// Tiered storage, when the broker configures an offload driver.
     offloader: Option<Arc<Offloader>>,
+    /// Ledgers created ahead of their managed ledger's open (see [`Self::prepare`]).
+    prepared: Arc<crate::prepared::PreparedLedgers>,
+    /// Opens that wrote to a prepared ledger.
+    prepared_used: AtomicU64,
 }
 
 /// One cell per name, so concurrent opens of a name share one recovery.
@@ -84,6 +88,8 @@ impl ManagedLedgerFactory {
             retention_timers: Arc::new(crate::retention::Timers::new()),
             retention_started: std::sync::Once::new(),
             offloader: None,
+            prepared: Arc::default(),
+            prepared_used: AtomicU64::new(0),
         }
     }
 
@@ -125,6 +131,56 @@ impl ManagedLedgerFactory {
         self.cells().values().filter(|c| c.get().is_some()).count()
     }
 
+    /// Creates the next ledger of `name` ahead of its open here (a bundle about to be taken
+    /// over, while its owner still serves it): the open then uses it instead of creating one,
+    /// if its configuration is the same and it is newer than every ledger listed by then.
+    /// Nothing is done for a managed ledger open here already. A ledger nobody opens must be
+    /// given up with [`Self::discard_prepared`]. The id of the ledger kept, if one was.
+    pub async fn prepare(
+        &self,
+        name: &str,
+        config: &ManagedLedgerConfig,
+    ) -> MlResult<Option<LedgerId>> {
+        validate_name(name)?;
+        config.validate()?;
+        if self.cells().get(name).is_some_and(|c| c.get().is_some()) {
+            return Ok(None);
+        }
+        let ledger_config = config.ledger_config(name);
+        let writer = create_ledger(&self.client, ledger_config.clone()).await?;
+        let id = writer.id();
+        if let Err(writer) = self.prepared.insert(name, ledger_config, writer) {
+            delete_ledger(&self.client, writer.id()).await?;
+            return Ok(None);
+        }
+        Ok(Some(id))
+    }
+
+    /// Deletes the ledgers prepared for `names` that no open used.
+    pub async fn discard_prepared(&self, names: &[String]) {
+        let unused: Vec<LedgerId> = names
+            .iter()
+            .filter_map(|n| self.prepared.take(n))
+            .map(|(_, w)| w.id())
+            .collect();
+        for id in unused {
+            if let Err(e) = delete_ledger(&self.client, id).await {
+                warn!(ledger = %id, error = %e, "could not delete an unused prepared ledger");
+            }
+        }
+    }
+
+    /// Ledgers prepared and not yet used or discarded.
+    pub fn prepared_count(&self) -> usize {
+        self.prepared.len()
+    }
+
+    /// Opens here that wrote to a ledger prepared for them.
+    pub fn prepared_used_count(&self) -> u64 {
+        self.prepared_used
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Opens (recovering if needed) the managed ledger `name`, e.g. `tenant/ns/persistent/topic`.
     /// An instance already open here and still usable is returned as is.
     pub async fn open(
@@ -145,8 +201,21 @@ impl ManagedLedgerFactory {
             }
             Arc::clone(cell)
         };
+        let mut prepared_id = None;
         let ml = cell
             .get_or_try_init(|| {
+                let prepared = match self.prepared.take(name) {
+                    Some((made_with, writer)) if made_with == config.ledger_config(name) => {
+                        prepared_id = Some(writer.id());
+                        Some(writer)
+                    }
+                    Some((_, other)) => {
+                        let delete = delete_ledger(&self.client, other.id());
+                        tokio::spawn(async move { drop(delete.await) });
+                        None
+                    }
+                    None => None,
+                };
                 open_managed_ledger(
                     Arc::downgrade(&self.open),
                     Arc::clone(&self.retention_timers),
@@ -158,10 +227,15 @@ impl ManagedLedgerFactory {
                     self.offloader.clone(),
                     name.to_owned(),
                     config,
+                    prepared,
                 )
                 .instrument(info_span!("ml_open", ml = %name))
             })
             .await?;
+        if prepared_id.is_some() && ml.ledgers().last().map(|l| l.ledger_id) == prepared_id {
+            self.prepared_used
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.retention_started.call_once(|| {
             crate::retention::spawn(
                 Arc::downgrade(&self.open),
@@ -207,6 +281,7 @@ async fn open_managed_ledger(
     offloader: Option<Arc<Offloader>>,
     name: String,
     config: ManagedLedgerConfig,
+    prepared: Option<LedgerWriter>,
 ) -> MlResult<Arc<ManagedLedger>> {
     let mut list = LedgerList::new(Arc::clone(&metadata), &name);
     // The new ledger does not depend on the list: it is created while the list is read and
@@ -239,9 +314,15 @@ async fn open_managed_ledger(
     };
     // The cursors are listed in the same round: a claim of a record that changed after the
     // listing conflicts and reads it again, as it would had the listing come later.
+    let create = async {
+        match prepared {
+            Some(writer) => Ok(writer),
+            None => create_ledger(&client, config.ledger_config(&name)).await,
+        }
+    };
     let (read, writer, cursors, chunks) = futures::join!(
         read_and_recover,
-        create_ledger(&client, config.ledger_config(&name)),
+        create,
         crate::ledger::list_cursors(&metadata, &name),
         crate::ledger_list::list_chunk_keys(&metadata, &name)
     );
@@ -253,6 +334,17 @@ async fn open_managed_ledger(
             }
             return Err(e);
         }
+    };
+    // Positions order by ledger id: a ledger made before the previous owner's last rollover
+    // (a prepared one) would put new entries behind old ones. Replaced by a new ledger.
+    let writer = match writer {
+        Ok(w) if record.ledgers.iter().any(|l| l.ledger_id >= w.id()) => {
+            info!(ledger = %w.id(), "a prepared ledger predates the last one listed; creating another");
+            let stale = delete_ledger(&client, w.id());
+            tokio::spawn(async move { drop(stale.await) });
+            create_ledger(&client, config.ledger_config(&name)).await
+        }
+        other => other,
     };
     let empty: Vec<LedgerId> = record
         .ledgers

@@ -37,6 +37,7 @@ pub mod ledger;
 pub mod ledger_list;
 pub mod offload;
 pub mod position;
+mod prepared;
 mod ranges;
 mod read;
 pub mod record;

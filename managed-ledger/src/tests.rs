@@ -481,6 +481,100 @@ async fn managed_ledger_new_owner_claims_cursors_so_the_old_owner_cannot_overwri
     cluster.stop().await;
 }
 
+/// The managed ledger's current ledger (the last listed).
+fn current_ledger(ml: &ManagedLedger) -> magnetar_metadata::LedgerId {
+    ml.ledgers().last().unwrap().ledger_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_open_uses_a_prepared_ledger_only_when_it_is_newest_and_alike() {
+    let cluster = Cluster::start(2).await;
+    let client = cluster.client();
+    let name = "t/ns/persistent/prepared";
+    let first = cluster.factory();
+    let ml = first.open(name, config(100)).await.unwrap();
+    append_n(&ml, 0, 3).await;
+    ml.close().await.unwrap();
+
+    // Prepared, then opened: the open writes to the prepared ledger.
+    let target = cluster.factory();
+    let prepared = target.prepare(name, &config(100)).await.unwrap().unwrap();
+    assert_eq!(target.prepared_count(), 1);
+    let ml = target.open(name, config(100)).await.unwrap();
+    assert_eq!(target.prepared_count(), 0);
+    assert_eq!(current_ledger(&ml), prepared);
+    assert_eq!(target.prepared_used_count(), 1);
+    append_n(&ml, 3, 2).await;
+    // Open here already: nothing to prepare.
+    assert_eq!(target.prepare(name, &config(100)).await.unwrap(), None);
+
+    // Prepared elsewhere, then the owner rolls over to a newer ledger: the prepared one would
+    // put new entries behind old ones, so the open makes another and deletes it.
+    let late = cluster.factory();
+    let stale = late.prepare(name, &config(100)).await.unwrap().unwrap();
+    ml.close().await.unwrap();
+    let between = cluster.factory().open(name, config(100)).await.unwrap();
+    append_n(&between, 5, 2).await;
+    assert!(current_ledger(&between) > stale);
+    between.close().await.unwrap();
+    let ml = late.open(name, config(100)).await.unwrap();
+    assert_ne!(current_ledger(&ml), stale);
+    assert_eq!(late.prepared_used_count(), 0);
+    assert!(ml.ledgers().iter().all(|l| l.ledger_id != stale));
+    wait::until_async(
+        "the stale prepared ledger is deleted",
+        Duration::from_secs(10),
+        || async {
+            matches!(
+                client.open_ledger(stale).await,
+                Err(LedgerError::NoSuchLedger(_))
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    ml.close().await.unwrap();
+
+    // Prepared with another ledger configuration: not used, deleted.
+    let other = cluster.factory();
+    let wide = ManagedLedgerConfig {
+        ack_quorum: 1,
+        ..config(100)
+    };
+    let unlike = other.prepare(name, &wide).await.unwrap().unwrap();
+    let ml = other.open(name, config(100)).await.unwrap();
+    assert_ne!(current_ledger(&ml), unlike);
+    wait::until_async(
+        "the unlike prepared ledger is deleted",
+        Duration::from_secs(10),
+        || async {
+            matches!(
+                client.open_ledger(unlike).await,
+                Err(LedgerError::NoSuchLedger(_))
+            )
+            .then_some(())
+        },
+    )
+    .await;
+    // Every entry reads back in order across the ledgers.
+    let c = ml.new_non_durable_cursor(InitialPosition::Earliest);
+    let read = c.read_entries(100, u64::MAX).await.unwrap();
+    let got: Vec<Bytes> = read.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(got, (0..7).map(payload).collect::<Vec<_>>());
+    ml.close().await.unwrap();
+
+    // Prepared and never opened: discarded.
+    let idle = cluster.factory();
+    let unused = idle.prepare(name, &config(100)).await.unwrap().unwrap();
+    idle.discard_prepared(&[name.to_owned()]).await;
+    assert_eq!(idle.prepared_count(), 0);
+    assert!(matches!(
+        client.open_ledger(unused).await,
+        Err(LedgerError::NoSuchLedger(_))
+    ));
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_two_openers_racing_leave_the_winner_with_persisting_cursors() {
     // Cursors are claimed beside the head write: the opener that loses the head write may

@@ -44,6 +44,14 @@ pub struct Handover {
     /// Set by the target once it holds the bundle's lease: clients may come.
     #[serde(default)]
     pub taken: bool,
+    /// Written so before the source quiesces the bundle: the target prepares (reads the
+    /// topics' policies, creates their next ledgers) while the source still serves; the
+    /// source then rewrites the record without it, and the target takes the bundle.
+    #[serde(default)]
+    pub preparing: bool,
+    /// Set by the target once it prepared: the source may quiesce.
+    #[serde(default)]
+    pub prepared: bool,
 }
 
 /// A request to the owner of a bundle to unload it, to `destination` if given.
@@ -102,6 +110,15 @@ pub fn marks_taken(kind: &magnetar_metadata::EventKind) -> bool {
 }
 
 /// True once a record created at `created_ms` is too old to act on at `now_ms`.
+pub fn marks_prepared(kind: &magnetar_metadata::EventKind) -> bool {
+    match kind {
+        magnetar_metadata::EventKind::Delete => true,
+        magnetar_metadata::EventKind::Put(value) => {
+            serde_json::from_slice::<Handover>(value).is_ok_and(|h| h.prepared)
+        }
+    }
+}
+
 pub fn is_stale(created_ms: u64, now_ms: u64) -> bool {
     now_ms.saturating_sub(created_ms) > RECORD_STALE_MS
 }

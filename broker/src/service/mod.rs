@@ -214,6 +214,8 @@ pub struct BrokerService {
     admin_url: std::sync::OnceLock<String>,
     /// Bundles being unloaded, with where they go (`transfer.rs`).
     releasing: transfer::Releasing,
+    /// Policies read while preparing a handover's topics, for their load (by topic name).
+    prepared_policies: Mutex<HashMap<String, StoragePolicies>>,
     /// Set by a drain: the broker takes no more bundles.
     draining: std::sync::atomic::AtomicBool,
     /// Load samples, assignments made, shedding state (`load.rs`).
@@ -247,6 +249,7 @@ impl BrokerService {
             leadership: std::sync::OnceLock::new(),
             admin_url: std::sync::OnceLock::new(),
             releasing: transfer::Releasing::default(),
+            prepared_policies: Mutex::default(),
             draining: std::sync::atomic::AtomicBool::new(false),
             load: load::LoadState::default(),
             started: config_clock_now,
@@ -583,6 +586,11 @@ impl BrokerService {
         Ok(topics)
     }
 
+    /// The managed-ledger factory topics are stored with.
+    pub fn managed_ledgers(&self) -> &Arc<ManagedLedgerFactory> {
+        &self.factory
+    }
+
     /// The loaded topic, if any (no ownership check, no load).
     pub fn loaded_topic(&self, topic: &TopicName) -> Option<Arc<Topic>> {
         self.topics()
@@ -742,7 +750,15 @@ impl BrokerService {
     /// taking over a handed-over bundle opens its topics' storage while it takes the lease
     /// (the source closed it all before handing over); the load then finds it open.
     pub(crate) async fn open_storage(&self, topic: &TopicName) -> BrokerResult<OpenedStorage> {
-        let (policies, topic_policies) = self.storage_policies(topic).await?;
+        let prepared = self
+            .prepared_policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&topic.to_string());
+        let (policies, topic_policies) = match prepared {
+            Some(read) => read,
+            None => self.storage_policies(topic).await?,
+        };
         let config = self.ml_config(topic, &policies, topic_policies.as_ref());
         let ml = self.factory.open(&topic.persistence_name(), config).await?;
         Ok(OpenedStorage {

@@ -4,14 +4,21 @@
 //! target's side of a handover, and unload orders for bundles another broker owns.
 //!
 //! A handover, step by step (records in `cluster::handover`):
-//! 1. the source marks the bundle releasing here (its lookups answer the target from now on),
-//! 2. quiesces the bundle's topics — producers detached (SENDs on the wire are ignored; the
+//! 1. the source marks the bundle releasing here (its lookups answer the target once the
+//!    lease is let go; while it holds the lease they still answer this broker),
+//! 2. writes the handover record marked `preparing`, and keeps serving while the target reads
+//!    the topics' policies and creates their next ledgers (kept by its factory for their
+//!    opens: the open in the clients' pause then reads the head, writes it and claims the
+//!    cursors, nothing more) and marks the record `prepared` — the source waits at most
+//!    [`PREPARE_WAIT`] for it,
+//! 3. quiesces the bundle's topics — producers detached (SENDs on the wire are ignored; the
 //!    client resends them), subscriptions stopped after their queued acks, cursors' states left
 //!    in their records, ledgers sealed —,
-//! 3. writes the handover record naming the target and the topics, then releases the lease,
-//! 4. and at once tells each client CLOSE_PRODUCER / CLOSE_CONSUMER with
+//! 4. releases the lease (lookups elsewhere find the `preparing` record naming the target),
+//!    then rewrites the handover record, no longer `preparing`,
+//! 5. and at once tells each client CLOSE_PRODUCER / CLOSE_CONSUMER with
 //!    `assignedBrokerServiceUrl` = the target (PIP-307): clients reconnect there directly;
-//! 5. the target (watching `/loadbalance/`) opens the topics' storage while it takes the lease
+//! 6. the target (watching `/loadbalance/`) opens the topics' storage while it takes the lease
 //!    (or a client's request takes it first: the lease is free and the record names this
 //!    broker), marks the record taken, loads the topics, deletes the record; a client's request
 //!    waits only for its own topic's load.
@@ -42,6 +49,12 @@ use crate::topic_name::TopicName;
 
 /// How long a source waits for its target to take a handed-over bundle.
 const HANDOVER_WAIT: Duration = Duration::from_secs(5);
+/// How long a source, still serving, waits for its target to prepare before it quiesces.
+const PREPARE_WAIT: Duration = Duration::from_secs(2);
+/// How long a target keeps what it prepared for a handover that does not come.
+const PREPARED_KEEP: Duration = Duration::from_secs(10);
+/// Topics' policies a target keeps from its preparations at most.
+const PREPARED_POLICIES_MAX: usize = 10_000;
 /// How long an unload order waits for the bundle's owner to carry it out.
 const ORDER_WAIT: Duration = Duration::from_secs(30);
 /// How often a target tries the lease again while its source still holds it.
@@ -290,6 +303,13 @@ impl BrokerService {
             .take(handover::HANDOVER_TOPICS_MAX)
             .map(|t| t.name().to_string())
             .collect();
+        if let Some(target) = &to {
+            // The target prepares while this broker still serves: no client waits for it.
+            let prepare_began = self.config.clock.now();
+            let prepared = self.prepare_target(bundle, target, names.clone()).await;
+            info!(%bundle, %target, prepared, prepare_ms = self.ms_since(prepare_began),
+                "handover target prepared");
+        }
         let began = self.config.clock.now();
         let quiesced: Vec<Quiesced> = futures::future::join_all(topics.iter().map(|t| t.quiesce()))
             .await
@@ -301,8 +321,18 @@ impl BrokerService {
         let mut assigned = None;
         let released = match &to {
             Some(target) => {
-                let handed = self.write_handover(bundle, target, names).await;
+                // The lease goes first: the `preparing` record already sends lookups to the
+                // target, and the target, told by the rewrite, then takes a free lease at its
+                // first attempt instead of retrying while this broker lets go.
                 let released = self.ownership.release(bundle).await;
+                let handed = match &released {
+                    Ok(()) => self.write_handover(bundle, target, names, false).await,
+                    Err(_) => {
+                        let key = handover::handover_key(bundle);
+                        let _ = self.store.delete(&key, Expected::Any).await;
+                        None
+                    }
+                };
                 if released.is_ok()
                     && let Some((key, version)) = handed
                 {
@@ -367,13 +397,25 @@ impl BrokerService {
         u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// Writes the handover record; its key and version, or None if it could not be written
-    /// (the bundle is then released without one and the target learns of it on lookups).
+    /// Writes the handover record marked `preparing` and waits (at most [`PREPARE_WAIT`])
+    /// for the target to mark it prepared; true if it did.
+    async fn prepare_target(&self, bundle: &Bundle, target: &str, topics: Vec<String>) -> bool {
+        let Some((key, version)) = self.write_handover(bundle, target, topics, true).await else {
+            return false;
+        };
+        self.wait_event(&key, version, PREPARE_WAIT, handover::marks_prepared)
+            .await
+    }
+
+    /// Writes the handover record (over a `preparing` one); its key and version, or None if
+    /// it could not be written (the bundle is then released without one and the target learns
+    /// of it on lookups).
     async fn write_handover(
         &self,
         bundle: &Bundle,
         target: &str,
         topics: Vec<String>,
+        preparing: bool,
     ) -> Option<(String, magnetar_metadata::Version)> {
         let key = handover::handover_key(bundle);
         let record = Handover {
@@ -382,6 +424,8 @@ impl BrokerService {
             topics,
             created_ms: self.config.clock.now_ms(),
             taken: false,
+            preparing,
+            prepared: false,
         };
         let value = Bytes::from(serde_json::to_vec(&record).ok()?);
         match self.store.put(&key, value, Expected::Any).await {
@@ -553,6 +597,70 @@ impl BrokerService {
             }
         };
         let _ = self.store.delete(&key, Expected::Version(version)).await;
+    }
+
+    /// The target's side of a handover's first step, while the source still serves: reads
+    /// the topics' policies and creates their next ledgers (kept for their load: the open in
+    /// the clients' pause then neither reads policies nor waits for a ledger's id and
+    /// metadata), then marks the record prepared. What no load used is given up after
+    /// [`PREPARED_KEEP`].
+    async fn prepare_handover(
+        self: Arc<Self>,
+        bundle: Bundle,
+        version: magnetar_metadata::Version,
+        h: Handover,
+    ) {
+        let began = self.config.clock.now();
+        let names: Vec<String> = futures::stream::iter(h.topics.clone())
+            .map(|name| {
+                let this = Arc::clone(&self);
+                async move {
+                    let topic: TopicName = name.parse().ok()?;
+                    let (policies, topic_policies) = this.storage_policies(&topic).await.ok()?;
+                    let config = this.ml_config(&topic, &policies, topic_policies.as_ref());
+                    let ml_name = topic.persistence_name();
+                    this.factory.prepare(&ml_name, &config).await.ok()?;
+                    let mut kept = this
+                        .prepared_policies
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    if kept.len() < PREPARED_POLICIES_MAX {
+                        kept.insert(name, (policies, topic_policies));
+                    }
+                    Some(ml_name)
+                }
+            })
+            .buffer_unordered(TARGET_LOADS_PARALLEL)
+            .filter_map(futures::future::ready)
+            .collect()
+            .await;
+        let key = handover::handover_key(&bundle);
+        let marked = Handover {
+            prepared: true,
+            ..h.clone()
+        };
+        if let Ok(value) = serde_json::to_vec(&marked) {
+            // A conflict: the source moved on (it waits for this mark only so long).
+            let _ = self
+                .store
+                .put(&key, Bytes::from(value), Expected::Version(version))
+                .await;
+        }
+        info!(%bundle, from = %h.from, topics = names.len(), prepare_ms = self.ms_since(began),
+            "prepared a handover");
+        let stop = self.shutdown.clone();
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = self.config.clock.sleep(PREPARED_KEEP) => {}
+        }
+        self.factory.discard_prepared(&names).await;
+        let mut kept = self
+            .prepared_policies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for name in &h.topics {
+            kept.remove(name);
+        }
     }
 
     /// Unloads `bundle` wherever it is served: here, or by its owner through an unload order
@@ -745,7 +853,11 @@ impl BrokerService {
                 && !h.taken
                 && !handover::is_stale(h.created_ms, now_ms)
             {
-                self.spawn(Arc::clone(self).take_handover(bundle, version, h));
+                if !h.preparing {
+                    self.spawn(Arc::clone(self).take_handover(bundle, version, h));
+                } else if !h.prepared {
+                    self.spawn(Arc::clone(self).prepare_handover(bundle, version, h));
+                }
             }
         } else if key.starts_with(handover::SPLIT_ORDER_PREFIX) {
             if let Ok(order) = serde_json::from_slice::<SplitOrder>(value)
