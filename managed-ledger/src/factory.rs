@@ -170,6 +170,26 @@ impl ManagedLedgerFactory {
         }
     }
 
+    /// Tells the next open of `name` the length of a ledger its previous owner sealed (a
+    /// handover carries it): if the managed-ledger record still lists that ledger open, the
+    /// open takes the length from here instead of the ledger's metadata. Always safe: a closed
+    /// ledger's length never changes, and a hint for any other ledger is ignored.
+    pub fn hint_sealed(&self, name: &str, sealed: crate::prepared::SealedLedger) {
+        self.prepared.hint_sealed(name, sealed);
+    }
+
+    /// Forgets the sealed-ledger hints of `names` that no open used.
+    pub fn discard_hints(&self, names: &[String]) {
+        for n in names {
+            self.prepared.take_sealed(n);
+        }
+    }
+
+    /// Sealed-ledger hints not yet used or discarded.
+    pub fn sealed_hint_count(&self) -> usize {
+        self.prepared.sealed_count()
+    }
+
     /// Ledgers prepared and not yet used or discarded.
     pub fn prepared_count(&self) -> usize {
         self.prepared.len()
@@ -216,6 +236,7 @@ impl ManagedLedgerFactory {
                     }
                     None => None,
                 };
+                let sealed = self.prepared.take_sealed(name);
                 open_managed_ledger(
                     Arc::downgrade(&self.open),
                     Arc::clone(&self.retention_timers),
@@ -228,6 +249,7 @@ impl ManagedLedgerFactory {
                     name.to_owned(),
                     config,
                     prepared,
+                    sealed,
                 )
                 .instrument(info_span!("ml_open", ml = %name))
             })
@@ -282,6 +304,7 @@ async fn open_managed_ledger(
     name: String,
     config: ManagedLedgerConfig,
     prepared: Option<LedgerWriter>,
+    sealed: Option<crate::prepared::SealedLedger>,
 ) -> MlResult<Arc<ManagedLedger>> {
     let mut list = LedgerList::new(Arc::clone(&metadata), &name);
     // The new ledger does not depend on the list: it is created while the list is read and
@@ -298,8 +321,17 @@ async fn open_managed_ledger(
             ),
         };
         // Recovery: the previous owner's open ledger is fenced and closed, and its length
-        // recorded.
+        // recorded — or, when the previous owner sealed it and said so, only recorded.
         for info in record.ledgers.iter_mut() {
+            if info.state == LedgerRecordState::Open
+                && let Some(s) = sealed.filter(|s| s.ledger == info.ledger_id)
+            {
+                info.entries = s.entries;
+                info.size_bytes = s.size_bytes;
+                info.state = LedgerRecordState::Closed;
+                info.closed_ms = Some(clock.now_ms());
+                continue;
+            }
             if info.state == LedgerRecordState::Open {
                 let reader = recover_ledger(&client, info.ledger_id).await?;
                 let meta = reader.metadata();

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::Position;
+use crate::record::LedgerRecordState;
 use crate::config::ManagedLedgerConfig;
 use crate::cursor::{CursorStats, InitialPosition, ManagedCursor};
 use crate::cursor_store::CursorStore;
@@ -624,6 +625,24 @@ impl ManagedLedger {
         self.shared.state().status = Status::Closed;
         info!(ml = %self.shared.name, "managed ledger deleted");
         Ok(())
+    }
+
+    /// The last ledger, with its final length, once this instance closed and sealed it (what
+    /// a handover tells the next owner, see [`crate::ManagedLedgerFactory::hint_sealed`]).
+    /// None while open, after a fence, or when the close could not seal it.
+    pub fn sealed_ledger(&self) -> Option<crate::SealedLedger> {
+        let st = self.shared.state();
+        if st.status != Status::Closed {
+            return None;
+        }
+        st.ledgers
+            .last()
+            .filter(|l| l.state == LedgerRecordState::Closed)
+            .map(|l| crate::SealedLedger {
+                ledger: l.ledger_id,
+                entries: l.entries,
+                size_bytes: l.size_bytes,
+            })
     }
 
     pub fn stats(&self) -> ManagedLedgerStats {

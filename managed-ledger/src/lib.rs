@@ -60,6 +60,7 @@ pub use factory::ManagedLedgerFactory;
 pub use ledger::{AppendHandle, InternalStats, ManagedLedger, ManagedLedgerStats};
 pub use offload::{OffloadPolicy, OffloadRun, OffloadStatus, Offloader};
 pub use position::Position;
+pub use prepared::SealedLedger;
 pub use record::{
     CursorRecord, LedgerInfo, LedgerLocation, LedgerRecordState, ManagedLedgerRecord,
 };

@@ -130,6 +130,8 @@ pub struct IndeterminateStore {
     next: Mutex<Option<(String, bool, u32)>>,
     /// Puts seen (for measuring metadata write rates).
     puts: std::sync::atomic::AtomicU64,
+    /// Gets of one key counted (key, gets).
+    counted: Mutex<Option<(String, u64)>>,
 }
 
 impl IndeterminateStore {
@@ -138,7 +140,18 @@ impl IndeterminateStore {
             inner,
             next: Mutex::new(None),
             puts: std::sync::atomic::AtomicU64::new(0),
+            counted: Mutex::new(None),
         })
+    }
+
+    /// Counts the gets of `key` from now on (see [`Self::counted_gets`]).
+    pub fn count_gets(&self, key: &str) {
+        *self.counted.lock().unwrap() = Some((key.to_owned(), 0));
+    }
+
+    /// Gets of the key given to [`Self::count_gets`] since.
+    pub fn counted_gets(&self) -> u64 {
+        self.counted.lock().unwrap().as_ref().map_or(0, |c| c.1)
     }
 
     /// Puts made through this store so far.
@@ -161,6 +174,11 @@ impl IndeterminateStore {
 #[async_trait]
 impl MetadataStore for IndeterminateStore {
     async fn get(&self, key: &str) -> magnetar_metadata::Result<Option<Versioned>> {
+        if let Some((counted, gets)) = self.counted.lock().unwrap().as_mut()
+            && counted == key
+        {
+            *gets += 1;
+        }
         self.inner.get(key).await
     }
     async fn put(

@@ -487,6 +487,68 @@ fn current_ledger(ml: &ManagedLedger) -> magnetar_metadata::LedgerId {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_ledger_open_takes_a_sealed_ledgers_length_from_its_previous_owners_hint() {
+    let cluster = Cluster::start(2).await;
+    let name = "t/ns/persistent/sealed-hint";
+    let ml = cluster.factory().open(name, config(100)).await.unwrap();
+    append_n(&ml, 0, 3).await;
+    assert_eq!(ml.sealed_ledger(), None, "open: nothing sealed yet");
+    let first = current_ledger(&ml);
+    ml.close().await.unwrap();
+    let sealed = ml.sealed_ledger().expect("closed: its last ledger is sealed");
+    assert_eq!((sealed.ledger, sealed.entries), (first, 3));
+    assert!(sealed.size_bytes > 0);
+
+    // A hint about another ledger is ignored: the open reads the listed ledger's metadata.
+    let store = crate::test_support::IndeterminateStore::new(Arc::clone(&cluster.metadata));
+    store.count_gets(&magnetar_bookie::client::metadata::ledger_key(first));
+    let target = cluster.factory_with(store.clone());
+    target.hint_sealed(
+        name,
+        SealedLedger {
+            ledger: magnetar_metadata::LedgerId(first.0 + 1_000),
+            entries: 99,
+            size_bytes: 99,
+        },
+    );
+    let ml = target.open(name, config(100)).await.unwrap();
+    assert_eq!(target.sealed_hint_count(), 0, "the open consumed the hint");
+    assert!(store.counted_gets() > 0, "no hint for it: the ledger's metadata is read");
+    assert_eq!(ml.ledgers()[0].entries, 3);
+    append_n(&ml, 3, 2).await;
+    let second = current_ledger(&ml);
+    ml.close().await.unwrap();
+    let sealed = ml.sealed_ledger().unwrap();
+    assert_eq!((sealed.ledger, sealed.entries), (second, 2));
+
+    // With the previous owner's hint, the length comes from it: no read of that ledger.
+    let store = crate::test_support::IndeterminateStore::new(Arc::clone(&cluster.metadata));
+    store.count_gets(&magnetar_bookie::client::metadata::ledger_key(second));
+    let target = cluster.factory_with(store.clone());
+    target.hint_sealed(name, sealed);
+    let ml = target.open(name, config(100)).await.unwrap();
+    assert_eq!(store.counted_gets(), 0, "the hint spared the metadata read");
+    let listed: Vec<(magnetar_metadata::LedgerId, u64)> = ml
+        .ledgers()
+        .iter()
+        .filter(|l| l.entries > 0)
+        .map(|l| (l.ledger_id, l.entries))
+        .collect();
+    assert_eq!(listed, vec![(first, 3), (second, 2)]);
+    append_n(&ml, 5, 1).await;
+    let c = ml.new_non_durable_cursor(InitialPosition::Earliest);
+    let read = c.read_entries(100, u64::MAX).await.unwrap();
+    let got: Vec<Bytes> = read.into_iter().map(|(_, b)| b).collect();
+    assert_eq!(got, (0..6).map(payload).collect::<Vec<_>>());
+
+    // Unused hints are forgotten on request.
+    target.hint_sealed(name, sealed);
+    target.discard_hints(&[name.to_owned()]);
+    assert_eq!(target.sealed_hint_count(), 0);
+    ml.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_open_uses_a_prepared_ledger_only_when_it_is_newest_and_alike() {
     let cluster = Cluster::start(2).await;
     let client = cluster.client();

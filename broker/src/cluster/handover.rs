@@ -52,6 +52,33 @@ pub struct Handover {
     /// Set by the target once it prepared: the source may quiesce.
     #[serde(default)]
     pub prepared: bool,
+    /// By index of `topics`: `[ledger id, entries, size bytes]` of the topic's last ledger as
+    /// the source sealed it, so that the target's open need not read that ledger's metadata.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<Option<[u64; 3]>>,
+}
+
+impl Handover {
+    /// The sealed ledgers the source reported, by managed-ledger name.
+    pub fn sealed_ledgers(
+        &self,
+    ) -> impl Iterator<Item = (String, magnetar_managed_ledger::SealedLedger)> + '_ {
+        self.topics
+            .iter()
+            .zip(&self.sealed)
+            .filter_map(|(name, sealed)| {
+                let [ledger, entries, size_bytes] = (*sealed)?;
+                let topic: crate::topic_name::TopicName = name.parse().ok()?;
+                Some((
+                    topic.persistence_name(),
+                    magnetar_managed_ledger::SealedLedger {
+                        ledger: magnetar_metadata::LedgerId(ledger),
+                        entries,
+                        size_bytes,
+                    },
+                ))
+            })
+    }
 }
 
 /// A request to the owner of a bundle to unload it, to `destination` if given.

@@ -317,6 +317,14 @@ impl BrokerService {
             .flatten()
             .collect();
         let quiesce_ms = self.ms_since(began);
+        let sealed: Vec<Option<[u64; 3]>> = topics
+            .iter()
+            .take(handover::HANDOVER_TOPICS_MAX)
+            .map(|t| {
+                let s = t.managed_ledger().sealed_ledger()?;
+                Some([s.ledger.0, s.entries, s.size_bytes])
+            })
+            .collect();
         let mut taken_ms = None;
         let mut assigned = None;
         let released = match &to {
@@ -326,7 +334,10 @@ impl BrokerService {
                 // first attempt instead of retrying while this broker lets go.
                 let released = self.ownership.release(bundle).await;
                 let handed = match &released {
-                    Ok(()) => self.write_handover(bundle, target, names, false).await,
+                    Ok(()) => {
+                        self.write_handover(bundle, target, names, sealed, false)
+                            .await
+                    }
                     Err(_) => {
                         let key = handover::handover_key(bundle);
                         let _ = self.store.delete(&key, Expected::Any).await;
@@ -400,7 +411,10 @@ impl BrokerService {
     /// Writes the handover record marked `preparing` and waits (at most [`PREPARE_WAIT`])
     /// for the target to mark it prepared; true if it did.
     async fn prepare_target(&self, bundle: &Bundle, target: &str, topics: Vec<String>) -> bool {
-        let Some((key, version)) = self.write_handover(bundle, target, topics, true).await else {
+        let Some((key, version)) = self
+            .write_handover(bundle, target, topics, Vec::new(), true)
+            .await
+        else {
             return false;
         };
         self.wait_event(&key, version, PREPARE_WAIT, handover::marks_prepared)
@@ -415,6 +429,7 @@ impl BrokerService {
         bundle: &Bundle,
         target: &str,
         topics: Vec<String>,
+        sealed: Vec<Option<[u64; 3]>>,
         preparing: bool,
     ) -> Option<(String, magnetar_metadata::Version)> {
         let key = handover::handover_key(bundle);
@@ -426,6 +441,7 @@ impl BrokerService {
             taken: false,
             preparing,
             prepared: false,
+            sealed,
         };
         let value = Bytes::from(serde_json::to_vec(&record).ok()?);
         match self.store.put(&key, value, Expected::Any).await {
@@ -534,6 +550,13 @@ impl BrokerService {
             lease_tx.send_replace(Some(taken));
             (taken, self.ms_since(began))
         };
+        let hinted: Vec<String> = h
+            .sealed_ledgers()
+            .map(|(ml_name, sealed)| {
+                self.factory.hint_sealed(&ml_name, sealed);
+                ml_name
+            })
+            .collect();
         let key = handover::handover_key(&bundle);
         // The mark tells the source the move is done (its clients were sent here already).
         let mark = async {
@@ -581,6 +604,7 @@ impl BrokerService {
             .filter(|t| futures::future::ready(t.is_some()))
             .count();
         let ((taken, lease_ms), marked, loaded) = futures::join!(acquire, mark, loads);
+        self.factory.discard_hints(&hinted);
         let version = match marked {
             Some((v, marked_ms)) => {
                 let total_ms = self.ms_since(began);
