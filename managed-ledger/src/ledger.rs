@@ -23,13 +23,13 @@ use tokio::sync::{oneshot, watch};
 use tracing::{info, warn};
 
 use crate::Position;
-use crate::record::LedgerRecordState;
 use crate::config::ManagedLedgerConfig;
 use crate::cursor::{CursorStats, InitialPosition, ManagedCursor};
 use crate::cursor_store::CursorStore;
 use crate::error::{ManagedLedgerError, MlResult};
 use crate::factory::delete_ledger;
 use crate::read::{Shared, Status};
+use crate::record::LedgerRecordState;
 use crate::record::{CursorRecord, LedgerInfo, cursor_record_key, cursors_prefix};
 
 /// The completion of one append: resolves to the entry's position once it is durable. Handles

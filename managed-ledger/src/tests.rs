@@ -495,7 +495,9 @@ async fn managed_ledger_open_takes_a_sealed_ledgers_length_from_its_previous_own
     assert_eq!(ml.sealed_ledger(), None, "open: nothing sealed yet");
     let first = current_ledger(&ml);
     ml.close().await.unwrap();
-    let sealed = ml.sealed_ledger().expect("closed: its last ledger is sealed");
+    let sealed = ml
+        .sealed_ledger()
+        .expect("closed: its last ledger is sealed");
     assert_eq!((sealed.ledger, sealed.entries), (first, 3));
     assert!(sealed.size_bytes > 0);
 
@@ -513,7 +515,10 @@ async fn managed_ledger_open_takes_a_sealed_ledgers_length_from_its_previous_own
     );
     let ml = target.open(name, config(100)).await.unwrap();
     assert_eq!(target.sealed_hint_count(), 0, "the open consumed the hint");
-    assert!(store.counted_gets() > 0, "no hint for it: the ledger's metadata is read");
+    assert!(
+        store.counted_gets() > 0,
+        "no hint for it: the ledger's metadata is read"
+    );
     assert_eq!(ml.ledgers()[0].entries, 3);
     append_n(&ml, 3, 2).await;
     let second = current_ledger(&ml);
