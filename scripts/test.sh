@@ -81,8 +81,16 @@ else
   python3 -c 'import moto.server' >/dev/null 2>&1 \
     || fail "moto[server] was installed but python3 cannot import moto.server"
 fi
-# Later parts, installed here when their tests arrive (not yet):
-#   - promtool, to check /metrics:                                apt-get install -y prometheus
+# promtool checks /metrics (test_metrics.py): Debian's prometheus package.
+if command -v promtool >/dev/null 2>&1; then
+  echo "promtool: present"
+else
+  echo "promtool: missing; installing the Debian package prometheus"
+  apt_install prometheus \
+    || fail "cannot install promtool: run 'apt-get install -y prometheus' as root (Debian/Ubuntu), or put a promtool binary on PATH, then rerun"
+  command -v promtool >/dev/null 2>&1 \
+    || fail "prometheus was installed but no promtool is on PATH"
+fi
 cargo --version
 
 # --- 2. Formatting ---------------------------------------------------------------------------

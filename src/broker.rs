@@ -82,6 +82,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     let admin = crate::standalone::AdminServer::start(
         std::net::SocketAddr::new(b.bind()?.ip(), b.admin_port),
         node.service(),
+        Vec::new(),
     )
     .await?;
     // Other brokers redirect admin requests here: advertise the host clients can reach.

@@ -170,6 +170,9 @@ pub struct BrokerServerConfig {
     pub enable_broker_side_subscription_pattern_evaluation: bool,
     /// Pulsar's `subscriptionPatternMaxLength`: longer patterns are left to the client.
     pub subscription_pattern_max_length: usize,
+    /// Pulsar's `exposeTopicLevelMetricsInPrometheus`: `/metrics` has per-topic and
+    /// per-subscription series; false: sums per namespace (cheaper with very many topics).
+    pub expose_topic_level_metrics_in_prometheus: bool,
     /// Pulsar's `managedLedgerMaxEntriesPerLedger`: a topic's ledger rolls over at this many
     /// entries.
     pub managed_ledger_max_entries_per_ledger: u64,
@@ -257,6 +260,7 @@ impl Default for BrokerServerConfig {
             delete_inactive_topics_max_inactive_duration_s: None,
             enable_broker_side_subscription_pattern_evaluation: true,
             subscription_pattern_max_length: 50,
+            expose_topic_level_metrics_in_prometheus: true,
             managed_ledger_max_entries_per_ledger: 50_000,
             managed_ledger_max_size_per_ledger_mbytes: 2048,
             managed_ledger_max_ledger_rollover_time_minutes: 240,
@@ -310,6 +314,7 @@ impl BrokerServerConfig {
         service.broker_side_pattern_evaluation =
             self.enable_broker_side_subscription_pattern_evaluation;
         service.subscription_pattern_length_max = self.subscription_pattern_max_length;
+        service.expose_topic_level_metrics = self.expose_topic_level_metrics_in_prometheus;
         service.load_balancer = self.load_balancer();
         let ml = &mut service.managed_ledger;
         ml.ledger_entries_max = self.managed_ledger_max_entries_per_ledger;

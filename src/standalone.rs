@@ -69,6 +69,7 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
     let admin = AdminServer::start(
         SocketAddr::new(bind_address, s.admin_port),
         standalone.service(),
+        vec![Arc::clone(standalone.bookie())],
     )
     .await?;
     standalone
@@ -98,9 +99,11 @@ pub(crate) struct AdminServer {
 }
 
 impl AdminServer {
+    /// `bookies`: those of this process, whose series `/metrics` adds (standalone).
     pub(crate) async fn start(
         bind: SocketAddr,
         service: &Arc<BrokerService>,
+        bookies: Vec<Arc<magnetar_bookie::server::Bookie>>,
     ) -> anyhow::Result<AdminServer> {
         let listener = tokio::net::TcpListener::bind(bind)
             .await
@@ -112,7 +115,11 @@ impl AdminServer {
             service.policies().clone(),
             BrokerTopicAdmin::new(Arc::clone(service)),
         )
-        .with_schemas(service.schemas());
+        .with_schemas(service.schemas())
+        .with_metrics(magnetar_broker::metrics::BrokerMetrics::new(
+            Arc::clone(service),
+            bookies,
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(admin::serve(listener, state, async move {
             let _ = stopped.await;

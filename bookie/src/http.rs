@@ -1,7 +1,8 @@
 //! The bookie's HTTP endpoints, with BookKeeper's paths so that probes and operators' scripts
 //! carry over: `GET /api/v1/bookie/state` (BookKeeper's state JSON) and
 //! `GET /api/v1/bookie/is_ready` (200 when registered and writable, 503 otherwise — what a
-//! Kubernetes readiness probe asks). Served on `bookie.http_port` when it is set.
+//! Kubernetes readiness probe asks) and `GET /metrics` (Prometheus, see [`crate::metrics`], with
+//! the process's CPU and memory). Served on `bookie.http_port` when it is set.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,11 +64,25 @@ pub fn router(health: Health) -> Router {
     Router::new()
         .route("/api/v1/bookie/state", get(state))
         .route("/api/v1/bookie/is_ready", get(is_ready))
+        .route("/metrics", get(metrics))
         .with_state(health)
 }
 
 async fn state(State(h): State<Health>) -> Response {
     axum::Json(h.state()).into_response()
+}
+
+async fn metrics(State(h): State<Health>) -> Response {
+    let mut families = h.bookie.metric_families();
+    families.extend(crate::metrics::process_families());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::TEXT_CONTENT_TYPE,
+        )],
+        crate::metrics::encode(&families),
+    )
+        .into_response()
 }
 
 async fn is_ready(State(h): State<Health>) -> Response {

@@ -8,6 +8,7 @@
 //! - [`rpc`] — the gRPC transport: a tonic server for any `BookieClient`, and a client that is one.
 //! - [`node`] — a running `magnetar bookie`: storage + gRPC server + registration in the metadata
 //!   store.
+//! - [`metrics`] — the bookie's Prometheus metrics, with BookKeeper's names.
 //! - [`cookie`] — instance identity: ties a bookie's data directory to its metadata store,
 //!   checked before the storage opens.
 //! - [`local`] — the in-process transport: bookies of this process called directly.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod cookie;
 pub mod http;
 pub mod local;
+pub mod metrics;
 pub mod node;
 pub mod orphans;
 pub mod rpc;

@@ -5,6 +5,8 @@
 //! - [`runtime`] — assembling a broker: standalone and cluster node.
 //! - [`protocol`] — the Pulsar protocol: listener, connections, every command's handler.
 //! - [`admin`] — the admin REST API (`/admin/v2`) and its topic operations on a running broker.
+//! - [`metrics`] — `GET /metrics`: Pulsar's metric names over the loaded topics, cache, load
+//!   balancer and offloads (and an in-process bookie's).
 //! - [`service`] — the loaded topics under bundle leases, lookups, partition metadata.
 //! - [`topic`] — one topic: producers, publishing, deduplication.
 //! - [`subscription`] — one subscription's actor: cursor, consumers, dispatchers (Shared,
@@ -18,6 +20,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod error;
+pub mod metrics;
 pub mod policies;
 pub mod protocol;
 pub mod runtime;

@@ -58,7 +58,7 @@ pub use cursor::{CursorStats, InitialPosition, ManagedCursor};
 pub use error::{ManagedLedgerError, MlResult};
 pub use factory::ManagedLedgerFactory;
 pub use ledger::{AppendHandle, InternalStats, ManagedLedger, ManagedLedgerStats};
-pub use offload::{OffloadPolicy, OffloadRun, OffloadStatus, Offloader};
+pub use offload::{OffloadPolicy, OffloadRun, OffloadStatus, OffloadTotals, Offloader};
 pub use position::Position;
 pub use prepared::SealedLedger;
 pub use record::{

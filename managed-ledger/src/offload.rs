@@ -48,6 +48,23 @@ pub struct Offloader {
     upload: UploadOptions,
     permits: Semaphore,
     random: Arc<Random>,
+    counters: OffloadCounters,
+}
+
+/// What this broker's offloads did since it started (for the metrics).
+#[derive(Debug, Default)]
+struct OffloadCounters {
+    ledgers: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+}
+
+/// [`Offloader::totals`]: ledgers and bytes offloaded, and failed offloads, since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OffloadTotals {
+    pub ledgers: u64,
+    pub bytes: u64,
+    pub errors: u64,
 }
 
 impl Offloader {
@@ -64,7 +81,19 @@ impl Offloader {
             upload,
             permits: Semaphore::new(concurrent_max.max(1)),
             random,
+            counters: OffloadCounters::default(),
         })
+    }
+
+    /// Offloads completed and failed since this broker started.
+    pub fn totals(&self) -> OffloadTotals {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counters;
+        OffloadTotals {
+            ledgers: c.ledgers.load(Relaxed),
+            bytes: c.bytes.load(Relaxed),
+            errors: c.errors.load(Relaxed),
+        }
     }
 
     /// The cluster's store.
@@ -396,6 +425,10 @@ impl ManagedLedger {
                 self.offload_ledger(&offloader, id).await
             };
             if let Err(e) = result {
+                offloader
+                    .counters
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(ledger = %id, error = %e, "offload failed; the bookies keep the ledger");
                 first_err.get_or_insert(e);
             }
@@ -534,6 +567,10 @@ impl ManagedLedger {
         // Reads of this ledger go to object storage from now on.
         self.shared.forget_reader(id);
         info!(ledger = %id, attempt = %uid, to = %store.location().bucket, "ledger offloaded");
+        let c = &offloader.counters;
+        c.ledgers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.bytes
+            .fetch_add(info.size_bytes, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -85,6 +85,12 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
+    /// Entry locations in the index (the store keeps the count: no scan).
+    pub fn len(&self) -> Result<u64, String> {
+        use redb::ReadableTableMetadata;
+        self.entries.len().map_err(err)
+    }
+
     /// Where an entry is on disk. The index store panics on some corrupt tree pages instead of
     /// returning an error: the panic becomes an error naming the entry, so the read fails
     /// cleanly and the bookie keeps serving every entry whose pages are intact.
@@ -327,6 +333,17 @@ pub(crate) fn checkpoint(shared: &Shared) -> Result<(), String> {
     drop(last);
     trim_journal(shared, pos);
     Ok(())
+}
+
+/// Refreshes the count of entries in the index (for the metrics). Blocking.
+pub(crate) fn count_entries(shared: &Shared) {
+    let Some(index) = shared.index() else { return };
+    match index.snapshot().and_then(|s| s.len()) {
+        Ok(n) => shared
+            .entries_indexed
+            .store(n, std::sync::atomic::Ordering::Relaxed),
+        Err(e) => tracing::debug!(error = %e, "index entries could not be counted"),
+    }
 }
 
 /// Retires journal files wholly before `pos` (their records are all checkpointed).

@@ -167,6 +167,10 @@ pub(crate) struct Shared {
     disk: Mutex<DiskStatus>,
     state: watch::Sender<BookieState>,
     stats: JournalCounters,
+    clock: magnetar_metadata::clock::SharedClock,
+    metrics: crate::metrics::BookieMetrics,
+    /// Entry locations in the on-disk index, as of the last checkpoint.
+    entries_indexed: AtomicU64,
     /// Makes journal writes fail as if the disk were full (tests of the error path).
     #[cfg(test)]
     inject_write_failure: AtomicBool,
@@ -326,6 +330,7 @@ fn spawn_periodic(shared: Arc<Shared>, cancel: CancellationToken, every: Duratio
 fn periodic_checkpoint(shared: &Shared) {
     // A failure is logged and, where it concerns durability, made sticky by the checkpoint.
     let _ = index::checkpoint(shared);
+    index::count_entries(shared);
 }
 
 fn periodic_gc(shared: &Shared) {
@@ -489,6 +494,27 @@ impl Bookie {
         LAC_POLLS_MAX - self.lac_polls.available_permits()
     }
 
+    /// The bookie's metric families (see [`crate::metrics`]) as of now.
+    pub fn metric_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let (ledgers, entries) = {
+            let store = self.shared.read_store();
+            let recent = store.pending.len() + store.flushing.len();
+            (
+                store.ledgers.len(),
+                self.shared.entries_indexed.load(Ordering::Relaxed) + recent as u64,
+            )
+        };
+        let gauges = crate::metrics::Gauges {
+            writable: self.state() == BookieState::ReadWrite,
+            journal_queue_size: self.tx.max_capacity() - self.tx.capacity(),
+            ledgers,
+            entries,
+        };
+        self.shared
+            .metrics
+            .families(gauges, self.shared.clock.now())
+    }
+
     /// Group-commit totals since open (for benchmarks and metrics).
     pub fn journal_stats(&self) -> JournalStats {
         let c = &self.shared.stats;
@@ -543,17 +569,28 @@ impl Bookie {
         if !self.shared.read_store().ledgers.contains_key(&ledger) {
             return Err(BookieError::NoSuchLedger(ledger));
         }
+        let began = self.shared.clock.now();
         let _slot = self
             .reads
             .acquire()
             .await
             .map_err(|_| BookieError::ShuttingDown)?;
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
+        let read = tokio::task::spawn_blocking(move || {
             read_blocking(&shared, ledger, first, last, entries_max, bytes_max)
         })
         .await
-        .map_err(internal)?
+        .map_err(internal)?;
+        let m = &self.shared.metrics;
+        m.read_entry.record(
+            self.shared.clock.now().saturating_duration_since(began),
+            read.is_ok(),
+        );
+        if let Ok((entries, _)) = &read {
+            m.read_bytes
+                .inc_by(entries.iter().map(|e| e.payload.len() as u64).sum());
+        }
+        read
     }
 }
 
@@ -695,12 +732,24 @@ impl BookieClient for Bookie {
                 }
             }
         }
-        self.submit(|done| Op::Add {
-            entry,
-            recovery,
-            done,
-        })
-        .await
+        let began = self.shared.clock.now();
+        let bytes = entry.payload.len() as u64;
+        let added = self
+            .submit(|done| Op::Add {
+                entry,
+                recovery,
+                done,
+            })
+            .await;
+        let m = &self.shared.metrics;
+        m.add_entry.record(
+            self.shared.clock.now().saturating_duration_since(began),
+            added.is_ok(),
+        );
+        if added.is_ok() {
+            m.write_bytes.inc_by(bytes);
+        }
+        added
     }
 
     async fn read(

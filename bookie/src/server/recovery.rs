@@ -136,6 +136,9 @@ pub(crate) fn recover(opts: BookieOptions) -> Result<(Arc<Shared>, JournalFile),
         state,
         opts,
         stats: JournalCounters::default(),
+        clock: magnetar_metadata::clock::system(),
+        metrics: crate::metrics::BookieMetrics::new(magnetar_metadata::clock::system().now()),
+        entries_indexed: std::sync::atomic::AtomicU64::new(0),
         #[cfg(test)]
         inject_write_failure: std::sync::atomic::AtomicBool::new(false),
         #[cfg(test)]

@@ -185,7 +185,12 @@ fn commit_batch(
         return stop;
     }
 
+    let began = shared.clock.now();
     let journal_result = write_journal(shared, jf, jbuf, &records, &recovery, rotate_next);
+    shared.metrics.journal_sync.record(
+        shared.clock.now().saturating_duration_since(began),
+        journal_result.is_ok(),
+    );
     if let Err(e) = journal_result {
         // Nothing of this batch is acknowledged; the file's tail is suspect (a failed fsync may
         // have dropped pages), so later batches go to a fresh file.

@@ -77,3 +77,17 @@ pub(super) async fn status(State(s): State<AdminState>) -> axum::response::Respo
         (StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable").into_response()
     }
 }
+
+/// `GET /metrics` (and Pulsar's `/metrics/`): Prometheus text, see [`crate::metrics`].
+pub(super) async fn metrics(State(s): State<AdminState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let families = s.metrics.families().await;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            magnetar_bookie::metrics::TEXT_CONTENT_TYPE,
+        )],
+        magnetar_bookie::metrics::encode(&families),
+    )
+        .into_response()
+}

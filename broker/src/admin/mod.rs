@@ -61,10 +61,12 @@ pub struct AdminState {
     /// The one cluster `GET /admin/v2/clusters` lists (pulsar-admin's `tenants create` without
     /// `--allowed-clusters` asks for it).
     pub cluster_name: String,
+    /// What `GET /metrics` reports (the process's series alone when no broker runs).
+    pub metrics: Arc<dyn crate::metrics::Scrape>,
 }
 
 /// The cluster name of [`AdminState::new`], as Pulsar's standalone names its cluster.
-pub const DEFAULT_CLUSTER_NAME: &str = "standalone";
+pub use crate::cluster::DEFAULT_CLUSTER_NAME;
 
 impl AdminState {
     /// With a schema registry over the policies' store and Pulsar's default strategy (FULL);
@@ -75,7 +77,14 @@ impl AdminState {
             policies,
             topics,
             cluster_name: DEFAULT_CLUSTER_NAME.to_owned(),
+            metrics: Arc::new(crate::metrics::ProcessOnly),
         }
+    }
+
+    /// `GET /metrics` reports `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn crate::metrics::Scrape>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Uses `schemas` (the broker's registry, with its configured default strategy).
@@ -110,6 +119,8 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/admin/v2/brokers/health", get(brokers::health))
         .route("/status.html", get(brokers::status))
+        .route("/metrics", get(brokers::metrics))
+        .route("/metrics/", get(brokers::metrics))
         .route("/admin/v2/brokers/{cluster}", get(brokers::active))
         .route(
             "/admin/v2/broker-stats/load-report",

@@ -9,6 +9,11 @@
 //! - [`handover`] — the records through which bundles move between brokers.
 
 pub mod bundle;
+
+/// The cluster's name, as Pulsar's standalone names its cluster: what
+/// `GET /admin/v2/clusters` lists and the `cluster` label of the metrics.
+pub const DEFAULT_CLUSTER_NAME: &str = "standalone";
+
 pub mod handover;
 pub mod leader;
 pub mod load;

@@ -147,6 +147,11 @@ impl Standalone {
         self.broker.local_addr()
     }
 
+    /// The in-process bookie.
+    pub fn bookie(&self) -> &Arc<Bookie> {
+        &self.bookie
+    }
+
     pub fn service(&self) -> &Arc<BrokerService> {
         self.broker.service()
     }

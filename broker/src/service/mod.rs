@@ -77,6 +77,9 @@ pub struct BrokerConfig {
     /// Pulsar's `subscriptionPatternMaxLength`: longer patterns are left to the client.
     /// Default 50.
     pub subscription_pattern_length_max: usize,
+    /// Pulsar's `exposeTopicLevelMetricsInPrometheus`: `/metrics` has per-topic and
+    /// per-subscription series (true, the default) or per-namespace sums.
+    pub expose_topic_level_metrics: bool,
     /// Load reports, assignment of bundles by load, shedding (`service/load.rs`).
     pub load_balancer: LoadBalancerConfig,
     /// Time of everything the broker times itself: keepalive, redelivery, delayed delivery,
@@ -103,6 +106,7 @@ impl BrokerConfig {
             inactive_topics: InactiveTopicsConfig::default(),
             broker_side_pattern_evaluation: true,
             subscription_pattern_length_max: 50,
+            expose_topic_level_metrics: true,
             load_balancer: LoadBalancerConfig::default(),
             clock: magnetar_metadata::clock::system(),
         }
@@ -216,6 +220,9 @@ pub struct BrokerService {
     releasing: transfer::Releasing,
     /// Policies read while preparing a handover's topics, for their load (by topic name).
     prepared_policies: Mutex<HashMap<String, StoragePolicies>>,
+    /// Bundles unloaded and split by this broker since it started (the `pulsar_lb_*` metrics).
+    bundles_unloaded: std::sync::atomic::AtomicU64,
+    bundles_split: std::sync::atomic::AtomicU64,
     /// Set by a drain: the broker takes no more bundles.
     draining: std::sync::atomic::AtomicBool,
     /// Load samples, assignments made, shedding state (`load.rs`).
@@ -250,6 +257,8 @@ impl BrokerService {
             admin_url: std::sync::OnceLock::new(),
             releasing: transfer::Releasing::default(),
             prepared_policies: Mutex::default(),
+            bundles_unloaded: std::sync::atomic::AtomicU64::new(0),
+            bundles_split: std::sync::atomic::AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
             load: load::LoadState::default(),
             started: config_clock_now,
@@ -587,6 +596,20 @@ impl BrokerService {
     }
 
     /// The managed-ledger factory topics are stored with.
+    /// Bundles this broker unloaded and split since it started.
+    pub fn bundle_operations(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.bundles_unloaded.load(Relaxed),
+            self.bundles_split.load(Relaxed),
+        )
+    }
+
+    /// The loaded topics (for the metrics).
+    pub fn loaded_topics(&self) -> Vec<Arc<Topic>> {
+        self.loaded()
+    }
+
     pub fn managed_ledgers(&self) -> &Arc<ManagedLedgerFactory> {
         &self.factory
     }

@@ -205,6 +205,8 @@ impl BrokerService {
         // A topic that finished loading under the parent meanwhile.
         retag(self);
         info!(%bundle, algorithm = algorithm.name(), children = ?children.iter().map(|c| c.range.to_string()).collect::<Vec<_>>(), "bundle split");
+        self.bundles_split
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if unload {
             for child in &children {
                 if let Err(e) = self.unload_bundle(child, None).await {

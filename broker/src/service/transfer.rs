@@ -387,6 +387,8 @@ impl BrokerService {
         let clients: usize = quiesced.iter().map(Quiesced::clients).sum();
         match released {
             Ok(()) => {
+                self.bundles_unloaded
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let total_ms = self.ms_since(began);
                 info!(%bundle, to = ?assigned, topics = topics.len(), clients, quiesce_ms, taken_ms,
                     total_ms, "bundle unloaded");

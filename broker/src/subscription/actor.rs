@@ -253,6 +253,7 @@ impl Actor {
             msg_out: self.msg_out,
             bytes_out: self.bytes_out,
             unacked: self.pending.len() as u64,
+            redelivered: self.redelivered,
         }
     }
 
@@ -260,6 +261,7 @@ impl Actor {
         if !self.cursor.is_acked(p) {
             *self.redelivery_counts.entry(p).or_default() += 1;
             self.redeliver.insert(p);
+            self.redelivered += 1;
         }
     }
 

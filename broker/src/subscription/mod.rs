@@ -193,6 +193,9 @@ pub struct SubscriptionSnapshot {
     pub bytes_out: u64,
     /// Delivered and not yet acknowledged (entries).
     pub unacked: u64,
+    /// Entries put back for redelivery since the subscription started (consumer gone,
+    /// negative ack, redelivery request, ack timeout).
+    pub redelivered: u64,
 }
 
 /// One consumer in a [`SubscriptionSnapshot`].
@@ -258,6 +261,7 @@ impl Subscription {
             delayed: DelayedTracker::new(),
             msg_out: 0,
             bytes_out: 0,
+            redelivered: 0,
             read_failures: 0,
             read_retry_at: None,
             clock,
@@ -424,6 +428,8 @@ struct Actor {
     /// Messages and bytes dispatched (admin stats).
     msg_out: u64,
     bytes_out: u64,
+    /// Entries put back for redelivery (see [`SubscriptionSnapshot::redelivered`]).
+    redelivered: u64,
     /// Dispatch reads failed in a row, and when the next attempt is due.
     read_failures: u32,
     read_retry_at: Option<std::time::Instant>,

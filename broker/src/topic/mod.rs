@@ -20,6 +20,7 @@
 //! duplicate and acknowledged without being stored).
 
 pub mod dedup;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -171,6 +172,8 @@ pub struct Topic {
     /// Messages and bytes published since the topic was loaded (admin stats).
     msg_in: AtomicU64,
     bytes_in: AtomicU64,
+    /// Entry sizes and write latencies, for the metrics.
+    publish_stats: stats::PublishStats,
     dedup: Arc<Dedup>,
     /// A write failed: producers are detached and new ones refused until appends resume.
     publish_fenced: AtomicBool,
@@ -218,6 +221,7 @@ impl Topic {
             closed: AtomicBool::new(false),
             msg_in: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
+            publish_stats: stats::PublishStats::default(),
             dedup,
             publish_fenced: AtomicBool::new(false),
             sends_entering: AtomicU64::new(0),
@@ -301,10 +305,16 @@ impl Topic {
         Ok(())
     }
 
-    /// Counts a published entry of `messages` messages (admin stats).
+    /// Counts a published entry of `messages` messages (admin stats, metrics).
     pub fn record_publish(&self, messages: u64, bytes: u64) {
         self.msg_in.fetch_add(messages, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+        self.publish_stats.record_entry(bytes);
+    }
+
+    /// Entry sizes and write latencies (see [`stats`]).
+    pub fn publish_stats(&self) -> &stats::PublishStats {
+        &self.publish_stats
     }
 
     /// Messages and bytes published since the topic was loaded.

@@ -245,6 +245,8 @@ struct PendingSend {
     highest_sequence_id: Option<u64>,
     /// `None`: a duplicate, not stored (deduplication answers it).
     append: Option<Result<AppendHandle, (ServerError, String)>>,
+    /// When the append was handed to the managed ledger (the write latency's start).
+    appended_at: Option<std::time::Instant>,
     /// Deduplication: the append's outcome is reported with it.
     dedup: Option<Ticket>,
     /// One of the connection's pending-publish permits, returned with the receipt.

@@ -221,6 +221,7 @@ impl Conn {
         }
         let highest = send.highest_sequence_id.filter(|h| *h > 0);
         let mut ticket = None;
+        let mut appended_at = None;
         let append =
             if !payload.checksum_ok() {
                 Some(Err(BrokerError::Checksum(
@@ -243,6 +244,7 @@ impl Conn {
                             .map_or(1, |n| u64::try_from(n).unwrap_or(1));
                         slot.topic
                             .record_publish(messages, payload.payload_range().len() as u64);
+                        appended_at = Some(slot.topic.managed_ledger().clock().now());
                         Some(
                             slot.topic
                                 .managed_ledger()
@@ -270,6 +272,7 @@ impl Conn {
             sequence_id: send.sequence_id,
             highest_sequence_id: highest,
             append,
+            appended_at,
             dedup: ticket,
             _permit: permit,
         };
@@ -296,18 +299,29 @@ pub(super) async fn receipts(
     let mut connected = true;
     while let Some(p) = rx.recv().await {
         let result = match p.append {
-            Some(Ok(handle)) => handle.await.map(Some).map_err(|e| {
-                // A write failed: later SENDs must not be stored before this one is resent.
-                // (Refusals during the fence it starts are its consequence, not new failures.)
-                if !matches!(
-                    e,
-                    magnetar_managed_ledger::ManagedLedgerError::AppendsSuspended(_)
-                ) {
-                    topic.publish_failed();
-                }
-                let e = BrokerError::from(e);
-                (e.server_error(), e.to_string())
-            }),
+            Some(Ok(handle)) => handle
+                .await
+                .inspect(|_| {
+                    if let Some(at) = p.appended_at {
+                        let clock = topic.managed_ledger().clock();
+                        topic
+                            .publish_stats()
+                            .record_write(clock.now().saturating_duration_since(at));
+                    }
+                })
+                .map(Some)
+                .map_err(|e| {
+                    // A write failed: later SENDs must not be stored before this one is resent.
+                    // (Refusals during the fence it starts are its consequence, not new failures.)
+                    if !matches!(
+                        e,
+                        magnetar_managed_ledger::ManagedLedgerError::AppendsSuspended(_)
+                    ) {
+                        topic.publish_failed();
+                    }
+                    let e = BrokerError::from(e);
+                    (e.server_error(), e.to_string())
+                }),
             Some(Err(e)) => Err(e),
             // A duplicate: answered once its original is persisted (ledger/entry -1/-1, as
             // Pulsar); undecidable (original failed or still pending) → PersistenceError,
