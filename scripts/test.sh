@@ -114,7 +114,9 @@ else
   cargo test --workspace --no-fail-fast
 fi
 step "4/5 official Pulsar client suite: python3 -m pytest tests/python -q"
+# magnetar-s3-dev: the object store of k8s/docker-compose.yaml (test_k8s_docker.py).
 cargo build --bin magnetar
+cargo build -p magnetar-testkit --bin magnetar-s3-dev
 MAGNETAR_BIN="${MAGNETAR_BIN:-$PWD/target/debug/magnetar}" python3 -m pytest tests/python -q
 
 # --- 5. Benchmarks compile -------------------------------------------------------------------

@@ -28,7 +28,8 @@ pub struct InProcessS3 {
     root: PathBuf,
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    /// The temporary root of a test's server (removed on drop).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl InProcessS3 {
@@ -46,6 +47,21 @@ impl InProcessS3 {
     ) -> Result<InProcessS3> {
         let dir = tempfile::tempdir()?;
         let root = dir.path().to_path_buf();
+        let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let mut server = Self::serve(listen, root, access_key, secret_key, ranged_reads)?;
+        server._dir = Some(dir);
+        Ok(server)
+    }
+
+    /// Serves the directory `root` on `listen` (the `magnetar-s3-dev` binary: a local
+    /// cluster's object store), until dropped.
+    pub fn serve(
+        listen: SocketAddr,
+        root: PathBuf,
+        access_key: &str,
+        secret_key: &str,
+        ranged_reads: bool,
+    ) -> Result<InProcessS3> {
         let fs = s3s_fs::FileSystem::new(&root)
             .map_err(|e| anyhow::anyhow!("s3s-fs over {}: {e:?}", root.display()))?;
         let mut builder = if ranged_reads {
@@ -63,7 +79,7 @@ impl InProcessS3 {
             .thread_name("s3s-fs")
             .enable_all()
             .build()?;
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let std_listener = std::net::TcpListener::bind(listen)?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
         let stop = CancellationToken::new();
@@ -103,11 +119,11 @@ impl InProcessS3 {
             root,
             stop,
             thread: Some(thread),
-            _dir: dir,
+            _dir: None,
         })
     }
 
-    /// `http://127.0.0.1:port`.
+    /// `http://ADDRESS:PORT` it listens on.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -579,6 +579,7 @@ def test_monitoring_objects(chart):
         assert m["apiVersion"] == "monitoring.coreos.com/v1"
         (endpoint,) = m["spec"]["endpoints"]
         assert endpoint["path"] == "/metrics"
+        assert endpoint["honorLabels"] is True, "a Pulsar namespace label must not be renamed"
         # The named port exists on the service the monitor selects.
         selected = [s for s in services.values()
                     if all(s["metadata"]["labels"].get(k) == v
@@ -599,8 +600,9 @@ def test_monitoring_objects(chart):
                 and not any(e["key"] in s["metadata"]["labels"] for e in selector.get("matchExpressions", [])
                             if e["operator"] == "DoesNotExist")]
     assert selected == ["rel-standalone"]
-    # No dashboards are shipped yet: the hook renders nothing until dashboards/*.json exist.
+    # One ConfigMap per shipped dashboard (overview, topic, bookie, offload).
     shipped = glob.glob(os.path.join(CHART, "dashboards", "*.json"))
+    assert len(shipped) == 4
     dashboards = [d for d in r.of_kind("ConfigMap")
                   if d["metadata"]["labels"].get("grafana_dashboard") == "1"]
     assert len(dashboards) == len(shipped)
@@ -669,6 +671,8 @@ def test_grafana_dashboards_hook(chart, tmp_path):
 
     copy_dir = tmp_path / "magnetar"
     shutil.copytree(CHART, copy_dir)
+    for shipped in (copy_dir / "dashboards").glob("*.json"):
+        shipped.unlink()
     (copy_dir / "dashboards" / "Magnetar_Overview.json").write_text('{"title": "Magnetar overview"}\n')
     with helm.Chart.load(str(copy_dir)) as c:
         off = Rendered(c.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True))

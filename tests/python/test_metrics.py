@@ -4,6 +4,9 @@ scrape) and on a cluster's broker and bookie, while the official client produces
 values move with the traffic, and a backlog reads the same from every series that reports it.
 """
 
+import glob
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,7 +16,7 @@ import urllib.request
 import pulsar
 import pytest
 
-from conftest import Standalone, make_client, wait_for
+from conftest import ROOT, Standalone, make_client, wait_for
 from test_cluster import Cluster, first_line
 
 # Pulsar's own names for these entry-size buckets carry unit abbreviations that promtool's lint
@@ -224,3 +227,54 @@ def test_metrics_paths_answer(standalone, path):
     with urllib.request.urlopen(standalone.admin_url + path, timeout=30) as r:
         assert r.status == 200
         assert "process_resident_memory_bytes" in r.read().decode()
+
+
+DASHBOARDS = os.path.join(ROOT, "k8s", "charts", "magnetar", "dashboards")
+METRIC_NAME = re.compile(r"\b((?:pulsar|bookie|bookkeeper|process)_[a-zA-Z0-9_]+)")
+
+
+def dashboard_metric_names():
+    """Every metric name the shipped dashboards' queries and variables use, by file."""
+    names = {}
+    for path in sorted(glob.glob(os.path.join(DASHBOARDS, "*.json"))):
+        with open(path) as f:
+            board = json.load(f)
+        exprs = []
+
+        def walk(node):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if k in ("expr", "query", "definition") and isinstance(v, str):
+                        exprs.append(v)
+                    elif isinstance(v, dict) and k == "query" and isinstance(v.get("query"), str):
+                        exprs.append(v["query"])
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+        walk(board)
+        names[os.path.basename(path)] = {n for e in exprs for n in METRIC_NAME.findall(e)}
+    return names
+
+
+def test_every_metric_the_dashboards_use_is_in_a_real_scrape(standalone):
+    boards = dashboard_metric_names()
+    assert set(boards) == {"magnetar-overview.json", "magnetar-topic.json",
+                           "magnetar-bookie.json", "magnetar-offload.json"}
+    # A topic with a producer, a subscription and reads, so that every kind of series exists:
+    # standalone carries the broker's series, its bookie's and (offloading to its data
+    # directory by default) the offloader's.
+    client = make_client(standalone.url)
+    try:
+        topic = "persistent://public/default/dashboards"
+        consumer = client.subscribe(topic, "dash")
+        producer = client.create_producer(topic)
+        producer.send(b"d")
+        consumer.acknowledge(consumer.receive(10_000))
+        scraped = {n for n, _, _ in samples(scrape(standalone.admin_url))}
+    finally:
+        client.close()
+    for board, names in boards.items():
+        assert names, f"{board} queries no metric"
+        missing = names - scraped
+        assert not missing, f"{board} queries metrics no scrape has: {sorted(missing)}"
