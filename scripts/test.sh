@@ -81,6 +81,16 @@ else
   python3 -c 'import moto.server' >/dev/null 2>&1 \
     || fail "moto[server] was installed but python3 cannot import moto.server"
 fi
+# Docker runs the image, the rendered chart and the compose cluster (test_k8s_docker.py).
+command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 \
+  || fail "docker is missing or its daemon is not running: install Docker Engine and start it (the image and chart tests run containers), then rerun"
+if command -v docker-compose >/dev/null 2>&1; then
+  echo "docker-compose: present"
+else
+  echo "docker-compose: missing; installing the Debian package docker-compose"
+  apt_install docker-compose \
+    || fail "cannot install docker-compose: run 'apt-get install -y docker-compose' as root, then rerun"
+fi
 # promtool checks /metrics (test_metrics.py): Debian's prometheus package.
 if command -v promtool >/dev/null 2>&1; then
   echo "promtool: present"
