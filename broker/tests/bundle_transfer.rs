@@ -426,3 +426,72 @@ async fn a_transfer_the_target_refuses_leaves_the_bundle_served() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A graceful unload while SENDs are in flight: every message the old owner stored was
+/// receipted *before* CLOSE_PRODUCER. A receipt after it would reach a client whose producer
+/// moved on (it drops it, "invalid producer id") and resends the message: a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_unload_receipts_every_stored_message_before_close_producer() {
+    let (_cluster, a, b) = two_brokers().await;
+    let topic = "persistent://public/default/receipts-first";
+    let mut conn = connect(a.local_addr()).await;
+    conn.send(producer_frame(topic, 1)).await.unwrap();
+    assert!(next(&mut conn).await.command.producer_success.is_some());
+    conn.send(send_frame(1, b"first")).await.unwrap();
+    assert!(next(&mut conn).await.command.send_receipt.is_some());
+    let bundle = bundle_of(&a, topic).await;
+
+    // SENDs pipelined while the bundle is handed over: some are stored and receipted, the
+    // rest arrive after the producer was detached and are ignored (the client resends them).
+    const SENDS: u64 = 2_000;
+    for seq in 2..=SENDS {
+        conn.send(send_frame(seq, b"in flight")).await.unwrap();
+    }
+    let mut receipted = 1u64;
+    let mut unload = None;
+    loop {
+        let f = next_within(&mut conn, Duration::from_secs(10))
+            .await
+            .expect("CLOSE_PRODUCER arrives");
+        assert!(f.command.send_error.is_none(), "{:?}", f.command);
+        if f.command.send_receipt.is_some() {
+            receipted += 1;
+        }
+        if f.command.close_producer.is_some() {
+            break;
+        }
+        if receipted == 10 && unload.is_none() {
+            let service = Arc::clone(a.service());
+            let (bundle, target) = (bundle.clone(), b.service_url().to_owned());
+            unload = Some(tokio::spawn(async move {
+                service.unload_bundle(&bundle, Some(&target)).await.unwrap()
+            }));
+        }
+    }
+    assert!(
+        receipted < SENDS,
+        "the unload came after every SEND: nothing was in flight"
+    );
+    let unload = unload.expect("the unload started");
+    assert_eq!(unload.await.unwrap().to.as_deref(), Some(b.service_url()));
+
+    // What the old owner stored is exactly what it receipted before the close.
+    let t: TopicName = topic.parse().unwrap();
+    wait::until(
+        "the target opens the handed-over topic",
+        Duration::from_secs(10),
+        || b.service().loaded_topic(&t).is_some(),
+    )
+    .await;
+    let stored = b
+        .service()
+        .loaded_topic(&t)
+        .unwrap()
+        .managed_ledger()
+        .stats()
+        .entries;
+    assert_eq!(
+        stored, receipted,
+        "messages stored without a receipt before CLOSE_PRODUCER would be sent twice"
+    );
+}

@@ -60,6 +60,17 @@ pub trait ProducerSink: Send + Sync + std::fmt::Debug + 'static {
     /// connected. `assigned_broker_service_url` names the broker the topic moved to (PIP-307),
     /// so the client reconnects there without a lookup.
     fn close_producer(&self, producer_id: u64, assigned_broker_service_url: Option<&str>);
+
+    /// The same, but only once every receipt already due to the producer was sent: after a
+    /// graceful close (whose writes all completed) no receipt may follow the CLOSE_PRODUCER —
+    /// the client, its producer moved on, would drop it and send the message again.
+    fn close_producer_after_receipts(
+        &self,
+        producer_id: u64,
+        assigned_broker_service_url: Option<&str>,
+    ) {
+        self.close_producer(producer_id, assigned_broker_service_url);
+    }
 }
 
 /// A topic's subscriptions by name.
@@ -77,8 +88,9 @@ impl Quiesced {
     /// topic now if known (PIP-307), else none (the client looks the topic up).
     pub fn notify(&self, assigned_broker_service_url: Option<&str>) {
         for p in &self.producers {
+            // The managed ledger is closed: every append is done, its receipt queued.
             p.conn
-                .close_producer(p.producer_id, assigned_broker_service_url);
+                .close_producer_after_receipts(p.producer_id, assigned_broker_service_url);
         }
         for c in &self.consumers {
             c.notify(assigned_broker_service_url);

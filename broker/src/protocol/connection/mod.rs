@@ -240,6 +240,51 @@ impl ConnTx {
     }
 }
 
+/// What a producer's receipt task handles, in order.
+enum Pending {
+    Send(PendingSend),
+    /// CLOSE_PRODUCER (naming the broker to go to), after the receipts queued before it.
+    Close(Option<String>),
+}
+
+/// A producer's client as its topic sees it: the connection, and the producer's receipt
+/// queue for a close that must follow its receipts.
+#[derive(Debug)]
+struct ProducerConn {
+    tx: ConnTx,
+    receipts: mpsc::Sender<Pending>,
+}
+
+impl ProducerSink for ProducerConn {
+    fn close_producer(&self, producer_id: u64, assigned_broker_service_url: Option<&str>) {
+        self.tx
+            .close_producer(producer_id, assigned_broker_service_url);
+    }
+
+    fn close_producer_after_receipts(
+        &self,
+        producer_id: u64,
+        assigned_broker_service_url: Option<&str>,
+    ) {
+        let close = Pending::Close(assigned_broker_service_url.map(str::to_owned));
+        match self.receipts.try_send(close) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(close)) => {
+                // Queued behind the receipts from a task (the caller never waits); the queue
+                // holds at most one close per producer beyond its bounded receipts.
+                let receipts = self.receipts.clone();
+                self.tx.tasks.spawn(async move {
+                    let _ = receipts.send(close).await;
+                });
+            }
+            // The receipt task is gone (connection closed): nothing is owed before it.
+            Err(mpsc::error::TrySendError::Closed(_)) => self
+                .tx
+                .close_producer(producer_id, assigned_broker_service_url),
+        }
+    }
+}
+
 struct PendingSend {
     sequence_id: u64,
     highest_sequence_id: Option<u64>,
@@ -259,7 +304,7 @@ struct ProducerSlot {
     topic: Arc<Topic>,
     /// The producer's name (deduplication keys on it).
     name: Arc<str>,
-    sends: mpsc::Sender<PendingSend>,
+    sends: mpsc::Sender<Pending>,
     /// Shared with the topic's [`ProducerSpec`]: false once the topic detached the producer.
     attached: Arc<std::sync::atomic::AtomicBool>,
 }

@@ -95,12 +95,16 @@ impl Conn {
             .unwrap_or_else(|| self.service.unique_name(key));
         let mode = ProducerAccessMode::try_from(p.producer_access_mode.unwrap_or(0))
             .unwrap_or(ProducerAccessMode::Shared);
+        let (sends, rx) = mpsc::channel(self.service.config().pending_sends_per_producer.max(1));
         let spec = ProducerSpec {
             key,
             producer_id: p.producer_id,
             name: name.clone(),
             mode,
-            conn: Arc::new(self.tx.clone()),
+            conn: Arc::new(ProducerConn {
+                tx: self.tx.clone(),
+                receipts: sends.clone(),
+            }),
             attached: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         let attached = Arc::clone(&spec.attached);
@@ -124,7 +128,6 @@ impl Conn {
                 return Err(BrokerError::NotReady("producer closed before it was created".into()));
             }
         };
-        let (sends, rx) = mpsc::channel(self.service.config().pending_sends_per_producer.max(1));
         let slot = ProducerSlot {
             key,
             topic: Arc::clone(&topic),
@@ -276,7 +279,7 @@ impl Conn {
             dedup: ticket,
             _permit: permit,
         };
-        if slot.sends.send(pending).await.is_err() {
+        if slot.sends.send(Pending::Send(pending)).await.is_err() {
             debug!(
                 producer = send.producer_id,
                 "SEND after the producer closed"
@@ -289,7 +292,7 @@ impl Conn {
 /// its queue even after the connection closed, so deduplication learns every outcome.
 pub(super) async fn receipts(
     producer_id: u64,
-    mut rx: mpsc::Receiver<PendingSend>,
+    mut rx: mpsc::Receiver<Pending>,
     tx: ConnTx,
     topic: Arc<Topic>,
     key: u64,
@@ -297,7 +300,18 @@ pub(super) async fn receipts(
 ) {
     let dedup = Arc::clone(topic.dedup());
     let mut connected = true;
-    while let Some(p) = rx.recv().await {
+    while let Some(item) = rx.recv().await {
+        let p = match item {
+            Pending::Send(p) => p,
+            Pending::Close(assigned) => {
+                if connected {
+                    connected = tx
+                        .send_command(commands::close_producer_assigned(producer_id, 0, assigned))
+                        .await;
+                }
+                continue;
+            }
+        };
         let result = match p.append {
             Some(Ok(handle)) => handle
                 .await
