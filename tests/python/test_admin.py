@@ -246,3 +246,23 @@ def test_a_topic_named_cursors_is_an_ordinary_topic(client):
     producer = client.create_producer(topic)
     producer.send(b"x")
     assert consumer.receive(timeout_millis=5000).data() == b"x"
+
+
+def test_topic_unload_closes_the_topic_and_clients_carry_on(standalone, client, topic):
+    admin = standalone.admin_url
+    producer = producer_of(client, topic)
+    consumer = client.subscribe(topic, "unload")
+    first = producer.send(b"before")
+    status, body, _ = http(admin, "PUT", rest(topic) + "/unload")
+    assert status == 204, body
+    # The clients reconnect (the topic loads again on the same broker, with a new ledger).
+    second = producer.send(b"after")
+    assert second.ledger_id() > first.ledger_id(), "the unload sealed the ledger"
+    got = receive_all(consumer, 2, timeout_ms=10_000)
+    assert [m.data() for m in got] == [b"before", b"after"]
+    status, internal, _ = http(admin, "GET", rest(topic) + "/internalStats")
+    assert status == 200
+    assert [l["ledgerId"] for l in internal["ledgers"]][-2:] == [first.ledger_id(), second.ledger_id()]
+    # Pulsar's answers for a topic that does not exist.
+    missing = rest(topic) + "-missing/unload"
+    assert http(admin, "PUT", missing)[0] == 404

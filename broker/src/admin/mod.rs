@@ -261,6 +261,7 @@ pub fn router(state: AdminState) -> Router {
                 .post(persistent::update_partitioned)
                 .delete(persistent::delete_partitioned),
         )
+        .route(&format!("{TOPIC}/unload"), put(persistent::unload_topic))
         .route(&format!("{TOPIC}/stats"), get(persistent::stats))
         .route(&format!("{TOPIC}/bundle"), get(bundles::bundle_range))
         .route(

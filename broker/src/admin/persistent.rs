@@ -520,6 +520,17 @@ fn peek_response(m: PeekedMessage) -> Response {
     (StatusCode::OK, headers, m.payload).into_response()
 }
 
+/// `PUT .../unload` (`pulsar-admin topics unload`): the topic is closed where it is served and
+/// loads again on its clients' next request. A partitioned topic is unloaded by partition.
+pub(super) async fn unload_topic(
+    State(s): State<AdminState>,
+    Path(p): TopicPath,
+) -> ApiResult<StatusCode> {
+    let topic = topic_in_namespace(&s, &p).await?;
+    s.topics.unload(&topic).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `PUT .../offload`: offload the closed ledgers before the given message's ledger.
 pub(super) async fn trigger_offload(
     State(s): State<AdminState>,

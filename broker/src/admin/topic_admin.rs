@@ -477,6 +477,17 @@ impl TopicAdmin for BrokerTopicAdmin {
         })
     }
 
+    async fn unload(&self, name: &TopicName) -> Result<(), TopicAdminError> {
+        if !self.service.topic_exists(name).await.map_err(internal)? {
+            return Err(TopicAdminError::NotFound("Topic not found".to_owned()));
+        }
+        self.owned(name).await?;
+        if let Some(topic) = self.service.loaded_topic(name) {
+            topic.close().await;
+        }
+        Ok(())
+    }
+
     async fn offload(&self, name: &TopicName, ledger: u64) -> Result<(), TopicAdminError> {
         let topic = self.topic(name).await?;
         let ml = topic.managed_ledger();

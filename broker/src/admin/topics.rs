@@ -215,6 +215,12 @@ pub trait TopicAdmin: Send + Sync + fmt::Debug {
         subscription: &str,
         position: u64,
     ) -> Result<PeekedMessage, TopicAdminError>;
+    /// Closes the topic where it is served (Pulsar's `PUT .../unload`): its ledger is sealed,
+    /// its clients are told to reconnect, and it loads again on their next request, on the
+    /// same broker (the bundle stays owned). Nothing to do for a topic not loaded.
+    async fn unload(&self, _topic: &TopicName) -> Result<(), TopicAdminError> {
+        not_running()
+    }
     /// Starts offloading the topic's closed ledgers before `ledger` (Pulsar's
     /// `PUT .../offload`); 409 while a run is in progress.
     async fn offload(&self, _topic: &TopicName, _ledger: u64) -> Result<(), TopicAdminError> {
