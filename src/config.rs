@@ -180,6 +180,9 @@ pub struct BrokerServerConfig {
     pub managed_ledger_max_size_per_ledger_mbytes: u64,
     /// Pulsar's `managedLedgerMaxLedgerRolloverTimeMinutes`: … or at this age (with entries).
     pub managed_ledger_max_ledger_rollover_time_minutes: u64,
+    /// Pulsar's `retentionCheckIntervalInSeconds`: how often each topic's consumed ledgers are
+    /// trimmed (and its retention limits applied).
+    pub retention_check_interval_in_seconds: u64,
     /// Pulsar's `managedLedgerCursorMaxEntriesPerLedger`: a cursor ledger rolls over after
     /// this many state snapshots (each rollover is one metadata write).
     pub managed_ledger_cursor_max_entries_per_ledger: u64,
@@ -264,6 +267,7 @@ impl Default for BrokerServerConfig {
             managed_ledger_max_entries_per_ledger: 50_000,
             managed_ledger_max_size_per_ledger_mbytes: 2048,
             managed_ledger_max_ledger_rollover_time_minutes: 240,
+            retention_check_interval_in_seconds: 60,
             managed_ledger_cursor_max_entries_per_ledger: 50_000,
             managed_ledger_cursor_rollover_time_in_seconds: 4 * 3600,
             load_balancer_enabled: lb.enabled,
@@ -324,6 +328,9 @@ impl BrokerServerConfig {
         ml.ledger_age_ms_max = self
             .managed_ledger_max_ledger_rollover_time_minutes
             .saturating_mul(60_000);
+        ml.retention_check_interval_ms = self
+            .retention_check_interval_in_seconds
+            .saturating_mul(1000);
         ml.cursor_ledger_entries_max = self.managed_ledger_cursor_max_entries_per_ledger;
         ml.cursor_ledger_age_ms_max = self
             .managed_ledger_cursor_rollover_time_in_seconds
@@ -447,6 +454,10 @@ impl BrokerServerConfig {
             (
                 "managed_ledger_max_entries_per_ledger",
                 usize::try_from(self.managed_ledger_max_entries_per_ledger).unwrap_or(usize::MAX),
+            ),
+            (
+                "retention_check_interval_in_seconds",
+                usize::try_from(self.retention_check_interval_in_seconds).unwrap_or(usize::MAX),
             ),
             (
                 "managed_ledger_max_size_per_ledger_mbytes",

@@ -50,9 +50,9 @@ async fn serve(config: &Config) -> anyhow::Result<u8> {
         .offload
         .apply(&mut options.broker.service.managed_ledger);
     options.broker.offload = config.offload.options(Some(&s.data_dir))?;
-    // The in-process bookie honours the bookie section's disk thresholds, as `magnetar bookie`.
-    options.disk_usage_threshold = config.bookie.disk_usage_threshold;
-    options.disk_usage_lwm = config.bookie.disk_usage_lwm;
+    // The in-process bookie honours the bookie section's storage settings (disk limits,
+    // journal, entry logs, GC), as `magnetar bookie` does; id and directory stay standalone's.
+    options.bookie = config.bookie.options(options.bookie.id.clone());
     let standalone = Standalone::start(options)
         .await
         .context("cannot start standalone")?;

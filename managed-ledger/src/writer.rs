@@ -404,8 +404,22 @@ impl Actor {
         self.last_error = Some(error);
     }
 
-    /// A ledger takes writes again.
+    /// A ledger was created after a failure: producers may come back. The backoff keeps its
+    /// length until an entry is written — bookies that take a new ledger but refuse its adds
+    /// (full disks the registrations do not show yet) must not make a loop without a pause.
+    fn note_ledger_created(&mut self) {
+        self.retry_at = None;
+        let mut st = self.shared.state();
+        if st.unwritable.take().is_some() {
+            info!("a new ledger is open: producers may write again");
+        }
+    }
+
+    /// An entry was written: the failures are over. (Called per entry: free unless they were.)
     fn note_writable(&mut self) {
+        if self.backoff.is_zero() && self.retry_at.is_none() {
+            return;
+        }
         self.backoff = Duration::ZERO;
         self.retry_at = None;
         let mut st = self.shared.state();
@@ -421,7 +435,7 @@ impl Actor {
         }
         let result = self.rollover().await;
         if self.writer.is_some() {
-            self.note_writable();
+            self.note_ledger_created();
         } else {
             let error = match &result {
                 Err(ManagedLedgerError::Ledger(e)) => e.clone(),

@@ -23,8 +23,8 @@ pub async fn standalone(
     options.broker.bind.set_port(0);
     // The host's disk fill must not decide tests (a CI disk above 95% turned every bookie
     // read-only); tests of a full bookie use its storage cap.
-    options.disk_usage_threshold = 1.0;
-    options.disk_usage_lwm = 1.0;
+    options.bookie.disk_usage_threshold = 1.0;
+    options.bookie.disk_usage_lwm = 1.0;
     configure(&mut options);
     Standalone::start(options).await.expect("standalone starts")
 }

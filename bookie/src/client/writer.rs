@@ -553,8 +553,13 @@ impl Actor {
     /// Seals the ledger once nothing is pending (or the writer is broken).
     async fn finish_close(&mut self) {
         let result = match self.broken.clone() {
-            Some(e) => Err(e),
-            None => self.write_closed().await,
+            // Someone else is recovering the ledger: its close decides the length.
+            Some(e @ LedgerError::Fenced(_)) => Err(e),
+            // Out of bookies, or an add refused: every entry past the LAC has been failed to
+            // its caller, so the ledger is sealed at the LAC by CAS, as BookKeeper's handle
+            // does. Recovery instead would need writable bookies to re-replicate a tail nobody
+            // was promised (and would keep it, duplicating what producers resend).
+            _ => self.write_closed().await,
         };
         if let Ok(meta) = &result {
             self.closed = Some(meta.clone());

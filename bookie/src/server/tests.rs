@@ -680,6 +680,15 @@ async fn read_only_past_the_storage_limit() -> TestResult {
         b.add(entry(2, 0, -1, 10), true).await,
         Err(BookieError::ReadOnly)
     );
+    // A recovery add of an entry already stored takes no space and is accepted, whether the
+    // entry is still in memory or only in the index: recovery can close a ledger on full bookies.
+    b.add(entry(1, 299, 298, 8 * 1024), true).await?;
+    b.checkpoint_now().await?;
+    b.add(entry(1, 0, -1, 8 * 1024), true).await?;
+    assert_eq!(
+        b.add(entry(1, 300, 299, 8 * 1024), true).await,
+        Err(BookieError::ReadOnly)
+    );
     assert_readable(&b, 1, 0..300, 8 * 1024).await?;
     // Space comes back: delete, compact, trim; below the low-water mark it is writable again.
     b.delete_ledger(LedgerId(1)).await?;

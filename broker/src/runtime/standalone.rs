@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use magnetar_bookie::api::{
-    BookieClient, BookieId, BookieRegistration, BookieState, registration_key,
-};
+use magnetar_bookie::api::{BookieClient, BookieId, BookieRegistration, registration_key};
 use magnetar_bookie::local::LocalConnector;
 use magnetar_bookie::server::{Bookie, BookieOptions};
 use magnetar_metadata::{EmbeddedOptions, EmbeddedStore, Expected, MetadataStore};
@@ -42,10 +40,10 @@ pub struct StandaloneOptions {
     pub metadata_path: PathBuf,
     /// The broker's options, as a cluster broker has them.
     pub broker: BrokerOptions,
-    /// The in-process bookie's disk-usage fractions: read-only above the threshold, back to
-    /// read-write below the low-water mark (defaults 0.95 / 0.90, as a bookie's).
-    pub disk_usage_threshold: f64,
-    pub disk_usage_lwm: f64,
+    /// The in-process bookie's storage options, as `magnetar bookie` has them (disk limits,
+    /// journal and entry-log sizes, checkpoints, GC). Its `id` and `data_dir` are the
+    /// standalone's own ([`STANDALONE_BOOKIE_ID`], `<data_dir>/bookie`) whatever is set here.
+    pub bookie: BookieOptions,
 }
 
 impl StandaloneOptions {
@@ -53,10 +51,12 @@ impl StandaloneOptions {
         let data_dir = data_dir.into();
         StandaloneOptions {
             metadata_path: data_dir.join("metadata.redb"),
-            data_dir,
             broker: BrokerOptions::default(),
-            disk_usage_threshold: 0.95,
-            disk_usage_lwm: 0.90,
+            bookie: BookieOptions::new(
+                BookieId(STANDALONE_BOOKIE_ID.to_owned()),
+                data_dir.join("bookie"),
+            ),
+            data_dir,
         }
     }
 }
@@ -97,16 +97,17 @@ impl Standalone {
         // The bookie's data must belong to this metadata file (a mistyped path opens a new,
         // empty one, whose ledger ids would alias the old data's).
         magnetar_bookie::cookie::verify(&*store, &bookie_dir, &bookie_id).await?;
-        let mut bookie_options = BookieOptions::new(bookie_id, bookie_dir);
-        bookie_options.disk_usage_threshold = options.disk_usage_threshold;
-        bookie_options.disk_usage_lwm = options.disk_usage_lwm;
+        let mut bookie_options = options.bookie.clone();
+        bookie_options.id = bookie_id;
+        bookie_options.data_dir = bookie_dir;
         let scan_interval = Duration::from_millis(bookie_options.deleted_ledgers_scan_interval_ms);
         let bookie = Bookie::open(bookie_options).await?;
         let local = LocalConnector::new();
         local.insert(Arc::clone(&bookie) as Arc<dyn BookieClient>);
         let registration = BookieRegistration {
             id: bookie.id().clone(),
-            state: BookieState::ReadWrite,
+            // A bookie that starts full is read-only from the first registration on.
+            state: bookie.state(),
             free_bytes: u64::MAX / 2,
             used_bytes: 0,
             zone: None,
@@ -114,6 +115,7 @@ impl Standalone {
         };
         let value = serde_json::to_vec(&registration)
             .map_err(|e| StartError::Other(format!("bookie registration: {e}")))?;
+
         let _written = store
             .put_ephemeral(
                 &registration_key(bookie.id()),
@@ -123,6 +125,13 @@ impl Standalone {
             )
             .await?;
         let stop = CancellationToken::new();
+        tokio::spawn(follow_bookie_state(
+            Arc::clone(&bookie),
+            Arc::clone(&store),
+            session.current(),
+            registration,
+            stop.clone(),
+        ));
         let _collector = magnetar_bookie::orphans::spawn_collector(
             Arc::clone(&bookie),
             Arc::clone(&store),
@@ -172,5 +181,45 @@ impl Standalone {
         self.broker.shutdown().await;
         self.bookie.shutdown().await;
         info!("standalone stopped");
+    }
+}
+
+/// Keeps the in-process bookie's registration's state current (as `magnetar bookie`'s
+/// registrar does), so that placement stops choosing a full bookie for new ledgers at once
+/// instead of learning it from every refused add.
+async fn follow_bookie_state(
+    bookie: Arc<Bookie>,
+    store: Arc<dyn MetadataStore>,
+    session: magnetar_metadata::Session,
+    mut registration: BookieRegistration,
+    stop: CancellationToken,
+) {
+    let mut states = bookie.state_changes();
+    loop {
+        let state = *states.borrow_and_update();
+        if state != registration.state {
+            registration.state = state;
+            match serde_json::to_vec(&registration) {
+                Ok(value) => {
+                    let written = store
+                        .put_ephemeral(
+                            &registration_key(bookie.id()),
+                            Bytes::from(value),
+                            Expected::Any,
+                            &session,
+                        )
+                        .await;
+                    match written {
+                        Ok(_) => info!(state = state.as_str(), "bookie registration updated"),
+                        Err(e) => tracing::warn!(error = %e, "bookie registration update failed"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "bookie registration cannot be encoded"),
+            }
+        }
+        tokio::select! {
+            changed = states.changed() => if changed.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
     }
 }

@@ -390,6 +390,37 @@ async fn not_enough_bookies_is_a_clear_error() {
 }
 
 #[tokio::test]
+async fn a_writer_out_of_bookies_still_seals_the_ledger_at_its_lac() {
+    // Every bookie read-only (full disks): the add fails, no replacement exists. The close
+    // must not need a writable bookie — it is a metadata CAS at the LAC, as BookKeeper's —
+    // and the failed entry, never acknowledged, is not part of the ledger.
+    let cluster = Cluster::new(2).await;
+    let client = cluster.client();
+    let w = client
+        .create_ledger(LedgerConfig::new(2, 2, 2))
+        .await
+        .unwrap();
+    append_n(&w, 0, 3).await;
+    for b in &cluster.bookies {
+        b.set_mode(Mode::ReadOnly);
+    }
+    let err = w.append(payload(3)).await.unwrap().await.unwrap_err();
+    assert!(
+        matches!(err, LedgerError::NotEnoughBookies { .. }),
+        "{err:?}"
+    );
+    let meta = w.close().await.expect("sealed without writable bookies");
+    assert_eq!(meta.state, LedgerState::Closed);
+    assert_eq!(meta.last_entry_id, 2);
+    let stored = client.ledger_metadata(w.id()).await.unwrap();
+    assert_eq!(
+        (stored.state, stored.last_entry_id),
+        (LedgerState::Closed, 2)
+    );
+    check_all(&client.open_ledger(w.id()).await.unwrap(), 3).await;
+}
+
+#[tokio::test]
 async fn recovery_fences_a_live_writer_and_keeps_every_acked_entry() {
     let cluster = Cluster::new(3).await;
     let writer_client = cluster.client();
