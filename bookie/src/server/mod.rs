@@ -19,6 +19,8 @@
 
 mod disk;
 mod entrylog;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gc;
 mod index;
 mod journal;
