@@ -402,17 +402,23 @@ async fn recovery_fences_a_live_writer() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_entry_is_detected_and_read_from_another_replica() -> Result<()> {
+async fn corrupt_entry_is_detected_read_from_another_replica_and_repaired() -> Result<()> {
     let mut cluster = Cluster::start(3).await?;
     let client = cluster.client().await?;
     let writer = create(&client, 3, 3, 3).await?;
     let ledger = writer.id();
     expect_acked(append_all(&writer, 0..50, 300).await?, 0).await?;
-    writer.close().await?;
+    let meta = writer.close().await?;
     let target = EntryId(10);
 
-    // Flip a byte of entry 10 in the entry logs of two of the three bookies.
-    for b in 0..2 {
+    // Flip a byte of entry 10 in the entry logs of the first two replicas the reader asks
+    // (its write set's order), so that it meets both damaged copies before the good one.
+    let write_set = meta.write_set_bookies(target.0);
+    let damaged = [
+        cluster.index_of(&write_set[0])?,
+        cluster.index_of(&write_set[1])?,
+    ];
+    for b in damaged {
         cluster.bookies[b].terminate().await?;
         flip_payload_byte(
             &cluster.bookies[b].data_dir,
@@ -423,20 +429,35 @@ async fn corrupt_entry_is_detected_and_read_from_another_replica() -> Result<()>
         .await?;
         cluster.bookies[b].spawn().await?;
     }
-    for b in 0..2 {
+    for b in damaged {
         let direct = GrpcBookieClient::new(cluster.bookies[b].id.clone(), ClientOptions::default());
         match direct.read(ledger, target, false).await {
             Err(BookieError::Corrupt { .. }) => {}
             other => bail!("bookie {b} must detect the flipped byte, got {other:?}"),
         }
     }
-    // The ledger client gets the entry intact from the third replica.
+    // The ledger client gets the entry intact from the third replica...
     let reader = client.open_ledger(ledger).await?;
     let entry = reader.read(target.0).await?;
     ensure!(
         entry.is_intact() && entry.payload == payload(10, 300),
         "entry 10 served intact"
     );
+    // ...and writes it back over both damaged copies: each bookie serves it intact again.
+    for b in damaged {
+        let direct = GrpcBookieClient::new(cluster.bookies[b].id.clone(), ClientOptions::default());
+        wait::until_async(
+            "the damaged copy is repaired by the reader",
+            Duration::from_secs(10),
+            || async {
+                match direct.read(ledger, target, false).await {
+                    Ok(r) if r.entry.is_intact() && r.entry.payload == payload(10, 300) => Some(()),
+                    _ => None,
+                }
+            },
+        )
+        .await;
+    }
     read_back(&client, ledger, 50, 300).await
 }
 

@@ -236,8 +236,30 @@ fn intact(result: &ReadResult, ledger: LedgerId, entry: u64) -> bool {
         && result.entry.is_intact()
 }
 
+/// Writes the verified `entry` over the replicas found corrupt, in the background, as recovery
+/// adds (accepted on fenced and closed ledgers): the bookie indexes the new copy and the damaged
+/// one becomes garbage its compaction reclaims. (BookKeeper's scrubber marks such a ledger for
+/// re-replication; the reader holds a good copy already, so it repairs at once.)
+fn repair(shared: &Shared, bookies: Vec<BookieId>, entry: &Entry) {
+    for bookie in bookies {
+        let client = shared.registry.client(&bookie);
+        let limit = shared.options.add_timeout();
+        let timer = shared.options.clock.sleep(limit);
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            let (ledger, id) = (entry.ledger, entry.entry);
+            match Shared::call(limit, timer, client.add(entry, true)).await {
+                Ok(()) => tracing::info!(%bookie, %ledger, entry = %id, "corrupt replica repaired"),
+                Err(e) => {
+                    tracing::warn!(%bookie, %ledger, entry = %id, error = %e, "repairing a corrupt replica failed");
+                }
+            }
+        });
+    }
+}
+
 /// Reads one entry from its write set with speculative retries; fails only when every replica
-/// failed to deliver it intact.
+/// failed to deliver it intact. Replicas found corrupt on the way are repaired from it.
 pub(crate) async fn read_entry(
     shared: &Shared,
     ledger: LedgerId,
@@ -250,6 +272,7 @@ pub(crate) async fn read_entry(
     let mut next = 0;
     let mut inflight = FuturesUnordered::new();
     let mut reasons = Vec::new();
+    let mut corrupt = Vec::new();
     loop {
         if inflight.is_empty() {
             let Some(bookie) = order.get(next).cloned() else {
@@ -262,11 +285,13 @@ pub(crate) async fn read_entry(
             Some((bookie, result)) = inflight.next() => match result {
                 Ok(r) if intact(&r, ledger, entry) => {
                     shared.registry.mark_ok(&bookie);
+                    repair(shared, std::mem::take(&mut corrupt), &r.entry);
                     return Ok(r.entry);
                 }
                 Ok(_) | Err(BookieError::Corrupt { .. }) => {
                     tracing::warn!(%bookie, %ledger, entry, "corrupt replica; reading another");
                     reasons.push(format!("{bookie}: corrupt"));
+                    corrupt.push(bookie);
                     if let Some(b) = order.get(next).cloned() {
                         next += 1;
                         inflight.push(read_from(shared, b, ledger, entry, limit));
