@@ -161,6 +161,67 @@ async fn managed_ledger_reopen_recovers_and_fences_previous_owner() {
     cluster.stop().await;
 }
 
+#[test]
+fn a_managed_ledger_fenced_by_a_failed_rollover_still_answers_after_the_backoff() {
+    // The old owner's append fails on its fenced ledger, its rollover meets the new owner's
+    // record (the managed ledger is fenced) and a retry is left pending with a backoff. Once
+    // the backoff has passed, the write actor must still answer commands (it refuses them) —
+    // it used to spin with no branch enabled, holding a runtime thread for good (found by the
+    // chaos soak). Its own runtime, so that a spinning task cannot hang the test's end.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let answered = rt.block_on(async {
+        let cluster = Cluster::start(3).await;
+        let clock = manual_clock();
+        let ml1 = cluster
+            .factory_with_clock(clock.clone())
+            .open("t/ns/persistent/fenced-spin", config(1000))
+            .await
+            .unwrap();
+        append_n(&ml1, 0, 5).await;
+        let ml2 = cluster
+            .factory()
+            .open("t/ns/persistent/fenced-spin", config(1000))
+            .await
+            .unwrap();
+        assert!(ml1.append_wait(payload(5)).await.is_err());
+        // The rollover waits out the failed ledger's backoff on the manual clock.
+        wait::until(
+            "the old owner's managed ledger is fenced",
+            Duration::from_secs(10),
+            || {
+                clock.advance(Duration::from_millis(100));
+                ml1.is_fenced()
+            },
+        )
+        .await;
+        // Each round moves the clock past any backoff, then asks the actor something it must
+        // refuse at once (resume goes to the actor whatever the status).
+        let real = magnetar_metadata::clock::system();
+        for round in 0..20 {
+            clock.advance(Duration::from_secs(11));
+            let answer = magnetar_metadata::clock::timeout(
+                &*real,
+                Duration::from_secs(5),
+                ml1.resume_appends(),
+            )
+            .await;
+            if answer.is_err() {
+                return Err(format!(
+                    "round {round}: the fenced managed ledger's actor did not answer"
+                ));
+            }
+        }
+        ml2.append_wait(payload(6)).await.unwrap();
+        Ok(())
+    });
+    rt.shutdown_background();
+    answered.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managed_ledger_cursor_acks_persist_across_reopen() {
     let cluster = Cluster::start(2).await;

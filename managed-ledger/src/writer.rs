@@ -217,6 +217,14 @@ impl Actor {
         let clock = Arc::clone(&self.shared.clock);
         let max = self.shared.config.max_pending_appends;
         loop {
+            if self.roll_needed && self.status() != Status::Open {
+                // Fenced (another owner) or closed: no rollover will ever run, and a pending
+                // one must not keep the actor from parking or taking commands (which it
+                // refuses) — with it set and the backoff over, no branch below was enabled
+                // and the loop spun, holding a runtime thread for good (found by the chaos
+                // soak: a broker stopped serving after an etcd cut).
+                self.roll_needed = false;
+            }
             if self.inflight.is_empty() {
                 if let Some(done) = self.deferred.take() {
                     let r = Box::pin(self.close_current()).await;

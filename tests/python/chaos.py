@@ -164,6 +164,21 @@ class ChaosCluster:
         for proxy in self.etcd_proxies + [self.bookie_proxy]:
             proxy.close()
 
+    def dump_stacks(self):
+        """Every live broker's and bookie's threads (gdb), next to its log: what a stalled
+        process was doing when a check failed."""
+        for node in self.brokers + self.bookies:
+            if not node.alive():
+                continue
+            out = node.log.replace(".log", ".stacks")
+            try:
+                with open(out, "w") as f:
+                    subprocess.run(["gdb", "-p", str(node.proc.pid), "-batch", "-ex",
+                                    "thread apply all bt 30"], stdout=f, stderr=subprocess.STDOUT,
+                                   timeout=120)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+
     def admin(self, path):
         """GET on any broker that answers."""
         for url in self.admin_urls:
@@ -259,9 +274,20 @@ class Workload:
         for topic in self.topics:
             reader = self.client.create_reader(topic, pulsar.MessageId.earliest)
             seqs = []
+            last_acked = max(self.acked[topic], default=-1)
+            # Up to the last acknowledged message every read must come (a long wait is a stall,
+            # reported as such); after it, whatever else is there (duplicates, unacknowledged
+            # sends that were stored) until a short silence.
+            while not seqs or seqs[-1] < last_acked:
+                try:
+                    seqs.append(int(reader.read_next(60_000).data()))
+                except pulsar.Timeout:
+                    raise AssertionError(
+                        f"{topic}: reading stalled for 60 s after {len(seqs)} messages "
+                        f"(last seq {seqs[-1] if seqs else None}, last acknowledged {last_acked})")
             while True:
                 try:
-                    seqs.append(int(reader.read_next(5000).data()))
+                    seqs.append(int(reader.read_next(3000).data()))
                 except pulsar.Timeout:
                     break
             reader.close()
@@ -349,9 +375,14 @@ def run(base, faults, seed, log=print):
         set_dedup(cluster.admin_urls[0], "public/default", True)
         workload = Workload(cluster).start()
         workload.progress("start")
-        for fault in faults(rnd):
-            log(f"fault: {fault(cluster, workload, rnd)}; acked so far {workload.acked_total()}")
-        workload.finish()
+        try:
+            for fault in faults(rnd):
+                log(f"fault: {fault(cluster, workload, rnd)}; acked so far {workload.acked_total()}")
+            workload.finish()
+        except AssertionError:
+            log(f"seed {seed} failed; thread stacks of the live processes in {base}/*.stacks")
+            cluster.dump_stacks()
+            raise
         return workload.check()
     finally:
         if workload:
