@@ -212,6 +212,11 @@ class Workload:
         self.threads = []
 
     def start(self):
+        for topic in self.topics:
+            # A durable subscription at the start keeps every message: without one, Pulsar's
+            # retention (0 by default) trims ledgers nobody needs, even under a reader.
+            self.client.subscribe(topic, "chaos-keep",
+                                  initial_position=pulsar.InitialPosition.Earliest).close()
         for i, topic in enumerate(self.topics):
             # send timeout 0: never given up; with dedup the client resends until stored.
             producer = self.client.create_producer(
